@@ -1,0 +1,62 @@
+# edge-runtime: the two commands that matter come first.
+#   make run    set up a device virtual environment from nothing, install the demo bundle
+#               into a local store under the checkout and score the sample file
+#   make test   install everything the tests need (pip and Debian packages), run lint, types
+#               and the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+DEVICE_VENV := .venv-device
+EDGE := $(DEVICE_VENV)/bin/edge-runtime
+DEMO := --store .edge/store --root device/demo-keys/root.json --factory device/factory
+
+.PHONY: run test deps system-deps lint unit test-long test-arm bench factory clean
+
+run: $(DEVICE_VENV)/.stamp
+	$(EDGE) models install device/factory/fraud.bundle $(DEMO)
+	$(EDGE) models list $(DEMO)
+	$(EDGE) score --model fraud device/factory/sample.csv $(DEMO)
+
+test: deps lint
+	$(VENV)/bin/pytest
+
+deps: system-deps $(VENV)/.stamp
+
+system-deps:
+	bash scripts/system-deps.sh
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[device,converter,dev]'
+	touch $@
+
+$(DEVICE_VENV)/.stamp: pyproject.toml
+	test -x $(DEVICE_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/pip install -q --upgrade pip
+	$(DEVICE_VENV)/bin/pip install -q -e '.[device]'
+	touch $@
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test-long: deps
+	EDGE_TEST_LONG=1 $(VENV)/bin/pytest -m "long or not long" -m "not arm"
+
+test-arm: deps
+	$(VENV)/bin/pytest -m arm
+
+bench: deps
+	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+# Rebuild the demo model and the factory bundle (signed with the demo key).
+factory: $(VENV)/.stamp
+	$(VENV)/bin/python device/factory/build_demo.py
+	$(VENV)/bin/python -c "import numpy as np; np.save('device/factory/golden.npy', np.load('device/factory/sample.npy')[:4])"
+	$(VENV)/bin/edge-runtime bundle create device/factory/fraud.tflite --name fraud --version 1 \
+	    --sign-key device/demo-keys/signing.key --input-names input_0 --output-names output_0 \
+	    --golden-inputs device/factory/golden.npy -o device/factory/fraud.bundle
+
+clean:
+	rm -rf .edge .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,273 @@
+#!/bin/bash
+# Install edge-runtime on a Raspberry Pi (or any 64-bit Debian-like system with systemd).
+#
+#   sudo device/install.sh --trust-root root.json
+#   device/install.sh --root /tmp/scratch --trust-root root.json    # a dry tree, no root needed
+#
+# Idempotent: a second run with the same inputs changes no file, and it never overwrites
+# /etc/edge-runtime/config.toml once it exists. See docs/raspberry-pi.md.
+set -eu
+umask 022
+
+usage() {
+    cat <<'EOF'
+usage: install.sh --trust-root FILE [--root DIR] [--wheel PATH] [--python PYTHON]
+                  [--replace-trust-root] [--no-start]
+
+  --trust-root FILE      the fleet's trust root (root.json from `edge-runtime keys generate`);
+                         copied to /etc/edge-runtime/root.json. Required.
+  --replace-trust-root   allow replacing an existing, different /etc/edge-runtime/root.json
+  --root DIR             install into DIR instead of /: no user creation, no chown, no
+                         systemctl (for checking the tree; the venv there runs only on this host)
+  --wheel PATH           what to install: an edge-runtime wheel, or a source directory
+                         (default: the repository this script belongs to)
+  --python PYTHON        interpreter for the virtual environment, 3.11 or newer (default python3)
+  --no-start             enable the service but do not start or restart it
+EOF
+}
+
+log() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
+REPO_DIR=$(dirname "$SCRIPT_DIR")
+
+ROOT=/
+TRUST_ROOT=
+WHEEL=$REPO_DIR
+PYTHON=python3
+REPLACE_TRUST_ROOT=0
+START=1
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; shift 2 ;;
+        --root=*) ROOT=${1#*=}; shift ;;
+        --trust-root) [ $# -ge 2 ] || die "--trust-root needs a file"; TRUST_ROOT=$2; shift 2 ;;
+        --trust-root=*) TRUST_ROOT=${1#*=}; shift ;;
+        --wheel) [ $# -ge 2 ] || die "--wheel needs a path"; WHEEL=$2; shift 2 ;;
+        --wheel=*) WHEEL=${1#*=}; shift ;;
+        --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
+        --python=*) PYTHON=${1#*=}; shift ;;
+        --replace-trust-root) REPLACE_TRUST_ROOT=1; shift ;;
+        --no-start) START=0; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+[ -n "$TRUST_ROOT" ] || { usage >&2; die "--trust-root FILE is required"; }
+[ -f "$TRUST_ROOT" ] || die "trust root $TRUST_ROOT: no such file"
+[ -e "$WHEEL" ] || die "--wheel $WHEEL: no such file or directory"
+
+# Canonical absolute paths; "--root /" is a real install.
+ROOT=$(mkdir -p "$ROOT" && cd "$ROOT" && pwd)
+if [ "$ROOT" = / ]; then
+    ROOT_MODE=0
+    P=
+    [ "$(id -u)" -eq 0 ] || die "a system install must run as root (sudo), or use --root DIR"
+else
+    ROOT_MODE=1
+    P=$ROOT
+fi
+
+SERVICE_USER=edge-runtime
+OPT_DIR=$P/opt/edge-runtime
+VENV=$OPT_DIR/venv
+WHEEL_DIR=$OPT_DIR/wheels
+ETC_DIR=$P/etc/edge-runtime
+STATE_DIR=$P/var/lib/edge-runtime
+STORE_DIR=$STATE_DIR/models
+FACTORY_DIR=$P/usr/share/edge-runtime/factory
+DOC_DIR=$P/usr/share/doc/edge-runtime
+UNIT_DIR=$P/etc/systemd/system
+UNIT_NAME=edge-runtime.service
+
+CHANGED=0      # anything the running service would notice
+UNIT_CHANGED=0
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# copy_if_changed SRC DEST MODE: atomic copy unless DEST already has the same bytes;
+# returns 0 if it copied, 1 if DEST was already identical. The mode is always enforced.
+copy_if_changed() {
+    if [ -f "$2" ] && cmp -s "$1" "$2"; then
+        chmod "$3" "$2"
+        return 1
+    fi
+    cp "$1" "$2.tmp.$$"
+    chmod "$3" "$2.tmp.$$"
+    mv -f "$2.tmp.$$" "$2"
+    return 0
+}
+
+# make_dir DIR MODE [OWNER:GROUP]: ownership only applies to a system install.
+make_dir() {
+    mkdir -p "$1"
+    chmod "$2" "$1"
+    if [ $# -ge 3 ] && [ "$ROOT_MODE" = 0 ]; then
+        chown "$3" "$1"
+    fi
+}
+
+# --- interpreter --------------------------------------------------------------------------
+command -v "$PYTHON" >/dev/null 2>&1 || die "python $PYTHON not found (apt install python3 python3-venv)"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$PYTHON is $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'); edge-runtime needs Python 3.11 or newer"
+MACHINE=$("$PYTHON" -c 'import platform; print(platform.machine())')
+case "$MACHINE" in
+    armv6l|armv7l|armv8l|arm)
+        die "this is a 32-bit ARM userland ($MACHINE): ai-edge-litert ships no wheel for it; install the 64-bit Raspberry Pi OS" ;;
+esac
+
+# --- the trust root -----------------------------------------------------------------------
+if grep -q "PRIVATE KEY" "$TRUST_ROOT"; then
+    die "$TRUST_ROOT is a private signing key, not a trust root: a device only ever gets root.json"
+fi
+
+# --- user ---------------------------------------------------------------------------------
+USERADD="useradd --system --user-group --home-dir /var/lib/edge-runtime --no-create-home --shell /usr/sbin/nologin --comment 'edge-runtime inference service' $SERVICE_USER"
+if [ "$ROOT_MODE" = 1 ]; then
+    log "--root: not creating system user $SERVICE_USER (a system install runs: $USERADD)"
+    log "--root: not changing ownership (a system install gives $STATE_DIR to $SERVICE_USER)"
+elif getent passwd "$SERVICE_USER" >/dev/null; then
+    log "user $SERVICE_USER exists"
+else
+    eval "$USERADD"
+    log "created system user $SERVICE_USER"
+fi
+
+# --- directories --------------------------------------------------------------------------
+make_dir "$OPT_DIR" 0755 root:root
+make_dir "$WHEEL_DIR" 0755 root:root
+# Root-owned and world-readable like the unit's ConfigurationDirectoryMode=0755; the
+# service reads config.toml through its group.
+make_dir "$ETC_DIR" 0755 root:root
+# MQTT client certificates and keys: readable by the service's group only.
+make_dir "$ETC_DIR/mqtt" 0750 "root:$SERVICE_USER"
+# Matches StateDirectoryMode=0750; systemd also chowns it to the service user at start.
+make_dir "$STATE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
+make_dir "$STORE_DIR" 0750 "$SERVICE_USER:$SERVICE_USER"
+make_dir "$FACTORY_DIR" 0755 root:root
+make_dir "$UNIT_DIR" 0755
+
+# --- virtual environment with the device extra only ---------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV" || die "cannot create a venv with $PYTHON (apt install python3-venv)"
+    log "created virtual environment $VENV"
+fi
+VENV_PY=$VENV/bin/python
+
+if [ -d "$WHEEL" ]; then
+    # Build from a clean copy so the source tree gets no build/ or *.egg-info, and with a
+    # fixed SOURCE_DATE_EPOCH so the same source gives the same wheel bytes every time.
+    mkdir "$TMP/src" "$TMP/dist"
+    tar -C "$WHEEL" -cf - \
+        --exclude=./.git --exclude=./.venv --exclude=./venv --exclude=./build --exclude=./dist \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache \
+        --exclude=.pytest_cache --exclude=.ruff_cache . | tar -C "$TMP/src" -xf -
+    log "building the edge-runtime wheel from $WHEEL"
+    SOURCE_DATE_EPOCH=315532800 "$VENV_PY" -m pip wheel --quiet --no-deps --no-cache-dir \
+        --wheel-dir "$TMP/dist" "$TMP/src"
+    set -- "$TMP"/dist/edge_runtime-*.whl
+    [ $# -eq 1 ] && [ -f "$1" ] || die "building the wheel from $WHEEL gave: $*"
+    BUILT=$1
+else
+    case "$WHEEL" in *.whl) ;; *) die "--wheel $WHEEL is neither a directory nor a .whl" ;; esac
+    BUILT=$WHEEL
+fi
+WHEEL_FILE=$WHEEL_DIR/$(basename "$BUILT")
+copy_if_changed "$BUILT" "$WHEEL_FILE" 0644 || true
+for old in "$WHEEL_DIR"/*.whl; do
+    [ "$old" = "$WHEEL_FILE" ] || rm -f "$old"
+done
+
+STAMP=$VENV/.edge-runtime-installed
+WANT="$(sha256sum "$WHEEL_FILE" | cut -d' ' -f1) device"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV_PY" -m pip check >/dev/null 2>&1; then
+    log "virtual environment up to date ($(basename "$WHEEL_FILE"))"
+else
+    log "installing $(basename "$WHEEL_FILE")[device] into $VENV"
+    "$VENV_PY" -m pip uninstall --quiet --yes edge-runtime >/dev/null 2>&1 || true
+    "$VENV_PY" -m pip install --quiet --no-cache-dir "$WHEEL_FILE[device]"
+    # The device install must never pull TensorFlow (SPEC section 1).
+    TF=$("$VENV_PY" -c 'import importlib.metadata as m; print(" ".join(sorted({d.metadata["Name"] for d in m.distributions() if d.metadata["Name"].lower().startswith(("tensorflow", "tf-keras", "tf_keras"))})))')
+    [ -z "$TF" ] || die "the device venv contains $TF; the device extra must not pull TensorFlow"
+    printf '%s\n' "$WANT" >"$STAMP"
+    CHANGED=1
+fi
+
+# Only now can the root be checked properly: its signatures, with our own code.
+if ! "$VENV/bin/edge-runtime" keys show "$TRUST_ROOT" >"$TMP/root.txt" 2>&1 \
+    || ! grep -q "trust root version" "$TMP/root.txt"; then
+    cat "$TMP/root.txt" >&2
+    die "$TRUST_ROOT is not a valid trust root"
+fi
+if [ -f "$ETC_DIR/root.json" ] && ! cmp -s "$TRUST_ROOT" "$ETC_DIR/root.json" && [ "$REPLACE_TRUST_ROOT" = 0 ]; then
+    die "$ETC_DIR/root.json exists and differs from $TRUST_ROOT; pass --replace-trust-root to re-pin the device"
+fi
+if copy_if_changed "$TRUST_ROOT" "$ETC_DIR/root.json" 0644; then
+    log "pinned trust root: $(head -n 1 "$TMP/root.txt")"
+    CHANGED=1
+fi
+
+# --- factory bundle(s): the last fallback, never deleted ----------------------------------
+FOUND=0
+for bundle in "$SCRIPT_DIR"/factory/*.bundle; do
+    [ -f "$bundle" ] || continue
+    FOUND=1
+    if copy_if_changed "$bundle" "$FACTORY_DIR/$(basename "$bundle")" 0644; then
+        log "factory bundle $(basename "$bundle") installed"
+        CHANGED=1
+    fi
+done
+[ "$FOUND" = 1 ] || log "no factory bundle in $SCRIPT_DIR/factory (*.bundle); the device starts with an empty store"
+
+# --- configuration: written once, never overwritten ---------------------------------------
+if [ -e "$ETC_DIR/config.toml" ]; then
+    log "keeping existing $ETC_DIR/config.toml"
+else
+    copy_if_changed "$SCRIPT_DIR/config.toml" "$ETC_DIR/config.toml" 0640 || true
+    log "wrote $ETC_DIR/config.toml (edit it, then: systemctl restart edge-runtime)"
+    CHANGED=1
+fi
+if [ "$ROOT_MODE" = 0 ]; then
+    chown "root:$SERVICE_USER" "$ETC_DIR/config.toml"
+fi
+
+# --- docs and the unit --------------------------------------------------------------------
+if [ -f "$REPO_DIR/docs/raspberry-pi.md" ]; then
+    make_dir "$DOC_DIR" 0755 root:root
+    copy_if_changed "$REPO_DIR/docs/raspberry-pi.md" "$DOC_DIR/raspberry-pi.md" 0644 || true
+fi
+if copy_if_changed "$REPO_DIR/systemd/$UNIT_NAME" "$UNIT_DIR/$UNIT_NAME" 0644; then
+    log "installed $UNIT_DIR/$UNIT_NAME"
+    UNIT_CHANGED=1
+    CHANGED=1
+fi
+
+# --- systemd ------------------------------------------------------------------------------
+if [ "$ROOT_MODE" = 1 ]; then
+    log "--root: not running systemctl (a system install runs: systemctl daemon-reload; systemctl enable --now $UNIT_NAME)"
+    log "done: tree in $ROOT"
+    exit 0
+fi
+if [ "$UNIT_CHANGED" = 1 ]; then
+    systemctl daemon-reload
+fi
+systemctl enable --quiet "$UNIT_NAME"
+if [ "$START" = 0 ]; then
+    log "enabled $UNIT_NAME; not started (--no-start)"
+elif systemctl is-active --quiet "$UNIT_NAME"; then
+    if [ "$CHANGED" = 1 ]; then
+        systemctl restart "$UNIT_NAME" || die "restart failed: journalctl -u edge-runtime -n 50"
+        log "restarted $UNIT_NAME"
+    else
+        log "$UNIT_NAME running, nothing changed"
+    fi
+else
+    systemctl start "$UNIT_NAME" || die "start failed: journalctl -u edge-runtime -n 50"
+    log "started $UNIT_NAME"
+fi
+log "check: systemctl status edge-runtime; curl -s localhost:8000/v2/health/ready"

@@ -1,0 +1,241 @@
+"""The bundle manifest: a typed model of ``manifest.json`` and its validation.
+
+Pure code: bytes in, a :class:`Manifest` or a :class:`ManifestError` out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_runtime.exceptions import CanonicalJSONError, ManifestError
+from edge_runtime.inference.tensors import TensorSpec, parse_tensor_spec
+from edge_runtime.trust.canonical import canonical_json, parse_json_object
+
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_FILE = "manifest.sig"
+ARTIFACT_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
+ALLOWED_ARTIFACTS = frozenset(ARTIFACT_FILES.values())
+FORMATS = frozenset(ARTIFACT_FILES)
+DEFAULT_CHUNK_SIZE = 256 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+MIN_CHUNK_SIZE = 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 64 * 1024
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a bundle: its length, whole-file sha256 and per-chunk sha256."""
+
+    file: str
+    length: int
+    sha256: str
+    chunk_size: int
+    chunk_sha256: tuple[str, ...]
+
+    @property
+    def chunk_count(self) -> int:
+        """How many chunks the file has."""
+        return len(self.chunk_sha256)
+
+    def chunk_length(self, index: int) -> int:
+        """The length of chunk ``index`` (the last one may be short)."""
+        start = index * self.chunk_size
+        return max(0, min(self.chunk_size, self.length - start))
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form."""
+        return {
+            "length": self.length,
+            "sha256": self.sha256,
+            "chunk_size": self.chunk_size,
+            "chunk_sha256": list(self.chunk_sha256),
+        }
+
+
+@dataclass(frozen=True)
+class Golden:
+    """Golden self-test samples: inputs, expected outputs and a tolerance."""
+
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    atol: float
+    rtol: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form."""
+        return {"inputs": self.inputs, "outputs": self.outputs, "atol": self.atol, "rtol": self.rtol}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest."""
+
+    name: str
+    version: int
+    created: str
+    format: str
+    artifacts: dict[str, Artifact]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    quantization: dict[str, Any]
+    golden: Golden | None
+    compatible: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_file(self) -> str:
+        """The artifact the backend loads."""
+        return ARTIFACT_FILES[self.format]
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as a JSON-able dict."""
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            {
+                "name": self.name,
+                "version": self.version,
+                "created": self.created,
+                "format": self.format,
+                "artifacts": {k: a.to_json() for k, a in self.artifacts.items()},
+                "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs],
+                "quantization": self.quantization,
+                "compatible": self.compatible,
+            }
+        )
+        if self.golden is not None:
+            out["golden"] = self.golden.to_json()
+        return out
+
+    def canonical(self) -> bytes:
+        """Canonical JSON bytes, the form that is signed."""
+        return canonical_json(self.to_json())
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "manifest") -> Any:
+    if key not in obj:
+        raise ManifestError(f"{what}: missing field '{key}'")
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ManifestError(f"{what}: field '{key}' has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _parse_artifact(file: str, obj: Any) -> Artifact:
+    what = f"manifest artifact '{file}'"
+    if file not in ALLOWED_ARTIFACTS:
+        raise ManifestError(f"manifest: artifact {file!r} is not one of {sorted(ALLOWED_ARTIFACTS)}")
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{what}: expected an object")
+    length = _require(obj, "length", int, what)
+    sha = _require(obj, "sha256", str, what)
+    chunk_size = _require(obj, "chunk_size", int, what)
+    chunks = _require(obj, "chunk_sha256", list, what)
+    if length < 1:
+        raise ManifestError(f"{what}: length must be >= 1, found {length}")
+    if not SHA256_RE.match(sha):
+        raise ManifestError(f"{what}: sha256 must be 64 lower-case hex digits")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ManifestError(f"{what}: chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}], found {chunk_size}")
+    expected = -(-length // chunk_size)
+    if len(chunks) != expected:
+        raise ManifestError(f"{what}: {length} bytes in chunks of {chunk_size} make {expected} chunks, manifest lists {len(chunks)}")
+    if not all(isinstance(c, str) and SHA256_RE.match(c) for c in chunks):
+        raise ManifestError(f"{what}: every chunk_sha256 must be 64 lower-case hex digits")
+    return Artifact(file, length, sha, chunk_size, tuple(chunks))
+
+
+def _parse_golden(obj: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> Golden:
+    if not isinstance(obj, dict):
+        raise ManifestError("manifest: 'golden' must be an object")
+    atol = _require(obj, "atol", (int, float), "manifest golden")
+    rtol = _require(obj, "rtol", (int, float), "manifest golden")
+    if atol < 0 or rtol < 0:
+        raise ManifestError("manifest golden: atol and rtol must be >= 0")
+    sides: list[dict[str, dict[str, Any]]] = []
+    for side, specs in (("inputs", inputs), ("outputs", outputs)):
+        tensors = _require(obj, side, dict, "manifest golden")
+        names = {s.name for s in specs}
+        if set(tensors) != names:
+            raise ManifestError(f"manifest golden: {side} must name exactly {sorted(names)}, found {sorted(tensors)}")
+        for name, t in tensors.items():
+            if not isinstance(t, dict) or not isinstance(t.get("shape"), list) or not isinstance(t.get("data"), list):
+                raise ManifestError(f"manifest golden {side} '{name}': expected {{shape: [...], data: [...]}}")
+            count = 1
+            for d in t["shape"]:
+                if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+                    raise ManifestError(f"manifest golden {side} '{name}': bad shape {t['shape']}")
+                count *= d
+            if count != len(t["data"]) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in t["data"]
+            ):
+                raise ManifestError(f"manifest golden {side} '{name}': data must hold {count} numbers")
+        sides.append(tensors)
+    return Golden(sides[0], sides[1], float(atol), float(rtol))
+
+
+def manifest_from_json(obj: dict[str, Any]) -> Manifest:
+    """Validate a manifest dict."""
+    name = _require(obj, "name", str)
+    if not NAME_RE.match(name):
+        raise ManifestError(f"manifest: name {name!r} must match {NAME_RE.pattern}")
+    version = _require(obj, "version", int)
+    if version < 1:
+        raise ManifestError(f"manifest: version must be >= 1, found {version}")
+    created = _require(obj, "created", str)
+    fmt = _require(obj, "format", str)
+    if fmt not in FORMATS:
+        raise ManifestError(f"manifest: format {fmt!r} is not one of {sorted(FORMATS)}")
+    raw_artifacts = _require(obj, "artifacts", dict)
+    artifacts = {f: _parse_artifact(f, a) for f, a in raw_artifacts.items()}
+    if ARTIFACT_FILES[fmt] not in artifacts:
+        raise ManifestError(f"manifest: format {fmt!r} needs the artifact {ARTIFACT_FILES[fmt]!r}")
+    raw_inputs = _require(obj, "inputs", list)
+    raw_outputs = _require(obj, "outputs", list)
+    if not raw_inputs or not raw_outputs or len(raw_inputs) > 64 or len(raw_outputs) > 64:
+        raise ManifestError("manifest: needs 1 to 64 inputs and 1 to 64 outputs")
+    inputs = tuple(parse_tensor_spec(t, f"manifest input {i}") for i, t in enumerate(raw_inputs))
+    outputs = tuple(parse_tensor_spec(t, f"manifest output {i}") for i, t in enumerate(raw_outputs))
+    for side, specs in (("input", inputs), ("output", outputs)):
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ManifestError(f"manifest: duplicate {side} names {names}")
+    quantization = obj.get("quantization", {"mode": "none"})
+    if not isinstance(quantization, dict):
+        raise ManifestError("manifest: 'quantization' must be an object")
+    golden = _parse_golden(obj["golden"], inputs, outputs) if obj.get("golden") is not None else None
+    compatible = _require(obj, "compatible", dict)
+    runtime_major = compatible.get("runtime_major")
+    archs = compatible.get("architectures")
+    if not isinstance(runtime_major, int) or isinstance(runtime_major, bool):
+        raise ManifestError("manifest: compatible.runtime_major must be an integer")
+    if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+        raise ManifestError("manifest: compatible.architectures must be a non-empty list of strings")
+    known = {"name", "version", "created", "format", "artifacts", "inputs", "outputs", "quantization", "golden", "compatible"}
+    extra = {k: v for k, v in obj.items() if k not in known}
+    return Manifest(name, version, created, fmt, artifacts, inputs, outputs, quantization, golden, compatible, extra)
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and validate canonical manifest bytes."""
+    try:
+        obj = parse_json_object(data, "manifest.json", require_canonical=True)
+    except CanonicalJSONError as exc:
+        raise ManifestError(str(exc)) from exc
+    return manifest_from_json(obj)
+
+
+def is_compatible(manifest: Manifest, runtime_major: int, machine: str) -> str | None:
+    """None when the manifest suits this runtime and CPU, else the reason it does not."""
+    want_major = manifest.compatible.get("runtime_major")
+    if want_major != runtime_major:
+        return f"built for runtime major version {want_major}, this runtime is {runtime_major}"
+    archs = manifest.compatible.get("architectures", [])
+    if "any" not in archs and machine not in archs:
+        return f"built for architectures {archs}, this device is {machine}"
+    return None

@@ -1,0 +1,73 @@
+"""The ``edge-runtime`` command. The only place that turns errors into exit codes.
+
+Exit codes: 0 success, 2 usage error, 1 anything else, with a one-line reason on stderr
+(no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_runtime import __version__
+from edge_runtime.cli import bundle, keys, models, score
+from edge_runtime.exceptions import EdgeRuntimeError, UsageError
+from edge_runtime.logs import setup_logging
+
+COMMAND_MODULES = [keys, bundle, models, score]
+for _optional in ("serve", "fleet"):
+    try:
+        COMMAND_MODULES.append(__import__(f"edge_runtime.cli.{_optional}", fromlist=["register"]))
+    except ImportError:  # pragma: no cover - module not built yet or extra missing
+        pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = _Parser(prog="edge-runtime", description="Inference runtime for Raspberry Pi and embedded Linux.")
+    parser.add_argument("--version", action="version", version=f"edge-runtime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edge-runtime``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        setup_logging(getattr(args, "log_format", "text"), "debug" if debug else getattr(args, "log_level", "info"))
+        code: int = args.func(args)
+        return code
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"edge-runtime: {exc}", file=sys.stderr)
+        return 2
+    except EdgeRuntimeError as exc:
+        if debug:
+            raise
+        print(f"edge-runtime: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edge-runtime: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if debug:
+            raise
+        print(f"edge-runtime: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.captureWarnings(True)
+    sys.exit(main())

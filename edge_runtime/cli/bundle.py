@@ -1,0 +1,139 @@
+"""``edge-runtime bundle create|inspect|verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.cli.common import common_options, load_root_file, positive_int
+from edge_runtime.exceptions import UsageError
+from edge_runtime.packaging import pack_model
+from edge_runtime.trust.keys import load_private_key_pem
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+
+def chunk_size(text: str) -> int:
+    """argparse type for --chunk-size (bytes, or with a K/M suffix)."""
+    t = text.strip().upper()
+    mult = 1024 if t.endswith("K") else 1024 * 1024 if t.endswith("M") else 1
+    try:
+        value = int(t.rstrip("KM")) * mult
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 262144, 256K or 1M, found {text!r}") from None
+    if not MIN_CHUNK_SIZE <= value <= MAX_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(f"chunk size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] bytes")
+    return value
+
+
+def load_keys(paths: list[Path]) -> list[Any]:
+    """Read signing keys (PKCS#8 PEM)."""
+    keys = []
+    for p in paths:
+        try:
+            keys.append(load_private_key_pem(Path(p).read_bytes()))
+        except OSError as exc:
+            raise UsageError(f"cannot read signing key {p}: {exc.strerror}") from exc
+    return keys
+
+
+def register(sub: Any) -> None:
+    """Add the ``bundle`` subcommands."""
+    p = sub.add_parser("bundle", help="create, inspect and verify model bundles")
+    bs = p.add_subparsers(dest="bundle_command", required=True, parser_class=type(p))
+    c = bs.add_parser("create", parents=[common_options()], help="pack a .tflite or .onnx model into a signed bundle")
+    c.add_argument("model", type=Path)
+    c.add_argument("--name", required=True)
+    c.add_argument("--version", type=positive_int, required=True)
+    c.add_argument("--sign-key", type=Path, action="append", required=True, help="repeat for several signatures")
+    c.add_argument("-o", "--out", type=Path, required=True)
+    c.add_argument("--chunk-size", type=chunk_size, default=DEFAULT_CHUNK_SIZE)
+    c.add_argument("--input-names", help="comma-separated KServe names for the inputs, by position")
+    c.add_argument("--output-names", help="comma-separated KServe names for the outputs, by position")
+    c.add_argument("--golden-inputs", type=Path, help=".npy/.npz sample inputs for the self-test (default: random)")
+    c.add_argument("--atol", type=float, default=None, help="self-test absolute tolerance")
+    c.add_argument("--rtol", type=float, default=1e-3, help="self-test relative tolerance")
+    c.add_argument("--architectures", default="any", help="comma-separated CPU architectures, or 'any'")
+    c.set_defaults(func=cmd_create)
+    for name, fn in (("inspect", cmd_inspect), ("verify", cmd_verify)):
+        q = bs.add_parser(name, parents=[common_options()], help=f"{name} a bundle")
+        q.add_argument("bundle", type=Path)
+        q.add_argument("--root", type=Path, required=(name == "verify"), help="trust root to verify signatures against")
+        q.add_argument("--json", action="store_true", help="print the manifest as JSON")
+        q.set_defaults(func=fn)
+
+
+def _golden(path: Path | None) -> list[np.ndarray] | None:
+    if path is None:
+        return None
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read golden inputs {path}: {exc}") from exc
+    return [loaded[k] for k in loaded.files] if hasattr(loaded, "files") else [loaded]
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    """Pack a model into a bundle."""
+    if not args.model.is_file():
+        raise UsageError(f"{args.model}: no such file")
+    keys = load_keys(args.sign_key)
+    manifest = pack_model(
+        args.model,
+        name=args.name,
+        version=args.version,
+        keys=keys,
+        out=args.out,
+        chunk_size=args.chunk_size,
+        input_names=_names(args.input_names),
+        output_names=_names(args.output_names),
+        golden_inputs=_golden(args.golden_inputs),
+        atol=args.atol,
+        rtol=args.rtol,
+        architectures=_names(args.architectures),
+        quantization={"mode": "as-is"},
+    )
+    art = manifest.artifacts[manifest.model_file]
+    print(f"wrote {args.out}: {manifest.name} v{manifest.version}, {manifest.format}, {art.length} bytes in {art.chunk_count} chunks")
+    return 0
+
+
+def _describe(args: argparse.Namespace, verified: bool) -> int:
+    root = load_root_file(args.root) if args.root else None
+    with open_bundle(args.bundle, root) as b:
+        m = b.manifest
+        if args.json:
+            print(json.dumps(m.to_json(), indent=2, sort_keys=True))
+            return 0
+        print(f"{m.name} v{m.version} ({m.format}), created {m.created}")
+        print("signature: " + ("verified against the trust root" if root else "NOT checked (no --root)"))
+        for f, a in m.artifacts.items():
+            print(f"artifact {f}: {a.length} bytes, sha256 {a.sha256[:16]}..., {a.chunk_count} chunks of {a.chunk_size}")
+        for side, specs in (("input", m.inputs), ("output", m.outputs)):
+            for s in specs:
+                q = f" (int {s.quantization.datatype} scale {s.quantization.scale:g} zp {s.quantization.zero_point})" if s.quantization else ""
+                print(f"{side} {s.name}: {s.datatype} {list(s.shape)}{q}")
+        print(f"quantization: {m.quantization.get('mode')}; compatible: {m.compatible}")
+        if m.golden is not None:
+            print(f"golden self-test: atol {m.golden.atol:g}, rtol {m.golden.rtol:g}")
+    if verified:
+        print("OK: layout, signature and every chunk hash verified")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Describe a bundle (signature checked only with --root)."""
+    return _describe(args, verified=args.root is not None)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Fully verify a bundle against a trust root."""
+    return _describe(args, verified=True)

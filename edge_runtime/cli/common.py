@@ -1,0 +1,65 @@
+"""Options and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from edge_runtime.bundle.reader import BundleLimits
+from edge_runtime.config import Config, load_config
+from edge_runtime.exceptions import UsageError
+from edge_runtime.store.store import ModelStore
+from edge_runtime.trust.root import TrustRoot, verify_root
+
+
+def common_options() -> argparse.ArgumentParser:
+    """A parent parser with the options every subcommand takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--log-format", choices=["text", "json"], default=None, help="log line format")
+    return p
+
+
+def store_options() -> argparse.ArgumentParser:
+    """A parent parser with the options that locate the store and trust root."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", type=Path, default=None, help="config file (default /etc/edge-runtime/config.toml)")
+    p.add_argument("--store", type=Path, default=None, help="store directory (overrides [store] path)")
+    p.add_argument("--factory", type=Path, default=None, help="factory bundle directory (overrides [store] factory)")
+    p.add_argument("--root", type=Path, default=None, help="trust root file (overrides [trust] root)")
+    return p
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, found {value}")
+    return value
+
+
+def load_root_file(path: Path) -> TrustRoot:
+    """Read and verify a pinned trust root file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read trust root {path}: {exc.strerror}") from exc
+    return verify_root(data)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file named by ``--config`` (or the default one)."""
+    return load_config(getattr(args, "config", None))
+
+
+def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStore:
+    """The store named by the options and config."""
+    cfg = cfg or config_from_args(args)
+    root = load_root_file(args.root or Path(cfg.trust.root))
+    factory = args.factory if args.factory is not None else Path(cfg.store.factory)
+    return ModelStore(
+        args.store or Path(cfg.store.path), root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes)
+    )

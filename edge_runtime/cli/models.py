@@ -1,0 +1,130 @@
+"""``edge-runtime models list|install|activate|rollback|verify``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.cli.common import common_options, open_store, positive_int, store_options
+from edge_runtime.exceptions import StoreError
+from edge_runtime.inference.backend import load_backend
+from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.store.store import ModelStore, Resolved
+
+
+def register(sub: Any) -> None:
+    """Add the ``models`` subcommands."""
+    p = sub.add_parser("models", help="the local model store")
+    ms = p.add_subparsers(dest="models_command", required=True, parser_class=type(p))
+    parents = [common_options(), store_options()]
+    lst = ms.add_parser("list", parents=parents, help="models, versions, what is active and why")
+    lst.add_argument("--history", type=int, default=5, help="history entries to show per model")
+    lst.set_defaults(func=cmd_list)
+    ins = ms.add_parser("install", parents=parents, help="verify and install a bundle, then activate it")
+    ins.add_argument("bundle", type=Path)
+    ins.add_argument("--no-activate", action="store_true", help="install only")
+    ins.set_defaults(func=cmd_install)
+    act = ms.add_parser("activate", parents=parents, help="self-test a version and make it active")
+    act.add_argument("name")
+    act.add_argument("version", type=positive_int)
+    act.set_defaults(func=cmd_activate)
+    rb = ms.add_parser("rollback", parents=parents, help="make the last known good version active")
+    rb.add_argument("name")
+    rb.set_defaults(func=cmd_rollback)
+    ver = ms.add_parser("verify", parents=parents, help="re-hash every installed version")
+    ver.set_defaults(func=cmd_verify)
+
+
+def selftest(resolved: Resolved) -> None:
+    """Load a resolved version and run its golden self-test."""
+    backend = load_backend(resolved.manifest, resolved.model)
+    try:
+        run_selftest(backend, resolved.manifest)
+    finally:
+        backend.close()
+
+
+def _activate(store: ModelStore, name: str, version: int) -> None:
+    store.activate(name, version, selftest=selftest)
+    print(f"{name} v{version} passed its self-test and is active")
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    """Verify and install a bundle file."""
+    store = open_store(args)
+    result = store.install(args.bundle)
+    verb = "already installed" if result.already_installed else "installed"
+    print(f"{result.name} v{result.version} {verb}")
+    if not args.no_activate:
+        state = store.state(result.name)
+        if state.active is None or result.version > state.active or state.serving_factory:
+            _activate(store, result.name, result.version)
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    """Self-test and activate an installed version."""
+    store = open_store(args)
+    if args.version not in store.versions(args.name):
+        raise StoreError(f"{args.name} v{args.version} is not installed (installed: {store.versions(args.name)})")
+    _activate(store, args.name, args.version)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Return to the last known good version."""
+    store = open_store(args)
+    state = store.rollback(args.name)
+    print(f"{args.name}: rolled back to v{state.active}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print every model and version with its status and recent history."""
+    store = open_store(args)
+    names = store.models()
+    if not names:
+        print(f"no models in {store.path}")
+        return 0
+    print(f"{'MODEL':<16} {'VERSION':<8} STATUS")
+    for name in names:
+        state = store.state(name)
+        for v in store.versions(name):
+            tags = []
+            if v == state.active and not state.serving_factory:
+                tags.append("active")
+            if v == state.last_known_good:
+                tags.append("last-known-good")
+            if v in state.quarantined:
+                tags.append(f"quarantined: {state.quarantined[v]}")
+            if v in state.failed:
+                tags.append(f"failed: {state.failed[v]}")
+            print(f"{name:<16} {v:<8} {', '.join(tags) or 'installed'}")
+        factory = store.factory_bundle(name)
+        if factory is not None:
+            tag = "active (fallback)" if state.serving_factory or state.active is None else "standby"
+            print(f"{name:<16} {'factory':<8} {tag}: {factory}")
+        print(f"{'':<16} highest seen: v{state.highest_seen}")
+        for entry in state.history[-args.history :] if args.history > 0 else []:
+            detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "event") and v is not None)
+            print(f"{'':<16} {entry.get('time', '')} {entry.get('event')}: {detail}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hash every installed version; exit 1 when any fails."""
+    store = open_store(args)
+    bad = 0
+    results = store.verify_all()
+    for name, version, problem in results:
+        quarantined = version in store.state(name).quarantined
+        status = "ok" if problem is None else ("quarantined: " if quarantined else "FAILED: ") + problem
+        if problem is not None and not quarantined:
+            bad += 1
+        print(f"{name} v{version}: {status}")
+    if not results:
+        print("nothing installed")
+    if bad:
+        raise StoreError(f"{bad} installed version(s) failed verification")
+    return 0

@@ -1,0 +1,237 @@
+"""TOML configuration -> frozen dataclasses. Unknown keys and wrong types are errors.
+
+Every size, count and time field carries its unit in its name. See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.exceptions import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """``[device]``: identity of this device."""
+
+    id: str = ""  # empty: /etc/machine-id
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: where models live."""
+
+    path: str = "/var/lib/edge-runtime/models"
+    factory: str = "/usr/share/edge-runtime/factory"
+    max_bundle_bytes: int = 1024 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``[server]``: the local KServe v2 endpoints."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 0  # 0 = off
+    max_request_bytes: int = 64 * 1024 * 1024
+    swap_poll_ms: int = 500
+    drain_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """``[trust]``: the pinned trust root."""
+
+    root: str = "/etc/edge-runtime/root.json"
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """``[mqtt]``: signed model updates. No table means offline only."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    fleet: str = "default"
+    prefix: str = "edge"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: str = ""
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    download_stall_s: float = 30.0
+    max_download_bytes: int = 512 * 1024 * 1024
+    max_event_queue: int = 1000
+    staging_dir: str = ""  # empty: <store>/.staging
+    trusted_clock: str = "auto"  # "auto" (systemd-timesyncd sync), "yes", "no"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[models.NAME]``: serving of one model (SPEC section 4)."""
+
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 500
+    preferred_batch_sizes: list[int] = field(default_factory=list)
+    max_queue_size: int = 256
+    instances: int = 1
+    num_threads: int = 1
+    version_policy: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    versions: list[int] = field(default_factory=list)
+    traffic: dict[str, int] = field(default_factory=dict)
+    shadow: int = 0  # 0 = none
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``[logging]``."""
+
+    level: str = "info"
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    mqtt: MqttConfig | None = None
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    source: str = ""
+
+    def model(self, name: str) -> ModelConfig:
+        """Serving config of ``name`` (defaults when not configured)."""
+        return self.models.get(name, ModelConfig())
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _check(value, args[0], where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, found {type(value).__name__}")
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, found {type(value).__name__}")
+        return {str(k): _check(v, item, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, found {type(value).__name__} {value!r}")
+
+
+def _build(cls: Any, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, found {type(table).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**{k: _check(v, hints[k], f"{where}.{k}") for k, v in table.items()})
+
+
+def _validate_model(name: str, m: ModelConfig) -> None:
+    where = f"models.{name}"
+    if m.max_batch_size < 0 or m.max_queue_delay_us < 0 or m.max_queue_size < 1:
+        raise ConfigError(f"{where}: max_batch_size and max_queue_delay_us must be >= 0, max_queue_size >= 1")
+    if m.instances < 1 or m.num_threads < 1:
+        raise ConfigError(f"{where}: instances and num_threads must be >= 1")
+    if m.version_policy not in ("latest", "all", "specific"):
+        raise ConfigError(f"{where}.version_policy: expected 'latest', 'all' or 'specific', found {m.version_policy!r}")
+    if m.version_policy == "specific" and not m.versions:
+        raise ConfigError(f"{where}.versions: needed with version_policy 'specific'")
+    if m.num_versions < 1:
+        raise ConfigError(f"{where}.num_versions: must be >= 1")
+    for v, w in m.traffic.items():
+        if not v.isdigit() or w < 0:
+            raise ConfigError(f"{where}.traffic: keys must be version numbers and weights >= 0, found {v!r} = {w}")
+    if m.traffic and sum(m.traffic.values()) <= 0:
+        raise ConfigError(f"{where}.traffic: weights must not all be 0")
+    if any(b < 1 or (m.max_batch_size and b > m.max_batch_size) for b in m.preferred_batch_sizes):
+        raise ConfigError(f"{where}.preferred_batch_sizes: each must be in [1, max_batch_size]")
+
+
+def parse_config(data: dict[str, Any], source: str = "") -> Config:
+    """Build a Config from a parsed TOML document."""
+    known = {"device", "store", "server", "trust", "mqtt", "models", "logging"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown table(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
+    models_table = data.get("models", {})
+    if not isinstance(models_table, dict):
+        raise ConfigError("models: expected a table of [models.NAME] tables")
+    models = {name: _build(ModelConfig, t, f"models.{name}") for name, t in models_table.items()}
+    for name, m in models.items():
+        _validate_model(name, m)
+    cfg = Config(
+        device=_build(DeviceConfig, data.get("device", {}), "device"),
+        store=_build(StoreConfig, data.get("store", {}), "store"),
+        server=_build(ServerConfig, data.get("server", {}), "server"),
+        trust=_build(TrustConfig, data.get("trust", {}), "trust"),
+        mqtt=_build(MqttConfig, data["mqtt"], "mqtt") if "mqtt" in data else None,
+        models=models,
+        logging=_build(LoggingConfig, data.get("logging", {}), "logging"),
+        source=source,
+    )
+    if cfg.logging.format not in ("text", "json"):
+        raise ConfigError(f"logging.format: expected 'text' or 'json', found {cfg.logging.format!r}")
+    if not 0 <= cfg.server.port <= 65535 or not 0 <= cfg.server.grpc_port <= 65535:
+        raise ConfigError("server.port and server.grpc_port must be in [0, 65535]")
+    return cfg
+
+
+def load_config(path: Path | None) -> Config:
+    """Read a TOML config file; ``None`` means the default path if it exists, else defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.is_file():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    cfg = parse_config(data, str(path))
+    return dataclasses.replace(cfg, source=str(path))
+
+
+def device_id(cfg: Config) -> str:
+    """The configured device id, else /etc/machine-id."""
+    if cfg.device.id:
+        return cfg.device.id
+    try:
+        return Path("/etc/machine-id").read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"

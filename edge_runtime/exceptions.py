@@ -1,0 +1,113 @@
+"""The project's error tree.
+
+    EdgeRuntimeError
+    ├── UsageError                 bad command line or config (exit code 2)
+    │   └── ConfigError            unknown key, wrong type, bad value in a TOML config
+    ├── BadDataError               the data itself is wrong: never retry the same bytes
+    │   ├── CanonicalJSONError     not canonical / not JSON
+    │   ├── TrustError             trust root or signature problems
+    │   │   ├── SignatureError     bad, missing, unknown-key or below-threshold signatures
+    │   │   └── RootUpdateError    a trust root rotation that does not verify
+    │   ├── ManifestError          a manifest that does not parse or validate
+    │   ├── BundleError            a bundle whose tar layout, sizes or hashes are wrong
+    │   ├── RollbackError          a version at or below the anti-rollback floor
+    │   └── InputError             a tensor or file row that does not fit the model
+    ├── StoreError                 the device store cannot do what was asked
+    │   └── NotFoundError          unknown model or version
+    ├── InferenceError             a backend failed to load or run a model
+    │   └── SelfTestError          golden outputs did not match
+    └── TransportError             network/broker trouble: retry with backoff
+
+Messages say what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+
+class EdgeRuntimeError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class UsageError(EdgeRuntimeError):
+    """A command line or configuration that cannot be acted on."""
+
+
+class ConfigError(UsageError):
+    """A configuration file with an unknown key, a wrong type or a bad value."""
+
+
+class BadDataError(EdgeRuntimeError):
+    """The data is wrong; fetching the same bytes again will not help."""
+
+
+class CanonicalJSONError(BadDataError):
+    """Bytes that are not JSON, or not in canonical form where that is required."""
+
+
+class TrustError(BadDataError):
+    """A trust root or a signature check failed."""
+
+
+class SignatureError(TrustError):
+    """Signatures are bad, missing, from unknown keys or below the threshold."""
+
+
+class RootUpdateError(TrustError):
+    """A new trust root that does not chain from the current one."""
+
+
+class ManifestError(BadDataError):
+    """A manifest that does not parse or does not validate."""
+
+
+class BundleError(BadDataError):
+    """A bundle with a bad layout, bad sizes or bad hashes."""
+
+
+class RollbackError(BadDataError):
+    """A version at or below the anti-rollback floor."""
+
+
+class InputError(BadDataError):
+    """Input tensors or rows that do not fit the model's interface."""
+
+
+class StoreError(EdgeRuntimeError):
+    """The device store cannot carry out the request."""
+
+
+class NotFoundError(StoreError):
+    """An unknown model or version."""
+
+
+class InferenceError(EdgeRuntimeError):
+    """A backend failed to load or run a model."""
+
+
+class SelfTestError(InferenceError):
+    """A model's golden self-test did not reproduce the expected outputs."""
+
+
+class TransportError(EdgeRuntimeError):
+    """Broker or network trouble; worth retrying with backoff."""
+
+
+__all__ = [
+    "BadDataError",
+    "BundleError",
+    "CanonicalJSONError",
+    "ConfigError",
+    "EdgeRuntimeError",
+    "InferenceError",
+    "InputError",
+    "ManifestError",
+    "NotFoundError",
+    "RollbackError",
+    "RootUpdateError",
+    "SelfTestError",
+    "SignatureError",
+    "StoreError",
+    "TransportError",
+    "TrustError",
+    "UsageError",
+]

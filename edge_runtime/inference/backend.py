@@ -1,0 +1,68 @@
+"""The inference backend interface and the factory that picks one by bundle format.
+
+A backend owns one interpreter. It is not thread-safe: the serving layer gives each
+backend instance to exactly one worker thread (LiteRT interpreters corrupt their inputs
+when shared, see FACTS.md).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edge_runtime.bundle.manifest import Manifest
+from edge_runtime.exceptions import InferenceError, InputError
+from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+
+
+class Backend(abc.ABC):
+    """One loaded model. ``run`` takes and returns arrays in manifest order and types."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.inputs: tuple[TensorSpec, ...] = manifest.inputs
+        self.outputs: tuple[TensorSpec, ...] = manifest.outputs
+        self._in_dtypes = [numpy_dtype(s.datatype) for s in self.inputs]
+
+    @abc.abstractmethod
+    def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run the interpreter on arrays already in the interpreter's types."""
+
+    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Score one batch: inputs in manifest order and declared datatypes."""
+        if len(arrays) != len(self.inputs):
+            raise InputError(f"expected {len(self.inputs)} inputs, found {len(arrays)}")
+        model_inputs = []
+        for spec, dtype, arr in zip(self.inputs, self._in_dtypes, arrays):
+            if arr.dtype != dtype:
+                arr = arr.astype(dtype)
+            spec.check(arr)
+            if spec.quantization is not None:
+                arr = spec.quantization.quantize(arr)
+            model_inputs.append(arr)
+        results = self._invoke(model_inputs)
+        out = []
+        for spec, arr in zip(self.outputs, results):
+            if spec.quantization is not None:
+                arr = spec.quantization.dequantize(arr)
+            out.append(arr)
+        return out
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the interpreter."""
+
+
+def load_backend(manifest: Manifest, model: Path | bytes, num_threads: int = 1) -> Backend:
+    """Load ``model`` (a verified model file, or its bytes) with the backend for its format."""
+    if manifest.format == "tflite":
+        from edge_runtime.inference.litert import LiteRTBackend
+
+        return LiteRTBackend(manifest, model, num_threads)
+    if manifest.format == "onnx":
+        from edge_runtime.inference.onnx import OnnxBackend
+
+        return OnnxBackend(manifest, model, num_threads)
+    raise InferenceError(f"no backend for format {manifest.format!r}")

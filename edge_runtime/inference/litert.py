@@ -1,0 +1,122 @@
+"""LiteRT backend: ``ai_edge_litert`` (maintained), falling back to ``tflite_runtime``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle.manifest import Manifest
+from edge_runtime.exceptions import InferenceError
+from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype
+
+
+def interpreter_class() -> Any:
+    """The Interpreter class of whichever LiteRT package is installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError as exc:
+            raise InferenceError(
+                "no LiteRT interpreter installed: pip install ai-edge-litert (or tflite-runtime)"
+            ) from exc
+    return Interpreter
+
+
+def make_interpreter(model: Path | bytes, num_threads: int = 1) -> Any:
+    """A loaded, allocated interpreter for a .tflite file or its bytes."""
+    cls = interpreter_class()
+    try:
+        if isinstance(model, bytes):
+            interp = cls(model_content=model, num_threads=num_threads)
+        else:
+            interp = cls(model_path=str(model), num_threads=num_threads)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        what = "the model" if isinstance(model, bytes) else Path(model).name
+        raise InferenceError(f"LiteRT cannot load {what}: {exc}") from exc
+    return interp
+
+
+def _clean_name(name: str) -> str:
+    name = re.sub(r"^serving_default_", "", name)
+    name = re.sub(r":\d+$", "", name)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return name or "tensor"
+
+
+def _spec(detail: dict[str, Any], name: str | None) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"])
+    shape = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    datatype = kserve_datatype(dtype)
+    quant = None
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        quant = Quantization(datatype, float(scale), int(zero_point))
+        datatype = "FP32"
+    return TensorSpec(name or _clean_name(detail["name"]), datatype, shape, quant)
+
+
+def describe(path: Path, input_names: Sequence[str] = (), output_names: Sequence[str] = ()) -> tuple[
+    list[TensorSpec], list[TensorSpec]
+]:
+    """Tensor specs of a .tflite file, by position, with optional caller names."""
+    interp = make_interpreter(path)
+    ins = interp.get_input_details()
+    outs = interp.get_output_details()
+    for given, details, side in ((input_names, ins, "input"), (output_names, outs, "output")):
+        if given and len(given) != len(details):
+            raise InferenceError(f"model has {len(details)} {side}s, {len(given)} names given")
+    return (
+        [_spec(d, input_names[i] if input_names else None) for i, d in enumerate(ins)],
+        [_spec(d, output_names[i] if output_names else None) for i, d in enumerate(outs)],
+    )
+
+
+class LiteRTBackend(Backend):
+    """A TFLite model in a LiteRT interpreter; inputs and outputs mapped by position."""
+
+    def __init__(self, manifest: Manifest, model: Path | bytes, num_threads: int = 1) -> None:
+        super().__init__(manifest)
+        self._interp = make_interpreter(model, num_threads)
+        ins = self._interp.get_input_details()
+        outs = self._interp.get_output_details()
+        for side, specs, details in (("inputs", self.inputs, ins), ("outputs", self.outputs, outs)):
+            if len(specs) != len(details):
+                raise InferenceError(f"manifest lists {len(specs)} {side}, the model has {len(details)}")
+            for spec, d in zip(specs, details):
+                want = numpy_dtype(spec.quantization.datatype if spec.quantization else spec.datatype)
+                if np.dtype(d["dtype"]) != want:
+                    raise InferenceError(
+                        f"{side[:-1]} '{spec.name}': manifest says {want}, the model has {np.dtype(d['dtype'])}"
+                    )
+                if len(d.get("shape_signature", d["shape"])) != len(spec.shape):
+                    raise InferenceError(f"{side[:-1]} '{spec.name}': manifest rank differs from the model's")
+        self._in_idx = [d["index"] for d in ins]
+        self._out_idx = [d["index"] for d in outs]
+        self._shapes = [tuple(d["shape"]) for d in ins]
+
+    def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        interp = self._interp
+        resized = False
+        for i, arr in enumerate(arrays):
+            if arr.shape != self._shapes[i]:
+                interp.resize_tensor_input(self._in_idx[i], arr.shape)
+                self._shapes[i] = arr.shape
+                resized = True
+        if resized:
+            interp.allocate_tensors()
+        for idx, arr in zip(self._in_idx, arrays):
+            interp.set_tensor(idx, arr)
+        interp.invoke()
+        return [interp.get_tensor(idx) for idx in self._out_idx]
+
+    def close(self) -> None:
+        """Drop the interpreter."""
+        self._interp = None

@@ -1,0 +1,156 @@
+"""KServe v2 datatypes, numpy dtypes, tensor specs and (de)quantization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.exceptions import InputError, ManifestError
+
+KSERVE_TO_NUMPY: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+NUMPY_TO_KSERVE: dict[Any, str] = {np.dtype(v): k for k, v in KSERVE_TO_NUMPY.items()}
+INTEGER_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
+
+
+def numpy_dtype(datatype: str) -> np.dtype[Any]:
+    """The numpy dtype of a KServe datatype name."""
+    try:
+        return np.dtype(KSERVE_TO_NUMPY[datatype])
+    except KeyError:
+        raise InputError(f"unsupported datatype {datatype!r}; expected one of {sorted(KSERVE_TO_NUMPY)}") from None
+
+
+def kserve_datatype(dtype: Any) -> str:
+    """The KServe datatype name of a numpy dtype."""
+    try:
+        return NUMPY_TO_KSERVE[np.dtype(dtype)]
+    except KeyError:
+        raise InputError(f"unsupported numpy dtype {np.dtype(dtype)}") from None
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How a float tensor maps to the interpreter's integer tensor: real = scale * (q - zero_point)."""
+
+    datatype: str
+    scale: float
+    zero_point: int
+
+    def quantize(self, real: np.ndarray) -> np.ndarray:
+        """Float values to the integer type, rounded and clipped."""
+        dtype = numpy_dtype(self.datatype)
+        info = np.iinfo(dtype)
+        q = np.round(np.asarray(real, dtype=np.float64) / self.scale) + self.zero_point
+        return np.clip(q, info.min, info.max).astype(dtype)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Integer values to float32."""
+        return ((q.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form."""
+        return {"datatype": self.datatype, "scale": self.scale, "zero_point": self.zero_point}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as callers see it: KServe name, datatype and shape (-1 = dynamic).
+
+    ``quantization`` is set when the interpreter's tensor is integer while callers use
+    ``datatype`` (float): the backend converts on the way in and out.
+    """
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    quantization: Quantization | None = None
+
+    @property
+    def has_batch_dim(self) -> bool:
+        """True when the first dimension is dynamic, so requests can be merged along it."""
+        return len(self.shape) > 0 and self.shape[0] == -1
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest form."""
+        out: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.quantization is not None:
+            out["quantization"] = self.quantization.to_json()
+        return out
+
+    def check(self, arr: np.ndarray, *, where: str = "") -> None:
+        """Raise InputError unless ``arr`` fits this spec's rank and fixed dimensions."""
+        label = f"{where}input '{self.name}'"
+        if arr.ndim != len(self.shape):
+            raise InputError(f"{label}: expected shape {list(self.shape)}, found {list(arr.shape)} (rank {arr.ndim})")
+        for i, (want, got) in enumerate(zip(self.shape, arr.shape)):
+            if want != -1 and want != got:
+                raise InputError(f"{label}: expected shape {list(self.shape)}, found {list(arr.shape)} (dimension {i})")
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ManifestError(f"{what}: expected an integer, found {value!r}")
+    return value
+
+
+def _num(value: Any, what: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ManifestError(f"{what}: expected a number, found {value!r}")
+    return float(value)
+
+
+def parse_tensor_spec(obj: Any, what: str) -> TensorSpec:
+    """Validate the manifest form of a tensor spec."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{what}: expected an object, found {type(obj).__name__}")
+    name = obj.get("name")
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise ManifestError(f"{what}: 'name' must be a non-empty string of at most 256 characters")
+    datatype = obj.get("datatype")
+    if datatype not in KSERVE_TO_NUMPY:
+        raise ManifestError(f"{what} '{name}': datatype {datatype!r} is not one of {sorted(KSERVE_TO_NUMPY)}")
+    shape = obj.get("shape")
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise ManifestError(f"{what} '{name}': 'shape' must be a list of at most 8 integers")
+    dims = tuple(_int(d, f"{what} '{name}' shape") for d in shape)
+    if any(d < -1 or d == 0 for d in dims):
+        raise ManifestError(f"{what} '{name}': dimensions must be positive or -1, found {list(dims)}")
+    quant = None
+    q = obj.get("quantization")
+    if q is not None:
+        if not isinstance(q, dict):
+            raise ManifestError(f"{what} '{name}': 'quantization' must be an object")
+        qtype = q.get("datatype")
+        if qtype not in INTEGER_TYPES:
+            raise ManifestError(f"{what} '{name}': quantized datatype {qtype!r} is not an integer type")
+        scale = _num(q.get("scale"), f"{what} '{name}' quantization scale")
+        if not scale > 0:
+            raise ManifestError(f"{what} '{name}': quantization scale must be > 0, found {scale}")
+        quant = Quantization(qtype, scale, _int(q.get("zero_point"), f"{what} '{name}' zero_point"))
+    return TensorSpec(name, datatype, dims, quant)
+
+
+def coerce_input(spec: TensorSpec, value: Any, *, where: str = "") -> np.ndarray:
+    """Turn caller data into an array of the spec's datatype, checking the shape."""
+    dtype = numpy_dtype(spec.datatype)
+    try:
+        arr = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{where}input '{spec.name}': cannot read as {spec.datatype}: {exc}") from exc
+    spec.check(arr, where=where)
+    return arr

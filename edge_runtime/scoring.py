@@ -1,0 +1,341 @@
+"""Offline batch scoring from files: ``.npy``, ``.npz``, ``.csv`` and ``.jsonl``.
+
+Input is read in batches (``.npy`` through a memory map, ``.csv``/``.jsonl`` line by
+line), so a file larger than memory works; outputs stream to ``.csv``/``.jsonl`` or to
+``.npy``/``.npz`` through temporary raw files. No daemon, no network.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from edge_runtime.exceptions import InputError, UsageError
+from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+
+INPUT_FORMATS = (".npy", ".npz", ".csv", ".jsonl")
+OUTPUT_FORMATS = (".csv", ".jsonl", ".npy", ".npz")
+Batch = list[np.ndarray]
+Progress = Callable[[int, int | None], None]
+
+
+def _sample_shape(spec: TensorSpec) -> tuple[int, ...]:
+    shape = spec.shape[1:] if spec.has_batch_dim or (spec.shape and spec.shape[0] == 1) else spec.shape
+    if any(d < 0 for d in shape):
+        raise UsageError(f"input '{spec.name}' has dynamic dimensions {list(spec.shape)}; file scoring needs fixed sample shapes")
+    return tuple(shape)
+
+
+def _check_batchable(specs: tuple[TensorSpec, ...]) -> None:
+    for s in specs:
+        if not s.shape or (s.shape[0] != -1 and s.shape[0] != 1):
+            raise UsageError(f"input '{s.name}' shape {list(s.shape)} has no batch dimension; cannot score rows from a file")
+
+
+def _npy_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int]:
+    if len(specs) != 1:
+        raise UsageError(f"the model has {len(specs)} inputs; use .npz or .jsonl with one entry per input")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path.name}: not a readable .npy file ({exc})") from exc
+    return _array_batches({specs[0].name: arr}, specs, batch, path.name)
+
+
+def _npz_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int]:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path.name}: not a readable .npz file ({exc})") from exc
+    names = list(npz.files)
+    if len(specs) == 1 and len(names) == 1:
+        arrays = {specs[0].name: npz[names[0]]}
+    else:
+        missing = [s.name for s in specs if s.name not in names]
+        if missing:
+            raise InputError(f"{path.name}: no array for input(s) {missing}; found {names}")
+        arrays = {s.name: npz[s.name] for s in specs}
+    return _array_batches(arrays, specs, batch, path.name)
+
+
+def _array_batches(
+    arrays: dict[str, Any], specs: tuple[TensorSpec, ...], batch: int, label: str
+) -> tuple[Iterator[Batch], int]:
+    rows = None
+    for s in specs:
+        arr = arrays[s.name]
+        want = _sample_shape(s)
+        if arr.ndim == len(want):  # a single sample without batch dimension
+            arr = arr[None, ...]
+            arrays[s.name] = arr
+        if tuple(arr.shape[1:]) != want:
+            raise InputError(f"{label}: input '{s.name}' has rows of shape {list(arr.shape[1:])}, the model expects {list(want)}")
+        if rows is not None and arr.shape[0] != rows:
+            raise InputError(f"{label}: inputs have different row counts ({rows} and {arr.shape[0]})")
+        rows = int(arr.shape[0])
+    if not rows:
+        raise InputError(f"{label}: the file holds no rows")
+    dtypes = [numpy_dtype(s.datatype) for s in specs]
+
+    def gen() -> Iterator[Batch]:
+        for start in range(0, rows, batch):
+            yield [np.ascontiguousarray(arrays[s.name][start : start + batch], dtype=d) for s, d in zip(specs, dtypes)]
+
+    return gen(), rows
+
+
+def _parse_float(cell: str, row: int, column: str) -> float:
+    try:
+        return float(cell)
+    except ValueError:
+        raise InputError(f"row {row}, column {column!r}: {cell.strip()!r} is not a number") from None
+
+
+def _csv_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int | None]:
+    if len(specs) != 1:
+        raise UsageError(f"the model has {len(specs)} inputs; CSV holds one; use .npz or .jsonl")
+    spec = specs[0]
+    shape = _sample_shape(spec)
+    width = math.prod(shape)
+    dtype = numpy_dtype(spec.datatype)
+
+    def gen() -> Iterator[Batch]:
+        rows: list[list[float]] = []
+        seen = 0
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header: list[str] | None = None
+            for line_no, cells in enumerate(reader, start=1):
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                if header is None and line_no == 1 and not _is_number(cells[0]):
+                    header = [c.strip() for c in cells]
+                    if len(header) != width:
+                        raise InputError(f"header of {path.name} has {len(header)} columns, the model expects {width}")
+                    continue
+                if len(cells) != width:
+                    raise InputError(f"row {line_no}: expected {width} values, found {len(cells)}")
+                names = header or [f"column {i + 1}" for i in range(width)]
+                rows.append([_parse_float(c, line_no, names[i]) for i, c in enumerate(cells)])
+                seen += 1
+                if len(rows) == batch:
+                    yield [np.asarray(rows, dtype=dtype).reshape((-1, *shape))]
+                    rows = []
+        if rows:
+            yield [np.asarray(rows, dtype=dtype).reshape((-1, *shape))]
+        elif seen == 0:
+            raise InputError(f"{path.name}: the file holds no rows")
+
+    return gen(), None
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _jsonl_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int | None]:
+    shapes = [_sample_shape(s) for s in specs]
+    dtypes = [numpy_dtype(s.datatype) for s in specs]
+
+    def row_arrays(obj: Any, line_no: int) -> list[np.ndarray]:
+        if not isinstance(obj, dict):
+            if len(specs) != 1:
+                raise InputError(f"line {line_no}: expected an object with keys {[s.name for s in specs]}")
+            obj = {specs[0].name: obj}
+        out = []
+        for s, shape, dt in zip(specs, shapes, dtypes):
+            if s.name not in obj:
+                raise InputError(f"line {line_no}: field {s.name!r} is missing")
+            try:
+                a = np.asarray(obj[s.name], dtype=dt)
+            except (TypeError, ValueError):
+                raise InputError(f"line {line_no}, field {s.name!r}: not numeric data of type {s.datatype}") from None
+            if a.size != math.prod(shape):
+                raise InputError(f"line {line_no}, field {s.name!r}: expected {math.prod(shape)} values, found {a.size}")
+            out.append(a.reshape(shape))
+        return out
+
+    def gen() -> Iterator[Batch]:
+        pending: list[list[np.ndarray]] = []
+        seen = 0
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise InputError(f"line {line_no}: not JSON ({exc})") from None
+                pending.append(row_arrays(obj, line_no))
+                seen += 1
+                if len(pending) == batch:
+                    yield [np.stack([r[i] for r in pending]) for i in range(len(specs))]
+                    pending = []
+        if pending:
+            yield [np.stack([r[i] for r in pending]) for i in range(len(specs))]
+        elif seen == 0:
+            raise InputError(f"{path.name}: the file holds no rows")
+
+    return gen(), None
+
+
+def read_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int | None]:
+    """Batches of input arrays from ``path``, and the row count when known up front."""
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_FORMATS:
+        raise UsageError(f"{path.name}: unsupported input format {suffix!r}; expected one of {', '.join(INPUT_FORMATS)}")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path.name}: the file is empty")
+    _check_batchable(specs)
+    readers = {".npy": _npy_batches, ".npz": _npz_batches, ".csv": _csv_batches, ".jsonl": _jsonl_batches}
+    return readers[suffix](path, specs, batch)
+
+
+class OutputWriter:
+    """Streams output rows to csv/jsonl (a file or stdout) or npy/npz (via raw temp files)."""
+
+    def __init__(self, path: Path | None, specs: tuple[TensorSpec, ...]) -> None:
+        self.path = path
+        self.specs = specs
+        self.kind = path.suffix.lower() if path else ".csv"
+        if self.kind not in OUTPUT_FORMATS:
+            raise UsageError(f"unsupported output format {self.kind!r}; expected one of {', '.join(OUTPUT_FORMATS)}")
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._raw: list[IO[bytes]] = []
+        self._shapes: list[tuple[int, ...]] = []
+        self._dtypes: list[Any] = []
+        self._rows = 0
+        self._text: IO[str] | None = None
+        self._csv: Any = None
+        if path is not None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix=".score-", dir=path.parent)
+        if self.kind in (".npy", ".npz"):
+            assert self._tmpdir is not None
+            self._raw = [open(Path(self._tmpdir.name) / f"{i}.raw", "w+b") for i in range(len(specs))]
+        elif self._tmpdir is not None:
+            self._text = open(Path(self._tmpdir.name) / ("out" + self.kind), "w", newline="", encoding="utf-8")
+        else:
+            self._text = sys.stdout
+
+    def write(self, outputs: list[np.ndarray]) -> None:
+        """Append one batch of outputs."""
+        n = outputs[0].shape[0]
+        if self._raw:
+            if not self._shapes:
+                self._shapes = [tuple(o.shape[1:]) for o in outputs]
+                self._dtypes = [o.dtype for o in outputs]
+            for fh, o in zip(self._raw, outputs):
+                fh.write(np.ascontiguousarray(o).tobytes())
+        elif self.kind == ".jsonl":
+            assert self._text is not None
+            for r in range(n):
+                self._text.write(json.dumps({s.name: o[r].tolist() for s, o in zip(self.specs, outputs)}) + "\n")
+        else:
+            assert self._text is not None
+            if self._csv is None:
+                self._csv = csv.writer(self._text)
+                header = []
+                for s, o in zip(self.specs, outputs):
+                    width = int(np.prod(o.shape[1:]))
+                    header += [s.name] if width == 1 else [f"{s.name}_{i}" for i in range(width)]
+                self._csv.writerow(header)
+            flat = [o.reshape(n, -1) for o in outputs]
+            for r in range(n):
+                self._csv.writerow([f"{v:.9g}" if isinstance(v, float) else v for f in flat for v in f[r].tolist()])
+        self._rows += n
+
+    def close(self, success: bool = True) -> None:
+        """Finish the output: on success it replaces ``path`` atomically, else it is discarded."""
+        if self._text is sys.stdout or self._text is None and self.path is None:
+            sys.stdout.flush()
+            return
+        assert self.path is not None and self._tmpdir is not None
+        try:
+            if not success:
+                return
+            tmp = Path(self._tmpdir.name) / ("out" + self.kind)
+            if self._text is not None:
+                self._text.flush()
+                os.fsync(self._text.fileno())
+                self._text.close()
+            else:
+                arrays: dict[str, Any] = {}
+                for s, fh, shape, dt in zip(self.specs, self._raw, self._shapes, self._dtypes):
+                    fh.flush()
+                    arrays[s.name] = np.memmap(fh.name, dtype=dt, mode="r", shape=(self._rows, *shape))
+                if self.kind == ".npy":
+                    np.save(tmp, next(iter(arrays.values())))
+                else:
+                    np.savez(tmp, **arrays)
+                with open(tmp, "rb") as done:
+                    os.fsync(done.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            if self._text is not None and not self._text.closed:
+                self._text.close()
+            for fh in self._raw:
+                fh.close()
+            self._tmpdir.cleanup()
+
+
+def terminal_progress(stream: IO[str]) -> Progress:
+    """A progress callback that redraws one line on a terminal."""
+    start = time.monotonic()
+
+    def show(done: int, total: int | None) -> None:
+        rate = done / max(time.monotonic() - start, 1e-9)
+        if total:
+            filled = int(30 * done / total)
+            stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} rows {rate:,.0f} rows/s")
+        else:
+            stream.write(f"\r{done} rows {rate:,.0f} rows/s")
+        stream.flush()
+
+    return show
+
+
+def score_file(
+    backend: Backend,
+    input_path: Path,
+    output_path: Path | None,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> int:
+    """Score every row of ``input_path``; returns the number of rows scored."""
+    batches, total = read_batches(Path(input_path), backend.inputs, batch_size)
+    if output_path is not None and Path(output_path).resolve() == Path(input_path).resolve():
+        raise UsageError("the output file must differ from the input file")
+    writer = OutputWriter(Path(output_path) if output_path else None, backend.outputs)
+    done = 0
+    ok = False
+    try:
+        for batch in batches:
+            writer.write(backend.run(batch))
+            done += batch[0].shape[0]
+            if progress is not None:
+                progress(done, total)
+        ok = True
+    finally:
+        writer.close(success=ok)
+    return done
+
+
+__all__ = ["OutputWriter", "read_batches", "score_file", "terminal_progress"]

@@ -1,0 +1,403 @@
+"""The device store: ``<store>/<name>/<version>/`` plus ``<store>/<name>/state.json``.
+
+Installs are verified before anything is written, written to a temporary directory
+(each file fsynced), renamed into place and the directory fsynced; only then is
+``state.json`` updated (atomically). A crash at any point leaves the old state or the
+new one. A version at or below ``highest_seen`` is refused unless it is the very same
+bundle. Start-up (:meth:`ModelStore.resolve`) re-verifies what it is about to load and
+falls back from the active version to the last known good, then to the factory bundle,
+recording each step and its reason in the model's history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_runtime.atomic import fsync_dir
+from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
+from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
+from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
+from edge_runtime.store.state import ModelState, read_state, write_state
+from edge_runtime.trust.root import TrustRoot
+
+log = logging.getLogger("edge_runtime.store")
+
+STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+FACTORY_SUFFIX = ".bundle"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A verified version ready to load: from the store (``model_path``) or the factory (``model_bytes``)."""
+
+    name: str
+    version: int
+    manifest: Manifest
+    source: str
+    model_path: Path | None = None
+    model_bytes: bytes | None = None
+    fallback_reason: str | None = None
+
+    @property
+    def model(self) -> Path | bytes:
+        """What a backend loads: a path, or bytes for the read-only factory bundle."""
+        if self.model_path is not None:
+            return self.model_path
+        assert self.model_bytes is not None
+        return self.model_bytes
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What ``install`` did."""
+
+    name: str
+    version: int
+    already_installed: bool
+
+
+class ModelStore:
+    """A versioned model store rooted at ``path`` with an optional read-only factory dir."""
+
+    def __init__(
+        self, path: Path, root: TrustRoot, factory: Path | None = None, limits: BundleLimits | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.root = root
+        self.factory = Path(factory) if factory else None
+        self.limits = limits or BundleLimits()
+
+    # -- paths and locking -------------------------------------------------------------
+
+    def _model_dir(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise NotFoundError(f"invalid model name {name!r}")
+        return self.path / name
+
+    def version_dir(self, name: str, version: int) -> Path:
+        """Where version ``version`` of ``name`` lives."""
+        return self._model_dir(name) / str(version)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Serialise writers (the daemon, the CLI and the updater) across processes."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def state(self, name: str) -> ModelState:
+        """The recorded state of ``name`` (empty when never installed)."""
+        return read_state(self._model_dir(name) / STATE_FILE)
+
+    def _write_state(self, name: str, state: ModelState) -> None:
+        write_state(self._model_dir(name) / STATE_FILE, state)
+
+    def versions(self, name: str) -> list[int]:
+        """Installed version numbers of ``name``, ascending."""
+        d = self._model_dir(name)
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+
+    def factory_bundle(self, name: str) -> Path | None:
+        """The factory bundle for ``name``, if one is shipped."""
+        if self.factory is None:
+            return None
+        p = self.factory / f"{name}{FACTORY_SUFFIX}"
+        return p if p.is_file() else None
+
+    def models(self) -> list[str]:
+        """Every model name in the store or the factory directory."""
+        names: set[str] = set()
+        if self.path.is_dir():
+            names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+        if self.factory is not None and self.factory.is_dir():
+            names |= {p.name[: -len(FACTORY_SUFFIX)] for p in self.factory.glob(f"*{FACTORY_SUFFIX}")}
+        return sorted(names)
+
+    def verify_version(self, name: str, version: int) -> Manifest:
+        """Re-check signature, manifest and every hash of an installed version; raise on failure."""
+        d = self.version_dir(name, version)
+        try:
+            manifest_bytes = (d / MANIFEST_FILE).read_bytes()
+            sig = (d / SIGNATURE_FILE).read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"{name} v{version}: {Path(exc.filename).name} is missing") from exc
+        verify_manifest_signature(self.root, manifest_bytes, sig)
+        manifest = parse_manifest(manifest_bytes)
+        if manifest.name != name or manifest.version != version:
+            raise StoreError(f"{name} v{version}: directory holds {manifest.name} v{manifest.version}")
+        for art in manifest.artifacts.values():
+            try:
+                with open(d / art.file, "rb") as fh:
+                    stream_verify(art, fh)
+            except FileNotFoundError as exc:
+                raise StoreError(f"{name} v{version}: {art.file} is missing") from exc
+        return manifest
+
+    def resolved_version(self, name: str, version: int, reason: str | None = None) -> Resolved:
+        """Verify an installed version and describe it for loading."""
+        manifest = self.verify_version(name, version)
+        path = self.version_dir(name, version) / manifest.model_file
+        return Resolved(name, version, manifest, "store", model_path=path, fallback_reason=reason)
+
+    def resolved_factory(self, name: str, reason: str | None = None) -> Resolved:
+        """Verify the factory bundle of ``name`` and describe it for loading."""
+        path = self.factory_bundle(name)
+        if path is None:
+            raise NotFoundError(f"no factory bundle for model {name!r}")
+        with open_bundle(path, self.root, self.limits) as bundle:
+            if bundle.manifest.name != name:
+                raise StoreError(f"factory bundle {path.name} holds model {bundle.manifest.name!r}")
+            data = bundle.read_artifact(bundle.manifest.model_file)
+            manifest = bundle.manifest
+        return Resolved(name, manifest.version, manifest, "factory", model_bytes=data, fallback_reason=reason)
+
+    # -- installing --------------------------------------------------------------------
+
+    def install(self, bundle_path: Path) -> InstallResult:
+        """Verify a bundle file and install it (not activated); raises and writes nothing on failure."""
+        with open_bundle(bundle_path, self.root, self.limits) as bundle:
+            return self.install_bundle(bundle)
+
+    def install_bundle(self, bundle: Bundle) -> InstallResult:
+        """Install an opened, verified bundle."""
+        m = bundle.manifest
+        with self.lock():
+            state = self.state(m.name)
+            target = self.version_dir(m.name, m.version)
+            if target.is_dir():
+                try:
+                    existing = (target / MANIFEST_FILE).read_bytes()
+                except FileNotFoundError:
+                    existing = b""
+                if existing != bundle.manifest_bytes:
+                    raise RollbackError(
+                        f"{m.name} v{m.version} is already installed with different bytes; a new build needs a new version"
+                    )
+                if m.version not in state.quarantined:
+                    return InstallResult(m.name, m.version, already_installed=True)
+            elif m.version <= state.highest_seen:
+                raise RollbackError(
+                    f"{m.name} v{m.version} is at or below the anti-rollback floor (highest seen: v{state.highest_seen})"
+                )
+            self._write_version(bundle, target)
+            state = self.state(m.name)
+            state.highest_seen = max(state.highest_seen, m.version)
+            if state.quarantined.pop(m.version, None) is not None:
+                state.event("repaired", version=m.version)
+            state.failed.pop(m.version, None)
+            state.event("installed", version=m.version)
+            self._write_state(m.name, state)
+        log.info("installed %s v%d", m.name, m.version, extra={"model": m.name, "version": m.version})
+        return InstallResult(m.name, m.version, already_installed=False)
+
+    def _write_version(self, bundle: Bundle, target: Path) -> None:
+        parent = target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".install-{target.name}-", dir=parent))
+        try:
+            for name, data in ((MANIFEST_FILE, bundle.manifest_bytes), (SIGNATURE_FILE, bundle.signature_bytes)):
+                with open(tmp / name, "wb") as fh:
+                    fh.write(data)
+                    os.fsync(fh.fileno())
+            for art in bundle.manifest.artifacts:
+                with open(tmp / art, "wb") as fh:
+                    bundle.copy_artifact(art, fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, 0o755)
+            fsync_dir(tmp)
+            if target.exists():  # repairing a quarantined copy of the same bytes
+                trash = parent / f".trash-{target.name}"
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(target, trash)
+                os.replace(tmp, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            fsync_dir(parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def cleanup_partial(self) -> list[Path]:
+        """Remove leftovers of interrupted installs (``.install-*``); returns what was removed."""
+        removed = []
+        if self.path.is_dir():
+            for d in self.path.iterdir():
+                if d.is_dir():
+                    for p in d.glob(".install-*"):
+                        shutil.rmtree(p, ignore_errors=True)
+                        removed.append(p)
+                    for p in d.glob(".trash-*"):
+                        shutil.rmtree(p, ignore_errors=True)
+                        removed.append(p)
+        return removed
+
+    # -- activation and rollback ------------------------------------------------------
+
+    def activate(self, name: str, version: int, selftest: Callable[[Resolved], None] | None = None) -> ModelState:
+        """Make ``version`` active after verifying it (and running ``selftest`` if given)."""
+        resolved = self.resolved_version(name, version)
+        if selftest is not None:
+            try:
+                selftest(resolved)
+            except EdgeRuntimeError as exc:
+                self.record_failure(name, version, str(exc))
+                raise
+        with self.lock():
+            state = self.state(name)
+            previous = state.active
+            if previous is not None and previous != version and previous not in state.failed:
+                state.last_known_good = previous
+            state.active = version
+            state.serving_factory = False
+            state.failed.pop(version, None)
+            state.event("activated", version=version, previous=previous)
+            self._write_state(name, state)
+        log.info("activated %s v%d", name, version, extra={"model": name, "version": version})
+        return state
+
+    def record_failure(self, name: str, version: int, reason: str, revert_to: int | None = None) -> ModelState:
+        """Record that ``version`` failed (e.g. its self-test); optionally make ``revert_to`` active again."""
+        with self.lock():
+            state = self.state(name)
+            state.failed[version] = reason
+            if revert_to is not None and state.active == version:
+                state.active = revert_to
+                if state.last_known_good == revert_to:
+                    state.last_known_good = self._older_good(name, state, revert_to)
+            state.event("failed", version=version, reason=reason, reverted_to=revert_to)
+            self._write_state(name, state)
+        log.warning("%s v%d failed: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
+        return state
+
+    def record_serving(self, name: str, version: int | None) -> ModelState:
+        """Record the version the daemon now answers with (after its self-test passed)."""
+        with self.lock():
+            state = self.state(name)
+            if state.serving != version:
+                state.serving = version
+                state.event("serving", version=version)
+                if self._model_dir(name).is_dir():
+                    self._write_state(name, state)
+        return state
+
+    def _older_good(self, name: str, state: ModelState, below: int) -> int | None:
+        for v in reversed(self.versions(name)):
+            if v < below and v not in state.quarantined and v not in state.failed:
+                return v
+        return None
+
+    def rollback(self, name: str) -> ModelState:
+        """Make the last known good version active again."""
+        with self.lock():
+            state = self.state(name)
+            target = state.last_known_good
+            if target is None:
+                raise StoreError(f"{name}: no last known good version to roll back to")
+            self.verify_version(name, target)
+            current = state.active
+            if current is not None:
+                state.failed[current] = "rolled back"
+            state.active = target
+            state.last_known_good = self._older_good(name, state, target)
+            state.event("rolled_back", version=target, previous=current)
+            self._write_state(name, state)
+        log.warning("rolled back %s to v%d", name, target, extra={"model": name, "version": target})
+        return state
+
+    def quarantine(self, name: str, version: int, reason: str) -> None:
+        """Mark a version that failed verification so it is never loaded again."""
+        with self.lock():
+            state = self.state(name)
+            state.quarantined[version] = reason
+            state.event("quarantined", version=version, reason=reason)
+            self._write_state(name, state)
+        log.error("quarantined %s v%d: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
+
+    # -- start-up resolution -----------------------------------------------------------
+
+    def resolve(self, name: str) -> Resolved:
+        """The version to serve: active, else last known good, else factory; each re-verified.
+
+        A version that fails verification is quarantined; every fallback is logged and
+        recorded in the model's history with its reason.
+        """
+        state = self.state(name)
+        reason: str | None = None
+        tried: list[int] = []
+        for candidate in (state.active, state.last_known_good):
+            if candidate is None or candidate in tried or candidate in state.quarantined:
+                continue
+            tried.append(candidate)
+            try:
+                resolved = self.resolved_version(name, candidate, reason)
+            except (BadDataError, StoreError) as exc:
+                why = f"v{candidate} failed verification: {exc}"
+                self.quarantine(name, candidate, str(exc))
+                reason = why if reason is None else f"{reason}; {why}"
+                continue
+            if reason is not None:
+                self._record_fallback(name, state.active, candidate, reason)
+            return resolved
+        if reason is None and state.active is not None:
+            reason = f"v{state.active} is quarantined: {state.quarantined.get(state.active, 'unknown reason')}"
+        resolved = self.resolved_factory(name, reason)
+        if reason is not None or state.active is None:
+            self._record_fallback(name, state.active, None, reason or "nothing installed")
+        return resolved
+
+    def _record_fallback(self, name: str, from_version: int | None, to_version: int | None, reason: str) -> None:
+        with self.lock():
+            state = self.state(name)
+            if to_version is None:
+                state.serving_factory = True
+                if state.active is not None and state.active in state.quarantined:
+                    state.active = None
+                if state.last_known_good in state.quarantined:
+                    state.last_known_good = None
+                target = "factory"
+            else:
+                state.serving_factory = False
+                state.active = to_version
+                if state.last_known_good == to_version:
+                    state.last_known_good = self._older_good(name, state, to_version)
+                target = f"v{to_version}"
+            state.event("fallback", previous=from_version, to=target, reason=reason)
+            if self._model_dir(name).is_dir():
+                self._write_state(name, state)
+        log.warning(
+            "%s: falling back to %s: %s", name, target, reason, extra={"model": name, "version": to_version, "reason": reason}
+        )
+
+    # -- verification of everything ----------------------------------------------------
+
+    def verify_all(self) -> list[tuple[str, int, str | None]]:
+        """Re-hash every installed version: ``(name, version, problem or None)``."""
+        out: list[tuple[str, int, str | None]] = []
+        for name in self.models():
+            for version in self.versions(name):
+                try:
+                    self.verify_version(name, version)
+                    out.append((name, version, None))
+                except (BadDataError, StoreError) as exc:
+                    out.append((name, version, str(exc)))
+        return out

@@ -1,0 +1,57 @@
+"""Canonical JSON: UTF-8, sorted keys, no insignificant white space.
+
+Signatures are always computed over these bytes, and verified over the exact bytes
+received (never over a re-serialisation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from edge_runtime.exceptions import CanonicalJSONError
+
+
+def _check_finite(obj: Any) -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise CanonicalJSONError(f"canonical JSON cannot hold the number {obj!r}")
+    if isinstance(obj, dict):
+        for value in obj.values():
+            _check_finite(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _check_finite(value)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Serialise ``obj`` to canonical JSON bytes."""
+    _check_finite(obj)
+    try:
+        text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CanonicalJSONError(f"cannot serialise to JSON: {exc}") from exc
+    return text.encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise CanonicalJSONError(f"JSON holds the non-standard number {name}")
+
+
+def parse_json_object(data: bytes, what: str, *, require_canonical: bool = False) -> dict[str, Any]:
+    """Parse bytes that must hold one JSON object; ``what`` names it in errors."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise CanonicalJSONError(f"{what}: expected bytes, found {type(data).__name__}")
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise CanonicalJSONError(f"{what}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise CanonicalJSONError(f"{what}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+    except RecursionError as exc:
+        raise CanonicalJSONError(f"{what}: JSON nested too deeply") from exc
+    if not isinstance(obj, dict):
+        raise CanonicalJSONError(f"{what}: expected a JSON object, found {type(obj).__name__}")
+    if require_canonical and canonical_json(obj) != bytes(data):
+        raise CanonicalJSONError(f"{what}: not canonical JSON (sorted keys, no white space)")
+    return obj

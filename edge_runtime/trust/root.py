@@ -1,0 +1,232 @@
+"""The trust root: keys by key id, the roles ``root`` and ``models`` with thresholds.
+
+``root.json`` is ``{"signed": {...}, "signatures": [{"keyid", "sig"}]}`` where ``signed`` is::
+
+    {"_type": "root", "version": N,
+     "keys": {KEYID: {"keytype": "ed25519", "public": HEX}},
+     "roles": {"root": {"keyids": [...], "threshold": T},
+               "models": {"keyids": [...], "threshold": T}}}
+
+Signatures cover the canonical JSON of ``signed``. Version 1 must be signed by a threshold
+of its own root keys. Version N+1 is accepted only when signed by a threshold of version
+N's root keys *and* a threshold of its own root keys (key rotation as in TUF).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge_runtime.exceptions import CanonicalJSONError, RootUpdateError, SignatureError, TrustError
+from edge_runtime.trust.canonical import canonical_json, parse_json_object
+from edge_runtime.trust.keys import key_id, public_key_hex, sign
+
+ROLES = ("root", "models")
+
+
+@dataclass(frozen=True)
+class Role:
+    """Key ids allowed to sign for a role and how many must agree."""
+
+    keyids: tuple[str, ...]
+    threshold: int
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """A verified trust root."""
+
+    version: int
+    keys: dict[str, Ed25519PublicKey]
+    roles: dict[str, Role]
+    signed: dict[str, Any]
+    raw: bytes
+
+    def role(self, name: str) -> Role:
+        """The role ``name`` (``root`` or ``models``)."""
+        return self.roles[name]
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise TrustError(message)
+
+
+def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], dict[str, Role]]:
+    _expect(isinstance(signed, dict), f"root: 'signed' must be an object, found {type(signed).__name__}")
+    _expect(signed.get("_type") == "root", f"root: '_type' must be 'root', found {signed.get('_type')!r}")
+    version = signed.get("version")
+    _expect(
+        isinstance(version, int) and not isinstance(version, bool) and version >= 1,
+        f"root: 'version' must be an integer >= 1, found {version!r}",
+    )
+    raw_keys = signed.get("keys")
+    _expect(isinstance(raw_keys, dict) and bool(raw_keys), "root: 'keys' must be a non-empty object")
+    keys: dict[str, Ed25519PublicKey] = {}
+    for kid, entry in raw_keys.items():
+        _expect(isinstance(entry, dict), f"root: key {kid!r} must be an object")
+        _expect(entry.get("keytype") == "ed25519", f"root: key {kid!r} has keytype {entry.get('keytype')!r}, expected 'ed25519'")
+        public = entry.get("public")
+        _expect(isinstance(public, str), f"root: key {kid!r} 'public' must be a hex string")
+        try:
+            pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
+        except ValueError as exc:
+            raise TrustError(f"root: key {kid!r} is not a 32-byte Ed25519 public key in hex") from exc
+        _expect(key_id(pub) == kid, f"root: key id {kid!r} does not match its public key (expected {key_id(pub)})")
+        keys[kid] = pub
+    raw_roles = signed.get("roles")
+    _expect(isinstance(raw_roles, dict), "root: 'roles' must be an object")
+    roles: dict[str, Role] = {}
+    for name in ROLES:
+        entry = raw_roles.get(name)
+        _expect(isinstance(entry, dict), f"root: role {name!r} is missing")
+        keyids = entry.get("keyids")
+        threshold = entry.get("threshold")
+        _expect(
+            isinstance(keyids, list) and bool(keyids) and all(isinstance(k, str) for k in keyids),
+            f"root: role {name!r} 'keyids' must be a non-empty list of strings",
+        )
+        _expect(
+            isinstance(threshold, int) and not isinstance(threshold, bool) and threshold >= 1,
+            f"root: role {name!r} 'threshold' must be an integer >= 1, found {threshold!r}",
+        )
+        unknown = [k for k in keyids if k not in keys]
+        _expect(not unknown, f"root: role {name!r} names unknown key ids {unknown}")
+        _expect(
+            threshold <= len(set(keyids)),
+            f"root: role {name!r} threshold {threshold} exceeds its {len(set(keyids))} keys",
+        )
+        roles[name] = Role(tuple(keyids), threshold)
+    extra = set(raw_roles) - set(ROLES)
+    _expect(not extra, f"root: unknown roles {sorted(extra)}")
+    return version, keys, roles
+
+
+def parse_signatures(value: Any, what: str) -> list[tuple[str, bytes]]:
+    """Validate a ``[{"keyid", "sig"}]`` list; returns (keyid, raw signature) pairs."""
+    if not isinstance(value, list):
+        raise SignatureError(f"{what}: 'signatures' must be a list, found {type(value).__name__}")
+    out: list[tuple[str, bytes]] = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("keyid"), str) or not isinstance(entry.get("sig"), str):
+            raise SignatureError(f"{what}: signature {i} must be an object with string 'keyid' and 'sig'")
+        try:
+            raw = base64.b64decode(entry["sig"], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise SignatureError(f"{what}: signature {i} is not base64") from exc
+        out.append((entry["keyid"], raw))
+    return out
+
+
+def _count_valid(
+    keys: dict[str, Ed25519PublicKey], role: Role, payload: bytes, signatures: Iterable[tuple[str, bytes]]
+) -> tuple[int, list[str]]:
+    valid: set[str] = set()
+    problems: list[str] = []
+    for kid, raw in signatures:
+        if kid not in role.keyids or kid not in keys:
+            problems.append(f"key {kid[:12]} is not trusted for this role")
+            continue
+        try:
+            keys[kid].verify(raw, payload)
+        except InvalidSignature:
+            problems.append(f"bad signature by key {kid[:12]}")
+            continue
+        valid.add(kid)
+    return len(valid), problems
+
+
+def verify_signed(
+    root: TrustRoot, role: str, payload: bytes, signatures: list[tuple[str, bytes]], what: str
+) -> None:
+    """Raise SignatureError unless a threshold of ``role`` keys signed ``payload``."""
+    r = root.role(role)
+    if not signatures:
+        raise SignatureError(f"{what}: no signatures (role {role!r} needs {r.threshold})")
+    count, problems = _count_valid(root.keys, r, payload, signatures)
+    if count < r.threshold:
+        detail = "; ".join(problems) if problems else "no further detail"
+        raise SignatureError(
+            f"{what}: {count} valid signature(s) from role {role!r}, threshold is {r.threshold} ({detail})"
+        )
+
+
+def _load(data: bytes) -> tuple[dict[str, Any], list[tuple[str, bytes]], int, dict[str, Ed25519PublicKey], dict[str, Role]]:
+    try:
+        doc = parse_json_object(data, "root.json")
+    except CanonicalJSONError as exc:
+        raise TrustError(str(exc)) from exc
+    extra = set(doc) - {"signed", "signatures"}
+    _expect(not extra, f"root.json: unknown fields {sorted(extra)}")
+    signed = doc.get("signed")
+    version, keys, roles = _parse_signed_root(signed)
+    assert isinstance(signed, dict)
+    sigs = parse_signatures(doc.get("signatures"), f"root version {version}")
+    return signed, sigs, version, keys, roles
+
+
+def verify_root(data: bytes) -> TrustRoot:
+    """Parse a pinned root and check it is signed by a threshold of its own root keys."""
+    signed, sigs, version, keys, roles = _load(data)
+    root = TrustRoot(version, keys, roles, signed, bytes(data))
+    verify_signed(root, "root", canonical_json(signed), sigs, f"root version {version}")
+    return root
+
+
+def update_root(current: TrustRoot, data: bytes) -> TrustRoot:
+    """Verify root N+1 against the trusted root N; returns the new root or raises."""
+    try:
+        signed, sigs, version, keys, roles = _load(data)
+    except TrustError as exc:
+        raise RootUpdateError(str(exc)) from exc
+    if version != current.version + 1:
+        raise RootUpdateError(
+            f"root update: expected version {current.version + 1}, found {version}"
+            + (" (a skipped version)" if version > current.version + 1 else " (not newer)")
+        )
+    payload = canonical_json(signed)
+    new = TrustRoot(version, keys, roles, signed, bytes(data))
+    try:
+        verify_signed(current, "root", payload, sigs, f"root version {version} by the keys of version {current.version}")
+        verify_signed(new, "root", payload, sigs, f"root version {version} by its own keys")
+    except SignatureError as exc:
+        raise RootUpdateError(str(exc)) from exc
+    return new
+
+
+def make_root(
+    version: int,
+    root_keys: list[Ed25519PublicKey | Ed25519PrivateKey],
+    model_keys: list[Ed25519PublicKey | Ed25519PrivateKey],
+    root_threshold: int = 1,
+    models_threshold: int = 1,
+) -> dict[str, Any]:
+    """The ``signed`` part of a root naming these keys."""
+    keys = {key_id(k): {"keytype": "ed25519", "public": public_key_hex(k)} for k in [*root_keys, *model_keys]}
+    return {
+        "_type": "root",
+        "version": version,
+        "keys": keys,
+        "roles": {
+            "root": {"keyids": sorted({key_id(k) for k in root_keys}), "threshold": root_threshold},
+            "models": {"keyids": sorted({key_id(k) for k in model_keys}), "threshold": models_threshold},
+        },
+    }
+
+
+def sign_root(signed: dict[str, Any], signers: list[Ed25519PrivateKey]) -> bytes:
+    """A complete root.json document (canonical bytes) signed by ``signers``."""
+    payload = canonical_json(signed)
+    return canonical_json({"signed": signed, "signatures": [sign(k, payload) for k in signers]})
+
+
+def root_fingerprint(root: TrustRoot) -> str:
+    """A short sha256 of the root document, for logs and `keys show`."""
+    return hashlib.sha256(root.raw).hexdigest()[:16]
