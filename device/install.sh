@@ -111,19 +111,51 @@ make_dir() {
     fi
 }
 
+# stage_source SRC DEST: copy a source tree without its VCS data, virtual environments
+# and build output. In a git checkout, exactly the files git would not ignore.
+stage_source() {
+    if [ -e "$1/.git" ] && command -v git >/dev/null 2>&1 \
+        && git -C "$1" ls-files -z --cached --others --exclude-standard >"$TMP/files" 2>/dev/null; then
+        tar -C "$1" --null --files-from="$TMP/files" --ignore-failed-read -cf - 2>/dev/null \
+            | tar -C "$2" -xf -
+    else
+        tar -C "$1" -cf - --exclude=./.git --exclude='./.venv*' --exclude=./venv \
+            --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ \
+            --exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache . \
+            | tar -C "$2" -xf -
+    fi
+}
+
 # --- interpreter --------------------------------------------------------------------------
 command -v "$PYTHON" >/dev/null 2>&1 || die "python $PYTHON not found (apt install python3 python3-venv)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$PYTHON is $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'); edge-runtime needs Python 3.11 or newer"
+# A 32-bit Raspberry Pi OS on a Pi 4/5 runs a 64-bit kernel, so uname says aarch64 while
+# the userland (and pip's wheel tags) are armhf: ask the interpreter for its pointer size.
+BITS=$("$PYTHON" -c 'import struct; print(8 * struct.calcsize("P"))')
 MACHINE=$("$PYTHON" -c 'import platform; print(platform.machine())')
-case "$MACHINE" in
-    armv6l|armv7l|armv8l|arm)
-        die "this is a 32-bit ARM userland ($MACHINE): ai-edge-litert ships no wheel for it; install the 64-bit Raspberry Pi OS" ;;
+if [ "$BITS" != 64 ]; then
+    die "$PYTHON is a $BITS-bit interpreter ($MACHINE kernel): ai-edge-litert has no 32-bit ARM wheel; install the 64-bit Raspberry Pi OS"
+fi
+
+# The service runs with ProtectHome=yes (and a user that cannot read /root): a venv whose
+# base interpreter lives in a home directory (pyenv, conda) would not start.
+BASE_PREFIX=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.base_prefix))')
+case "$BASE_PREFIX/" in
+    /root/*|/home/*|/run/user/*)
+        if [ "$ROOT_MODE" = 0 ]; then
+            die "$PYTHON lives in $BASE_PREFIX, which the service cannot see (ProtectHome=yes); use the system python3"
+        fi
+        log "--root: note that $PYTHON lives in $BASE_PREFIX; a system install refuses that (ProtectHome=yes)" ;;
 esac
 
 # --- the trust root -----------------------------------------------------------------------
 if grep -q "PRIVATE KEY" "$TRUST_ROOT"; then
     die "$TRUST_ROOT is a private signing key, not a trust root: a device only ever gets root.json"
+fi
+# Re-pinning a device is a deliberate act, never a side effect of re-running the installer.
+if [ -f "$ETC_DIR/root.json" ] && ! cmp -s "$TRUST_ROOT" "$ETC_DIR/root.json" && [ "$REPLACE_TRUST_ROOT" = 0 ]; then
+    die "$ETC_DIR/root.json exists and differs from $TRUST_ROOT; pass --replace-trust-root to re-pin the device"
 fi
 
 # --- user ---------------------------------------------------------------------------------
@@ -163,15 +195,14 @@ if [ -d "$WHEEL" ]; then
     # Build from a clean copy so the source tree gets no build/ or *.egg-info, and with a
     # fixed SOURCE_DATE_EPOCH so the same source gives the same wheel bytes every time.
     mkdir "$TMP/src" "$TMP/dist"
-    tar -C "$WHEEL" -cf - \
-        --exclude=./.git --exclude=./.venv --exclude=./venv --exclude=./build --exclude=./dist \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.mypy_cache \
-        --exclude=.pytest_cache --exclude=.ruff_cache . | tar -C "$TMP/src" -xf -
+    stage_source "$WHEEL" "$TMP/src"
     log "building the edge-runtime wheel from $WHEEL"
     SOURCE_DATE_EPOCH=315532800 "$VENV_PY" -m pip wheel --quiet --no-deps --no-cache-dir \
         --wheel-dir "$TMP/dist" "$TMP/src"
     set -- "$TMP"/dist/edge_runtime-*.whl
-    [ $# -eq 1 ] && [ -f "$1" ] || die "building the wheel from $WHEEL gave: $*"
+    if [ $# -ne 1 ] || [ ! -f "$1" ]; then
+        die "building the wheel from $WHEEL gave: $*"
+    fi
     BUILT=$1
 else
     case "$WHEEL" in *.whl) ;; *) die "--wheel $WHEEL is neither a directory nor a .whl" ;; esac
@@ -190,7 +221,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV_PY" -m pip check
 else
     log "installing $(basename "$WHEEL_FILE")[device] into $VENV"
     "$VENV_PY" -m pip uninstall --quiet --yes edge-runtime >/dev/null 2>&1 || true
-    "$VENV_PY" -m pip install --quiet --no-cache-dir "$WHEEL_FILE[device]"
+    "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[device]"
     # The device install must never pull TensorFlow (SPEC section 1).
     TF=$("$VENV_PY" -c 'import importlib.metadata as m; print(" ".join(sorted({d.metadata["Name"] for d in m.distributions() if d.metadata["Name"].lower().startswith(("tensorflow", "tf-keras", "tf_keras"))})))')
     [ -z "$TF" ] || die "the device venv contains $TF; the device extra must not pull TensorFlow"
@@ -203,9 +234,6 @@ if ! "$VENV/bin/edge-runtime" keys show "$TRUST_ROOT" >"$TMP/root.txt" 2>&1 \
     || ! grep -q "trust root version" "$TMP/root.txt"; then
     cat "$TMP/root.txt" >&2
     die "$TRUST_ROOT is not a valid trust root"
-fi
-if [ -f "$ETC_DIR/root.json" ] && ! cmp -s "$TRUST_ROOT" "$ETC_DIR/root.json" && [ "$REPLACE_TRUST_ROOT" = 0 ]; then
-    die "$ETC_DIR/root.json exists and differs from $TRUST_ROOT; pass --replace-trust-root to re-pin the device"
 fi
 if copy_if_changed "$TRUST_ROOT" "$ETC_DIR/root.json" 0644; then
     log "pinned trust root: $(head -n 1 "$TMP/root.txt")"
@@ -251,6 +279,12 @@ fi
 if [ "$ROOT_MODE" = 1 ]; then
     log "--root: not running systemctl (a system install runs: systemctl daemon-reload; systemctl enable --now $UNIT_NAME)"
     log "done: tree in $ROOT"
+    exit 0
+fi
+if [ ! -d /run/systemd/system ]; then
+    # A chroot or an image being built: enabling only creates the wants/ symlink.
+    systemctl enable --quiet "$UNIT_NAME"
+    log "systemd is not running here: enabled $UNIT_NAME, it starts on the next boot"
     exit 0
 fi
 if [ "$UNIT_CHANGED" = 1 ]; then

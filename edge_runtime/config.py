@@ -41,9 +41,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 0  # 0 = off
-    max_request_bytes: int = 64 * 1024 * 1024
-    swap_poll_ms: int = 500
-    drain_timeout_s: float = 10.0
+    max_request_bytes: int = 64 * 1024 * 1024  # larger bodies answer 413
+    swap_poll_ms: int = 500  # how often the daemon looks at the store for a new active version
+    drain_timeout_s: float = 10.0  # SIGTERM and hot swap: how long in-flight requests may take to finish
+    keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,18 @@ class MqttConfig:
     download_stall_s: float = 30.0
     max_download_bytes: int = 512 * 1024 * 1024
     max_event_queue: int = 1000
-    staging_dir: str = ""  # empty: <store>/.staging
+    staging_dir: str = ""  # empty: <state_dir>/staging
     trusted_clock: str = "auto"  # "auto" (systemd-timesyncd sync), "yes", "no"
+    # Fields below: see docs/updates.md.
+    state_dir: str = ""  # empty: <store>/.updates (seq floors, rotated trust roots, staging)
+    client_id: str = ""  # empty: edge-<fleet>-<device id>
+    protocol: str = "5"  # "5" or "3.1.1"
+    session_expiry_s: int = 7 * 24 * 3600  # MQTT 5 persistent session lifetime after a disconnect
+    connect_timeout_s: float = 10.0
+    download_window_chunks: int = 256  # chunk topics subscribed at once when resuming
+    max_download_bytes_per_s: int = 0  # 0 = unlimited
+    receive_maximum: int = 4  # MQTT 5: messages in flight to the device (bounds re-sent chunks after a drop)
+    activation_timeout_s: float = 120.0  # how long to wait for the daemon to confirm a swap
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,8 @@ class ModelConfig:
     versions: list[int] = field(default_factory=list)
     traffic: dict[str, int] = field(default_factory=dict)
     shadow: int = 0  # 0 = none
+    execution: str = "auto"  # auto | inline (on the event loop) | threads (queue + worker threads)
+    inline_max_us: int = 100  # auto: run on the event loop when one batch-1 invoke takes at most this
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,10 @@ def _validate_model(name: str, m: ModelConfig) -> None:
             raise ConfigError(f"{where}.traffic: keys must be version numbers and weights >= 0, found {v!r} = {w}")
     if m.traffic and sum(m.traffic.values()) <= 0:
         raise ConfigError(f"{where}.traffic: weights must not all be 0")
+    if m.execution not in ("auto", "inline", "threads"):
+        raise ConfigError(f"{where}.execution: expected 'auto', 'inline' or 'threads', found {m.execution!r}")
+    if m.inline_max_us < 0 or m.shadow < 0:
+        raise ConfigError(f"{where}: inline_max_us and shadow must be >= 0")
     if any(b < 1 or (m.max_batch_size and b > m.max_batch_size) for b in m.preferred_batch_sizes):
         raise ConfigError(f"{where}.preferred_batch_sizes: each must be in [1, max_batch_size]")
 
@@ -204,8 +221,15 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     )
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError(f"logging.format: expected 'text' or 'json', found {cfg.logging.format!r}")
+    if cfg.store.max_bundle_bytes < 1:
+        raise ConfigError(f"store.max_bundle_bytes: expected an integer >= 1, found {cfg.store.max_bundle_bytes}")
     if not 0 <= cfg.server.port <= 65535 or not 0 <= cfg.server.grpc_port <= 65535:
         raise ConfigError("server.port and server.grpc_port must be in [0, 65535]")
+    srv = cfg.server
+    if srv.max_request_bytes < 1024 or srv.swap_poll_ms < 1 or srv.drain_timeout_s < 0 or srv.keep_alive_s <= 0:
+        raise ConfigError(
+            "server: max_request_bytes must be >= 1024, swap_poll_ms >= 1, drain_timeout_s >= 0 and keep_alive_s > 0"
+        )
     return cfg
 
 

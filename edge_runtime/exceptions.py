@@ -16,6 +16,7 @@
     │   └── NotFoundError          unknown model or version
     ├── InferenceError             a backend failed to load or run a model
     │   └── SelfTestError          golden outputs did not match
+    ├── UnavailableError           cannot take a request now (queue full, not ready, draining)
     └── TransportError             network/broker trouble: retry with backoff
 
 Messages say what was expected and what was found.
@@ -88,6 +89,10 @@ class SelfTestError(InferenceError):
     """A model's golden self-test did not reproduce the expected outputs."""
 
 
+class UnavailableError(EdgeRuntimeError):
+    """A model cannot take a request right now (queue full, not loaded yet, draining); retry later."""
+
+
 class TransportError(EdgeRuntimeError):
     """Broker or network trouble; worth retrying with backoff."""
 
@@ -109,5 +114,6 @@ __all__ = [
     "StoreError",
     "TransportError",
     "TrustError",
+    "UnavailableError",
     "UsageError",
 ]

@@ -3,12 +3,26 @@
 Used by ``edge-runtime bundle create`` and by the converter: it reads the model's
 interface, runs it on golden inputs to record the self-test, hashes the artifact in
 chunks, and writes the signed bundle atomically.
+
+Two meanings of the golden tolerance, chosen by whether a reference model is given:
+
+* without one, the golden outputs are the packed model's own and ``atol`` only says how
+  far another LiteRT build or CPU may drift from them (1e-4, or two quantization steps of
+  an integer output);
+* with ``reference`` (e.g. the float model an int8 model was made from), the golden
+  outputs are the reference's, and ``atol`` is the packed model's largest error against
+  the reference over the validation rows plus that drift, rounded up: a statement of
+  accuracy that the on-device self-test checks again. ``quantization.accuracy`` records
+  the measurement.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import platform
 from collections.abc import Sequence
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +32,14 @@ from edge_runtime import RUNTIME_MAJOR
 from edge_runtime.bundle.manifest import ARTIFACT_FILES, DEFAULT_CHUNK_SIZE, Golden, Manifest
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.backend import load_backend
+from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 from edge_runtime.trust.keys import PrivateKey
 
 FORMAT_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
+MEASURE_BATCH_ROWS = 256
 
 
 def describe_model(
@@ -65,6 +80,76 @@ def _tensor_json(arr: np.ndarray) -> dict[str, Any]:
     return {"shape": list(arr.shape), "data": [float(v) if isinstance(v, float) else v for v in arr.reshape(-1).tolist()]}
 
 
+def _drift_atol(outputs: Sequence[TensorSpec]) -> float:
+    """How far the same model may drift between LiteRT builds and CPUs."""
+    atol = DEFAULT_ATOL
+    for s in outputs:
+        if s.quantization is not None:
+            atol = max(atol, 2.0 * s.quantization.scale)
+    return atol
+
+
+def round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (never below ``value``)."""
+    if value <= 0:
+        return 0.0
+    nearest = float(f"{value:.{digits}g}")
+    if nearest >= value:  # already short (1e-4 is not stored exactly; do not bump it to 1.1e-4)
+        return nearest
+    exponent = math.floor(math.log10(value)) - digits + 1
+    return float(Decimal(value).quantize(Decimal(10) ** exponent, rounding=ROUND_CEILING))
+
+
+def reference_backend(reference: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> Backend:
+    """Load a reference model under the packed model's tensor names (matched by position)."""
+    fmt, ref_in, ref_out = describe_model(reference)
+    if len(ref_in) != len(inputs) or len(ref_out) != len(outputs):
+        raise UsageError(
+            f"reference {Path(reference).name} has {len(ref_in)} inputs and {len(ref_out)} outputs, "
+            f"the packed model {len(inputs)} and {len(outputs)}"
+        )
+    data = Path(reference).read_bytes()
+    artifact = hash_artifact(ARTIFACT_FILES[fmt], data)
+    draft = build_manifest(
+        {
+            "name": "reference",
+            "version": 1,
+            "format": fmt,
+            "artifacts": {artifact.file: artifact.to_json()},
+            "inputs": [TensorSpec(o.name, r.datatype, r.shape, r.quantization).to_json() for o, r in zip(inputs, ref_in)],
+            "outputs": [TensorSpec(o.name, r.datatype, r.shape, r.quantization).to_json() for o, r in zip(outputs, ref_out)],
+            "compatible": {"runtime_major": RUNTIME_MAJOR, "architectures": ["any"]},
+        }
+    )
+    return load_backend(draft, data)
+
+
+def _row_batches(arrays: Sequence[np.ndarray], rows: int) -> list[list[np.ndarray]]:
+    return [[a[i : i + rows] for a in arrays] for i in range(0, len(arrays[0]), rows)]
+
+
+def measure_error(
+    model: Backend, reference: Backend, input_sets: Sequence[Sequence[np.ndarray]]
+) -> tuple[int, float, float]:
+    """Rows compared, and the largest and mean absolute output error of ``model`` against ``reference``."""
+    rows = 0
+    worst = 0.0
+    total = 0.0
+    count = 0
+    for arrays in input_sets:
+        for batch in _row_batches(arrays, MEASURE_BATCH_ROWS):
+            for have, want in zip(model.run(batch), reference.run(batch)):
+                err = np.abs(have.astype(np.float64) - want.astype(np.float64))
+                if not np.all(np.isfinite(err)):
+                    raise UsageError("the packed model or the reference produced non-finite outputs")
+                if err.size:
+                    worst = max(worst, float(err.max()))
+                    total += float(err.sum())
+                    count += err.size
+            rows += len(batch[0])
+    return rows, worst, (total / count if count else 0.0)
+
+
 def pack_model(
     model_path: Path,
     *,
@@ -83,11 +168,16 @@ def pack_model(
     quantization: dict[str, Any] | None = None,
     architectures: Sequence[str] = ("any",),
     extra: dict[str, Any] | None = None,
+    reference: Path | None = None,
+    validation_inputs: Sequence[np.ndarray] | None = None,
 ) -> Manifest:
     """Pack ``model_path`` into a signed bundle at ``out`` and return its manifest.
 
     ``inputs``/``outputs`` override the specs read from the model (the converter passes
-    the ONNX model's interface); golden outputs are computed by running the packed model.
+    the ONNX model's interface); golden outputs are computed by running the packed model,
+    or, when ``reference`` names a model file, by running the reference, with ``atol``
+    covering the packed model's measured error on ``validation_inputs`` and the golden
+    inputs (see the module docstring). An explicit ``atol`` below that error is refused.
     """
     model_path = Path(model_path)
     fmt, found_in, found_out = describe_model(model_path, input_names, output_names)
@@ -114,12 +204,41 @@ def pack_model(
     if len(samples) != len(draft.inputs):
         raise UsageError(f"{len(samples)} golden input arrays given, the model has {len(draft.inputs)} inputs")
     samples = [np.asarray(a, dtype=numpy_dtype(s.datatype)) for a, s in zip(samples, draft.inputs)]
-    results = backend.run(samples)
-    if atol is None:
-        atol = DEFAULT_ATOL
-        for s in draft.outputs:
-            if s.quantization is not None:
-                atol = max(atol, 2.0 * s.quantization.scale)
+    if reference is None:
+        if validation_inputs is not None:
+            raise UsageError("validation inputs need a reference model to compare against")
+        results = backend.run(samples)
+        if atol is None:
+            atol = _drift_atol(draft.outputs)
+    else:
+        ref = reference_backend(Path(reference), draft.inputs, draft.outputs)
+        results = ref.run(samples)
+        input_sets = [samples]
+        if validation_inputs is not None:
+            if len(validation_inputs) != len(draft.inputs):
+                raise UsageError(
+                    f"{len(validation_inputs)} validation arrays given, the model has {len(draft.inputs)} inputs"
+                )
+            input_sets.append([np.asarray(a, dtype=numpy_dtype(s.datatype)) for a, s in zip(validation_inputs, draft.inputs)])
+        rows, worst, mean = measure_error(backend, ref, input_sets)
+        stated = round_up(worst + _drift_atol(draft.outputs))
+        if atol is None:
+            atol = stated
+        elif atol < worst:
+            raise UsageError(f"atol {atol:g} is below the measured error {worst:.3g} against the reference")
+        ref_data = Path(reference).read_bytes()
+        fields["quantization"] = dict(fields["quantization"])
+        fields["quantization"]["accuracy"] = {
+            "reference": {
+                "file": Path(reference).name,
+                "format": FORMAT_BY_SUFFIX[Path(reference).suffix.lower()],
+                "sha256": hashlib.sha256(ref_data).hexdigest(),
+            },
+            "rows": rows,
+            "max_abs_error": worst,
+            "mean_abs_error": mean,
+            "atol": float(atol),
+        }
     golden = Golden(
         {s.name: _tensor_json(a) for s, a in zip(draft.inputs, samples)},
         {s.name: _tensor_json(a) for s, a in zip(draft.outputs, results)},

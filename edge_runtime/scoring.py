@@ -61,12 +61,19 @@ def _npz_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple
         raise InputError(f"{path.name}: not a readable .npz file ({exc})") from exc
     names = list(npz.files)
     if len(specs) == 1 and len(names) == 1:
-        arrays = {specs[0].name: npz[names[0]]}
+        chosen = {specs[0].name: names[0]}
     else:
         missing = [s.name for s in specs if s.name not in names]
         if missing:
             raise InputError(f"{path.name}: no array for input(s) {missing}; found {names}")
-        arrays = {s.name: npz[s.name] for s in specs}
+        chosen = {s.name: s.name for s in specs}
+    arrays: dict[str, Any] = {}
+    for input_name, member in chosen.items():
+        # .npz members are read lazily: a bad member only shows up here.
+        try:
+            arrays[input_name] = npz[member]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{path.name}: array {member!r} is not readable ({exc})") from exc
     return _array_batches(arrays, specs, batch, path.name)
 
 
@@ -76,6 +83,8 @@ def _array_batches(
     rows = None
     for s in specs:
         arr = arrays[s.name]
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{label}: input '{s.name}' holds {arr.dtype} data, expected numbers for {s.datatype}")
         want = _sample_shape(s)
         if arr.ndim == len(want):  # a single sample without batch dimension
             arr = arr[None, ...]
@@ -120,7 +129,8 @@ def _csv_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple
             for line_no, cells in enumerate(reader, start=1):
                 if not cells or all(not c.strip() for c in cells):
                     continue
-                if header is None and line_no == 1 and not _is_number(cells[0]):
+                # A first row without a single number is a header; any other row is data.
+                if header is None and line_no == 1 and not any(_is_number(c) for c in cells):
                     header = [c.strip() for c in cells]
                     if len(header) != width:
                         raise InputError(f"header of {path.name} has {len(header)} columns, the model expects {width}")
@@ -149,6 +159,14 @@ def _is_number(cell: str) -> bool:
     return True
 
 
+def _all_numbers(value: Any, bools: bool) -> bool:
+    if isinstance(value, list):
+        return all(_all_numbers(v, bools) for v in value)
+    if isinstance(value, bool):
+        return bools
+    return isinstance(value, (int, float))
+
+
 def _jsonl_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int | None]:
     shapes = [_sample_shape(s) for s in specs]
     dtypes = [numpy_dtype(s.datatype) for s in specs]
@@ -162,9 +180,12 @@ def _jsonl_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tup
         for s, shape, dt in zip(specs, shapes, dtypes):
             if s.name not in obj:
                 raise InputError(f"line {line_no}: field {s.name!r} is missing")
+            # numpy would turn null into NaN and "1.5" into 1.5: accept JSON numbers only.
+            if not _all_numbers(obj[s.name], s.datatype == "BOOL"):
+                raise InputError(f"line {line_no}, field {s.name!r}: expected (nested lists of) numbers for {s.datatype}")
             try:
                 a = np.asarray(obj[s.name], dtype=dt)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise InputError(f"line {line_no}, field {s.name!r}: not numeric data of type {s.datatype}") from None
             if a.size != math.prod(shape):
                 raise InputError(f"line {line_no}, field {s.name!r}: expected {math.prod(shape)} values, found {a.size}")
@@ -198,10 +219,12 @@ def _jsonl_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tup
 def read_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple[Iterator[Batch], int | None]:
     """Batches of input arrays from ``path``, and the row count when known up front."""
     suffix = path.suffix.lower()
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file")
     if suffix not in INPUT_FORMATS:
         raise UsageError(f"{path.name}: unsupported input format {suffix!r}; expected one of {', '.join(INPUT_FORMATS)}")
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise InputError(f"{path.name}: the file is empty")
     _check_batchable(specs)
@@ -226,6 +249,8 @@ class OutputWriter:
         self._text: IO[str] | None = None
         self._csv: Any = None
         if path is not None:
+            if not path.parent.is_dir():
+                raise UsageError(f"{path}: the directory {path.parent} does not exist")
             self._tmpdir = tempfile.TemporaryDirectory(prefix=".score-", dir=path.parent)
         if self.kind in (".npy", ".npz"):
             assert self._tmpdir is not None

@@ -55,9 +55,7 @@ def _socket_address(raw: str) -> bytes | None:
     if raw.startswith("/"):
         return os.fsencode(raw)
     # systemd also knows vsock: addresses; we have no use for them on a device.
-    logger.warning(
-        "NOTIFY_SOCKET=%r is neither an absolute path nor @abstract; ignored", raw
-    )
+    logger.warning("NOTIFY_SOCKET=%r is neither an absolute path nor @abstract; ignored", raw)
     return None
 
 
@@ -72,9 +70,7 @@ def notify(*lines: str) -> bool:
     """
     for line in lines:
         if "\n" in line or "=" not in line:
-            raise ValueError(
-                f"notify line must be one KEY=VALUE without newlines, got {line!r}"
-            )
+            raise ValueError(f"notify line must be one KEY=VALUE without newlines, got {line!r}")
     raw = os.environ.get("NOTIFY_SOCKET")
     if not raw:
         return False
@@ -83,9 +79,7 @@ def notify(*lines: str) -> bool:
         return False
     payload = "\n".join(lines).encode("utf-8")
     try:
-        with socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-        ) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(payload, address)
     except OSError as exc:
         logger.warning("sd_notify to %s failed: %s", raw, exc)
@@ -128,10 +122,7 @@ def status_line(active: Mapping[str, int | None]) -> str:
     """
     if not active:
         return "serving no models"
-    parts = [
-        f"{name}:{'-' if version is None else version}"
-        for name, version in sorted(active.items())
-    ]
+    parts = [f"{name}:{'-' if version is None else version}" for name, version in sorted(active.items())]
     return "serving " + " ".join(parts)
 
 
@@ -150,27 +141,21 @@ def watchdog_interval_s() -> float | None:
         try:
             pid = int(raw_pid)
         except ValueError:
-            logger.warning(
-                "WATCHDOG_PID=%r is not an integer; watchdog disabled", raw_pid
-            )
+            logger.warning("WATCHDOG_PID=%r is not an integer; watchdog disabled", raw_pid)
             return None
         if pid != os.getpid():
             return None
     try:
         usec = int(raw_usec)
     except ValueError:
-        logger.warning(
-            "WATCHDOG_USEC=%r is not an integer; watchdog disabled", raw_usec
-        )
+        logger.warning("WATCHDOG_USEC=%r is not an integer; watchdog disabled", raw_usec)
         return None
     if usec <= 0:
         return None
     return usec / 2_000_000
 
 
-def event_loop_responsive(
-    loop: asyncio.AbstractEventLoop, timeout_s: float
-) -> HealthCheck:
+def event_loop_responsive(loop: asyncio.AbstractEventLoop, timeout_s: float) -> HealthCheck:
     """Build a health check that ``loop`` runs a callback within ``timeout_s``.
 
     The check schedules a no-op on the loop from the watchdog thread and waits
@@ -215,9 +200,7 @@ class Watchdog:
     @property
     def interval_s(self) -> float | None:
         """The ping interval in use, or None when the watchdog is off."""
-        return (
-            self._interval_s if self._interval_s is not None else watchdog_interval_s()
-        )
+        return self._interval_s if self._interval_s is not None else watchdog_interval_s()
 
     @property
     def running(self) -> bool:
@@ -233,13 +216,9 @@ class Watchdog:
             logger.debug("no systemd watchdog requested; not starting %s", self._name)
             return False
         if interval <= 0:
-            raise ValueError(
-                f"watchdog interval must be positive seconds, got {interval}"
-            )
+            raise ValueError(f"watchdog interval must be positive seconds, got {interval}")
         self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, args=(interval,), name=self._name, daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(interval,), name=self._name, daemon=True)
         self._thread.start()
         logger.info("systemd watchdog started, ping every %.3f s", interval)
         return True
@@ -275,9 +254,7 @@ class Watchdog:
                 if not was_healthy:
                     logger.warning("serving loop healthy again; watchdog pings resumed")
             elif was_healthy:
-                logger.error(
-                    "serving loop failed its health check; withholding WATCHDOG=1"
-                )
+                logger.error("serving loop failed its health check; withholding WATCHDOG=1")
             was_healthy = healthy
             next_at += interval
             now = time.monotonic()

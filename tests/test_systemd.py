@@ -71,9 +71,7 @@ def short_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def receiver(
-    short_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[NotifyReceiver]:
+def receiver(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotifyReceiver]:
     """Bind a filesystem notify socket and point NOTIFY_SOCKET at it."""
     path = short_dir / "notify"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -142,9 +140,7 @@ def test_abstract_namespace_socket(monkeypatch: pytest.MonkeyPatch) -> None:
         assert sock.recv(4096) == b"READY=1\nSTATUS=abstract"
 
 
-def test_unset_socket_is_a_noop(
-    receiver: NotifyReceiver, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_unset_socket_is_a_noop(receiver: NotifyReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET")
     assert systemd.notify("READY=1") is False
     assert systemd.ready("x") is False
@@ -175,9 +171,7 @@ def test_status_line_lists_models_sorted() -> None:
 # --- watchdog interval ---------------------------------------------------------------
 
 
-def test_watchdog_interval_is_half_of_watchdog_usec(
-    watchdog_env: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_watchdog_interval_is_half_of_watchdog_usec(watchdog_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     assert systemd.watchdog_interval_s() == pytest.approx(PING_INTERVAL_S)
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     assert systemd.watchdog_interval_s() == pytest.approx(15.0)
@@ -215,9 +209,7 @@ def test_watchdog_interval_none_when_not_for_us(
 # --- the watchdog thread -------------------------------------------------------------
 
 
-def test_watchdog_pings_at_half_watchdog_usec(
-    receiver: NotifyReceiver, watchdog_env: None
-) -> None:
+def test_watchdog_pings_at_half_watchdog_usec(receiver: NotifyReceiver, watchdog_env: None) -> None:
     dog = systemd.Watchdog(lambda: True)
     assert dog.start()
     try:
@@ -236,9 +228,7 @@ def test_watchdog_pings_at_half_watchdog_usec(
     assert max(gaps) < WATCHDOG_USEC / 1_000_000, gaps
 
 
-def test_watchdog_stops_pinging_when_stopped(
-    receiver: NotifyReceiver, watchdog_env: None
-) -> None:
+def test_watchdog_stops_pinging_when_stopped(receiver: NotifyReceiver, watchdog_env: None) -> None:
     dog = systemd.Watchdog(lambda: True)
     dog.start()
     assert receiver.recv() == "WATCHDOG=1"
@@ -284,9 +274,7 @@ def test_watchdog_withholds_pings_while_unhealthy(
     assert any("healthy again" in r.getMessage() for r in caplog.records)
 
 
-def test_watchdog_withholds_pings_while_health_check_blocks(
-    receiver: NotifyReceiver, watchdog_env: None
-) -> None:
+def test_watchdog_withholds_pings_while_health_check_blocks(receiver: NotifyReceiver, watchdog_env: None) -> None:
     unblocked = threading.Event()
     unblocked.set()
 
@@ -309,9 +297,7 @@ def test_watchdog_withholds_pings_while_health_check_blocks(
         dog.stop()
 
 
-def test_watchdog_treats_an_exception_as_unhealthy(
-    receiver: NotifyReceiver, watchdog_env: None
-) -> None:
+def test_watchdog_treats_an_exception_as_unhealthy(receiver: NotifyReceiver, watchdog_env: None) -> None:
     def health() -> bool:
         raise RuntimeError("boom")
 
@@ -324,13 +310,9 @@ def test_watchdog_treats_an_exception_as_unhealthy(
         dog.stop()
 
 
-def test_event_loop_health_check_stops_pings_when_loop_is_wedged(
-    receiver: NotifyReceiver, watchdog_env: None
-) -> None:
+def test_event_loop_health_check_stops_pings_when_loop_is_wedged(receiver: NotifyReceiver, watchdog_env: None) -> None:
     loop = asyncio.new_event_loop()
-    loop_thread = threading.Thread(
-        target=loop.run_forever, name="test-serving-loop", daemon=True
-    )
+    loop_thread = threading.Thread(target=loop.run_forever, name="test-serving-loop", daemon=True)
     loop_thread.start()
     release = threading.Event()
     dog = systemd.Watchdog(systemd.event_loop_responsive(loop, timeout_s=0.05))

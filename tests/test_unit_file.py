@@ -31,9 +31,7 @@ SKIP_ENV = "EDGE_RUNTIME_ALLOW_NO_SYSTEMD"
 
 def _systemd_analyze() -> str:
     found = shutil.which("systemd-analyze") or (
-        "/usr/bin/systemd-analyze"
-        if os.path.exists("/usr/bin/systemd-analyze")
-        else None
+        "/usr/bin/systemd-analyze" if os.path.exists("/usr/bin/systemd-analyze") else None
     )
     if found is None:
         if os.environ.get(SKIP_ENV) == "1":

@@ -5,6 +5,7 @@ Pure code: bytes in, a :class:`Manifest` or a :class:`ManifestError` out.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,8 @@ class Golden:
 
     def to_json(self) -> dict[str, Any]:
         """The manifest form."""
-        return {"inputs": self.inputs, "outputs": self.outputs, "atol": self.atol, "rtol": self.rtol}
+        # Copies: callers may edit the result, and this object is frozen.
+        return copy.deepcopy({"inputs": self.inputs, "outputs": self.outputs, "atol": self.atol, "rtol": self.rtol})
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON-able dict."""
-        out: dict[str, Any] = dict(self.extra)
+        out: dict[str, Any] = copy.deepcopy(self.extra)
         out.update(
             {
                 "name": self.name,
@@ -104,8 +106,8 @@ class Manifest:
                 "artifacts": {k: a.to_json() for k, a in self.artifacts.items()},
                 "inputs": [t.to_json() for t in self.inputs],
                 "outputs": [t.to_json() for t in self.outputs],
-                "quantization": self.quantization,
-                "compatible": self.compatible,
+                "quantization": copy.deepcopy(self.quantization),
+                "compatible": copy.deepcopy(self.compatible),
             }
         )
         if self.golden is not None:
@@ -121,7 +123,8 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what:
     if key not in obj:
         raise ManifestError(f"{what}: missing field '{key}'")
     value = obj[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
         raise ManifestError(f"{what}: field '{key}' has the wrong type ({type(value).__name__})")
     return value
 

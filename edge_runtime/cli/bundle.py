@@ -13,7 +13,7 @@ from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.cli.common import common_options, load_root_file, positive_int
 from edge_runtime.exceptions import UsageError
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import describe_model, pack_model
 from edge_runtime.trust.keys import load_private_key_pem
 
 
@@ -59,9 +59,18 @@ def register(sub: Any) -> None:
     c.add_argument("--input-names", help="comma-separated KServe names for the inputs, by position")
     c.add_argument("--output-names", help="comma-separated KServe names for the outputs, by position")
     c.add_argument("--golden-inputs", type=Path, help=".npy/.npz sample inputs for the self-test (default: random)")
-    c.add_argument("--atol", type=float, default=None, help="self-test absolute tolerance")
+    c.add_argument(
+        "--atol", type=float, default=None,
+        help="self-test absolute tolerance (default: drift allowance, or the measured error with --reference)",
+    )
     c.add_argument("--rtol", type=float, default=1e-3, help="self-test relative tolerance")
     c.add_argument("--architectures", default="any", help="comma-separated CPU architectures, or 'any'")
+    c.add_argument(
+        "--reference", type=Path,
+        help="model the packed one approximates (e.g. the float model of an int8 one): golden outputs come "
+        "from it and --atol states the measured error against it",
+    )
+    c.add_argument("--validation", type=Path, help=".npy/.npz inputs to measure the error against --reference on")
     c.set_defaults(func=cmd_create)
     for name, fn in (("inspect", cmd_inspect), ("verify", cmd_verify)):
         q = bs.add_parser(name, parents=[common_options()], help=f"{name} a bundle")
@@ -71,14 +80,31 @@ def register(sub: Any) -> None:
         q.set_defaults(func=fn)
 
 
-def _golden(path: Path | None) -> list[np.ndarray] | None:
+def load_input_arrays(path: Path | None, input_names: list[str], what: str) -> list[np.ndarray] | None:
+    """Arrays for the model inputs from a .npy (one input) or .npz (arrays named after the inputs).
+
+    For a one-input model an .npz may instead hold a single array, or an array ``x``
+    (as in a features/labels file).
+    """
     if path is None:
         return None
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read golden inputs {path}: {exc}") from exc
-    return [loaded[k] for k in loaded.files] if hasattr(loaded, "files") else [loaded]
+        if not hasattr(loaded, "files"):
+            arrays = [np.asarray(loaded)]
+        elif all(n in loaded.files for n in input_names):
+            arrays = [loaded[n] for n in input_names]
+        elif len(input_names) == 1 and len(loaded.files) == 1:
+            arrays = [loaded[loaded.files[0]]]
+        elif len(input_names) == 1 and "x" in loaded.files:
+            arrays = [loaded["x"]]
+        else:
+            raise UsageError(f"{what} {path}: expected arrays named {input_names}, found {loaded.files}")
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from exc
+    if len(arrays) != len(input_names):
+        raise UsageError(f"{what} {path}: the model has {len(input_names)} inputs, a .npy file holds one array")
+    return arrays
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -86,6 +112,12 @@ def cmd_create(args: argparse.Namespace) -> int:
     if not args.model.is_file():
         raise UsageError(f"{args.model}: no such file")
     keys = load_keys(args.sign_key)
+    if args.validation is not None and args.reference is None:
+        raise UsageError("--validation needs --reference (the model to measure the error against)")
+    if args.reference is not None and not args.reference.is_file():
+        raise UsageError(f"{args.reference}: no such file")
+    _, ins, _ = describe_model(args.model, _names(args.input_names), _names(args.output_names))
+    input_names = [s.name for s in ins]
     manifest = pack_model(
         args.model,
         name=args.name,
@@ -95,14 +127,22 @@ def cmd_create(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         input_names=_names(args.input_names),
         output_names=_names(args.output_names),
-        golden_inputs=_golden(args.golden_inputs),
+        golden_inputs=load_input_arrays(args.golden_inputs, input_names, "golden inputs"),
         atol=args.atol,
         rtol=args.rtol,
         architectures=_names(args.architectures),
         quantization={"mode": "as-is"},
+        reference=args.reference,
+        validation_inputs=load_input_arrays(args.validation, input_names, "validation inputs"),
     )
     art = manifest.artifacts[manifest.model_file]
     print(f"wrote {args.out}: {manifest.name} v{manifest.version}, {manifest.format}, {art.length} bytes in {art.chunk_count} chunks")
+    accuracy = manifest.quantization.get("accuracy")
+    if accuracy is not None:
+        print(
+            f"against {accuracy['reference']['file']} on {accuracy['rows']} rows: max abs error "
+            f"{accuracy['max_abs_error']:.3g}, mean {accuracy['mean_abs_error']:.3g}; golden atol {accuracy['atol']:g}"
+        )
     return 0
 
 
@@ -122,6 +162,14 @@ def _describe(args: argparse.Namespace, verified: bool) -> int:
                 q = f" (int {s.quantization.datatype} scale {s.quantization.scale:g} zp {s.quantization.zero_point})" if s.quantization else ""
                 print(f"{side} {s.name}: {s.datatype} {list(s.shape)}{q}")
         print(f"quantization: {m.quantization.get('mode')}; compatible: {m.compatible}")
+        accuracy = m.quantization.get("accuracy")
+        if isinstance(accuracy, dict):
+            ref = accuracy.get("reference")
+            ref_file = ref.get("file") if isinstance(ref, dict) else None
+            print(
+                f"accuracy against {ref_file}: max abs error {accuracy.get('max_abs_error')} "
+                f"on {accuracy.get('rows')} rows (atol {accuracy.get('atol')})"
+            )
         if m.golden is not None:
             print(f"golden self-test: atol {m.golden.atol:g}, rtol {m.golden.rtol:g}")
     if verified:

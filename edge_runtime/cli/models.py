@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.cli.common import common_options, open_store, positive_int, store_options
-from edge_runtime.exceptions import StoreError
+from edge_runtime.exceptions import EdgeRuntimeError, StoreError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore, Resolved
@@ -46,7 +46,13 @@ def selftest(resolved: Resolved) -> None:
 
 
 def _activate(store: ModelStore, name: str, version: int) -> None:
-    store.activate(name, version, selftest=selftest)
+    try:
+        store.activate(name, version, selftest=selftest)
+    except EdgeRuntimeError as exc:
+        # Hash and signature errors name the file only; say which version they are about.
+        if str(exc).startswith(f"{name} v"):
+            raise
+        raise type(exc)(f"{name} v{version}: {exc}") from exc
     print(f"{name} v{version} passed its self-test and is active")
 
 

@@ -41,7 +41,10 @@ class Backend(abc.ABC):
                 arr = arr.astype(dtype)
             spec.check(arr)
             if spec.quantization is not None:
-                arr = spec.quantization.quantize(arr)
+                try:
+                    arr = spec.quantization.quantize(arr)
+                except InputError as exc:
+                    raise InputError(f"input '{spec.name}': {exc}") from exc
             model_inputs.append(arr)
         results = self._invoke(model_inputs)
         out = []

@@ -100,7 +100,7 @@ class LiteRTBackend(Backend):
                     raise InferenceError(f"{side[:-1]} '{spec.name}': manifest rank differs from the model's")
         self._in_idx = [d["index"] for d in ins]
         self._out_idx = [d["index"] for d in outs]
-        self._shapes = [tuple(d["shape"]) for d in ins]
+        self._shapes = [tuple(int(v) for v in d["shape"]) for d in ins]  # ints: numpy scalars compare slowly
 
     def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         interp = self._interp

@@ -56,6 +56,8 @@ class Quantization:
         dtype = numpy_dtype(self.datatype)
         info = np.iinfo(dtype)
         q = np.round(np.asarray(real, dtype=np.float64) / self.scale) + self.zero_point
+        if np.isnan(q).any():  # NaN has no integer value: refuse rather than feed garbage
+            raise InputError(f"input holds NaN, which the model's {self.datatype} input cannot represent")
         return np.clip(q, info.min, info.max).astype(dtype)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:

@@ -113,7 +113,10 @@ class ModelStore:
         d = self._model_dir(name)
         if not d.is_dir():
             return []
-        return sorted(int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit())
+        # Only canonical names ("7", not "007"): version_dir() must find what this lists.
+        return sorted(
+            int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and p.name == str(int(p.name))
+        )
 
     def factory_bundle(self, name: str) -> Path | None:
         """The factory bundle for ``name``, if one is shipped."""
@@ -139,6 +142,8 @@ class ModelStore:
             sig = (d / SIGNATURE_FILE).read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"{name} v{version}: {Path(exc.filename).name} is missing") from exc
+        except OSError as exc:
+            raise StoreError(f"{name} v{version}: cannot read {Path(exc.filename or d).name}: {exc.strerror}") from exc
         verify_manifest_signature(self.root, manifest_bytes, sig)
         manifest = parse_manifest(manifest_bytes)
         if manifest.name != name or manifest.version != version:
@@ -149,6 +154,8 @@ class ModelStore:
                     stream_verify(art, fh)
             except FileNotFoundError as exc:
                 raise StoreError(f"{name} v{version}: {art.file} is missing") from exc
+            except OSError as exc:
+                raise StoreError(f"{name} v{version}: cannot read {art.file}: {exc.strerror}") from exc
         return manifest
 
     def resolved_version(self, name: str, version: int, reason: str | None = None) -> Resolved:
@@ -182,31 +189,44 @@ class ModelStore:
         with self.lock():
             state = self.state(m.name)
             target = self.version_dir(m.name, m.version)
+            # The floor also counts installed directories, so a lost state.json cannot reopen old versions.
+            floor = max([state.highest_seen, *self.versions(m.name)])
+            repair: str | None = None
             if target.is_dir():
                 try:
                     existing = (target / MANIFEST_FILE).read_bytes()
-                except FileNotFoundError:
+                except OSError:
                     existing = b""
                 if existing != bundle.manifest_bytes:
                     raise RollbackError(
                         f"{m.name} v{m.version} is already installed with different bytes; a new build needs a new version"
                     )
-                if m.version not in state.quarantined:
+                repair = state.quarantined.get(m.version) or self._damage(m.name, m.version)
+                if repair is None:
                     return InstallResult(m.name, m.version, already_installed=True)
-            elif m.version <= state.highest_seen:
+                # The same signed manifest over a damaged or quarantined copy: rewrite it.
+            elif m.version <= floor:
                 raise RollbackError(
-                    f"{m.name} v{m.version} is at or below the anti-rollback floor (highest seen: v{state.highest_seen})"
+                    f"{m.name} v{m.version} is at or below the anti-rollback floor (highest seen: v{floor})"
                 )
             self._write_version(bundle, target)
             state = self.state(m.name)
             state.highest_seen = max(state.highest_seen, m.version)
-            if state.quarantined.pop(m.version, None) is not None:
-                state.event("repaired", version=m.version)
-            state.failed.pop(m.version, None)
+            state.quarantined.pop(m.version, None)
+            if repair is not None:
+                state.event("repaired", version=m.version, reason=repair)
             state.event("installed", version=m.version)
             self._write_state(m.name, state)
         log.info("installed %s v%d", m.name, m.version, extra={"model": m.name, "version": m.version})
         return InstallResult(m.name, m.version, already_installed=False)
+
+    def _damage(self, name: str, version: int) -> str | None:
+        """Why an installed version fails verification, or None when it is intact."""
+        try:
+            self.verify_version(name, version)
+        except (BadDataError, StoreError) as exc:
+            return str(exc)
+        return None
 
     def _write_version(self, bundle: Bundle, target: Path) -> None:
         parent = target.parent
@@ -238,15 +258,18 @@ class ModelStore:
             raise
 
     def cleanup_partial(self) -> list[Path]:
-        """Remove leftovers of interrupted installs (``.install-*``); returns what was removed."""
-        removed = []
-        if self.path.is_dir():
+        """Remove leftovers of interrupted installs (``.install-*``); returns what was removed.
+
+        Runs under the store lock: an install in progress in another process holds the lock
+        while its ``.install-*`` directory exists, so only dead leftovers are removed.
+        """
+        removed: list[Path] = []
+        if not self.path.is_dir():
+            return removed
+        with self.lock():
             for d in self.path.iterdir():
                 if d.is_dir():
-                    for p in d.glob(".install-*"):
-                        shutil.rmtree(p, ignore_errors=True)
-                        removed.append(p)
-                    for p in d.glob(".trash-*"):
+                    for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
                         shutil.rmtree(p, ignore_errors=True)
                         removed.append(p)
         return removed
@@ -265,11 +288,21 @@ class ModelStore:
         with self.lock():
             state = self.state(name)
             previous = state.active
-            if previous is not None and previous != version and previous not in state.failed:
+            if (
+                previous is not None
+                and previous != version
+                and previous not in state.failed
+                and previous not in state.quarantined
+            ):
                 state.last_known_good = previous
+            if state.last_known_good == version:
+                state.last_known_good = self._older_good(name, state, version)
             state.active = version
             state.serving_factory = False
             state.failed.pop(version, None)
+            # It has just been re-verified, so an old quarantine no longer applies.
+            if state.quarantined.pop(version, None) is not None:
+                state.event("unquarantined", version=version)
             state.event("activated", version=version, previous=previous)
             self._write_state(name, state)
         log.info("activated %s v%d", name, version, extra={"model": name, "version": version})
@@ -352,7 +385,10 @@ class ModelStore:
                 resolved = self.resolved_version(name, candidate, reason)
             except (BadDataError, StoreError) as exc:
                 why = f"v{candidate} failed verification: {exc}"
-                self.quarantine(name, candidate, str(exc))
+                try:
+                    self.quarantine(name, candidate, str(exc))
+                except OSError as write_exc:
+                    log.error("%s: cannot record the quarantine of v%d: %s", name, candidate, write_exc)
                 reason = why if reason is None else f"{reason}; {why}"
                 continue
             if reason is not None:
@@ -361,32 +397,42 @@ class ModelStore:
         if reason is None and state.active is not None:
             reason = f"v{state.active} is quarantined: {state.quarantined.get(state.active, 'unknown reason')}"
         resolved = self.resolved_factory(name, reason)
-        if reason is not None or state.active is None:
-            self._record_fallback(name, state.active, None, reason or "nothing installed")
+        # Record a new fallback only: a device already on its factory bundle says so once.
+        if reason is not None:
+            self._record_fallback(name, state.active, None, reason)
+        elif not state.serving_factory:  # nothing failed: the store simply has no active version
+            self._record_fallback(name, state.active, None, "nothing active in the store", level=logging.INFO)
         return resolved
 
-    def _record_fallback(self, name: str, from_version: int | None, to_version: int | None, reason: str) -> None:
-        with self.lock():
-            state = self.state(name)
-            if to_version is None:
-                state.serving_factory = True
-                if state.active is not None and state.active in state.quarantined:
-                    state.active = None
-                if state.last_known_good in state.quarantined:
-                    state.last_known_good = None
-                target = "factory"
-            else:
-                state.serving_factory = False
-                state.active = to_version
-                if state.last_known_good == to_version:
-                    state.last_known_good = self._older_good(name, state, to_version)
-                target = f"v{to_version}"
-            state.event("fallback", previous=from_version, to=target, reason=reason)
-            if self._model_dir(name).is_dir():
-                self._write_state(name, state)
-        log.warning(
-            "%s: falling back to %s: %s", name, target, reason, extra={"model": name, "version": to_version, "reason": reason}
+    def _record_fallback(
+        self, name: str, from_version: int | None, to_version: int | None, reason: str, level: int = logging.WARNING
+    ) -> None:
+        target = "factory" if to_version is None else f"v{to_version}"
+        log.log(
+            level, "%s: falling back to %s: %s", name, target, reason,
+            extra={"model": name, "version": to_version, "reason": reason},
         )
+        if not self._model_dir(name).is_dir():
+            return  # nothing installed: nothing to record, and no store directory to create
+        try:
+            with self.lock():
+                state = self.state(name)
+                if to_version is None:
+                    state.serving_factory = True
+                    if state.active is not None and state.active in state.quarantined:
+                        state.active = None
+                    if state.last_known_good in state.quarantined:
+                        state.last_known_good = None
+                else:
+                    state.serving_factory = False
+                    state.active = to_version
+                    if state.last_known_good == to_version:
+                        state.last_known_good = self._older_good(name, state, to_version)
+                state.event("fallback", previous=from_version, to=target, reason=reason)
+                self._write_state(name, state)
+        except OSError as exc:
+            # Serving the fallback matters more than recording it (e.g. a read-only user running `score`).
+            log.error("%s: cannot record the fallback: %s", name, exc, extra={"model": name, "reason": str(exc)})
 
     # -- verification of everything ----------------------------------------------------
 

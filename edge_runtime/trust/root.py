@@ -71,7 +71,7 @@ def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], d
     _expect(isinstance(raw_keys, dict) and bool(raw_keys), "root: 'keys' must be a non-empty object")
     keys: dict[str, Ed25519PublicKey] = {}
     for kid, entry in raw_keys.items():
-        _expect(isinstance(entry, dict), f"root: key {kid!r} must be an object")
+        _expect(isinstance(entry, dict), f"root: key {kid!r} must be an object, found {type(entry).__name__}")
         _expect(entry.get("keytype") == "ed25519", f"root: key {kid!r} has keytype {entry.get('keytype')!r}, expected 'ed25519'")
         public = entry.get("public")
         _expect(isinstance(public, str), f"root: key {kid!r} 'public' must be a hex string")
@@ -86,7 +86,8 @@ def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], d
     roles: dict[str, Role] = {}
     for name in ROLES:
         entry = raw_roles.get(name)
-        _expect(isinstance(entry, dict), f"root: role {name!r} is missing")
+        _expect(entry is not None, f"root: role {name!r} is missing")
+        _expect(isinstance(entry, dict), f"root: role {name!r} must be an object, found {type(entry).__name__}")
         keyids = entry.get("keyids")
         threshold = entry.get("threshold")
         _expect(
