@@ -7,7 +7,6 @@ Exit codes: 0 success, 2 usage error, 1 anything else, with a one-line reason on
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -74,6 +73,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-if __name__ == "__main__":  # pragma: no cover
-    logging.captureWarnings(True)
-    sys.exit(main())
