@@ -82,7 +82,7 @@ class MqttConfig:
     connect_timeout_s: float = 10.0
     download_window_chunks: int = 256  # chunk topics subscribed at once when resuming
     max_download_bytes_per_s: int = 0  # 0 = unlimited
-    receive_maximum: int = 4  # MQTT 5: messages in flight to the device (bounds re-sent chunks after a drop)
+    receive_maximum: int = 2  # MQTT 5: messages in flight to the device (bounds re-sent chunks after a drop)
     activation_timeout_s: float = 120.0  # how long to wait for the daemon to confirm a swap
 
 
@@ -103,6 +103,7 @@ class ModelConfig:
     shadow: int = 0  # 0 = none
     execution: str = "auto"  # auto | inline (on the event loop) | threads (queue + worker threads)
     inline_max_us: int = 100  # auto: run on the event loop when one batch-1 invoke takes at most this
+    idle_inline_max_us: int = 2000  # threads: a request alone in the server runs on the loop if a run takes at most this; 0 = never
 
 
 @dataclass(frozen=True)
@@ -191,8 +192,8 @@ def _validate_model(name: str, m: ModelConfig) -> None:
         raise ConfigError(f"{where}.traffic: weights must not all be 0")
     if m.execution not in ("auto", "inline", "threads"):
         raise ConfigError(f"{where}.execution: expected 'auto', 'inline' or 'threads', found {m.execution!r}")
-    if m.inline_max_us < 0 or m.shadow < 0:
-        raise ConfigError(f"{where}: inline_max_us and shadow must be >= 0")
+    if m.inline_max_us < 0 or m.idle_inline_max_us < 0 or m.shadow < 0:
+        raise ConfigError(f"{where}: inline_max_us, idle_inline_max_us and shadow must be >= 0")
     if any(b < 1 or (m.max_batch_size and b > m.max_batch_size) for b in m.preferred_batch_sizes):
         raise ConfigError(f"{where}.preferred_batch_sizes: each must be in [1, max_batch_size]")
 

@@ -1,0 +1,442 @@
+"""Benchmark of ``edge-runtime serve`` against the floors and the usual Python model server.
+
+One run measures, side by side, for the demo MLP (30 features) and a 3x96x96 CNN:
+
+(a) the bare LiteRT invoke in-process (set_tensor + invoke + get_tensor, batch 1): the floor;
+(b) our daemon, JSON and binary tensors, metrics and routing on, several serving configs;
+(c) a FastAPI + uvicorn + onnxruntime server written the usual way (bench/servers/fastapi_usual.py);
+(d) a bare ASGI app on uvicorn that only decodes, invokes LiteRT and encodes (bench/servers/asgi_floor.py);
+(e) Triton from the nvidia-pytriton wheel: optional, measured only when ``tritonserver`` is installed.
+
+at 1 and 16 concurrent keep-alive clients driven by a separate cheap load generator
+(bench/servers/loadgen.py: uvloop, raw sockets), plus the daemon's RSS with the demo model,
+its start-to-ready time and batching on versus off. Prints medians over interleaved rounds,
+ratios and the issue's targets, and writes the table to bench/results/serve.md.
+
+Usage: ``python bench/serve.py [--quick] [--rounds N] [--duration S]``. ``--quick`` (one
+short round) finishes in under two minutes once the CNN is cached; the CNN is built with
+onnx.helper and converted once with onnx2tf into ``$XDG_CACHE_HOME/edge-runtime-bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
+from bench_models import FACTORY, SERVING, cnn_models, make_device, write_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SERVERS = Path(__file__).resolve().parent / "servers"
+PY = sys.executable
+EDGE = Path(PY).parent / "edge-runtime"
+RESULTS = REPO / "bench" / "results" / "serve.md"
+
+
+def bare_invoke_us(tflite: Path, shape: tuple[int, ...], runs: int) -> float:
+    """(a) median set_tensor + invoke + get_tensor, batch 1, one thread, in this process."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tflite), num_threads=1)
+    interp.allocate_tensors()
+    i, o = interp.get_input_details()[0]["index"], interp.get_output_details()[0]["index"]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    times = []
+    for k in range(runs + 50):
+        t0 = time.perf_counter()
+        interp.set_tensor(i, x)
+        interp.invoke()
+        interp.get_tensor(o)
+        if k >= 50:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
+def bare_rss_mb(tflite: Path, python: str = PY) -> float:
+    """RSS of python + numpy + LiteRT with the model loaded and run once (a fresh process).
+
+    Read from /proc (VmRSS): ``ru_maxrss`` survives exec and would report the parent's size.
+    """
+    code = (
+        "import numpy as np\n"
+        "from ai_edge_litert.interpreter import Interpreter\n"
+        f"it = Interpreter(model_path={str(tflite)!r}, num_threads=1); it.allocate_tensors(); it.invoke()\n"
+        "print(int(open('/proc/self/status').read().split('VmRSS:')[1].split()[0]) / 1024)\n"
+    )
+    return float(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1])
+
+
+# -- processes and HTTP ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(port: int, path: str) -> int:
+    """GET over a fresh connection; 0 when nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            data = s.recv(64)
+        return int(data[9:12]) if data.startswith(b"HTTP/1.1 ") else 0
+    except OSError:
+        return 0
+
+
+@dataclass
+class Server:
+    """A server process under test."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    started: float
+
+    def wait_ready(self, timeout: float = 120.0, poll_s: float = 0.002) -> float:
+        """Seconds from process start until ``/v2/health/ready`` answered 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            if http_status(self.port, "/v2/health/ready") == 200:
+                return time.monotonic() - self.started
+            time.sleep(poll_s)
+        raise RuntimeError(f"{self.name} not ready after {timeout} s")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the process has used."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) in MB from /proc."""
+        fields = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields[key] = value
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start(name: str, cmd: list[str], port: int) -> Server:
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return Server(name, proc, port, time.monotonic())
+
+
+# -- requests and load ----------------------------------------------------------------------
+
+
+def request_bytes(model: str, input_name: str, x: np.ndarray, binary: bool) -> bytes:
+    """A complete HTTP/1.1 infer request (keep-alive) for one input tensor."""
+    if binary:
+        head = json.dumps({"inputs": [{"name": input_name, "datatype": "FP32", "shape": list(x.shape),
+                                       "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+        body = head + x.tobytes()
+        extra = f"Content-Type: application/octet-stream\r\nInference-Header-Content-Length: {len(head)}\r\n"
+    else:
+        body = json.dumps({"inputs": [{"name": input_name, "datatype": "FP32", "shape": list(x.shape),
+                                       "data": x.ravel().tolist()}]}).encode()
+        extra = "Content-Type: application/json\r\n"
+    return (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def load(port: int, request_file: Path, clients: int, warmup: float, duration: float) -> dict[str, Any]:
+    out = request_file.with_suffix(".result.json")
+    job = {"host": "127.0.0.1", "port": port, "request": str(request_file), "clients": clients,
+           "warmup": warmup, "duration": duration, "out": str(out)}
+    subprocess.run([PY, str(SERVERS / "loadgen.py"), json.dumps(job)], timeout=warmup + duration + 120, check=True)
+    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    lat = sorted(result["latencies_us"])
+    n = len(lat)
+    result["rps"] = n / duration
+    result["p50_ms"] = lat[n // 2] / 1000 if n else float("nan")
+    result["p99_ms"] = lat[min(n - 1, int(n * 0.99))] / 1000 if n else float("nan")
+    del result["latencies_us"]
+    return result
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured combination."""
+
+    model: str  # "mlp" or "cnn"
+    server: str  # ours, fastapi, floor
+    route: str  # model name on that server
+    encoding: str  # json or binary
+    clients: int
+    note: str = field(default="", compare=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}/{self.server}:{self.route}/{self.encoding}/{self.clients}"
+
+
+def cases(with_cnn: bool, have_fastapi: bool) -> list[Case]:
+    out = []
+    for c in (1, 16):
+        out += [Case("mlp", "ours", "fraud", "json", c, "auto: inline"), Case("mlp", "ours", "fraud", "binary", c, "auto: inline"),
+                Case("mlp", "floor", "fraud", "json", c), Case("mlp", "floor", "fraud", "binary", c)]
+        if have_fastapi:
+            out.append(Case("mlp", "fastapi", "fraud", "json", c))
+    out += [Case("mlp", "ours", "fraud_threads", "json", 16, "threads, batching on (8, 500 µs)"),
+            Case("mlp", "ours", "fraud_nobatch", "json", 16, "batching off (max_batch_size 0)")]
+    if with_cnn:
+        for c in (1, 16):
+            out += [Case("cnn", "ours", "cnn", "binary", c, "2 interpreters, batching on (8, 1 ms)"),
+                    Case("cnn", "ours", "cnn", "json", c, "2 interpreters, batching on"),
+                    Case("cnn", "floor", "cnn", "binary", c), Case("cnn", "floor", "cnn", "json", c)]
+            if have_fastapi:
+                out.append(Case("cnn", "fastapi", "cnn", "json", c))
+        out += [Case("cnn", "ours", "cnn_nobatch", "binary", 16, "2 interpreters, batching off"),
+                Case("cnn", "ours", "cnn_single", "binary", 16, "1 interpreter, batching off")]
+    return out
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from importlib.metadata import version
+
+    pkgs = []
+    for p in ("ai-edge-litert", "numpy", "uvicorn", "uvloop", "httptools", "orjson", "onnxruntime", "fastapi"):
+        try:
+            pkgs.append(f"{p} {version(p)}")
+        except Exception:
+            pass
+    return (f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}; "
+            + ", ".join(pkgs))
+
+
+def _versions(venv: Path) -> str:
+    code = ("from importlib.metadata import version as v; "
+            "print(', '.join(f'{p} {v(p)}' for p in ('numpy', 'ai-edge-litert', 'cryptography', 'uvicorn')))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "versions unknown"
+
+
+def fmt(v: float, digits: int = 2) -> str:
+    return "–" if v != v else f"{v:,.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one short round (under two minutes)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3, quick 1)")
+    ap.add_argument("--duration", type=float, default=None, help="measured seconds per case (default 3, quick 1)")
+    ap.add_argument("--no-cnn", action="store_true", help="skip the CNN (no onnx2tf conversion)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="markdown output")
+    ap.add_argument("--device-venv", type=Path, default=None,
+                    help="a venv with only the device extra (default: $EDGE_BENCH_DEVICE_VENV or .venv-device) "
+                         "for the RSS and start-up figures; the test venv pins numpy 1.26 for onnx2tf")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (1.0 if args.quick else 3.0)
+    warmup = 0.3 if args.quick else 0.5
+    t_start = time.monotonic()
+    load_before = os.getloadavg()
+    info = machine()
+    print(f"bench/serve.py on {info}", flush=True)
+
+    onnx_cnn = tflite_cnn = None
+    if not args.no_cnn:
+        onnx_cnn, tflite_cnn = cnn_models()
+    floor = {"mlp": bare_invoke_us(FACTORY / "fraud.tflite", (1, 30), 20000)}
+    if tflite_cnn is not None:
+        floor["cnn"] = bare_invoke_us(tflite_cnn, (1, 3, 96, 96), 300 if args.quick else 1000)
+    device_venv = args.device_venv or Path(os.environ.get("EDGE_BENCH_DEVICE_VENV", REPO / ".venv-device"))
+    if not (device_venv / "bin" / "edge-runtime").is_file():
+        device_venv = None
+    bare_rss = bare_rss_mb(FACTORY / "fraud.tflite")
+    bare_rss_device = bare_rss_mb(FACTORY / "fraud.tflite", str(device_venv / "bin" / "python")) if device_venv else None
+    print(f"(a) bare LiteRT invoke, batch 1: MLP {floor['mlp']:.2f} µs" +
+          (f", CNN {floor['cnn']:.0f} µs" if "cnn" in floor else "") + f"; bare interpreter RSS {bare_rss:.1f} MB"
+          + (f" ({bare_rss_device:.1f} MB in {device_venv})" if device_venv else ""), flush=True)
+    have_fastapi = True
+    try:
+        import fastapi  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        have_fastapi = False
+
+    results: dict[Case, list[dict[str, Any]]] = {}
+    errors = 0
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        store, root = make_device(tmp, tflite_cnn)
+        rng = np.random.default_rng(2)
+        x_mlp = np.load(FACTORY / "sample.npy")[:1].astype(np.float32)
+        x_cnn = rng.random((1, 3, 96, 96), dtype=np.float32)
+        req_files: dict[tuple[str, str], Path] = {}
+        for route in ("fraud", "fraud_threads", "fraud_nobatch", "cnn", "cnn_nobatch", "cnn_single"):
+            x, inp = (x_mlp, "input_0") if route.startswith("fraud") else (x_cnn, "image")
+            for enc in ("json", "binary"):
+                f = tmp / f"{route}-{enc}.http"
+                f.write_bytes(request_bytes(route, inp, x, enc == "binary"))
+                req_files[(route, enc)] = f
+
+        ports = {"ours": free_port(), "fastapi": free_port(), "floor": free_port()}
+        cfg = write_config(tmp / "all.toml", store, root, ports["ours"], SERVING)
+        servers = {"ours": start("ours", [str(EDGE), "serve", "--config", str(cfg)], ports["ours"])}
+        cnn_arg = [f"cnn={tflite_cnn}"] if tflite_cnn else []
+        servers["floor"] = start("floor", [PY, str(SERVERS / "asgi_floor.py"), str(ports["floor"]),
+                                           f"fraud={FACTORY / 'fraud.tflite'}", *cnn_arg], ports["floor"])
+        if have_fastapi:
+            ort_cnn = [f"cnn={onnx_cnn}"] if onnx_cnn else []
+            servers["fastapi"] = start("fastapi", [PY, str(SERVERS / "fastapi_usual.py"), str(ports["fastapi"]),
+                                                   f"fraud={FACTORY / 'fraud.onnx'}", *ort_cnn], ports["fastapi"])
+        try:
+            for s in servers.values():
+                s.wait_ready()
+            todo = cases(tflite_cnn is not None, have_fastapi)
+            for r in range(rounds):
+                for case in todo:
+                    cpu0 = servers[case.server].cpu_s()
+                    res = load(ports[case.server], req_files[(case.route, case.encoding)], case.clients, warmup, duration)
+                    # CPU per request of the server process (warm-up included on both sides of the ratio)
+                    res["cpu_us"] = (servers[case.server].cpu_s() - cpu0) / max(1, res["total"]) * 1e6
+                    errors += res["errors"]
+                    results.setdefault(case, []).append(res)
+                    print(f"  round {r + 1}/{rounds} {case.label:<42} {res['rps']:>9,.0f} req/s  p50 {res['p50_ms']:.3f} ms"
+                          f"  cpu {res['cpu_us']:.0f} µs/req{'  ERRORS ' + str(res['errors']) if res['errors'] else ''}",
+                          flush=True)
+        finally:
+            codes = {name: s.stop() for name, s in servers.items()}
+        if codes.get("ours") != 0:
+            print(f"the daemon exited with {codes.get('ours')} after SIGTERM", flush=True)
+            errors += 1
+
+        # Start to ready and RSS with only the demo model, in this venv and in the device venv.
+        (tmp / "demo").mkdir()
+        demo_store, demo_root = make_device(tmp / "demo", None)
+        startup: dict[str, tuple[list[float], tuple[float, float]]] = {}
+        venvs = [("test venv", EDGE)] + ([("device venv", device_venv / "bin" / "edge-runtime")] if device_venv else [])
+        for label, edge in venvs:
+            ready_s: list[float] = []
+            rss = (float("nan"), float("nan"))
+            for i in range(3 if args.quick else 7):
+                port = free_port()
+                demo_cfg = write_config(tmp / f"demo-{i}.toml", demo_store, demo_root, port)
+                s = start("demo", [str(edge), "serve", "--config", str(demo_cfg)], port)
+                try:
+                    ready_s.append(s.wait_ready())
+                    if i == 0:
+                        res = load(port, req_files[("fraud", "json")], 4, 0.2, 1.0)
+                        errors += res["errors"]
+                        http_status(port, "/metrics")
+                        rss = s.rss_mb()
+                finally:
+                    s.stop()
+            startup[label] = (ready_s, rss)
+
+    def med(case: Case, key: str) -> float:
+        vals = [r[key] for r in results.get(case, [])]
+        return statistics.median(vals) if vals else float("nan")
+
+    lines = [
+        "# Serving benchmark (bench/serve.py)",
+        "",
+        f"Run {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} on {info}.",
+        f"{rounds} interleaved round(s) of {duration:g} s per case after {warmup:g} s warm-up; medians. "
+        "Keep-alive clients, one request in flight each, from a separate uvloop process.",
+        "",
+        f"(a) bare LiteRT invoke, batch 1, 1 thread: MLP {floor['mlp']:.2f} µs"
+        + (f", CNN {floor['cnn']:.0f} µs" if "cnn" in floor else "") + ".",
+        "(e) Triton: not measured (the optional nvidia-pytriton wheel is not installed here).",
+        "Throughput cases run the daemon from the test venv (numpy 1.26.4, ai-edge-litert 2.1.0, pinned by onnx2tf); "
+        + (f"RSS and start-up are also measured in a device-only venv ({_versions(device_venv)})."
+           if device_venv else "no device-only venv was found for the RSS and start-up figures (see --device-venv)."),
+        "",
+        "| model | server | route / config | body | clients | req/s | p50 ms | p99 ms | server CPU µs/req |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {"ours": "(b) edge-runtime", "floor": "(d) bare ASGI floor", "fastapi": "(c) FastAPI usual"}
+    for case in sorted(results, key=lambda c: (c.model, c.clients, c.encoding, c.server, c.route)):
+        lines.append(f"| {case.model} | {names[case.server]} | {case.route}{' (' + case.note + ')' if case.note else ''} | "
+                     f"{case.encoding} | {case.clients} | {fmt(med(case, 'rps'), 0)} | {fmt(med(case, 'p50_ms'), 3)} | "
+                     f"{fmt(med(case, 'p99_ms'), 3)} | {fmt(med(case, 'cpu_us'), 0)} |")
+
+    def rps(model: str, server: str, route: str, enc: str, clients: int) -> float:
+        return med(Case(model, server, route, enc, clients), "rps")
+
+    def p50(model: str, server: str, route: str, enc: str, clients: int) -> float:
+        return med(Case(model, server, route, enc, clients), "p50_ms")
+
+    checks: list[tuple[str, float, str, bool]] = []
+    ours16 = rps("mlp", "ours", "fraud", "json", 16)
+    floor16 = rps("mlp", "floor", "fraud", "json", 16)
+    checks.append(("MLP JSON 16 clients: ours / bare ASGI floor", ours16 / floor16, ">= 0.8", ours16 / floor16 >= 0.8))
+    if have_fastapi:
+        fa = rps("mlp", "fastapi", "fraud", "json", 16)
+        checks.append(("MLP JSON 16 clients: ours / FastAPI usual", ours16 / fa, ">= 2.5", ours16 / fa >= 2.5))
+    p = p50("mlp", "ours", "fraud", "json", 1)
+    checks.append(("MLP JSON 1 client p50 (ms)", p, "<= 0.2", p <= 0.2))
+    on, off = ours16, rps("mlp", "ours", "fraud_nobatch", "json", 16)
+    checks.append(("MLP 16 clients: batching on / off", on / off, ">= ~1 (never slower)", on / off >= 0.95))
+    if "cnn" in floor:
+        p = p50("cnn", "ours", "cnn", "binary", 1)
+        ratio = p / (floor["cnn"] / 1000)
+        checks.append(("CNN binary 1 client: p50 / bare invoke", ratio, "<= 1.5", ratio <= 1.5))
+        on = rps("cnn", "ours", "cnn", "binary", 16)
+        off2 = rps("cnn", "ours", "cnn_nobatch", "binary", 16)
+        off1 = rps("cnn", "ours", "cnn_single", "binary", 16)
+        checks.append(("CNN binary 16 clients: batching on (2 interp.) / off (1 interp.)", on / off1, ">= 1.5", on / off1 >= 1.5))
+        checks.append(("CNN binary 16 clients: batching on / off (both 2 interp.)", on / off2, "(for reference)", True))
+    for label, (ready_s, rss) in startup.items():
+        bare = bare_rss_device if label == "device venv" else bare_rss
+        checks.append((f"daemon RSS with the demo model, {label} (MB)", rss[0],
+                       f"<= 64 (peak {rss[1]:.1f}; bare interpreter {bare:.1f})", rss[0] <= 64))
+        ready = statistics.median(ready_s) if ready_s else float("nan")
+        checks.append((f"start to ready, {label} (s, median of {len(ready_s)})", ready, "<= 0.5", ready <= 0.5))
+    lines += ["", "| target | measured | wanted | met |", "|---|---:|---|---|"]
+    lines += [f"| {name} | {value:.3f} | {want} | {'yes' if ok else 'NO'} |" for name, value, want, ok in checks]
+    load_after = os.getloadavg()
+    lines += ["", f"Request errors during the run: {errors}. Whole run: {time.monotonic() - t_start:.0f} s. "
+              f"Load average before/after: {load_before[0]:.2f}/{load_after[0]:.2f} (other work on the machine "
+              "moves absolute figures; compare rows of one run).", ""]
+    text = "\n".join(lines)
+    print("\n" + text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""``edge-convert``: the converter's command line. The only place that turns errors into exit codes.
+
+Exit codes: 0 success (including a loud ``--fallback-onnx`` bundle), 2 usage error, 1 anything
+else, with a one-line reason on stderr (no traceback unless ``--debug``). Progress (stages
+and elapsed time) goes to stderr; the report table, or with ``--json`` one JSON object, to
+stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from converter.convert import OPTIMIZE_CHOICES, QUANTIZE_CHOICES, ConvertOptions, ConvertResult, convert
+from converter.exceptions import AccuracyError
+from converter.onnx2tf_runner import DEFAULT_TIMEOUT_S
+from converter.validate import Thresholds
+from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
+from edge_runtime.cli.bundle import chunk_size, load_keys
+from edge_runtime.cli.common import positive_int
+from edge_runtime.exceptions import EdgeRuntimeError, UsageError
+
+SIGN_KEY_ENV = "EDGE_CONVERT_SIGN_KEY"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a value in [0, 1], found {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    p = _Parser(
+        prog="edge-convert",
+        description="Convert an ONNX model to TFLite with onnx2tf, validate it against onnxruntime "
+        "and write a signed bundle.",
+    )
+    p.add_argument("model", type=Path, help="the .onnx model")
+    p.add_argument("--name", required=True, help="model name in the bundle")
+    p.add_argument("--version", type=positive_int, required=True, help="bundle version (strictly increasing)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the bundle to write")
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="fp16",
+                   help="fp32, fp16 (default), dynamic (int8 weights), int8 (full integer, needs --calibration) "
+                   "or auto (convert all, keep the fastest that passes)")
+    p.add_argument("--optimize", choices=OPTIMIZE_CHOICES, default="latency",
+                   help="what auto minimises among passing variants (default latency)")
+    p.add_argument("--calibration", type=Path, help="calibration rows (.npy/.npz/.csv, ONNX layout)")
+    p.add_argument("--validation", type=Path,
+                   help="validation rows, with optional labels (default: held-out calibration rows)")
+    p.add_argument("--label-key", help="labels column/array name (default: label, labels, y or target)")
+    p.add_argument("--sign-key", type=Path, action="append",
+                   help=f"signing key (PKCS#8 PEM); repeat for several; default ${SIGN_KEY_ENV}")
+    p.add_argument("--int8-io", action="store_true",
+                   help="int8: integer input/output tensors (the device quantizes with the manifest's scale) "
+                   "instead of float I/O with int8 inside")
+    p.add_argument("--allow-accuracy-drop", action="store_true", help="ship a variant that fails validation")
+    p.add_argument("--fallback-onnx", action="store_true",
+                   help="when conversion or validation fails, write an onnx bundle for onnxruntime instead")
+    p.add_argument("--min-correlation", type=_fraction, default=Thresholds.min_correlation,
+                   help=f"per-output correlation with onnxruntime (default {Thresholds.min_correlation})")
+    p.add_argument("--min-agreement", type=_fraction, default=Thresholds.min_agreement,
+                   help=f"classifier decision agreement (default {Thresholds.min_agreement})")
+    p.add_argument("--max-metric-drop", type=_fraction, default=Thresholds.max_metric_drop,
+                   help=f"accuracy/AUC drop allowed with labels (default {Thresholds.max_metric_drop})")
+    p.add_argument("--chunk-size", type=chunk_size, default=DEFAULT_CHUNK_SIZE, help="bundle chunk size")
+    p.add_argument("--architectures", default="any", help="comma-separated CPU architectures, or 'any'")
+    p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="onnx2tf time limit in seconds")
+    p.add_argument("--log", type=Path, help="where to keep the onnx2tf log (default: beside the bundle, NAME.onnx2tf.log)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--keep-workdir", action="store_true", help="keep onnx2tf's scratch directory")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+class TerminalProgress:
+    """Stage lines with elapsed time on stderr; on a terminal the current line ticks each second."""
+
+    def __init__(self, stream: IO[str], live: bool) -> None:
+        self.stream = stream
+        self.live = live
+        self.start = time.monotonic()
+        self.stage_start = self.start
+        self.current: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        if live:
+            self._ticker = threading.Thread(target=self._tick, name="edge-convert-progress", daemon=True)
+            self._ticker.start()
+
+    def _line(self, now: float) -> str:
+        return f"[{now - self.start:6.1f}s] {self.current} ({now - self.stage_start:.0f}s)"
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self.current:
+                    self.stream.write("\r\x1b[K" + self._line(time.monotonic()))
+                    self.stream.flush()
+
+    def __call__(self, message: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self.current is not None:
+                self.stream.write(("\r\x1b[K" if self.live else "") + self._line(now) + " done\n")
+            self.current = message
+            self.stage_start = now
+            if self.live:
+                self.stream.write(self._line(now))
+            self.stream.flush()
+
+    def close(self, ok: bool) -> None:
+        """Finish the last line."""
+        self._stop.set()
+        with self._lock:
+            if self.current is not None:
+                now = time.monotonic()
+                suffix = " done" if ok else " failed"
+                self.stream.write(("\r\x1b[K" if self.live else "") + self._line(now) + suffix + "\n")
+                self.current = None
+            self.stream.flush()
+
+
+def _options(args: argparse.Namespace) -> ConvertOptions:
+    key_paths = args.sign_key or ([Path(os.environ[SIGN_KEY_ENV])] if os.environ.get(SIGN_KEY_ENV) else [])
+    if not key_paths:
+        raise UsageError(f"a bundle must be signed: pass --sign-key KEY (or set ${SIGN_KEY_ENV})")
+    return ConvertOptions(
+        model=args.model,
+        name=args.name,
+        version=args.version,
+        out=args.out,
+        keys=load_keys(key_paths),
+        quantize=args.quantize,
+        calibration=args.calibration,
+        validation=args.validation,
+        label_key=args.label_key,
+        optimize=args.optimize,
+        int8_io=args.int8_io,
+        allow_accuracy_drop=args.allow_accuracy_drop,
+        fallback_onnx=args.fallback_onnx,
+        thresholds=Thresholds(args.min_correlation, args.min_agreement, args.max_metric_drop),
+        chunk_size=args.chunk_size,
+        architectures=[a.strip() for a in args.architectures.split(",") if a.strip()] or ["any"],
+        keep_workdir=args.keep_workdir,
+        timeout_s=args.timeout_s,
+        log=args.log,
+    )
+
+
+def _summary(result: ConvertResult) -> str:
+    m = result.manifest
+    art = m.artifacts[m.model_file]
+    lines = [result.table] if result.candidates else []
+    data = next((c.report.get("data") for c in result.candidates if c.report.get("data")), None)
+    if data:
+        lines.append(f"validated against onnxruntime on: {data}")
+    lines += [""] if lines else []
+    lines.append(
+        f"wrote {result.out}: {m.name} v{m.version}, {m.format} ({result.mode}), {art.length:,} bytes in "
+        f"{art.chunk_count} chunk(s), signed"
+    )
+    for side, specs in (("input ", m.inputs), ("output", m.outputs)):
+        for s in specs:
+            q = f" (int8 I/O: scale {s.quantization.scale:.6g}, zero point {s.quantization.zero_point})" if s.quantization else ""
+            lines.append(f"  {side} {s.name}: {s.datatype} {list(s.shape)}{q}")
+    if m.golden is not None:
+        lines.append(f"  golden self-test: {len(next(iter(m.golden.inputs.values()))['data'])} values, atol {m.golden.atol:g}")
+    if result.log_path:
+        lines.append(f"onnx2tf log: {result.log_path}")
+    if result.workdir:
+        lines.append(f"work directory kept: {result.workdir}")
+    return "\n".join(lines)
+
+
+def _emit_warnings(result: ConvertResult, stream: IO[str]) -> None:
+    for w in result.warnings:
+        if w.startswith("FALLBACK: "):
+            bar = "!" * 78
+            stream.write(f"{bar}\nWARNING: {w[len('FALLBACK: '):]}\nThe device will run this model with onnxruntime "
+                         f"(pip install 'edge-runtime[onnx]' on the device).\n{bar}\n")
+        else:
+            stream.write(f"warning: {w}\n")
+    stream.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``edge-convert``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    progress: TerminalProgress | None = None
+    ok = False
+    try:
+        args = build_parser().parse_args(argv)
+        opts = _options(args)
+        progress = TerminalProgress(sys.stderr, live=sys.stderr.isatty())
+        result = convert(opts, progress)
+        ok = True
+        progress.close(ok)
+        _emit_warnings(result, sys.stderr)
+        if args.json:
+            print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        else:
+            print(_summary(result))
+        return 0
+    except UsageError as exc:
+        if debug:
+            raise
+        _close(progress, ok)
+        print(f"edge-convert: {exc}", file=sys.stderr)
+        return 2
+    except AccuracyError as exc:
+        if debug:
+            raise
+        _close(progress, True)  # every stage finished; the verdict follows
+        table = exc.report.get("table")
+        if table and "--json" not in argv:
+            print(table)
+        elif "--json" in argv:
+            print(json.dumps({"error": str(exc), "candidates": exc.report.get("candidates", [])}, indent=2))
+        print(f"edge-convert: {exc}", file=sys.stderr)
+        return 1
+    except EdgeRuntimeError as exc:
+        if debug:
+            raise
+        _close(progress, ok)
+        print(f"edge-convert: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        _close(progress, ok)
+        print("edge-convert: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if debug:
+            raise
+        _close(progress, ok)
+        print(f"edge-convert: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+def _close(progress: TerminalProgress | None, ok: bool) -> None:
+    if progress is not None:
+        progress.close(ok)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The conversion pipeline: ONNX -> onnx2tf variants -> validated against onnxruntime -> signed bundle.
+
+Stages: read the model and its interface; load calibration/validation rows; score the
+validation rows with onnxruntime (the reference); run onnx2tf once (in a subprocess, on a
+sanitised copy, in a scratch directory, never touching the network); for the requested mode
+(or every mode, for ``auto``) map the TFLite tensors onto the ONNX interface, validate and
+measure; pick; pack and sign. The onnx2tf log is kept beside the bundle.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter import calibration as cal
+from converter.auto import Candidate, choose, format_table
+from converter.exceptions import AccuracyError, ConversionError, ConverterError, InterfaceError
+from converter.interface import Matched, match_interface
+from converter.onnx2tf_runner import (
+    DEFAULT_TIMEOUT_S,
+    VARIANT_SUFFIX,
+    Onnx2tfJob,
+    Onnx2tfResult,
+    onnx2tf_version,
+    read_log,
+    run_onnx2tf,
+)
+from converter.package import golden_inputs, pack_onnx, pack_tflite
+from converter.source import SourceModel, prepare_copy
+from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, run_batched
+from converter.validate import Thresholds, compare, failures, worst_error
+from edge_runtime.atomic import write_bytes_atomic
+from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
+from edge_runtime.exceptions import UsageError
+from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.trust.keys import PrivateKey
+
+MODES = ("fp32", "fp16", "dynamic", "int8")
+QUANTIZE_CHOICES = (*MODES, "auto")
+OPTIMIZE_CHOICES = ("latency", "size")
+VALIDATION_BATCH_ROWS = 64
+PROBE_ROWS = 8
+
+Progress = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything ``edge-convert`` was asked to do."""
+
+    model: Path
+    name: str
+    version: int
+    out: Path
+    keys: Sequence[PrivateKey]
+    quantize: str = "fp16"
+    calibration: Path | None = None
+    validation: Path | None = None
+    label_key: str | None = None
+    optimize: str = "latency"
+    int8_io: bool = False
+    allow_accuracy_drop: bool = False
+    fallback_onnx: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    architectures: Sequence[str] = ("any",)
+    keep_workdir: bool = False
+    workdir_parent: Path | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    log: Path | None = None
+
+
+@dataclass
+class ConvertResult:
+    """What was written, which variant and why."""
+
+    out: Path
+    manifest: Manifest
+    mode: str
+    candidates: list[Candidate]
+    table: str
+    log_path: Path | None
+    workdir: Path | None
+    fallback_reason: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form."""
+        art = self.manifest.artifacts[self.manifest.model_file]
+        return {
+            "bundle": str(self.out),
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "format": self.manifest.format,
+            "mode": self.mode,
+            "size_bytes": art.length,
+            "sha256": art.sha256,
+            "fallback_reason": self.fallback_reason,
+            "candidates": [c.row() for c in self.candidates],
+            "quantization": self.manifest.quantization,
+            "inputs": [s.to_json() for s in self.manifest.inputs],
+            "outputs": [s.to_json() for s in self.manifest.outputs],
+            "log": str(self.log_path) if self.log_path else None,
+            "workdir": str(self.workdir) if self.workdir else None,
+            "warnings": self.warnings,
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+def log_path_for(out: Path) -> Path:
+    """Where the onnx2tf log goes: beside the bundle, ``NAME.onnx2tf.log``."""
+    return out.with_name(out.stem + ".onnx2tf.log")
+
+
+def check_options(opts: ConvertOptions) -> None:
+    """Usage errors, found before any slow work starts."""
+    if opts.quantize not in QUANTIZE_CHOICES:
+        raise UsageError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, found {opts.quantize!r}")
+    if opts.optimize not in OPTIMIZE_CHOICES:
+        raise UsageError(f"--optimize must be latency or size, found {opts.optimize!r}")
+    if not opts.model.is_file():
+        raise UsageError(f"{opts.model}: no such file")
+    if opts.model.suffix.lower() != ".onnx":
+        raise UsageError(f"{opts.model}: expected an .onnx file (use 'edge-runtime bundle create' for .tflite)")
+    if opts.quantize == "int8" and opts.calibration is None:
+        raise UsageError(
+            "--quantize int8 needs --calibration FILE (a few hundred representative input rows, .npy/.npz/.csv); "
+            "the converter never falls back to onnx2tf's downloaded sample images"
+        )
+    if opts.int8_io and opts.quantize not in ("int8", "auto"):
+        raise UsageError("--int8-io applies to --quantize int8 or auto")
+    if not opts.keys:
+        raise UsageError("a bundle must be signed: pass --sign-key KEY")
+    if not opts.out.parent.is_dir():
+        raise UsageError(f"output directory {opts.out.parent} does not exist")
+    if opts.log is not None and not opts.log.parent.is_dir():
+        raise UsageError(f"--log directory {opts.log.parent} does not exist")
+    if opts.out.resolve() == opts.model.resolve():
+        raise UsageError("the output bundle must not overwrite the model")
+    for what, path in (("--calibration", opts.calibration), ("--validation", opts.validation)):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{what} {path}: no such file")
+
+
+@dataclass
+class _Data:
+    calibration: cal.Dataset | None
+    validation: cal.Dataset
+
+
+def _load_data(opts: ConvertOptions, inputs: Sequence[TensorSpec]) -> _Data:
+    calib = cal.load_dataset(opts.calibration, inputs, "calibration", opts.label_key) if opts.calibration else None
+    if opts.validation is not None:
+        validation = cal.load_dataset(opts.validation, inputs, "validation", opts.label_key)
+    elif calib is not None:
+        if opts.quantize in ("int8", "auto"):
+            calib, validation = cal.split_holdout(calib)
+        else:
+            validation = calib.take(slice(None), f"{calib.source} (no --validation given)")
+    else:
+        validation = cal.random_dataset(inputs)
+    return _Data(calib, validation.head(cal.MAX_VALIDATION_ROWS))
+
+
+def _batch_rows(specs: Sequence[TensorSpec]) -> int:
+    fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] != -1]
+    return fixed[0] if fixed else VALIDATION_BATCH_ROWS
+
+
+def _variant_key(mode: str, int8_io: bool) -> str:
+    return "int8-io" if mode == "int8" and int8_io else mode
+
+
+@dataclass
+class _Evaluated:
+    candidate: Candidate
+    matched: Matched | None = None
+
+
+class _Pipeline:
+    """One conversion's state (a class only to keep the stages short and named)."""
+
+    def __init__(self, opts: ConvertOptions, progress: Progress) -> None:
+        self.opts = opts
+        self.progress = progress
+        self.warnings: list[str] = []
+        self.stage_seconds: dict[str, float] = {}
+        self.workdir = Path(tempfile.mkdtemp(prefix="edge-convert-", dir=opts.workdir_parent))
+        self.log_path: Path | None = None
+
+    def stage(self, key: str, message: str) -> Callable[[], None]:
+        self.progress(message)
+        start = time.monotonic()
+
+        def done() -> None:
+            self.stage_seconds[key] = self.stage_seconds.get(key, 0.0) + time.monotonic() - start
+
+        return done
+
+    # -- stages --------------------------------------------------------------------------
+
+    def prepare(self) -> tuple[SourceModel, _Data, list[np.ndarray]]:
+        done = self.stage("prepare", f"reading {self.opts.model.name}")
+        source = prepare_copy(self.opts.model, self.workdir / "model.onnx")
+        data = _load_data(self.opts, source.inputs)
+        done()
+        done = self.stage("reference", f"scoring {data.validation.rows} validation rows with onnxruntime")
+        reference = run_batched(OnnxRunner(self.opts.model).run, data.validation.inputs, _batch_rows(source.inputs))
+        done()
+        return source, data, reference
+
+    def run_onnx2tf(self, source: SourceModel, data: _Data) -> Onnx2tfResult:
+        opts = self.opts
+        integer = opts.quantize == "int8" or (opts.quantize == "auto" and data.calibration is not None)
+        calibration = None
+        if integer:
+            assert data.calibration is not None
+            calibration = cal.write_for_onnx2tf(data.calibration, source.inputs, source.onnx2tf_inputs, self.workdir)
+        elif opts.quantize == "auto":
+            self.warnings.append("auto: int8 skipped (it needs --calibration data)")
+        cal.write_sample_guard(self.workdir)
+        job = Onnx2tfJob(
+            self.workdir / "model.onnx",
+            keep_layout=source.layout_inputs,
+            dynamic_range=opts.quantize in ("dynamic", "auto"),
+            integer=integer,
+            calibration=calibration,
+        )
+        done = self.stage("onnx2tf", f"converting with onnx2tf {onnx2tf_version()} ({', '.join(job.variants())})")
+        log_tmp = self.workdir / "onnx2tf.log"
+        final_log = opts.log or log_path_for(opts.out)
+        try:
+            result = run_onnx2tf(job, self.workdir, log_tmp, source, opts.timeout_s, shown_log=final_log)
+        finally:
+            done()
+            if log_tmp.is_file():
+                write_bytes_atomic(final_log, read_log(log_tmp).encode())
+                self.log_path = final_log
+        self.warnings.extend(result.warnings)
+        return result
+
+    def evaluate(self, mode: str, result: Onnx2tfResult, source: SourceModel, data: _Data,
+                 reference: list[np.ndarray], measure: bool) -> _Evaluated:
+        key = _variant_key(mode, self.opts.int8_io)
+        cand = Candidate(mode, VARIANT_SUFFIX[key])
+        path = result.files.get(key)
+        if path is None:
+            cand.error = "onnx2tf did not produce it"
+            return _Evaluated(cand)
+        done = self.stage(f"validate {mode}", f"validating {mode} ({path.name})")
+        try:
+            return self._evaluate(cand, path, source, data, reference, measure)
+        finally:
+            done()
+
+    def _evaluate(self, cand: Candidate, path: Path, source: SourceModel, data: _Data,
+                  reference: list[np.ndarray], measure: bool) -> _Evaluated:
+        val = data.validation
+        batch = _batch_rows(source.inputs)
+        probe_n = batch if batch != VALIDATION_BATCH_ROWS else min(PROBE_ROWS, val.rows)
+        try:
+            matched = match_interface(
+                path.read_bytes(), source.inputs, source.outputs, source.onnx2tf_inputs, source.onnx2tf_outputs,
+                [a[:probe_n] for a in val.inputs], [r[:probe_n] for r in reference],
+            )
+        except InterfaceError as exc:
+            cand.error = str(exc)
+            return _Evaluated(cand)
+        cand.size_bytes = len(matched.tflite)
+        try:
+            runner = LiteRTRunner(matched.tflite)
+            got = run_batched(runner.run, val.inputs, batch)
+        except ConverterError as exc:
+            # What the device would hit. Score it on the reference kernels to say how far off it is.
+            cand.error = f"LiteRT with XNNPACK (the device default) cannot run it: {str(exc).split(': ', 1)[-1]}"
+            try:
+                got = run_batched(LiteRTRunner(matched.tflite, delegates=False).run, val.inputs, batch)
+                cand.report = compare(source.outputs, reference, got, val.labels, val.source)
+                cand.report["xnnpack"] = "refused the model; metrics from the reference kernels"
+                cand.failures = failures(cand.report, self.opts.thresholds)
+            except ConverterError:
+                pass
+            return _Evaluated(cand, matched)
+        cand.report = compare(source.outputs, reference, got, val.labels, val.source)
+        cand.report["interface_mapping"] = matched.method
+        cand.failures = failures(cand.report, self.opts.thresholds)
+        if measure:
+            sample = [a[: (batch if batch != VALIDATION_BATCH_ROWS else 1)] for a in val.inputs]
+            cand.latency_ms = median_latency_ms(runner.run, sample)
+        return _Evaluated(cand, matched)
+
+    # -- choosing and packing ---------------------------------------------------------
+
+    def quantization_field(self, ev: _Evaluated, result: Onnx2tfResult, candidates: list[Candidate],
+                           accepted: list[str]) -> dict[str, Any]:
+        cand = ev.candidate
+        assert ev.matched is not None
+        report = dict(cand.report)
+        report.update({
+            "thresholds": self.opts.thresholds.to_json(),
+            "passed": cand.passed,
+            "failures": list(cand.failures),
+            "size_bytes": cand.size_bytes,
+        })
+        if cand.latency_ms is not None:
+            report["latency_ms_batch1"] = round(cand.latency_ms, 4)
+        q: dict[str, Any] = {
+            "mode": cand.mode,
+            "tflite_variant": cand.variant,
+            "io": "int8" if any(s.quantization for s in (*ev.matched.inputs, *ev.matched.outputs)) else "float",
+            "converter": {"tool": "onnx2tf", "version": onnx2tf_version(), "args": result.command[1:]},
+            "report": report,
+        }
+        if self.opts.quantize == "auto":
+            q["selection"] = {"optimize": self.opts.optimize, "candidates": [c.row() for c in candidates]}
+        if accepted:
+            q["accepted_despite"] = accepted
+        return q
+
+    def diagnose(self, failed: Candidate, source: SourceModel, data: _Data, others: list[Candidate]) -> tuple[str, str]:
+        """(why ``failed`` fails, what to try), from its report and the other variants of the same run."""
+        reasons = [*([failed.error] if failed.error else []), *failed.failures]
+        quantized = failed.mode in ("int8", "dynamic")
+        spread = cal.spread_hint(data.calibration or data.validation, source.inputs) if quantized else None
+        why = f"{failed.mode} fails validation on {data.validation.rows} rows: {'; '.join(reasons)}"
+        if spread:
+            why += f" ({spread})"
+        hints = []
+        if quantized:
+            hints.append("standardise the inputs ((x - mean) / std, in the model or before it) and calibrate on "
+                         "standardised rows")
+        passing = [c.mode for c in sorted(others, key=lambda c: c.size_bytes or 0) if c.passed]
+        hints.append(f"--quantize {passing[0]} passes on the same rows ({', '.join(passing)} pass)" if passing
+                     else "--quantize fp32")
+        hints += ["--fallback-onnx to ship the ONNX model for onnxruntime", "--allow-accuracy-drop to ship it anyway"]
+        return why, "; ".join(hints)
+
+    def fallback(self, reason: str, source_inputs: Sequence[TensorSpec], data: _Data,
+                 report: dict[str, Any] | None, candidates: list[Candidate]) -> ConvertResult:
+        opts = self.opts
+        done = self.stage("pack", "packing the ONNX model for onnxruntime (fallback)")
+        manifest = pack_onnx(
+            opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
+            chunk_size=opts.chunk_size, golden=golden_inputs(data.validation.inputs, source_inputs),
+            reason=reason, report=report, architectures=opts.architectures,
+        )
+        done()
+        self.warnings.insert(0, f"FALLBACK: wrote an ONNX bundle (onnxruntime backend), not TFLite, because {reason}")
+        return ConvertResult(opts.out, manifest, "onnx-fallback", candidates, format_table(candidates, None, None),
+                             self.log_path, self.workdir if opts.keep_workdir else None, reason, self.warnings,
+                             self.stage_seconds)
+
+    def run(self) -> ConvertResult:
+        opts = self.opts
+        source, data, reference = self.prepare()
+        try:
+            result = self.run_onnx2tf(source, data)
+        except ConversionError as exc:
+            if opts.fallback_onnx:
+                return self.fallback(exc.reason, source.inputs, data, None, [])
+            raise
+        modes = list(MODES) if opts.quantize == "auto" else [opts.quantize]
+        if opts.quantize == "auto" and data.calibration is None:
+            modes.remove("int8")
+        evaluated = [self.evaluate(m, result, source, data, reference, measure=opts.quantize == "auto") for m in modes]
+        candidates = [e.candidate for e in evaluated]
+        accepted: list[str] = []
+        if opts.quantize == "auto":
+            pick = choose(candidates, opts.optimize)
+            ref_labels = candidates[0].report.get("labels", {}).get("onnxruntime") if candidates[0].report else None
+            table = format_table(candidates, pick, ref_labels)
+            if pick is None:
+                why = "no variant passes validation: " + "; ".join(
+                    f"{c.mode}: {c.error or '; '.join(c.failures)}" for c in candidates
+                )
+                return self._fail(why, "--fallback-onnx to ship the ONNX model for onnxruntime", data,
+                                  source, candidates, None, table)
+            chosen = next(e for e in evaluated if e.candidate is pick)
+        else:
+            chosen = evaluated[0]
+            cand = chosen.candidate
+            if not cand.passed:
+                others = [self.evaluate(m, result, source, data, reference, measure=False).candidate
+                          for m in MODES if m != cand.mode and _variant_key(m, opts.int8_io) in result.files]
+                table = format_table([cand, *others], None, cand.report.get("labels", {}).get("onnxruntime"))
+                why, hints = self.diagnose(cand, source, data, others)
+                loadable = cand.error is None and chosen.matched is not None
+                if not (opts.allow_accuracy_drop and loadable):
+                    return self._fail(why, hints, data, source, [cand, *others], cand.report, table)
+                accepted = list(cand.failures)
+                self.warnings.append(f"--allow-accuracy-drop: shipping {cand.mode} despite: {'; '.join(accepted)}")
+            table = format_table([cand], cand, cand.report.get("labels", {}).get("onnxruntime"))
+        assert chosen.matched is not None
+        done = self.stage("pack", f"packing and signing {chosen.candidate.mode}")
+        tflite = self.workdir / "bundle_model.tflite"
+        tflite.write_bytes(chosen.matched.tflite)
+        manifest = pack_tflite(
+            tflite, source=opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
+            chunk_size=opts.chunk_size, inputs=chosen.matched.inputs, outputs=chosen.matched.outputs,
+            golden=golden_inputs(data.validation.inputs, source.inputs),
+            validation=data.validation.inputs,
+            max_error=worst_error(chosen.candidate.report) if math.isfinite(worst_error(chosen.candidate.report)) else 0.0,
+            quantization=self.quantization_field(chosen, result, candidates, accepted),
+            architectures=opts.architectures,
+        )
+        done()
+        return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,
+                             self.workdir if opts.keep_workdir else None, None, self.warnings, self.stage_seconds)
+
+    def _fail(self, why: str, hints: str, data: _Data, source: SourceModel, candidates: list[Candidate],
+              report: dict[str, Any] | None, table: str) -> ConvertResult:
+        if self.opts.fallback_onnx:
+            result = self.fallback(why, source.inputs, data, report, candidates)
+            result.table = table
+            return result
+        raise AccuracyError(f"{why}. Try: {hints}", {"table": table, "candidates": [c.row() for c in candidates]})
+
+
+def convert(opts: ConvertOptions, progress: Progress = _silent) -> ConvertResult:
+    """Convert, validate, pack and sign; raises a ConverterError (or UsageError) on failure."""
+    check_options(opts)
+    pipeline = _Pipeline(opts, progress)
+    try:
+        return pipeline.run()
+    finally:
+        if not opts.keep_workdir:
+            shutil.rmtree(pipeline.workdir, ignore_errors=True)

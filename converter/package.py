@@ -1,0 +1,125 @@
+"""Packing a converted (or fallback ONNX) model into a signed bundle.
+
+Delegates to :func:`edge_runtime.packaging.pack_model`, which hashes, records golden outputs
+by running the packed model through the device's own backend, signs and writes atomically.
+The converter adds the ONNX interface (names, order, shapes, layout), the quantization
+report and golden inputs taken from the validation rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.bundle.manifest import Manifest
+from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.packaging import DEFAULT_ATOL, pack_model, round_up
+from edge_runtime.trust.keys import PrivateKey
+
+GOLDEN_ROWS = 4
+# The manifest holds golden rows as JSON numbers (about 20 bytes each): keep them few. An image
+# row is still one row (a 3x96x96 image is about 28 k numbers).
+MAX_GOLDEN_VALUES = 4096
+
+
+def golden_inputs(inputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], rows: int = GOLDEN_ROWS) -> list[np.ndarray]:
+    """The first few validation rows (the model's fixed batch, if it has one), at most MAX_GOLDEN_VALUES numbers."""
+    fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] != -1]
+    per_row = sum(int(np.prod(a.shape[1:])) for a in inputs)
+    n = fixed[0] if fixed else max(1, min(rows, MAX_GOLDEN_VALUES // max(per_row, 1)))
+    return [np.ascontiguousarray(a[:n]) for a in inputs]
+
+
+def stated_atol(outputs: Sequence[TensorSpec], max_error: float) -> float:
+    """The self-test tolerance for a model whose validation error against onnxruntime was ``max_error``:
+    that error plus the drift allowed between LiteRT builds and CPUs, rounded up."""
+    drift = DEFAULT_ATOL  # the rule edge_runtime.packaging applies: 1e-4, or two steps of an integer output
+    for s in outputs:
+        if s.quantization is not None:
+            drift = max(drift, 2.0 * s.quantization.scale)
+    return round_up(max_error + drift)
+
+
+def source_fields(model: Path) -> dict[str, Any]:
+    """Provenance: the ONNX file the bundle was made from."""
+    data = Path(model).read_bytes()
+    return {"source": {"file": Path(model).name, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}}
+
+
+def pack_tflite(
+    tflite: Path,
+    *,
+    source: Path,
+    name: str,
+    version: int,
+    keys: Sequence[PrivateKey],
+    out: Path,
+    chunk_size: int,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    golden: Sequence[np.ndarray],
+    validation: Sequence[np.ndarray],
+    max_error: float,
+    quantization: dict[str, Any],
+    architectures: Sequence[str],
+) -> Manifest:
+    """Pack a converted TFLite file with the ONNX interface and the converter's report.
+
+    The golden outputs are onnxruntime's (``source`` is the reference), so the device's
+    self-test checks that it scores within the accepted error of the ONNX model. Models with
+    a dynamic batch have that error re-measured on the validation rows by the device backend;
+    a fixed-batch model states the converter's own measurement.
+    """
+    dynamic = all(s.shape and s.shape[0] == -1 for s in inputs)
+    return pack_model(
+        tflite,
+        name=name,
+        version=version,
+        keys=keys,
+        out=out,
+        chunk_size=chunk_size,
+        inputs=inputs,
+        outputs=outputs,
+        golden_inputs=golden,
+        atol=None if dynamic else stated_atol(outputs, max_error),
+        quantization=quantization,
+        architectures=architectures,
+        extra=source_fields(source),
+        reference=source,
+        validation_inputs=validation if dynamic else None,
+    )
+
+
+def pack_onnx(
+    model: Path,
+    *,
+    name: str,
+    version: int,
+    keys: Sequence[PrivateKey],
+    out: Path,
+    chunk_size: int,
+    golden: Sequence[np.ndarray] | None,
+    reason: str,
+    report: dict[str, Any] | None,
+    architectures: Sequence[str],
+) -> Manifest:
+    """Pack the original ONNX model for the device's onnxruntime backend."""
+    quantization: dict[str, Any] = {"mode": "onnx-fallback", "reason": reason}
+    if report:
+        quantization["report"] = report
+    return pack_model(
+        model,
+        name=name,
+        version=version,
+        keys=keys,
+        out=out,
+        chunk_size=chunk_size,
+        golden_inputs=golden,
+        quantization=quantization,
+        architectures=architectures,
+        extra=source_fields(model),
+    )

@@ -1,0 +1,188 @@
+"""``edge-runtime fleet publish|status|prune|agent``: the operator side of the update protocol.
+
+``agent`` is the device side without the HTTP API: it follows the fleet's desired state
+into the local store and self-tests in-process, for devices that only score offline
+(``edge-runtime score``) and for fleet simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.cli.bundle import load_keys
+from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
+from edge_runtime.config import device_id
+from edge_runtime.exceptions import UsageError
+from edge_runtime.fleet.prune import prune_releases
+from edge_runtime.fleet.publish import publish_release
+from edge_runtime.fleet.session import BrokerOptions, FleetSession
+from edge_runtime.fleet.status import collect_status, format_table
+from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.service import UpdateService
+
+
+def _percent(text: str) -> int:
+    try:
+        value = int(text.rstrip("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage 0-100, found {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage 0-100, found {value}")
+    return value
+
+
+def broker_options() -> argparse.ArgumentParser:
+    """Options every operator command takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--fleet", required=True, help="fleet name (topics under PREFIX/FLEET/)")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
+    p.add_argument("--prefix", default="edge", help="topic prefix (default edge)")
+    p.add_argument("--ca-file", default="", help="CA certificate for mqtts://")
+    p.add_argument("--cert-file", default="", help="client certificate (TLS client authentication)")
+    p.add_argument("--key-file", default="", help="client key (TLS client authentication)")
+    p.add_argument("--username", default="")
+    p.add_argument("--password", default="")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
+    return p
+
+
+def register(sub: Any) -> None:
+    """Add the ``fleet`` subcommands."""
+    p = sub.add_parser("fleet", help="publish signed updates to a fleet and watch it")
+    fs = p.add_subparsers(dest="fleet_command", required=True, parser_class=type(p))
+    parents = [common_options(), broker_options()]
+    pub = fs.add_parser("publish", parents=parents, help="publish a bundle and point the desired state at it")
+    pub.add_argument("bundle", type=Path)
+    pub.add_argument("--sign-key", type=Path, action="append", required=True, help="signs the desired state; repeat for a threshold")
+    pub.add_argument("--rollout", type=_percent, default=100, help="percentage of devices that take it (default 100)")
+    pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
+    pub.add_argument("--root", type=Path, default=None, help="verify the bundle and the retained desired state first")
+    pub.add_argument("--seq", type=int, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
+    pub.add_argument("--expires-in-hours", type=float, default=None, help="devices with a trusted clock ignore it after this")
+    pub.add_argument("--force-chunks", action="store_true", help="send the chunks even if the release is already published")
+    pub.set_defaults(func=cmd_publish)
+    st = fs.add_parser("status", parents=parents, help="a table of devices from their retained state")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(func=cmd_status)
+    pr = fs.add_parser("prune", parents=parents, help="clear retained chunks of releases no device wants any more")
+    pr.add_argument("--dry-run", action="store_true", help="list what would be cleared")
+    pr.set_defaults(func=cmd_prune)
+    ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
+    ag.add_argument("--device-id", default=None, help="overrides [device] id")
+    ag.set_defaults(func=cmd_agent)
+
+
+def _session(args: argparse.Namespace) -> FleetSession:
+    options = BrokerOptions(
+        url=args.broker,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        username=args.username,
+        password=args.password,
+        protocol=args.protocol,
+        timeout_s=args.timeout,
+    )
+    return FleetSession(options, Topics(args.prefix, args.fleet))
+
+
+class _Bar:
+    """A one-line progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100 * done // max(1, total)
+        if not self.tty or pct == self.last:
+            return
+        self.last = pct
+        bar = "#" * (pct // 4)
+        sys.stderr.write(f"\rchunks [{bar:<25}] {pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish a bundle's chunks and manifest, then the signed desired state."""
+    if not args.bundle.is_file():
+        raise UsageError(f"{args.bundle}: no such file")
+    keys = load_keys(args.sign_key)
+    root = load_root_file(args.root) if args.root else None
+    expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
+    with _session(args) as session:
+        r = publish_release(
+            session,
+            args.bundle,
+            keys,
+            percent=args.rollout,
+            device=args.device,
+            root=root,
+            seq=args.seq,
+            expires_in_s=expires,
+            force_chunks=args.force_chunks,
+            progress=_Bar(),
+        )
+    chunks = "chunks already published" if r.chunks_already_published and not r.chunks_sent else f"{r.chunks_sent} chunks ({r.bytes_sent} bytes)"
+    print(f"published {r.name} v{r.version}: {chunks}; desired seq {r.seq} at {r.percent}% on {r.desired_topic}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the fleet's devices."""
+    with _session(args) as session:
+        devices = collect_status(session)
+    if args.json:
+        print(json.dumps(devices, indent=2, sort_keys=True))
+    elif devices:
+        print(format_table(devices))
+    else:
+        print(f"no device of fleet {args.fleet!r} has reported yet")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Clear releases no desired state wants any more."""
+    with _session(args) as session:
+        pruned = prune_releases(session, dry_run=args.dry_run)
+    verb = "would clear" if args.dry_run else "cleared"
+    for p in pruned:
+        print(f"{verb} {p.name} v{p.version}: {p.topics} retained topics")
+    if not pruned:
+        print("nothing to prune")
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """Run the update client until SIGTERM or SIGINT."""
+    cfg = config_from_args(args)
+    if cfg.mqtt is None:
+        raise UsageError(f"{cfg.source or 'the configuration'} has no [mqtt] table")
+    if args.device_id:
+        cfg = dataclasses.replace(cfg, device=dataclasses.replace(cfg.device, id=args.device_id))
+    if args.store is not None:
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=str(args.store)))
+    store = open_store(args, cfg)
+    store.cleanup_partial()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    service = UpdateService(cfg, store, device_id(cfg), selftest_in_process=True).start()
+    try:
+        done.wait()
+    finally:
+        service.stop()
+    return 0
+
+
+__all__ = ["register"]

@@ -1,0 +1,278 @@
+"""The daemon: wires the HTTP API, the model manager, MQTT updates and systemd together.
+
+Start-up order: bind the socket, start answering HTTP (``/v2/health/live`` is 200 at
+once, ``/v2/health/ready`` 503 until the models are in), load every model, then tell
+systemd ``READY=1`` and start the watchdog and the update client. Signals:
+
+* SIGTERM / SIGINT: ``STOPPING=1``, stop accepting connections, let in-flight requests
+  finish (up to ``[server] drain_timeout_s``), drain the model queues, exit 0.
+* SIGHUP: re-read the config file and apply the serving part (batching, traffic, shadow,
+  version policy, instances) without dropping a request. Host, port, store and trust
+  settings need a restart; a config that does not parse is logged and ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.config import Config, device_id
+from edge_runtime.exceptions import ConfigError
+from edge_runtime.serving.app import App, ServingState
+from edge_runtime.serving.manager import ModelManager
+from edge_runtime.serving.metrics import Metrics
+from edge_runtime.store.store import ModelStore
+
+log = logging.getLogger("edge_runtime.daemon")
+
+
+def _systemd() -> Any:
+    try:
+        from edge_runtime import systemd
+    except ImportError:  # pragma: no cover - module written separately
+        return None
+    return systemd
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    Requests allocate many short-lived objects that reference counting frees; none form
+    cycles, so frequent generation-0 passes are pure overhead, and a full pass over the
+    ~10^5 objects of numpy, uvicorn and the models stalls the loop for milliseconds.
+    Freezing what start-up created and collecting young objects less often keeps
+    latency tails short; cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
+def _seconds_since_process_start() -> float | None:
+    """Wall time since this process was started (Linux /proc), for the start-up log line."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for the API (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _uvicorn_server(app: App, cfg: Config) -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # The daemon handles signals itself (drain, SIGHUP); uvicorn's handlers would
+        # re-raise SIGTERM after the drain and turn a clean exit into a signal death.
+        def capture_signals(self) -> Any:
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    from edge_runtime.serving.http import CoalescingHttpToolsProtocol
+
+    config = uvicorn.Config(
+        app,
+        http=CoalescingHttpToolsProtocol,
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        log_level="warning",
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        timeout_keep_alive=int(max(1, cfg.server.keep_alive_s)),
+        timeout_graceful_shutdown=int(max(1, cfg.server.drain_timeout_s)),
+        backlog=1024,
+    )
+    return Server(config)
+
+
+class Daemon:
+    """One running edge-runtime daemon."""
+
+    def __init__(self, cfg: Config, store: ModelStore, reload_config: Callable[[], Config] | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.reload_config = reload_config
+        self.metrics = Metrics()
+        self.state = ServingState()
+        self.address: tuple[str, int] | None = None
+        self.ready_event = threading.Event()
+        self.manager: ModelManager | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._systemd = _systemd()
+
+    # -- thread-safe controls ----------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the daemon to drain and exit (from any thread)."""
+        loop, ev = self._loop, self._stop
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:  # loop already closed
+                pass
+
+    def wake(self) -> None:
+        """Make the model manager look at the store now (from any thread)."""
+        if self.manager is not None:
+            self.manager.wake()
+
+    def reload(self) -> None:
+        """Re-read the config file and apply its serving part (SIGHUP)."""
+        if self.reload_config is None or self.manager is None:
+            log.warning("SIGHUP: no config file to reload")
+            return
+        try:
+            cfg = self.reload_config()
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
+            return
+        for key in ("host", "port", "max_request_bytes"):
+            if getattr(cfg.server, key) != getattr(self.cfg.server, key):
+                log.warning("SIGHUP: [server] %s changed; it takes effect after a restart", key)
+        self.cfg = cfg
+        self.manager.reload(cfg)
+        log.info("SIGHUP: serving config reloaded from %s", cfg.source or "defaults")
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the API (once bound)."""
+        assert self.address is not None
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    # -- the main coroutine ------------------------------------------------------------
+
+    async def serve(self, *, handle_signals: bool = False, sock: socket.socket | None = None) -> None:
+        """Run until :meth:`stop` (or SIGTERM when ``handle_signals``), then drain and return."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop = asyncio.Event()
+        sock = sock or bind_socket(self.cfg.server.host, self.cfg.server.port)
+        self.address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
+        self.manager = manager = ModelManager(self.store, self.cfg, self.metrics, loop, self._serving_changed)
+        app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes)
+        server = _uvicorn_server(app, self.cfg)
+        server_task = loop.create_task(server.serve(sockets=[sock]), name="edge-http")
+        while not server.started:
+            if server_task.done():
+                server_task.result()
+                raise RuntimeError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.002)
+        log.info("listening on %s", self.url)
+        if handle_signals:
+            self._install_signals(loop)
+        updates = watchdog = None
+        try:
+            await loop.run_in_executor(None, manager.start)
+            self._serving_changed(manager.serving())
+            _tune_gc()
+            sd = self._systemd
+            if sd is not None:
+                sd.ready(self._status_text())
+                watchdog = self._start_watchdog(loop)
+            updates = self._start_updates()
+            self.ready_event.set()
+            since = _seconds_since_process_start()
+            log.info(
+                "ready: %d model(s) served%s", sum(v is not None for v in manager.serving().values()),
+                "" if since is None else f", {since:.3f} s after the process started",
+            )
+            await self._stop.wait()
+        finally:
+            self.state.draining = True
+            if self._systemd is not None:
+                self._systemd.stopping()
+            log.info("draining in-flight requests")
+            server.should_exit = True
+            try:
+                await asyncio.wait_for(asyncio.shield(server_task), self.cfg.server.drain_timeout_s + 5)
+            except TimeoutError:
+                server.force_exit = True
+                await server_task
+            if updates is not None:
+                await loop.run_in_executor(None, updates.stop)
+            await loop.run_in_executor(None, manager.stop, self.cfg.server.drain_timeout_s)
+            if watchdog is not None:
+                watchdog.stop()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._stop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _serving_changed(self, serving: dict[str, int | None]) -> None:
+        manager = self.manager
+        ready = manager is not None and manager.initial_done.is_set() and not manager.problems()
+        ready = ready and all(v is not None for v in serving.values())
+        self.state.ready = ready
+        if self._systemd is not None and self.ready_event.is_set():
+            self._systemd.status(self._status_text())
+
+    def _status_text(self) -> str:
+        assert self.manager is not None
+        text = self._systemd.status_line(self.manager.serving()) if self._systemd is not None else ""
+        problems = self.manager.problems()
+        if problems:
+            text += "; not serving: " + "; ".join(f"{n}: {p}" for n, p in sorted(problems.items()))
+        return text
+
+    def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> Any:
+        sd = self._systemd
+        interval = sd.watchdog_interval_s()
+        if interval is None:
+            return None
+        dog = sd.Watchdog(sd.event_loop_responsive(loop, timeout_s=max(0.2, min(5.0, interval / 2))))
+        dog.start()
+        return dog
+
+    def _start_updates(self) -> Any:
+        if self.cfg.mqtt is None:
+            return None
+        try:
+            from edge_runtime.updates.service import start_updates  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            log.warning("[mqtt] is configured but the update client is not available (%s); serving offline", exc)
+            return None
+        return start_updates(self.cfg, self.store, device_id(self.cfg), self.wake)
+
+
+def run(cfg: Config, store: ModelStore, reload_config: Callable[[], Config] | None = None) -> int:
+    """Run the daemon in this process until SIGTERM; returns the exit code (0 after a clean drain)."""
+    daemon = Daemon(cfg, store, reload_config)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the device extra
+        asyncio.run(daemon.serve(handle_signals=True))
+    else:
+        uvloop.run(daemon.serve(handle_signals=True))
+    return 0

@@ -1,0 +1,403 @@
+"""The KServe v2 / Open Inference Protocol HTTP API as a lean raw ASGI app (run by uvicorn).
+
+Routes (SPEC section 4): ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``,
+``GET /v2/models/{m}[/versions/{v}]``, ``.../ready``, ``.../config``, ``.../stats``,
+``GET /v2/models/stats``, ``POST /v2/models/{m}[/versions/{v}]/infer``,
+``POST /v2/repository/index`` and ``GET /metrics``.
+
+Errors are ``{"error": "..."}``: 400 bad input, 404 unknown model, version or route,
+405 wrong method, 413 body over ``[server] max_request_bytes``, 503 queue full or not
+ready; 500 only when a backend itself fails on a valid request. No Content-Type is
+required (``tritonclient`` sends none with JSON). ``Content-Encoding: gzip|deflate``
+request bodies are accepted and ``Accept-Encoding`` is honoured, as Triton does.
+
+The infer path does no awaiting between picking a version and handing the request to
+its executor, so a hot swap never sends work to a version already retired.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from edge_runtime import __version__
+from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
+from edge_runtime.serving.codec import InferRequest, decode_request, encode_response, error_body, header_length
+from edge_runtime.serving.manager import ModelManager
+from edge_runtime.serving.metrics import Metrics
+from edge_runtime.serving.models import LoadedVersion, ServedModel, disagreement
+from edge_runtime.serving.workers import InlineExecutor
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+OCTET = b"application/octet-stream"
+EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository", "model_configuration"]
+PLATFORMS = {"tflite": "litert_tflite", "onnx": "onnxruntime_onnx"}
+
+
+class HTTPError(Exception):
+    """An answer other than 200, raised inside a handler."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServingState:
+    """What the health endpoints report; set by the daemon."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.draining = False
+
+
+class App:
+    """The ASGI application."""
+
+    def __init__(self, manager: ModelManager, metrics: Metrics, state: ServingState, max_request_bytes: int) -> None:
+        self.manager = manager
+        self.metrics = metrics
+        self.state = state
+        self.max_request_bytes = max_request_bytes
+        self.in_flight = 0  # infer requests being handled (the loop runs one at a time; others await)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path.endswith("/infer") and path.startswith("/v2/models/"):
+                if method != "POST":
+                    raise HTTPError(405, f"{path} takes POST, found {method}")
+                self.in_flight += 1
+                try:
+                    await self._infer(scope, receive, send, path[11:-6])
+                finally:
+                    self.in_flight -= 1
+                return
+            status, body, ctype = await self._route(method, path, scope, receive)
+        except HTTPError as exc:
+            status, body, ctype = exc.status, error_body(str(exc)), JSON
+        await _respond(send, status, body, ctype)
+
+    # -- infer --------------------------------------------------------------------------
+
+    async def _infer(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:
+        t0 = time.perf_counter_ns()
+        if "/" in target:
+            name, version = _model_target(target)
+        else:
+            name, version = target, None
+        sm = self.manager.served.get(name)
+        if sm is None:
+            self.metrics.not_found_requests += 1
+            raise HTTPError(404, f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        json_length = encoding = accept = declared = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                declared = value
+            elif key == b"inference-header-content-length":
+                json_length = value
+            elif key == b"content-encoding":
+                encoding = value
+            elif key == b"accept-encoding":
+                accept = value
+        body = await self._body(receive, declared, encoding)
+        # From here to the hand-over to the executor: no await (see the module docstring).
+        routing = sm.routing
+        try:
+            lv = sm.route(version)
+        except NotFoundError as exc:
+            self.metrics.not_found_requests += 1
+            raise HTTPError(404, str(exc)) from None
+        except UnavailableError as exc:
+            self.metrics.not_ready(name)
+            raise HTTPError(503, str(exc)) from None
+        stats = lv.stats
+        try:
+            request = decode_request(body, None if json_length is None else header_length(json_length, len(body)), lv.iface)
+        except InputError as exc:
+            stats.failed("bad_request", time.perf_counter_ns() - t0)
+            raise HTTPError(400, str(exc)) from None
+        t1 = time.perf_counter_ns()
+        executor = lv.executor
+        queue_ns = 0
+        try:
+            if isinstance(executor, InlineExecutor):
+                inline = True
+                outs, infer_ns = executor.run(request.arrays)
+            else:
+                here = executor.run_here(request.arrays) if self.in_flight == 1 else None
+                inline = here is not None
+                if here is not None:
+                    outs, infer_ns = here
+                else:
+                    outs, queue_ns, infer_ns, _ = await executor.submit(request.arrays, request.rows)
+        except InputError as exc:
+            stats.failed("bad_request", time.perf_counter_ns() - t0)
+            raise HTTPError(400, str(exc)) from None
+        except UnavailableError as exc:
+            stats.failed("unavailable", time.perf_counter_ns() - t0)
+            raise HTTPError(503, str(exc)) from None
+        except EdgeRuntimeError as exc:
+            stats.failed("error", time.perf_counter_ns() - t0)
+            raise HTTPError(500, f"{name} v{lv.version}: inference failed: {exc}") from None
+        t2 = time.perf_counter_ns()
+        payload, json_len = encode_response(name, lv.version_str, request, lv.iface, outs)
+        if json_len is None:
+            headers = [(b"content-type", JSON)]
+        else:
+            headers = [(b"content-type", OCTET), (b"inference-header-content-length", b"%d" % json_len)]
+        if accept is not None and len(payload) > 256:
+            coding = _accepted(accept)
+            if coding is not None:
+                payload = _compress(payload, coding)
+                headers.append((b"content-encoding", coding))
+        headers.append((b"content-length", b"%d" % len(payload)))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        t3 = time.perf_counter_ns()
+        if inline:
+            stats.answered_inline(request.rows, t3 - t0, t1 - t0, infer_ns, t3 - t2)
+        else:
+            stats.answered(request.rows, t3 - t0, queue_ns, t1 - t0, infer_ns, t3 - t2)
+        if routing is not None and routing.shadow is not None and version is None and routing.shadow is not lv:
+            self._shadow(routing.shadow, lv, request, outs)
+
+    async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes:
+        limit = self.max_request_bytes
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"request body is {int(declared)} bytes, max_request_bytes is {limit}")
+        msg = await receive()
+        body: bytes = msg.get("body", b"")
+        if msg.get("more_body"):
+            chunks = [body]
+            size = len(body)
+            while msg.get("more_body"):
+                msg = await receive()
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPError(413, f"request body exceeds max_request_bytes ({limit})")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+        if encoding is not None:
+            coding = encoding.strip().lower()
+            if coding != b"identity":
+                body = _decompress(body, coding, limit)
+        return body
+
+    def _shadow(self, shadow: LoadedVersion, answered: LoadedVersion, request: InferRequest, outs: list[Any]) -> None:
+        """Score a copy of the request with the shadow version, off the answer path, and compare."""
+        st = self.metrics.shadow(answered.name, answered.version, shadow.version)
+        if shadow.closed or shadow.iface.input_signature != answered.iface.input_signature:
+            st.dropped += 1
+            return
+        arrays, rows = request.arrays, request.rows
+        executor = shadow.executor
+        if isinstance(executor, InlineExecutor):
+            try:
+                theirs, infer_ns = executor.run(arrays)
+                shadow.stats.executed(rows, infer_ns)
+            except EdgeRuntimeError:
+                st.failed += 1
+                return
+            st.compared(*disagreement(outs, theirs)[:2], rows)
+            return
+        try:
+            fut = executor.submit(arrays, rows)
+        except UnavailableError:
+            st.dropped += 1
+            return
+
+        def done(f: Any) -> None:
+            if f.cancelled() or f.exception() is not None:
+                st.failed += 1
+                return
+            st.compared(*disagreement(outs, f.result()[0])[:2], rows)
+
+        fut.add_done_callback(done)
+
+    # -- everything else ------------------------------------------------------------------
+
+    async def _route(self, method: str, path: str, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        if method == "POST" and path == "/v2/repository/index":
+            await _drain(receive)
+            return 200, orjson.dumps(self._index()), JSON
+        if method not in ("GET", "HEAD"):
+            raise HTTPError(405 if _known_get(path) else 404, f"no route for {method} {path}")
+        if path == "/v2/health/live":
+            return 200, b"", JSON
+        if path == "/v2/health/ready":
+            if self.state.ready and not self.state.draining:
+                return 200, b"", JSON
+            why = "shutting down" if self.state.draining else "loading models"
+            return 503, error_body(f"server not ready: {why}"), JSON
+        if path == "/v2":
+            meta = {"name": "edge-runtime", "version": __version__, "extensions": EXTENSIONS}
+            return 200, orjson.dumps(meta), JSON
+        if path == "/metrics":
+            return 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
+        if path == "/v2/models/stats":
+            return 200, orjson.dumps({"model_stats": self._stats(None, None)}), JSON
+        if path.startswith("/v2/models/"):
+            return self._model_get(path[11:])
+        raise HTTPError(404, f"no route for {method} {path}")
+
+    def _model_get(self, target: str) -> tuple[int, bytes, bytes]:
+        action = ""
+        for suffix in ("/ready", "/stats", "/config"):
+            if target.endswith(suffix):
+                target, action = target[: -len(suffix)], suffix[1:]
+                break
+        name, version = _model_target(target)
+        sm = self.manager.served.get(name)
+        if sm is None:
+            raise HTTPError(404, f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        if action == "stats":
+            if version is not None and version not in sm.known_versions:
+                raise HTTPError(404, f"model {name!r} has no version {version} loaded")
+            return 200, orjson.dumps({"model_stats": self._stats(name, version)}), JSON
+        if action == "ready":
+            if sm.routing is None:
+                return 503, error_body(f"model {name!r} is not ready: {sm.problem or 'loading'}"), JSON
+            _pick(sm, version)
+            return 200, b"", JSON
+        lv = _pick(sm, version)
+        if action == "config":
+            return 200, orjson.dumps(self._config(lv)), JSON
+        meta = {
+            "name": name,
+            "versions": [str(v) for v in sm.known_versions] if version is None else [str(version)],
+            "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
+            **lv.iface.metadata(),
+        }
+        return 200, orjson.dumps(meta), JSON
+
+    def _config(self, lv: LoadedVersion) -> dict[str, Any]:
+        cfg = lv.config
+        batching = lv.iface.batchable and cfg.max_batch_size > 0 and not lv.executor.inline
+        out: dict[str, Any] = {
+            "name": lv.name,
+            "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
+            "max_batch_size": cfg.max_batch_size if lv.iface.batchable else 0,
+            "input": [{"name": s.name, "data_type": "TYPE_" + s.datatype, "dims": list(s.shape)} for s in lv.iface.inputs],
+            "output": [{"name": s.name, "data_type": "TYPE_" + s.datatype, "dims": list(s.shape)} for s in lv.iface.outputs],
+            "instance_group": [{"count": 1 if lv.executor.inline else cfg.instances, "kind": "KIND_CPU"}],
+            "parameters": {"execution": {"string_value": lv.mode}, "invoke_us": {"string_value": f"{lv.invoke_us:.1f}"}},
+        }
+        if batching:
+            out["dynamic_batching"] = {
+                "preferred_batch_size": list(cfg.preferred_batch_sizes),
+                "max_queue_delay_microseconds": cfg.max_queue_delay_us,
+                "default_queue_policy": {"max_queue_size": cfg.max_queue_size},
+            }
+        return out
+
+    def _stats(self, name: str | None, version: int | None) -> list[dict[str, Any]]:
+        return [
+            s.to_triton()
+            for (m, v), s in sorted(self.metrics.versions.items())
+            if (name is None or m == name) and (version is None or v == version)
+        ]
+
+    def _index(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for name, sm in sorted(self.manager.served.items()):
+            if sm.routing is None:
+                out.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": sm.problem or "loading"})
+                continue
+            for v, _role in sm.routing.roles():
+                out.append({"name": name, "version": str(v), "state": "READY"})
+        return out
+
+
+def _model_target(target: str) -> tuple[str, int | None]:
+    """``name`` or ``name/versions/N`` -> (name, version or None)."""
+    name, sep, rest = target.partition("/versions/")
+    if not sep:
+        return target, None
+    if not rest.isdigit() or "/" in name:
+        raise HTTPError(404, f"no such model version path: {target!r}")
+    return name, int(rest)
+
+
+def _pick(sm: ServedModel, version: int | None) -> LoadedVersion:
+    try:
+        return sm.route(version)
+    except NotFoundError as exc:
+        raise HTTPError(404, str(exc)) from None
+    except UnavailableError as exc:
+        raise HTTPError(503, str(exc)) from None
+
+
+def _known_get(path: str) -> bool:
+    return path in ("/v2/health/live", "/v2/health/ready", "/v2", "/metrics") or path.startswith("/v2/models/")
+
+
+def _accepted(accept: bytes) -> bytes | None:
+    v = accept.lower()
+    return b"gzip" if b"gzip" in v else b"deflate" if b"deflate" in v else None
+
+
+def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+    if encoding == b"gzip":
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == b"deflate":
+        wbits = zlib.MAX_WBITS
+    else:
+        raise HTTPError(400, f"Content-Encoding {encoding.decode(errors='replace')!r} not supported; use gzip or deflate")
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HTTPError(400, f"request body is not valid {encoding.decode()} data: {exc}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise HTTPError(413, f"decompressed request body exceeds max_request_bytes ({limit})")
+    return out
+
+
+def _compress(payload: bytes, accept: bytes) -> bytes:
+    if accept == b"gzip":
+        c = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        return c.compress(payload) + c.flush()
+    return zlib.compress(payload, 1)
+
+
+async def _drain(receive: Receive) -> None:
+    msg = await receive()
+    while msg.get("more_body"):
+        msg = await receive()
+
+
+async def _respond(send: Send, status: int, body: bytes, ctype: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,268 @@
+"""Helpers for the daemon tests: a real ``edge-runtime serve`` process on a free loopback
+port, a device directory to run it on, small HTTP helpers and reference outputs computed
+without the daemon.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from edge_runtime.bundle.reader import BundleLimits, open_bundle
+from edge_runtime.inference.backend import load_backend
+from edge_runtime.packaging import pack_model
+from edge_runtime.store.store import ModelStore
+from edge_runtime.trust.root import TrustRoot
+
+START_TIMEOUT_S = 60.0
+FACTORY_SRC = Path(__file__).resolve().parents[2] / "device" / "factory"
+EDGE = Path(sys.executable).parent / "edge-runtime"
+
+
+class DaemonProcess:
+    """``edge-runtime serve`` in a subprocess; stderr is collected line by line."""
+
+    def __init__(self, config: Path, extra_args: Sequence[str] = (), env_extra: dict[str, str] | None = None) -> None:
+        self.config = config
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        env.update(env_extra or {})
+        self.proc = subprocess.Popen(
+            [str(EDGE), "serve", "--config", str(config), *extra_args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self.port = 0
+        self._listening = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "listening on http://" in line and not self.port:
+                self.port = int(line.rsplit(":", 1)[1])
+                self._listening.set()
+
+    @property
+    def url(self) -> str:
+        """``127.0.0.1:PORT`` (what tritonclient takes)."""
+        return f"127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Block until ``/v2/health/ready`` answers 200."""
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self._reader.join(2)
+                raise AssertionError("daemon never listened:\n" + "\n".join(self.lines))
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n" + "\n".join(self.lines))
+            try:
+                status, _ = request(self.port, "GET", "/v2/health/ready")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise AssertionError("daemon not ready in time:\n" + "\n".join(self.lines))
+
+    def signal(self, sig: int) -> None:
+        """Send a signal to the daemon."""
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        """Everything the daemon wrote to stderr so far."""
+        return "\n".join(self.lines)
+
+
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+    conn: http.client.HTTPConnection | None = None,
+) -> tuple[int, bytes]:
+    """One HTTP request over loopback (on ``conn`` when given, kept alive)."""
+    own = conn is None
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        resp = c.getresponse()
+        return resp.status, resp.read()
+    finally:
+        if own:
+            c.close()
+
+
+def infer_json(port: int, model: str, x: np.ndarray, conn: http.client.HTTPConnection | None = None,
+               version: int | None = None) -> tuple[int, Any]:
+    """POST a JSON infer request for the fraud-shaped model; returns (status, parsed body)."""
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    body = orjson.dumps(
+        {"inputs": [{"name": "input_0", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    )
+    status, raw = request(port, "POST", path, body, conn=conn)
+    return status, orjson.loads(raw) if raw else None
+
+
+def output_of(body: Any) -> np.ndarray:
+    """The first output of a JSON infer response as float32."""
+    out = body["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """One sample from Prometheus text (labels must all match); None when absent."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and line.split(" ")[0] != name:
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+class Env:
+    """A device directory (store, factory with fraud v1, trust root) and the daemons started on it."""
+
+    def __init__(self, base: Path, keys: Any, factory_bundle: Path) -> None:
+        self.base = base
+        self.keys = keys
+        self.store_path = base / "store"
+        self.factory = base / "factory"
+        self.factory.mkdir(parents=True, exist_ok=True)
+        (self.factory / "fraud.bundle").write_bytes(factory_bundle.read_bytes())
+        self.daemons: list[DaemonProcess] = []
+
+    def store(self) -> ModelStore:
+        """The store, opened in this process."""
+        return ModelStore(self.store_path, self.keys.root, self.factory, BundleLimits())
+
+    def install(self, bundle: Path, activate: bool = True) -> None:
+        """Install a bundle (and make it active, without the CLI's self-test)."""
+        store = self.store()
+        result = store.install(bundle)
+        if activate:
+            store.activate(result.name, result.version)
+
+    def config_text(self, models_toml: str = "", server_toml: str = "") -> str:
+        """A config file naming this device's directories, port 0 and fast swap polling."""
+        return (
+            f'[store]\npath = "{self.store_path}"\nfactory = "{self.factory}"\n'
+            f'[trust]\nroot = "{self.keys.root_path}"\n'
+            "[server]\nport = 0\nswap_poll_ms = 50\ndrain_timeout_s = 10.0\n" + server_toml + "\n" + models_toml
+        )
+
+    def start(self, models_toml: str = "", server_toml: str = "", wait: bool = True) -> DaemonProcess:
+        """Write a config and start ``edge-runtime serve`` on it."""
+        config = self.base / f"serve-{len(self.daemons)}.toml"
+        config.write_text(self.config_text(models_toml, server_toml), encoding="utf-8")
+        d = DaemonProcess(config)
+        self.daemons.append(d)
+        if wait:
+            d.wait_ready()
+        return d
+
+    def close(self) -> None:
+        """Stop every daemon started here."""
+        for d in self.daemons:
+            d.stop()
+
+
+def pack_onnx(model: Path, name: str, version: int, keys: Any, out: Path, golden: list[np.ndarray]) -> Path:
+    """Pack an ONNX model (onnxruntime backend) into a signed bundle."""
+    pack_model(model, name=name, version=version, keys=[keys.key], out=out, golden_inputs=golden)
+    return out
+
+
+def reference(bundle: Path, root: TrustRoot, x: np.ndarray) -> np.ndarray:
+    """Outputs of a bundle's model for each row of ``x`` run alone (batch 1), without the daemon."""
+    with open_bundle(bundle, root, BundleLimits()) as b:
+        manifest = b.manifest
+        data = b.read_artifact(manifest.model_file)
+    backend = load_backend(manifest, data)
+    return np.concatenate([backend.run([x[i : i + 1]])[0] for i in range(len(x))])
+
+
+
+
+class Load:
+    """Client threads sending fraud rows in a loop on keep-alive connections."""
+
+    def __init__(self, port: int, rows: np.ndarray, clients: int = 8) -> None:
+        self.port = port
+        self.rows = rows
+        self.stop = threading.Event()
+        self.answers: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(clients)]
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._client, args=(i,), name=f"load-{i}") for i in range(clients)]
+
+    def _client(self, i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        k = i
+        while not self.stop.is_set():
+            row = k % len(self.rows)
+            k += len(self.threads)
+            body = orjson.dumps({"inputs": [{"name": "input_0", "datatype": "FP32", "shape": [1, 30],
+                                             "data": self.rows[row].tolist()}]})
+            try:
+                status, raw = request(self.port, "POST", "/v2/models/fraud/infer", body, conn=conn)
+            except OSError as exc:
+                self.failures.append(f"client {i}: {exc!r}")
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                continue
+            if status != 200:
+                self.failures.append(f"client {i}: {status} {raw[:200]!r}")
+                continue
+            answer = orjson.loads(raw)
+            self.answers[i].append((int(answer["model_version"]), row, np.float32(answer["outputs"][0]["data"][0])))
+        conn.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def versions_seen(self) -> set[int]:
+        return {v for answers in self.answers for v, _, _ in answers}
+
+    def count(self, version: int) -> int:
+        return sum(1 for answers in self.answers for v, _, _ in answers if v == version)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
