@@ -57,9 +57,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStore:
     """The store named by the options and config."""
+    from edge_runtime.updates.roots import load_trust_root, updates_state_dir
+
     cfg = cfg or config_from_args(args)
-    root = load_root_file(args.root or Path(cfg.trust.root))
+    store_path = args.store or Path(cfg.store.path)
+    # The pinned root, advanced by any rotation the update client verified and saved.
+    root = load_trust_root(load_root_file(args.root or Path(cfg.trust.root)), updates_state_dir(cfg.mqtt, store_path))
     factory = args.factory if args.factory is not None else Path(cfg.store.factory)
-    return ModelStore(
-        args.store or Path(cfg.store.path), root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes)
-    )
+    return ModelStore(store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes))

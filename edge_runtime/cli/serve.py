@@ -49,7 +49,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = effective_config(args)
     setup_logging(args.log_format or cfg.logging.format, "debug" if args.debug else (args.log_level or cfg.logging.level))
-    root = load_root_file(Path(cfg.trust.root))
+    from edge_runtime.updates.roots import load_trust_root, updates_state_dir
+
+    # The pinned root, advanced by any rotation the update client verified and saved.
+    root = load_trust_root(load_root_file(Path(cfg.trust.root)), updates_state_dir(cfg.mqtt, Path(cfg.store.path)))
     store = ModelStore(
         Path(cfg.store.path),
         root,

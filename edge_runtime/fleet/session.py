@@ -1,0 +1,148 @@
+"""An operator's short MQTT session: connect, read what is retained, publish and wait for acks.
+
+Reading "everything retained under these filters" needs to know when the broker has sent
+it all. The session subscribes to a private marker topic together with the filters, then
+publishes one message to the marker: a broker handles one client's packets in order and
+queues the retained messages of a SUBSCRIBE before the marker, so when the marker comes
+back the snapshot is complete. No sleeping, no guessing.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+import paho.mqtt.client as paho
+
+from edge_runtime.exceptions import TransportError
+from edge_runtime.updates.mqtt import LinkSettings, Message, MqttLink, Publication
+from edge_runtime.updates.protocol import Topics
+
+MAX_OUTSTANDING = 64
+
+ProgressFn = Callable[[int, int], None]  # progress(done_bytes, total_bytes)
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """How the operator reaches the broker (``--broker`` and the TLS options)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    username: str = ""
+    password: str = ""
+    protocol: str = "5"
+    timeout_s: float = 30.0
+
+
+class FleetSession:
+    """A clean (non-persistent) connection for one command. Use as a context manager."""
+
+    def __init__(self, options: BrokerOptions, topics: Topics) -> None:
+        self.options = options
+        self.topics = topics
+        self.client_id = f"edge-operator-{uuid.uuid4().hex[:12]}"
+        self.link = MqttLink(
+            LinkSettings(
+                url=options.url,
+                client_id=self.client_id,
+                ca_file=options.ca_file,
+                cert_file=options.cert_file,
+                key_file=options.key_file,
+                username=options.username,
+                password=options.password,
+                protocol=options.protocol,
+            ),
+            self._on_message,
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleet-mqtt", daemon=True)
+        self._lock = threading.Lock()
+        self._collect: tuple[list[str], dict[str, bytes]] | None = None
+        self._marker = ""
+        self._marker_seen = threading.Event()
+        self._lost = ""
+
+    def __enter__(self) -> FleetSession:
+        self.link.connect(self.options.timeout_s)
+        self._thread.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        self.link.wakeup()
+        self._thread.join(5.0)
+        self.link.close()
+
+    def _run(self) -> None:
+        self._lost = self.link.run(self._stop)
+
+    def _check(self) -> None:
+        if not self.link.connected:
+            raise TransportError(f"lost the connection to {self.options.url}: {self._lost or 'unknown reason'}")
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.topic == self._marker:
+            self._marker_seen.set()
+            return
+        with self._lock:
+            if self._collect is None or not msg.retain:
+                return
+            filters, out = self._collect
+            if any(paho.topic_matches_sub(f, msg.topic) for f in filters):
+                if msg.payload:
+                    out[msg.topic] = msg.payload
+                else:
+                    out.pop(msg.topic, None)
+
+    def snapshot(self, filters: Sequence[str]) -> dict[str, bytes]:
+        """Every non-empty retained message under ``filters``, by topic."""
+        self._check()
+        out: dict[str, bytes] = {}
+        self._marker = f"{self.topics.base}/operator/{self.client_id}/{uuid.uuid4().hex[:8]}"
+        self._marker_seen.clear()
+        with self._lock:
+            self._collect = (list(filters), out)
+        try:
+            self.link.subscribe([self._marker, *filters])
+            self.link.publish(self._marker, b"marker")
+            if not self._marker_seen.wait(self.options.timeout_s):
+                self._check()
+                raise TransportError(f"the broker did not answer within {self.options.timeout_s:g} s")
+        finally:
+            with self._lock:
+                self._collect = None
+            if self.link.connected:
+                self.link.unsubscribe([self._marker, *filters])
+        return dict(out)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> Publication:
+        """Publish at QoS 1 (retained by default)."""
+        self._check()
+        return self.link.publish(topic, payload, retain=retain)
+
+    def publish_all(
+        self, messages: Sequence[tuple[str, bytes]], progress: ProgressFn | None = None, *, retain: bool = True
+    ) -> int:
+        """Publish many retained messages with at most 64 unacknowledged; returns bytes sent."""
+        pending: list[Publication] = []
+        sent = 0
+        total = sum(len(p) for _, p in messages)
+        for topic, payload in messages:
+            pending.append(self.publish(topic, payload, retain=retain))
+            sent += len(payload)
+            while len(pending) >= MAX_OUTSTANDING:
+                pending.pop(0).wait(self.options.timeout_s)
+            if progress is not None:
+                progress(sent, total)
+        for pub in pending:
+            pub.wait(self.options.timeout_s)
+        return sent
+
+
+__all__ = ["BrokerOptions", "FleetSession", "ProgressFn"]

@@ -1,0 +1,46 @@
+"""Errors of the update protocol, placed in the project's tree.
+
+    BadDataError (edge_runtime.exceptions)
+    ├── UpdateMessageError        a desired state, manifest or root message that does not parse
+    ├── ReplayError               (RollbackError) a desired state whose seq is not newer
+    ├── ExpiredError              a desired state past its expiry (only with a trusted clock)
+    ├── IncompatibleError         a release built for another runtime major or CPU
+    └── ChunkError                (BundleError) a chunk with a bad index, size or hash
+
+Signature problems stay :class:`~edge_runtime.exceptions.SignatureError`, rollbacks of
+model versions stay :class:`~edge_runtime.exceptions.RollbackError` and root rotations
+:class:`~edge_runtime.exceptions.RootUpdateError`. Broker trouble is
+:class:`~edge_runtime.exceptions.TransportError`: retried with backoff; everything here is
+bad data: never retried with the same bytes.
+"""
+
+from __future__ import annotations
+
+from edge_runtime.exceptions import BadDataError, BundleError, RollbackError
+
+
+class UpdateMessageError(BadDataError):
+    """An update message that is not what the protocol expects."""
+
+
+class ReplayError(RollbackError):
+    """A desired state whose ``seq`` is not newer than the one already followed."""
+
+
+class ExpiredError(BadDataError):
+    """A desired state past its ``expires`` time (checked only when the clock is trusted)."""
+
+
+class IncompatibleError(BadDataError):
+    """A release for another runtime major version or CPU architecture."""
+
+
+class ChunkError(BundleError):
+    """A chunk that is dropped: unknown index, wrong size or wrong sha256."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+__all__ = ["ChunkError", "ExpiredError", "IncompatibleError", "ReplayError", "UpdateMessageError"]

@@ -1,0 +1,105 @@
+"""The updater's plain data: its settings, the job in progress, and read-only views of the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime import RUNTIME_MAJOR
+from edge_runtime.bundle.manifest import MANIFEST_FILE
+from edge_runtime.exceptions import StoreError
+from edge_runtime.store.store import ModelStore
+from edge_runtime.updates.download import Download
+from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.verify import ModelView
+
+
+@dataclass(frozen=True)
+class UpdaterSettings:
+    """Limits and identity of one device's updater."""
+
+    device_id: str
+    topics: Topics
+    state_dir: Path
+    staging_dir: Path
+    runtime_major: int = RUNTIME_MAJOR
+    machine: str = ""
+    max_download_bytes: int = 512 * 1024 * 1024
+    window_chunks: int = 256
+    stall_s: float = 30.0
+    activation_timeout_s: float = 120.0
+    max_download_bytes_per_s: int = 0
+    max_events: int = 1000
+
+
+@dataclass
+class Job:
+    """The update in progress."""
+
+    name: str
+    version: int
+    phase: str  # manifest | downloading | activating
+    since: float
+    previous: int | None = None
+    download: Download | None = None
+    message: bytes = b""
+    last_progress: float = 0.0
+    reported_percent: int = -1
+    window: set[tuple[str, int]] = field(default_factory=set)
+    deadline: float = 0.0
+
+
+def model_view(store: ModelStore, name: str) -> ModelView:
+    """What the store holds for ``name``, as the pure checks take it."""
+    state = store.state(name)
+    installed = store.versions(name)
+    return ModelView(
+        active=state.active,
+        highest_seen=max([state.highest_seen, *installed]),
+        installed=frozenset(installed),
+        failed=frozenset(state.failed),
+        quarantined=frozenset(state.quarantined),
+    )
+
+
+def installed_manifest(store: ModelStore, name: str, version: int) -> bytes | None:
+    """The manifest bytes of an installed version, None when it is not installed."""
+    try:
+        return (store.version_dir(name, version) / MANIFEST_FILE).read_bytes()
+    except OSError:
+        return None
+
+
+def models_summary(store: ModelStore) -> dict[str, Any]:
+    """Per model: active, last known good, floor, serving, failed versions (the state document's ``models``)."""
+    models: dict[str, Any] = {}
+    for name in store.models():
+        try:
+            st = store.state(name)
+        except StoreError as exc:
+            models[name] = {"error": str(exc)}
+            continue
+        models[name] = {
+            "active": st.active,
+            "last_known_good": st.last_known_good,
+            "highest_seen": st.highest_seen,
+            "serving": st.serving,
+            "serving_factory": st.serving_factory,
+            "failed": {str(k): v for k, v in sorted(st.failed.items())},
+        }
+    return models
+
+
+def job_summary(job: Job | None) -> dict[str, Any] | None:
+    """The state document's ``update``: the job in progress and its progress."""
+    if job is None:
+        return None
+    update: dict[str, Any] = {"model": job.name, "version": job.version, "phase": job.phase}
+    if job.download is not None:
+        p = job.download.progress()
+        update.update(percent=p.percent, have_bytes=p.have_bytes, total_bytes=p.total_bytes, received_bytes=p.received_bytes)
+    return update
+
+
+__all__ = ["Job", "UpdaterSettings", "installed_manifest", "job_summary", "model_view", "models_summary"]

@@ -1,0 +1,208 @@
+"""Topics and message shapes of the MQTT update protocol (SPEC section 5).
+
+Everything under ``<prefix>/<fleet>/``::
+
+    desired                                   retained, signed desired state of the fleet
+    devices/<id>/desired                      retained, signed per-device override
+    models/<name>/<version>/manifest          retained, {"manifest": TEXT, "signatures": [...]}
+    models/<name>/<version>/chunks/<file>/<i> retained QoS 1, raw bytes of chunk i
+    trust/root/<N>                            retained, root.json version N
+    devices/<id>/state                        retained, published by the device
+    devices/<id>/events                       one JSON object per update step
+    devices/<id>/online                       retained, true on connect, false as the last will
+
+A signed desired state travels like a manifest: ``{"desired": TEXT, "signatures": [...]}``
+where TEXT is the canonical JSON of the document and the signatures (role ``models``) cover
+its UTF-8 bytes, so the device verifies the exact bytes it received. Pure code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.bundle.manifest import NAME_RE
+from edge_runtime.exceptions import UsageError
+from edge_runtime.trust.canonical import canonical_json
+
+DESIRED_TYPE = "desired"
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
+QOS = 1
+
+# Event kinds published on devices/<id>/events, in the order an update goes through them.
+EVENTS = (
+    "notified",
+    "downloading",
+    "verified",
+    "installed",
+    "activated",
+    "rejected",
+    "failed",
+    "rolled_back",
+    "root_updated",
+)
+
+
+def check_id(value: str, what: str) -> str:
+    """A fleet or device id usable as one topic level; raises UsageError otherwise."""
+    if not ID_RE.match(value):
+        raise UsageError(f"{what} {value!r} must match {ID_RE.pattern} (no '/', '+' or '#')")
+    return value
+
+
+@dataclass(frozen=True)
+class TopicRef:
+    """What a received topic names. ``kind`` is one of the keys of :meth:`Topics.parse`."""
+
+    kind: str
+    name: str = ""
+    version: int = 0
+    file: str = ""
+    index: int = -1
+    device: str = ""
+    root_version: int = 0
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names of one fleet."""
+
+    prefix: str
+    fleet: str
+
+    def __post_init__(self) -> None:
+        if not PREFIX_RE.match(self.prefix):
+            raise UsageError(f"prefix {self.prefix!r} must be topic levels of [A-Za-z0-9_.:-] joined by '/'")
+        check_id(self.fleet, "fleet")
+
+    @property
+    def base(self) -> str:
+        """``<prefix>/<fleet>``."""
+        return f"{self.prefix}/{self.fleet}"
+
+    @property
+    def desired(self) -> str:
+        """The fleet's desired state."""
+        return f"{self.base}/desired"
+
+    def device_desired(self, device: str) -> str:
+        """A device's desired-state override."""
+        return f"{self.base}/devices/{device}/desired"
+
+    def manifest(self, name: str, version: int) -> str:
+        """A release's manifest message."""
+        return f"{self.base}/models/{name}/{version}/manifest"
+
+    def chunk(self, name: str, version: int, file: str, index: int) -> str:
+        """Chunk ``index`` of artifact ``file``."""
+        return f"{self.base}/models/{name}/{version}/chunks/{file}/{index}"
+
+    def chunks_filter(self, name: str, version: int, file: str) -> str:
+        """Every chunk of an artifact (a fresh download subscribes to this)."""
+        return f"{self.base}/models/{name}/{version}/chunks/{file}/+"
+
+    @property
+    def manifests_filter(self) -> str:
+        """Every release's manifest."""
+        return f"{self.base}/models/+/+/manifest"
+
+    def root(self, version: int) -> str:
+        """Trust root version ``version``."""
+        return f"{self.base}/trust/root/{version}"
+
+    @property
+    def roots_filter(self) -> str:
+        """Every trust root version."""
+        return f"{self.base}/trust/root/+"
+
+    def state(self, device: str) -> str:
+        """A device's retained state."""
+        return f"{self.base}/devices/{device}/state"
+
+    def events(self, device: str) -> str:
+        """A device's event stream."""
+        return f"{self.base}/devices/{device}/events"
+
+    def online(self, device: str) -> str:
+        """A device's retained online flag."""
+        return f"{self.base}/devices/{device}/online"
+
+    def devices_filter(self, leaf: str) -> str:
+        """``devices/+/<leaf>``: one leaf of every device."""
+        return f"{self.base}/devices/+/{leaf}"
+
+    def parse(self, topic: str) -> TopicRef | None:
+        """Classify a topic of this fleet; None for anything else (including malformed levels)."""
+        head = self.base + "/"
+        if not topic.startswith(head):
+            return None
+        parts = topic[len(head) :].split("/")
+        try:
+            if parts == ["desired"]:
+                return TopicRef("desired")
+            if len(parts) == 3 and parts[0] == "devices" and ID_RE.match(parts[1]):
+                if parts[2] in ("desired", "state", "events", "online"):
+                    return TopicRef("device_" + parts[2], device=parts[1])
+            if len(parts) == 3 and parts[:2] == ["trust", "root"] and _is_number(parts[2]):
+                return TopicRef("root", root_version=int(parts[2]))
+            if len(parts) >= 4 and parts[0] == "models" and NAME_RE.match(parts[1]) and _is_number(parts[2]):
+                name, version = parts[1], int(parts[2])
+                if parts[3:] == ["manifest"]:
+                    return TopicRef("manifest", name=name, version=version)
+                if len(parts) == 6 and parts[3] == "chunks" and _is_number(parts[5]):
+                    return TopicRef("chunk", name=name, version=version, file=parts[4], index=int(parts[5]))
+        except ValueError:
+            return None
+        return None
+
+
+def _is_number(text: str) -> bool:
+    # Canonical decimal only: "07" and "+7" would let one chunk have two topics.
+    return text.isdigit() and text == str(int(text)) and len(text) <= 12
+
+
+def rollout_salt(name: str, version: int) -> str:
+    """The rollout salt of a release: stable, so raising the percentage keeps existing members."""
+    return f"{name}-{version}"
+
+
+def desired_document(
+    fleet: str,
+    seq: int,
+    models: dict[str, dict[str, Any]],
+    device: str | None = None,
+    expires: str | None = None,
+) -> dict[str, Any]:
+    """The signed part of a desired state (see docs/updates.md for every field)."""
+    doc: dict[str, Any] = {"_type": DESIRED_TYPE, "fleet": fleet, "seq": seq, "models": models}
+    if device is not None:
+        doc["device"] = device
+    if expires is not None:
+        doc["expires"] = expires
+    return doc
+
+
+def signed_message(field: str, payload: bytes, signatures: list[dict[str, str]]) -> bytes:
+    """``{field: TEXT, "signatures": [...]}`` as canonical JSON bytes."""
+    return canonical_json({field: payload.decode("utf-8"), "signatures": signatures})
+
+
+def manifest_message(manifest_bytes: bytes, signatures: list[dict[str, str]]) -> bytes:
+    """The retained message on ``models/<name>/<version>/manifest``."""
+    return signed_message("manifest", manifest_bytes, signatures)
+
+
+__all__ = [
+    "DESIRED_TYPE",
+    "EVENTS",
+    "QOS",
+    "TopicRef",
+    "Topics",
+    "check_id",
+    "desired_document",
+    "manifest_message",
+    "rollout_salt",
+    "signed_message",
+]

@@ -1,0 +1,119 @@
+"""Rotated trust roots kept beside the store.
+
+The pinned root (``[trust] root``, often on a read-only ``/etc``) is never rewritten. A
+rotation received over MQTT is verified with :func:`~edge_runtime.trust.root.update_root`
+and saved as ``<state_dir>/roots/root.<N>.json`` (atomic write). At start-up
+:func:`load_trust_root` chains from the pinned root through every saved version, each
+verified again, and stops at the first gap or failure, so a tampered file only loses the
+rotations after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from edge_runtime.atomic import write_bytes_atomic
+from edge_runtime.config import Config, MqttConfig
+from edge_runtime.exceptions import TrustError
+from edge_runtime.trust.root import TrustRoot, update_root, verify_root
+from edge_runtime.updates.verify import verify_root_message
+
+log = logging.getLogger("edge_runtime.updates")
+
+ROOTS_DIR = "roots"
+STATE_DIR_NAME = ".updates"
+
+
+def updates_state_dir(mqtt: MqttConfig | None, store_path: Path) -> Path:
+    """Where the updater keeps its state: ``[mqtt] state_dir``, else ``<store>/.updates``."""
+    if mqtt is not None and mqtt.state_dir:
+        return Path(mqtt.state_dir)
+    return Path(store_path) / STATE_DIR_NAME
+
+
+def root_file(state_dir: Path, version: int) -> Path:
+    """The saved copy of root ``version``."""
+    return Path(state_dir) / ROOTS_DIR / f"root.{version}.json"
+
+
+def save_root(state_dir: Path, root: TrustRoot) -> Path:
+    """Persist a verified rotated root atomically; returns its path."""
+    path = root_file(state_dir, root.version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, root.raw)
+    return path
+
+
+def load_trust_root(pinned: TrustRoot, state_dir: Path) -> TrustRoot:
+    """The newest root that chains from ``pinned`` through the saved rotations."""
+    current = pinned
+    while True:
+        path = root_file(state_dir, current.version + 1)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return current
+        except OSError as exc:
+            log.warning("cannot read %s: %s", path, exc.strerror, extra={"reason": str(exc)})
+            return current
+        try:
+            current = update_root(current, data)
+        except TrustError as exc:
+            log.error("ignoring saved trust root %s: %s", path, exc, extra={"reason": str(exc)})
+            return current
+
+
+class PendingRoots:
+    """Root versions received but not applied: version N+2 waits for N+1 (retained messages
+    arrive in any order). Pure: the caller saves and installs what :meth:`offer` returns."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._waiting: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[int]:
+        """The versions waiting."""
+        return iter(sorted(self._waiting))
+
+    def offer(self, current: TrustRoot, version: int, payload: bytes) -> tuple[list[TrustRoot], list[str]]:
+        """Take ``trust/root/<version>``; returns the roots that now chain from ``current``, in
+        order, and the reasons for what is refused (or still waiting for a missing version)."""
+        if version <= current.version:
+            return [], []
+        self._waiting[version] = payload
+        while len(self._waiting) > self.limit:
+            del self._waiting[max(self._waiting)]
+        rotated: list[TrustRoot] = []
+        problems: list[str] = []
+        while (data := self._waiting.pop(current.version + 1, None)) is not None:
+            try:
+                new = verify_root_message(current, current.version + 1, data)
+            except TrustError as exc:
+                problems.append(f"trust root {current.version + 1}: {exc}")
+                break
+            assert new is not None  # a version above the current one always yields a root or an error
+            current = new
+            rotated.append(current)
+        for n in sorted(v for v in self._waiting if v > current.version + 1):
+            try:
+                verify_root_message(current, n, self._waiting[n])
+            except TrustError as exc:  # always: "a skipped version"
+                problems.append(f"trust root {n}: {exc}")
+        return rotated, problems
+
+
+def trust_root_for(cfg: Config, store_path: Path | None = None) -> TrustRoot:
+    """The pinned root of ``cfg`` advanced by the rotations saved for its store (for the daemon and CLI)."""
+    try:
+        pinned = verify_root(Path(cfg.trust.root).read_bytes())
+    except OSError as exc:
+        raise TrustError(f"cannot read trust root {cfg.trust.root}: {exc.strerror}") from exc
+    return load_trust_root(pinned, updates_state_dir(cfg.mqtt, Path(store_path or cfg.store.path)))
+
+
+__all__ = ["PendingRoots", "load_trust_root", "root_file", "save_root", "trust_root_for", "updates_state_dir"]

@@ -1,0 +1,259 @@
+"""The device side of the update protocol as two threads beside the daemon.
+
+``edge-mqtt`` owns the connection: one attempt at a time, jittered exponential backoff
+between attempts, forever. Chunks are handled on this thread (written before they are
+acknowledged); every other message is queued for ``edge-updates``, which runs the
+:class:`~edge_runtime.updates.updater.Updater` and its timers. Serving never waits on
+either thread: the daemon learns about a new version only through the store and ``wake``.
+
+The daemon calls :func:`start_updates` and ``stop()``; the fleet simulator and
+``edge-runtime fleet agent`` build an :class:`UpdateService` with
+``selftest_in_process=True`` because no daemon is there to run the self-test.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.config import Config, MqttConfig
+from edge_runtime.exceptions import ConfigError, EdgeRuntimeError, TransportError
+from edge_runtime.inference.backend import load_backend
+from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.updates.mqtt import PROTOCOLS, Backoff, LinkSettings, Message, MqttLink, parse_broker_url
+from edge_runtime.updates.protocol import Topics, check_id
+from edge_runtime.updates.roots import load_trust_root, updates_state_dir
+from edge_runtime.updates.updater import Updater, UpdaterSettings
+
+log = logging.getLogger("edge_runtime.updates")
+
+TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+
+
+def check_mqtt_config(m: MqttConfig) -> None:
+    """Raise ConfigError naming the first ``[mqtt]`` key with a bad value."""
+    try:
+        parse_broker_url(m.url)
+    except EdgeRuntimeError as exc:
+        raise ConfigError(f"mqtt.url: {exc}") from exc
+    if m.protocol not in PROTOCOLS:
+        raise ConfigError(f"mqtt.protocol: expected one of {sorted(PROTOCOLS)}, found {m.protocol!r}")
+    if m.trusted_clock not in ("auto", "yes", "no"):
+        raise ConfigError(f"mqtt.trusted_clock: expected 'auto', 'yes' or 'no', found {m.trusted_clock!r}")
+    positive = {
+        "keepalive_s": m.keepalive_s,
+        "download_stall_s": m.download_stall_s,
+        "download_window_chunks": m.download_window_chunks,
+        "max_download_bytes": m.max_download_bytes,
+        "max_event_queue": m.max_event_queue,
+        "connect_timeout_s": m.connect_timeout_s,
+        "activation_timeout_s": m.activation_timeout_s,
+        "receive_maximum": m.receive_maximum,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"mqtt.{key}: expected a value > 0, found {value}")
+    if m.receive_maximum > 65535:
+        raise ConfigError(f"mqtt.receive_maximum: expected 1 to 65535, found {m.receive_maximum}")
+    if m.reconnect_min_s < 0 or m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_min_s must be >= 0 and reconnect_max_s >= reconnect_min_s")
+    if m.max_download_bytes_per_s < 0 or m.session_expiry_s < 0:
+        raise ConfigError("mqtt.max_download_bytes_per_s and mqtt.session_expiry_s must be >= 0")
+    if bool(m.cert_file) != bool(m.key_file):
+        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (TLS client authentication)")
+
+
+def clock_is_trusted(setting: str) -> bool:
+    """``yes``/``no``, or ``auto``: systemd-timesyncd has synchronised the clock since boot."""
+    if setting == "yes":
+        return True
+    if setting == "no":
+        return False
+    return TIMESYNC_FLAG.exists()
+
+
+def inprocess_selftest(resolved: Resolved) -> None:
+    """Load a version and run its golden self-test here (when no daemon does it)."""
+    backend = load_backend(resolved.manifest, resolved.model)
+    try:
+        run_selftest(backend, resolved.manifest)
+    finally:
+        backend.close()
+
+
+class UpdateService:
+    """The update threads of one device; :meth:`start` returns at once, :meth:`stop` joins."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: ModelStore,
+        device_id: str,
+        wake: Callable[[], None] = lambda: None,
+        *,
+        selftest_in_process: bool = False,
+    ) -> None:
+        if cfg.mqtt is None:
+            raise ConfigError("updates need an [mqtt] table in the configuration")
+        m = cfg.mqtt
+        check_mqtt_config(m)
+        check_id(device_id, "device id")
+        self.cfg = cfg
+        self.store = store
+        self.device_id = device_id
+        self.topics = Topics(m.prefix, m.fleet)
+        state_dir = updates_state_dir(m, store.path)
+        self.settings = UpdaterSettings(
+            device_id=device_id,
+            topics=self.topics,
+            state_dir=state_dir,
+            staging_dir=Path(m.staging_dir) if m.staging_dir else state_dir / "staging",
+            machine=platform.machine(),
+            max_download_bytes=m.max_download_bytes,
+            window_chunks=m.download_window_chunks,
+            stall_s=m.download_stall_s,
+            activation_timeout_s=m.activation_timeout_s,
+            max_download_bytes_per_s=m.max_download_bytes_per_s,
+            max_events=m.max_event_queue,
+        )
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._stop = threading.Event()
+        self.link = MqttLink(
+            LinkSettings(
+                url=m.url,
+                client_id=m.client_id or f"edge-{m.fleet}-{device_id}",
+                ca_file=m.ca_file,
+                cert_file=m.cert_file,
+                key_file=m.key_file,
+                username=m.username,
+                password=m.password,
+                keepalive_s=m.keepalive_s,
+                protocol=m.protocol,
+                persistent=True,
+                session_expiry_s=m.session_expiry_s,
+                receive_maximum=m.receive_maximum,
+                will_topic=self.topics.online(device_id),
+                will_payload=b"false",
+            ),
+            self._on_message,
+        )
+        self.updater = Updater(
+            self.settings,
+            store,
+            self.link,
+            wake=wake,
+            selftest=inprocess_selftest if selftest_in_process else None,
+            clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
+            post=self._queue.put,
+        )
+        self._updates_thread = threading.Thread(target=self._updates_main, name="edge-updates", daemon=True)
+        self._network_thread = threading.Thread(target=self._network_main, name="edge-mqtt", daemon=True)
+        self.loaded = threading.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> UpdateService:
+        """Start the threads; returns at once."""
+        self._updates_thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Say ``online: false``, disconnect (the session stays on the broker) and join the threads."""
+        self._stop.set()
+        self._queue.put(("stop", None))
+        self.link.wakeup()
+        for t in (self._updates_thread, self._network_thread):
+            if t.is_alive():
+                t.join(timeout_s)
+
+    # -- threads -------------------------------------------------------------------------
+
+    def _updates_main(self) -> None:
+        try:
+            self.store.root = load_trust_root(self.store.root, self.settings.state_dir)
+            self.updater.load()
+        except Exception:  # the updater must never take the daemon down
+            log.exception("update state could not be loaded; starting without it")
+        self.loaded.set()
+        self._network_thread.start()
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=self.updater.tick_interval_s())
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._dispatch(item)
+                self.updater.tick()
+            except TransportError as exc:
+                log.info("update step deferred, broker unavailable: %s", exc)
+            except Exception:
+                log.exception("update step failed")
+
+    def _dispatch(self, item: tuple[str, Any]) -> None:
+        kind, value = item
+        if kind == "connected":
+            log.info("connected to %s (session %s)", self.link.settings.url, "resumed" if value else "new")
+            self.updater.on_connect(bool(value))
+        elif kind == "disconnected":
+            log.warning("disconnected from %s: %s", self.link.settings.url, value)
+        elif kind == "message":
+            ref, payload = value
+            self.updater.on_message(ref, payload)
+        elif kind in ("chunk", "chunk_rejected"):
+            self.updater.on_internal(item)
+
+    def _on_message(self, msg: Message) -> None:
+        ref = self.topics.parse(msg.topic)
+        if ref is None:
+            return
+        if ref.kind == "chunk":
+            self.updater.on_chunk(ref, msg.payload)
+        else:
+            self._queue.put(("message", (ref, msg.payload)))
+
+    def _network_main(self) -> None:
+        m = self.cfg.mqtt
+        assert m is not None
+        backoff = Backoff(m.reconnect_min_s, m.reconnect_max_s)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                session_present = self.link.connect(m.connect_timeout_s)
+            except TransportError as exc:
+                failures += 1
+                (log.warning if failures == 1 else log.debug)("broker unavailable, retrying: %s", exc)
+                self._stop.wait(backoff.next())
+                continue
+            failures = 0
+            backoff.reset()
+            self._queue.put(("connected", session_present))
+            reason = self.link.run(self._stop)
+            if self._stop.is_set():
+                break
+            self._queue.put(("disconnected", reason))
+            self._stop.wait(backoff.next())
+        if self.link.connected:
+            try:
+                sent = self.link.publish(self.topics.online(self.device_id), b"false", retain=True)
+                self.link.pump(lambda: sent.done, 2.0)
+            except TransportError:
+                pass
+        self.link.close()
+
+
+def start_updates(cfg: Config, store: ModelStore, device_id: str, wake: Callable[[], None]) -> UpdateService:
+    """Start following signed updates for this device (the daemon calls this when ``[mqtt]`` is set).
+
+    Returns at once; ``svc.stop()`` on shutdown. The daemon runs the self-test when it swaps.
+    """
+    return UpdateService(cfg, store, device_id, wake).start()
+
+
+__all__ = ["UpdateService", "check_mqtt_config", "clock_is_trusted", "inprocess_selftest", "start_updates"]

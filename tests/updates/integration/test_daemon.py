@@ -1,0 +1,196 @@
+"""End to end with the real daemon (``edge-runtime serve``) and mosquitto.
+
+Acceptance 1: v2 is published while the daemon serves v1 to a few tritonclient clients;
+v2 becomes active with 0 failed requests, ``state`` shows it and ``events`` show each step;
+with the broker then gone, every request is still answered.
+Acceptance 5: a properly signed v2 whose golden outputs are wrong fails the daemon's
+self-test, is rolled back, reported ``failed``, and the fleet status table shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_runtime.bundle.reader import BundleLimits
+from edge_runtime.store.store import ModelStore
+
+from ..conftest import FACTORY, FLEET, FleetKeys, Releases
+from .conftest import Mosquitto, Observer, publish, wait_until
+
+pytestmark = pytest.mark.integration
+httpclient = pytest.importorskip("tritonclient.http")
+pytest.importorskip("edge_runtime.daemon")
+EDGE = Path(sys.executable).parent / "edge-runtime"
+START_TIMEOUT_S = 60.0
+
+
+class Daemon:
+    """``edge-runtime serve`` on a free port, stderr collected."""
+
+    def __init__(self, config: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
+        self.proc = subprocess.Popen(
+            [str(EDGE), "serve", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: list[str] = []
+        self.port = 0
+        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "listening on http://" in line and not self.port:
+                self.port = int(line.rsplit(":", 1)[1])
+
+    def wait_ready(self) -> str:
+        """Wait for /v2/health/ready; returns ``127.0.0.1:PORT``."""
+        wait_until(lambda: self.port or self.proc.poll() is not None, START_TIMEOUT_S, "the daemon to listen")
+        assert self.proc.poll() is None, "daemon exited:\n" + "\n".join(self.lines)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{self.port}")
+
+        def ready() -> bool:
+            try:
+                return bool(client.is_server_ready())
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+
+        wait_until(ready, START_TIMEOUT_S, "/v2/health/ready")
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Load:
+    """tritonclient threads scoring the sample rows in a loop; counts answers by model version."""
+
+    def __init__(self, url: str, clients: int = 3) -> None:
+        self.url = url
+        self.rows = np.load(FACTORY / "sample.npy").astype(np.float32)
+        self.stop_event = threading.Event()
+        self.lock = threading.Lock()
+        self.versions: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"load-{i}") for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        client = httpclient.InferenceServerClient(self.url, network_timeout=30.0)
+        k = i
+        while not self.stop_event.is_set():
+            row = self.rows[k % len(self.rows)][None, :]
+            k += 1
+            inp = httpclient.InferInput("input_0", [1, 30], "FP32")
+            inp.set_data_from_numpy(row, binary_data=bool(k % 2))
+            try:
+                result = client.infer("fraud", [inp])
+                version = str(result.get_response()["model_version"])
+                assert result.as_numpy("output_0").shape == (1, 1)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
+                with self.lock:
+                    self.failures.append(f"client {i}: {exc!r}")
+                continue
+            with self.lock:
+                self.versions[version] += 1
+        client.close()
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(60)
+
+    def count(self, version: int) -> int:
+        with self.lock:
+            return self.versions[str(version)]
+
+
+@pytest.fixture
+def device_dir(tmp_path: Path, mosquitto: Mosquitto, fleet_keys: FleetKeys, releases: Releases) -> Iterator[Path]:
+    """A device with fraud v1 active and a config with [mqtt] pointing at the test broker."""
+    store = ModelStore(tmp_path / "store", fleet_keys.root, None, BundleLimits())
+    store.install(releases.bundle(1))
+    store.activate("fraud", 1)
+    (tmp_path / "config.toml").write_text(
+        f'[device]\nid = "pi-serve"\n[store]\npath = "{tmp_path / "store"}"\nfactory = "{tmp_path / "factory"}"\n'
+        f'[server]\nport = 0\nswap_poll_ms = 200\n[trust]\nroot = "{fleet_keys.path("root.json")}"\n'
+        f'[mqtt]\nurl = "{mosquitto.url}"\nfleet = "{FLEET}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n',
+        encoding="utf-8",
+    )
+    yield tmp_path
+
+
+def test_update_under_load_with_zero_failed_requests(
+    device_dir: Path, mosquitto: Mosquitto, observer: Observer, fleet_keys: FleetKeys, releases: Releases
+) -> None:
+    daemon = Daemon(device_dir / "config.toml")
+    try:
+        url = daemon.wait_ready()
+        wait_until(lambda: observer.state("pi-serve"), 30, "the daemon's update client to report")
+        with Load(url) as load:
+            wait_until(lambda: load.count(1) >= 50, 30, "requests answered by v1")
+            publish(mosquitto.url, releases.bundle(2, pad=30_000), fleet_keys.models_key)
+            wait_until(lambda: observer.of("pi-serve", "activated"), 60, "the activated event")
+            wait_until(lambda: load.count(2) >= 50, 30, "requests answered by v2")
+            mosquitto.stop()  # scoring never waits on MQTT
+            answered = load.count(2)
+            wait_until(lambda: load.count(2) >= answered + 50, 30, "requests answered with the broker gone")
+        assert load.failures == [], load.failures[:5]
+        kinds = [e["event"] for e in observer.of("pi-serve")]
+        order = [kinds.index(k) for k in ("notified", "downloading", "verified", "installed", "activated")]
+        assert order == sorted(order), kinds
+        state = observer.state("pi-serve")["models"]["fraud"]
+        assert state["active"] == 2 and state["serving"] == 2 and state["last_known_good"] == 1
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode == 0, "\n".join(daemon.lines[-30:])
+
+
+def test_failing_selftest_rolls_back_and_status_shows_failed(
+    device_dir: Path, mosquitto: Mosquitto, observer: Observer, fleet_keys: FleetKeys, releases: Releases
+) -> None:
+    daemon = Daemon(device_dir / "config.toml")
+    try:
+        url = daemon.wait_ready()
+        wait_until(lambda: observer.state("pi-serve"), 30, "the daemon's update client to report")
+        with Load(url, clients=2) as load:
+            publish(mosquitto.url, releases.bundle(2, wrong_golden=True), fleet_keys.models_key)
+            failed = wait_until(lambda: observer.of("pi-serve", "failed"), 60, "the failed event")[0]
+            rolled = wait_until(lambda: observer.of("pi-serve", "rolled_back"), 10, "the rolled_back event")[0]
+            answered = load.count(1)
+            wait_until(lambda: load.count(1) >= answered + 20, 30, "v1 to keep answering")
+        assert load.failures == [] and load.count(2) == 0
+        assert failed["version"] == 2 and "differs from golden" in failed["reason"]
+        assert rolled["version"] == 1 and not observer.of("pi-serve", "activated")
+        store_state = ModelStore(device_dir / "store", fleet_keys.root, None, BundleLimits()).state("fraud")
+        assert store_state.active == 1 and 2 in store_state.failed
+        wait_until(lambda: observer.state("pi-serve").get("last_error"), 10, "last_error in state")
+        out = subprocess.run(
+            [str(EDGE), "fleet", "status", "--fleet", FLEET, "--broker", mosquitto.url],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+        row = out.stdout.splitlines()[1]
+        assert row.startswith("pi-serve") and "fraud v1 (failed v2)" in row and "differs from golden" in row, out.stdout
+    finally:
+        daemon.stop()
