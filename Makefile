@@ -30,7 +30,7 @@ system-deps:
 $(VENV)/.stamp: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[device,converter,dev]'
+	$(VENV)/bin/pip install -q -e '.[device,converter,dev,grpc]'
 	touch $@
 
 $(DEVICE_VENV)/.stamp: pyproject.toml

@@ -3,7 +3,8 @@
 One run measures, side by side, for the demo MLP (30 features) and a 3x96x96 CNN:
 
 (a) the bare LiteRT invoke in-process (set_tensor + invoke + get_tensor, batch 1): the floor;
-(b) our daemon, JSON and binary tensors, metrics and routing on, several serving configs;
+(b) our daemon, JSON and binary tensors, metrics and routing on, several serving configs, and
+    the same daemon's KServe v2 gRPC endpoint (raw tensors, bench/servers/grpc_loadgen.py);
 (c) a FastAPI + uvicorn + onnxruntime server written the usual way (bench/servers/fastapi_usual.py);
 (d) a bare ASGI app on uvicorn that only decodes, invokes LiteRT and encodes (bench/servers/asgi_floor.py);
 (e) Triton from the nvidia-pytriton wheel: optional, measured only when ``tritonserver`` is installed.
@@ -169,11 +170,20 @@ def request_bytes(model: str, input_name: str, x: np.ndarray, binary: bool) -> b
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
-def load(port: int, request_file: Path, clients: int, warmup: float, duration: float) -> dict[str, Any]:
+def grpc_request_bytes(model: str, input_name: str, x: np.ndarray) -> bytes:
+    """A serialised KServe v2 ``ModelInferRequest`` with the tensor in raw_input_contents."""
+    from edge_runtime.serving.grpc_proto import grpc_predict_v2_pb2 as pb
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name=input_name, datatype="FP32", shape=x.shape)
+    return bytes(pb.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[x.tobytes()]).SerializeToString())
+
+
+def load(port: int, request_file: Path, clients: int, warmup: float, duration: float,
+         generator: str = "loadgen.py") -> dict[str, Any]:
     out = request_file.with_suffix(".result.json")
     job = {"host": "127.0.0.1", "port": port, "request": str(request_file), "clients": clients,
            "warmup": warmup, "duration": duration, "out": str(out)}
-    subprocess.run([PY, str(SERVERS / "loadgen.py"), json.dumps(job)], timeout=warmup + duration + 120, check=True)
+    subprocess.run([PY, str(SERVERS / generator), json.dumps(job)], timeout=warmup + duration + 120, check=True)
     result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
     lat = sorted(result["latencies_us"])
     n = len(lat)
@@ -191,7 +201,7 @@ class Case:
     model: str  # "mlp" or "cnn"
     server: str  # ours, fastapi, floor
     route: str  # model name on that server
-    encoding: str  # json or binary
+    encoding: str  # json, binary (HTTP) or grpc (KServe v2 gRPC, raw tensors)
     clients: int
     note: str = field(default="", compare=False)
 
@@ -200,11 +210,13 @@ class Case:
         return f"{self.model}/{self.server}:{self.route}/{self.encoding}/{self.clients}"
 
 
-def cases(with_cnn: bool, have_fastapi: bool) -> list[Case]:
+def cases(with_cnn: bool, have_fastapi: bool, have_grpc: bool) -> list[Case]:
     out = []
     for c in (1, 16):
         out += [Case("mlp", "ours", "fraud", "json", c, "auto: inline"), Case("mlp", "ours", "fraud", "binary", c, "auto: inline"),
                 Case("mlp", "floor", "fraud", "json", c), Case("mlp", "floor", "fraud", "binary", c)]
+        if have_grpc:
+            out.append(Case("mlp", "ours", "fraud", "grpc", c, "auto: inline; gRPC"))
         if have_fastapi:
             out.append(Case("mlp", "fastapi", "fraud", "json", c))
     out += [Case("mlp", "ours", "fraud_threads", "json", 16, "threads, batching on (8, 500 µs)"),
@@ -213,6 +225,7 @@ def cases(with_cnn: bool, have_fastapi: bool) -> list[Case]:
         for c in (1, 16):
             out += [Case("cnn", "ours", "cnn", "binary", c, "2 interpreters, batching on (8, 1 ms)"),
                     Case("cnn", "ours", "cnn", "json", c, "2 interpreters, batching on"),
+                    *([Case("cnn", "ours", "cnn", "grpc", c, "2 interpreters, batching on; gRPC")] if have_grpc else []),
                     Case("cnn", "floor", "cnn", "binary", c), Case("cnn", "floor", "cnn", "json", c)]
             if have_fastapi:
                 out.append(Case("cnn", "fastapi", "cnn", "json", c))
@@ -236,7 +249,8 @@ def machine() -> str:
     from importlib.metadata import version
 
     pkgs = []
-    for p in ("ai-edge-litert", "numpy", "uvicorn", "uvloop", "httptools", "orjson", "onnxruntime", "fastapi"):
+    for p in ("ai-edge-litert", "numpy", "uvicorn", "uvloop", "httptools", "orjson", "onnxruntime", "fastapi",
+              "grpcio", "protobuf"):
         try:
             pkgs.append(f"{p} {version(p)}")
         except Exception:
@@ -295,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
         import onnxruntime  # noqa: F401
     except ImportError:
         have_fastapi = False
+    have_grpc = True
+    try:
+        import grpc  # noqa: F401
+
+        from edge_runtime.serving import grpc_server  # noqa: F401
+    except ImportError:
+        have_grpc = False
 
     results: dict[Case, list[dict[str, Any]]] = {}
     errors = 0
@@ -311,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
                 f = tmp / f"{route}-{enc}.http"
                 f.write_bytes(request_bytes(route, inp, x, enc == "binary"))
                 req_files[(route, enc)] = f
+            if have_grpc:
+                f = tmp / f"{route}-grpc.bin"
+                f.write_bytes(grpc_request_bytes(route, inp, x))
+                req_files[(route, "grpc")] = f
 
         ports = {"ours": free_port(), "fastapi": free_port(), "floor": free_port()}
         cfg = write_config(tmp / "all.toml", store, root, ports["ours"], SERVING)
+        if have_grpc:  # the same daemon also answers KServe v2 gRPC
+            ports["grpc"] = free_port()
+            cfg.write_text(cfg.read_text().replace("[server]\n", f"[server]\ngrpc_port = {ports['grpc']}\n", 1))
         servers = {"ours": start("ours", [str(EDGE), "serve", "--config", str(cfg)], ports["ours"])}
         cnn_arg = [f"cnn={tflite_cnn}"] if tflite_cnn else []
         servers["floor"] = start("floor", [PY, str(SERVERS / "asgi_floor.py"), str(ports["floor"]),
@@ -325,11 +353,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for s in servers.values():
                 s.wait_ready()
-            todo = cases(tflite_cnn is not None, have_fastapi)
+            todo = cases(tflite_cnn is not None, have_fastapi, have_grpc)
             for r in range(rounds):
                 for case in todo:
                     cpu0 = servers[case.server].cpu_s()
-                    res = load(ports[case.server], req_files[(case.route, case.encoding)], case.clients, warmup, duration)
+                    if case.encoding == "grpc":
+                        res = load(ports["grpc"], req_files[(case.route, "grpc")], case.clients, warmup, duration,
+                                   "grpc_loadgen.py")
+                    else:
+                        res = load(ports[case.server], req_files[(case.route, case.encoding)], case.clients, warmup,
+                                   duration)
                     # CPU per request of the server process (warm-up included on both sides of the ratio)
                     res["cpu_us"] = (servers[case.server].cpu_s() - cpu0) / max(1, res["total"]) * 1e6
                     errors += res["errors"]
@@ -408,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
         checks.append(("MLP JSON 16 clients: ours / FastAPI usual", ours16 / fa, ">= 2.5", ours16 / fa >= 2.5))
     p = p50("mlp", "ours", "fraud", "json", 1)
     checks.append(("MLP JSON 1 client p50 (ms)", p, "<= 0.2", p <= 0.2))
+    if have_grpc:
+        for c in (1, 16):
+            g, b = rps("mlp", "ours", "fraud", "grpc", c), rps("mlp", "ours", "fraud", "binary", c)
+            checks.append((f"MLP {c} client(s): gRPC / HTTP binary req/s", g / b, "(for reference)", True))
+            cg = med(Case("mlp", "ours", "fraud", "grpc", c), "cpu_us")
+            cb = med(Case("mlp", "ours", "fraud", "binary", c), "cpu_us")
+            checks.append((f"MLP {c} client(s): server CPU per request, gRPC / HTTP binary", cg / cb, "(for reference)", True))
     on, off = ours16, rps("mlp", "ours", "fraud_nobatch", "json", 16)
     checks.append(("MLP 16 clients: batching on / off", on / off, ">= ~1 (never slower)", on / off >= 0.95))
     if "cnn" in floor:

@@ -40,7 +40,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    grpc_port: int = 0  # 0 = off
+    grpc_port: int = 0  # KServe v2 gRPC with the grpc extra: 0 = off, -1 = any free port (logged)
     max_request_bytes: int = 64 * 1024 * 1024  # larger bodies answer 413
     swap_poll_ms: int = 500  # how often the daemon looks at the store for a new active version
     drain_timeout_s: float = 10.0  # SIGTERM and hot swap: how long in-flight requests may take to finish
@@ -224,8 +224,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         raise ConfigError(f"logging.format: expected 'text' or 'json', found {cfg.logging.format!r}")
     if cfg.store.max_bundle_bytes < 1:
         raise ConfigError(f"store.max_bundle_bytes: expected an integer >= 1, found {cfg.store.max_bundle_bytes}")
-    if not 0 <= cfg.server.port <= 65535 or not 0 <= cfg.server.grpc_port <= 65535:
-        raise ConfigError("server.port and server.grpc_port must be in [0, 65535]")
+    if not 0 <= cfg.server.port <= 65535 or not -1 <= cfg.server.grpc_port <= 65535:
+        raise ConfigError("server.port and server.grpc_port must be in [0, 65535] (grpc_port -1: any free port)")
     srv = cfg.server
     if srv.max_request_bytes < 1024 or srv.swap_poll_ms < 1 or srv.drain_timeout_s < 0 or srv.keep_alive_s <= 0:
         raise ConfigError(

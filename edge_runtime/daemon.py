@@ -1,8 +1,10 @@
 """The daemon: wires the HTTP API, the model manager, MQTT updates and systemd together.
 
 Start-up order: bind the socket, start answering HTTP (``/v2/health/live`` is 200 at
-once, ``/v2/health/ready`` 503 until the models are in), load every model, then tell
-systemd ``READY=1`` and start the watchdog and the update client. Signals:
+once, ``/v2/health/ready`` 503 until the models are in) and, when ``[server] grpc_port``
+is set and the ``grpc`` extra is installed, KServe v2 gRPC on the same event loop; load
+every model, then tell systemd ``READY=1`` and start the watchdog and the update client.
+Signals:
 
 * SIGTERM / SIGINT: ``STOPPING=1``, stop accepting connections, let in-flight requests
   finish (up to ``[server] drain_timeout_s``), drain the model queues, exit 0.
@@ -119,6 +121,7 @@ class Daemon:
         self.metrics = Metrics()
         self.state = ServingState()
         self.address: tuple[str, int] | None = None
+        self.grpc_address: tuple[str, int] | None = None  # set when the gRPC endpoint listens
         self.ready_event = threading.Event()
         self.manager: ModelManager | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,7 +154,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
             return
-        for key in ("host", "port", "max_request_bytes"):
+        for key in ("host", "port", "grpc_port", "max_request_bytes"):
             if getattr(cfg.server, key) != getattr(self.cfg.server, key):
                 log.warning("SIGHUP: [server] %s changed; it takes effect after a restart", key)
         self.cfg = cfg
@@ -186,8 +189,9 @@ class Daemon:
         log.info("listening on %s", self.url)
         if handle_signals:
             self._install_signals(loop)
-        updates = watchdog = None
+        updates = watchdog = grpc_endpoint = None
         try:
+            grpc_endpoint = await self._start_grpc(app)
             await loop.run_in_executor(None, manager.start)
             self._serving_changed(manager.serving())
             _tune_gc()
@@ -209,11 +213,16 @@ class Daemon:
                 self._systemd.stopping()
             log.info("draining in-flight requests")
             server.should_exit = True
+            grpc_stop = None
+            if grpc_endpoint is not None:  # refuses new RPCs, lets running ones finish, alongside HTTP
+                grpc_stop = loop.create_task(grpc_endpoint.stop(self.cfg.server.drain_timeout_s), name="edge-grpc-stop")
             try:
                 await asyncio.wait_for(asyncio.shield(server_task), self.cfg.server.drain_timeout_s + 5)
             except TimeoutError:
                 server.force_exit = True
                 await server_task
+            if grpc_stop is not None:
+                await grpc_stop
             if updates is not None:
                 await loop.run_in_executor(None, updates.stop)
             await loop.run_in_executor(None, manager.stop, self.cfg.server.drain_timeout_s)
@@ -254,6 +263,26 @@ class Daemon:
         dog = sd.Watchdog(sd.event_loop_responsive(loop, timeout_s=max(0.2, min(5.0, interval / 2))))
         dog.start()
         return dog
+
+    async def _start_grpc(self, app: App) -> Any:
+        """Start the KServe v2 gRPC endpoint when ``[server] grpc_port`` is set; None when off."""
+        port = self.cfg.server.grpc_port
+        if port == 0:
+            return None
+        try:
+            from edge_runtime.serving.grpc_server import GrpcEndpoint
+        except ImportError as exc:
+            log.warning(
+                "[server] grpc_port is %d but gRPC is not available (%s); install the grpc extra. Serving HTTP only",
+                port, exc,
+            )
+            return None
+        endpoint = GrpcEndpoint(app, self.cfg.server.max_request_bytes)
+        bound = await endpoint.start(self.cfg.server.host, port)
+        host = self.cfg.server.host
+        self.grpc_address = (host, bound)
+        log.info("gRPC (KServe v2) listening on %s", f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}")
+        return endpoint
 
     def _start_updates(self) -> Any:
         if self.cfg.mqtt is None:

@@ -13,6 +13,12 @@ request bodies are accepted and ``Accept-Encoding`` is honoured, as Triton does.
 
 The infer path does no awaiting between picking a version and handing the request to
 its executor, so a hot swap never sends work to a version already retired.
+
+The steps every protocol shares (finding the model, picking its version, running the
+request on the version's executor, recording statistics, shadow scoring, metadata) are
+public methods of :class:`App`; the KServe v2 gRPC endpoint
+(:mod:`edge_runtime.serving.grpc_server`) calls the same methods, so both protocols use
+one set of models, queues, versions, A/B weights, shadows and metrics.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from edge_runtime import __version__
@@ -29,7 +37,7 @@ from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError,
 from edge_runtime.serving.codec import InferRequest, decode_request, encode_response, error_body, header_length
 from edge_runtime.serving.manager import ModelManager
 from edge_runtime.serving.metrics import Metrics
-from edge_runtime.serving.models import LoadedVersion, ServedModel, disagreement
+from edge_runtime.serving.models import LoadedVersion, Routing, ServedModel, disagreement
 from edge_runtime.serving.workers import InlineExecutor
 
 Scope = MutableMapping[str, Any]
@@ -57,6 +65,25 @@ class ServingState:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+
+    @property
+    def answering(self) -> bool:
+        """True when the server is ready and not shutting down."""
+        return self.ready and not self.draining
+
+    def not_ready_reason(self) -> str:
+        """Why the server is not ready."""
+        return "shutting down" if self.draining else "loading models"
+
+
+@dataclass(slots=True)
+class Executed:
+    """A request run by its version's executor: outputs and where the time went."""
+
+    outs: list[np.ndarray]
+    queue_ns: int
+    infer_ns: int
+    inline: bool  # ran on the event loop (no queue)
 
 
 class App:
@@ -100,10 +127,10 @@ class App:
             name, version = _model_target(target)
         else:
             name, version = target, None
-        sm = self.manager.served.get(name)
-        if sm is None:
-            self.metrics.not_found_requests += 1
-            raise HTTPError(404, f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        try:
+            sm = self.served_model(name)
+        except NotFoundError as exc:
+            raise HTTPError(404, str(exc)) from None
         json_length = encoding = accept = declared = None
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -118,44 +145,27 @@ class App:
         # From here to the hand-over to the executor: no await (see the module docstring).
         routing = sm.routing
         try:
-            lv = sm.route(version)
+            lv = self.pick(sm, version)
         except NotFoundError as exc:
-            self.metrics.not_found_requests += 1
             raise HTTPError(404, str(exc)) from None
         except UnavailableError as exc:
-            self.metrics.not_ready(name)
             raise HTTPError(503, str(exc)) from None
-        stats = lv.stats
         try:
             request = decode_request(body, None if json_length is None else header_length(json_length, len(body)), lv.iface)
         except InputError as exc:
-            stats.failed("bad_request", time.perf_counter_ns() - t0)
+            lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
             raise HTTPError(400, str(exc)) from None
         t1 = time.perf_counter_ns()
-        executor = lv.executor
-        queue_ns = 0
         try:
-            if isinstance(executor, InlineExecutor):
-                inline = True
-                outs, infer_ns = executor.run(request.arrays)
-            else:
-                here = executor.run_here(request.arrays) if self.in_flight == 1 else None
-                inline = here is not None
-                if here is not None:
-                    outs, infer_ns = here
-                else:
-                    outs, queue_ns, infer_ns, _ = await executor.submit(request.arrays, request.rows)
+            done = await self.execute(lv, request, t0)
         except InputError as exc:
-            stats.failed("bad_request", time.perf_counter_ns() - t0)
             raise HTTPError(400, str(exc)) from None
         except UnavailableError as exc:
-            stats.failed("unavailable", time.perf_counter_ns() - t0)
             raise HTTPError(503, str(exc)) from None
         except EdgeRuntimeError as exc:
-            stats.failed("error", time.perf_counter_ns() - t0)
             raise HTTPError(500, f"{name} v{lv.version}: inference failed: {exc}") from None
         t2 = time.perf_counter_ns()
-        payload, json_len = encode_response(name, lv.version_str, request, lv.iface, outs)
+        payload, json_len = encode_response(name, lv.version_str, request, lv.iface, done.outs)
         if json_len is None:
             headers = [(b"content-type", JSON)]
         else:
@@ -168,13 +178,111 @@ class App:
         headers.append((b"content-length", b"%d" % len(payload)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-        t3 = time.perf_counter_ns()
-        if inline:
-            stats.answered_inline(request.rows, t3 - t0, t1 - t0, infer_ns, t3 - t2)
+        self.answered(lv, routing, version, request, done, t0, t1, t2, time.perf_counter_ns())
+
+    # -- shared by every protocol (HTTP here, gRPC in grpc_server.py) --------------------
+
+    def served_model(self, name: str) -> ServedModel:
+        """The model called ``name``; NotFoundError (counted) when it is not served."""
+        sm = self.manager.served.get(name)
+        if sm is None:
+            self.metrics.not_found_requests += 1
+            raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        return sm
+
+    def pick(self, sm: ServedModel, version: int | None) -> LoadedVersion:
+        """The version that answers a request (A/B weights when ``version`` is None); errors are counted.
+
+        NotFoundError for a version that is not loaded, UnavailableError while nothing is.
+        Call :meth:`execute` without awaiting anything in between (see the module docstring).
+        """
+        try:
+            return sm.route(version)
+        except NotFoundError:
+            self.metrics.not_found_requests += 1
+            raise
+        except UnavailableError:
+            self.metrics.not_ready(sm.name)
+            raise
+
+    async def execute(self, lv: LoadedVersion, request: InferRequest, t0: int) -> Executed:
+        """Run a decoded request on ``lv``: on the event loop when the executor allows, else queued.
+
+        The hand-over happens before the first await. A failure is recorded in the
+        version's statistics (``t0``: when the request arrived) and re-raised:
+        InputError (bad input found by the backend), UnavailableError (queue full,
+        version unloading), another EdgeRuntimeError (the backend failed).
+        """
+        executor = lv.executor
+        try:
+            if isinstance(executor, InlineExecutor):
+                outs, infer_ns = executor.run(request.arrays)
+                return Executed(outs, 0, infer_ns, True)
+            here = executor.run_here(request.arrays) if self.in_flight == 1 else None
+            if here is not None:
+                return Executed(here[0], 0, here[1], True)
+            outs, queue_ns, infer_ns, _ = await executor.submit(request.arrays, request.rows)
+            return Executed(outs, queue_ns, infer_ns, False)
+        except InputError:
+            lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
+            raise
+        except UnavailableError:
+            lv.stats.failed("unavailable", time.perf_counter_ns() - t0)
+            raise
+        except EdgeRuntimeError:
+            lv.stats.failed("error", time.perf_counter_ns() - t0)
+            raise
+
+    def answered(
+        self,
+        lv: LoadedVersion,
+        routing: Routing | None,
+        version: int | None,
+        request: InferRequest,
+        done: Executed,
+        t0: int,
+        t1: int,
+        t2: int,
+        t3: int,
+    ) -> None:
+        """Record a request answered by ``lv`` and shadow it when the routing has a shadow.
+
+        ``routing`` is the one the version was picked from; the times are arrival, decoded,
+        executed and answered (``time.perf_counter_ns``). Versioned requests are not shadowed.
+        """
+        if done.inline:
+            lv.stats.answered_inline(request.rows, t3 - t0, t1 - t0, done.infer_ns, t3 - t2)
         else:
-            stats.answered(request.rows, t3 - t0, queue_ns, t1 - t0, infer_ns, t3 - t2)
+            lv.stats.answered(request.rows, t3 - t0, done.queue_ns, t1 - t0, done.infer_ns, t3 - t2)
         if routing is not None and routing.shadow is not None and version is None and routing.shadow is not lv:
-            self._shadow(routing.shadow, lv, request, outs)
+            self._shadow(routing.shadow, lv, request, done.outs)
+
+    def server_metadata(self) -> dict[str, Any]:
+        """The KServe server metadata: ``name``, ``version``, ``extensions``."""
+        return {"name": "edge-runtime", "version": __version__, "extensions": EXTENSIONS}
+
+    def model_ready(self, name: str, version: int | None) -> bool:
+        """True when ``name`` (and ``version``, when given) can answer now; NotFoundError when unknown."""
+        sm = self.manager.served.get(name)
+        if sm is None:
+            raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        if sm.routing is None:
+            return False
+        sm.route(version)  # NotFoundError for a version that is not loaded
+        return True
+
+    def model_metadata(self, name: str, version: int | None) -> dict[str, Any]:
+        """The KServe model metadata; NotFoundError (unknown model or version), UnavailableError (not loaded)."""
+        sm = self.manager.served.get(name)
+        if sm is None:
+            raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        lv = sm.route(version)
+        return {
+            "name": name,
+            "versions": [str(v) for v in sm.known_versions] if version is None else [str(version)],
+            "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
+            **lv.iface.metadata(),
+        }
 
     async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes:
         limit = self.max_request_bytes
@@ -241,13 +349,11 @@ class App:
         if path == "/v2/health/live":
             return 200, b"", JSON
         if path == "/v2/health/ready":
-            if self.state.ready and not self.state.draining:
+            if self.state.answering:
                 return 200, b"", JSON
-            why = "shutting down" if self.state.draining else "loading models"
-            return 503, error_body(f"server not ready: {why}"), JSON
+            return 503, error_body(f"server not ready: {self.state.not_ready_reason()}"), JSON
         if path == "/v2":
-            meta = {"name": "edge-runtime", "version": __version__, "extensions": EXTENSIONS}
-            return 200, orjson.dumps(meta), JSON
+            return 200, orjson.dumps(self.server_metadata()), JSON
         if path == "/metrics":
             return 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
         if path == "/v2/models/stats":
@@ -275,15 +381,14 @@ class App:
                 return 503, error_body(f"model {name!r} is not ready: {sm.problem or 'loading'}"), JSON
             _pick(sm, version)
             return 200, b"", JSON
-        lv = _pick(sm, version)
         if action == "config":
-            return 200, orjson.dumps(self._config(lv)), JSON
-        meta = {
-            "name": name,
-            "versions": [str(v) for v in sm.known_versions] if version is None else [str(version)],
-            "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
-            **lv.iface.metadata(),
-        }
+            return 200, orjson.dumps(self._config(_pick(sm, version))), JSON
+        try:
+            meta = self.model_metadata(name, version)
+        except NotFoundError as exc:
+            raise HTTPError(404, str(exc)) from None
+        except UnavailableError as exc:
+            raise HTTPError(503, str(exc)) from None
         return 200, orjson.dumps(meta), JSON
 
     def _config(self, lv: LoadedVersion) -> dict[str, Any]:
