@@ -96,6 +96,8 @@ class DaemonProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(5)
+        if self.proc.stderr is not None and not self._reader.is_alive():
+            self.proc.stderr.close()
         return self.proc.returncode
 
     def log(self) -> str:
