@@ -11,7 +11,7 @@ DEVICE_VENV := .venv-device
 EDGE := $(DEVICE_VENV)/bin/edge-runtime
 DEMO := --store .edge/store --root device/demo-keys/root.json --factory device/factory
 
-.PHONY: run test deps system-deps lint unit test-long test-arm bench factory demo-update clean
+.PHONY: run test deps system-deps lint unit test-long test-arm bench factory demo-update bench-fleet clean
 
 run: $(DEVICE_VENV)/.stamp
 	$(EDGE) models install device/factory/fraud.bundle $(DEMO)
@@ -51,6 +51,10 @@ test-arm: deps
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+# 200 simulated devices through one mosquitto (docs/scaling.md); writes bench/results/fleet.md
+bench-fleet: deps
+	$(VENV)/bin/python bench/fleet_sim.py
 
 # A second version of the demo model delivered over a local mosquitto to a running daemon.
 demo-update: deps

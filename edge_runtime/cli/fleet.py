@@ -1,5 +1,9 @@
 """``edge-runtime fleet publish|status|prune|agent``: the operator side of the update protocol.
 
+``publish --steps 10,50,100 --step-wait S --max-failures P`` raises the rollout in steps and
+halts (exit 1, the desired state left at the step's percentage) when the failure share of
+the devices that finished the update passes the limit (edge_runtime/fleet/staged.py).
+
 ``agent`` is the device side without the HTTP API: it follows the fleet's desired state
 into the local store and self-tests in-process, for devices that only score offline
 (``edge-runtime score``) and for fleet simulation.
@@ -22,8 +26,10 @@ from edge_runtime.config import device_id
 from edge_runtime.exceptions import UsageError
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
+from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
-from edge_runtime.fleet.status import collect_status, format_table
+from edge_runtime.fleet.staged import StepResult, staged_rollout
+from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.service import UpdateService
 
@@ -62,7 +68,16 @@ def register(sub: Any) -> None:
     pub = fs.add_parser("publish", parents=parents, help="publish a bundle and point the desired state at it")
     pub.add_argument("bundle", type=Path)
     pub.add_argument("--sign-key", type=Path, action="append", required=True, help="signs the desired state; repeat for a threshold")
-    pub.add_argument("--rollout", type=_percent, default=100, help="percentage of devices that take it (default 100)")
+    pub.add_argument("--rollout", type=_percent, default=None, help="percentage of devices that take it (default 100)")
+    pub.add_argument("--steps", default=None, help="raise the rollout in steps, e.g. 10,50,100 (fleet-wide only)")
+    pub.add_argument(
+        "--step-wait", type=float, default=300.0, help="seconds to watch each step before the next (default 300; "
+        "a step ends early once every device in it has finished)"
+    )
+    pub.add_argument(
+        "--max-failures", type=float, default=None, metavar="PERCENT",
+        help="halt when more than PERCENT %% of the devices that finished the update failed or rejected it",
+    )
     pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
     pub.add_argument("--root", type=Path, default=None, help="verify the bundle and the retained desired state first")
     pub.add_argument("--seq", type=int, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
@@ -113,19 +128,68 @@ class _Bar:
         sys.stderr.flush()
 
 
+def _staged_steps(args: argparse.Namespace) -> list[int] | None:
+    """The steps of a watched rollout, or None for a plain publish."""
+    if args.steps is not None and args.rollout is not None:
+        raise UsageError("--rollout and --steps cannot be combined: give the last percentage as the last step")
+    if args.steps is None and args.max_failures is None:
+        return None
+    if args.device is not None:
+        raise UsageError("--steps and --max-failures watch a fleet-wide rollout; they cannot be used with --device")
+    if args.seq is not None:
+        raise UsageError("--steps and --max-failures publish several desired states; --seq cannot be given")
+    if args.max_failures is not None and not 0 <= args.max_failures <= 100:
+        raise UsageError(f"--max-failures: expected a percentage in [0, 100], found {args.max_failures:g}")
+    return parse_steps(args.steps) if args.steps is not None else [100 if args.rollout is None else args.rollout]
+
+
+def _print_step(step: StepResult) -> None:
+    r = step.published
+    chunks = f"{r.chunks_sent} chunks, {r.bytes_sent} bytes" if r.chunks_sent else "no chunks"
+    print(f"step {step.percent}%: published desired seq {r.seq} ({chunks}); after {step.waited_s:.1f} s ({step.why}): {step.tally.describe()}", flush=True)
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
-    """Publish a bundle's chunks and manifest, then the signed desired state."""
+    """Publish a bundle's chunks and manifest, then the signed desired state (in watched steps if asked)."""
     if not args.bundle.is_file():
         raise UsageError(f"{args.bundle}: no such file")
+    steps = _staged_steps(args)
     keys = load_keys(args.sign_key)
     root = load_root_file(args.root) if args.root else None
     expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
+    if steps is not None:
+        with _session(args) as session:
+            staged = staged_rollout(
+                session,
+                args.bundle,
+                keys,
+                steps,
+                step_wait_s=args.step_wait,
+                max_failures=args.max_failures,
+                root=root,
+                expires_in_s=expires,
+                force_chunks=args.force_chunks,
+                progress=_Bar(),
+                on_step=_print_step,
+            )
+        if staged.halted_at is None:
+            print(f"rollout of {staged.name} v{staged.version} reached {staged.final_percent}%")
+            return 0
+        t = staged.steps[-1].tally
+        where = "the rollout stays at" if staged.halted_at < 100 else "the rollout had already reached"
+        print(
+            f"edge-runtime: rollout of {staged.name} v{staged.version} halted at {staged.halted_at}%: "
+            f"{t.failed + t.rejected} of {t.finished} devices that finished failed or rejected it "
+            f"({t.failure_percent:.1f}%), above --max-failures {args.max_failures:g}%; {where} {staged.halted_at}%",
+            file=sys.stderr,
+        )
+        return 1
     with _session(args) as session:
         r = publish_release(
             session,
             args.bundle,
             keys,
-            percent=args.rollout,
+            percent=100 if args.rollout is None else args.rollout,
             device=args.device,
             root=root,
             seq=args.seq,
@@ -139,13 +203,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print the fleet's devices."""
+    """Print the fleet's devices, then counts (devices, versions, failures, the desired release's progress)."""
     with _session(args) as session:
-        devices = collect_status(session)
+        view = collect_fleet(session)
+    devices = view.devices
     if args.json:
         print(json.dumps(devices, indent=2, sort_keys=True))
     elif devices:
         print(format_table(devices))
+        print()
+        print("\n".join(summary_lines(view)))
     else:
         print(f"no device of fleet {args.fleet!r} has reported yet")
     return 0

@@ -4,7 +4,8 @@ Reading "everything retained under these filters" needs to know when the broker 
 it all. The session subscribes to a private marker topic together with the filters, then
 publishes one message to the marker: a broker handles one client's packets in order and
 queues the retained messages of a SUBSCRIBE before the marker, so when the marker comes
-back the snapshot is complete. No sleeping, no guessing.
+back the snapshot is complete. No sleeping, no guessing. :meth:`FleetSession.watch` uses the
+same marker to return once the retained messages are in, then keeps delivering live ones.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edge_runtime.updates.protocol import Topics
 MAX_OUTSTANDING = 64
 
 ProgressFn = Callable[[int, int], None]  # progress(done_bytes, total_bytes)
+MessageFn = Callable[[Message], None]
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class FleetSession:
         self._thread = threading.Thread(target=self._run, name="fleet-mqtt", daemon=True)
         self._lock = threading.Lock()
         self._collect: tuple[list[str], dict[str, bytes]] | None = None
+        self._watches: list[tuple[list[str], MessageFn]] = []
         self._marker = ""
         self._marker_seen = threading.Event()
         self._lost = ""
@@ -91,6 +94,10 @@ class FleetSession:
             self._marker_seen.set()
             return
         with self._lock:
+            watchers = [fn for filters, fn in self._watches if any(paho.topic_matches_sub(f, msg.topic) for f in filters)]
+        for fn in watchers:
+            fn(msg)
+        with self._lock:
             if self._collect is None or not msg.retain:
                 return
             filters, out = self._collect
@@ -100,26 +107,43 @@ class FleetSession:
                 else:
                     out.pop(msg.topic, None)
 
-    def snapshot(self, filters: Sequence[str]) -> dict[str, bytes]:
-        """Every non-empty retained message under ``filters``, by topic."""
-        self._check()
-        out: dict[str, bytes] = {}
+    def _round_trip(self, filters: Sequence[str]) -> None:
+        """Subscribe to ``filters`` and return once their retained messages have arrived."""
         self._marker = f"{self.topics.base}/operator/{self.client_id}/{uuid.uuid4().hex[:8]}"
         self._marker_seen.clear()
+        self.link.subscribe([self._marker, *filters])
+        self.link.publish(self._marker, b"marker")
+        if not self._marker_seen.wait(self.options.timeout_s):
+            self._check()
+            raise TransportError(f"the broker did not answer within {self.options.timeout_s:g} s")
+
+    def snapshot(self, filters: Sequence[str]) -> dict[str, bytes]:
+        """Every non-empty retained message under ``filters``, by topic.
+
+        Do not snapshot a filter that is being watched: the snapshot unsubscribes at the end.
+        """
+        self._check()
+        out: dict[str, bytes] = {}
         with self._lock:
             self._collect = (list(filters), out)
         try:
-            self.link.subscribe([self._marker, *filters])
-            self.link.publish(self._marker, b"marker")
-            if not self._marker_seen.wait(self.options.timeout_s):
-                self._check()
-                raise TransportError(f"the broker did not answer within {self.options.timeout_s:g} s")
+            self._round_trip(filters)
         finally:
             with self._lock:
                 self._collect = None
             if self.link.connected:
                 self.link.unsubscribe([self._marker, *filters])
         return dict(out)
+
+    def watch(self, filters: Sequence[str], on_message: MessageFn) -> None:
+        """Hand every message under ``filters`` to ``on_message`` (on the session's network thread),
+        retained ones first: returns once those have been handed over. Lasts as long as the session."""
+        self._check()
+        with self._lock:
+            self._watches.append((list(filters), on_message))
+        self._round_trip(filters)
+        if self.link.connected:
+            self.link.unsubscribe([self._marker])
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> Publication:
         """Publish at QoS 1 (retained by default)."""
@@ -145,4 +169,4 @@ class FleetSession:
         return sent
 
 
-__all__ = ["BrokerOptions", "FleetSession", "ProgressFn"]
+__all__ = ["BrokerOptions", "FleetSession", "MessageFn", "ProgressFn"]

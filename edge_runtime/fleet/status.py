@@ -1,32 +1,95 @@
-"""``fleet status``: one row per device from the retained ``state`` and ``online`` topics."""
+"""``fleet status``: one row per device from the retained ``state`` and ``online`` topics, and a summary.
+
+:class:`DeviceStates` keeps the newest state of every device from messages (a snapshot, or
+a live :meth:`~edge_runtime.fleet.session.FleetSession.watch` for a staged rollout).
+:func:`summary_lines` counts the fleet: devices online, versions running, failures, and for
+each model of the fleet's desired state where its release stands (:mod:`.rollout`).
+"""
 
 from __future__ import annotations
 
+import collections
 import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from edge_runtime.exceptions import BadDataError
+from edge_runtime.fleet.publish import read_desired_models
+from edge_runtime.fleet.rollout import Tally, tally
 from edge_runtime.fleet.session import FleetSession
+from edge_runtime.updates.mqtt import Message
+from edge_runtime.updates.protocol import Topics
+
+StateFn = Callable[[str, dict[str, Any]], None]  # on_state(device, state document)
+
+
+class DeviceStates:
+    """The newest state document and online flag of each device, fed with messages (thread-safe)."""
+
+    def __init__(self, topics: Topics, on_state: StateFn | None = None) -> None:
+        self.topics = topics
+        self._on_state = on_state
+        self._lock = threading.Lock()
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    def on_message(self, msg: Message) -> None:
+        """Take one ``devices/<id>/state`` or ``devices/<id>/online`` message (others are ignored)."""
+        self.add(msg.topic, msg.payload)
+
+    def add(self, topic: str, payload: bytes) -> None:
+        """Take one message by topic and payload; an empty payload (a cleared topic) forgets the value."""
+        ref = self.topics.parse(topic)
+        if ref is None or ref.kind not in ("device_state", "device_online"):
+            return
+        try:
+            value = json.loads(payload) if payload else None
+        except ValueError:
+            value = None
+        with self._lock:
+            row = self._rows.setdefault(ref.device, {"device": ref.device, "online": None, "state": None})
+            if ref.kind == "device_online":
+                row["online"] = value is True if value is not None else None
+            else:
+                row["state"] = value if isinstance(value, dict) else None
+        if ref.kind == "device_state" and isinstance(value, dict) and self._on_state is not None:
+            self._on_state(ref.device, value)
+
+    def devices(self) -> list[dict[str, Any]]:
+        """Every device seen, sorted by id (copies)."""
+        with self._lock:
+            return [dict(self._rows[k]) for k in sorted(self._rows)]
 
 
 def collect_status(session: FleetSession) -> list[dict[str, Any]]:
     """Every device that left a retained state or online flag, sorted by id."""
+    return collect_fleet(session).devices
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """What ``fleet status`` shows: the devices and the fleet's desired models (as published, unverified)."""
+
+    devices: list[dict[str, Any]]
+    desired: dict[str, Any] = field(default_factory=dict)
+    desired_seq: int | None = None
+    desired_error: str = ""
+
+
+def collect_fleet(session: FleetSession) -> FleetView:
+    """One snapshot of the devices' state and online topics and the fleet's desired state."""
     topics = session.topics
-    retained = session.snapshot([topics.devices_filter("state"), topics.devices_filter("online")])
-    devices: dict[str, dict[str, Any]] = {}
+    retained = session.snapshot([topics.devices_filter("state"), topics.devices_filter("online"), topics.desired])
+    states = DeviceStates(topics)
     for topic, payload in retained.items():
-        ref = topics.parse(topic)
-        if ref is None or not ref.device:
-            continue
-        row = devices.setdefault(ref.device, {"device": ref.device, "online": None, "state": None})
-        try:
-            value = json.loads(payload)
-        except ValueError:
-            value = None
-        if ref.kind == "device_online":
-            row["online"] = value is True
-        elif ref.kind == "device_state" and isinstance(value, dict):
-            row["state"] = value
-    return [devices[k] for k in sorted(devices)]
+        states.add(topic, payload)
+    message = retained.get(topics.desired)
+    try:
+        seq, models = read_desired_models(message)
+    except BadDataError as exc:
+        return FleetView(states.devices(), desired_error=str(exc))
+    return FleetView(states.devices(), models, seq if message else None)
 
 
 def _models_cell(state: dict[str, Any]) -> str:
@@ -55,8 +118,9 @@ def _error_cell(state: dict[str, Any], width: int = 60) -> str:
     e = state.get("last_error")
     if not isinstance(e, dict):
         return "-"
+    reason = str(e.get("reason", ""))
     where = f"{e.get('model')} v{e.get('version')}: " if e.get("model") else ""
-    text = f"{where}{e.get('reason', '')}"
+    text = reason if reason.startswith(where) else f"{where}{reason}"  # self-test reasons already name the version
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -79,4 +143,68 @@ def format_table(devices: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["collect_status", "format_table", "status_rows"]
+def _version_key(v: str) -> tuple[int, str]:
+    return (int(v), "") if v.isdigit() else (-1, v)
+
+
+def desired_tallies(devices: list[dict[str, Any]], desired: Mapping[str, Any]) -> list[Tally]:
+    """Where each model of the fleet's desired state stands (see :mod:`edge_runtime.fleet.rollout`)."""
+    out = []
+    for name, target in sorted(desired.items()):
+        if not isinstance(target, Mapping) or not isinstance(target.get("version"), int):
+            continue
+        rollout = target.get("rollout")
+        if isinstance(rollout, Mapping):
+            percent, salt = int(rollout.get("percent", 100)), str(rollout.get("salt", ""))
+        else:
+            percent, salt = 100, ""
+        out.append(tally(devices, str(name), int(target["version"]), percent, salt))
+    return out
+
+
+def summary_lines(view: FleetView) -> list[str]:
+    """Counts under the table: devices, versions per model, failures, the desired release's progress."""
+    devices = view.devices
+    online = sum(1 for d in devices if d.get("online") is True)
+    offline = sum(1 for d in devices if d.get("online") is False)
+    states = [d["state"] for d in devices if isinstance(d.get("state"), dict)]
+    updating = sum(1 for s in states if isinstance(s.get("update"), dict))
+    errors = sum(1 for s in states if isinstance(s.get("last_error"), dict))
+    lines = [
+        f"{len(devices)} devices: {online} online, {offline} offline, {len(devices) - online - offline} unknown; "
+        f"{updating} updating; {errors} reporting a last error"
+    ]
+    running: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    failed: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for s in states:
+        for name, m in (s.get("models") or {}).items():
+            if not isinstance(m, dict):
+                continue
+            active = m.get("active")
+            running[name]["factory" if active is None else f"v{active}"] += 1
+            for v in m.get("failed") or {}:
+                failed[name][f"v{v}"] += 1
+    for name in sorted(set(running) | set(failed)):
+        order = sorted(running[name].items(), key=lambda kv: (-kv[1], kv[0]))
+        text = f"{name}: " + ", ".join(f"{v} on {n}" for v, n in order)
+        if failed[name]:
+            fails = sorted(failed[name].items(), key=lambda kv: _version_key(kv[0][1:]))
+            text += "; failed " + ", ".join(f"{v} on {n}" for v, n in fails)
+        lines.append(text)
+    if view.desired_error:
+        lines.append(f"desired state: {view.desired_error}")
+    for t in desired_tallies(devices, view.desired):
+        lines.append(f"desired {t.describe()}")
+    return lines
+
+
+__all__ = [
+    "DeviceStates",
+    "FleetView",
+    "collect_fleet",
+    "collect_status",
+    "desired_tallies",
+    "format_table",
+    "status_rows",
+    "summary_lines",
+]

@@ -1,0 +1,140 @@
+"""Where a release stands across the fleet, and when a staged rollout must stop. Pure code.
+
+The operator knows a device only from its retained ``state`` document. For one release
+(``name`` v``version`` offered to ``percent`` % with ``salt``) each device is exactly one of:
+
+* ``failed``: the version is in the device's ``failed`` list (its self-test or activation
+  failed and the device rolled back; it never retries that version);
+* ``updated``: the version is active and no job for it is still running;
+* ``rejected``: the device refused the release (its last error names this version and it is
+  idle without it: incompatible CPU or runtime, too big, below the rollback floor);
+* ``pending``: in the rollout (its bucket is below ``percent``) and none of the above yet;
+* ``outside``: not in the rollout and not touched by this release.
+
+The failure share of a step is ``(failed + rejected) / (updated + failed + rejected)``: the
+share of the devices that finished trying the release which did not end up running it, the
+way AWS IoT Jobs counts FAILED and REJECTED executions against its abort threshold and
+hawkBit its error threshold. Devices still pending do not count either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.exceptions import UsageError
+from edge_runtime.updates.verify import rollout_bucket
+
+OUTCOMES = ("updated", "failed", "rejected", "pending", "outside")
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Counts of one release across the devices that reported a state."""
+
+    name: str
+    version: int
+    percent: int
+    devices: int
+    in_rollout: int
+    updated: int
+    failed: int
+    rejected: int
+    pending: int
+
+    @property
+    def finished(self) -> int:
+        """Devices that tried the release and are done with it, for better or worse."""
+        return self.updated + self.failed + self.rejected
+
+    @property
+    def failure_percent(self) -> float:
+        """Failed and rejected devices as a percentage of the finished ones (0 when none finished)."""
+        return 100.0 * (self.failed + self.rejected) / self.finished if self.finished else 0.0
+
+    def describe(self) -> str:
+        """One line for a terminal."""
+        return (
+            f"{self.name} v{self.version} at {self.percent}%: {self.updated} updated, {self.failed} failed, "
+            f"{self.rejected} rejected, {self.pending} pending of {self.in_rollout} devices in the rollout "
+            f"({self.devices} reporting); failure share {self.failure_percent:.1f}%"
+        )
+
+
+def _model_entry(state: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+    models = (state or {}).get("models")
+    entry = models.get(name) if isinstance(models, Mapping) else None
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: int, percent: int, salt: str) -> str:
+    """Which of :data:`OUTCOMES` a device is in for ``name`` v``version``."""
+    entry = _model_entry(state, name)
+    failed = entry.get("failed")
+    if isinstance(failed, Mapping) and str(version) in failed:
+        return "failed"
+    update = (state or {}).get("update")
+    busy_with_it = isinstance(update, Mapping) and update.get("model") == name and update.get("version") == version
+    if entry.get("active") == version and not busy_with_it:
+        return "updated"
+    error = (state or {}).get("last_error")
+    if (
+        isinstance(error, Mapping)
+        and error.get("model") == name
+        and error.get("version") == version
+        and not busy_with_it
+        and entry.get("active") != version
+    ):
+        return "rejected"
+    if rollout_bucket(device, salt) < percent:
+        return "pending"
+    return "outside"
+
+
+def tally(devices: Iterable[Mapping[str, Any]], name: str, version: int, percent: int, salt: str) -> Tally:
+    """Count every device (rows as :func:`~edge_runtime.fleet.status.collect_status` returns them)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    in_rollout = total = 0
+    for row in devices:
+        state = row.get("state")
+        if not isinstance(state, Mapping):
+            continue  # an online flag without a state: the device never said what it runs
+        total += 1
+        device = str(row["device"])
+        counts[outcome(device, state, name, version, percent, salt)] += 1
+        in_rollout += rollout_bucket(device, salt) < percent
+    return Tally(
+        name, version, percent, total, in_rollout, counts["updated"], counts["failed"], counts["rejected"], counts["pending"]
+    )
+
+
+def over_limit(t: Tally, max_failures_percent: float) -> bool:
+    """The failure share of the finished devices passes the limit (strictly above it)."""
+    return t.finished > 0 and t.failure_percent > max_failures_percent
+
+
+def surely_over_limit(t: Tally, max_failures_percent: float) -> bool:
+    """Over the limit even if every pending device succeeds: no need to wait for them."""
+    bad = t.failed + t.rejected
+    return bad > 0 and 100.0 * bad > max_failures_percent * (t.finished + t.pending)
+
+
+def parse_steps(text: str) -> list[int]:
+    """``"10,50,100"`` -> ``[10, 50, 100]``: strictly increasing percentages in 1..100."""
+    steps: list[int] = []
+    for part in text.split(","):
+        part = part.strip().rstrip("%")
+        try:
+            value = int(part)
+        except ValueError:
+            raise UsageError(f"--steps: expected comma-separated percentages like 10,50,100, found {text!r}") from None
+        if not 1 <= value <= 100:
+            raise UsageError(f"--steps: expected percentages in 1..100, found {value}")
+        if steps and value <= steps[-1]:
+            raise UsageError(f"--steps: expected increasing percentages, found {value} after {steps[-1]}")
+        steps.append(value)
+    return steps
+
+
+__all__ = ["OUTCOMES", "Tally", "outcome", "over_limit", "parse_steps", "surely_over_limit", "tally"]

@@ -1,0 +1,135 @@
+"""``fleet publish --steps 10,50,100 --step-wait S --max-failures P``: a rollout that halts itself.
+
+The release is published once (chunks and manifest), then the fleet's desired state is
+raised step by step. After each step the operator watches the devices' retained state
+(:class:`~edge_runtime.fleet.status.DeviceStates`, live) and judges the step when
+
+* every device in the step's rollout has finished (updated, failed or rejected), or
+* the failure share is over the limit even if every pending device succeeds, or
+* ``step_wait_s`` has passed (devices still pending then are not counted either way).
+
+If the failure share of the finished devices (:mod:`edge_runtime.fleet.rollout`) is then
+above ``max_failures`` percent, the rollout halts: the desired state stays at the step's
+percentage (nothing is published), and the result says so. A halted rollout is resumed
+by publishing again (the same release with a higher ``--rollout`` or ``--steps``) or
+replaced by a fixed release with a higher version.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.exceptions import UsageError
+from edge_runtime.fleet.publish import PublishResult, publish_release
+from edge_runtime.fleet.rollout import Tally, over_limit, surely_over_limit, tally
+from edge_runtime.fleet.session import FleetSession, ProgressFn
+from edge_runtime.fleet.status import DeviceStates
+from edge_runtime.trust.keys import PrivateKey
+from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.protocol import rollout_salt
+
+POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step: what was published and where the release stood when the step was judged."""
+
+    percent: int
+    published: PublishResult
+    tally: Tally
+    waited_s: float
+    why: str  # "finished", "over the limit" or "step wait over"
+    halted: bool
+
+
+@dataclass
+class StagedResult:
+    """Every step taken; ``halted_at`` is the percentage the rollout was left at when it halted."""
+
+    name: str
+    version: int
+    max_failures: float | None
+    steps: list[StepResult] = field(default_factory=list)
+    halted_at: int | None = None
+
+    @property
+    def final_percent(self) -> int:
+        """The percentage the fleet's desired state is left at."""
+        return self.steps[-1].percent if self.steps else 0
+
+
+def _judge(t: Tally, max_failures: float | None, deadline: float, now: float) -> str | None:
+    if max_failures is not None and surely_over_limit(t, max_failures):
+        return "over the limit"
+    if t.pending == 0:
+        return "finished"
+    if now >= deadline:
+        return "step wait over"
+    return None
+
+
+def staged_rollout(
+    session: FleetSession,
+    bundle_path: Path,
+    keys: Sequence[PrivateKey],
+    steps: Sequence[int],
+    *,
+    step_wait_s: float,
+    max_failures: float | None = None,
+    root: TrustRoot | None = None,
+    expires_in_s: float | None = None,
+    force_chunks: bool = False,
+    progress: ProgressFn | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> StagedResult:
+    """Publish ``bundle_path`` to the fleet in ``steps`` (percentages), halting on failures."""
+    if not steps or list(steps) != sorted(set(steps)) or not all(1 <= s <= 100 for s in steps):
+        raise UsageError(f"steps must be increasing percentages in 1..100, found {list(steps)}")
+    if step_wait_s < 0:
+        raise UsageError(f"--step-wait must be >= 0 seconds, found {step_wait_s:g}")
+    if max_failures is not None and not 0 <= max_failures <= 100:
+        raise UsageError(f"--max-failures must be a percentage in [0, 100], found {max_failures:g}")
+    with open_bundle(Path(bundle_path), root) as bundle:
+        name, version = bundle.manifest.name, bundle.manifest.version
+    salt = rollout_salt(name, version)
+    states = DeviceStates(session.topics)
+    session.watch([session.topics.devices_filter("state"), session.topics.devices_filter("online")], states.on_message)
+    result = StagedResult(name, version, max_failures)
+    for i, percent in enumerate(steps):
+        published = publish_release(
+            session,
+            bundle_path,
+            keys,
+            percent=percent,
+            root=root,
+            expires_in_s=expires_in_s,
+            force_chunks=force_chunks and i == 0,
+            progress=progress if i == 0 else None,
+        )
+        started = clock()
+        deadline = started + step_wait_s
+        while True:
+            t = tally(states.devices(), name, version, percent, salt)
+            why = _judge(t, max_failures, deadline, clock())
+            if why is not None:
+                break
+            sleep(POLL_S)
+        halted = max_failures is not None and over_limit(t, max_failures)
+        step = StepResult(percent, published, t, clock() - started, why, halted)
+        result.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+        if halted:
+            result.halted_at = percent
+            break
+    return result
+
+
+__all__ = ["StagedResult", "StepResult", "staged_rollout"]

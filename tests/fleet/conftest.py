@@ -1,0 +1,150 @@
+"""Fixtures for fleet-scale tests: simulated devices (the real update client, many per test),
+a factory bundle they all start from, a live view of their retained state, and the CLI.
+
+The keys, the releases of the demo model and mosquitto come from the update tests' fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, wait_until
+
+from edge_runtime.fleet.session import BrokerOptions, FleetSession
+from edge_runtime.fleet.simulate import Fault, SimSettings, SimulatedFleet
+from edge_runtime.fleet.status import DeviceStates
+from edge_runtime.trust.keys import generate_private_key, private_key_pem
+from edge_runtime.trust.root import make_root, sign_root, verify_root
+from edge_runtime.updates.protocol import Topics
+
+EDGE = Path(sys.executable).parent / "edge-runtime"
+TOPICS = Topics("edge", FLEET)
+
+__all__ = [
+    "EDGE", "FLEET", "TOPICS", "FleetKeys", "Mosquitto", "Releases", "SimulateFn", "Watch", "cli", "model_entry", "retained_desired", "settled", "wait_until",
+]
+
+
+@pytest.fixture(scope="session")
+def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> FleetKeys:
+    """A root key and a models key, as in the update tests."""
+    d = tmp_path_factory.mktemp("fleet-keys")
+    root_key, models_key, stranger = generate_private_key(), generate_private_key(), generate_private_key()
+    root_bytes = sign_root(make_root(1, [root_key], [models_key]), [root_key])
+    for name, key in (("root.key", root_key), ("signing.key", models_key), ("stranger.key", stranger)):
+        (d / name).write_bytes(private_key_pem(key))
+    (d / "root.json").write_bytes(root_bytes)
+    return FleetKeys(root_key, models_key, stranger, verify_root(root_bytes), root_bytes, d)
+
+
+@pytest.fixture(scope="session")
+def releases(tmp_path_factory: pytest.TempPathFactory, fleet_keys: FleetKeys) -> Releases:
+    """Signed bundles of the demo model, shared by the session."""
+    return Releases(tmp_path_factory.mktemp("releases"), fleet_keys)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A real mosquitto on a free loopback port, for one test."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+def factory(tmp_path: Path, releases: Releases) -> Path:
+    """A factory directory holding ``fraud`` v1, signed by the fleet's key: every device starts there."""
+    d = tmp_path / "factory"
+    d.mkdir()
+    shutil.copyfile(releases.bundle(1), d / "fraud.bundle")
+    return d
+
+
+SimulateFn = Callable[..., SimulatedFleet]
+
+
+@pytest.fixture
+def simulate(tmp_path: Path, fleet_keys: FleetKeys, factory: Path) -> Iterator[SimulateFn]:
+    """``simulate(url, ids, faults=(), processes=0)``: a started simulated fleet, stopped after the test."""
+    started: list[SimulatedFleet] = []
+
+    def make(url: str, ids: Sequence[str], faults: Sequence[Fault] = (), processes: int = 0, name: str = "sim") -> SimulatedFleet:
+        settings = SimSettings(
+            url=url,
+            fleet=FLEET,
+            root_file=fleet_keys.path("root.json"),
+            work_dir=tmp_path / name,
+            factory_dir=factory,
+            faults=tuple(faults),
+        )
+        fleet = SimulatedFleet(settings, ids, processes=processes)
+        started.append(fleet)
+        return fleet.start()
+
+    yield make
+    for fleet in started:
+        fleet.stop()
+
+
+class Watch:
+    """The operator's live view of every device's retained state (FleetSession.watch + DeviceStates)."""
+
+    def __init__(self, url: str) -> None:
+        self.session = FleetSession(BrokerOptions(url=url, timeout_s=30), TOPICS).__enter__()
+        self.states = DeviceStates(TOPICS)
+        self.session.watch([TOPICS.devices_filter("state"), TOPICS.devices_filter("online")], self.states.on_message)
+
+    def state(self, device: str) -> dict[str, Any]:
+        """The newest state document of ``device`` ({} before the first)."""
+        for row in self.states.devices():
+            if row["device"] == device:
+                return dict(row["state"] or {})
+        return {}
+
+    def close(self) -> None:
+        """End the session."""
+        self.session.__exit__(None, None, None)
+
+
+def model_entry(state: dict[str, Any], name: str = "fraud") -> dict[str, Any]:
+    """``state["models"][name]`` or {}."""
+    entry = (state.get("models") or {}).get(name)
+    return dict(entry) if isinstance(entry, dict) else {}
+
+
+def settled(watch: Watch, ids: Sequence[str], seq: int) -> bool:
+    """Every device has taken desired state ``seq`` and has no update in progress."""
+    for d in ids:
+        s = watch.state(d)
+        if (s.get("desired_seq") or {}).get("desired") != seq or s.get("update") is not None:
+            return False
+    return True
+
+
+def cli(*args: Any, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real ``edge-runtime`` command."""
+    return subprocess.run([str(EDGE), *map(str, args)], capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def retained_desired(url: str) -> dict[str, Any]:
+    """The fleet's retained desired-state document (unverified; for assertions)."""
+    with FleetSession(BrokerOptions(url=url, timeout_s=30), TOPICS) as session:
+        message = session.snapshot([TOPICS.desired])[TOPICS.desired]
+    doc: dict[str, Any] = json.loads(json.loads(message)["desired"])
+    return doc
+
+
+@pytest.fixture
+def watch(mosquitto: Mosquitto) -> Iterator[Watch]:
+    """The live view of the devices on the test's broker."""
+    w = Watch(mosquitto.url)
+    yield w
+    w.close()

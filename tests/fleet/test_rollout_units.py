@@ -1,0 +1,161 @@
+"""Pure parts of fleet rollouts: how a device's state counts for a release, the halting rule, the
+``--steps`` syntax, the ``fleet status`` summary, and the simulator's fault injection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from updates.conftest import FACTORY
+
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.cli import main
+from edge_runtime.exceptions import SelfTestError, UsageError
+from edge_runtime.fleet.rollout import Tally, outcome, over_limit, parse_steps, surely_over_limit, tally
+from edge_runtime.fleet.simulate import Fault, MiscomputingBackend, device_ids
+from edge_runtime.fleet.status import DeviceStates, FleetView, summary_lines
+from edge_runtime.inference.backend import load_backend
+from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.verify import rollout_bucket
+
+SALT = "fraud-2"
+
+
+def state(active: int | None, failed: tuple[int, ...] = (), update: dict[str, Any] | None = None,
+          error: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "models": {"fraud": {"active": active, "failed": {str(v): "self-test failed" for v in failed}}},
+        "update": update,
+        "last_error": error,
+    }
+
+
+def in_and_out() -> tuple[str, str]:
+    ids = device_ids(50)
+    inside = next(d for d in ids if rollout_bucket(d, SALT) < 50)
+    outside = next(d for d in ids if rollout_bucket(d, SALT) >= 50)
+    return inside, outside
+
+
+def test_each_device_state_counts_as_exactly_one_outcome() -> None:
+    inside, outside = in_and_out()
+    assert outcome(inside, state(2), "fraud", 2, 50, SALT) == "updated"
+    assert outcome(inside, state(1, failed=(2,)), "fraud", 2, 50, SALT) == "failed"
+    assert outcome(inside, state(1), "fraud", 2, 50, SALT) == "pending"
+    assert outcome(outside, state(1), "fraud", 2, 50, SALT) == "outside"
+    assert outcome(inside, None, "fraud", 2, 50, SALT) == "pending"
+
+
+def test_a_version_still_activating_is_not_yet_updated() -> None:
+    inside, _ = in_and_out()
+    busy = {"model": "fraud", "version": 2, "phase": "activating"}
+    assert outcome(inside, state(2, update=busy), "fraud", 2, 50, SALT) == "pending"
+
+
+def test_a_refused_release_counts_as_rejected_but_a_bad_chunk_mid_download_does_not() -> None:
+    inside, outside = in_and_out()
+    refused = {"model": "fraud", "version": 2, "reason": "incompatible: needs aarch64"}
+    assert outcome(inside, state(1, error=refused), "fraud", 2, 50, SALT) == "rejected"
+    assert outcome(outside, state(1, error=refused), "fraud", 2, 50, SALT) == "rejected"
+    downloading = {"model": "fraud", "version": 2, "phase": "downloading", "percent": 40}
+    assert outcome(inside, state(1, update=downloading, error=refused), "fraud", 2, 50, SALT) == "pending"
+    old = {"model": "fraud", "version": 1, "reason": "chunk dropped"}
+    assert outcome(inside, state(2, error=old), "fraud", 2, 50, SALT) == "updated"
+
+
+def test_tally_skips_devices_without_a_state_and_counts_the_bucket() -> None:
+    ids = device_ids(20)
+    rows = [{"device": d, "online": True, "state": state(2 if rollout_bucket(d, SALT) < 50 else 1)} for d in ids]
+    rows.append({"device": "silent", "online": True, "state": None})
+    t = tally(rows, "fraud", 2, 50, SALT)
+    expected = sum(rollout_bucket(d, SALT) < 50 for d in ids)
+    assert (t.devices, t.in_rollout, t.updated, t.failed, t.pending) == (20, expected, expected, 0, 0)
+
+
+def test_failure_share_is_of_the_finished_devices_and_must_pass_the_limit() -> None:
+    t = Tally("fraud", 2, 50, devices=20, in_rollout=10, updated=8, failed=2, rejected=0, pending=0)
+    assert t.failure_percent == 20.0
+    assert not over_limit(t, 20.0), "at the limit is not past it"
+    assert over_limit(t, 19.9)
+    none_finished = Tally("fraud", 2, 50, devices=20, in_rollout=10, updated=0, failed=0, rejected=0, pending=10)
+    assert none_finished.failure_percent == 0.0 and not over_limit(none_finished, 0.0)
+    with_rejects = Tally("fraud", 2, 50, devices=20, in_rollout=10, updated=6, failed=1, rejected=1, pending=2)
+    assert with_rejects.failure_percent == 25.0
+
+
+def test_a_step_is_surely_over_only_if_it_stays_over_when_every_pending_device_succeeds() -> None:
+    early = Tally("fraud", 2, 50, devices=20, in_rollout=10, updated=0, failed=1, rejected=0, pending=9)
+    assert over_limit(early, 20.0) and not surely_over_limit(early, 20.0)
+    certain = Tally("fraud", 2, 50, devices=20, in_rollout=10, updated=1, failed=3, rejected=0, pending=6)
+    assert surely_over_limit(certain, 20.0)
+
+
+def test_steps_are_increasing_percentages() -> None:
+    assert parse_steps("10,50,100") == [10, 50, 100]
+    assert parse_steps(" 5%, 25% ,100") == [5, 25, 100]
+    for bad in ("10,5", "0,50", "10,101", "ten", "10,,50", "50,50"):
+        with pytest.raises(UsageError):
+            parse_steps(bad)
+
+
+def test_status_summary_counts_versions_failures_and_the_desired_release() -> None:
+    ids = device_ids(10)
+    rows = []
+    for i, d in enumerate(ids):
+        st = state(2 if i < 2 else 3, failed=(3,) if i < 2 else ())
+        if i < 2:
+            st["last_error"] = {"model": "fraud", "version": 3, "reason": "differs from golden"}
+        rows.append({"device": d, "online": i != 9, "state": st})
+    view = FleetView(rows, {"fraud": {"version": 3, "rollout": {"percent": 100, "salt": "fraud-3"}}}, 7)
+    lines = summary_lines(view)
+    assert lines[0] == "10 devices: 9 online, 1 offline, 0 unknown; 0 updating; 2 reporting a last error"
+    assert lines[1] == "fraud: v3 on 8, v2 on 2; failed v3 on 2"
+    assert lines[2] == (
+        "desired fraud v3 at 100%: 8 updated, 2 failed, 0 rejected, 0 pending of 10 devices in the rollout "
+        "(10 reporting); failure share 20.0%"
+    )
+
+
+def test_device_states_keep_the_newest_document_and_forget_cleared_topics() -> None:
+    topics = Topics("edge", "f1")
+    seen: list[str] = []
+    states = DeviceStates(topics, on_state=lambda d, s: seen.append(d))
+    states.add(topics.state("pi-1"), b'{"models": {}}')
+    states.add(topics.online("pi-1"), b"true")
+    states.add(topics.state("pi-2"), b"not json")
+    states.add("edge/f1/desired", b"{}")
+    assert [(r["device"], r["online"], r["state"]) for r in states.devices()] == [
+        ("pi-1", True, {"models": {}}), ("pi-2", None, None)
+    ]
+    states.add(topics.state("pi-1"), b"")
+    assert states.devices()[0]["state"] is None and seen == ["pi-1"]
+
+
+def test_a_fault_applies_to_its_devices_model_and_versions_only() -> None:
+    fault = Fault("fraud", frozenset({3}), frozenset({"sim-0000"}))
+    assert fault.applies("sim-0000", "fraud", 3)
+    assert not fault.applies("sim-0001", "fraud", 3)
+    assert not fault.applies("sim-0000", "fraud", 2)
+    assert not fault.applies("sim-0000", "other", 3)
+
+
+def test_the_demo_model_fails_its_self_test_only_when_miscomputed() -> None:
+    with open_bundle(FACTORY / "fraud.bundle", None) as bundle:
+        manifest = bundle.manifest
+        model = bundle.read_artifact(manifest.model_file)
+    assert run_selftest(load_backend(manifest, model), manifest) < 1e-3
+    with pytest.raises(SelfTestError, match="differs from golden"):
+        run_selftest(MiscomputingBackend(load_backend(manifest, model)), manifest)
+
+
+def test_publish_rejects_contradictory_rollout_options(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["fleet", "publish", __file__, "--fleet", "f1", "--sign-key", "k.pem"]
+    assert main([*base, "--rollout", "10", "--steps", "10,100"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    assert main([*base, "--steps", "10,100", "--device", "pi-1"]) == 2
+    assert "cannot be used with --device" in capsys.readouterr().err
+    assert main([*base, "--steps", "50,10"]) == 2
+    assert "increasing" in capsys.readouterr().err
+    assert main([*base, "--max-failures", "120"]) == 2
+    assert "[0, 100]" in capsys.readouterr().err
