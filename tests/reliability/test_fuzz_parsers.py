@@ -170,3 +170,206 @@ def test_bundle_reader_odd_members(signed: dict[str, Any], members: list[tuple[s
     path.write_bytes(buf.getvalue())
     with pytest.raises(EdgeRuntimeError):
         open_bundle(path, signed["root"])
+
+
+# -- the update protocol: desired state, manifest message, trust root, chunks, topics ------------
+
+FLEET = "f1"
+
+
+@pytest.fixture(scope="module")
+def protocol(signed: dict[str, Any]) -> dict[str, Any]:
+    """A signed desired state and manifest message of the fuzz bundle, and the fleet's topics."""
+    from edge_runtime.trust.keys import sign
+    from edge_runtime.updates.protocol import Topics, desired_document, manifest_message, signed_message
+
+    key = signed["key"]
+    doc = desired_document(FLEET, 7, {"fraud": {"version": 1, "rollout": {"percent": 50, "salt": "fraud-1"}}})
+    payload = canonical_json(doc)
+    sig = json.loads(signed["sig"])["signatures"]
+    return {
+        "key": key,
+        "desired_doc": doc,
+        "desired": signed_message("desired", payload, [sign(key, payload)]),
+        "manifest_msg": manifest_message(signed["manifest"], sig),
+        "topics": Topics("edge", FLEET),
+    }
+
+
+def _signed_desired(key: Any, doc: Any) -> bytes:
+    """A desired-state message whose signature is valid, whatever the document holds."""
+    from edge_runtime.trust.keys import sign
+    from edge_runtime.updates.protocol import signed_message
+
+    payload = canonical_json(doc)
+    return signed_message("desired", payload, [sign(key, payload)])
+
+
+@SETTINGS
+@given(value=json_values)
+def test_desired_parser_random_json(signed: dict[str, Any], value: Any) -> None:
+    from edge_runtime.updates.verify import verify_desired
+
+    with pytest.raises(EdgeRuntimeError):
+        verify_desired(json.dumps(value).encode(), signed["root"], fleet=FLEET, device=None)
+
+
+@SETTINGS
+@given(edits=edits, cut=st.none() | st.integers(0, 2**31))
+def test_desired_parser_mutated(signed: dict[str, Any], protocol: dict[str, Any], edits: list[tuple[int, int]],
+                                cut: int | None) -> None:
+    from edge_runtime.updates.verify import verify_desired
+
+    data = _mutate(protocol["desired"], edits, cut)
+    try:
+        desired = verify_desired(data, signed["root"], fleet=FLEET, device=None)
+    except EdgeRuntimeError:
+        return
+    # Only the signed document itself can pass (a mutation in insignificant bytes, if any).
+    assert desired.seq == 7 and set(desired.models) == {"fraud"}
+
+
+@SETTINGS
+@given(
+    field=st.sampled_from(["_type", "fleet", "device", "seq", "models", "expires", "extra"]),
+    value=json_values,
+    model_field=st.sampled_from(["version", "rollout", "percent", "salt", "other"]),
+    model_value=json_values,
+)
+def test_desired_parser_signed_documents_with_odd_fields(
+    signed: dict[str, Any], protocol: dict[str, Any], field: str, value: Any, model_field: str, model_value: Any
+) -> None:
+    """Validly signed, so the parser's field checks are what is fuzzed."""
+    from edge_runtime.updates.verify import Desired, verify_desired
+
+    doc = json.loads(json.dumps(protocol["desired_doc"]))
+    doc[field] = value
+    entry = doc["models"].get("fraud") if isinstance(doc.get("models"), dict) else None
+    if isinstance(entry, dict):
+        if model_field in ("percent", "salt") and isinstance(entry.get("rollout"), dict):
+            entry["rollout"][model_field] = model_value
+        else:
+            entry[model_field] = model_value
+    try:
+        message = _signed_desired(signed["key"], doc)
+    except EdgeRuntimeError:
+        return  # not representable as canonical JSON (e.g. a float): nobody can sign it
+    try:
+        desired = verify_desired(message, signed["root"], fleet=FLEET, device=None)
+    except EdgeRuntimeError:
+        return
+    assert isinstance(desired, Desired) and desired.seq >= 1 and desired.fleet == FLEET
+
+
+@SETTINGS
+@given(edits=edits, cut=st.none() | st.integers(0, 2**31), version=st.integers(-3, 3))
+def test_manifest_message_parser_mutated(signed: dict[str, Any], protocol: dict[str, Any],
+                                         edits: list[tuple[int, int]], cut: int | None, version: int) -> None:
+    from edge_runtime.updates.verify import verify_manifest_message
+
+    data = _mutate(protocol["manifest_msg"], edits, cut)
+    try:
+        release = verify_manifest_message(data, signed["root"], name="fraud", version=version)
+    except EdgeRuntimeError:
+        return
+    assert release.manifest_bytes == signed["manifest"] and version == 1
+
+
+@SETTINGS
+@given(value=json_values, wrap=st.booleans())
+def test_manifest_message_parser_random_json(signed: dict[str, Any], value: Any, wrap: bool) -> None:
+    from edge_runtime.updates.verify import verify_manifest_message
+
+    doc = {"manifest": json.dumps(value), "signatures": value} if wrap else value
+    with pytest.raises(EdgeRuntimeError):
+        verify_manifest_message(json.dumps(doc).encode(), signed["root"], name="fraud", version=1)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=400) | json_values.map(lambda v: json.dumps(v).encode()), topic_version=st.integers(-2, 5))
+def test_root_message_parser(signed: dict[str, Any], data: bytes, topic_version: int) -> None:
+    from edge_runtime.updates.verify import verify_root_message
+
+    try:
+        new = verify_root_message(signed["root"], topic_version, data)
+    except EdgeRuntimeError:
+        return
+    assert new is None and topic_version <= signed["root"].version  # nothing random rotates the root
+
+
+@SETTINGS
+@given(file=st.sampled_from(["model.tflite", "model.onnx", "", "../x"]) | st.text(max_size=10),
+       index=st.integers(-(2**40), 2**40) | st.integers(-2, 8), data=st.binary(max_size=5000))
+def test_chunk_check(signed: dict[str, Any], file: str, index: int, data: bytes) -> None:
+    from edge_runtime.bundle.manifest import parse_manifest as parse
+    from edge_runtime.updates.verify import check_chunk
+
+    artifacts = parse(signed["manifest"]).artifacts
+    try:
+        check_chunk(artifacts, file, index, data)
+    except EdgeRuntimeError:
+        return
+    pytest.fail("a random chunk passed its sha256 check")  # pragma: no cover
+
+
+@SETTINGS
+@given(topic=st.text(max_size=80) | st.lists(st.sampled_from(
+    ["edge", FLEET, "f2", "desired", "devices", "dev-1", "models", "fraud", "1", "01", "-1", "99999999999999",
+     "manifest", "chunks", "model.tflite", "0", "trust", "root", "state", "events", "online", "+", "#", ""]),
+    max_size=8).map("/".join))
+def test_topic_parser(protocol: dict[str, Any], topic: str) -> None:
+    ref = protocol["topics"].parse(topic)  # never raises: a topic is either understood or ignored
+    if ref is not None:
+        assert topic.startswith("edge/f1/") and ref.kind in (
+            "desired", "device_desired", "device_state", "device_events", "device_online", "root", "manifest", "chunk")
+
+
+@SETTINGS
+@given(data=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_updater_state_file(signed: dict[str, Any], data: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A damaged ``updater.json`` is logged and ignored: the updater starts with empty seq floors."""
+    from edge_runtime.bundle.reader import BundleLimits
+    from edge_runtime.store.store import ModelStore
+    from edge_runtime.updates.protocol import Topics
+    from edge_runtime.updates.updater import STATE_FILE, Updater, UpdaterSettings
+
+    base = signed["tmp"] / "updater"
+    base.mkdir(exist_ok=True)
+    (base / STATE_FILE).write_bytes(data)
+
+    class Offline:
+        connected = False
+
+        def subscribe(self, filters: list[str], *, new_only: bool = False) -> None: ...
+        def unsubscribe(self, filters: list[str]) -> None: ...
+        def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None: ...
+
+    store = ModelStore(base / "store", signed["root"], None, BundleLimits())
+    updater = Updater(UpdaterSettings("dev-1", Topics("edge", FLEET), base, base / "staging"), store, Offline())
+    updater.load()
+    assert all(f.seq >= 0 for f in updater.floors.values())
+
+
+@pytest.mark.parametrize("seq", [b"1e400", b"Infinity"])
+def test_updater_state_file_with_an_infinite_seq(signed: dict[str, Any], seq: bytes) -> None:
+    """``int(float("inf"))`` raises OverflowError, which once escaped Updater.load()."""
+    from edge_runtime.bundle.reader import BundleLimits
+    from edge_runtime.store.store import ModelStore
+    from edge_runtime.updates.protocol import Topics
+    from edge_runtime.updates.updater import STATE_FILE, Updater, UpdaterSettings
+
+    base = signed["tmp"] / "updater-inf"
+    base.mkdir(exist_ok=True)
+    (base / STATE_FILE).write_bytes(b'{"floors": {"desired": {"seq": ' + seq + b', "digest": "x"}}}')
+
+    class Offline:
+        connected = False
+
+        def subscribe(self, filters: list[str], *, new_only: bool = False) -> None: ...
+        def unsubscribe(self, filters: list[str]) -> None: ...
+        def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None: ...
+
+    store = ModelStore(base / "store", signed["root"], None, BundleLimits())
+    updater = Updater(UpdaterSettings("dev-1", Topics("edge", FLEET), base, base / "staging"), store, Offline())
+    updater.load()
+    assert updater.floors == {}

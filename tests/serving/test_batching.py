@@ -12,19 +12,28 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.support import Env, metric_value, reference, request
+from serving.support import Env, metric_value, pack_onnx, reference, request
 
 pytestmark = pytest.mark.integration
 
 CLIENTS = 16
-PER_CLIENT = 60
+PER_CLIENT = 30
 
 
-def test_concurrent_clients_are_batched_and_answers_stay_per_request(env: Env, rows: np.ndarray, make_bundle: Any) -> None:
+def test_concurrent_clients_are_batched_and_answers_stay_per_request(
+    env: Env, tmp_path: Any, onnx_models: dict[str, Any]
+) -> None:
+    # A model that takes milliseconds per invoke keeps the single worker busy, so concurrent
+    # requests queue behind it and get merged (a microsecond model would find the worker idle
+    # and, by design, run each request at once).
+    bundle = pack_onnx(onnx_models["slow"], "slow", 1, env.keys, tmp_path / "slow.bundle",
+                       [np.zeros((1, 256), np.float32)])
+    env.install(bundle)
     d = env.start(
-        '[models.fraud]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 8\nmax_queue_delay_us = 2000\n'
+        '[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 8\nmax_queue_delay_us = 2000\n'
     )
-    expected = reference(make_bundle(1), env.keys.root, rows)
+    rows = np.random.default_rng(1).standard_normal((CLIENTS * PER_CLIENT, 256)).astype(np.float32)
+    expected = reference(bundle, env.keys.root, rows)
     answers: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in range(CLIENTS)}
     failures: list[str] = []
     barrier = threading.Barrier(CLIENTS)
@@ -34,9 +43,9 @@ def test_concurrent_clients_are_batched_and_answers_stay_per_request(env: Env, r
         barrier.wait()
         for k in range(PER_CLIENT):
             row = (i * PER_CLIENT + k) % len(rows)
-            body = orjson.dumps({"inputs": [{"name": "input_0", "datatype": "FP32", "shape": [1, 30],
+            body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256],
                                              "data": rows[row].tolist()}]})
-            status, raw = request(d.port, "POST", "/v2/models/fraud/infer", body, conn=conn)
+            status, raw = request(d.port, "POST", "/v2/models/slow/infer", body, conn=conn)
             if status != 200:
                 failures.append(f"{status} {raw[:200]!r}")
                 continue
@@ -53,16 +62,16 @@ def test_concurrent_clients_are_batched_and_answers_stay_per_request(env: Env, r
     assert sum(len(a) for a in answers.values()) == CLIENTS * PER_CLIENT
     for got in answers.values():
         for row, out in got:
-            assert out.shape == (1, 1)
-            np.testing.assert_allclose(out[0], expected[row], rtol=0, atol=1e-6)
+            assert out.shape == (1, 256)
+            np.testing.assert_allclose(out[0], expected[row], rtol=0, atol=1e-5)
 
     text = request(d.port, "GET", "/metrics")[1].decode()
-    total = metric_value(text, "edge_batch_size_count", model="fraud", version="1")
-    singles = metric_value(text, "edge_batch_size_bucket", model="fraud", version="1", le="1")
+    total = metric_value(text, "edge_batch_size_count", model="slow", version="1")
+    singles = metric_value(text, "edge_batch_size_bucket", model="slow", version="1", le="1")
     assert total is not None and singles is not None
     assert total > singles, "no batch held more than one request"
-    assert metric_value(text, "edge_inferences_total", model="fraud", version="1") == CLIENTS * PER_CLIENT
-    stats = orjson.loads(request(d.port, "GET", "/v2/models/fraud/stats")[1])["model_stats"][0]
+    assert metric_value(text, "edge_inferences_total", model="slow", version="1") == CLIENTS * PER_CLIENT
+    stats = orjson.loads(request(d.port, "GET", "/v2/models/slow/stats")[1])["model_stats"][0]
     assert max(b["batch_size"] for b in stats["batch_stats"]) > 1
     assert stats["execution_count"] < CLIENTS * PER_CLIENT
 
