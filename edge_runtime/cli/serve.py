@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.cli.common import common_options, load_root_file, store_options
 from edge_runtime.config import Config, load_config
-from edge_runtime.exceptions import UsageError
+from edge_runtime.exceptions import EdgeRuntimeError, UsageError
 from edge_runtime.logs import setup_logging
 from edge_runtime.store.store import ModelStore
+
+log = logging.getLogger("edge_runtime.serve")
 
 
 def register(sub: Any) -> None:
@@ -59,4 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Path(cfg.store.factory) if cfg.store.factory else None,
         BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes),
     )
+    # Before the daemon starts (cleanup_partial takes the store lock): remove what installs
+    # killed part-way left behind and record installs killed before their state update.
+    try:
+        store.cleanup_partial()
+    except (OSError, EdgeRuntimeError) as exc:  # a read-only or damaged store must not stop serving
+        log.error("cannot clean up interrupted installs in %s: %s", store.path, exc)
     return daemon.run(cfg, store, reload_config=lambda: effective_config(args))

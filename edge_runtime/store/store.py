@@ -203,6 +203,11 @@ class ModelStore:
                     )
                 repair = state.quarantined.get(m.version) or self._damage(m.name, m.version)
                 if repair is None:
+                    if state.highest_seen < m.version:
+                        # Renamed into place, then killed before state.json was updated: record it now.
+                        state.highest_seen = m.version
+                        state.event("installed", version=m.version, recovered=True)
+                        self._write_state(m.name, state)
                     return InstallResult(m.name, m.version, already_installed=True)
                 # The same signed manifest over a damaged or quarantined copy: rewrite it.
             elif m.version <= floor:
@@ -258,21 +263,53 @@ class ModelStore:
             raise
 
     def cleanup_partial(self) -> list[Path]:
-        """Remove leftovers of interrupted installs (``.install-*``); returns what was removed.
+        """Repair what interrupted installs left (call at start-up); returns the paths removed.
 
-        Runs under the store lock: an install in progress in another process holds the lock
-        while its ``.install-*`` directory exists, so only dead leftovers are removed.
+        Removes ``.install-*`` and ``.trash-*`` directories, and raises ``highest_seen`` of a
+        model to its highest installed version when an install was killed between the rename
+        of its directory and the update of ``state.json`` (recorded as a recovered
+        ``installed`` event). Takes the store lock, so it must not be called while holding it:
+        an install in progress in another process holds the lock while its ``.install-*``
+        directory exists, so only dead leftovers are removed.
         """
         removed: list[Path] = []
         if not self.path.is_dir():
             return removed
         with self.lock():
-            for d in self.path.iterdir():
-                if d.is_dir():
-                    for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
-                        shutil.rmtree(p, ignore_errors=True)
-                        removed.append(p)
+            for d in sorted(self.path.iterdir()):
+                if not d.is_dir() or not NAME_RE.match(d.name):
+                    continue
+                for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+                    log.info("removed %s, left by an interrupted install", p, extra={"model": d.name})
+                self._reconcile_floor(d.name)
         return removed
+
+    def _reconcile_floor(self, name: str) -> None:
+        """Raise ``highest_seen`` to the highest installed version (caller holds the lock)."""
+        installed = self.versions(name)
+        if not installed:
+            return
+        try:
+            state = self.state(name)
+        except StoreError as exc:
+            log.error("%s: cannot reconcile the anti-rollback floor: %s", name, exc, extra={"model": name})
+            return
+        top = installed[-1]
+        if state.highest_seen >= top:
+            return
+        state.highest_seen = top
+        state.event("installed", version=top, recovered=True)
+        try:
+            self._write_state(name, state)
+        except OSError as exc:  # e.g. a full disk: the floor still holds (it counts directories)
+            log.error("%s: cannot record v%d as installed: %s", name, top, exc, extra={"model": name, "version": top})
+            return
+        log.warning(
+            "%s: v%d was installed but not recorded (interrupted install): anti-rollback floor raised to v%d",
+            name, top, top, extra={"model": name, "version": top},
+        )
 
     # -- activation and rollback ------------------------------------------------------
 

@@ -13,15 +13,28 @@ A chunk is written, then its have byte, with ``pwrite`` and no fsync: a killed p
 both in the page cache, and after a power cut :meth:`Download.open` re-hashes every chunk the
 have-set claims, so the have-set is only ever a hint and a torn write costs one re-fetch.
 Nothing here is trusted until :meth:`Download.verify_complete` has checked whole-file hashes.
+
+A staging directory is removed by renaming it to ``.trash-<name>-<version>-<random>`` first,
+then deleting that: a process killed while deleting never leaves a release directory
+without its ``manifest.msg``. :func:`sweep_staging` (run when the updater starts) deletes
+``.trash-*`` leftovers and release directories that have no ``manifest.msg``.
+
+A write that fails (``ENOSPC``, ``EDQUOT``, ``EIO``, ...) makes :meth:`Download.offer`
+raise that OSError once; the download then takes no more chunks and the
+updater aborts it. :func:`space_problem` tells beforehand whether a download fits.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,16 +43,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edge_runtime.atomic import write_bytes_atomic
-from edge_runtime.bundle.manifest import Artifact, manifest_from_json
+from edge_runtime.bundle.manifest import NAME_RE, Artifact, manifest_from_json
 from edge_runtime.bundle.reader import Bundle, stream_verify
 from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import Release, check_chunk
 
+log = logging.getLogger("edge_runtime.updates")
+
 MESSAGE_FILE = "manifest.msg"
 HAVE_FILE = "have.bin"
 FILTERS_FILE = "filters.json"
 HEADER = struct.Struct("<QQ")
+TRASH_PREFIX = ".trash-"
+SPACE_MARGIN_BYTES = 64 * 1024  # file system metadata, the have-set, manifest.msg, filters.json
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,74 @@ class Progress:
 def release_dir(staging_root: Path, name: str, version: int) -> Path:
     """The staging directory of one release."""
     return Path(staging_root) / f"{name}-{version}"
+
+
+def remove_dir(directory: Path) -> None:
+    """Delete a staging directory atomically: rename it to a ``.trash-*`` name, then delete that.
+
+    A process killed part-way leaves a ``.trash-*`` directory (removed by
+    :func:`sweep_staging`), never a release directory with only part of its files.
+    """
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=f"{TRASH_PREFIX}{directory.name}-", dir=directory.parent))
+    except OSError:  # not even room for a directory entry: delete in place
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    try:
+        os.replace(directory, trash)  # over the empty directory mkdtemp made
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.rmdir(trash)
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_staging(staging_root: Path) -> list[Path]:
+    """Delete ``.trash-*`` leftovers and release directories without ``manifest.msg``; returns them.
+
+    Only names this module makes are touched (``.trash-*`` and ``<model name>-<version>``),
+    so a staging directory shared with other files is safe.
+    """
+    root = Path(staging_root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for d in sorted(root.iterdir()):
+        name, _, version = d.name.rpartition("-")
+        if d.name.startswith(TRASH_PREFIX):
+            pass
+        elif not (d.is_dir() and version.isdigit() and NAME_RE.match(name)) or (d / MESSAGE_FILE).is_file():
+            continue
+        if d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                d.unlink()
+        removed.append(d)
+        log.info("removed %s from the staging directory (left by an interrupted download)", d.name)
+    return removed
+
+
+def space_problem(staging_root: Path, need_bytes: int) -> str | None:
+    """Why ``need_bytes`` more bytes (plus a margin) do not fit in the staging directory, or None."""
+    probe = Path(staging_root)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as exc:
+        return f"cannot read the free space of {probe}: {exc}"
+    wanted = max(0, need_bytes) + SPACE_MARGIN_BYTES
+    if wanted <= free:
+        return None
+    return (
+        f"[Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}: the download needs {wanted} bytes "
+        f"({need_bytes} of artifacts and a {SPACE_MARGIN_BYTES}-byte margin), found {free} free in the staging directory"
+    )
 
 
 class StagedBundle(Bundle):
@@ -110,6 +195,7 @@ class Download:
         self.total_bytes = sum(a.length for a in self.artifacts.values())
         self._have_bytes = 0
         self.filters: list[str] = []
+        self.write_error: str | None = None  # set when a write failed: no more chunks are taken
 
     # -- opening -------------------------------------------------------------------------
 
@@ -123,7 +209,7 @@ class Download:
         except OSError:
             same = False
         if not same:
-            shutil.rmtree(directory, ignore_errors=True)
+            remove_dir(directory)
             directory.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(directory / MESSAGE_FILE, message)
         self._open_files(resume=same)
@@ -203,27 +289,38 @@ class Download:
     # -- receiving ---------------------------------------------------------------------
 
     def offer(self, file: str, index: int, data: bytes) -> bool:
-        """Take one chunk: True when written, False for a duplicate; ChunkError when dropped."""
+        """Take one chunk: True when written, False for a duplicate or after a failed write.
+
+        Raises ChunkError when the chunk is dropped, and OSError (once) when a staging write
+        fails (``write_error`` keeps why); from then on every chunk is ignored.
+        """
         with self._lock:
-            if self._have_fd < 0:
+            if self._have_fd < 0 or self.write_error is not None:
                 return False
-            self._received += len(data)
             try:
-                check_chunk(self.artifacts, file, index, data)
-            except Exception:
-                self._rejected += len(data)
-                self._write_header()
+                return self._offer(file, index, data)
+            except OSError as exc:
+                self.write_error = str(exc)
                 raise
-            if self._have[file][index]:
-                self._write_header()
-                return False
-            art = self.artifacts[file]
-            os.pwrite(self._fds[file], data, index * art.chunk_size)
-            os.pwrite(self._have_fd, b"\x01", self._offsets[file] + index)
-            self._have[file][index] = 1
-            self._have_bytes += len(data)
+
+    def _offer(self, file: str, index: int, data: bytes) -> bool:
+        self._received += len(data)
+        try:
+            check_chunk(self.artifacts, file, index, data)
+        except Exception:
+            self._rejected += len(data)
             self._write_header()
-            return True
+            raise
+        if self._have[file][index]:
+            self._write_header()
+            return False
+        art = self.artifacts[file]
+        os.pwrite(self._fds[file], data, index * art.chunk_size)
+        os.pwrite(self._have_fd, b"\x01", self._offsets[file] + index)
+        self._have[file][index] = 1
+        self._have_bytes += len(data)
+        self._write_header()
+        return True
 
     def _write_header(self) -> None:
         os.pwrite(self._have_fd, HEADER.pack(self._received, self._rejected), 0)
@@ -282,9 +379,9 @@ class Download:
             self._have_fd = -1
 
     def remove(self) -> None:
-        """Close and delete the staging directory."""
+        """Close and delete the staging directory (atomically: see :func:`remove_dir`)."""
         self.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        remove_dir(self.dir)
 
 
 class Throttle:
@@ -321,4 +418,14 @@ def plan_filters(topics: Topics, download: Download, window: int) -> list[str]:
     return [topics.chunk(download.name, download.version, f, i) for f, i in missing[:window]]
 
 
-__all__ = ["Download", "Progress", "StagedBundle", "Throttle", "plan_filters", "release_dir"]
+__all__ = [
+    "Download",
+    "Progress",
+    "StagedBundle",
+    "Throttle",
+    "plan_filters",
+    "release_dir",
+    "remove_dir",
+    "space_problem",
+    "sweep_staging",
+]

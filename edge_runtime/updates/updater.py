@@ -8,16 +8,19 @@ nothing it acknowledged). One update runs at a time: a job for one model version
 
 Phases of a job: ``manifest`` (waiting for the signed manifest), ``downloading``,
 ``activating`` (waiting for the daemon to confirm the swap). Verification and install run
-inside one step. With ``selftest`` given (no daemon serving, e.g. the fleet simulator) the
+inside one step. A download that does not fit the staging directory is refused before it
+starts, and one whose writes fail (disk full, quota, I/O error) is aborted: its staging
+files are deleted, a ``rejected`` event and ``last_error`` say why, and the old version
+keeps serving. With ``selftest`` given (no daemon serving, e.g. the fleet simulator) the
 self-test runs in-process and activation is immediate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +31,15 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.reader import verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, RollbackError, StoreError, TransportError
 from edge_runtime.store.store import ModelStore, Resolved
-from edge_runtime.updates.download import Download, Throttle, plan_filters, release_dir
+from edge_runtime.updates.download import (
+    Download,
+    Throttle,
+    plan_filters,
+    release_dir,
+    remove_dir,
+    space_problem,
+    sweep_staging,
+)
 from edge_runtime.updates.exceptions import ChunkError, IncompatibleError
 from edge_runtime.updates.job import Job, UpdaterSettings, installed_manifest, job_summary, model_view, models_summary
 from edge_runtime.updates.protocol import TopicRef
@@ -96,8 +107,9 @@ class Updater:
     # -- persistence ---------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read seq floors and the last error; reopen an interrupted download."""
+        """Read seq floors and the last error; clean the staging directory; reopen an interrupted download."""
         self.s.state_dir.mkdir(parents=True, exist_ok=True)
+        sweep_staging(self.s.staging_dir)  # .trash-* and directories without manifest.msg
         try:
             saved = json.loads((self.s.state_dir / STATE_FILE).read_bytes())
             self.floors = {k: SeqFloor(int(v["seq"]), str(v["digest"])) for k, v in saved.get("floors", {}).items()}
@@ -121,7 +133,7 @@ class Updater:
                     self._set_window(job, download.filters)
                     log.info("resuming %s v%d at %d%%", name, version, download.progress().percent)
                     continue
-            shutil.rmtree(release_dir(self.s.staging_dir, name, version), ignore_errors=True)
+            remove_dir(release_dir(self.s.staging_dir, name, version))
 
     def _save(self) -> None:
         doc = {"floors": {k: {"seq": f.seq, "digest": f.digest} for k, f in self.floors.items()}, "last_error": self.last_error}
@@ -139,7 +151,7 @@ class Updater:
             self.transport.subscribe([t.manifest(job.name, job.version)])
         elif job is not None and job.download is not None and job.phase == "downloading":
             if not session_present or not job.download.filters:
-                self._replan(job, unsubscribe=False)
+                self._replan(job, unsubscribe=False)  # on a failed write the job is aborted and reported
             else:  # the broker kept our subscriptions and their queue: same filters, no retained resend
                 self.transport.subscribe(job.download.filters, new_only=True)
             job.last_progress = self.monotonic()
@@ -249,12 +261,24 @@ class Updater:
         if installed is not None and version not in self.store.state(name).quarantined:
             self._activate(job)  # already here (installed, never activated): nothing to fetch
             return
-        download = Download.open(self.s.staging_dir, release, payload)
+        try:
+            download = Download.open(self.s.staging_dir, release, payload)
+        except OSError as exc:
+            remove_dir(release_dir(self.s.staging_dir, name, version))
+            self._reject(name, version, f"download failed: {exc}")
+            self._drop(job, refuse=True)
+            return
+        problem = space_problem(self.s.staging_dir, download.total_bytes - download.progress().have_bytes)
+        if problem is not None:
+            download.remove()
+            self._reject(name, version, f"download refused: {problem}")
+            self._drop(job, refuse=True)
+            return
         with self._job_lock:
             job.download, job.message, job.phase = download, payload, "downloading"
         job.last_progress = self.monotonic()
-        self._replan(job, unsubscribe=False)
-        self._progress(job)
+        if self._replan(job, unsubscribe=False):
+            self._progress(job)
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -269,6 +293,11 @@ class Updater:
             written = download.offer(ref.file, ref.index, payload)
         except ChunkError as exc:
             self._handoff(("chunk_rejected", (job, str(exc))))
+            return
+        except OSError as exc:  # disk full, quota, I/O error: never raised into the network thread
+            log.error("%s v%d: cannot write a chunk: %s", job.name, job.version, exc,
+                      extra={"model": job.name, "version": job.version, "reason": str(exc)})
+            self._handoff(("download_failed", (job, f"download failed: {exc}")))
             return
         self._throttle.wait(len(payload))
         if not written:
@@ -288,6 +317,10 @@ class Updater:
         if kind == "chunk_rejected":
             job, reason = value
             self._reject(job.name, job.version, f"chunk dropped: {reason}", dedupe=False, persist=False)
+        elif kind == "download_failed":
+            failed, why = value
+            if isinstance(failed, Job) and failed is self._job and failed.phase == "downloading":
+                self._abort_download(failed, why)
         elif kind == "chunk":
             job = value
             assert isinstance(job, Job)
@@ -298,18 +331,28 @@ class Updater:
                 self._finish(job)
                 return
             if job.window and all(job.download.has(f, i) for f, i in job.window):
-                self._replan(job, unsubscribe=True)
+                if not self._replan(job, unsubscribe=True):
+                    return
             self._progress(job)
 
-    def _replan(self, job: Job, unsubscribe: bool) -> None:
+    def _replan(self, job: Job, unsubscribe: bool) -> bool:
+        """Subscribe to the next window of missing chunks; False when the download was aborted."""
         download = job.download
         assert download is not None
+        if download.write_error is not None:  # a failed write is being handed over: abort now
+            self._abort_download(job, f"download failed: {download.write_error}")
+            return False
         if unsubscribe and download.filters:
             self.transport.unsubscribe(download.filters)
         filters = plan_filters(self.topics, download, self.s.window_chunks)
-        download.set_filters(filters)
+        try:
+            download.set_filters(filters)
+        except OSError as exc:
+            self._abort_download(job, f"download failed: {exc}")
+            return False
         self._set_window(job, filters)
         self.transport.subscribe(filters, new_only=True)
+        return True
 
     def _set_window(self, job: Job, filters: list[str]) -> None:
         refs = [self.topics.parse(f) for f in filters]
@@ -332,7 +375,8 @@ class Updater:
         self._progress(job)
         if download.filters:
             self.transport.unsubscribe(download.filters)
-            download.set_filters([])
+            with contextlib.suppress(OSError):  # only a hint for a restart; the directory goes soon
+                download.set_filters([])
         try:
             download.verify_complete()
             verify_manifest_signature(self.store.root, download.release.manifest_bytes, download.release.signature_bytes)
@@ -343,6 +387,9 @@ class Updater:
             self._reject(job.name, job.version, str(exc))
             download.remove()
             self._drop(job, refuse=True)
+            return
+        except OSError as exc:
+            self._abort_download(job, f"download failed: {exc}")
             return
         p = download.progress()
         self.reporter.event(
@@ -447,6 +494,19 @@ class Updater:
         self._set_job(None)
         self.publish_state()
         self._evaluate()
+
+    def _abort_download(self, job: Job, reason: str) -> None:
+        """Give up a download that cannot go on: free its staging space, report, refuse this version."""
+        log.warning("aborting %s v%d: %s", job.name, job.version, reason,
+                    extra={"model": job.name, "version": job.version, "reason": reason})
+        download = job.download
+        if download is not None:
+            if download.filters:
+                with contextlib.suppress(TransportError):
+                    self.transport.unsubscribe(download.filters)
+            download.remove()
+        self._reject(job.name, job.version, reason)
+        self._drop(job, refuse=True)
 
     def _abandon(self, job: Job, why: str) -> None:
         log.info("abandoning %s v%d: %s", job.name, job.version, why)

@@ -220,27 +220,16 @@ def test_sigkill_at_each_rename(harness: Harness, fault: str, figures: Figures) 
                 staging_leftover=harness.staged(2), highest_seen_after=harness.state()["highest_seen"])
 
 
-@pytest.mark.xfail(reason="the daemon never calls ModelStore.cleanup_partial(): the .install-* directory of an "
-                          "install killed before its rename stays on disk (a whole model copy). Reported to the lead.",
-                   strict=False)
 def test_killed_install_leaves_no_temporary_directory(harness: Harness) -> None:
     _kill_at(harness, "install:before")
     assert harness.leftovers() == []
 
 
-@pytest.mark.xfail(reason="install_bundle() returns early for an intact version directory without raising "
-                          "highest_seen, so after a kill between the rename and the state update state.json keeps "
-                          "highest_seen 1 while v2 is active (the floor itself still holds: it also counts the "
-                          "directories). Reported to the lead.", strict=False)
 def test_kill_between_rename_and_state_update_still_records_the_floor(harness: Harness) -> None:
     _kill_at(harness, "install:after")
     assert harness.state()["highest_seen"] == 2
 
 
-@pytest.mark.xfail(reason="Download.pending() skips a staging directory without manifest.msg, and nothing else "
-                          "removes it: a kill while the finished download is being deleted leaves the rest of it "
-                          "(up to a whole model) in the staging directory for ever. Reported to the lead.",
-                   strict=False)
 def test_kill_while_removing_the_staged_download_leaves_nothing(harness: Harness) -> None:
     _kill_at(harness, "unstage:after")
     assert not harness.staged(2)

@@ -106,10 +106,6 @@ def test_update_whose_install_does_not_fit_aborts_cleanly(
     figures.add(artifact_bytes=int(free_before * 0.6), answered_during=load.count(1), **found)
 
 
-@pytest.mark.xfail(reason="a chunk write that fails with ENOSPC raises OSError on the MQTT thread "
-                          "(logged with a traceback as 'message handler failed'), the chunk is acknowledged anyway, "
-                          "and the download is retried after every stall: it never aborts, keeps its staging space "
-                          "and reports nothing. Reported to the lead.", strict=False)
 def test_update_that_does_not_fit_the_staging_area_aborts_cleanly(
     small_fs: Path, make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer,
     releases: Releases, keys: Any, cli: Callable[..., Any], holdout_x: np.ndarray,
