@@ -45,6 +45,8 @@ class ServerConfig:
     swap_poll_ms: int = 500  # how often the daemon looks at the store for a new active version
     drain_timeout_s: float = 10.0  # SIGTERM and hot swap: how long in-flight requests may take to finish
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
+    max_header_bytes: int = 64 * 1024  # request line + headers of one request; more answers 400 and closes
+    request_header_timeout_s: float = 10.0  # headers must be complete within this (from connect / first byte)
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,11 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     if srv.max_request_bytes < 1024 or srv.swap_poll_ms < 1 or srv.drain_timeout_s < 0 or srv.keep_alive_s <= 0:
         raise ConfigError(
             "server: max_request_bytes must be >= 1024, swap_poll_ms >= 1, drain_timeout_s >= 0 and keep_alive_s > 0"
+        )
+    if srv.max_header_bytes < 1024 or not srv.request_header_timeout_s > 0:
+        raise ConfigError(
+            "server: expected max_header_bytes >= 1024 and request_header_timeout_s > 0, found "
+            f"{srv.max_header_bytes} and {srv.request_header_timeout_s}"
         )
     return cfg
 

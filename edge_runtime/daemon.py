@@ -92,11 +92,11 @@ def _uvicorn_server(app: App, cfg: Config) -> Any:
 
             return contextlib.nullcontext()
 
-    from edge_runtime.serving.http import CoalescingHttpToolsProtocol
+    from edge_runtime.serving.http import http_protocol
 
     config = uvicorn.Config(
         app,
-        http=CoalescingHttpToolsProtocol,
+        http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s),
         lifespan="off",
         access_log=False,
         log_config=None,
@@ -154,7 +154,8 @@ class Daemon:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
             return
-        for key in ("host", "port", "grpc_port", "max_request_bytes"):
+        for key in ("host", "port", "grpc_port", "max_request_bytes", "max_header_bytes", "request_header_timeout_s",
+                    "keep_alive_s"):
             if getattr(cfg.server, key) != getattr(self.cfg.server, key):
                 log.warning("SIGHUP: [server] %s changed; it takes effect after a restart", key)
         self.cfg = cfg

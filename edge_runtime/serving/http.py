@@ -1,21 +1,49 @@
-"""uvicorn's httptools protocol with one socket write per response instead of two.
+"""uvicorn's httptools protocol with one socket write per response and connection limits.
 
-uvicorn writes a response's status line and headers as soon as the app sends
-``http.response.start`` and the body on ``http.response.body``: two ``send`` system calls
-and, on loopback, two TCP segments and two wake-ups of the client for every answer.
-Measured on the daemon, those writes were about half of the event loop's time for a
-small model. This protocol hands uvicorn a transport that collects what is written
-during one turn of the event loop and passes it on in a single ``writelines`` (one
-``writev``) at the end of that turn. Bytes, order and HTTP semantics are uvicorn's own;
-only the number of system calls changes. ``close`` flushes first.
+**One write per response.** uvicorn writes a response's status line and headers as soon as
+the app sends ``http.response.start`` and the body on ``http.response.body``: two ``send``
+system calls and, on loopback, two TCP segments and two wake-ups of the client for every
+answer. Measured on the daemon, those writes were about half of the event loop's time for a
+small model. This protocol hands uvicorn a transport that collects what is written during
+one turn of the event loop and passes it on in a single ``writelines`` (one ``writev``) at
+the end of that turn. Bytes, order and HTTP semantics are uvicorn's own; only the number of
+system calls changes. ``close`` and ``write_eof`` flush first, and so does an end of file
+from the client: a client that half-closes its socket after its request (``shutdown(SHUT_WR)``)
+keeps the connection open until its answer is written, then the server closes it.
+
+**Limits uvicorn does not have.** ``[server] max_header_bytes``: the request line and headers
+of one request are counted as they arrive, before httptools buffers them; past the limit the
+request is refused with 400 (``{"error": ...}``, ``Connection: close``), what the client still
+sends is read and dropped for up to :data:`LINGER_S` so that it sees the answer, and the
+connection is closed. ``[server] request_header_timeout_s``: the headers of a request must be
+complete within this time of the connection's opening (first request) or of the request's
+first byte (later requests; the wait before it is ``keep_alive_s``). A late request is answered
+408 and closed; a connection that sent nothing at all is closed without an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+LINGER_S = 5.0  # after refusing over-long headers: how long what the client still sends is drained
+
+
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback to stop httptools at a head over ``max_header_bytes``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
 
 
 class CoalescingTransport:
@@ -34,7 +62,7 @@ class CoalescingTransport:
         if self._closed:
             return
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(data)
 
     def writelines(self, lines: Any) -> None:
@@ -42,20 +70,28 @@ class CoalescingTransport:
         for data in lines:
             self.write(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Pass what is queued on to the socket now (one ``writev``)."""
         pending = self._pending
-        if not pending or self._closed:
-            pending.clear()
+        if not pending:
+            return
+        self._pending = []
+        if self._closed or self._transport.is_closing():
             return
         if len(pending) == 1:
             self._transport.write(pending[0])
         else:
             self._transport.writelines(pending)
-        self._pending = []
+
+    def write_eof(self) -> None:
+        """Flush, then close the write side."""
+        self.flush()
+        if not self._transport.is_closing():
+            self._transport.write_eof()
 
     def close(self) -> None:
         """Flush, then close."""
-        self._flush()
+        self.flush()
         self._closed = True
         self._transport.close()
 
@@ -70,8 +106,152 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing through a :class:`CoalescingTransport`."""
+    """uvicorn's httptools protocol writing through a :class:`CoalescingTransport`, with limits.
+
+    The limits are class attributes; :func:`http_protocol` makes a subclass with configured ones.
+    """
+
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # between the end of a request and the end of the next one's headers
+        self._head_bytes = 0  # bytes received in this head phase
+        self._head_since: float | None = None  # when the current request's head started
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # refused: input is read and dropped until EOF or LINGER_S
+
+    # -- connection ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
-        """Wrap the transport, then let uvicorn set the connection up as usual."""
+        """Wrap the transport, let uvicorn set the connection up, start the header clock."""
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        self._head_since = self.loop.time()
+        self._head_timer = self.loop.call_at(self._head_since + self.header_timeout_s, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the header clock, then uvicorn's own clean-up."""
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """Flush; keep the connection open while a complete request is still being answered."""
+        transport: CoalescingTransport = self.transport  # type: ignore[assignment]
+        transport.flush()
+        cycle = self.cycle  # the newest request: answered last, pipelined ones before it
+        if not self._discarding and cycle is not None and not cycle.response_complete and not cycle.more_body:
+            cycle.on_response = self._answered_after_eof
+            return True  # closed by _answered_after_eof once the answer is written
+        return None  # the event loop closes the transport
+
+    def _answered_after_eof(self) -> None:
+        self.on_response_complete()
+        self.transport.close()
+
+    # -- request heads ---------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Count head bytes and start the header clock, then parse (uvicorn's own ``data_received``)."""
+        if self._discarding:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_since is None:
+                self._head_since = self.loop.time()
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_at(self._head_since + self.header_timeout_s, self._head_timeout)
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse_head(exc.__context__.size)
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._in_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+            self._refuse_head(self._head_bytes)  # the head is still incomplete: every byte counted is head
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: check its size if it may be too large, then let uvicorn start the request."""
+        self._in_head = False
+        self._head_since = None
+        if self._head_bytes > self.max_header_bytes:  # counted bytes may include a body: measure the head
+            size = 14 + len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > self.max_header_bytes:
+                raise _HeadTooLarge(size)  # stops the parser; data_received refuses the request
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The request is complete: the next head starts with its first byte."""
+        self._in_head = True
+        self._head_bytes = 0
+        self._head_since = None
+        super().on_message_complete()
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        since = self._head_since
+        if since is None or self.transport.is_closing():
+            return  # not in a head (idle keep-alive is uvicorn's timer); re-armed by the next byte
+        deadline = since + self.header_timeout_s
+        if self.loop.time() < deadline:  # a later head started since this timer was set
+            self._head_timer = self.loop.call_at(deadline, self._head_timeout)
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:  # a pipelined head waits behind an answer
+            self._head_timer = self.loop.call_later(1.0, self._head_timeout)
+            return
+        if self._head_bytes == 0:
+            self.transport.close()  # connected and sent nothing
+            return
+        log.warning("request headers not complete after %.1f s (%d bytes received): closing the connection",
+                    self.header_timeout_s, self._head_bytes)
+        self._answer(408, f"request headers were expected within request_header_timeout_s "
+                          f"({self.header_timeout_s:g} s); found {self._head_bytes} bytes without their end")
+        self.transport.close()
+
+    def _refuse_head(self, size: int) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # an earlier pipelined request is still being answered: no room for a second answer
+            self.transport.close()
+            return
+        log.warning("request headers over max_header_bytes (%d): %d bytes or more; refused",
+                    self.max_header_bytes, size)
+        self._answer(400, f"request line and headers must be at most max_header_bytes "
+                          f"({self.max_header_bytes}) bytes; found {size} bytes or more")
+        self._discarding = True
+        self._head_since = None
+        transport: CoalescingTransport = self.transport  # type: ignore[assignment]
+        if transport.can_write_eof():
+            transport.write_eof()
+        # Read and drop what the client is still sending, so that its send does not end in a reset
+        # that destroys the answer; close at its EOF (eof_received) or after LINGER_S.
+        self.loop.call_later(LINGER_S, transport.close)
+
+    def _answer(self, status: int, message: str) -> None:
+        body = orjson.dumps({"error": message})
+        self.transport.write(b"".join([
+            STATUS_LINE[status],
+            b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode("ascii"),
+            b"\r\nconnection: close\r\n\r\n", body,
+        ]))
+
+
+def http_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+                  header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> type[CoalescingHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=`` with these limits."""
+    return type("EdgeHttpProtocol", (CoalescingHttpToolsProtocol,),
+                {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s})

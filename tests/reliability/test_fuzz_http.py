@@ -523,9 +523,6 @@ def test_daemon_survived_every_case(target: Target, figures: Figures) -> None:
     assert target.cases >= MIN_CASES, f"only {target.cases} exchanges"
 
 
-@pytest.mark.xfail(reason="CoalescingTransport defers writes to the end of the loop turn; an EOF from a client that "
-                          "half-closed its socket closes the real transport first and the answer is lost "
-                          "(stock uvicorn answers). Reported to the lead.", strict=False)
 def test_half_closed_client_still_gets_its_answer(target: Target) -> None:
     answered = 0
     for _ in range(10):  # a race between the deferred write and the EOF: try it several times
