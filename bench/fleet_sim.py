@@ -42,8 +42,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench" / "servers"))
 
 import paho.mqtt.client as paho  # noqa: E402
+from tf_mlp import build_mlp, free_port  # noqa: E402
 
 from edge_runtime.fleet.publish import publish_release  # noqa: E402
 from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
@@ -63,40 +65,12 @@ FLEET = "sim"
 NAME = "mlp"
 STAGE_TIMEOUT_S = 600.0
 
-BUILD_MODEL = r"""
-import sys, numpy as np, tensorflow as tf
-rng = np.random.default_rng(0)
-sizes = [(30, 512), (512, 512), (512, 512), (512, 1)]  # 540 k float32 weights: about 2.2 MB
-class MLP(tf.Module):
-    def __init__(self):
-        self.w = [tf.constant((rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32)) for s in sizes]
-    @tf.function(input_signature=[tf.TensorSpec([None, 30], tf.float32)])
-    def __call__(self, x):
-        for i, w in enumerate(self.w):
-            x = tf.matmul(x, w)
-            x = tf.nn.relu(x) if i < len(self.w) - 1 else tf.sigmoid(x)
-        return x
-m = MLP()
-conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
-open(sys.argv[1], "wb").write(conv.convert())
-"""
+SIZES = [(30, 512), (512, 512), (512, 512), (512, 1)]  # about 2 MB of float32 weights
 
 
 def build_model() -> Path:
     """The 2 MB MLP, built once with TensorFlow in a subprocess."""
-    if not MODEL.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = MODEL.with_suffix(".tmp")
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-        subprocess.run([sys.executable, "-c", BUILD_MODEL, str(tmp)], check=True, env=env, timeout=600)
-        tmp.replace(MODEL)
-    return MODEL
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return build_mlp(MODEL, SIZES)
 
 
 class Broker:
