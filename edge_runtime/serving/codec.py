@@ -134,6 +134,22 @@ def _json_array(data: Any, spec: TensorSpec, dtype: np.dtype[Any], shape: list[i
     return arr.astype(dtype, copy=False).reshape(shape)
 
 
+def batch_rows(name: str, shape: list[int], rows: int) -> int:
+    """The batch size shared by all inputs so far (-1: none yet); raise when ``shape`` disagrees."""
+    if rows == -1:
+        return shape[0]
+    if shape[0] != rows:
+        raise InputError(f"input '{name}': batch dimension is {shape[0]}, other inputs have {rows}")
+    return rows
+
+
+def check_all_given(iface: Interface, arrays: list[Any], given: int) -> None:
+    """Raise naming the missing inputs unless each of the ``given`` inputs filled one slot."""
+    if given != len(arrays):
+        missing = [s.name for s, a in zip(iface.inputs, arrays) if a is None]
+        raise InputError(f"missing input(s) {missing}; the model needs {[s.name for s in iface.inputs]}")
+
+
 def decode_request(body: bytes, json_length: int | None, iface: Interface) -> InferRequest:
     """Decode an infer request body (JSON, or a JSON header of ``json_length`` bytes plus binary tensors).
 
@@ -202,16 +218,11 @@ def decode_request(body: bytes, json_length: int | None, iface: Interface) -> In
             arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
             offset += size
         if batchable:
-            if rows == -1:
-                rows = shape[0]
-            elif shape[0] != rows:
-                raise InputError(f"input '{name}': batch dimension is {shape[0]}, other inputs have {rows}")
+            rows = batch_rows(spec.name, shape, rows)
         arrays[index] = arr
     if json_length is not None and offset != len(body):
         raise InputError(f"binary tensors fill {offset - json_length} bytes, the body carries {len(body) - json_length}")
-    if len(raw_inputs) != len(arrays):  # each given input filled one slot (duplicates raised above)
-        missing = [s.name for s, a in zip(iface.inputs, arrays) if a is None]
-        raise InputError(f"missing input(s) {missing}; the model needs {[s.name for s in iface.inputs]}")
+    check_all_given(iface, arrays, len(raw_inputs))
     if "outputs" not in obj and "parameters" not in obj:
         return InferRequest(request_id, arrays, max(rows, 1), iface.all_outputs, iface.all_json)
     outputs, binary = _requested_outputs(obj, iface)

@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError, Message
 
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
 from edge_runtime.serving.app import App
-from edge_runtime.serving.codec import InferRequest, Interface
+from edge_runtime.serving.codec import InferRequest, Interface, batch_rows, check_all_given
 from edge_runtime.serving.grpc_proto import grpc_predict_v2_pb2 as pb
 
 log = logging.getLogger("edge_runtime.serving")
@@ -151,14 +151,9 @@ def decode_infer(req: Any, iface: Interface) -> InferRequest:
         else:
             arr = _typed_array(t, spec, dtype, shape, count)
         if batchable:
-            if rows == -1:
-                rows = shape[0]
-            elif shape[0] != rows:
-                raise InputError(f"input '{name}': batch dimension is {shape[0]}, other inputs have {rows}")
+            rows = batch_rows(name, shape, rows)
         arrays[index] = arr
-    if len(inputs) != len(arrays):
-        missing = [s.name for s, a in zip(iface.inputs, arrays) if a is None]
-        raise InputError(f"missing input(s) {missing}; the model needs {[s.name for s in iface.inputs]}")
+    check_all_given(iface, arrays, len(inputs))
     outputs = _requested_outputs(req, iface)
     raw_out = n_raw > 0 or any(iface.outputs[i].datatype not in TYPED_FIELD for i in outputs)
     return InferRequest(req.id or None, arrays, max(rows, 1), outputs, (raw_out,) * len(outputs))
