@@ -8,7 +8,7 @@ activates a release, restart it, and check every time that
   version's outputs (consecutive versions are different models, so a mix would show);
 * the update then completes: the new version is active and serving. What the interrupted
   attempt left behind (a temporary install directory, a staging directory) is counted and
-  reported; the two ways this happens are known bugs with their own ``xfail`` tests below.
+  reported; the deterministic tests below assert that a restart leaves none.
 
 Random kills (20 in ``make test``, 200 in ``make test-long``) land at a random delay after a
 random step of the update (publish, notified, downloading, verified, installed, swap,
