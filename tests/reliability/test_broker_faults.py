@@ -16,75 +16,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from updates.integration.conftest import TritonLoad
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.updates.protocol import Topics
 from reliability.conftest import FLEET, DeviceDir, Figures, Mosquitto, Releases, publish, scale, wait_until
 
 pytestmark = pytest.mark.integration
-httpclient = pytest.importorskip("tritonclient.http")
 
 CLIENTS = 8
 OUTAGE_S = scale(8.0, 60.0)
 FLAP_TOTAL_S = scale(12.0, 60.0)
 FLAP_HALF_S = 1.5
-
-
-class TritonLoad:
-    """tritonclient threads scoring the demo rows (binary and JSON alternately); every failure is kept."""
-
-    def __init__(self, url: str, rows: np.ndarray, clients: int = CLIENTS) -> None:
-        self.url = url
-        self.rows = rows
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.versions: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"triton-{i}") for i in range(clients)]
-
-    def _run(self, i: int) -> None:
-        client = httpclient.InferenceServerClient(self.url, network_timeout=60.0)
-        k = i
-        while not self.stop.is_set():
-            row = self.rows[k % len(self.rows)][None, :]
-            k += 1
-            inp = httpclient.InferInput("input_0", [1, 30], "FP32")
-            inp.set_data_from_numpy(row, binary_data=bool(k % 2))
-            try:
-                result = client.infer("fraud", [inp])
-                version = str(result.get_response()["model_version"])
-                assert result.as_numpy("output_0").shape == (1, 1)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
-                with self.lock:
-                    self.failures.append(f"client {i}: {exc!r}")
-                continue
-            with self.lock:
-                self.versions[version] += 1
-        client.close()
-
-    def total(self) -> int:
-        """Answers so far."""
-        with self.lock:
-            return sum(self.versions.values())
-
-    def __enter__(self) -> TritonLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
 
 def retained(broker: Mosquitto, device: str) -> dict[str, bytes]:
@@ -122,7 +72,7 @@ def test_broker_stopped_then_back_device_republishes_and_scoring_never_fails(
 ) -> None:
     dev = _device(make_device, broker)
     daemon = dev.daemons[-1]
-    with TritonLoad(daemon.url, holdout_x) as load:
+    with TritonLoad(daemon.url, holdout_x, clients=CLIENTS) as load:
         wait_until(lambda: load.total() >= 50, 30, "answers before the outage")
         broker.stop()
         before = load.total()
@@ -155,7 +105,7 @@ def test_flapping_broker_during_an_update(
         daemon = dev.daemons[-1]
         store = dev.store()
         flaps = 0
-        with TritonLoad(daemon.url, holdout_x) as load:
+        with TritonLoad(daemon.url, holdout_x, clients=CLIENTS) as load:
             wait_until(lambda: load.total() >= 50, 30, "answers before the flapping")
             publish(broker.url, releases.bundle(2, pad=150_000, chunk_size=1024), keys)
             end = time.monotonic() + FLAP_TOTAL_S

@@ -12,12 +12,15 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as paho
 import pytest
+import tritonclient.http as httpclient
 
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import Config, parse_config
@@ -217,3 +220,58 @@ def publish(url: str, bundle: Path, key: PrivateKey, **kw: Any) -> PublishResult
     """``fleet publish`` through the library (the CLI is tested separately)."""
     with FleetSession(BrokerOptions(url=url, timeout_s=20), Topics("edge", FLEET)) as session:
         return publish_release(session, bundle, [key], **kw)
+
+
+class TritonLoad:
+    """tritonclient threads scoring ``rows`` of the demo model in a loop (binary and JSON
+    alternately); answers are counted by model version and every failure is kept."""
+
+    def __init__(self, url: str, rows: np.ndarray, clients: int = 3, timeout_s: float = 60.0) -> None:
+        self.url = url
+        self.rows = rows.astype(np.float32)
+        self.timeout_s = timeout_s
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.versions: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"triton-{i}") for i in range(clients)]
+
+    def _run(self, i: int) -> None:
+        client = httpclient.InferenceServerClient(self.url, network_timeout=self.timeout_s)
+        k = i
+        while not self.stop.is_set():
+            row = self.rows[k % len(self.rows)][None, :]
+            k += 1
+            inp = httpclient.InferInput("input_0", [1, 30], "FP32")
+            inp.set_data_from_numpy(row, binary_data=bool(k % 2))
+            try:
+                result = client.infer("fraud", [inp])
+                version = str(result.get_response()["model_version"])
+                assert result.as_numpy("output_0").shape == (1, 1)
+            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
+                with self.lock:
+                    self.failures.append(f"client {i}: {exc!r}")
+                continue
+            with self.lock:
+                self.versions[version] += 1
+        client.close()
+
+    def total(self) -> int:
+        """Answers so far."""
+        with self.lock:
+            return sum(self.versions.values())
+
+    def count(self, version: int) -> int:
+        """Answers from ``version`` so far."""
+        with self.lock:
+            return self.versions[str(version)]
+
+    def __enter__(self) -> TritonLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)

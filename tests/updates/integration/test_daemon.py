@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.store.store import ModelStore
 
 from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, wait_until
+from .conftest import Mosquitto, Observer, TritonLoad, publish, wait_until
 
 pytestmark = pytest.mark.integration
 httpclient = pytest.importorskip("tritonclient.http")
@@ -79,53 +78,6 @@ class Daemon:
                 self.proc.wait(5)
 
 
-class Load:
-    """tritonclient threads scoring the sample rows in a loop; counts answers by model version."""
-
-    def __init__(self, url: str, clients: int = 3) -> None:
-        self.url = url
-        self.rows = np.load(FACTORY / "sample.npy").astype(np.float32)
-        self.stop_event = threading.Event()
-        self.lock = threading.Lock()
-        self.versions: Counter[str] = Counter()
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"load-{i}") for i in range(clients)]
-
-    def _run(self, i: int) -> None:
-        client = httpclient.InferenceServerClient(self.url, network_timeout=30.0)
-        k = i
-        while not self.stop_event.is_set():
-            row = self.rows[k % len(self.rows)][None, :]
-            k += 1
-            inp = httpclient.InferInput("input_0", [1, 30], "FP32")
-            inp.set_data_from_numpy(row, binary_data=bool(k % 2))
-            try:
-                result = client.infer("fraud", [inp])
-                version = str(result.get_response()["model_version"])
-                assert result.as_numpy("output_0").shape == (1, 1)
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and shown
-                with self.lock:
-                    self.failures.append(f"client {i}: {exc!r}")
-                continue
-            with self.lock:
-                self.versions[version] += 1
-        client.close()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for t in self.threads:
-            t.join(60)
-
-    def count(self, version: int) -> int:
-        with self.lock:
-            return self.versions[str(version)]
-
-
 @pytest.fixture
 def device_dir(tmp_path: Path, mosquitto: Mosquitto, fleet_keys: FleetKeys, releases: Releases) -> Iterator[Path]:
     """A device with fraud v1 active and a config with [mqtt] pointing at the test broker."""
@@ -148,7 +100,7 @@ def test_update_under_load_with_zero_failed_requests(
     try:
         url = daemon.wait_ready()
         wait_until(lambda: observer.state("pi-serve"), 30, "the daemon's update client to report")
-        with Load(url) as load:
+        with TritonLoad(url, np.load(FACTORY / "sample.npy"), timeout_s=30.0) as load:
             wait_until(lambda: load.count(1) >= 50, 30, "requests answered by v1")
             publish(mosquitto.url, releases.bundle(2, pad=30_000), fleet_keys.models_key)
             wait_until(lambda: observer.of("pi-serve", "activated"), 60, "the activated event")
@@ -174,7 +126,7 @@ def test_failing_selftest_rolls_back_and_status_shows_failed(
     try:
         url = daemon.wait_ready()
         wait_until(lambda: observer.state("pi-serve"), 30, "the daemon's update client to report")
-        with Load(url, clients=2) as load:
+        with TritonLoad(url, np.load(FACTORY / "sample.npy"), clients=2, timeout_s=30.0) as load:
             publish(mosquitto.url, releases.bundle(2, wrong_golden=True), fleet_keys.models_key)
             failed = wait_until(lambda: observer.of("pi-serve", "failed"), 60, "the failed event")[0]
             rolled = wait_until(lambda: observer.of("pi-serve", "rolled_back"), 10, "the rolled_back event")[0]
