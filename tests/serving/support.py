@@ -202,6 +202,20 @@ def pack_onnx(model: Path, name: str, version: int, keys: Any, out: Path, golden
     return out
 
 
+def install_onnx_test_models(env: Env, keys: Any, onnx_models: dict[str, Path], base: Path) -> None:
+    """Install v1 of ``types`` (identity on FP16/INT32/UINT8/INT64) and ``slow`` (a MatMul chain)."""
+    rng = np.random.default_rng(1)
+    golden_types = [
+        rng.standard_normal((2, 4)).astype(np.float16),
+        rng.integers(-5, 5, (2, 3)).astype(np.int32),
+        rng.integers(0, 255, (2, 5)).astype(np.uint8),
+        rng.integers(-5, 5, (2, 2)).astype(np.int64),
+    ]
+    env.install(pack_onnx(onnx_models["types"], "types", 1, keys, base / "types.bundle", golden_types))
+    golden_slow = [rng.standard_normal((1, 256)).astype(np.float32)]
+    env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, base / "slow.bundle", golden_slow))
+
+
 def reference(bundle: Path, root: TrustRoot, x: np.ndarray) -> np.ndarray:
     """Outputs of a bundle's model for each row of ``x`` run alone (batch 1), without the daemon."""
     with open_bundle(bundle, root, BundleLimits()) as b:

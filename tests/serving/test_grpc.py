@@ -37,6 +37,7 @@ from serving.support import (
     FACTORY_SRC,
     DaemonProcess,
     Env,
+    install_onnx_test_models,
     metric_value,
     pack_onnx,
     reference,
@@ -71,16 +72,7 @@ def served(
     env = Env(base, keys, make_bundle(1))
     env.install(make_bundle(1))
     env.install(make_bundle(2, model="fraud_int8io.tflite"), activate=False)
-    rng = np.random.default_rng(1)
-    golden_types = [
-        rng.standard_normal((2, 4)).astype(np.float16),
-        rng.integers(-5, 5, (2, 3)).astype(np.int32),
-        rng.integers(0, 255, (2, 5)).astype(np.uint8),
-        rng.integers(-5, 5, (2, 2)).astype(np.int64),
-    ]
-    env.install(pack_onnx(onnx_models["types"], "types", 1, keys, base / "types.bundle", golden_types))
-    golden_slow = [rng.standard_normal((1, 256)).astype(np.float32)]
-    env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, base / "slow.bundle", golden_slow))
+    install_onnx_test_models(env, keys, onnx_models, base)
     d = env.start("[models.fraud]\nshadow = 2\n" + SLOW, server_toml="grpc_port = -1\n")
     yield d, grpc_url(d)
     env.close()

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serving.support import FACTORY_SRC, DaemonProcess, Env, metric_value, pack_onnx, request
+from serving.support import FACTORY_SRC, DaemonProcess, Env, install_onnx_test_models, metric_value, request
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +33,7 @@ def daemon(
     """One daemon serving fraud (factory v1, inline), ``types`` (onnxruntime) and ``slow`` (1 worker, queue of 1)."""
     base = tmp_path_factory.mktemp("http")
     env = Env(base, keys, make_bundle(1))
-    rng = np.random.default_rng(1)
-    golden_types = [
-        rng.standard_normal((2, 4)).astype(np.float16),
-        rng.integers(-5, 5, (2, 3)).astype(np.int32),
-        rng.integers(0, 255, (2, 5)).astype(np.uint8),
-        rng.integers(-5, 5, (2, 2)).astype(np.int64),
-    ]
-    env.install(pack_onnx(onnx_models["types"], "types", 1, keys, base / "types.bundle", golden_types))
-    golden_slow = [rng.standard_normal((1, 256)).astype(np.float32)]
-    env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, base / "slow.bundle", golden_slow))
+    install_onnx_test_models(env, keys, onnx_models, base)
     d = env.start(
         "[models.slow]\nexecution = \"threads\"\ninstances = 1\nmax_batch_size = 0\nmax_queue_size = 1\n"
         "idle_inline_max_us = 0\n"
