@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.packaging import random_tensor
 
 LABEL_KEYS = ("label", "labels", "y", "target")
 MAX_CALIBRATION_ROWS = 1000
@@ -189,13 +190,7 @@ def random_dataset(specs: Sequence[TensorSpec], rows: int = RANDOM_ROWS, seed: i
         fixed = s.shape[0] if s.shape and s.shape[0] != -1 else None
         count = rows if fixed is None else fixed * max(1, rows // fixed)  # whole fixed-size batches
         shape = (count, *s.shape[1:]) if s.shape else ()
-        dtype = numpy_dtype(s.datatype)
-        if np.issubdtype(dtype, np.floating):
-            arrays.append(rng.standard_normal(shape).astype(dtype))
-        elif dtype == np.bool_:
-            arrays.append(rng.integers(0, 2, shape).astype(dtype))
-        else:
-            arrays.append(rng.integers(0, 10, shape).astype(dtype))
+        arrays.append(random_tensor(rng, numpy_dtype(s.datatype), shape))
     n = arrays[0].shape[0] if arrays and arrays[0].ndim else 1
     return Dataset(tuple(arrays), None, f"{n} random rows (no --validation or --calibration data given)")
 

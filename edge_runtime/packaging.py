@@ -66,14 +66,17 @@ def random_inputs(specs: Sequence[TensorSpec], rows: int = 4, seed: int = 0) -> 
     out = []
     for s in specs:
         shape = tuple(rows if (i == 0 and d == -1) else (1 if d == -1 else d) for i, d in enumerate(s.shape))
-        dtype = numpy_dtype(s.datatype)
-        if np.issubdtype(dtype, np.floating):
-            out.append(rng.standard_normal(shape).astype(dtype))
-        elif dtype == np.bool_:
-            out.append(rng.integers(0, 2, shape).astype(dtype))
-        else:
-            out.append(rng.integers(0, 10, shape).astype(dtype))
+        out.append(random_tensor(rng, numpy_dtype(s.datatype), shape))
     return out
+
+
+def random_tensor(rng: np.random.Generator, dtype: np.dtype[Any], shape: tuple[int, ...]) -> np.ndarray:
+    """Sample data of one tensor: standard normal floats, 0/1 booleans, integers in [0, 10)."""
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(dtype)
+    return rng.integers(0, 10, shape).astype(dtype)
 
 
 def _tensor_json(arr: np.ndarray) -> dict[str, Any]:
