@@ -11,9 +11,11 @@ Labels come from the ``.npz`` key or ``.csv`` column ``label``, ``labels``, ``y`
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,21 +32,36 @@ MIN_ROWS_TO_SPLIT = 10
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
+FEED_KEY_RE = re.compile(r"^(\d{1,6})/(.+)$")
+MAX_FEEDS = 256
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Rows for a model: one array per input in manifest order, optional labels."""
+    """Rows for a model: one array per input in manifest order, optional labels.
+
+    A *feeds* data set (``feeds`` set) holds whole model calls instead of rows: for models whose
+    inputs have no common batch axis (a scalar, a state ``[2, N, 128]``). ``inputs`` is then the
+    first call.
+    """
 
     inputs: tuple[np.ndarray, ...]
     labels: np.ndarray | None
     source: str
+    feeds: tuple[tuple[np.ndarray, ...], ...] | None = None
 
     @property
     def rows(self) -> int:
-        """How many rows (samples) the data set holds."""
-        return int(self.inputs[0].shape[0]) if self.inputs else 0
+        """How many rows (samples; calls for a feeds data set) the data set holds."""
+        if self.feeds is not None:
+            return len(self.feeds)
+        return int(self.inputs[0].shape[0]) if self.inputs and self.inputs[0].ndim else 0
 
     def take(self, index: np.ndarray | slice, source: str | None = None) -> Dataset:
         """The rows selected by ``index``."""
+        if self.feeds is not None:
+            picked = tuple(self.feeds[int(i)] for i in np.arange(len(self.feeds))[index])
+            return Dataset(picked[0], None, source or self.source, picked)
         labels = self.labels[index] if self.labels is not None else None
         return Dataset(tuple(a[index] for a in self.inputs), labels, source or self.source)
 
@@ -84,6 +101,43 @@ def _check(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], what: str)
             raise UsageError(f"{what}: input '{spec.name}' holds NaN or infinite values")
         out.append(arr)
     return tuple(out)
+
+
+def _check_feed(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], what: str) -> tuple[np.ndarray, ...]:
+    """One whole call: each array must fit its input's rank and fixed dimensions (no rows axis)."""
+    out = []
+    for spec, arr in zip(specs, arrays):
+        arr = np.asarray(arr)
+        if arr.ndim != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, arr.shape)):
+            raise UsageError(f"{what}: input '{spec.name}' expects shape {list(spec.shape)}, found {list(arr.shape)}")
+        try:
+            arr = arr.astype(numpy_dtype(spec.datatype), copy=False)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{what}: input '{spec.name}' cannot be read as {spec.datatype}: {exc}") from exc
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise UsageError(f"{what}: input '{spec.name}' holds NaN or infinite values")
+        out.append(arr)
+    return tuple(out)
+
+
+def _load_feeds(loaded: Any, keys: list[str], specs: Sequence[TensorSpec], what: str) -> Dataset:
+    """A ``.npz`` of whole calls: arrays named ``<call>/<input>`` (``0/input``, ``0/state``, ``0/sr``, ``1/input`` ...)."""
+    calls: dict[int, dict[str, str]] = {}
+    for k in keys:
+        m = FEED_KEY_RE.match(k)
+        if not m:
+            raise UsageError(f"{what}: mixes call arrays ('0/NAME') with {k!r}; use one form")
+        calls.setdefault(int(m.group(1)), {})[m.group(2)] = k
+    if len(calls) > MAX_FEEDS:
+        raise UsageError(f"{what}: {len(calls)} calls, at most {MAX_FEEDS} are used; keep fewer")
+    names = [s.name for s in specs]
+    feeds = []
+    for index in sorted(calls):
+        members = calls[index]
+        if set(members) != set(names):
+            raise UsageError(f"{what}: call {index} has arrays {sorted(members)}, the model's inputs are {names}")
+        feeds.append(_check_feed(specs, [loaded[members[n]] for n in names], f"{what}, call {index}"))
+    return Dataset(feeds[0], None, f"{what} ({len(feeds)} calls)", tuple(feeds))
 
 
 def _labels(value: np.ndarray | None, rows: int, what: str) -> np.ndarray | None:
@@ -145,6 +199,8 @@ def load_dataset(path: Path, specs: Sequence[TensorSpec], what: str, label_key: 
         else:
             with loaded:
                 keys = list(loaded.files)
+                if keys and all(FEED_KEY_RE.match(k) for k in keys):
+                    return _load_feeds(loaded, keys, specs, f"{what} file {path.name}")
                 label_name = next((k for k in label_keys if k in keys), None)
                 labels = loaded[label_name] if label_name else None
                 data_keys = [k for k in keys if k != label_name]

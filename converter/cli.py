@@ -21,6 +21,7 @@ from typing import IO
 from converter.convert import OPTIMIZE_CHOICES, QUANTIZE_CHOICES, ConvertOptions, ConvertResult, convert
 from converter.exceptions import AccuracyError
 from converter.onnx2tf_runner import DEFAULT_TIMEOUT_S
+from converter.shapes import parse_input_shape
 from converter.validate import Thresholds
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
 from edge_runtime.cli.bundle import chunk_size, load_keys
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, help="calibration rows (.npy/.npz/.csv, ONNX layout)")
     p.add_argument("--validation", type=Path,
                    help="validation rows, with optional labels (default: held-out calibration rows)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+                   help="pin an input's shape (repeatable; -1 keeps a dimension dynamic), e.g. x:1,3,48,192; "
+                   "by default dynamic dimensions after the batch are pinned from the data when all rows agree")
     p.add_argument("--label-key", help="labels column/array name (default: label, labels, y or target)")
     p.add_argument("--sign-key", type=Path, action="append",
                    help=f"signing key (PKCS#8 PEM); repeat for several; default ${SIGN_KEY_ENV}")
@@ -142,7 +146,14 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
     key_paths = args.sign_key or ([Path(os.environ[SIGN_KEY_ENV])] if os.environ.get(SIGN_KEY_ENV) else [])
     if not key_paths:
         raise UsageError(f"a bundle must be signed: pass --sign-key KEY (or set ${SIGN_KEY_ENV})")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in args.input_shape:
+        name, shape = parse_input_shape(text)
+        if name in shapes:
+            raise UsageError(f"--input-shape {name} given twice")
+        shapes[name] = shape
     return ConvertOptions(
+        input_shapes=shapes,
         model=args.model,
         name=args.name,
         version=args.version,
@@ -182,7 +193,14 @@ def _summary(result: ConvertResult) -> str:
             q = f" (int8 I/O: scale {s.quantization.scale:.6g}, zero point {s.quantization.zero_point})" if s.quantization else ""
             lines.append(f"  {side} {s.name}: {s.datatype} {list(s.shape)}{q}")
     if m.golden is not None:
-        lines.append(f"  golden self-test: {len(next(iter(m.golden.inputs.values()))['data'])} values, atol {m.golden.atol:g}")
+        if m.golden.file is not None:
+            where = f"{m.golden.file}, {m.artifacts[m.golden.file].length:,} bytes"
+        else:
+            where = f"{len(next(iter(m.golden.inputs.values()))['data'])} values in the manifest"
+        lines.append(f"  golden self-test: {where}, atol {m.golden.atol:g}")
+    lines.append(f"  manifest.json: {len(m.canonical()):,} bytes")
+    if m.format == "onnx":
+        lines.append("  NOTE: an ONNX bundle: the device needs onnxruntime (pip install 'edge-runtime[onnx]')")
     if result.log_path:
         lines.append(f"onnx2tf log: {result.log_path}")
     if result.workdir:

@@ -22,7 +22,7 @@ import numpy as np
 
 from converter import calibration as cal
 from converter.auto import Candidate, choose, format_table
-from converter.exceptions import AccuracyError, ConversionError, ConverterError, InterfaceError
+from converter.exceptions import AccuracyError, ConversionError, ConverterError, InterfaceError, Onnx2tfCrash
 from converter.interface import Matched, match_interface
 from converter.onnx2tf_runner import (
     DEFAULT_TIMEOUT_S,
@@ -34,7 +34,8 @@ from converter.onnx2tf_runner import (
     run_onnx2tf,
 )
 from converter.package import golden_inputs, pack_onnx, pack_tflite
-from converter.source import SourceModel, prepare_copy
+from converter.shapes import ShapePlan, plan_shapes
+from converter.source import SourceModel, describe_source, prepare_copy
 from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, run_batched
 from converter.validate import Thresholds, compare, failures, worst_error
 from edge_runtime.atomic import write_bytes_atomic
@@ -80,6 +81,7 @@ class ConvertOptions:
     workdir_parent: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     log: Path | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,6 +165,13 @@ class _Data:
 
 def _load_data(opts: ConvertOptions, inputs: Sequence[TensorSpec]) -> _Data:
     calib = cal.load_dataset(opts.calibration, inputs, "calibration", opts.label_key) if opts.calibration else None
+    if calib is not None and calib.feeds is not None:
+        # Whole calls (no common batch axis) can check a conversion but cannot calibrate int8.
+        if opts.quantize == "int8":
+            raise UsageError("int8 calibration needs rows (arrays with the rows first), not whole calls ('0/NAME')")
+        if opts.validation is None:
+            return _Data(None, calib.head(cal.MAX_VALIDATION_ROWS))
+        calib = None
     if opts.validation is not None:
         validation = cal.load_dataset(opts.validation, inputs, "validation", opts.label_key)
     elif calib is not None:
@@ -175,9 +184,33 @@ def _load_data(opts: ConvertOptions, inputs: Sequence[TensorSpec]) -> _Data:
     return _Data(calib, validation.head(cal.MAX_VALIDATION_ROWS))
 
 
+def _run_all(run: Callable[[Sequence[np.ndarray]], list[np.ndarray]], data: cal.Dataset,
+             batch_rows: int) -> list[np.ndarray]:
+    """Every row (in batches) or every call of a feeds data set; a feeds data set's outputs come back
+    flattened and joined per output (shape ``[1, 1, total]``), for comparing like with like."""
+    if data.feeds is None:
+        return run_batched(run, data.inputs, batch_rows)
+    outs = [run(list(feed)) for feed in data.feeds]
+    return [np.concatenate([o[k].reshape(-1) for o in outs])[None, None, :] for k in range(len(outs[0]))]
+
+
+def _first(data: cal.Dataset, rows: int) -> list[np.ndarray]:
+    """The first ``rows`` rows, or the first call of a feeds data set."""
+    return list(data.feeds[0]) if data.feeds is not None else [a[:rows] for a in data.inputs]
+
+
+def _golden(data: cal.Dataset, specs: Sequence[TensorSpec]) -> list[np.ndarray]:
+    """The self-test inputs: the first few rows, or the first call of a feeds data set."""
+    return list(data.feeds[0]) if data.feeds is not None else golden_inputs(data.inputs, specs)
+
+
 def _batch_rows(specs: Sequence[TensorSpec]) -> int:
     fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] != -1]
     return fixed[0] if fixed else VALIDATION_BATCH_ROWS
+
+
+def _requested_modes(opts: ConvertOptions) -> list[str]:
+    return list(MODES) if opts.quantize == "auto" else [opts.quantize]
 
 
 def _variant_key(mode: str, int8_io: bool) -> str:
@@ -200,6 +233,10 @@ class _Pipeline:
         self.stage_seconds: dict[str, float] = {}
         self.workdir = Path(tempfile.mkdtemp(prefix="edge-convert-", dir=opts.workdir_parent))
         self.log_path: Path | None = None
+        self.shapes = ShapePlan()
+        self.lost_modes: dict[str, str] = {}
+        self.probe_reference: list[np.ndarray] = []
+        self.onnx_inputs: tuple[TensorSpec, ...] = ()
 
     def stage(self, key: str, message: str) -> Callable[[], None]:
         self.progress(message)
@@ -214,15 +251,30 @@ class _Pipeline:
 
     def prepare(self) -> tuple[SourceModel, _Data, list[np.ndarray]]:
         done = self.stage("prepare", f"reading {self.opts.model.name}")
-        source = prepare_copy(self.opts.model, self.workdir / "model.onnx")
-        data = _load_data(self.opts, source.inputs)
+        onnx_inputs, _ = describe_source(self.opts.model)
+        explicit = plan_shapes(onnx_inputs, self.opts.input_shapes, [])
+        data = _load_data(self.opts, explicit.apply(onnx_inputs))
+        sets = [data.validation.inputs, *([data.calibration.inputs] if data.calibration is not None else [])]
+        if data.validation.feeds is not None:
+            sets = []  # whole calls have no rows axis to pin around; --input-shape still applies
+        self.shapes = plan_shapes(onnx_inputs, self.opts.input_shapes, sets)
+        for note in self.shapes.notes:
+            self.progress(note)
+        self.warnings.extend(self.shapes.notes)
+        source = prepare_copy(self.opts.model, self.workdir / "model.onnx", self.shapes.pins)
+        self.onnx_inputs = onnx_inputs
         done()
         done = self.stage("reference", f"scoring {data.validation.rows} validation rows with onnxruntime")
-        reference = run_batched(OnnxRunner(self.opts.model).run, data.validation.inputs, _batch_rows(source.inputs))
+        onnx_runner = OnnxRunner(self.opts.model)
+        reference = _run_all(onnx_runner.run, data.validation, _batch_rows(source.inputs))
+        if data.validation.feeds is not None:
+            self.probe_reference = onnx_runner.run(list(data.validation.feeds[0]))
         done()
         return source, data, reference
 
-    def run_onnx2tf(self, source: SourceModel, data: _Data) -> Onnx2tfResult:
+    def run_onnx2tf(self, source: SourceModel, data: _Data) -> tuple[Onnx2tfResult, SourceModel]:
+        """Run onnx2tf; on a crash while quantizing, again for the float variants only; on a dynamic batch
+        onnx2tf cannot handle, again with the batch pinned to 1. Returns the result and the interface used."""
         opts = self.opts
         integer = opts.quantize == "int8" or (opts.quantize == "auto" and data.calibration is not None)
         calibration = None
@@ -239,16 +291,59 @@ class _Pipeline:
             integer=integer,
             calibration=calibration,
         )
-        done = self.stage("onnx2tf", f"converting with onnx2tf {onnx2tf_version()} ({', '.join(job.variants())})")
-        log_tmp = self.workdir / "onnx2tf.log"
-        final_log = opts.log or log_path_for(opts.out)
+        pristine = self.workdir / "model.pristine.onnx"
+        shutil.copyfile(job.model, pristine)  # onnx2tf rewrites its input in place
+        self._logs: list[str] = []
         try:
-            result = run_onnx2tf(job, self.workdir, log_tmp, source, opts.timeout_s, shown_log=final_log)
+            try:
+                return self._attempt(job, source), source
+            except Onnx2tfCrash as exc:
+                if not (job.integer or job.dynamic_range):
+                    raise
+                float_only = Onnx2tfJob(job.model, keep_layout=job.keep_layout)
+                lost = [m for m in ("dynamic", "int8") if m in _requested_modes(opts)]
+                for mode in lost:
+                    self.lost_modes[mode] = f"onnx2tf crashed while making it: {exc.reason}"
+                self.warnings.append(f"{exc.reason}; converting the float variants again without "
+                                     f"{' and '.join(lost)}")
+                shutil.copyfile(pristine, job.model)
+                return self._attempt(float_only, source), source
+            except ConversionError as exc:
+                batch_pin = self._batch_pin(source, exc)
+                if batch_pin is None:
+                    raise
+                self.warnings.append(f"onnx2tf cannot convert the dynamic batch ({exc.reason}); converted again "
+                                     "with the batch pinned to 1 (the scorer and server split larger batches)")
+                self.shapes.pin(batch_pin, "batch pinned to 1: onnx2tf failed on the dynamic batch")
+                source = prepare_copy(opts.model, job.model, self.shapes.pins)
+                return self._attempt(job, source), source
+        finally:
+            final_log = opts.log or log_path_for(opts.out)
+            if self._logs:
+                write_bytes_atomic(final_log, "\n".join(self._logs).encode())
+                self.log_path = final_log
+
+    def _batch_pin(self, source: SourceModel, exc: ConversionError) -> dict[str, tuple[int, ...]] | None:
+        """New pins with every dynamic batch set to 1, when ``exc`` is onnx2tf's dynamic-dimension failure
+        and the user did not choose the batch; else None."""
+        if "Dimension -1 must be >= 0" not in str(exc) and "dimension -1" not in str(exc).lower():
+            return None
+        pins = {}
+        for s in source.inputs:
+            if s.has_batch_dim and s.name not in self.opts.input_shapes:
+                pins[s.name] = (1, *s.shape[1:])
+        return pins or None
+
+    def _attempt(self, job: Onnx2tfJob, source: SourceModel) -> Onnx2tfResult:
+        done = self.stage("onnx2tf", f"converting with onnx2tf {onnx2tf_version()} ({', '.join(job.variants())})")
+        log_tmp = self.workdir / f"onnx2tf-{len(self._logs)}.log"
+        try:
+            result = run_onnx2tf(job, self.workdir, log_tmp, source, self.opts.timeout_s,
+                                 shown_log=self.opts.log or log_path_for(self.opts.out))
         finally:
             done()
             if log_tmp.is_file():
-                write_bytes_atomic(final_log, read_log(log_tmp).encode())
-                self.log_path = final_log
+                self._logs.append(read_log(log_tmp))
         self.warnings.extend(result.warnings)
         return result
 
@@ -258,7 +353,7 @@ class _Pipeline:
         cand = Candidate(mode, VARIANT_SUFFIX[key])
         path = result.files.get(key)
         if path is None:
-            cand.error = "onnx2tf did not produce it"
+            cand.error = self.lost_modes.get(mode, "onnx2tf did not produce it")
             return _Evaluated(cand)
         done = self.stage(f"validate {mode}", f"validating {mode} ({path.name})")
         try:
@@ -274,20 +369,22 @@ class _Pipeline:
         try:
             matched = match_interface(
                 path.read_bytes(), source.inputs, source.outputs, source.onnx2tf_inputs, source.onnx2tf_outputs,
-                [a[:probe_n] for a in val.inputs], [r[:probe_n] for r in reference],
+                _first(val, probe_n),
+                self.probe_reference if val.feeds is not None else [r[:probe_n] for r in reference],
             )
         except InterfaceError as exc:
             cand.error = str(exc)
             return _Evaluated(cand)
         cand.size_bytes = len(matched.tflite)
         try:
-            runner = LiteRTRunner(matched.tflite)
-            got = run_batched(runner.run, val.inputs, batch)
+            runner = LiteRTRunner(matched.tflite, outputs=matched.outputs, batch_dim=source.inputs[0].has_batch_dim)
+            got = _run_all(runner.run, val, batch)
         except ConverterError as exc:
             # What the device would hit. Score it on the reference kernels to say how far off it is.
             cand.error = f"LiteRT with XNNPACK (the device default) cannot run it: {str(exc).split(': ', 1)[-1]}"
             try:
-                got = run_batched(LiteRTRunner(matched.tflite, delegates=False).run, val.inputs, batch)
+                got = _run_all(LiteRTRunner(matched.tflite, delegates=False, outputs=matched.outputs,
+                                            batch_dim=source.inputs[0].has_batch_dim).run, val, batch)
                 cand.report = compare(source.outputs, reference, got, val.labels, val.source)
                 cand.report["xnnpack"] = "refused the model; metrics from the reference kernels"
                 cand.failures = failures(cand.report, self.opts.thresholds)
@@ -298,7 +395,7 @@ class _Pipeline:
         cand.report["interface_mapping"] = matched.method
         cand.failures = failures(cand.report, self.opts.thresholds)
         if measure:
-            sample = [a[: (batch if batch != VALIDATION_BATCH_ROWS else 1)] for a in val.inputs]
+            sample = _first(val, batch if batch != VALIDATION_BATCH_ROWS else 1)
             cand.latency_ms = median_latency_ms(runner.run, sample)
         return _Evaluated(cand, matched)
 
@@ -354,7 +451,7 @@ class _Pipeline:
         done = self.stage("pack", "packing the ONNX model for onnxruntime (fallback)")
         manifest = pack_onnx(
             opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
-            chunk_size=opts.chunk_size, golden=golden_inputs(data.validation.inputs, source_inputs),
+            chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
         )
         done()
@@ -367,7 +464,7 @@ class _Pipeline:
         opts = self.opts
         source, data, reference = self.prepare()
         try:
-            result = self.run_onnx2tf(source, data)
+            result, source = self.run_onnx2tf(source, data)
         except ConversionError as exc:
             if opts.fallback_onnx:
                 return self.fallback(exc.reason, source.inputs, data, None, [])
@@ -410,11 +507,12 @@ class _Pipeline:
         manifest = pack_tflite(
             tflite, source=opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, inputs=chosen.matched.inputs, outputs=chosen.matched.outputs,
-            golden=golden_inputs(data.validation.inputs, source.inputs),
-            validation=data.validation.inputs,
+            golden=_golden(data.validation, source.inputs),
+            validation=data.validation.inputs if data.validation.feeds is None else None,
             max_error=worst_error(chosen.candidate.report) if math.isfinite(worst_error(chosen.candidate.report)) else 0.0,
             quantization=self.quantization_field(chosen, result, candidates, accepted),
             architectures=opts.architectures,
+            pinned=self.shapes.to_json(self.onnx_inputs) or None,
         )
         done()
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,

@@ -5,7 +5,8 @@
     └── ConverterError                     the model could not be turned into a bundle (exit 1)
         ├── ConversionError                onnx2tf failed; ``log_path`` holds its output
         │   ├── UnsupportedOperatorError   an operator onnx2tf has no converter for
-        │   └── NetworkAccessError         onnx2tf tried to reach the network
+        │   ├── NetworkAccessError         onnx2tf tried to reach the network
+        │   └── Onnx2tfCrash               onnx2tf died from a signal (segfault, abort, kill)
         ├── InterfaceError                 the TFLite inputs/outputs do not match the ONNX ones
         └── AccuracyError                  a variant failed the validation thresholds
 
@@ -47,6 +48,14 @@ class NetworkAccessError(ConversionError):
     """onnx2tf tried to download something; the converter never lets it."""
 
 
+class Onnx2tfCrash(ConversionError):
+    """onnx2tf died from a signal; ``signal_name`` says which (SIGSEGV, SIGABRT, SIGKILL ...)."""
+
+    def __init__(self, message: str, signal_name: str, log_path: Path | None = None, advice: str | None = None) -> None:
+        super().__init__(message, log_path, advice)
+        self.signal_name = signal_name
+
+
 class InterfaceError(ConverterError):
     """The converted model's inputs or outputs cannot be matched to the ONNX model's."""
 
@@ -65,6 +74,7 @@ __all__ = [
     "ConverterError",
     "InterfaceError",
     "NetworkAccessError",
+    "Onnx2tfCrash",
     "UnsupportedOperatorError",
     "UsageError",
 ]

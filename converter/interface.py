@@ -25,7 +25,8 @@ import numpy as np
 
 from converter.exceptions import InterfaceError
 from converter.tflite_run import make_interpreter, quantization_of
-from edge_runtime.inference.tensors import TensorSpec, kserve_datatype, numpy_dtype
+from edge_runtime.exceptions import InferenceError
+from edge_runtime.inference.tensors import TensorSpec, kserve_datatype, numpy_dtype, restore_shape, unit_axes_only
 
 MAX_CANDIDATES = 120
 TIE_RATIO = 0.5  # another pairing must halve the proposal's error to replace it
@@ -42,11 +43,11 @@ class Matched:
     reordered: bool
 
 
-def _fits(onnx: TensorSpec, detail: dict[str, Any]) -> bool:
-    dims = [int(d) for d in detail.get("shape_signature", detail["shape"])]
-    if len(dims) != len(onnx.shape):
-        return False
-    if not all(want in (-1, got) or got == -1 for want, got in zip(onnx.shape, dims)):
+def _fits(onnx: TensorSpec, detail: dict[str, Any], output: bool = False) -> bool:
+    dims = tuple(int(d) for d in detail.get("shape_signature", detail["shape"]))
+    same = len(dims) == len(onnx.shape) and all(want in (-1, got) or got == -1 for want, got in zip(onnx.shape, dims))
+    # An output may differ by axes of size 1 (same element order): the device reshapes it back.
+    if not same and not (output and unit_axes_only(dims, onnx.shape)):
         return False
     got = np.dtype(detail["dtype"])
     want = numpy_dtype(onnx.datatype)
@@ -69,9 +70,10 @@ def _proposal(names: Sequence[str], details: Sequence[dict[str, Any]], signature
     return list(range(len(details))), "position"
 
 
-def _candidates(onnx: Sequence[TensorSpec], details: Sequence[dict[str, Any]], first: list[int]) -> list[list[int]]:
+def _candidates(onnx: Sequence[TensorSpec], details: Sequence[dict[str, Any]], first: list[int],
+                output: bool = False) -> list[list[int]]:
     """Every one-to-one pairing that fits (the proposal first), capped at MAX_CANDIDATES."""
-    fits = [[j for j, d in enumerate(details) if _fits(s, d)] for s in onnx]
+    fits = [[j for j, d in enumerate(details) if _fits(s, d, output)] for s in onnx]
     out: list[list[int]] = []
     if all(first[i] in fits[i] for i in range(len(onnx))):
         out.append(first)
@@ -89,6 +91,15 @@ def _side_error(reference: np.ndarray, got: np.ndarray) -> float:
     ref = reference.astype(np.float64)
     scale = float(np.mean(np.abs(ref))) + 1e-12
     return float(np.mean(np.abs(got.astype(np.float64) - ref))) / scale
+
+
+def _restored(arr: np.ndarray, spec: TensorSpec, inputs: Sequence[TensorSpec], probe: Sequence[np.ndarray]) -> np.ndarray:
+    """A TFLite output in the ONNX shape, when it differs only by axes of size 1 (else as it is)."""
+    batch = probe[0].shape[0] if inputs[0].has_batch_dim else None
+    try:
+        return restore_shape(arr, spec.shape, batch)
+    except InferenceError:
+        return arr
 
 
 def _run(interp: Any, in_details: Sequence[dict[str, Any]], out_details: Sequence[dict[str, Any]],
@@ -186,7 +197,7 @@ def match_interface(
     in_first, in_how = _proposal(onnx2tf_inputs, in_details, sig_in)
     out_first, out_how = _proposal(onnx2tf_outputs, out_details, sig_out)
     in_cands = _candidates(inputs, in_details, in_first)
-    out_cands = _candidates(outputs, out_details, out_first)
+    out_cands = _candidates(outputs, out_details, out_first, output=True)
     if not in_cands:
         raise InterfaceError(
             "the TFLite inputs do not fit the ONNX ones (onnx2tf changed a shape or layout): ONNX "
@@ -204,7 +215,8 @@ def match_interface(
         for cand_in in in_cands:
             got = _run(interp, in_details, out_details, cand_in, inputs, probe)
             for cand_out in out_cands:
-                err = sum(_side_error(reference[k], got[pos]) for k, pos in enumerate(cand_out))
+                err = sum(_side_error(reference[k], _restored(got[pos], outputs[k], inputs, probe))
+                          for k, pos in enumerate(cand_out))
                 if best is None or err < best[0] * TIE_RATIO or (best[0] == float("inf") and err < best[0]):
                     best = (err, cand_in, cand_out)
         assert best is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from converter.exceptions import ConversionError, NetworkAccessError, UnsupportedOperatorError
+from converter.exceptions import ConversionError, NetworkAccessError, Onnx2tfCrash, UnsupportedOperatorError
 from converter.source import SourceModel
 
 MODEL_STEM = "model"
@@ -105,6 +106,7 @@ def run_onnx2tf(job: Onnx2tfJob, workdir: Path, log_path: Path, source: SourceMo
     """
     shown = shown_log or log_path
     cmd = [sys.executable, "-m", "onnx2tf", *job.args()]
+    ooms_before = oom_kills()
     with open(log_path, "wb") as log:
         log.write(("$ onnx2tf " + " ".join(job.args()) + "\n").encode())
         log.flush()
@@ -117,7 +119,9 @@ def run_onnx2tf(job: Onnx2tfJob, workdir: Path, log_path: Path, source: SourceMo
             raise ConversionError(f"onnx2tf did not finish within {timeout_s:.0f} s", shown) from exc
     text = read_log(log_path)
     if proc.returncode != 0:
-        raise explain_failure(text, proc.returncode, shown, source)
+        ooms_after = oom_kills()
+        oom = ooms_before is not None and ooms_after is not None and ooms_after > ooms_before
+        raise explain_failure(text, proc.returncode, shown, source, oom_killed=oom)
     out = workdir / OUT_DIR
     files = {k: out / f"{MODEL_STEM}_{suffix}.tflite" for k, suffix in VARIANT_SUFFIX.items()}
     files = {k: p for k, p in files.items() if p.is_file() and p.stat().st_size > 0}
@@ -155,8 +159,38 @@ def _exception_line(lines: Sequence[str]) -> str | None:
     return None
 
 
-def explain_failure(text: str, returncode: int, log_path: Path, source: SourceModel | None = None) -> ConversionError:
-    """One error that names what onnx2tf choked on, read from its output."""
+def _last_stage(lines: Sequence[str]) -> str | None:
+    """What onnx2tf was doing when it died, from its last progress lines."""
+    for line in reversed(lines[-400:]):
+        m = re.search(r"onnx_op_type: (\w+)", line)
+        if m:
+            return f"converting a {m.group(1)} node"
+        if "quantiz" in line.lower():
+            return "quantizing"
+    return None
+
+
+def oom_kills() -> int | None:
+    """The kernel's out-of-memory kill count for this process's cgroup (cgroup v2), if readable."""
+    try:
+        rel = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
+        text = (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events").read_text()
+    except (OSError, IndexError):
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def explain_failure(text: str, returncode: int, log_path: Path, source: SourceModel | None = None,
+                    oom_killed: bool = False) -> ConversionError:
+    """One error that names what onnx2tf choked on, read from its output.
+
+    A death by signal is a crash named after its signal; out of memory is said only with evidence
+    (the cgroup's OOM-kill count rose, or Python raised MemoryError).
+    """
     name = source.original_name if source is not None else (lambda n: n)
     lines = text.splitlines()
     if re.search(r"requests\.exceptions\.|ConnectionError|ProxyError|Max retries exceeded", text):
@@ -176,9 +210,34 @@ def explain_failure(text: str, returncode: int, log_path: Path, source: SourceMo
             "rewrite that part of the model with supported operators, or pass --fallback-onnx to ship the ONNX "
             "model for onnxruntime",
         )
-    if returncode < 0 or returncode == 137 or "MemoryError" in text:
+    signum = -returncode if returncode < 0 else (returncode - 128 if 128 < returncode < 160 else None)
+    if signum is not None:
+        try:
+            sig_name = signal.Signals(signum).name
+        except ValueError:
+            sig_name = f"signal {signum}"
+        stage = _last_stage(lines)
+        where = f" while {stage}" if stage else ""
+        if sig_name == "SIGKILL":
+            if oom_killed or "MemoryError" in text:
+                return Onnx2tfCrash(
+                    f"onnx2tf was killed by the out-of-memory killer (SIGKILL){where}", sig_name, log_path,
+                    "it needs about 1 GB of RAM for small models and more for large ones: free memory or add swap",
+                )
+            return Onnx2tfCrash(
+                f"onnx2tf was killed by SIGKILL{where} (no out-of-memory kill was recorded: something outside "
+                "stopped it)", sig_name, log_path,
+            )
+        description = {"SIGSEGV": "segmentation fault", "SIGABRT": "abort", "SIGBUS": "bus error",
+                       "SIGILL": "illegal instruction", "SIGFPE": "arithmetic fault"}.get(sig_name)
+        return Onnx2tfCrash(
+            f"onnx2tf crashed with {sig_name}{f' ({description})' if description else ''}{where}", sig_name,
+            log_path, "a crash inside onnx2tf/TensorFlow on this model, not a problem of the machine: try another "
+            "--quantize mode, or --fallback-onnx to ship the ONNX model for onnxruntime",
+        )
+    if "MemoryError" in text:
         return ConversionError(
-            f"onnx2tf was killed (exit {returncode})", log_path,
+            "onnx2tf ran out of memory (MemoryError)", log_path,
             "it needs about 1 GB of RAM for small models and more for large ones",
         )
     node_m = _last_match(r"ERROR: onnx_op_name: (\S+)", text)

@@ -21,16 +21,16 @@ from edge_runtime.packaging import DEFAULT_ATOL, pack_model, round_up
 from edge_runtime.trust.keys import PrivateKey
 
 GOLDEN_ROWS = 4
-# The manifest holds golden rows as JSON numbers (about 20 bytes each): keep them few. An image
-# row is still one row (a 3x96x96 image is about 28 k numbers).
-MAX_GOLDEN_VALUES = 4096
+# Golden rows beyond the first are kept only while the inputs stay under this many bytes: small
+# models get inline golden data in the manifest, images a golden.npz of one or a few rows.
+GOLDEN_INPUT_BYTES = 4 * 1024 * 1024
 
 
 def golden_inputs(inputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], rows: int = GOLDEN_ROWS) -> list[np.ndarray]:
-    """The first few validation rows (the model's fixed batch, if it has one), at most MAX_GOLDEN_VALUES numbers."""
+    """The first few validation rows (the model's fixed batch, if it has one), at most GOLDEN_INPUT_BYTES."""
     fixed = [s.shape[0] for s in specs if s.shape and s.shape[0] != -1]
-    per_row = sum(int(np.prod(a.shape[1:])) for a in inputs)
-    n = fixed[0] if fixed else max(1, min(rows, MAX_GOLDEN_VALUES // max(per_row, 1)))
+    per_row = sum(a[:1].nbytes for a in inputs)
+    n = fixed[0] if fixed else max(1, min(rows, GOLDEN_INPUT_BYTES // max(per_row, 1)))
     return [np.ascontiguousarray(a[:n]) for a in inputs]
 
 
@@ -44,10 +44,13 @@ def stated_atol(outputs: Sequence[TensorSpec], max_error: float) -> float:
     return round_up(max_error + drift)
 
 
-def source_fields(model: Path) -> dict[str, Any]:
-    """Provenance: the ONNX file the bundle was made from."""
+def source_fields(model: Path, pinned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance: the ONNX file the bundle was made from, and the input shapes the converter pinned."""
     data = Path(model).read_bytes()
-    return {"source": {"file": Path(model).name, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}}
+    source: dict[str, Any] = {"file": Path(model).name, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}
+    if pinned:
+        source["pinned_inputs"] = pinned
+    return {"source": source}
 
 
 def pack_tflite(
@@ -62,10 +65,11 @@ def pack_tflite(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     golden: Sequence[np.ndarray],
-    validation: Sequence[np.ndarray],
+    validation: Sequence[np.ndarray] | None,
     max_error: float,
     quantization: dict[str, Any],
     architectures: Sequence[str],
+    pinned: dict[str, Any] | None = None,
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report.
 
@@ -88,9 +92,9 @@ def pack_tflite(
         atol=None if dynamic else stated_atol(outputs, max_error),
         quantization=quantization,
         architectures=architectures,
-        extra=source_fields(source),
+        extra=source_fields(source, pinned),
         reference=source,
-        validation_inputs=validation if dynamic else None,
+        validation_inputs=validation if dynamic and validation is not None else None,
     )
 
 

@@ -12,7 +12,7 @@ kept in :class:`SourceModel` for the manifest and for error messages.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,10 +123,24 @@ def _all_names(model: Any) -> set[str]:
     return names
 
 
-def prepare_copy(path: Path, out: Path) -> SourceModel:
-    """Write the onnx2tf copy of ``path`` to ``out``; returns the model's interface and names."""
+def _pin(value_info: Any, shape: tuple[int, ...]) -> None:
+    """Set the fixed dimensions of ``shape`` on a graph input (``-1`` leaves a dimension as it is)."""
+    dims = value_info.type.tensor_type.shape.dim
+    for dim, want in zip(dims, shape):
+        if want != -1:
+            dim.dim_value = want  # clears dim_param (a oneof)
+
+
+def prepare_copy(path: Path, out: Path, pins: Mapping[str, tuple[int, ...]] | None = None) -> SourceModel:
+    """Write the onnx2tf copy of ``path`` to ``out``; returns the model's interface and names.
+
+    ``pins`` fixes dimensions of inputs in the copy (see :mod:`converter.shapes`); the returned
+    interface carries the pinned shapes.
+    """
     onnx = _onnx()
     inputs, outputs = describe_source(path)
+    pins = dict(pins or {})
+    inputs = tuple(TensorSpec(s.name, s.datatype, pins.get(s.name, s.shape), s.quantization) for s in inputs)
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError, ValueError ...
@@ -153,6 +167,9 @@ def prepare_copy(path: Path, out: Path) -> SourceModel:
     tensor_map: dict[str, str] = {}
     for i, name in enumerate(real_inputs):
         tensor_map[name] = namer.fixed(name, f"in_{i:03d}")
+    for v in graph.input:
+        if v.name in pins:
+            _pin(v, pins[v.name])
     for i, name in enumerate(real_outputs):
         tensor_map[name] = namer.fixed(name, f"out_{i:03d}")
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from converter.exceptions import ConverterError
-from edge_runtime.inference.tensors import Quantization, kserve_datatype
+from edge_runtime.exceptions import InferenceError
+from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, restore_shape
 
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
@@ -41,7 +42,10 @@ def quantization_of(detail: dict[str, Any]) -> Quantization | None:
 class LiteRTRunner:
     """One interpreter; ``run`` takes and returns float arrays in position (= ONNX) order."""
 
-    def __init__(self, model: bytes, delegates: bool = True, num_threads: int = 1) -> None:
+    def __init__(self, model: bytes, delegates: bool = True, num_threads: int = 1,
+                 outputs: Sequence[TensorSpec] | None = None, batch_dim: bool = False) -> None:
+        """``outputs`` (the interface's specs) restore outputs that differ by axes of size 1, as the device
+        does; ``batch_dim`` says that the first input's first dimension is the batch."""
         try:
             self.interp = make_interpreter(model, delegates, num_threads)
             self.interp.allocate_tensors()
@@ -52,6 +56,8 @@ class LiteRTRunner:
         self.in_q = [quantization_of(d) for d in self.ins]
         self.out_q = [quantization_of(d) for d in self.outs]
         self.shapes = [tuple(int(x) for x in d["shape"]) for d in self.ins]
+        self.out_shapes = [s.shape for s in outputs] if outputs is not None else None
+        self.batch_dim = batch_dim
 
     def set_inputs(self, arrays: Sequence[np.ndarray]) -> None:
         """Resize if needed and copy the inputs in (quantizing integer inputs)."""
@@ -71,11 +77,17 @@ class LiteRTRunner:
             self.interp.set_tensor(detail["index"], np.ascontiguousarray(data, dtype=detail["dtype"]))
 
     def get_outputs(self) -> list[np.ndarray]:
-        """The outputs, dequantized."""
+        """The outputs, dequantized (and in the interface's shapes, when given)."""
         out = []
-        for detail, q in zip(self.outs, self.out_q):
+        for i, (detail, q) in enumerate(zip(self.outs, self.out_q)):
             arr = self.interp.get_tensor(detail["index"])
-            out.append(q.dequantize(arr) if q is not None else np.array(arr))
+            arr = q.dequantize(arr) if q is not None else np.array(arr)
+            if self.out_shapes is not None:
+                try:
+                    arr = restore_shape(arr, self.out_shapes[i], self.shapes[0][0] if self.batch_dim else None)
+                except InferenceError as exc:
+                    raise ConverterError(f"output {i}: {exc}") from exc
+            out.append(arr)
         return out
 
     def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -29,11 +29,21 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import RUNTIME_MAJOR
-from edge_runtime.bundle.manifest import ARTIFACT_FILES, DEFAULT_CHUNK_SIZE, Golden, Manifest
+from edge_runtime.bundle.manifest import (
+    ARTIFACT_FILES,
+    DEFAULT_CHUNK_SIZE,
+    GOLDEN_FILE,
+    MAX_GOLDEN_BYTES,
+    MAX_INLINE_GOLDEN_BYTES,
+    Golden,
+    Manifest,
+)
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.backend import Backend, load_backend
+from edge_runtime.inference.selftest import golden_npz
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey
 
 FORMAT_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
@@ -242,17 +252,37 @@ def pack_model(
             "mean_abs_error": mean,
             "atol": float(atol),
         }
-    golden = Golden(
-        {s.name: _tensor_json(a) for s, a in zip(draft.inputs, samples)},
-        {s.name: _tensor_json(a) for s, a in zip(draft.outputs, results)},
-        float(atol),
-        float(rtol),
-    )
-    fields["golden"] = golden.to_json()
+    artifacts = {artifact.file: data}
+    fields["golden"] = _golden_field(draft, samples, results, float(atol), float(rtol), artifacts, fields, chunk_size)
     fields["created"] = draft.created
     manifest = build_manifest(fields)
-    write_bundle(out, manifest, {artifact.file: data}, keys)
+    write_bundle(out, manifest, artifacts, keys)
     return manifest
+
+
+def _golden_field(draft: Manifest, samples: list[np.ndarray], results: Sequence[np.ndarray], atol: float, rtol: float,
+                  artifacts: dict[str, bytes], fields: dict[str, Any], chunk_size: int) -> dict[str, Any]:
+    """The manifest's ``golden`` field: inline when small, else a ``golden.npz`` artifact added to
+    ``artifacts`` and ``fields["artifacts"]`` (so the manifest stays small for any model)."""
+    outputs = [np.asarray(r).astype(numpy_dtype(s.datatype), copy=False) for s, r in zip(draft.outputs, results)]
+    inline = Golden(
+        {s.name: _tensor_json(a) for s, a in zip(draft.inputs, samples)},
+        {s.name: _tensor_json(a) for s, a in zip(draft.outputs, outputs)},
+        atol,
+        rtol,
+    ).to_json()
+    if len(canonical_json(inline)) <= MAX_INLINE_GOLDEN_BYTES:
+        return inline
+    blob = golden_npz(samples, outputs)
+    if len(blob) > MAX_GOLDEN_BYTES:
+        raise UsageError(
+            f"golden self-test data of {len(samples[0]) if samples and samples[0].ndim else 1} row(s) is {len(blob)} "
+            f"bytes, the limit is {MAX_GOLDEN_BYTES}: pass fewer or smaller golden rows"
+        )
+    art = hash_artifact(GOLDEN_FILE, blob, chunk_size)
+    artifacts[GOLDEN_FILE] = blob
+    fields["artifacts"] = {**fields["artifacts"], GOLDEN_FILE: art.to_json()}
+    return Golden({}, {}, atol, rtol, GOLDEN_FILE).to_json()
 
 
 def this_machine() -> str:

@@ -352,8 +352,14 @@ def score_file(
     done = 0
     ok = False
     try:
+        static = not all(s.has_batch_dim for s in backend.inputs)
         for batch in batches:
-            writer.write(backend.run(batch))
+            if static and batch[0].shape[0] > 1:
+                # A model exported with a batch of 1 ([1, 3, 224, 224]) takes its rows one at a time.
+                parts = [backend.run([a[i : i + 1] for a in batch]) for i in range(batch[0].shape[0])]
+                writer.write([np.concatenate([p[k] for p in parts], axis=0) for k in range(len(parts[0]))])
+            else:
+                writer.write(backend.run(batch))
             done += batch[0].shape[0]
             if progress is not None:
                 progress(done, total)

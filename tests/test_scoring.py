@@ -393,3 +393,33 @@ def test_progress_bar_is_drawn_only_on_a_terminal(scoring_device: dict[str, Path
     r = cli(["score", "--model", "fraud", tmp_path / "rows.npy", "-o", tmp_path / "out2.npy", "--batch-size", "100",
              "--config", scoring_device["config"]])
     assert r.code == 0 and "rows/s" not in r.err and r.err_lines == [f"scored 1000 rows with fraud v1 (store) to {tmp_path / 'out2.npy'}"]
+
+
+class StaticBatchBackend(SumBackend):
+    """A model exported with a batch of 1: ``Backend.run`` refuses any other batch (spec.check)."""
+
+    calls = 0
+
+    def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        StaticBatchBackend.calls += 1
+        (x,) = arrays
+        return [np.stack([x.sum(axis=1), x.max(axis=1)], axis=1).astype(np.float32)]
+
+
+def test_a_static_batch_model_scores_a_file_one_row_at_a_time(tmp_path: Path) -> None:
+    art = hash_artifact("model.tflite", b"x")
+    manifest = build_manifest({
+        "name": "cnn", "version": 1, "format": "tflite", "artifacts": {"model.tflite": art.to_json()},
+        "inputs": [{"name": "data_0", "datatype": "FP32", "shape": [1, 3]}],
+        "outputs": [{"name": "prob", "datatype": "FP32", "shape": [1, 2]}],
+        "compatible": {"runtime_major": 0, "architectures": ["any"]},
+    })
+    backend = StaticBatchBackend(manifest)
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    with pytest.raises(InputError, match=r"expected shape \[1, 3\], found \[8, 3\]"):
+        backend.run([x])  # what the scorer used to hand it
+    np.save(tmp_path / "rows.npy", x)
+    StaticBatchBackend.calls = 0
+    assert score_file(backend, tmp_path / "rows.npy", tmp_path / "out.npy", batch_size=5) == 8
+    assert StaticBatchBackend.calls == 8
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack([x.sum(1), x.max(1)], 1))

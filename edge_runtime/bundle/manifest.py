@@ -17,12 +17,20 @@ from edge_runtime.trust.canonical import canonical_json, parse_json_object
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 ARTIFACT_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
-ALLOWED_ARTIFACTS = frozenset(ARTIFACT_FILES.values())
+# Golden self-test data too large to sit in the manifest travels as its own hashed artifact.
+GOLDEN_FILE = "golden.npz"
+ALLOWED_ARTIFACTS = frozenset({*ARTIFACT_FILES.values(), GOLDEN_FILE})
 FORMATS = frozenset(ARTIFACT_FILES)
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
 MIN_CHUNK_SIZE = 1024
+# What a device accepts (bundles made before golden.npz existed carried golden data inline).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# What the packer aims for: bundles it writes keep their manifest under this (checked by the converter).
+TARGET_MANIFEST_BYTES = 64 * 1024
+# Golden data inline in the manifest at most this many bytes of JSON; beyond, it goes to golden.npz.
+MAX_INLINE_GOLDEN_BYTES = 16 * 1024
+MAX_GOLDEN_BYTES = 32 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -60,15 +68,23 @@ class Artifact:
 
 @dataclass(frozen=True)
 class Golden:
-    """Golden self-test samples: inputs, expected outputs and a tolerance."""
+    """Golden self-test samples: inputs, expected outputs and a tolerance.
+
+    Either inline (``inputs``/``outputs`` as ``{name: {shape, data}}``) or, with ``file`` set,
+    in the bundle's ``golden.npz`` artifact (arrays ``input_<i>``/``output_<i>`` in manifest
+    order), hashed and signed like the model file.
+    """
 
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, dict[str, Any]]
     atol: float
     rtol: float
+    file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest form."""
+        if self.file is not None:
+            return {"file": self.file, "atol": self.atol, "rtol": self.rtol}
         # Copies: callers may edit the result, and this object is frozen.
         return copy.deepcopy({"inputs": self.inputs, "outputs": self.outputs, "atol": self.atol, "rtol": self.rtol})
 
@@ -153,13 +169,20 @@ def _parse_artifact(file: str, obj: Any) -> Artifact:
     return Artifact(file, length, sha, chunk_size, tuple(chunks))
 
 
-def _parse_golden(obj: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]) -> Golden:
+def _parse_golden(obj: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+                  artifacts: dict[str, Artifact]) -> Golden:
     if not isinstance(obj, dict):
         raise ManifestError("manifest: 'golden' must be an object")
     atol = _require(obj, "atol", (int, float), "manifest golden")
     rtol = _require(obj, "rtol", (int, float), "manifest golden")
-    if atol < 0 or rtol < 0:
-        raise ManifestError("manifest golden: atol and rtol must be >= 0")
+    if not (0 <= atol < float("inf") and 0 <= rtol < float("inf")):
+        raise ManifestError("manifest golden: atol and rtol must be >= 0 and finite")
+    if "file" in obj:
+        if set(obj) != {"file", "atol", "rtol"}:
+            raise ManifestError("manifest golden: a golden 'file' carries no inline inputs/outputs")
+        if obj["file"] != GOLDEN_FILE or GOLDEN_FILE not in artifacts:
+            raise ManifestError(f"manifest golden: 'file' must be {GOLDEN_FILE!r}, listed in artifacts")
+        return Golden({}, {}, float(atol), float(rtol), GOLDEN_FILE)
     sides: list[dict[str, dict[str, Any]]] = []
     for side, specs in (("inputs", inputs), ("outputs", outputs)):
         tensors = _require(obj, side, dict, "manifest golden")
@@ -211,7 +234,14 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
     quantization = obj.get("quantization", {"mode": "none"})
     if not isinstance(quantization, dict):
         raise ManifestError("manifest: 'quantization' must be an object")
-    golden = _parse_golden(obj["golden"], inputs, outputs) if obj.get("golden") is not None else None
+    golden = _parse_golden(obj["golden"], inputs, outputs, artifacts) if obj.get("golden") is not None else None
+    if GOLDEN_FILE in artifacts:
+        if golden is None or golden.file != GOLDEN_FILE:
+            raise ManifestError(f"manifest: artifact {GOLDEN_FILE!r} is listed but 'golden' does not name it")
+        if artifacts[GOLDEN_FILE].length > MAX_GOLDEN_BYTES:
+            raise ManifestError(
+                f"manifest: {GOLDEN_FILE} is {artifacts[GOLDEN_FILE].length} bytes, the limit is {MAX_GOLDEN_BYTES}"
+            )
     compatible = _require(obj, "compatible", dict)
     runtime_major = compatible.get("runtime_major")
     archs = compatible.get("architectures")

@@ -34,9 +34,26 @@ MAX_MEMBERS = 8
 
 @dataclass(frozen=True)
 class BundleLimits:
-    """Caps enforced while reading a bundle."""
+    """Caps enforced while reading a bundle (and, by the packer, before writing one)."""
 
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+
+
+def limit_violation(
+    manifest_bytes: int, signature_bytes: int, artifact_bytes: dict[str, int], limits: BundleLimits
+) -> str | None:
+    """Why a bundle of these sizes would be refused by a device, or None. One definition for both sides:
+    :func:`open_bundle` applies it on install, :func:`~edge_runtime.bundle.writer.write_bundle` before writing."""
+    if manifest_bytes > MAX_MANIFEST_BYTES:
+        return f"{MANIFEST_FILE} is {manifest_bytes} bytes, the limit is {MAX_MANIFEST_BYTES}"
+    if signature_bytes > MAX_SIGNATURE_BYTES:
+        return f"{SIGNATURE_FILE} is {signature_bytes} bytes, the limit is {MAX_SIGNATURE_BYTES}"
+    if len(artifact_bytes) + 2 > MAX_MEMBERS:
+        return f"bundle has more than {MAX_MEMBERS} members"
+    total = sum(artifact_bytes.values())
+    if total > limits.max_bundle_bytes:
+        return f"bundle artifacts total {total} bytes, the limit is {limits.max_bundle_bytes}"
+    return None
 
 
 def parse_signature_file(data: bytes) -> list[tuple[str, bytes]]:
@@ -148,14 +165,14 @@ class Bundle:
             raise BundleError(f"bundle has unexpected members {sorted(present - expected)}")
         if expected - present:
             raise BundleError(f"bundle is missing members {sorted(expected - present)}")
-        total = 0
         for name, art in self.manifest.artifacts.items():
             size = self._members[name].size
             if size != art.length:
                 raise BundleError(f"{name} is {size} bytes in the bundle, the manifest states {art.length}")
-            total += size
-        if total > limits.max_bundle_bytes:
-            raise BundleError(f"bundle artifacts total {total} bytes, the limit is {limits.max_bundle_bytes}")
+        sizes = {name: art.length for name, art in self.manifest.artifacts.items()}
+        problem = limit_violation(len(self.manifest_bytes), len(self.signature_bytes), sizes, limits)
+        if problem:
+            raise BundleError(problem)
 
     def copy_artifact(self, name: str, dst: BinaryIO | None) -> None:
         """Stream artifact ``name`` into ``dst`` (or nowhere), verifying every chunk."""

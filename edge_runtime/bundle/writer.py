@@ -19,6 +19,8 @@ from edge_runtime.bundle.manifest import (
     Manifest,
     manifest_from_json,
 )
+from edge_runtime.bundle.reader import BundleLimits, limit_violation
+from edge_runtime.exceptions import BundleError
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey, sign
 
@@ -57,11 +59,20 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_bundle(
-    out: Path, manifest: Manifest, artifacts: dict[str, bytes], keys: Iterable[PrivateKey]
+    out: Path, manifest: Manifest, artifacts: dict[str, bytes], keys: Iterable[PrivateKey],
+    limits: BundleLimits | None = None,
 ) -> bytes:
-    """Sign ``manifest`` and write the bundle atomically to ``out``; returns the manifest bytes."""
+    """Sign ``manifest`` and write the bundle atomically to ``out``; returns the manifest bytes.
+
+    A bundle a device would refuse (the limits ``models install`` applies) is refused here,
+    before anything is written.
+    """
     manifest_bytes = manifest.canonical()
     sig = signature_file(manifest_bytes, keys)
+    problem = limit_violation(len(manifest_bytes), len(sig), {k: len(v) for k, v in artifacts.items()},
+                              limits or BundleLimits())
+    if problem:
+        raise BundleError(f"a device would refuse this bundle: {problem}")
     with atomic_writer(Path(out)) as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             _add(tar, MANIFEST_FILE, manifest_bytes)

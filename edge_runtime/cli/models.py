@@ -40,7 +40,7 @@ def selftest(resolved: Resolved) -> None:
     """Load a resolved version and run its golden self-test."""
     backend = load_backend(resolved.manifest, resolved.model)
     try:
-        run_selftest(backend, resolved.manifest)
+        run_selftest(backend, resolved.manifest, resolved.golden_bytes)
     finally:
         backend.close()
 

@@ -47,7 +47,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     store = open_store(args)
     resolved = resolve(store, args.model)
     backend = load_backend(resolved.manifest, resolved.model, args.threads)
-    run_selftest(backend, resolved.manifest)
+    run_selftest(backend, resolved.manifest, resolved.golden_bytes)
     progress = terminal_progress(sys.stderr) if sys.stderr.isatty() else None
     rows = score_file(backend, args.input, args.output, args.batch_size, progress)
     if progress is not None:

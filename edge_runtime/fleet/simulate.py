@@ -95,7 +95,7 @@ def device_selftest(device: str, faults: Iterable[Fault]) -> Callable[[Resolved]
         if any(f.applies(device, resolved.name, resolved.version) for f in mine):
             backend = MiscomputingBackend(backend)
         try:
-            run_selftest(backend, resolved.manifest)
+            run_selftest(backend, resolved.manifest, resolved.golden_bytes)
         finally:
             backend.close()
 

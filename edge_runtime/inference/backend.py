@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InferenceError, InputError
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.inference.tensors import TensorSpec, numpy_dtype, restore_shape
 
 
 class Backend(abc.ABC):
@@ -26,6 +26,8 @@ class Backend(abc.ABC):
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs
         self.outputs: tuple[TensorSpec, ...] = manifest.outputs
         self._in_dtypes = [numpy_dtype(s.datatype) for s in self.inputs]
+        # Outputs whose model shape differs from the manifest's by axes of size 1 (set by the backend).
+        self._reshape = [False] * len(self.outputs)
 
     @abc.abstractmethod
     def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -48,9 +50,12 @@ class Backend(abc.ABC):
             model_inputs.append(arr)
         results = self._invoke(model_inputs)
         out = []
-        for spec, arr in zip(self.outputs, results):
+        for spec, reshape, arr in zip(self.outputs, self._reshape, results):
             if spec.quantization is not None:
                 arr = spec.quantization.dequantize(arr)
+            if reshape:
+                batch = model_inputs[0].shape[0] if self.inputs[0].has_batch_dim else None
+                arr = restore_shape(arr, spec.shape, batch)
             out.append(arr)
         return out
 

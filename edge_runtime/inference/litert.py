@@ -12,7 +12,7 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InferenceError
 from edge_runtime.inference.backend import Backend
-from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype
+from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype, unit_axes_only
 
 
 def interpreter_class() -> Any:
@@ -90,14 +90,20 @@ class LiteRTBackend(Backend):
         for side, specs, details in (("inputs", self.inputs, ins), ("outputs", self.outputs, outs)):
             if len(specs) != len(details):
                 raise InferenceError(f"manifest lists {len(specs)} {side}, the model has {len(details)}")
-            for spec, d in zip(specs, details):
+            for pos, (spec, d) in enumerate(zip(specs, details)):
                 want = numpy_dtype(spec.quantization.datatype if spec.quantization else spec.datatype)
                 if np.dtype(d["dtype"]) != want:
                     raise InferenceError(
                         f"{side[:-1]} '{spec.name}': manifest says {want}, the model has {np.dtype(d['dtype'])}"
                     )
-                if len(d.get("shape_signature", d["shape"])) != len(spec.shape):
-                    raise InferenceError(f"{side[:-1]} '{spec.name}': manifest rank differs from the model's")
+                model_shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
+                if side == "outputs" and model_shape != spec.shape and unit_axes_only(model_shape, spec.shape):
+                    self._reshape[pos] = True  # e.g. onnx2tf turned [1, T] into [-1, 1, T]
+                elif len(model_shape) != len(spec.shape):
+                    raise InferenceError(
+                        f"{side[:-1]} '{spec.name}': the manifest says shape {list(spec.shape)}, the model "
+                        f"{list(model_shape)}"
+                    )
         self._in_idx = [d["index"] for d in ins]
         self._out_idx = [d["index"] for d in outs]
         self._shapes = [tuple(int(v) for v in d["shape"]) for d in ins]  # ints: numpy scalars compare slowly

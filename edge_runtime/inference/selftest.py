@@ -1,17 +1,36 @@
-"""The golden self-test: run the manifest's sample inputs, compare with expected outputs."""
+"""The golden self-test: run the manifest's sample inputs, compare with expected outputs.
+
+Golden data is inline in the manifest (small models, and bundles made before ``golden.npz``
+existed) or in the bundle's ``golden.npz`` artifact, whose bytes the caller has verified
+against the manifest (:attr:`edge_runtime.store.Resolved.golden_bytes`).
+"""
 
 from __future__ import annotations
 
+import io
+import zipfile
+from dataclasses import dataclass
+
 import numpy as np
 
-from edge_runtime.bundle.manifest import Golden, Manifest
+from edge_runtime.bundle.manifest import GOLDEN_FILE, Golden, Manifest
 from edge_runtime.exceptions import SelfTestError
 from edge_runtime.inference.backend import Backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 
 
+@dataclass(frozen=True)
+class GoldenSet:
+    """Golden inputs and expected outputs as arrays in manifest order, with the tolerance."""
+
+    inputs: list[np.ndarray]
+    outputs: list[np.ndarray]
+    atol: float
+    rtol: float
+
+
 def golden_arrays(golden: Golden, specs: tuple[TensorSpec, ...], side: str) -> list[np.ndarray]:
-    """The golden tensors of one side, in manifest order."""
+    """The inline golden tensors of one side, in manifest order."""
     table = golden.inputs if side == "inputs" else golden.outputs
     return [
         np.asarray(table[s.name]["data"], dtype=numpy_dtype(s.datatype)).reshape(table[s.name]["shape"])
@@ -19,19 +38,69 @@ def golden_arrays(golden: Golden, specs: tuple[TensorSpec, ...], side: str) -> l
     ]
 
 
-def run_selftest(backend: Backend, manifest: Manifest) -> float:
-    """Run the golden samples; return the worst absolute error or raise SelfTestError."""
+def golden_npz(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> bytes:
+    """The ``golden.npz`` bytes for arrays in manifest order."""
+    buf = io.BytesIO()
+    arrays = {f"input_{i}": a for i, a in enumerate(inputs)}
+    arrays.update({f"output_{i}": a for i, a in enumerate(outputs)})
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _read_npz(manifest: Manifest, data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    what = f"{manifest.name} v{manifest.version}: {GOLDEN_FILE}"
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            sides = []
+            for prefix, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+                arrays = []
+                for i, spec in enumerate(specs):
+                    key = f"{prefix}_{i}"
+                    if key not in npz.files:
+                        raise SelfTestError(f"{what} has no array {key!r} ({prefix} '{spec.name}')")
+                    arr = npz[key]
+                    if arr.dtype != numpy_dtype(spec.datatype) or arr.ndim != len(spec.shape):
+                        raise SelfTestError(
+                            f"{what}: {key} is {arr.dtype} {list(arr.shape)}, {prefix} '{spec.name}' is "
+                            f"{spec.datatype} {list(spec.shape)}"
+                        )
+                    arrays.append(arr)
+                sides.append(arrays)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise SelfTestError(f"{what} is not a readable .npz file: {exc}") from exc
+    return sides[0], sides[1]
+
+
+def load_golden(manifest: Manifest, golden_bytes: bytes | None = None) -> GoldenSet | None:
+    """The manifest's golden data as arrays (None when it has none)."""
     golden = manifest.golden
     if golden is None:
+        return None
+    if golden.file is None:
+        return GoldenSet(
+            golden_arrays(golden, manifest.inputs, "inputs"), golden_arrays(golden, manifest.outputs, "outputs"),
+            golden.atol, golden.rtol,
+        )
+    if golden_bytes is None:
+        raise SelfTestError(f"{manifest.name} v{manifest.version}: {GOLDEN_FILE} was not loaded")
+    inputs, outputs = _read_npz(manifest, golden_bytes)
+    return GoldenSet(inputs, outputs, golden.atol, golden.rtol)
+
+
+def run_selftest(backend: Backend, manifest: Manifest, golden_bytes: bytes | None = None) -> float:
+    """Run the golden samples; return the worst absolute error or raise SelfTestError.
+
+    ``golden_bytes`` are the verified bytes of ``golden.npz`` when the manifest names it.
+    """
+    golden = load_golden(manifest, golden_bytes)
+    if golden is None:
         return 0.0
-    inputs = golden_arrays(golden, manifest.inputs, "inputs")
-    expected = golden_arrays(golden, manifest.outputs, "outputs")
     try:
-        got = backend.run(inputs)
+        got = backend.run(golden.inputs)
     except Exception as exc:  # any failure to run is a failed self-test
         raise SelfTestError(f"{manifest.name} v{manifest.version}: self-test could not run: {exc}") from exc
     worst = 0.0
-    for spec, want, have in zip(manifest.outputs, expected, got):
+    for spec, want, have in zip(manifest.outputs, golden.outputs, got):
         if want.shape != have.shape:
             raise SelfTestError(
                 f"{manifest.name} v{manifest.version}: output '{spec.name}' has shape {list(have.shape)}, "

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.exceptions import InputError, ManifestError
+from edge_runtime.exceptions import InferenceError, InputError, ManifestError
 
 KSERVE_TO_NUMPY: dict[str, Any] = {
     "BOOL": np.bool_,
@@ -102,6 +102,64 @@ class TensorSpec:
         for i, (want, got) in enumerate(zip(self.shape, arr.shape)):
             if want != -1 and want != got:
                 raise InputError(f"{label}: expected shape {list(self.shape)}, found {list(arr.shape)} (dimension {i})")
+
+
+def fits(shape: tuple[int, ...], dims: tuple[int, ...]) -> bool:
+    """True when concrete ``dims`` fit ``shape`` (same rank, -1 matches anything)."""
+    return len(shape) == len(dims) and all(w == -1 or w == g for w, g in zip(shape, dims))
+
+
+def unit_axes_only(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """True when shapes ``a`` and ``b`` (-1 = dynamic) can differ only by axes of size 1.
+
+    Such tensors hold their elements in the same order, so one is a reshape of the other
+    (``[1, T]`` and ``[-1, 1, T]``; ``[1, 1000, 1, 1]`` and ``[1, 1, 1, 1000]``).
+    """
+    memo: dict[tuple[int, int], bool] = {}
+
+    def match(i: int, j: int) -> bool:
+        if (i, j) in memo:
+            return memo[(i, j)]
+        ok = (i == len(a) and j == len(b)) or (
+            (i < len(a) and a[i] in (1, -1) and match(i + 1, j))
+            or (j < len(b) and b[j] in (1, -1) and match(i, j + 1))
+            or (i < len(a) and j < len(b) and (a[i] == b[j] or -1 in (a[i], b[j])) and match(i + 1, j + 1))
+        )
+        memo[(i, j)] = ok
+        return ok
+
+    return match(0, 0)
+
+
+def restore_shape(arr: np.ndarray, shape: tuple[int, ...], batch: int | None) -> np.ndarray:
+    """``arr`` reshaped to ``shape`` (the interface's form, -1 = dynamic) when the two differ only by
+    axes of size 1; ``batch`` fills a dynamic first dimension. Raises InferenceError otherwise."""
+    if fits(shape, arr.shape):
+        return arr
+    core = [d for d in arr.shape if d != 1]
+    target: list[int] = []
+    for i, want in enumerate(shape):
+        later_fixed = sum(1 for d in shape[i + 1 :] if d > 1)
+        if want > 1:
+            if not core or core[0] != want:
+                break
+            target.append(core.pop(0))
+        elif want == 1:
+            target.append(1)
+        elif i == 0 and batch is not None:
+            if batch != 1:
+                if not core or core[0] != batch:
+                    break
+                core.pop(0)
+            target.append(batch)
+        elif len(core) > later_fixed:
+            target.append(core.pop(0))
+        else:
+            target.append(1)
+    else:
+        if not core and int(np.prod(target, dtype=np.int64)) == arr.size:
+            return arr.reshape(target)
+    raise InferenceError(f"the model produced shape {list(arr.shape)}, which does not fit {list(shape)}")
 
 
 def _int(value: Any, what: str) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, StoreError
 from edge_runtime.inference.backend import Backend, load_backend
-from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.inference.selftest import load_golden, run_selftest
 from edge_runtime.serving.codec import Interface
 from edge_runtime.serving.metrics import Metrics
 from edge_runtime.serving.models import LoadedVersion, ServedModel, batch_policy, build_routing
@@ -360,8 +360,8 @@ class ModelManager:
         backend = load_backend(manifest, resolved.model, mcfg.num_threads)
         backends: list[Backend] = [backend]
         try:
-            run_selftest(backend, manifest)
-            sample = sample_inputs(backend, manifest.golden)
+            run_selftest(backend, manifest, resolved.golden_bytes)
+            sample = sample_inputs(backend, load_golden(manifest, resolved.golden_bytes))
             invoke_us = measure_invoke_us(backend, sample)
             iface = Interface(manifest)
             stats = self.metrics.version(resolved.name, resolved.version)

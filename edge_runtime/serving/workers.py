@@ -20,12 +20,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
 from edge_runtime.exceptions import UnavailableError
 from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.selftest import GoldenSet
 from edge_runtime.serving.batcher import BatchPolicy, BatchQueue, Pending
 from edge_runtime.serving.metrics import VersionStats
 
@@ -228,13 +228,12 @@ class ThreadedExecutor:
 Executor = InlineExecutor | ThreadedExecutor
 
 
-def sample_inputs(backend: Backend, golden: Any | None) -> list[np.ndarray]:
+def sample_inputs(backend: Backend, golden: GoldenSet | None) -> list[np.ndarray]:
     """One batch-1 input set: the first golden row when there is one, else zeros."""
-    from edge_runtime.inference.selftest import golden_arrays
     from edge_runtime.inference.tensors import numpy_dtype
 
     if golden is not None:
-        arrays = golden_arrays(golden, backend.inputs, "inputs")
+        arrays = golden.inputs
         return [a[:1] if s.has_batch_dim and a.shape and a.shape[0] >= 1 else a for s, a in zip(backend.inputs, arrays)]
     return [
         np.zeros(tuple(1 if d == -1 else d for d in s.shape), dtype=numpy_dtype(s.datatype)) for s in backend.inputs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import shutil
@@ -46,6 +47,7 @@ class Resolved:
     model_path: Path | None = None
     model_bytes: bytes | None = None
     fallback_reason: str | None = None
+    golden_bytes: bytes | None = None  # the verified golden.npz, when the manifest names one
 
     @property
     def model(self) -> Path | bytes:
@@ -162,7 +164,16 @@ class ModelStore:
         """Verify an installed version and describe it for loading."""
         manifest = self.verify_version(name, version)
         path = self.version_dir(name, version) / manifest.model_file
-        return Resolved(name, version, manifest, "store", model_path=path, fallback_reason=reason)
+        golden = None
+        if manifest.golden is not None and manifest.golden.file is not None:
+            buf = io.BytesIO()
+            try:
+                with open(self.version_dir(name, version) / manifest.golden.file, "rb") as fh:
+                    stream_verify(manifest.artifacts[manifest.golden.file], fh, buf)  # hashed again as read
+            except OSError as exc:
+                raise StoreError(f"{name} v{version}: cannot read {manifest.golden.file}: {exc.strerror}") from exc
+            golden = buf.getvalue()
+        return Resolved(name, version, manifest, "store", model_path=path, fallback_reason=reason, golden_bytes=golden)
 
     def resolved_factory(self, name: str, reason: str | None = None) -> Resolved:
         """Verify the factory bundle of ``name`` and describe it for loading."""
@@ -174,7 +185,9 @@ class ModelStore:
                 raise StoreError(f"factory bundle {path.name} holds model {bundle.manifest.name!r}")
             data = bundle.read_artifact(bundle.manifest.model_file)
             manifest = bundle.manifest
-        return Resolved(name, manifest.version, manifest, "factory", model_bytes=data, fallback_reason=reason)
+            golden = bundle.read_artifact(manifest.golden.file) if manifest.golden and manifest.golden.file else None
+        return Resolved(name, manifest.version, manifest, "factory", model_bytes=data, fallback_reason=reason,
+                        golden_bytes=golden)
 
     # -- installing --------------------------------------------------------------------
 

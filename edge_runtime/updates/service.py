@@ -82,7 +82,7 @@ def inprocess_selftest(resolved: Resolved) -> None:
     """Load a version and run its golden self-test here (when no daemon does it)."""
     backend = load_backend(resolved.manifest, resolved.model)
     try:
-        run_selftest(backend, resolved.manifest)
+        run_selftest(backend, resolved.manifest, resolved.golden_bytes)
     finally:
         backend.close()
 

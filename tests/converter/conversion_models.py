@@ -34,8 +34,9 @@ def _save(graph: onnx.GraphProto, path: Path, opset: int = OPSET) -> Path:
     return path
 
 
-def build_cnn(path: Path, seed: int = 0, classes: int = 10) -> Path:
-    """The NCHW 3x96x96 CNN classifier with a dynamic batch."""
+def build_cnn(path: Path, seed: int = 0, classes: int = 10, spatial: tuple[int | str, int | str] = (96, 96)) -> Path:
+    """The NCHW 3x96x96 CNN classifier with a dynamic batch (``spatial=("h", "w")``: dynamic height and
+    width too, as real OCR and detection exports have)."""
     rng = np.random.default_rng(seed)
     inits: list[onnx.TensorProto] = []
 
@@ -65,9 +66,40 @@ def build_cnn(path: Path, seed: int = 0, classes: int = 10) -> Path:
     ]
     graph = helper.make_graph(
         nodes, "cnn",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 96, 96])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, *spatial])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         initializer=inits,
+    )
+    return _save(graph, path)
+
+
+def build_stateful(path: Path) -> Path:
+    """A stateful model shaped like a voice-activity detector: ``x`` [N, T], ``state`` [2, N, 4] (batch on
+    axis 1) and ``sr`` a scalar int64 -> ``prob`` [N, 1], ``state_out`` [2, N, 4]. No common batch axis,
+    so its data comes as whole calls."""
+    c = [numpy_helper.from_array(np.asarray(v, dtype=d), n) for n, v, d in (
+        ("axes1", [1], np.int64), ("axes0", [0], np.int64), ("axes02", [0, 2], np.int64),
+        ("rate", 16000.0, np.float32), ("gain", np.linspace(0.5, 1.5, 4).reshape(1, 1, 4), np.float32))]
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], "mean", axes=[1], keepdims=1),
+        helper.make_node("Cast", ["sr"], ["sr_f"], "cast", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["sr_f", "rate"], ["scale"], "scale"),
+        helper.make_node("Mul", ["mean", "scale"], ["h"], "h"),
+        helper.make_node("Unsqueeze", ["h", "axes0"], ["h3"], "h3"),
+        helper.make_node("Mul", ["state", "gain"], ["kept"], "kept"),
+        helper.make_node("Add", ["kept", "h3"], ["state_out"], "state_out"),
+        helper.make_node("ReduceSum", ["state_out", "axes02"], ["total"], "total", keepdims=0),
+        helper.make_node("Unsqueeze", ["total", "axes1"], ["total2"], "total2"),
+        helper.make_node("Sigmoid", ["total2"], ["prob"], "prob"),
+    ]
+    graph = helper.make_graph(
+        nodes, "stateful",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "n", 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["n", 1]),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "n", 4])],
+        initializer=c,
     )
     return _save(graph, path)
 

@@ -18,10 +18,16 @@ from onnx import TensorProto, helper, numpy_helper
 from converter import calibration as cal
 from converter.auto import Candidate, choose, format_table
 from converter.cli import main as convert_main
-from converter.exceptions import ConversionError, InterfaceError, NetworkAccessError, UnsupportedOperatorError
+from converter.exceptions import (
+    ConversionError,
+    InterfaceError,
+    NetworkAccessError,
+    Onnx2tfCrash,
+    UnsupportedOperatorError,
+)
 from converter.interface import match_interface, reorder_io
 from converter.onnx2tf_runner import DEAD_PROXY, Onnx2tfJob, explain_failure, onnx2tf_env
-from converter.package import MAX_GOLDEN_VALUES, golden_inputs
+from converter.package import GOLDEN_INPUT_BYTES, golden_inputs
 from converter.source import SCOPE_NAME_RE, prepare_copy
 from converter.validate import Thresholds, compare, failures, output_metrics, roc_auc
 from edge_runtime.exceptions import UsageError
@@ -133,7 +139,22 @@ def test_download_attempt_and_kill_are_explained(tmp_path: Path) -> None:
     net = explain_failure("requests.exceptions.ProxyError: HTTPSConnectionPool(host='github.com')", 1, tmp_path / "l")
     assert isinstance(net, NetworkAccessError) and "download" in str(net)
     killed = explain_failure("", -9, tmp_path / "l")
-    assert "killed" in str(killed) and "RAM" in str(killed)
+    assert isinstance(killed, Onnx2tfCrash) and killed.signal_name == "SIGKILL"
+    assert "killed by SIGKILL" in str(killed) and "RAM" not in str(killed)  # no evidence of memory
+    oom = explain_failure("", -9, tmp_path / "l", oom_killed=True)
+    assert "out-of-memory killer" in str(oom) and "RAM" in str(oom)
+    assert "out-of-memory" in str(explain_failure("", 137, tmp_path / "l", oom_killed=True))
+    assert "ran out of memory" in str(explain_failure("Traceback\nMemoryError", 1, tmp_path / "l"))
+
+
+def test_a_segfault_is_reported_as_a_crash_not_as_memory(tmp_path: Path) -> None:
+    log = "INFO: onnx_op_type: LSTM onnx_op_name: /rnn/LSTM\nsaving...\nquantization start\n"
+    crash = explain_failure(log, -11, tmp_path / "l")
+    assert isinstance(crash, Onnx2tfCrash) and crash.signal_name == "SIGSEGV"
+    assert str(crash).startswith("onnx2tf crashed with SIGSEGV (segmentation fault) while quantizing")
+    assert "RAM" not in str(crash) and "memory" not in str(crash) and "--fallback-onnx" in str(crash)
+    abort = explain_failure("INFO: onnx_op_type: LSTM onnx_op_name: /rnn/LSTM\n", 134, tmp_path / "l")
+    assert "SIGABRT (abort) while converting a LSTM node" in str(abort)
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -188,7 +209,9 @@ def test_golden_rows_stay_small() -> None:
     fraud = golden_inputs([np.zeros((143, 30), np.float32)], FRAUD_IN)
     assert fraud[0].shape == (4, 30)
     image = golden_inputs([np.zeros((32, 3, 96, 96), np.float32)], (TensorSpec("image", "FP32", (-1, 3, 96, 96)),))
-    assert image[0].shape == (1, 3, 96, 96) and 3 * 96 * 96 > MAX_GOLDEN_VALUES
+    assert image[0].shape == (4, 3, 96, 96)
+    layout = golden_inputs([np.zeros((8, 3, 800, 608), np.float32)], (TensorSpec("image", "FP32", (-1, 3, 800, 608)),))
+    assert layout[0].shape == (1, 3, 800, 608) and 2 * layout[0].nbytes > GOLDEN_INPUT_BYTES
 
 
 # -- metrics and thresholds ---------------------------------------------------------------
