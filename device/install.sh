@@ -12,7 +12,7 @@ umask 022
 usage() {
     cat <<'EOF'
 usage: install.sh --trust-root FILE [--root DIR] [--wheel PATH] [--python PYTHON]
-                  [--replace-trust-root] [--no-start]
+                  [--with-onnx] [--replace-trust-root] [--no-start]
 
   --trust-root FILE      the fleet's trust root (root.json from `edge-runtime keys generate`);
                          copied to /etc/edge-runtime/root.json. Required.
@@ -22,6 +22,10 @@ usage: install.sh --trust-root FILE [--root DIR] [--wheel PATH] [--python PYTHON
   --wheel PATH           what to install: an edge-runtime wheel, or a source directory
                          (default: the repository this script belongs to)
   --python PYTHON        interpreter for the virtual environment, 3.11 or newer (default python3)
+  --with-onnx            also install onnxruntime (the 'onnx' extra), so the device can run
+                         ONNX bundles: the ones edge-convert writes with --fallback-onnx when
+                         a model does not convert to TFLite. Without it such bundles are refused
+                         at install, with that reason shown in `fleet status`.
   --no-start             enable the service but do not start or restart it
 EOF
 }
@@ -38,6 +42,7 @@ WHEEL=$REPO_DIR
 PYTHON=python3
 REPLACE_TRUST_ROOT=0
 START=1
+EXTRAS=device
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,6 +56,7 @@ while [ $# -gt 0 ]; do
         --python=*) PYTHON=${1#*=}; shift ;;
         --replace-trust-root) REPLACE_TRUST_ROOT=1; shift ;;
         --no-start) START=0; shift ;;
+        --with-onnx) EXTRAS=device,onnx; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -215,13 +221,13 @@ for old in "$WHEEL_DIR"/*.whl; do
 done
 
 STAMP=$VENV/.edge-runtime-installed
-WANT="$(sha256sum "$WHEEL_FILE" | cut -d' ' -f1) device"
+WANT="$(sha256sum "$WHEEL_FILE" | cut -d' ' -f1) $EXTRAS"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV_PY" -m pip check >/dev/null 2>&1; then
     log "virtual environment up to date ($(basename "$WHEEL_FILE"))"
 else
-    log "installing $(basename "$WHEEL_FILE")[device] into $VENV"
+    log "installing $(basename "$WHEEL_FILE")[$EXTRAS] into $VENV"
     "$VENV_PY" -m pip uninstall --quiet --yes edge-runtime >/dev/null 2>&1 || true
-    "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[device]"
+    "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[$EXTRAS]"
     # The device install must never pull TensorFlow (SPEC section 1).
     TF=$("$VENV_PY" -c 'import importlib.metadata as m; print(" ".join(sorted({d.metadata["Name"] for d in m.distributions() if d.metadata["Name"].lower().startswith(("tensorflow", "tf-keras", "tf_keras"))})))')
     [ -z "$TF" ] || die "the device venv contains $TF; the device extra must not pull TensorFlow"

@@ -117,7 +117,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Itera
     # The demo root signs the factory bundle, so the installed tree can verify it.
     trust_root = DEMO_ROOT if DEMO_ROOT.is_file() else keys_dir / "root.json"
     root = tmp_path_factory.mktemp("pi") / "root"
-    args = ("--root", str(root), "--trust-root", str(trust_root), "--python", sys.executable)
+    # --with-onnx: the onnx extra too, so ONNX fallback bundles run (and it must not pull TensorFlow either).
+    args = ("--root", str(root), "--trust-root", str(trust_root), "--python", sys.executable, "--with-onnx")
     first = run_script(INSTALL, *args)
     assert first.returncode == 0, first.stderr
     after_first = snapshot(root)
@@ -186,7 +187,8 @@ def test_venv_has_the_device_extra_and_no_tensorflow(installed: Installed) -> No
     )
     names = {d["name"].lower().replace("_", "-") for d in json.loads(result.stdout)}
     assert not {n for n in names if n.startswith("tensorflow") or n in {"tf-keras", "keras", "onnx2tf"}}, names
-    for required in ("edge-runtime", "ai-edge-litert", "paho-mqtt", "cryptography", "numpy", "uvicorn"):
+    assert "[device,onnx]" in installed.first.stdout
+    for required in ("edge-runtime", "ai-edge-litert", "paho-mqtt", "cryptography", "numpy", "uvicorn", "onnxruntime"):
         assert required in names, f"{required} missing from the device venv: {sorted(names)}"
 
 

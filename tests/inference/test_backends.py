@@ -136,9 +136,16 @@ def test_manifest_that_does_not_describe_the_model_is_refused_on_load(
     wrong_type = _with(m, inputs=[{"name": "input_0", "datatype": "INT32", "shape": [-1, 30]}])
     with pytest.raises(InferenceError, match="input 'input_0': manifest says int32, the model has float32"):
         load_backend(wrong_type, model)
-    wrong_rank = _with(m, outputs=[{"name": "output_0", "datatype": "FP32", "shape": [-1]}], golden=None)
-    with pytest.raises(InferenceError, match="output 'output_0': manifest rank differs"):
+    wrong_rank = _with(m, outputs=[{"name": "output_0", "datatype": "FP32", "shape": [-1, 2, 3]}], golden=None)
+    with pytest.raises(InferenceError, match=r"output 'output_0': the manifest says shape \[-1, 2, 3\], the model \[-1, 1\]"):
         load_backend(wrong_rank, model)
+    # A shape that differs only by axes of size 1 holds the same elements in the same order: reshaped.
+    squeezed = _with(m, outputs=[{"name": "output_0", "datatype": "FP32", "shape": [-1]}], golden=None)
+    x = np.load(FACTORY / "golden.npy")
+    full = load_backend(m, model).run([x])[0]
+    got = load_backend(squeezed, model).run([x])[0]
+    assert full.shape == (len(x), 1) and got.shape == (len(x),)
+    np.testing.assert_array_equal(got, full.reshape(-1))
     two_outputs = _with(
         m, outputs=[{"name": "a", "datatype": "FP32", "shape": [-1, 1]}, {"name": "b", "datatype": "FP32", "shape": [-1, 1]}],
         golden=None,
