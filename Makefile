@@ -11,7 +11,7 @@ DEVICE_VENV := .venv-device
 EDGE := $(DEVICE_VENV)/bin/edge-runtime
 DEMO := --store .edge/store --root device/demo-keys/root.json --factory device/factory
 
-.PHONY: run test deps system-deps lint unit test-long test-arm bench factory demo-update bench-fleet clean
+.PHONY: run test deps system-deps lint unit test-long test-corpus test-arm bench factory demo-update bench-fleet clean
 
 run: $(DEVICE_VENV)/.stamp
 	$(EDGE) models install device/factory/fraud.bundle $(DEMO)
@@ -45,6 +45,10 @@ lint: $(VENV)/.stamp
 
 test-long: deps
 	EDGE_TEST_LONG=1 $(VENV)/bin/pytest -m "not arm"
+
+# Every model of the real-model corpus (tests/corpus), converted, installed and served; slow.
+test-corpus: deps
+	$(VENV)/bin/pytest tests/corpus -m "corpus or not corpus"
 
 test-arm: deps
 	$(VENV)/bin/pytest -m arm
