@@ -23,9 +23,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data
 from serving.support import DaemonProcess
 
+from corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data
 from edge_runtime.bundle.manifest import TARGET_MANIFEST_BYTES
 
 BIN = Path(sys.executable).parent
