@@ -9,6 +9,7 @@ measure; pick; pack and sign. The onnx2tf log is kept beside the bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -22,7 +23,15 @@ import numpy as np
 
 from converter import calibration as cal
 from converter.auto import Candidate, choose, format_table
-from converter.exceptions import AccuracyError, ConversionError, ConverterError, InterfaceError, Onnx2tfCrash
+from converter.exceptions import (
+    AccuracyError,
+    ConversionError,
+    ConverterError,
+    InterfaceError,
+    NetworkAccessError,
+    Onnx2tfCrash,
+    UnsupportedOperatorError,
+)
 from converter.interface import Matched, match_interface
 from converter.onnx2tf_runner import (
     DEFAULT_TIMEOUT_S,
@@ -41,7 +50,7 @@ from converter.validate import Thresholds, compare, failures, worst_error
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.inference.tensors import TensorSpec, fits
 from edge_runtime.trust.keys import PrivateKey
 
 MODES = ("fp32", "fp16", "dynamic", "int8")
@@ -235,6 +244,7 @@ class _Pipeline:
         self.log_path: Path | None = None
         self.shapes = ShapePlan()
         self.lost_modes: dict[str, str] = {}
+        self.output_shapes: dict[int, tuple[int, ...]] = {}
         self.probe_reference: list[np.ndarray] = []
         self.onnx_inputs: tuple[TensorSpec, ...] = ()
 
@@ -269,8 +279,28 @@ class _Pipeline:
         reference = _run_all(onnx_runner.run, data.validation, _batch_rows(source.inputs))
         if data.validation.feeds is not None:
             self.probe_reference = onnx_runner.run(list(data.validation.feeds[0]))
+        self._observe_outputs(source, onnx_runner.run(_first(data.validation, _batch_rows(source.inputs))),
+                              rows=data.validation.feeds is None)
         done()
-        return source, data, reference
+        return self._with_observed_outputs(source), data, reference
+
+    def _observe_outputs(self, source: SourceModel, produced: Sequence[np.ndarray], rows: bool) -> None:
+        """Some exports declare output shapes onnxruntime does not produce (``[1, seqlen]`` for a
+        ``[T, 1, classes]`` tensor): the interface takes what the model really produces."""
+        for k, (spec, arr) in enumerate(zip(source.outputs, produced)):
+            if fits(spec.shape, tuple(arr.shape)):
+                continue
+            shape = tuple(int(d) for d in arr.shape)
+            if rows and len(spec.shape) == len(shape) and spec.shape and spec.shape[0] == -1:
+                shape = (-1, *shape[1:])
+            self.output_shapes[k] = shape
+            self.warnings.append(f"output '{spec.name}': the model declares shape {list(spec.shape)} but produces "
+                                 f"{list(arr.shape)}; the bundle declares {list(shape)}")
+
+    def _with_observed_outputs(self, source: SourceModel) -> SourceModel:
+        outputs = tuple(TensorSpec(s.name, s.datatype, self.output_shapes.get(k, s.shape), s.quantization)
+                        for k, s in enumerate(source.outputs))
+        return dataclasses.replace(source, outputs=outputs)
 
     def run_onnx2tf(self, source: SourceModel, data: _Data) -> tuple[Onnx2tfResult, SourceModel]:
         """Run onnx2tf; on a crash while quantizing, again for the float variants only; on a dynamic batch
@@ -312,10 +342,10 @@ class _Pipeline:
                 batch_pin = self._batch_pin(source, exc)
                 if batch_pin is None:
                     raise
-                self.warnings.append(f"onnx2tf cannot convert the dynamic batch ({exc.reason}); converted again "
-                                     "with the batch pinned to 1 (the scorer and server split larger batches)")
-                self.shapes.pin(batch_pin, "batch pinned to 1: onnx2tf failed on the dynamic batch")
-                source = prepare_copy(opts.model, job.model, self.shapes.pins)
+                self.warnings.append(f"onnx2tf failed with a dynamic batch ({exc.reason}); converting again with "
+                                     "the batch pinned to 1 (the scorer splits larger batches)")
+                self.shapes.pin(batch_pin, "batch pinned to 1: onnx2tf failed with a dynamic batch")
+                source = self._with_observed_outputs(prepare_copy(opts.model, job.model, self.shapes.pins))
                 return self._attempt(job, source), source
         finally:
             final_log = opts.log or log_path_for(opts.out)
@@ -324,10 +354,11 @@ class _Pipeline:
                 self.log_path = final_log
 
     def _batch_pin(self, source: SourceModel, exc: ConversionError) -> dict[str, tuple[int, ...]] | None:
-        """New pins with every dynamic batch set to 1, when ``exc`` is onnx2tf's dynamic-dimension failure
-        and the user did not choose the batch; else None."""
-        if "Dimension -1 must be >= 0" not in str(exc) and "dimension -1" not in str(exc).lower():
-            return None
+        """New pins with every dynamic batch set to 1, when onnx2tf failed in a way a static batch can cure
+        (real exports: "Dimension -1 must be >= 0", shape errors in ConvTranspose/Add/Conv) and the user
+        did not choose the batch; else None."""
+        if isinstance(exc, (UnsupportedOperatorError, NetworkAccessError)) or "did not finish within" in str(exc):
+            return None  # a batch of 1 changes none of these
         pins = {}
         for s in source.inputs:
             if s.has_batch_dim and s.name not in self.opts.input_shapes:

@@ -39,9 +39,9 @@ from edge_runtime.bundle.manifest import (
     Manifest,
 )
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
-from edge_runtime.exceptions import UsageError
+from edge_runtime.exceptions import BundleError, SelfTestError, UsageError
 from edge_runtime.inference.backend import Backend, load_backend
-from edge_runtime.inference.selftest import golden_npz
+from edge_runtime.inference.selftest import golden_npz, run_selftest
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey
@@ -256,6 +256,10 @@ def pack_model(
     fields["golden"] = _golden_field(draft, samples, results, float(atol), float(rtol), artifacts, fields, chunk_size)
     fields["created"] = draft.created
     manifest = build_manifest(fields)
+    try:  # what a device runs on install: a bundle that fails it is never written
+        run_selftest(backend, manifest, artifacts.get(GOLDEN_FILE))
+    except SelfTestError as exc:
+        raise BundleError(f"a device would refuse this bundle: {exc}") from exc
     write_bundle(out, manifest, artifacts, keys)
     return manifest
 

@@ -130,3 +130,69 @@ def test_random_inputs_are_reproducible() -> None:
 def test_round_up_never_rounds_down(value: float, want: float) -> None:
     assert round_up(value) == want
     assert round_up(value) >= value
+
+
+def _big_image_onnx(path: Path, hw: tuple[int, int], weights: int = 0) -> Path:
+    """y = x * 0.5 + w[0] over an NCHW image: a model whose golden rows are large (and, with
+    ``weights``, whose file is that many float32s)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.full(max(weights, 1), 0.25, np.float32)
+    nodes = [
+        helper.make_node("Slice", ["w", "zero", "one"], ["w0"]),
+        helper.make_node("Mul", ["x", "half"], ["h"]),
+        helper.make_node("Add", ["h", "w0"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, *hw])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, *hw])],
+        initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                     numpy_helper.from_array(np.array([1], np.int64), "one"),
+                     numpy_helper.from_array(np.array(0.5, np.float32), "half")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+    return path
+
+
+def test_large_golden_data_travels_as_a_signed_artifact_and_the_manifest_stays_small(
+    keys: Any, tmp_path: Path
+) -> None:
+    from edge_runtime.bundle.manifest import GOLDEN_FILE, TARGET_MANIFEST_BYTES
+    from edge_runtime.inference.backend import load_backend
+    from edge_runtime.inference.selftest import load_golden, run_selftest
+    from edge_runtime.store.store import ModelStore
+
+    model = _big_image_onnx(tmp_path / "layout.onnx", (800, 608))
+    rows = np.random.default_rng(0).random((1, 3, 800, 608), dtype=np.float32)
+    m = pack_model(model, name="layout", version=1, keys=[keys.key], out=tmp_path / "layout.bundle", golden_inputs=[rows])
+    assert m.golden is not None and m.golden.file == GOLDEN_FILE and m.golden.inputs == {}
+    assert len(m.canonical()) < TARGET_MANIFEST_BYTES and m.artifacts[GOLDEN_FILE].length > 2 * rows.nbytes
+    store = ModelStore(tmp_path / "store", keys.root, None)
+    store.install(tmp_path / "layout.bundle")
+    store.activate("layout", 1, selftest=lambda r: run_selftest(load_backend(r.manifest, r.model), r.manifest,
+                                                                r.golden_bytes) and None)
+    resolved = store.resolve("layout")
+    golden = load_golden(resolved.manifest, resolved.golden_bytes)
+    assert golden is not None and np.array_equal(golden.inputs[0], rows)
+    np.testing.assert_allclose(golden.outputs[0], rows * 0.5 + 0.25, rtol=1e-6)
+    # The golden file is hashed like the model: a flipped byte in the store is caught on load.
+    path = store.version_dir("layout", 1) / GOLDEN_FILE
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="golden.npz"):
+        store.resolved_version("layout", 1)
+
+
+def test_a_bundle_a_device_would_refuse_is_never_written(keys: Any, tmp_path: Path) -> None:
+    from converter.package import pack_onnx
+    from edge_runtime.exceptions import BundleError
+
+    # 17 M float32 = 68 MB in 1 KiB chunks: 66,000 chunk hashes make a 4.4 MB manifest (the limit is 4 MiB).
+    model = _big_image_onnx(tmp_path / "huge.onnx", (4, 4), weights=17_000_000)
+    out = tmp_path / "huge.bundle"
+    with pytest.raises(BundleError, match=r"a device would refuse this bundle: manifest.json is \d+ bytes, the limit is 4194304"):
+        pack_onnx(model, name="huge", version=1, keys=[keys.key], out=out, chunk_size=1024, golden=None,
+                  reason="test", report=None, architectures=["any"])
+    assert not out.exists() and list(tmp_path.iterdir()) == [model]
