@@ -167,6 +167,15 @@ def _spec(onnx: TensorSpec, detail: dict[str, Any]) -> TensorSpec:
     return TensorSpec(onnx.name, onnx.datatype, onnx.shape, q)
 
 
+def _first_line(exc: BaseException) -> str:
+    """LiteRT's messages run over many lines (and advice about the Flex delegate): the first says it."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    if "Select TensorFlow op" in str(exc):
+        first = "it needs TensorFlow (Flex) ops, which LiteRT on a device does not have"
+    return first
+
+
 def _describe(details: Sequence[dict[str, Any]]) -> str:
     return ", ".join(f"{d['name']} {np.dtype(d['dtype'])} {[int(x) for x in d.get('shape_signature', d['shape'])]}" for d in details)
 
@@ -184,7 +193,11 @@ def match_interface(
 
     ``probe`` are a few input rows in ONNX order and ``reference`` onnxruntime's outputs for them.
     """
-    interp = make_interpreter(model, delegates=False)  # the reference kernels load whatever XNNPACK refuses
+    try:
+        interp = make_interpreter(model, delegates=False)  # the reference kernels load whatever XNNPACK refuses
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        raise InterfaceError(f"LiteRT cannot load the converted model: {_first_line(exc)}") from exc
     in_details = list(interp.get_input_details())
     out_details = list(interp.get_output_details())
     for side, onnx, details in (("inputs", inputs, in_details), ("outputs", outputs, out_details)):
@@ -213,7 +226,10 @@ def match_interface(
     if len(in_cands) > 1 or len(out_cands) > 1:
         best: tuple[float, list[int], list[int]] | None = None
         for cand_in in in_cands:
-            got = _run(interp, in_details, out_details, cand_in, inputs, probe)
+            try:
+                got = _run(interp, in_details, out_details, cand_in, inputs, probe)
+            except (RuntimeError, ValueError) as exc:
+                raise InterfaceError(f"LiteRT cannot run the converted model: {_first_line(exc)}") from exc
             for cand_out in out_cands:
                 err = sum(_side_error(reference[k], _restored(got[pos], outputs[k], inputs, probe))
                           for k, pos in enumerate(cand_out))
