@@ -180,11 +180,13 @@ class Env:
             "[server]\nport = 0\nswap_poll_ms = 50\ndrain_timeout_s = 10.0\n" + server_toml + "\n" + models_toml
         )
 
-    def start(self, models_toml: str = "", server_toml: str = "", wait: bool = True) -> DaemonProcess:
-        """Write a config and start ``edge-runtime serve`` on it."""
+    def start(
+        self, models_toml: str = "", server_toml: str = "", wait: bool = True, env_extra: dict[str, str] | None = None
+    ) -> DaemonProcess:
+        """Write a config and start ``edge-runtime serve`` on it (``env_extra``: e.g. a test hook)."""
         config = self.base / f"serve-{len(self.daemons)}.toml"
         config.write_text(self.config_text(models_toml, server_toml), encoding="utf-8")
-        d = DaemonProcess(config)
+        d = DaemonProcess(config, env_extra=env_extra)
         self.daemons.append(d)
         if wait:
             d.wait_ready()

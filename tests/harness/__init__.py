@@ -1,0 +1,1 @@
+"""What every test suite here shares: waiting on conditions, the daemon subprocess, test keys."""
