@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from harness.wait import wait_until
 
 from edge_runtime.serving.hooks import HOLD_WORKERS_ENV
+from harness.wait import wait_until
 from serving.support import Env, metric_value, pack_onnx, reference, request
 
 pytestmark = pytest.mark.integration
