@@ -1,18 +1,12 @@
-"""Helpers for the daemon tests: a real ``edge-runtime serve`` process on a free loopback
-port, a device directory to run it on, small HTTP helpers and reference outputs computed
-without the daemon.
+"""Helpers for the daemon tests: a device directory to run ``edge-runtime serve`` on (the
+process itself is :class:`harness.daemon.Daemon`), small HTTP helpers, a client load and
+reference outputs computed without the daemon.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,101 +18,10 @@ from edge_runtime.inference.backend import load_backend
 from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot
+from harness.daemon import Daemon
+from harness.http import request
 
-START_TIMEOUT_S = 60.0
 FACTORY_SRC = Path(__file__).resolve().parents[2] / "device" / "factory"
-EDGE = Path(sys.executable).parent / "edge-runtime"
-
-
-class DaemonProcess:
-    """``edge-runtime serve`` in a subprocess; stderr is collected line by line."""
-
-    def __init__(self, config: Path, extra_args: Sequence[str] = (), env_extra: dict[str, str] | None = None) -> None:
-        self.config = config
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        env.update(env_extra or {})
-        self.proc = subprocess.Popen(
-            [str(EDGE), "serve", "--config", str(config), *extra_args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self.port = 0
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if "listening on http://" in line and not self.port:
-                self.port = int(line.rsplit(":", 1)[1])
-                self._listening.set()
-
-    @property
-    def url(self) -> str:
-        """``127.0.0.1:PORT`` (what tritonclient takes)."""
-        return f"127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Block until ``/v2/health/ready`` answers 200."""
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self._reader.join(2)
-                raise AssertionError("daemon never listened:\n" + "\n".join(self.lines))
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n" + "\n".join(self.lines))
-            try:
-                status, _ = request(self.port, "GET", "/v2/health/ready")
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise AssertionError("daemon not ready in time:\n" + "\n".join(self.lines))
-
-    def signal(self, sig: int) -> None:
-        """Send a signal to the daemon."""
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        if self.proc.stderr is not None and not self._reader.is_alive():
-            self.proc.stderr.close()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        """Everything the daemon wrote to stderr so far."""
-        return "\n".join(self.lines)
-
-
-def request(
-    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-    conn: http.client.HTTPConnection | None = None,
-) -> tuple[int, bytes]:
-    """One HTTP request over loopback (on ``conn`` when given, kept alive)."""
-    own = conn is None
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        resp = c.getresponse()
-        return resp.status, resp.read()
-    finally:
-        if own:
-            c.close()
 
 
 def infer_json(port: int, model: str, x: np.ndarray, conn: http.client.HTTPConnection | None = None,
@@ -159,7 +62,7 @@ class Env:
         self.factory = base / "factory"
         self.factory.mkdir(parents=True, exist_ok=True)
         (self.factory / "fraud.bundle").write_bytes(factory_bundle.read_bytes())
-        self.daemons: list[DaemonProcess] = []
+        self.daemons: list[Daemon] = []
 
     def store(self) -> ModelStore:
         """The store, opened in this process."""
@@ -182,11 +85,11 @@ class Env:
 
     def start(
         self, models_toml: str = "", server_toml: str = "", wait: bool = True, env_extra: dict[str, str] | None = None
-    ) -> DaemonProcess:
+    ) -> Daemon:
         """Write a config and start ``edge-runtime serve`` on it (``env_extra``: e.g. a test hook)."""
         config = self.base / f"serve-{len(self.daemons)}.toml"
         config.write_text(self.config_text(models_toml, server_toml), encoding="utf-8")
-        d = DaemonProcess(config, env_extra=env_extra)
+        d = Daemon(config, env_extra=env_extra)
         self.daemons.append(d)
         if wait:
             d.wait_ready()
@@ -276,11 +179,3 @@ class Load:
 
     def count(self, version: int) -> int:
         return sum(1 for answers in self.answers for v, _, _ in answers if v == version)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)

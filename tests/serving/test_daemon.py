@@ -17,7 +17,9 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.support import EDGE, DaemonProcess, Env, Load, infer_json, pack_onnx, request, wait_for
+from harness.daemon import EDGE, Daemon
+from harness.wait import wait_until
+from serving.support import Env, Load, infer_json, pack_onnx, request
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +45,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(env: Env, keys: Any, onnx
     for t in threads:
         t.start()
     connected.wait()
-    wait_for(lambda: request(d.port, "GET", "/v2/models/slow/stats")[1].count(b'"success"') > 0
-             and orjson.loads(request(d.port, "GET", "/v2/models/slow/stats")[1])["model_stats"][0]["execution_count"] >= 1,
-             what="the first request to finish", timeout=30)
+    wait_until(lambda: request(d.port, "GET", "/v2/models/slow/stats")[1].count(b'"success"') > 0
+             and orjson.loads(request(d.port, "GET", "/v2/models/slow/stats")[1])["model_stats"][0]["execution_count"] >= 1, "the first request to finish")
     sent = time.monotonic()
     d.signal(signal.SIGTERM)
     for t in threads:
@@ -62,20 +63,20 @@ def test_sighup_reloads_serving_config_without_dropping_requests(env: Env, rows:
     d = env.start()
     assert orjson.loads(request(d.port, "GET", "/v2/models/fraud/config")[1])["parameters"]["execution"]["string_value"] == "inline"
     with Load(d.port, rows, clients=4) as load:
-        wait_for(lambda: load.count(1) >= 100, what="answers before the reload")
+        wait_until(lambda: load.count(1) >= 100, "answers before the reload")
         d.config.write_text(
             env.config_text('[models.fraud]\nexecution = "threads"\ninstances = 2\nmax_batch_size = 4\n'
                             'traffic = { "1" = 50, "2" = 50 }\n'), encoding="utf-8")
         d.signal(signal.SIGHUP)
-        wait_for(lambda: load.count(2) >= 100, what="v2 answering after the reload")
+        wait_until(lambda: load.count(2) >= 100, "v2 answering after the reload")
         config = orjson.loads(request(d.port, "GET", "/v2/models/fraud/config")[1])
         assert config["parameters"]["execution"]["string_value"] == "threads"
         assert config["instance_group"][0]["count"] == 2
         n = load.count(1) + load.count(2)
         d.config.write_text("[models.fraud]\nnot_a_key = 1\n", encoding="utf-8")
         d.signal(signal.SIGHUP)
-        wait_for(lambda: "config not reloaded" in d.log(), what="the bad config to be refused")
-        wait_for(lambda: load.count(1) + load.count(2) >= n + 100, what="answers after the bad reload")
+        wait_until(lambda: "config not reloaded" in d.log(), "the bad config to be refused")
+        wait_until(lambda: load.count(1) + load.count(2) >= n + 100, "answers after the bad reload")
     assert load.failures == []
     assert "unknown key(s) 'not_a_key'" in d.log()
 
@@ -83,7 +84,7 @@ def test_sighup_reloads_serving_config_without_dropping_requests(env: Env, rows:
 def test_command_line_overrides_and_start_up_errors(env: Env, tmp_path: Path) -> None:
     config = tmp_path / "bare.toml"
     config.write_text('[server]\nport = 1\n[models.fraud]\nmax_batch_size = 4\n', encoding="utf-8")
-    d = DaemonProcess(config, ["--store", str(env.store_path), "--factory", str(env.factory),
+    d = Daemon(config, ["--store", str(env.store_path), "--factory", str(env.factory),
                                "--root", str(env.keys.root_path), "--port", "0", "--host", "127.0.0.1"])
     try:
         d.wait_ready()
@@ -117,7 +118,7 @@ def test_a_model_that_cannot_load_is_not_ready_until_a_good_version_arrives(
     (env.factory / "fraud.bundle").unlink()  # no factory fallback
     env.install(bad_golden_bundle(3))
     d = env.start(wait=False)
-    wait_for(lambda: "cannot serve v3" in d.log(), what="the failed load")
+    wait_until(lambda: "cannot serve v3" in d.log(), "the failed load")
     assert request(d.port, "GET", "/v2/health/live")[0] == 200
     assert request(d.port, "GET", "/v2/health/ready")[0] == 503
     status, raw = request(d.port, "GET", "/v2/models/fraud/ready")
@@ -126,7 +127,7 @@ def test_a_model_that_cannot_load_is_not_ready_until_a_good_version_arrives(
     assert status == 503
     assert "differs from golden" in env.store().state("fraud").failed[3]
     env.install(make_bundle(4))
-    wait_for(lambda: request(d.port, "GET", "/v2/health/ready")[0] == 200, what="ready after a good version")
+    wait_until(lambda: request(d.port, "GET", "/v2/health/ready")[0] == 200, "ready after a good version")
     status, body = infer_json(d.port, "fraud", np.zeros((1, 30), np.float32))
     assert status == 200 and body["model_version"] == "4"
 
@@ -140,14 +141,14 @@ def test_systemd_notifications_and_watchdog(env: Env, tmp_path: Path) -> None:
     sock.settimeout(30)
     config = tmp_path / "sd.toml"
     config.write_text(env.config_text(), encoding="utf-8")
-    d = DaemonProcess(config, env_extra={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    d = Daemon(config, env_extra={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
     try:
         messages: list[str] = []
         while not any("READY=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
         ready = next(m for m in messages if "READY=1" in m)
         assert "STATUS=serving fraud:1" in ready
-        wait_for(lambda: d.port != 0, what="the listening line")
+        wait_until(lambda: d.port != 0, "the listening line")
         assert request(d.port, "GET", "/v2/health/ready")[0] == 200  # ready over HTTP by the time READY=1 is sent
         while not any("WATCHDOG=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())

@@ -32,17 +32,16 @@ from tritonclient.utils import InferenceServerException
 
 from edge_runtime.config import parse_config
 from edge_runtime.exceptions import ConfigError
+from harness.daemon import EDGE, Daemon
+from harness.wait import wait_until
 from serving.support import (
-    EDGE,
     FACTORY_SRC,
-    DaemonProcess,
     Env,
     install_onnx_test_models,
     metric_value,
     pack_onnx,
     reference,
     request,
-    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,9 +50,9 @@ GRPC_LINE = "gRPC (KServe v2) listening on "
 SLOW = '[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 0\nmax_queue_size = 1\nidle_inline_max_us = 0\n'
 
 
-def grpc_url(d: DaemonProcess) -> str:
+def grpc_url(d: Daemon) -> str:
     """``host:port`` of a daemon's gRPC endpoint, from its log."""
-    wait_for(lambda: any(GRPC_LINE in line for line in d.lines), timeout=60, what="the gRPC endpoint")
+    wait_until(lambda: any(GRPC_LINE in line for line in d.lines), "the gRPC endpoint")
     line = next(line for line in d.lines if GRPC_LINE in line)
     return line.split(GRPC_LINE, 1)[1].strip()
 
@@ -66,7 +65,7 @@ def status_of(exc: InferenceServerException) -> str:
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory, keys: Any, make_bundle: Callable[..., Path], onnx_models: dict[str, Path]
-) -> Iterator[tuple[DaemonProcess, str]]:
+) -> Iterator[tuple[Daemon, str]]:
     """One daemon with HTTP and gRPC: fraud v1 (inline) with v2 as its shadow, ``types`` and ``slow``."""
     base = tmp_path_factory.mktemp("grpc")
     env = Env(base, keys, make_bundle(1))
@@ -79,7 +78,7 @@ def served(
 
 
 @pytest.fixture(scope="module")
-def gclient(served: tuple[DaemonProcess, str]) -> Iterator[grpcclient.InferenceServerClient]:
+def gclient(served: tuple[Daemon, str]) -> Iterator[grpcclient.InferenceServerClient]:
     """A tritonclient gRPC client for the daemon."""
     client = grpcclient.InferenceServerClient(url=served[1])
     yield client
@@ -87,13 +86,13 @@ def gclient(served: tuple[DaemonProcess, str]) -> Iterator[grpcclient.InferenceS
 
 
 @pytest.fixture(scope="module")
-def hclient(served: tuple[DaemonProcess, str]) -> httpclient.InferenceServerClient:
+def hclient(served: tuple[Daemon, str]) -> httpclient.InferenceServerClient:
     """A tritonclient HTTP client for the same daemon."""
     return httpclient.InferenceServerClient(url=served[0].url)
 
 
 @pytest.fixture(scope="module")
-def stub(served: tuple[DaemonProcess, str]) -> Iterator[Any]:
+def stub(served: tuple[Daemon, str]) -> Iterator[Any]:
     """tritonclient's generated stub on a raw channel, for hand-built requests."""
     channel = grpc.insecure_channel(served[1])
     yield tpb_grpc.GRPCInferenceServiceStub(channel)
@@ -324,7 +323,7 @@ def test_missing_and_miscounted_raw_inputs_give_invalid_argument(stub: Any) -> N
     assert stub.ModelInfer(_typed_range()).model_name == "types"
 
 
-def test_malformed_messages_give_invalid_argument(served: tuple[DaemonProcess, str]) -> None:
+def test_malformed_messages_give_invalid_argument(served: tuple[Daemon, str]) -> None:
     with grpc.insecure_channel(served[1]) as channel:
         for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
             call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
@@ -349,7 +348,7 @@ def test_unknown_model_or_version_gives_not_found(gclient: grpcclient.InferenceS
         assert status_of(info.value) == "NOT_FOUND" and fragment in info.value.message()
 
 
-def test_full_queue_gives_unavailable(served: tuple[DaemonProcess, str]) -> None:
+def test_full_queue_gives_unavailable(served: tuple[Daemon, str]) -> None:
     """``slow`` has one worker and max_queue_size 1: a burst of 12 overflows it."""
     d, url = served
     x = np.full((1, 256), 0.1, np.float32)
@@ -385,7 +384,7 @@ def test_full_queue_gives_unavailable(served: tuple[DaemonProcess, str]) -> None
 
 
 def test_shared_metrics_statistics_and_shadow(
-    served: tuple[DaemonProcess, str], gclient: grpcclient.InferenceServerClient, rows: np.ndarray
+    served: tuple[Daemon, str], gclient: grpcclient.InferenceServerClient, rows: np.ndarray
 ) -> None:
     """gRPC requests land in the same per-version statistics, Prometheus counters and shadow
     comparisons as HTTP ones; no request of this module was answered with INTERNAL."""
@@ -417,7 +416,7 @@ def test_a_model_that_cannot_load_gives_unavailable(env: Env, bad_golden_bundle:
     (env.factory / "fraud.bundle").unlink()  # no factory fallback
     env.install(bad_golden_bundle(3))
     d = env.start(server_toml="grpc_port = -1\n", wait=False)
-    wait_for(lambda: "cannot serve v3" in d.log(), what="the failed load")
+    wait_until(lambda: "cannot serve v3" in d.log(), "the failed load")
     client = grpcclient.InferenceServerClient(url=grpc_url(d))
     assert client.is_server_live() and not client.is_server_ready()
     assert not client.is_model_ready("fraud")
@@ -458,8 +457,8 @@ def test_sigterm_lets_running_grpc_requests_finish(env: Env, keys: Any, onnx_mod
     for t in threads:
         t.start()
     started.wait()
-    wait_for(lambda: (metric_value(request(d.port, "GET", "/metrics")[1].decode(), "edge_executions_total",
-                                   model="slow") or 0) >= 1, what="the first run", timeout=30)
+    wait_until(lambda: (metric_value(request(d.port, "GET", "/metrics")[1].decode(), "edge_executions_total",
+                                   model="slow") or 0) >= 1, "the first run")
     sent = time.monotonic()
     d.signal(signal.SIGTERM)
     for t in threads:
@@ -487,7 +486,7 @@ def test_without_the_grpc_extra_the_daemon_serves_http_only(env: Env, tmp_path: 
     (hidden / "__init__.py").write_text('raise ImportError("No module named \'grpc\' (hidden by the test)")\n')
     config = env.base / "no-grpc.toml"
     config.write_text(env.config_text(server_toml="grpc_port = -1\n"), encoding="utf-8")
-    d = DaemonProcess(config, env_extra={"PYTHONPATH": str(hidden.parent)})
+    d = Daemon(config, env_extra={"PYTHONPATH": str(hidden.parent)})
     env.daemons.append(d)
     d.wait_ready()
     assert "grpc_port is -1 but gRPC is not available" in d.log() and "install the grpc extra" in d.log()

@@ -21,9 +21,10 @@ import pytest
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.download import Download, Progress, release_dir
+from harness.wait import wait_until
 
 from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, wait_until
+from .conftest import Mosquitto, Observer, publish
 
 pytestmark = pytest.mark.integration
 EDGE = Path(sys.executable).parent / "edge-runtime"
@@ -63,26 +64,26 @@ def test_resume_after_broker_restart_and_device_kill(
 
     daemon = _daemon(config, log)
     try:
-        wait_until(lambda: observer.state("pi-resume"), 30, "the daemon to connect")
+        wait_until(lambda: observer.state("pi-resume"), "the daemon to connect")
         bundle = releases.bundle(2, pad=PAD, chunk_size=4096)
         publish(mosquitto.url, bundle, fleet_keys.models_key)
 
-        wait_until(lambda: (p := progress()) and p.have_bytes >= p.total_bytes // 2, 30, "half of the chunks")
+        wait_until(lambda: (p := progress()) and p.have_bytes >= p.total_bytes // 2, "half of the chunks")
         mosquitto.stop()
         at_break = progress()
         assert at_break is not None and at_break.have_bytes < at_break.total_bytes
         time.sleep(0.5)  # the device is cut off and retries with backoff
         mosquitto.start()
 
-        wait_until(lambda: (p := progress()) and p.have_bytes >= 3 * p.total_bytes // 4, 30, "three quarters")
+        wait_until(lambda: (p := progress()) and p.have_bytes >= 3 * p.total_bytes // 4, "three quarters")
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
         at_kill = progress()
         assert at_kill is not None and at_kill.have_bytes < at_kill.total_bytes, "the kill must land mid-download"
         daemon = _daemon(config, log)
 
-        verified = wait_until(lambda: observer.of("pi-resume", "verified"), 60, "the download to complete")[-1]
-        wait_until(lambda: store.state("fraud").active == 2, 30, "v2 to become active")
+        verified = wait_until(lambda: observer.of("pi-resume", "verified"), "the download to complete")[-1]
+        wait_until(lambda: store.state("fraud").active == 2, "v2 to become active")
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(15)
