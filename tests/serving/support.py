@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import orjson
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.packaging import pack_model
+from edge_runtime.serving.hooks import HOLD_WORKERS_ENV
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot
 from harness.daemon import Daemon
@@ -39,6 +42,12 @@ def output_of(body: Any) -> np.ndarray:
     """The first output of a JSON infer response as float32."""
     out = body["outputs"][0]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def queue_depth(port: int, model: str, version: int = 1) -> float | None:
+    """Requests waiting in the batching queue of ``model`` v``version`` (``edge_queue_depth``)."""
+    text = request(port, "GET", "/metrics")[1].decode()
+    return metric_value(text, "edge_queue_depth", model=model, version=str(version))
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -179,3 +188,30 @@ class Load:
 
     def count(self, version: int) -> int:
         return sum(1 for answers in self.answers for v, _, _ in answers if v == version)
+
+
+# -- holding the workers (the test-only hook in edge_runtime/serving/hooks.py, docs/testing.md) --
+
+HOLD_FILE = "hold-workers"
+
+
+def hold_env(base: Path) -> dict[str, str]:
+    """The environment that lets a test hold the workers of a daemon whose config is in ``base``;
+    they run freely until :func:`held_worker` creates the file."""
+    return {HOLD_WORKERS_ENV: str(base / HOLD_FILE)}
+
+
+@contextmanager
+def held_worker(daemon: Daemon) -> Iterator[Path]:
+    """Hold ``slow``'s worker (test-only hook, docs/testing.md) until the block ends.
+
+    The worker checks the hold before each take; one request run first makes sure it is
+    past an earlier take and held before the block's requests arrive."""
+    hold = daemon.config.parent / HOLD_FILE
+    hold.touch()
+    try:
+        body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": [0.0] * 256}]})
+        assert request(daemon.port, "POST", "/v2/models/slow/infer", body)[0] == 200
+        yield hold
+    finally:
+        hold.unlink(missing_ok=True)

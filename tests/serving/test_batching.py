@@ -12,9 +12,8 @@ import numpy as np
 import orjson
 import pytest
 
-from edge_runtime.serving.hooks import HOLD_WORKERS_ENV
 from harness.wait import wait_until
-from serving.support import Env, metric_value, pack_onnx, reference, request
+from serving.support import HOLD_FILE, Env, hold_env, metric_value, pack_onnx, queue_depth, reference, request
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +28,7 @@ def test_concurrent_clients_are_batched_and_answers_stay_per_request(
     # holds the worker (the test-only hook in edge_runtime/serving/hooks.py) until every
     # client's first request is waiting, then lets it go: the first batches are then full
     # on any machine. The lone-request shortcut on the loop is off for the same reason.
-    hold = tmp_path / "hold-workers"
+    hold = env.base / HOLD_FILE
     hold.touch()
     bundle = pack_onnx(onnx_models["slow"], "slow", 1, env.keys, tmp_path / "slow.bundle",
                        [np.zeros((1, 256), np.float32)])
@@ -37,7 +36,7 @@ def test_concurrent_clients_are_batched_and_answers_stay_per_request(
     d = env.start(
         '[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 8\nmax_queue_delay_us = 2000\n'
         "idle_inline_max_us = 0\n",
-        env_extra={HOLD_WORKERS_ENV: str(hold)},
+        env_extra=hold_env(env.base),
     )
     rows = np.random.default_rng(1).standard_normal((CLIENTS * PER_CLIENT, 256)).astype(np.float32)
     expected = reference(bundle, env.keys.root, rows)
@@ -62,11 +61,7 @@ def test_concurrent_clients_are_batched_and_answers_stay_per_request(
     for t in threads:
         t.start()
 
-    def queued() -> float | None:
-        text = request(d.port, "GET", "/metrics")[1].decode()
-        return metric_value(text, "edge_queue_depth", model="slow", version="1")
-
-    wait_until(lambda: queued() == CLIENTS, what=f"all {CLIENTS} first requests queued behind the held worker")
+    wait_until(lambda: queue_depth(d.port, "slow") == CLIENTS, what=f"all {CLIENTS} first requests queued behind the held worker")
     hold.unlink()
     for t in threads:
         t.join()

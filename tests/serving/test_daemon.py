@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 from harness.daemon import EDGE, Daemon
 from harness.wait import wait_until
-from serving.support import Env, Load, infer_json, pack_onnx, request
+from serving.support import HOLD_FILE, Env, Load, hold_env, infer_json, pack_onnx, queue_depth, request
 
 pytestmark = pytest.mark.integration
 
@@ -27,34 +26,31 @@ pytestmark = pytest.mark.integration
 def test_sigterm_drains_in_flight_requests_and_exits_0(env: Env, keys: Any, onnx_models: dict[str, Path]) -> None:
     golden = [np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)]
     env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, env.base / "slow.bundle", golden))
-    d = env.start('[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 0\nidle_inline_max_us = 0\n')
+    # The worker is held (test-only hook) so that all six requests are still in flight at SIGTERM.
+    hold = env.base / HOLD_FILE
+    hold.touch()
+    d = env.start('[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 0\nidle_inline_max_us = 0\n',
+                  env_extra=hold_env(env.base))
     x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [64, 256], "data": x.ravel().tolist()}]})
-    results: list[tuple[int, float]] = []
-    connected = threading.Barrier(7)
+    statuses: list[int] = []
 
     def one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
-        conn.connect()
-        connected.wait()
-        status, _ = request(d.port, "POST", "/v2/models/slow/infer", body, conn=conn)
-        results.append((status, time.monotonic()))
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=120)
+        statuses.append(request(d.port, "POST", "/v2/models/slow/infer", body, conn=conn)[0])
         conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
+    threads = [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(6)]
     for t in threads:
         t.start()
-    connected.wait()
-    wait_until(lambda: request(d.port, "GET", "/v2/models/slow/stats")[1].count(b'"success"') > 0
-             and orjson.loads(request(d.port, "GET", "/v2/models/slow/stats")[1])["model_stats"][0]["execution_count"] >= 1, "the first request to finish")
-    sent = time.monotonic()
+    wait_until(lambda: queue_depth(d.port, "slow") == 6, "six requests queued behind the held worker")
     d.signal(signal.SIGTERM)
+    assert d.wait_line("draining in-flight requests") is not None, d.log()
+    hold.unlink()
     for t in threads:
-        t.join(60)
-    assert d.proc.wait(30) == 0
-    assert [s for s, _ in results] == [200] * 6
-    assert any(done > sent for _, done in results), "no request was still in flight at SIGTERM"
-    assert "draining in-flight requests" in d.log()
+        t.join()
+    assert d.proc.wait() == 0
+    assert statuses == [200] * 6
 
 
 def test_sighup_reloads_serving_config_without_dropping_requests(env: Env, rows: np.ndarray, make_bundle: Any) -> None:

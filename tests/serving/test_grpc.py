@@ -12,11 +12,11 @@ generated modules, so the wire format is the client's, not ours.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,14 @@ from harness.daemon import EDGE, Daemon
 from harness.wait import wait_until
 from serving.support import (
     FACTORY_SRC,
+    HOLD_FILE,
     Env,
+    held_worker,
+    hold_env,
     install_onnx_test_models,
     metric_value,
     pack_onnx,
+    queue_depth,
     reference,
     request,
 )
@@ -72,7 +76,7 @@ def served(
     env.install(make_bundle(1))
     env.install(make_bundle(2, model="fraud_int8io.tflite"), activate=False)
     install_onnx_test_models(env, keys, onnx_models, base)
-    d = env.start("[models.fraud]\nshadow = 2\n" + SLOW, server_toml="grpc_port = -1\n")
+    d = env.start("[models.fraud]\nshadow = 2\n" + SLOW, server_toml="grpc_port = -1\n", env_extra=hold_env(base))
     yield d, grpc_url(d)
     env.close()
 
@@ -349,7 +353,8 @@ def test_unknown_model_or_version_gives_not_found(gclient: grpcclient.InferenceS
 
 
 def test_full_queue_gives_unavailable(served: tuple[Daemon, str]) -> None:
-    """``slow`` has one worker and max_queue_size 1: a burst of 12 overflows it."""
+    """``slow`` has one worker and max_queue_size 1: with the worker held, one request of a burst
+    of 12 waits and the other 11 are refused at once; released, the waiting one is answered."""
     d, url = served
     x = np.full((1, 256), 0.1, np.float32)
     barrier = threading.Barrier(12)
@@ -370,17 +375,18 @@ def test_full_queue_gives_unavailable(served: tuple[Daemon, str]) -> None:
             messages.append(exc.message())
         client.close()
 
-    threads = [threading.Thread(target=one) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(outcomes) == 12
-    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
-    assert outcomes.count("UNAVAILABLE") >= 1 and outcomes.count("OK") >= 1
+    with held_worker(d) as hold:
+        threads = [threading.Thread(target=one, name=f"burst-{i}") for i in range(12)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(outcomes) == 11, "the refused requests to be answered")
+        hold.unlink()
+        for t in threads:
+            t.join()
+    assert sorted(outcomes) == ["OK"] + ["UNAVAILABLE"] * 11, outcomes
     assert all("queue full" in m for m in messages)
     metrics = request(d.port, "GET", "/metrics")[1].decode()
-    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == outcomes.count("UNAVAILABLE")
+    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == 11
 
 
 def test_shared_metrics_statistics_and_shadow(
@@ -434,38 +440,36 @@ def test_a_model_that_cannot_load_gives_unavailable(env: Env, bad_golden_bundle:
 def test_sigterm_lets_running_grpc_requests_finish(env: Env, keys: Any, onnx_models: dict[str, Path]) -> None:
     golden = [np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)]
     env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, env.base / "slow.bundle", golden))
-    d = env.start(SLOW.replace("max_queue_size = 1", "max_queue_size = 16"), server_toml="grpc_port = -1\n")
+    # The worker is held (test-only hook) so that all four requests are still in flight at SIGTERM.
+    hold = env.base / HOLD_FILE
+    hold.touch()
+    d = env.start(SLOW.replace("max_queue_size = 1", "max_queue_size = 16"), server_toml="grpc_port = -1\n",
+                  env_extra=hold_env(env.base))
     url = grpc_url(d)
     x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
-    results: list[tuple[str, float]] = []
-    started = threading.Barrier(5)
+    answers: list[str] = []
 
     def one() -> None:
         client = grpcclient.InferenceServerClient(url=url)
         inp = grpcclient.InferInput("x", [64, 256], "FP32")
         inp.set_data_from_numpy(x)
-        assert client.is_server_live()
-        started.wait()
         try:
-            answer = client.infer("slow", [inp]).get_response().model_version
+            answers.append(client.infer("slow", [inp]).get_response().model_version)
         except InferenceServerException as exc:
-            answer = status_of(exc)
-        results.append((answer, time.monotonic()))
+            answers.append(status_of(exc))
         client.close()
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
+    threads = [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(4)]
     for t in threads:
         t.start()
-    started.wait()
-    wait_until(lambda: (metric_value(request(d.port, "GET", "/metrics")[1].decode(), "edge_executions_total",
-                                   model="slow") or 0) >= 1, "the first run")
-    sent = time.monotonic()
+    wait_until(lambda: queue_depth(d.port, "slow") == 4, "four requests queued behind the held worker")
     d.signal(signal.SIGTERM)
+    assert d.wait_line("draining in-flight requests") is not None, d.log()
+    hold.unlink()
     for t in threads:
-        t.join(60)
-    assert d.proc.wait(30) == 0
-    assert [answer for answer, _ in results] == ["1"] * 4
-    assert any(done > sent for _, done in results), "no request was still running at SIGTERM"
+        t.join()
+    assert d.proc.wait() == 0
+    assert answers == ["1"] * 4
 
 
 def test_a_grpc_port_in_use_stops_start_up(env: Env) -> None:
@@ -486,7 +490,8 @@ def test_without_the_grpc_extra_the_daemon_serves_http_only(env: Env, tmp_path: 
     (hidden / "__init__.py").write_text('raise ImportError("No module named \'grpc\' (hidden by the test)")\n')
     config = env.base / "no-grpc.toml"
     config.write_text(env.config_text(server_toml="grpc_port = -1\n"), encoding="utf-8")
-    d = Daemon(config, env_extra={"PYTHONPATH": str(hidden.parent)})
+    pythonpath = os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")]))
+    d = Daemon(config, env_extra={"PYTHONPATH": pythonpath})
     env.daemons.append(d)
     d.wait_ready()
     assert "grpc_port is -1 but gRPC is not available" in d.log() and "install the grpc extra" in d.log()

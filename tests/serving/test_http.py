@@ -22,7 +22,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from harness.daemon import Daemon
-from serving.support import FACTORY_SRC, Env, install_onnx_test_models, metric_value, request
+from harness.wait import wait_until
+from serving.support import FACTORY_SRC, Env, held_worker, hold_env, install_onnx_test_models, metric_value, request
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,8 @@ def daemon(
     install_onnx_test_models(env, keys, onnx_models, base)
     d = env.start(
         "[models.slow]\nexecution = \"threads\"\ninstances = 1\nmax_batch_size = 0\nmax_queue_size = 1\n"
-        "idle_inline_max_us = 0\n"
+        "idle_inline_max_us = 0\n",
+        env_extra=hold_env(base),
     )
     yield d
     env.close()
@@ -222,14 +224,28 @@ def test_unknown_model_and_version_answer_404(daemon: Daemon) -> None:
 
 
 def test_full_queue_answers_503_at_once(daemon: Daemon) -> None:
-    """``slow`` has one worker and max_queue_size 1: a burst of 12 overflows it."""
+    """``slow`` has one worker and max_queue_size 1: with the worker held, one request of a burst
+    of 12 waits and the other 11 are refused at once; released, the waiting one is answered."""
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": [0.1] * 256}]})
-    barrier = threading.Barrier(12)
+    with held_worker(daemon) as hold:
+        statuses, errors = burst(daemon, body, 12, release_when=lambda statuses: len(statuses) == 11, hold=hold)
+    assert sorted(statuses) == [200] + [503] * 11
+    assert len(errors) == 11 and all(b"queue full" in e for e in errors)
+    metrics = request(daemon.port, "GET", "/metrics")[1].decode()
+    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == 11
+
+
+def burst(
+    daemon: Daemon, body: bytes, n: int, release_when: Callable[[list[int]], bool], hold: Path
+) -> tuple[list[int], list[bytes]]:
+    """``n`` concurrent requests to ``slow``; once ``release_when(statuses so far)`` is true the
+    worker is released (``hold`` removed) and every answer collected."""
+    barrier = threading.Barrier(n)
     statuses: list[int] = []
     errors: list[bytes] = []
 
     def one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=120)
         conn.connect()
         barrier.wait()
         status, raw = request(daemon.port, "POST", "/v2/models/slow/infer", body, conn=conn)
@@ -238,17 +254,14 @@ def test_full_queue_answers_503_at_once(daemon: Daemon) -> None:
             errors.append(raw)
         conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(12)]
+    threads = [threading.Thread(target=one, name=f"burst-{i}") for i in range(n)]
     for t in threads:
         t.start()
+    wait_until(lambda: release_when(statuses), "the refused requests to be answered")
+    hold.unlink()
     for t in threads:
-        t.join(60)
-    assert len(statuses) == 12
-    assert set(statuses) <= {200, 503}
-    assert statuses.count(503) >= 1 and statuses.count(200) >= 1
-    assert all(b"queue full" in e for e in errors)
-    metrics = request(daemon.port, "GET", "/metrics")[1].decode()
-    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == statuses.count(503)
+        t.join()
+    return statuses, errors
 
 
 def test_no_500_for_any_bad_request(daemon: Daemon) -> None:
