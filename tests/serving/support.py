@@ -6,6 +6,7 @@ reference outputs computed without the daemon.
 from __future__ import annotations
 
 import http.client
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot
 from harness.daemon import Daemon
 from harness.http import request
+from harness.load import ClientThreads
+from harness.wait import wait_until
 
 FACTORY_SRC = Path(__file__).resolve().parents[2] / "device" / "factory"
 
@@ -141,18 +144,17 @@ def reference(bundle: Path, root: TrustRoot, x: np.ndarray) -> np.ndarray:
 
 
 
-class Load:
+class Load(ClientThreads):
     """Client threads sending fraud rows in a loop on keep-alive connections."""
 
     def __init__(self, port: int, rows: np.ndarray, clients: int = 8) -> None:
+        super().__init__(clients, "load")
         self.port = port
         self.rows = rows
-        self.stop = threading.Event()
         self.answers: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(clients)]
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,), name=f"load-{i}") for i in range(clients)]
 
-    def _client(self, i: int) -> None:
+    def _run(self, i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         k = i
         while not self.stop.is_set():
@@ -172,16 +174,6 @@ class Load:
             answer = orjson.loads(raw)
             self.answers[i].append((int(answer["model_version"]), row, np.float32(answer["outputs"][0]["data"][0])))
         conn.close()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
     def versions_seen(self) -> set[int]:
         return {v for answers in self.answers for v, _, _ in answers}
@@ -215,3 +207,18 @@ def held_worker(daemon: Daemon) -> Iterator[Path]:
         yield hold
     finally:
         hold.unlink(missing_ok=True)
+
+
+def sigterm_while_queued(d: Daemon, hold: Path, clients: list[threading.Thread], model: str = "slow") -> None:
+    """Start ``clients`` (one request to ``model`` each) against a daemon whose worker is held by
+    ``hold``; once all are queued, SIGTERM; once the daemon says it drains, release the worker.
+    The clients are joined and the daemon must exit 0."""
+    for t in clients:
+        t.start()
+    wait_until(lambda: queue_depth(d.port, model) == len(clients), f"{len(clients)} requests queued behind the worker")
+    d.signal(signal.SIGTERM)
+    assert d.wait_line("draining in-flight requests") is not None, d.log()
+    hold.unlink()
+    for t in clients:
+        t.join()
+    assert d.proc.wait() == 0, d.log()

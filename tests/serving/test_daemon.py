@@ -18,7 +18,7 @@ import pytest
 
 from harness.daemon import EDGE, Daemon
 from harness.wait import wait_until
-from serving.support import HOLD_FILE, Env, Load, hold_env, infer_json, pack_onnx, queue_depth, request
+from serving.support import HOLD_FILE, Env, Load, hold_env, infer_json, pack_onnx, request, sigterm_while_queued
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(env: Env, keys: Any, onnx
         statuses.append(request(d.port, "POST", "/v2/models/slow/infer", body, conn=conn)[0])
         conn.close()
 
-    threads = [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(6)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: queue_depth(d.port, "slow") == 6, "six requests queued behind the held worker")
-    d.signal(signal.SIGTERM)
-    assert d.wait_line("draining in-flight requests") is not None, d.log()
-    hold.unlink()
-    for t in threads:
-        t.join()
-    assert d.proc.wait() == 0
+    sigterm_while_queued(d, hold, [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(6)])
     assert statuses == [200] * 6
 
 

@@ -13,7 +13,6 @@ generated modules, so the wire format is the client's, not ours.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -43,9 +42,9 @@ from serving.support import (
     install_onnx_test_models,
     metric_value,
     pack_onnx,
-    queue_depth,
     reference,
     request,
+    sigterm_while_queued,
 )
 
 pytestmark = pytest.mark.integration
@@ -459,16 +458,7 @@ def test_sigterm_lets_running_grpc_requests_finish(env: Env, keys: Any, onnx_mod
             answers.append(status_of(exc))
         client.close()
 
-    threads = [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(4)]
-    for t in threads:
-        t.start()
-    wait_until(lambda: queue_depth(d.port, "slow") == 4, "four requests queued behind the held worker")
-    d.signal(signal.SIGTERM)
-    assert d.wait_line("draining in-flight requests") is not None, d.log()
-    hold.unlink()
-    for t in threads:
-        t.join()
-    assert d.proc.wait() == 0
+    sigterm_while_queued(d, hold, [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(4)])
     assert answers == ["1"] * 4
 
 

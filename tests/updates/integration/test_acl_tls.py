@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import parse_config
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.service import UpdateService
+from harness.daemon import EDGE
 from harness.wait import wait_until
 
 from ..conftest import REPO_DIR, FleetKeys, Releases
@@ -26,7 +26,6 @@ from .conftest import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 SHIPPED = REPO_DIR / "device" / "mosquitto"
-EDGE = Path(sys.executable).parent / "edge-runtime"
 FLEET = "default"  # the shipped ACL is written for fleet "default"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,13 @@ import pytest
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.updates.protocol import Topics
+from harness.daemon import EDGE
 from harness.wait import wait_until
 
 from ..conftest import FLEET, FleetKeys, Releases
 from .conftest import Mosquitto, Observer, publish, start_device
 
 pytestmark = pytest.mark.integration
-EDGE = Path(sys.executable).parent / "edge-runtime"
 
 
 def _cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
