@@ -234,17 +234,18 @@ class ModelManager:
         self._built[name] = list(keep.values())
         self._publish(name, routing, retired)
         try:
-            # Recorded as soon as the routing answers with it, before the old version is
-            # drained and reported unloaded: state.json never names an unloaded version.
+            # Recorded as soon as the routing answers with it, before it is reported and before
+            # the old version is drained and reported unloaded: a reader of the log never finds
+            # state.json behind it.
             changed = previous is None or previous is not default
+            if changed and default.source == "store":
+                self.store.record_serving(name, default.version)
             if previous is not None and previous.version != default.version:
                 self.metrics.swap(name, "success")
                 log.info(
                     "%s: now serving v%d (was v%d)", name, default.version, previous.version,
                     extra={"model": name, "version": default.version},
                 )
-            if changed and default.source == "store":
-                self.store.record_serving(name, default.version)
         finally:
             self._unload(name, retired)
         return changed
@@ -271,10 +272,11 @@ class ModelManager:
                 lv = self._load(r, mcfg)
             except (BadDataError, StoreError, InferenceError) as exc:
                 problem = f"{r.source} v{r.version}: {exc}"
+                if r.source != "factory":  # recorded before it is reported, like every state change
+                    self.store.record_failure(name, r.version, str(exc), revert_to=self._usable_lkg(name, r.version))
                 log.error("%s: cannot serve v%d: %s", name, r.version, exc, extra={"model": name, "version": r.version})
                 if r.source == "factory":
                     break
-                self.store.record_failure(name, r.version, str(exc), revert_to=self._usable_lkg(name, r.version))
                 continue
             log.info(
                 "%s: serving v%d from the %s (%s, batch-1 run %.1f µs)", name, lv.version, lv.source, lv.mode, lv.invoke_us,
