@@ -1,1 +1,2 @@
-"""What every test suite here shares: waiting on conditions, the daemon subprocess, test keys."""
+"""What the test suites share: waiting on a condition (``wait``), the daemon subprocess
+(``daemon``), one loopback HTTP request (``http``) and client threads under load (``load``)."""
