@@ -11,7 +11,7 @@ DEVICE_VENV := .venv-device
 EDGE := $(DEVICE_VENV)/bin/edge-runtime
 DEMO := --store .edge/store --root device/demo-keys/root.json --factory device/factory
 
-.PHONY: run test deps system-deps lint unit test-long test-corpus test-arm bench factory demo-update bench-fleet clean
+.PHONY: run test deps system-deps lint unit test-long test-corpus test-arm stress-test bench factory demo-update bench-fleet clean
 
 run: $(DEVICE_VENV)/.stamp
 	$(EDGE) models install device/factory/fraud.bundle $(DEMO)
@@ -52,6 +52,11 @@ test-corpus: deps
 
 test-arm: deps
 	$(VENV)/bin/pytest -m arm
+
+# make test from a fresh clone, 3 times with every core busy and once idle; a pass/fail table
+# (docs/testing.md). Takes well over half an hour on 2 cores.
+stress-test:
+	bash scripts/stress-test.sh
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done

@@ -14,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -96,10 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 class TerminalProgress:
     """Stage lines with elapsed time on stderr; on a terminal the current line ticks each second."""
 
-    def __init__(self, stream: IO[str], live: bool) -> None:
+    def __init__(self, stream: IO[str], live: bool, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.live = live
-        self.start = time.monotonic()
+        self._clock = clock  # a parameter so that tests can give the stages known lengths
+        self.start = clock()
         self.stage_start = self.start
         self.current: str | None = None
         self._lock = threading.Lock()
@@ -116,12 +117,12 @@ class TerminalProgress:
         while not self._stop.wait(1.0):
             with self._lock:
                 if self.current:
-                    self.stream.write("\r\x1b[K" + self._line(time.monotonic()))
+                    self.stream.write("\r\x1b[K" + self._line(self._clock()))
                     self.stream.flush()
 
     def __call__(self, message: str) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if self.current is not None:
                 self.stream.write(("\r\x1b[K" if self.live else "") + self._line(now) + " done\n")
             self.current = message
@@ -135,7 +136,7 @@ class TerminalProgress:
         self._stop.set()
         with self._lock:
             if self.current is not None:
-                now = time.monotonic()
+                now = self._clock()
                 suffix = " done" if ok else " failed"
                 self.stream.write(("\r\x1b[K" if self.live else "") + self._line(now) + suffix + "\n")
                 self.current = None

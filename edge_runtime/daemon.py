@@ -29,6 +29,7 @@ from typing import Any
 from edge_runtime.config import Config, device_id
 from edge_runtime.exceptions import ConfigError
 from edge_runtime.serving.app import App, ServingState
+from edge_runtime.serving.hooks import warn_if_enabled
 from edge_runtime.serving.manager import ModelManager
 from edge_runtime.serving.metrics import Metrics
 from edge_runtime.store.store import ModelStore
@@ -188,6 +189,7 @@ class Daemon:
                 raise RuntimeError("the HTTP server stopped during start-up")
             await asyncio.sleep(0.002)
         log.info("listening on %s", self.url)
+        warn_if_enabled()
         if handle_signals:
             self._install_signals(loop)
         updates = watchdog = grpc_endpoint = None

@@ -190,12 +190,18 @@ class Watchdog:
         interval_s: float | None = None,
         *,
         name: str = "edge-runtime-watchdog",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         self._health = health
         self._interval_s = interval_s
         self._name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The clock and the wait between slots are parameters so that the schedule can be
+        # tested step by step; the wait defaults to one that stop() interrupts.
+        self._clock = clock
+        self._sleep = sleep if sleep is not None else self._stop.wait
 
     @property
     def interval_s(self) -> float | None:
@@ -244,7 +250,7 @@ class Watchdog:
 
     def _run(self, interval: float) -> None:
         was_healthy = True
-        next_at = time.monotonic()
+        next_at = self._clock()
         while not self._stop.is_set():
             healthy = self._healthy()
             if self._stop.is_set():
@@ -257,8 +263,8 @@ class Watchdog:
                 logger.error("serving loop failed its health check; withholding WATCHDOG=1")
             was_healthy = healthy
             next_at += interval
-            now = time.monotonic()
+            now = self._clock()
             if next_at <= now:
                 # The check overran one or more slots: skip them rather than burst.
                 next_at = now + interval - ((now - next_at) % interval)
-            self._stop.wait(next_at - now)
+            self._sleep(next_at - now)

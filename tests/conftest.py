@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
+from harness.daemon import EDGE
 
 REPO = Path(__file__).resolve().parents[1]
 FACTORY_SRC = REPO / "device" / "factory"
-EDGE = Path(sys.executable).parent / "edge-runtime"
 # LiteRT's C++ code prints this once per process on stderr; it is not ours to silence.
 LITERT_NOISE = "INFO: Created TensorFlow Lite XNNPACK delegate"
 

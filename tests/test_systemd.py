@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import secrets
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_runtime import systemd
+from harness.wait import wait_until
 
 WATCHDOG_USEC = 200_000  # WatchdogSec=200ms -> one ping every 100 ms
 PING_INTERVAL_S = WATCHDOG_USEC / 2_000_000
@@ -47,6 +47,18 @@ class NotifyReceiver:
                 break
             out.append((time.monotonic(), data.decode("utf-8")))
         return out
+
+    def queued(self) -> list[str]:
+        """Every message already received and not read yet, in order."""
+        out: list[str] = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                out.append(self.sock.recv(4096).decode("utf-8"))
+        except BlockingIOError:
+            return out
+        finally:
+            self.sock.setblocking(True)
 
     def drain(self) -> None:
         """Drop anything already queued."""
@@ -91,10 +103,6 @@ def watchdog_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
 
 
-def pings(messages: list[tuple[float, str]]) -> list[float]:
-    return [t for t, msg in messages if msg == "WATCHDOG=1"]
-
-
 # --- plain notifications -------------------------------------------------------------
 
 
@@ -122,7 +130,7 @@ def test_status_text_is_flattened_to_one_line(receiver: NotifyReceiver) -> None:
 def test_notify_rejects_malformed_lines(receiver: NotifyReceiver, bad: str) -> None:
     with pytest.raises(ValueError, match="KEY=VALUE"):
         systemd.notify(bad)
-    assert receiver.collect(0.05) == []
+    assert receiver.queued() == []  # notify() sends synchronously: anything sent is queued by now
 
 
 def test_ready_without_status_is_just_ready(receiver: NotifyReceiver) -> None:
@@ -146,7 +154,7 @@ def test_unset_socket_is_a_noop(receiver: NotifyReceiver, monkeypatch: pytest.Mo
     assert systemd.ready("x") is False
     assert systemd.status("x") is False
     assert systemd.stopping() is False
-    assert receiver.collect(0.1) == []
+    assert receiver.queued() == []
 
 
 def test_missing_socket_returns_false_and_warns(
@@ -209,23 +217,72 @@ def test_watchdog_interval_none_when_not_for_us(
 # --- the watchdog thread -------------------------------------------------------------
 
 
-def test_watchdog_pings_at_half_watchdog_usec(receiver: NotifyReceiver, watchdog_env: None) -> None:
-    dog = systemd.Watchdog(lambda: True)
-    assert dog.start()
-    try:
-        assert dog.running
-        assert any(t.name == "edge-runtime-watchdog" for t in threading.enumerate())
-        times = pings(receiver.collect(1.05))
-    finally:
-        dog.stop()
-    assert not dog.running
-    # One immediately, then every 100 ms: about 11 in 1.05 s.
-    assert 8 <= len(times) <= 13, times
-    gaps = sorted(b - a for a, b in itertools.pairwise(times))
-    median = gaps[len(gaps) // 2]
-    assert median == pytest.approx(PING_INTERVAL_S, abs=0.03), gaps
-    # Well inside the 200 ms WatchdogSec: systemd would never have fired.
-    assert max(gaps) < WATCHDOG_USEC / 1_000_000, gaps
+class Script:
+    """Drives a watchdog step by step: a fake clock, a wait that only records how long the
+    watchdog asked to wait (and moves the clock), and a health check that answers from a
+    script. Once the script is spent the check answers False (no more pings) and ``spent`` is
+    set; every ping the scripted checks earned has been sent by then."""
+
+    def __init__(self, answers: list[bool | Exception], check_costs_s: dict[int, float] | None = None) -> None:
+        self.answers = list(answers)
+        self.costs = check_costs_s or {}
+        self.now = 1000.0
+        self.waits: list[float] = []
+        self.calls = 0
+        self.spent = threading.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        if self.spent.is_set():
+            time.sleep(0.001)  # only until the test stops the watchdog
+            return
+        self.waits.append(seconds)
+        self.now += seconds
+
+    def health(self) -> bool:
+        if self.calls >= len(self.answers):
+            self.spent.set()
+            return False
+        self.now += self.costs.get(self.calls, 0.0)
+        answer = self.answers[self.calls]
+        self.calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def run(self, receiver: NotifyReceiver) -> list[str]:
+        """Run the watchdog through the script; the notifications it sent."""
+        dog = systemd.Watchdog(self.health, clock=self.clock, sleep=self.sleep)
+        assert dog.start()
+        try:
+            assert dog.running
+            assert any(t.name == "edge-runtime-watchdog" for t in threading.enumerate())
+            wait_until(self.spent.is_set, "the watchdog to run through its script")
+        finally:
+            dog.stop()
+        assert not dog.running
+        return receiver.queued()
+
+
+def test_watchdog_pings_after_each_healthy_check_on_a_grid_of_half_watchdog_usec(
+    receiver: NotifyReceiver, watchdog_env: None
+) -> None:
+    script = Script([True] * 6)
+    assert script.run(receiver) == ["WATCHDOG=1"] * 6
+    # One ping at once, then one every 100 ms: well inside the 200 ms WatchdogSec.
+    assert script.waits[:5] == [pytest.approx(PING_INTERVAL_S)] * 5
+
+
+def test_watchdog_skips_the_slots_a_slow_check_overran_instead_of_bursting(
+    receiver: NotifyReceiver, watchdog_env: None
+) -> None:
+    script = Script([True, True, True], check_costs_s={1: 2.5 * PING_INTERVAL_S})
+    assert script.run(receiver) == ["WATCHDOG=1"] * 3
+    # The second check ends half-way into the third slot: the next ping waits for the fourth.
+    assert script.waits[:3] == [pytest.approx(PING_INTERVAL_S), pytest.approx(0.5 * PING_INTERVAL_S),
+                                pytest.approx(PING_INTERVAL_S)]
 
 
 def test_watchdog_stops_pinging_when_stopped(receiver: NotifyReceiver, watchdog_env: None) -> None:
@@ -254,83 +311,40 @@ def test_watchdog_not_started_without_watchdog_usec(receiver: NotifyReceiver) ->
 def test_watchdog_withholds_pings_while_unhealthy(
     receiver: NotifyReceiver, watchdog_env: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    healthy = threading.Event()
-    healthy.set()
-    dog = systemd.Watchdog(healthy.is_set)
     with caplog.at_level(logging.WARNING, logger="edge_runtime.systemd"):
-        dog.start()
-        try:
-            assert len(pings(receiver.collect(0.35))) >= 2
-            healthy.clear()
-            # Let a check that began before clear() finish and send its ping.
-            time.sleep(1.5 * PING_INTERVAL_S)
-            receiver.drain()
-            assert pings(receiver.collect(0.5)) == []
-            healthy.set()
-            assert len(pings(receiver.collect(0.35))) >= 2
-        finally:
-            dog.stop()
-    assert any("failed its health check" in r.getMessage() for r in caplog.records)
-    assert any("healthy again" in r.getMessage() for r in caplog.records)
-
-
-def test_watchdog_withholds_pings_while_health_check_blocks(receiver: NotifyReceiver, watchdog_env: None) -> None:
-    unblocked = threading.Event()
-    unblocked.set()
-
-    def health() -> bool:
-        unblocked.wait()
-        return True
-
-    dog = systemd.Watchdog(health)
-    dog.start()
-    try:
-        assert len(pings(receiver.collect(0.35))) >= 2
-        unblocked.clear()
-        time.sleep(1.5 * PING_INTERVAL_S)
-        receiver.drain()
-        assert pings(receiver.collect(0.5)) == []
-        unblocked.set()
-        assert len(pings(receiver.collect(0.35))) >= 2
-    finally:
-        unblocked.set()
-        dog.stop()
+        sent = Script([True, True, False, False, False, True, True]).run(receiver)
+    assert sent == ["WATCHDOG=1"] * 4
+    messages = [r.getMessage() for r in caplog.records]
+    # Each change is logged once; the third line is the end of the script (a failed check too).
+    assert ["failed its health check" in m for m in messages] == [True, False, True], messages
+    assert "healthy again" in messages[1]
 
 
 def test_watchdog_treats_an_exception_as_unhealthy(receiver: NotifyReceiver, watchdog_env: None) -> None:
-    def health() -> bool:
-        raise RuntimeError("boom")
-
-    dog = systemd.Watchdog(health)
-    dog.start()
-    try:
-        assert receiver.collect(0.4) == []
-        assert dog.running  # the thread survived the exception
-    finally:
-        dog.stop()
+    script = Script([RuntimeError("boom"), RuntimeError("boom"), True])
+    assert script.run(receiver) == ["WATCHDOG=1"]  # the thread survived the exceptions and pinged again
+    assert script.calls == 3
 
 
-def test_event_loop_health_check_stops_pings_when_loop_is_wedged(receiver: NotifyReceiver, watchdog_env: None) -> None:
+def test_event_loop_health_check_fails_while_the_loop_is_wedged() -> None:
     loop = asyncio.new_event_loop()
     loop_thread = threading.Thread(target=loop.run_forever, name="test-serving-loop", daemon=True)
     loop_thread.start()
     release = threading.Event()
-    dog = systemd.Watchdog(systemd.event_loop_responsive(loop, timeout_s=0.05))
-    dog.start()
+    blocked = threading.Event()
+    check = systemd.event_loop_responsive(loop, timeout_s=0.05)
     try:
-        assert len(pings(receiver.collect(0.35))) >= 2
+        assert check() is True
         # A handler that blocks the loop, as a hung request would.
-        loop.call_soon_threadsafe(release.wait)
-        time.sleep(1.5 * PING_INTERVAL_S)
-        receiver.drain()
-        assert pings(receiver.collect(0.5)) == []
+        loop.call_soon_threadsafe(lambda: (blocked.set(), release.wait()))
+        wait_until(blocked.is_set, "the loop to be blocked")
+        assert check() is False
         release.set()
-        assert len(pings(receiver.collect(0.35))) >= 2
+        wait_until(check, "the loop to answer again")
     finally:
         release.set()
-        dog.stop()
         loop.call_soon_threadsafe(loop.stop)
-        loop_thread.join(2.0)
+        loop_thread.join()
         loop.close()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,9 +54,10 @@ class Pending:
 class BatchQueue:
     """The queue shared by the worker threads of one loaded version."""
 
-    def __init__(self, policy: BatchPolicy, model: str = "") -> None:
+    def __init__(self, policy: BatchPolicy, model: str = "", clock_ns: Callable[[], int] = time.perf_counter_ns) -> None:
         self.policy = policy
         self.model = model
+        self._clock_ns = clock_ns  # the clock of Pending.enqueued_ns; a parameter so tests can step it
         self._items: deque[Pending] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._idle = 0
@@ -142,7 +144,7 @@ class BatchQueue:
                         self._idle -= 1
                     continue
                 # Once closed nothing more will arrive: stop waiting for company.
-                count, wait_s = self._ready(1 << 62 if self._closed else time.perf_counter_ns())
+                count, wait_s = self._ready(1 << 62 if self._closed else self._clock_ns())
                 if count:
                     return [self._items.popleft() for _ in range(count)]
                 self._cond.wait(wait_s)

@@ -8,8 +8,8 @@ It runs on its own thread (``edge-model-manager``) and never blocks the event lo
 * Hot swap: the manager polls the ``state.json`` files every ``[server] swap_poll_ms``
   (and at once on :meth:`wake`). When the active version changes to one not recorded as
   failed, it is loaded, self-tested and warmed up off the loop; only then is the routing
-  switched (one assignment on the loop thread), the old version drained (its queued and
-  running requests finish) and unloaded, and ``serving`` recorded in the store. A version
+  switched (one assignment on the loop thread), ``serving`` recorded in the store, and
+  the old version drained (its queued and running requests finish) and unloaded. A version
   that fails is recorded as failed with ``revert_to`` the version still serving, which
   keeps answering: no request fails during a swap.
 * Reload (SIGHUP): batching parameters apply to running executors at once; a change of
@@ -233,15 +233,21 @@ class ModelManager:
         self._default[name] = default
         self._built[name] = list(keep.values())
         self._publish(name, routing, retired)
-        changed = previous is None or previous is not default
-        if previous is not None and previous.version != default.version:
-            self.metrics.swap(name, "success")
-            log.info(
-                "%s: now serving v%d (was v%d)", name, default.version, previous.version,
-                extra={"model": name, "version": default.version},
-            )
-        if changed and default.source == "store":
-            self.store.record_serving(name, default.version)
+        try:
+            # Recorded as soon as the routing answers with it, before it is reported and before
+            # the old version is drained and reported unloaded: a reader of the log never finds
+            # state.json behind it.
+            changed = previous is None or previous is not default
+            if changed and default.source == "store":
+                self.store.record_serving(name, default.version)
+            if previous is not None and previous.version != default.version:
+                self.metrics.swap(name, "success")
+                log.info(
+                    "%s: now serving v%d (was v%d)", name, default.version, previous.version,
+                    extra={"model": name, "version": default.version},
+                )
+        finally:
+            self._unload(name, retired)
         return changed
 
     def _start_model(self, name: str, mcfg: ModelConfig) -> LoadedVersion | None:
@@ -266,10 +272,11 @@ class ModelManager:
                 lv = self._load(r, mcfg)
             except (BadDataError, StoreError, InferenceError) as exc:
                 problem = f"{r.source} v{r.version}: {exc}"
+                if r.source != "factory":  # recorded before it is reported, like every state change
+                    self.store.record_failure(name, r.version, str(exc), revert_to=self._usable_lkg(name, r.version))
                 log.error("%s: cannot serve v%d: %s", name, r.version, exc, extra={"model": name, "version": r.version})
                 if r.source == "factory":
                     break
-                self.store.record_failure(name, r.version, str(exc), revert_to=self._usable_lkg(name, r.version))
                 continue
             log.info(
                 "%s: serving v%d from the %s (%s, batch-1 run %.1f µs)", name, lv.version, lv.source, lv.mode, lv.invoke_us,
@@ -419,6 +426,7 @@ class ModelManager:
                 return
 
     def _publish(self, name: str, routing: Any, retired: list[LoadedVersion]) -> None:
+        """Switch the routing on the loop thread and stop ``retired`` taking requests; see :meth:`_unload`."""
         def install() -> None:
             sm = self.served.get(name)
             if sm is None:
@@ -430,6 +438,9 @@ class ModelManager:
                 lv.executor.retire()  # inline interpreters are closed here, on their owner thread
 
         self._on_loop(install)
+
+    def _unload(self, name: str, retired: list[LoadedVersion]) -> None:
+        """Wait for retired versions to finish what they had queued (they take no new requests)."""
         for lv in retired:
             drained = lv.executor.join(self.cfg.server.drain_timeout_s)
             log.info(

@@ -27,6 +27,7 @@ from edge_runtime.exceptions import UnavailableError
 from edge_runtime.inference.backend import Backend
 from edge_runtime.inference.selftest import GoldenSet
 from edge_runtime.serving.batcher import BatchPolicy, BatchQueue, Pending
+from edge_runtime.serving.hooks import hold_workers_file, wait_while_held
 from edge_runtime.serving.metrics import VersionStats
 
 log = logging.getLogger("edge_runtime.serving")
@@ -167,8 +168,10 @@ class ThreadedExecutor:
 
     def _work(self, backend: Backend) -> None:
         run = invoker(backend)
+        hold = hold_workers_file()
         try:
             while True:
+                wait_while_held(hold)  # test-only, None in production (serving/hooks.py)
                 batch = self.queue.take()
                 if batch is None:
                     return

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from harness.daemon import EDGE
+
 REPO = Path(__file__).resolve().parents[2]
 ONE_SHOT = {"models", "score", "bundle", "keys"}  # a daemon command (serve) would not return
 
@@ -31,8 +33,7 @@ def _run_commands(edge: Path) -> list[list[str]]:
 def test_make_run_installs_the_demo_bundle_and_prints_the_predictions(
     tmp_path: Path, litert: Any, sample_x: np.ndarray
 ) -> None:
-    edge = REPO / ".venv" / "bin" / "edge-runtime"
-    commands = _run_commands(edge)
+    commands = _run_commands(EDGE)  # this interpreter's environment, wherever it lives
     assert [c[1:3] for c in commands][:1] == [["models", "install"]]
     assert any(c[1] == "score" for c in commands)
     for part in ("device/factory", "device/demo-keys"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore
+from harness.daemon import EDGE
 
 pytestmark = pytest.mark.integration
 # Started ahead, two at a time, by the _prefetch fixture (slowest first where order does not matter).
 CONVERSIONS = ["fraud:fp16", "fraud:fp32", "fraud:dynamic", "fraud:int8", "fraud:auto"]
-EDGE = Path(sys.executable).parent / "edge-runtime"
 MODES = ["fp32", "fp16", "dynamic", "int8", "auto"]
 
 

@@ -9,54 +9,28 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from updates.conftest import FLEET, FleetKeys, Releases
-from updates.integration.conftest import Mosquitto, wait_until
+
+# The keys, the releases and the broker are the update tests' own fixtures, defined once there.
+from updates.conftest import FLEET, FleetKeys, Releases, fleet_keys, releases
+from updates.integration.conftest import Mosquitto, mosquitto
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.simulate import Fault, SimSettings, SimulatedFleet
 from edge_runtime.fleet.status import DeviceStates
-from edge_runtime.trust.keys import generate_private_key, private_key_pem
-from edge_runtime.trust.root import make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import Topics
+from harness.daemon import EDGE
 
-EDGE = Path(sys.executable).parent / "edge-runtime"
 TOPICS = Topics("edge", FLEET)
 
 __all__ = [
-    "EDGE", "FLEET", "TOPICS", "FleetKeys", "Mosquitto", "Releases", "SimulateFn", "Watch", "cli", "model_entry", "retained_desired", "settled", "wait_until",
+    "EDGE", "FLEET", "TOPICS", "FleetKeys", "Mosquitto", "Releases", "SimulateFn", "Watch", "cli", "fleet_keys",
+    "model_entry", "mosquitto", "releases", "retained_desired", "settled",
 ]
-
-
-@pytest.fixture(scope="session")
-def fleet_keys(tmp_path_factory: pytest.TempPathFactory) -> FleetKeys:
-    """A root key and a models key, as in the update tests."""
-    d = tmp_path_factory.mktemp("fleet-keys")
-    root_key, models_key, stranger = generate_private_key(), generate_private_key(), generate_private_key()
-    root_bytes = sign_root(make_root(1, [root_key], [models_key]), [root_key])
-    for name, key in (("root.key", root_key), ("signing.key", models_key), ("stranger.key", stranger)):
-        (d / name).write_bytes(private_key_pem(key))
-    (d / "root.json").write_bytes(root_bytes)
-    return FleetKeys(root_key, models_key, stranger, verify_root(root_bytes), root_bytes, d)
-
-
-@pytest.fixture(scope="session")
-def releases(tmp_path_factory: pytest.TempPathFactory, fleet_keys: FleetKeys) -> Releases:
-    """Signed bundles of the demo model, shared by the session."""
-    return Releases(tmp_path_factory.mktemp("releases"), fleet_keys)
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A real mosquitto on a free loopback port, for one test."""
-    broker = Mosquitto(tmp_path / "broker").start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture

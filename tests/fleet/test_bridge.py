@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from updates.integration.conftest import free_port, publish
 
-from .conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry, wait_until
+from harness.wait import wait_until
+
+from .conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +45,7 @@ def test_devices_on_a_bridged_broker_follow_the_operator_on_the_other(
         watchers.append(watch_a)
         ids = ["bridged-0", "bridged-1"]
         fleet = simulate(broker_b.url, ids)
-        wait_until(
-            lambda: all(model_entry(watch_a.state(d)).get("active") == 2 for d in ids), 60,
-            "the devices on B to report v2, seen from A",
-        )
+        wait_until(lambda: all(model_entry(watch_a.state(d)).get("active") == 2 for d in ids), "the devices on B to report v2, seen from A")
         assert all(fleet.active(d, "fraud") == 2 for d in ids)
         assert all((watch_a.state(d).get("desired_seq") or {}).get("desired") == first.seq for d in ids)
 
@@ -59,20 +58,17 @@ def test_devices_on_a_bridged_broker_follow_the_operator_on_the_other(
         # Published on A while the bridge is up: forwarded live, still retained on B.
         second = publish(broker_a.url, releases.bundle(3), fleet_keys.models_key)
         assert second.chunks_sent == 19
-        wait_until(
-            lambda: all(model_entry(watch_a.state(d)).get("active") == 3 for d in ids), 60,
-            "the devices on B to report v3, seen from A",
-        )
+        wait_until(lambda: all(model_entry(watch_a.state(d)).get("active") == 3 for d in ids), "the devices on B to report v3, seen from A")
         watchers.remove(watch_a)
         watch_a.close()
         broker_a.stop()
 
         # A is gone: a device that joins B now has only B's retained copies to go by.
         late = simulate(broker_b.url, ["bridged-late"], name="late")
-        wait_until(lambda: late.active("bridged-late", "fraud") == 3, 60, "the late device to reach v3 from B alone")
+        wait_until(lambda: late.active("bridged-late", "fraud") == 3, "the late device to reach v3 from B alone")
         watch_b = Watch(broker_b.url)
         try:
-            wait_until(lambda: model_entry(watch_b.state("bridged-late")).get("active") == 3, 30, "its state on B")
+            wait_until(lambda: model_entry(watch_b.state("bridged-late")).get("active") == 3, "its state on B")
         finally:
             watch_b.close()
     finally:

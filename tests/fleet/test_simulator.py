@@ -14,8 +14,9 @@ from updates.integration.conftest import publish
 
 from edge_runtime.fleet.simulate import Fault, device_ids
 from edge_runtime.updates.verify import rollout_bucket
+from harness.wait import wait_until
 
-from .conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry, settled, wait_until
+from .conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry, settled
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ def test_twenty_devices_update_exactly_by_bucket_then_ten_percent_fail(
     ids = device_ids(20)
     faulty = set(ids[::10])  # 10 %: their interpreter mis-computes v3
     fleet = simulate(mosquitto.url, ids, [Fault("fraud", frozenset({3}), frozenset(faulty))], processes=2)
-    wait_until(lambda: all(model_entry(watch.state(d)) for d in ids), 60, "every device's first state")
+    wait_until(lambda: all(model_entry(watch.state(d)) for d in ids), "every device's first state")
     assert all(model_entry(watch.state(d))["active"] is None for d in ids), "devices start on the factory bundle"
 
     buckets = {d: rollout_bucket(d, "fraud-2") for d in ids}
@@ -40,8 +41,8 @@ def test_twenty_devices_update_exactly_by_bucket_then_ten_percent_fail(
         in_bucket = {d for d in ids if buckets[d] < percent}
         assert previous < in_bucket or percent == 100 and in_bucket == set(ids)
         r = publish(mosquitto.url, releases.bundle(2), fleet_keys.models_key, percent=percent)
-        wait_until(partial(settled, watch, ids, r.seq), 60, f"every device to settle at {percent}%")
-        wait_until(partial(all_on, watch, in_bucket, 2), 30, f"the {percent}% bucket's state")
+        wait_until(partial(settled, watch, ids, r.seq), f"every device to settle at {percent}%")
+        wait_until(partial(all_on, watch, in_bucket, 2), f"the {percent}% bucket's state")
         reported = {d for d in ids if model_entry(watch.state(d)).get("active") == 2}
         on_disk = {d for d in ids if fleet.active(d, "fraud") == 2}
         assert reported == in_bucket, f"at {percent}%: reported {sorted(reported)}, bucket {sorted(in_bucket)}"
@@ -49,10 +50,8 @@ def test_twenty_devices_update_exactly_by_bucket_then_ten_percent_fail(
         previous = in_bucket
 
     r3 = publish(mosquitto.url, releases.bundle(3), fleet_keys.models_key)
-    wait_until(lambda: settled(watch, ids, r3.seq), 60, "every device to settle on v3")
-    wait_until(
-        lambda: all(model_entry(watch.state(d)).get("active") == (2 if d in faulty else 3) for d in ids), 30, "v3 state"
-    )
+    wait_until(lambda: settled(watch, ids, r3.seq), "every device to settle on v3")
+    wait_until(lambda: all(model_entry(watch.state(d)).get("active") == (2 if d in faulty else 3) for d in ids), "v3 state")
     failed = {d for d in ids if "3" in model_entry(watch.state(d)).get("failed", {})}
     assert failed == faulty
     for d in ids:

@@ -14,11 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving.support import request
-from updates.integration.conftest import Mosquitto, Observer, wait_until
+from updates.integration.conftest import Mosquitto, Observer
 
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.fleet.publish import PublishResult, publish_release
@@ -36,15 +31,15 @@ from edge_runtime.inference.backend import load_backend
 from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.protocol import Topics
+from harness.daemon import EDGE, Daemon
+from harness.http import request
 
 LONG = os.environ.get("EDGE_TEST_LONG") == "1"
 REPO = Path(__file__).resolve().parents[2]
 FACTORY_SRC = REPO / "device" / "factory"
-EDGE = Path(sys.executable).parent / "edge-runtime"
 FLEET = "rel"
-START_TIMEOUT_S = 60.0
 
-__all__ = ["Mosquitto", "Observer", "wait_until"]
+__all__ = ["EDGE", "Daemon", "Mosquitto", "Observer"]
 
 
 def scale(short: Any, long: Any) -> Any:
@@ -138,121 +133,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-
-
-class Daemon:
-    """``edge-runtime serve --config CONFIG`` in a subprocess, stderr collected line by line.
-
-    ``fault="install:before:3"`` runs it through :data:`FAULT_WRAPPER` instead.
-    """
-
-    def __init__(self, config: Path, fault: str | None = None) -> None:
-        self.config = config
-        env = _clean_env()
-        if fault is None:
-            argv = [str(EDGE), "serve", "--config", str(config)]
-        else:
-            env["RELIABILITY_FAULT"] = fault
-            argv = [sys.executable, "-c", FAULT_WRAPPER, "serve", "--config", str(config)]
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self.port = 0
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                if "listening on http://" in line and not self.port:
-                    self.port = int(line.rsplit(":", 1)[1])
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def url(self) -> str:
-        """``127.0.0.1:PORT`` (what tritonclient takes)."""
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        """The process is still running."""
-        return self.proc.poll() is None
-
-    def wait_line(self, needle: str, timeout: float = START_TIMEOUT_S, start: int = 0) -> int | None:
-        """Index of the first log line from ``start`` on containing ``needle``; None if the
-        process exits or ``timeout`` passes first."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for i in range(start, len(self.lines)):
-                    if needle in self.lines[i]:
-                        return i
-                start = max(start, len(self.lines))
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    return None
-                self._cond.wait(min(left, 0.1))
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> float:
-        """Block until ``/v2/health/ready`` answers 200; returns seconds since the process started."""
-        deadline = time.monotonic() + timeout
-        while not self.port:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self._reader.join(2)
-                raise AssertionError(f"daemon never listened (exit {self.proc.poll()}):\n" + self.log())
-            time.sleep(0.01)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n" + self.log())
-            try:
-                if request(self.port, "GET", "/v2/health/ready")[0] == 200:
-                    return time.monotonic() - self.started
-            except OSError:
-                pass
-            time.sleep(0.01)
-        raise AssertionError("daemon not ready in time:\n" + self.log())
-
-    def kill(self) -> None:
-        """SIGKILL and reap."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self._reader.join(5)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        return self.proc.returncode
-
-    def rss_bytes(self) -> int:
-        """Resident set size of the daemon now."""
-        import psutil
-
-        return int(psutil.Process(self.proc.pid).memory_info().rss)
-
-    def log(self) -> str:
-        """Everything the daemon wrote to stderr so far."""
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def tracebacks(self) -> list[str]:
-        """Log lines that start a Python traceback (none is expected, ever)."""
-        with self._cond:
-            return [line for line in self.lines if "Traceback (most recent call last)" in line]
+def start_daemon(config: Path, fault: str | None = None) -> Daemon:
+    """``edge-runtime serve --config CONFIG``; ``fault="install:before:3"`` runs it through
+    :data:`FAULT_WRAPPER` instead."""
+    if fault is None:
+        return Daemon(config)
+    return Daemon(config, command=[sys.executable, "-c", FAULT_WRAPPER, "serve", "--config", str(config)],
+                  env_extra={"RELIABILITY_FAULT": fault})
 
 
 # -- releases --------------------------------------------------------------------------------
@@ -339,7 +226,7 @@ class DeviceDir:
 
     def start(self, fault: str | None = None, wait: bool = True) -> Daemon:
         """Start a daemon on the config written last."""
-        d = Daemon(self.base / "config.toml", fault)
+        d = start_daemon(self.base / "config.toml", fault)
         self.daemons.append(d)
         if wait and fault is None:
             d.wait_ready()

@@ -27,7 +27,8 @@ from updates.integration.conftest import TritonLoad
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.updates.protocol import Topics
-from reliability.conftest import FLEET, DeviceDir, Figures, Mosquitto, Releases, publish, scale, wait_until
+from harness.wait import wait_until
+from reliability.conftest import FLEET, DeviceDir, Figures, Mosquitto, Releases, publish, scale
 
 pytestmark = pytest.mark.integration
 
@@ -62,8 +63,7 @@ def _device(make_device: Callable[..., DeviceDir], broker: Mosquitto, extra_mqtt
     dev = make_device()
     dev.write_config(broker.url, extra_mqtt=extra_mqtt)
     dev.start()
-    wait_until(lambda: _republished_after(broker, dev.device_id, dt.datetime.min.replace(tzinfo=dt.UTC)), 30,
-               "the device's first state")
+    wait_until(lambda: _republished_after(broker, dev.device_id, dt.datetime.min.replace(tzinfo=dt.UTC)), "the device's first state")
     return dev
 
 
@@ -73,7 +73,7 @@ def test_broker_stopped_then_back_device_republishes_and_scoring_never_fails(
     dev = _device(make_device, broker)
     daemon = dev.daemons[-1]
     with TritonLoad(daemon.url, holdout_x, clients=CLIENTS) as load:
-        wait_until(lambda: load.total() >= 50, 30, "answers before the outage")
+        wait_until(lambda: load.total() >= 50, "answers before the outage")
         broker.stop()
         before = load.total()
         time.sleep(OUTAGE_S)
@@ -81,11 +81,10 @@ def test_broker_stopped_then_back_device_republishes_and_scoring_never_fails(
         restarted = dt.datetime.now(dt.UTC).replace(microsecond=0)
         t0 = time.monotonic()
         broker.start()  # empty: persistence is off
-        state = wait_until(lambda: _republished_after(broker, dev.device_id, restarted), 60,
-                           "the retained state and online=true again")
+        state = wait_until(lambda: _republished_after(broker, dev.device_id, restarted), "the retained state and online=true again")
         back_s = time.monotonic() - t0
         answered = load.total()
-        wait_until(lambda: load.total() >= answered + 50, 30, "answers after the outage")
+        wait_until(lambda: load.total() >= answered + 50, "answers after the outage")
     assert load.failures == [], load.failures[:5]
     assert during > 0 and state["models"]["fraud"]["serving"] == 1
     assert daemon.alive and daemon.tracebacks() == [], daemon.log()[-3000:]
@@ -106,7 +105,7 @@ def test_flapping_broker_during_an_update(
         store = dev.store()
         flaps = 0
         with TritonLoad(daemon.url, holdout_x, clients=CLIENTS) as load:
-            wait_until(lambda: load.total() >= 50, 30, "answers before the flapping")
+            wait_until(lambda: load.total() >= 50, "answers before the flapping")
             publish(broker.url, releases.bundle(2, pad=150_000, chunk_size=1024), keys)
             end = time.monotonic() + FLAP_TOTAL_S
             while time.monotonic() < end:
@@ -116,10 +115,9 @@ def test_flapping_broker_during_an_update(
                 time.sleep(FLAP_HALF_S)
                 broker.start()
             restarted = dt.datetime.now(dt.UTC).replace(microsecond=0)
-            wait_until(lambda: store.state("fraud").serving == 2, 60, "v2 serving after the flapping")
-            state = wait_until(lambda: _republished_after(broker, dev.device_id, restarted), 60,
-                               "a fresh retained state and online=true")
-            wait_until(lambda: load.versions["2"] >= 50, 30, "answers from v2")
+            wait_until(lambda: store.state("fraud").serving == 2, "v2 serving after the flapping")
+            state = wait_until(lambda: _republished_after(broker, dev.device_id, restarted), "a fresh retained state and online=true")
+            wait_until(lambda: load.versions["2"] >= 50, "answers from v2")
         assert load.failures == [], load.failures[:5]
         assert state["models"]["fraud"]["active"] == 2
         assert daemon.alive and daemon.tracebacks() == [], daemon.log()[-3000:]

@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.updates.download import Download
+from harness.wait import DEFAULT_TIMEOUT_S, wait_until
 from reliability.conftest import Daemon, DeviceDir, Figures, Mosquitto, Releases, infer_rows, publish, scale
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,6 @@ RATE = 256 * 1024  # ... fetched at [mqtt] max_download_bytes_per_s: a download 
 ANCHORS = {"publish": 0.6, "notified": 0.05, "downloading": 0.45, "verified": 0.01, "installed": 0.01,
            "now serving": 0.02, "activated": 0.02}
 SERVING_TARGET_S = 5.0
-SETTLE_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -104,35 +104,34 @@ class Harness:
     def recover(self, old: int, new: int) -> None:
         """Restart after a kill and check everything the module docstring promises."""
         daemon = self.start()
-        # A verified version answers: the old or the new one, with exactly its outputs.
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answered() -> tuple[int, int, np.ndarray] | None:
             assert daemon.alive, daemon.log()
             try:
                 status, version, out = infer_rows(daemon.port, self.probe) if daemon.port else (0, 0, None)
             except OSError:
-                status = 0
-            if status == 200:
-                break
-            assert time.monotonic() < deadline, "no answer within 60 s of the restart:\n" + daemon.log()
-            time.sleep(0.01)
-        self.serving_s.append(time.monotonic() - daemon.started)
-        assert version in (old, new) and out is not None, f"answered by v{version}, expected v{old} or v{new}"
+                return None
+            return (status, version, out) if status == 200 and out is not None else None
+
+        # A verified version answers: the old or the new one, with exactly its outputs.
+        _, version, out = wait_until(answered, "an answer after the restart")
+        self.serving_s.append(time.monotonic() - daemon.started)  # a figure, not a check
+        assert version in (old, new), f"answered by v{version}, expected v{old} or v{new}"
         np.testing.assert_array_equal(out, self.releases.outputs(self.bundle(version), self.probe))
         self.answered_by["new" if version == new else "old"] += 1
         assert self.state()["active"] in (old, new)
         verify = self.cli(["models", "verify", "--config", self.dev.base / "config.toml"])
         assert verify.code == 0, verify.out + verify.err
+
+        def settled() -> bool:
+            assert daemon.alive, daemon.log()
+            state = self.state()
+            return bool(state["active"] == new and state["serving"] == new)
+
         # The interrupted update completes.
         t0 = time.monotonic()
-        while True:
-            state = self.state()
-            if state["active"] == new and state["serving"] == new:
-                break
-            assert daemon.alive, daemon.log()
-            assert time.monotonic() - t0 < SETTLE_TIMEOUT_S, f"v{new} not serving after the restart: {state}\n" + daemon.log()
-            time.sleep(0.02)
-        self.settle_s.append(time.monotonic() - t0)
+        wait_until(settled, f"v{new} active and serving after the restart")
+        self.settle_s.append(time.monotonic() - t0)  # a figure, not a check
         status, version, out = infer_rows(daemon.port, self.probe)
         assert status == 200 and version == new
         np.testing.assert_array_equal(out, self.releases.outputs(self.bundle(new), self.probe))
@@ -174,7 +173,7 @@ def test_random_sigkills_during_updates(harness: Harness, figures: Figures) -> N
         publish(h.broker.url, bundle, h.keys)
         if anchor != "publish":
             needle = f"now serving v{new}" if anchor == "now serving" else f"update {anchor} fraud v{new}"
-            assert daemon.wait_line(needle, 60, start=mark) is not None, f"run {run}: no {needle!r}:\n" + daemon.log()
+            assert daemon.wait_line(needle, start=mark) is not None, f"run {run}: no {needle!r}:\n" + daemon.log()
         time.sleep(rng.uniform(0.0, ANCHORS[anchor]))
         daemon.kill()
         h.landed[h.where(new)] += 1
@@ -205,7 +204,7 @@ def _kill_at(h: Harness, fault: str) -> None:
     daemon = h.start(fault=f"{fault}:2")
     daemon.wait_ready()
     publish(h.broker.url, h.bundle(2), h.keys)
-    daemon.proc.wait(60)
+    daemon.proc.wait(DEFAULT_TIMEOUT_S)
     assert daemon.proc.returncode == -9, f"the fault never fired (exit {daemon.proc.returncode}):\n" + daemon.log()
     daemon.kill()
     assert h.where(2) == FAULTS[fault]

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from serving.support import Load
 
-from reliability.conftest import EDGE, FLEET, DeviceDir, Figures, Mosquitto, Observer, Releases, wait_until
+from harness.wait import wait_until
+from reliability.conftest import EDGE, FLEET, DeviceDir, Figures, Mosquitto, Observer, Releases
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +66,10 @@ def _publish_cli(broker: Mosquitto, bundle: Path, keys: Any) -> None:
 def _check_clean_abort(dev: DeviceDir, observer: Observer, version: int, free_before: int, load: Load,
                        cli: Callable[..., Any], timeout_s: float = 60.0) -> dict[str, Any]:
     """The abort left nothing behind, was reported, and v1 kept serving."""
-    rejected = wait_until(lambda: [e for e in observer.of(dev.device_id, "rejected") if e.get("version") == version],
-                          timeout_s, f"the rejected event of v{version}")[0]
+    rejected = wait_until(lambda: [e for e in observer.of(dev.device_id, "rejected") if e.get("version") == version], f"the rejected event of v{version}")[0]
     assert "No space left on device" in rejected["reason"], rejected
     state = wait_until(lambda: (s := observer.state(dev.device_id)).get("last_error")
-                       and s["last_error"].get("version") == version and s, 30, "last_error in the retained state")
+                       and s["last_error"].get("version") == version and s, "last_error in the retained state")
     assert "No space left on device" in state["last_error"]["reason"]
     assert state["update"] is None and state["models"]["fraud"]["active"] == 1
     store = dev.store()
@@ -77,12 +77,12 @@ def _check_clean_abort(dev: DeviceDir, observer: Observer, version: int, free_be
     assert store.versions("fraud") == [1] and list(model_dir.glob(".install-*")) == []
     assert not (dev.store_path / ".updates" / "staging" / f"fraud-{version}").exists()
     # Staging space is given back (small files such as state.json may have changed size).
-    wait_until(lambda: free_bytes(dev.store_path) >= free_before - 16 * 1024, 30, "the staging space to be freed")
+    wait_until(lambda: free_bytes(dev.store_path) >= free_before - 16 * 1024, "the staging space to be freed")
     assert store.state("fraud").active == 1
     verify = cli(["models", "verify", "--config", dev.base / "config.toml"])
     assert verify.code == 0, verify.out + verify.err
     answered = load.count(1)
-    wait_until(lambda: load.count(1) >= answered + 20, 30, "v1 to keep answering")
+    wait_until(lambda: load.count(1) >= answered + 20, "v1 to keep answering")
     return {"reason": rejected["reason"][:120], "free_before": free_before, "free_after": free_bytes(dev.store_path)}
 
 
@@ -93,12 +93,12 @@ def test_update_whose_install_does_not_fit_aborts_cleanly(
     dev = make_device(store_path=small_fs / "store")
     dev.write_config(broker.url)
     daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
     free_before = free_bytes(dev.store_path)
     # Fits once (the staged download) but not twice (staging + installed copy).
     bundle = releases.bundle(2, pad=int(free_before * 0.6), chunk_size=CHUNK)
     with Load(daemon.port, holdout_x, clients=4) as load:
-        wait_until(lambda: load.count(1) >= 20, 30, "v1 answering")
+        wait_until(lambda: load.count(1) >= 20, "v1 answering")
         _publish_cli(broker, bundle, keys)
         found = _check_clean_abort(dev, observer, 2, free_before, load, cli)
     assert load.failures == [], load.failures[:5]
@@ -113,11 +113,11 @@ def test_update_that_does_not_fit_the_staging_area_aborts_cleanly(
     dev = make_device(store_path=small_fs / "store")
     dev.write_config(broker.url)
     daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
     free_before = free_bytes(dev.store_path)
     bundle = releases.bundle(2, pad=int(free_before * 1.5), chunk_size=CHUNK)
     with Load(daemon.port, holdout_x, clients=4) as load:
-        wait_until(lambda: load.count(1) >= 20, 30, "v1 answering")
+        wait_until(lambda: load.count(1) >= 20, "v1 answering")
         _publish_cli(broker, bundle, keys)
         # Three stall periods ([mqtt] download_stall_s = 2) are ample for a device that gives up.
         _check_clean_abort(dev, observer, 2, free_before, load, cli, timeout_s=10.0)

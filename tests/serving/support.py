@@ -1,18 +1,15 @@
-"""Helpers for the daemon tests: a real ``edge-runtime serve`` process on a free loopback
-port, a device directory to run it on, small HTTP helpers and reference outputs computed
-without the daemon.
+"""Helpers for the daemon tests: a device directory to run ``edge-runtime serve`` on (the
+process itself is :class:`harness.daemon.Daemon`), small HTTP helpers, a client load and
+reference outputs computed without the daemon.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,103 +19,15 @@ import orjson
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.packaging import pack_model
+from edge_runtime.serving.hooks import HOLD_WORKERS_ENV
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot
+from harness.daemon import Daemon
+from harness.http import request
+from harness.load import ClientThreads
+from harness.wait import wait_until
 
-START_TIMEOUT_S = 60.0
 FACTORY_SRC = Path(__file__).resolve().parents[2] / "device" / "factory"
-EDGE = Path(sys.executable).parent / "edge-runtime"
-
-
-class DaemonProcess:
-    """``edge-runtime serve`` in a subprocess; stderr is collected line by line."""
-
-    def __init__(self, config: Path, extra_args: Sequence[str] = (), env_extra: dict[str, str] | None = None) -> None:
-        self.config = config
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        env.update(env_extra or {})
-        self.proc = subprocess.Popen(
-            [str(EDGE), "serve", "--config", str(config), *extra_args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.lines: list[str] = []
-        self.port = 0
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if "listening on http://" in line and not self.port:
-                self.port = int(line.rsplit(":", 1)[1])
-                self._listening.set()
-
-    @property
-    def url(self) -> str:
-        """``127.0.0.1:PORT`` (what tritonclient takes)."""
-        return f"127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Block until ``/v2/health/ready`` answers 200."""
-        deadline = time.monotonic() + timeout
-        while not self._listening.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self._reader.join(2)
-                raise AssertionError("daemon never listened:\n" + "\n".join(self.lines))
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n" + "\n".join(self.lines))
-            try:
-                status, _ = request(self.port, "GET", "/v2/health/ready")
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise AssertionError("daemon not ready in time:\n" + "\n".join(self.lines))
-
-    def signal(self, sig: int) -> None:
-        """Send a signal to the daemon."""
-        self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        if self.proc.stderr is not None and not self._reader.is_alive():
-            self.proc.stderr.close()
-        return self.proc.returncode
-
-    def log(self) -> str:
-        """Everything the daemon wrote to stderr so far."""
-        return "\n".join(self.lines)
-
-
-def request(
-    port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-    conn: http.client.HTTPConnection | None = None,
-) -> tuple[int, bytes]:
-    """One HTTP request over loopback (on ``conn`` when given, kept alive)."""
-    own = conn is None
-    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        resp = c.getresponse()
-        return resp.status, resp.read()
-    finally:
-        if own:
-            c.close()
 
 
 def infer_json(port: int, model: str, x: np.ndarray, conn: http.client.HTTPConnection | None = None,
@@ -136,6 +45,12 @@ def output_of(body: Any) -> np.ndarray:
     """The first output of a JSON infer response as float32."""
     out = body["outputs"][0]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def queue_depth(port: int, model: str, version: int = 1) -> float | None:
+    """Requests waiting in the batching queue of ``model`` v``version`` (``edge_queue_depth``)."""
+    text = request(port, "GET", "/metrics")[1].decode()
+    return metric_value(text, "edge_queue_depth", model=model, version=str(version))
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -159,7 +74,7 @@ class Env:
         self.factory = base / "factory"
         self.factory.mkdir(parents=True, exist_ok=True)
         (self.factory / "fraud.bundle").write_bytes(factory_bundle.read_bytes())
-        self.daemons: list[DaemonProcess] = []
+        self.daemons: list[Daemon] = []
 
     def store(self) -> ModelStore:
         """The store, opened in this process."""
@@ -180,11 +95,13 @@ class Env:
             "[server]\nport = 0\nswap_poll_ms = 50\ndrain_timeout_s = 10.0\n" + server_toml + "\n" + models_toml
         )
 
-    def start(self, models_toml: str = "", server_toml: str = "", wait: bool = True) -> DaemonProcess:
-        """Write a config and start ``edge-runtime serve`` on it."""
+    def start(
+        self, models_toml: str = "", server_toml: str = "", wait: bool = True, env_extra: dict[str, str] | None = None
+    ) -> Daemon:
+        """Write a config and start ``edge-runtime serve`` on it (``env_extra``: e.g. a test hook)."""
         config = self.base / f"serve-{len(self.daemons)}.toml"
         config.write_text(self.config_text(models_toml, server_toml), encoding="utf-8")
-        d = DaemonProcess(config)
+        d = Daemon(config, env_extra=env_extra)
         self.daemons.append(d)
         if wait:
             d.wait_ready()
@@ -227,18 +144,17 @@ def reference(bundle: Path, root: TrustRoot, x: np.ndarray) -> np.ndarray:
 
 
 
-class Load:
+class Load(ClientThreads):
     """Client threads sending fraud rows in a loop on keep-alive connections."""
 
     def __init__(self, port: int, rows: np.ndarray, clients: int = 8) -> None:
+        super().__init__(clients, "load")
         self.port = port
         self.rows = rows
-        self.stop = threading.Event()
         self.answers: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(clients)]
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._client, args=(i,), name=f"load-{i}") for i in range(clients)]
 
-    def _client(self, i: int) -> None:
+    def _run(self, i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         k = i
         while not self.stop.is_set():
@@ -259,16 +175,6 @@ class Load:
             self.answers[i].append((int(answer["model_version"]), row, np.float32(answer["outputs"][0]["data"][0])))
         conn.close()
 
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
-
     def versions_seen(self) -> set[int]:
         return {v for answers in self.answers for v, _, _ in answers}
 
@@ -276,9 +182,43 @@ class Load:
         return sum(1 for answers in self.answers for v, _, _ in answers if v == version)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+# -- holding the workers (the test-only hook in edge_runtime/serving/hooks.py, docs/testing.md) --
+
+HOLD_FILE = "hold-workers"
+
+
+def hold_env(base: Path) -> dict[str, str]:
+    """The environment that lets a test hold the workers of a daemon whose config is in ``base``;
+    they run freely until :func:`held_worker` creates the file."""
+    return {HOLD_WORKERS_ENV: str(base / HOLD_FILE)}
+
+
+@contextmanager
+def held_worker(daemon: Daemon) -> Iterator[Path]:
+    """Hold ``slow``'s worker (test-only hook, docs/testing.md) until the block ends.
+
+    The worker checks the hold before each take; one request run first makes sure it is
+    past an earlier take and held before the block's requests arrive."""
+    hold = daemon.config.parent / HOLD_FILE
+    hold.touch()
+    try:
+        body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": [0.0] * 256}]})
+        assert request(daemon.port, "POST", "/v2/models/slow/infer", body)[0] == 200
+        yield hold
+    finally:
+        hold.unlink(missing_ok=True)
+
+
+def sigterm_while_queued(d: Daemon, hold: Path, clients: list[threading.Thread], model: str = "slow") -> None:
+    """Start ``clients`` (one request to ``model`` each) against a daemon whose worker is held by
+    ``hold``; once all are queued, SIGTERM; once the daemon says it drains, release the worker.
+    The clients are joined and the daemon must exit 0."""
+    for t in clients:
+        t.start()
+    wait_until(lambda: queue_depth(d.port, model) == len(clients), f"{len(clients)} requests queued behind the worker")
+    d.signal(signal.SIGTERM)
+    assert d.wait_line("draining in-flight requests") is not None, d.log()
+    hold.unlink()
+    for t in clients:
+        t.join()
+    assert d.proc.wait() == 0, d.log()

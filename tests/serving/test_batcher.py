@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from edge_runtime.exceptions import UnavailableError
 from edge_runtime.serving.batcher import BatchPolicy, BatchQueue, Pending
+from harness.wait import DEFAULT_TIMEOUT_S, wait_until
 
 
 def idle_worker(q: BatchQueue) -> tuple[threading.Thread, list[list[Pending] | None]]:
@@ -16,30 +16,32 @@ def idle_worker(q: BatchQueue) -> tuple[threading.Thread, list[list[Pending] | N
     got: list[list[Pending] | None] = []
     t = threading.Thread(target=lambda: got.append(q.take()))
     t.start()
-    deadline = time.monotonic() + 5
-    while q._idle == 0 and time.monotonic() < deadline:  # noqa: SLF001 - wait until it is really idle
-        time.sleep(0.001)
+    wait_until(lambda: q._idle > 0, "the worker to wait in take()")  # noqa: SLF001 - until it is really idle
     return t, got
 
 
 def test_request_finding_an_idle_worker_runs_at_once_without_waiting() -> None:
-    q = BatchQueue(BatchPolicy(max_batch_size=8, max_queue_delay_us=5_000_000))
+    # The clock never moves: a worker that waited for company would wait for ever.
+    q = BatchQueue(BatchPolicy(max_batch_size=8, max_queue_delay_us=5_000_000), clock_ns=lambda: 0)
     t, got = idle_worker(q)
-    q.put(Pending(1, "a"))
-    t.join(2)
+    q.put(Pending(1, "a", enqueued_ns=0))
+    t.join(DEFAULT_TIMEOUT_S)
     assert not t.is_alive(), "an idle worker waited for company"
     assert [[p.payload for p in batch] for batch in got if batch] == [["a"]]
 
 
 def test_backlog_waits_for_company_then_takes_what_is_there() -> None:
-    q = BatchQueue(BatchPolicy(max_batch_size=8, max_queue_delay_us=400_000))
+    now_ns = [0]  # a clock the test moves: the delay passes when the test says so, not when the CPU gets there
+    q = BatchQueue(BatchPolicy(max_batch_size=8, max_queue_delay_us=400_000), clock_ns=lambda: now_ns[0])
     for i in range(3):  # no worker idle: these arrived while every worker was busy
-        q.put(Pending(1, i))
+        q.put(Pending(1, i, enqueued_ns=0))
     got: list[list[Pending] | None] = []
-    t = threading.Thread(target=lambda: got.append(q.take()))
+    t = threading.Thread(target=lambda: got.append(q.take()), name="worker")
     t.start()
-    q.put(Pending(1, 3))  # arrives while the worker waits out the delay: joins the batch
-    t.join(10)
+    q.put(Pending(1, 3, enqueued_ns=0))  # arrives before the delay has passed: joins the batch
+    assert t.is_alive() and not got, "a batch of 3 of 8 went before the delay passed"
+    now_ns[0] = 400_000 * 1000
+    t.join()
     assert got and got[0] is not None
     assert [p.payload for p in got[0]] == [0, 1, 2, 3]  # not full, yet taken once the delay passed
 
@@ -96,13 +98,13 @@ def test_close_drains_then_ends() -> None:
 
 
 def test_policy_change_applies_to_a_waiting_worker() -> None:
-    q = BatchQueue(BatchPolicy(max_batch_size=8, max_queue_delay_us=60_000_000))
-    q.put(Pending(1, "a"))
+    # The clock never moves: without the policy change the worker would wait for ever.
+    q = BatchQueue(BatchPolicy(max_batch_size=8, max_queue_delay_us=60_000_000), clock_ns=lambda: 0)
+    q.put(Pending(1, "a", enqueued_ns=0))
     got: list[list[Pending] | None] = []
-    t = threading.Thread(target=lambda: got.append(q.take()))
+    t = threading.Thread(target=lambda: got.append(q.take()), name="worker")
     t.start()
-    time.sleep(0.05)
-    assert t.is_alive()
+    assert t.is_alive() and not got
     q.set_policy(BatchPolicy(max_batch_size=8, max_queue_delay_us=0))
-    t.join(2)
+    t.join(DEFAULT_TIMEOUT_S)
     assert not t.is_alive() and got and got[0] is not None

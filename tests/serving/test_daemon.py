@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,9 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.support import EDGE, DaemonProcess, Env, Load, infer_json, pack_onnx, request, wait_for
+from harness.daemon import EDGE, Daemon
+from harness.wait import wait_until
+from serving.support import HOLD_FILE, Env, Load, hold_env, infer_json, pack_onnx, request, sigterm_while_queued
 
 pytestmark = pytest.mark.integration
 
@@ -25,35 +26,22 @@ pytestmark = pytest.mark.integration
 def test_sigterm_drains_in_flight_requests_and_exits_0(env: Env, keys: Any, onnx_models: dict[str, Path]) -> None:
     golden = [np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)]
     env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, env.base / "slow.bundle", golden))
-    d = env.start('[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 0\nidle_inline_max_us = 0\n')
+    # The worker is held (test-only hook) so that all six requests are still in flight at SIGTERM.
+    hold = env.base / HOLD_FILE
+    hold.touch()
+    d = env.start('[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 0\nidle_inline_max_us = 0\n',
+                  env_extra=hold_env(env.base))
     x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [64, 256], "data": x.ravel().tolist()}]})
-    results: list[tuple[int, float]] = []
-    connected = threading.Barrier(7)
+    statuses: list[int] = []
 
     def one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=60)
-        conn.connect()
-        connected.wait()
-        status, _ = request(d.port, "POST", "/v2/models/slow/infer", body, conn=conn)
-        results.append((status, time.monotonic()))
+        conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=120)
+        statuses.append(request(d.port, "POST", "/v2/models/slow/infer", body, conn=conn)[0])
         conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(6)]
-    for t in threads:
-        t.start()
-    connected.wait()
-    wait_for(lambda: request(d.port, "GET", "/v2/models/slow/stats")[1].count(b'"success"') > 0
-             and orjson.loads(request(d.port, "GET", "/v2/models/slow/stats")[1])["model_stats"][0]["execution_count"] >= 1,
-             what="the first request to finish", timeout=30)
-    sent = time.monotonic()
-    d.signal(signal.SIGTERM)
-    for t in threads:
-        t.join(60)
-    assert d.proc.wait(30) == 0
-    assert [s for s, _ in results] == [200] * 6
-    assert any(done > sent for _, done in results), "no request was still in flight at SIGTERM"
-    assert "draining in-flight requests" in d.log()
+    sigterm_while_queued(d, hold, [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(6)])
+    assert statuses == [200] * 6
 
 
 def test_sighup_reloads_serving_config_without_dropping_requests(env: Env, rows: np.ndarray, make_bundle: Any) -> None:
@@ -62,20 +50,20 @@ def test_sighup_reloads_serving_config_without_dropping_requests(env: Env, rows:
     d = env.start()
     assert orjson.loads(request(d.port, "GET", "/v2/models/fraud/config")[1])["parameters"]["execution"]["string_value"] == "inline"
     with Load(d.port, rows, clients=4) as load:
-        wait_for(lambda: load.count(1) >= 100, what="answers before the reload")
+        wait_until(lambda: load.count(1) >= 100, "answers before the reload")
         d.config.write_text(
             env.config_text('[models.fraud]\nexecution = "threads"\ninstances = 2\nmax_batch_size = 4\n'
                             'traffic = { "1" = 50, "2" = 50 }\n'), encoding="utf-8")
         d.signal(signal.SIGHUP)
-        wait_for(lambda: load.count(2) >= 100, what="v2 answering after the reload")
+        wait_until(lambda: load.count(2) >= 100, "v2 answering after the reload")
         config = orjson.loads(request(d.port, "GET", "/v2/models/fraud/config")[1])
         assert config["parameters"]["execution"]["string_value"] == "threads"
         assert config["instance_group"][0]["count"] == 2
         n = load.count(1) + load.count(2)
         d.config.write_text("[models.fraud]\nnot_a_key = 1\n", encoding="utf-8")
         d.signal(signal.SIGHUP)
-        wait_for(lambda: "config not reloaded" in d.log(), what="the bad config to be refused")
-        wait_for(lambda: load.count(1) + load.count(2) >= n + 100, what="answers after the bad reload")
+        wait_until(lambda: "config not reloaded" in d.log(), "the bad config to be refused")
+        wait_until(lambda: load.count(1) + load.count(2) >= n + 100, "answers after the bad reload")
     assert load.failures == []
     assert "unknown key(s) 'not_a_key'" in d.log()
 
@@ -83,7 +71,7 @@ def test_sighup_reloads_serving_config_without_dropping_requests(env: Env, rows:
 def test_command_line_overrides_and_start_up_errors(env: Env, tmp_path: Path) -> None:
     config = tmp_path / "bare.toml"
     config.write_text('[server]\nport = 1\n[models.fraud]\nmax_batch_size = 4\n', encoding="utf-8")
-    d = DaemonProcess(config, ["--store", str(env.store_path), "--factory", str(env.factory),
+    d = Daemon(config, ["--store", str(env.store_path), "--factory", str(env.factory),
                                "--root", str(env.keys.root_path), "--port", "0", "--host", "127.0.0.1"])
     try:
         d.wait_ready()
@@ -117,7 +105,7 @@ def test_a_model_that_cannot_load_is_not_ready_until_a_good_version_arrives(
     (env.factory / "fraud.bundle").unlink()  # no factory fallback
     env.install(bad_golden_bundle(3))
     d = env.start(wait=False)
-    wait_for(lambda: "cannot serve v3" in d.log(), what="the failed load")
+    wait_until(lambda: "cannot serve v3" in d.log(), "the failed load")
     assert request(d.port, "GET", "/v2/health/live")[0] == 200
     assert request(d.port, "GET", "/v2/health/ready")[0] == 503
     status, raw = request(d.port, "GET", "/v2/models/fraud/ready")
@@ -126,7 +114,7 @@ def test_a_model_that_cannot_load_is_not_ready_until_a_good_version_arrives(
     assert status == 503
     assert "differs from golden" in env.store().state("fraud").failed[3]
     env.install(make_bundle(4))
-    wait_for(lambda: request(d.port, "GET", "/v2/health/ready")[0] == 200, what="ready after a good version")
+    wait_until(lambda: request(d.port, "GET", "/v2/health/ready")[0] == 200, "ready after a good version")
     status, body = infer_json(d.port, "fraud", np.zeros((1, 30), np.float32))
     assert status == 200 and body["model_version"] == "4"
 
@@ -140,14 +128,14 @@ def test_systemd_notifications_and_watchdog(env: Env, tmp_path: Path) -> None:
     sock.settimeout(30)
     config = tmp_path / "sd.toml"
     config.write_text(env.config_text(), encoding="utf-8")
-    d = DaemonProcess(config, env_extra={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
+    d = Daemon(config, env_extra={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"})
     try:
         messages: list[str] = []
         while not any("READY=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())
         ready = next(m for m in messages if "READY=1" in m)
         assert "STATUS=serving fraud:1" in ready
-        wait_for(lambda: d.port != 0, what="the listening line")
+        wait_until(lambda: d.port != 0, "the listening line")
         assert request(d.port, "GET", "/v2/health/ready")[0] == 200  # ready over HTTP by the time READY=1 is sent
         while not any("WATCHDOG=1" in m for m in messages):
             messages.append(sock.recv(4096).decode())

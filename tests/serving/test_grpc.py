@@ -12,11 +12,10 @@ generated modules, so the wire format is the client's, not ours.
 
 from __future__ import annotations
 
-import signal
+import os
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,17 +31,20 @@ from tritonclient.utils import InferenceServerException
 
 from edge_runtime.config import parse_config
 from edge_runtime.exceptions import ConfigError
+from harness.daemon import EDGE, Daemon
+from harness.wait import wait_until
 from serving.support import (
-    EDGE,
     FACTORY_SRC,
-    DaemonProcess,
+    HOLD_FILE,
     Env,
+    held_worker,
+    hold_env,
     install_onnx_test_models,
     metric_value,
     pack_onnx,
     reference,
     request,
-    wait_for,
+    sigterm_while_queued,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,9 +53,9 @@ GRPC_LINE = "gRPC (KServe v2) listening on "
 SLOW = '[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 0\nmax_queue_size = 1\nidle_inline_max_us = 0\n'
 
 
-def grpc_url(d: DaemonProcess) -> str:
+def grpc_url(d: Daemon) -> str:
     """``host:port`` of a daemon's gRPC endpoint, from its log."""
-    wait_for(lambda: any(GRPC_LINE in line for line in d.lines), timeout=60, what="the gRPC endpoint")
+    wait_until(lambda: any(GRPC_LINE in line for line in d.lines), "the gRPC endpoint")
     line = next(line for line in d.lines if GRPC_LINE in line)
     return line.split(GRPC_LINE, 1)[1].strip()
 
@@ -66,20 +68,20 @@ def status_of(exc: InferenceServerException) -> str:
 @pytest.fixture(scope="module")
 def served(
     tmp_path_factory: pytest.TempPathFactory, keys: Any, make_bundle: Callable[..., Path], onnx_models: dict[str, Path]
-) -> Iterator[tuple[DaemonProcess, str]]:
+) -> Iterator[tuple[Daemon, str]]:
     """One daemon with HTTP and gRPC: fraud v1 (inline) with v2 as its shadow, ``types`` and ``slow``."""
     base = tmp_path_factory.mktemp("grpc")
     env = Env(base, keys, make_bundle(1))
     env.install(make_bundle(1))
     env.install(make_bundle(2, model="fraud_int8io.tflite"), activate=False)
     install_onnx_test_models(env, keys, onnx_models, base)
-    d = env.start("[models.fraud]\nshadow = 2\n" + SLOW, server_toml="grpc_port = -1\n")
+    d = env.start("[models.fraud]\nshadow = 2\n" + SLOW, server_toml="grpc_port = -1\n", env_extra=hold_env(base))
     yield d, grpc_url(d)
     env.close()
 
 
 @pytest.fixture(scope="module")
-def gclient(served: tuple[DaemonProcess, str]) -> Iterator[grpcclient.InferenceServerClient]:
+def gclient(served: tuple[Daemon, str]) -> Iterator[grpcclient.InferenceServerClient]:
     """A tritonclient gRPC client for the daemon."""
     client = grpcclient.InferenceServerClient(url=served[1])
     yield client
@@ -87,13 +89,13 @@ def gclient(served: tuple[DaemonProcess, str]) -> Iterator[grpcclient.InferenceS
 
 
 @pytest.fixture(scope="module")
-def hclient(served: tuple[DaemonProcess, str]) -> httpclient.InferenceServerClient:
+def hclient(served: tuple[Daemon, str]) -> httpclient.InferenceServerClient:
     """A tritonclient HTTP client for the same daemon."""
     return httpclient.InferenceServerClient(url=served[0].url)
 
 
 @pytest.fixture(scope="module")
-def stub(served: tuple[DaemonProcess, str]) -> Iterator[Any]:
+def stub(served: tuple[Daemon, str]) -> Iterator[Any]:
     """tritonclient's generated stub on a raw channel, for hand-built requests."""
     channel = grpc.insecure_channel(served[1])
     yield tpb_grpc.GRPCInferenceServiceStub(channel)
@@ -324,7 +326,7 @@ def test_missing_and_miscounted_raw_inputs_give_invalid_argument(stub: Any) -> N
     assert stub.ModelInfer(_typed_range()).model_name == "types"
 
 
-def test_malformed_messages_give_invalid_argument(served: tuple[DaemonProcess, str]) -> None:
+def test_malformed_messages_give_invalid_argument(served: tuple[Daemon, str]) -> None:
     with grpc.insecure_channel(served[1]) as channel:
         for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
             call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
@@ -349,8 +351,9 @@ def test_unknown_model_or_version_gives_not_found(gclient: grpcclient.InferenceS
         assert status_of(info.value) == "NOT_FOUND" and fragment in info.value.message()
 
 
-def test_full_queue_gives_unavailable(served: tuple[DaemonProcess, str]) -> None:
-    """``slow`` has one worker and max_queue_size 1: a burst of 12 overflows it."""
+def test_full_queue_gives_unavailable(served: tuple[Daemon, str]) -> None:
+    """``slow`` has one worker and max_queue_size 1: with the worker held, one request of a burst
+    of 12 waits and the other 11 are refused at once; released, the waiting one is answered."""
     d, url = served
     x = np.full((1, 256), 0.1, np.float32)
     barrier = threading.Barrier(12)
@@ -371,21 +374,22 @@ def test_full_queue_gives_unavailable(served: tuple[DaemonProcess, str]) -> None
             messages.append(exc.message())
         client.close()
 
-    threads = [threading.Thread(target=one) for _ in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(outcomes) == 12
-    assert set(outcomes) <= {"OK", "UNAVAILABLE"}, outcomes
-    assert outcomes.count("UNAVAILABLE") >= 1 and outcomes.count("OK") >= 1
+    with held_worker(d) as hold:
+        threads = [threading.Thread(target=one, name=f"burst-{i}") for i in range(12)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(outcomes) == 11, "the refused requests to be answered")
+        hold.unlink()
+        for t in threads:
+            t.join()
+    assert sorted(outcomes) == ["OK"] + ["UNAVAILABLE"] * 11, outcomes
     assert all("queue full" in m for m in messages)
     metrics = request(d.port, "GET", "/metrics")[1].decode()
-    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == outcomes.count("UNAVAILABLE")
+    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == 11
 
 
 def test_shared_metrics_statistics_and_shadow(
-    served: tuple[DaemonProcess, str], gclient: grpcclient.InferenceServerClient, rows: np.ndarray
+    served: tuple[Daemon, str], gclient: grpcclient.InferenceServerClient, rows: np.ndarray
 ) -> None:
     """gRPC requests land in the same per-version statistics, Prometheus counters and shadow
     comparisons as HTTP ones; no request of this module was answered with INTERNAL."""
@@ -417,7 +421,7 @@ def test_a_model_that_cannot_load_gives_unavailable(env: Env, bad_golden_bundle:
     (env.factory / "fraud.bundle").unlink()  # no factory fallback
     env.install(bad_golden_bundle(3))
     d = env.start(server_toml="grpc_port = -1\n", wait=False)
-    wait_for(lambda: "cannot serve v3" in d.log(), what="the failed load")
+    wait_until(lambda: "cannot serve v3" in d.log(), "the failed load")
     client = grpcclient.InferenceServerClient(url=grpc_url(d))
     assert client.is_server_live() and not client.is_server_ready()
     assert not client.is_model_ready("fraud")
@@ -435,38 +439,27 @@ def test_a_model_that_cannot_load_gives_unavailable(env: Env, bad_golden_bundle:
 def test_sigterm_lets_running_grpc_requests_finish(env: Env, keys: Any, onnx_models: dict[str, Path]) -> None:
     golden = [np.random.default_rng(0).standard_normal((1, 256)).astype(np.float32)]
     env.install(pack_onnx(onnx_models["slow"], "slow", 1, keys, env.base / "slow.bundle", golden))
-    d = env.start(SLOW.replace("max_queue_size = 1", "max_queue_size = 16"), server_toml="grpc_port = -1\n")
+    # The worker is held (test-only hook) so that all four requests are still in flight at SIGTERM.
+    hold = env.base / HOLD_FILE
+    hold.touch()
+    d = env.start(SLOW.replace("max_queue_size = 1", "max_queue_size = 16"), server_toml="grpc_port = -1\n",
+                  env_extra=hold_env(env.base))
     url = grpc_url(d)
     x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
-    results: list[tuple[str, float]] = []
-    started = threading.Barrier(5)
+    answers: list[str] = []
 
     def one() -> None:
         client = grpcclient.InferenceServerClient(url=url)
         inp = grpcclient.InferInput("x", [64, 256], "FP32")
         inp.set_data_from_numpy(x)
-        assert client.is_server_live()
-        started.wait()
         try:
-            answer = client.infer("slow", [inp]).get_response().model_version
+            answers.append(client.infer("slow", [inp]).get_response().model_version)
         except InferenceServerException as exc:
-            answer = status_of(exc)
-        results.append((answer, time.monotonic()))
+            answers.append(status_of(exc))
         client.close()
 
-    threads = [threading.Thread(target=one) for _ in range(4)]
-    for t in threads:
-        t.start()
-    started.wait()
-    wait_for(lambda: (metric_value(request(d.port, "GET", "/metrics")[1].decode(), "edge_executions_total",
-                                   model="slow") or 0) >= 1, what="the first run", timeout=30)
-    sent = time.monotonic()
-    d.signal(signal.SIGTERM)
-    for t in threads:
-        t.join(60)
-    assert d.proc.wait(30) == 0
-    assert [answer for answer, _ in results] == ["1"] * 4
-    assert any(done > sent for _, done in results), "no request was still running at SIGTERM"
+    sigterm_while_queued(d, hold, [threading.Thread(target=one, name=f"in-flight-{i}") for i in range(4)])
+    assert answers == ["1"] * 4
 
 
 def test_a_grpc_port_in_use_stops_start_up(env: Env) -> None:
@@ -487,7 +480,8 @@ def test_without_the_grpc_extra_the_daemon_serves_http_only(env: Env, tmp_path: 
     (hidden / "__init__.py").write_text('raise ImportError("No module named \'grpc\' (hidden by the test)")\n')
     config = env.base / "no-grpc.toml"
     config.write_text(env.config_text(server_toml="grpc_port = -1\n"), encoding="utf-8")
-    d = DaemonProcess(config, env_extra={"PYTHONPATH": str(hidden.parent)})
+    pythonpath = os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")]))
+    d = Daemon(config, env_extra={"PYTHONPATH": pythonpath})
     env.daemons.append(d)
     d.wait_ready()
     assert "grpc_port is -1 but gRPC is not available" in d.log() and "install the grpc extra" in d.log()

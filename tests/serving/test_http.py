@@ -21,7 +21,9 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serving.support import FACTORY_SRC, DaemonProcess, Env, install_onnx_test_models, metric_value, request
+from harness.daemon import Daemon
+from harness.wait import wait_until
+from serving.support import FACTORY_SRC, Env, held_worker, hold_env, install_onnx_test_models, metric_value, request
 
 pytestmark = pytest.mark.integration
 
@@ -29,21 +31,22 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def daemon(
     tmp_path_factory: pytest.TempPathFactory, keys: Any, make_bundle: Callable[..., Path], onnx_models: dict[str, Path]
-) -> Iterator[DaemonProcess]:
+) -> Iterator[Daemon]:
     """One daemon serving fraud (factory v1, inline), ``types`` (onnxruntime) and ``slow`` (1 worker, queue of 1)."""
     base = tmp_path_factory.mktemp("http")
     env = Env(base, keys, make_bundle(1))
     install_onnx_test_models(env, keys, onnx_models, base)
     d = env.start(
         "[models.slow]\nexecution = \"threads\"\ninstances = 1\nmax_batch_size = 0\nmax_queue_size = 1\n"
-        "idle_inline_max_us = 0\n"
+        "idle_inline_max_us = 0\n",
+        env_extra=hold_env(base),
     )
     yield d
     env.close()
 
 
 @pytest.fixture(scope="module")
-def client(daemon: DaemonProcess) -> httpclient.InferenceServerClient:
+def client(daemon: Daemon) -> httpclient.InferenceServerClient:
     """A tritonclient HTTP client for the daemon."""
     return httpclient.InferenceServerClient(url=daemon.url)
 
@@ -125,7 +128,7 @@ def test_fp16_and_integers_round_trip_exactly(client: httpclient.InferenceServer
 # -- acceptance 2: the tutorial request ---------------------------------------------------
 
 
-def test_triton_tutorial_request(daemon: DaemonProcess, rows: np.ndarray, litert: Any) -> None:
+def test_triton_tutorial_request(daemon: Daemon, rows: np.ndarray, litert: Any) -> None:
     x = rows[10:11]
     body = json.dumps(
         {"inputs": [{"name": "input_0", "datatype": "FP32", "shape": [1, 30], "data": [float(v) for v in x[0]]}]}
@@ -147,7 +150,7 @@ def test_triton_tutorial_request(daemon: DaemonProcess, rows: np.ndarray, litert
 # -- acceptance 3: error codes -----------------------------------------------------------
 
 
-def _post(daemon: DaemonProcess, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+def _post(daemon: Daemon, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     status, raw = request(daemon.port, "POST", path, body, headers)
     return status, orjson.loads(raw)
 
@@ -177,7 +180,7 @@ def _fraud_request(**override: Any) -> dict[str, Any]:
                                    "parameters": {"binary_data_size": 120}}]}), "needs the Inference-Header-Content-Length"),
     ],
 )
-def test_bad_requests_answer_400(daemon: DaemonProcess, body: bytes, fragment: str) -> None:
+def test_bad_requests_answer_400(daemon: Daemon, body: bytes, fragment: str) -> None:
     status, answer = _post(daemon, "/v2/models/fraud/infer", body)
     assert status == 400
     assert fragment in answer["error"]
@@ -190,7 +193,7 @@ def _binary_request(n_bytes: int, declared: int = 120) -> tuple[bytes, dict[str,
     return body, {"Inference-Header-Content-Length": str(len(head))}
 
 
-def test_truncated_and_oversized_binary_bodies_answer_400(daemon: DaemonProcess) -> None:
+def test_truncated_and_oversized_binary_bodies_answer_400(daemon: Daemon) -> None:
     body, headers = _binary_request(100)
     status, answer = _post(daemon, "/v2/models/fraud/infer", body, headers)
     assert status == 400 and "the body has only" in answer["error"]
@@ -206,7 +209,7 @@ def test_truncated_and_oversized_binary_bodies_answer_400(daemon: DaemonProcess)
     assert status == 200
 
 
-def test_unknown_model_and_version_answer_404(daemon: DaemonProcess) -> None:
+def test_unknown_model_and_version_answer_404(daemon: Daemon) -> None:
     body = orjson.dumps(_fraud_request())
     for path in ("/v2/models/nope/infer", "/v2/models/fraud/versions/9/infer", "/v2/models/fraud/versions/x/infer"):
         status, answer = _post(daemon, path, body)
@@ -220,15 +223,29 @@ def test_unknown_model_and_version_answer_404(daemon: DaemonProcess) -> None:
     assert status == 405
 
 
-def test_full_queue_answers_503_at_once(daemon: DaemonProcess) -> None:
-    """``slow`` has one worker and max_queue_size 1: a burst of 12 overflows it."""
+def test_full_queue_answers_503_at_once(daemon: Daemon) -> None:
+    """``slow`` has one worker and max_queue_size 1: with the worker held, one request of a burst
+    of 12 waits and the other 11 are refused at once; released, the waiting one is answered."""
     body = orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 256], "data": [0.1] * 256}]})
-    barrier = threading.Barrier(12)
+    with held_worker(daemon) as hold:
+        statuses, errors = burst(daemon, body, 12, release_when=lambda statuses: len(statuses) == 11, hold=hold)
+    assert sorted(statuses) == [200] + [503] * 11
+    assert len(errors) == 11 and all(b"queue full" in e for e in errors)
+    metrics = request(daemon.port, "GET", "/metrics")[1].decode()
+    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == 11
+
+
+def burst(
+    daemon: Daemon, body: bytes, n: int, release_when: Callable[[list[int]], bool], hold: Path
+) -> tuple[list[int], list[bytes]]:
+    """``n`` concurrent requests to ``slow``; once ``release_when(statuses so far)`` is true the
+    worker is released (``hold`` removed) and every answer collected."""
+    barrier = threading.Barrier(n)
     statuses: list[int] = []
     errors: list[bytes] = []
 
     def one() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=120)
         conn.connect()
         barrier.wait()
         status, raw = request(daemon.port, "POST", "/v2/models/slow/infer", body, conn=conn)
@@ -237,20 +254,17 @@ def test_full_queue_answers_503_at_once(daemon: DaemonProcess) -> None:
             errors.append(raw)
         conn.close()
 
-    threads = [threading.Thread(target=one) for _ in range(12)]
+    threads = [threading.Thread(target=one, name=f"burst-{i}") for i in range(n)]
     for t in threads:
         t.start()
+    wait_until(lambda: release_when(statuses), "the refused requests to be answered")
+    hold.unlink()
     for t in threads:
-        t.join(60)
-    assert len(statuses) == 12
-    assert set(statuses) <= {200, 503}
-    assert statuses.count(503) >= 1 and statuses.count(200) >= 1
-    assert all(b"queue full" in e for e in errors)
-    metrics = request(daemon.port, "GET", "/metrics")[1].decode()
-    assert metric_value(metrics, "edge_requests_total", model="slow", outcome="unavailable") == statuses.count(503)
+        t.join()
+    return statuses, errors
 
 
-def test_no_500_for_any_bad_request(daemon: DaemonProcess) -> None:
+def test_no_500_for_any_bad_request(daemon: Daemon) -> None:
     metrics = request(daemon.port, "GET", "/metrics")[1].decode()
     for model in ("fraud", "types", "slow"):
         assert metric_value(metrics, "edge_requests_total", model=model, outcome="error") == 0.0
@@ -278,7 +292,7 @@ def test_statistics_config_and_repository_index(client: httpclient.InferenceServ
     assert index[("fraud", "1")] == "READY" and index[("types", "1")] == "READY"
 
 
-def test_metrics_are_prometheus_text(daemon: DaemonProcess, rows: np.ndarray) -> None:
+def test_metrics_are_prometheus_text(daemon: Daemon, rows: np.ndarray) -> None:
     body = orjson.dumps(_fraud_request(data=rows[0].tolist()))
     before = metric_value(request(daemon.port, "GET", "/metrics")[1].decode(), "edge_requests_total",
                           model="fraud", version="1", outcome="success") or 0.0
@@ -293,7 +307,7 @@ def test_metrics_are_prometheus_text(daemon: DaemonProcess, rows: np.ndarray) ->
     assert "# TYPE edge_swaps_total counter" in text or "# TYPE edge_swaps counter" in text
 
 
-def test_compressed_request_and_response(daemon: DaemonProcess, rows: np.ndarray, litert: Any) -> None:
+def test_compressed_request_and_response(daemon: Daemon, rows: np.ndarray, litert: Any) -> None:
     x = rows[:40]
     body = gzip.compress(orjson.dumps(_fraud_request(shape=[40, 30], data=x.ravel().tolist())))
     status, raw = request(daemon.port, "POST", "/v2/models/fraud/infer", body,

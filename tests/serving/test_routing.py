@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import time
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
 
+from harness.wait import wait_until
 from serving.support import Env, infer_json, metric_value, output_of, reference, request
 
 pytestmark = pytest.mark.integration
@@ -47,31 +47,37 @@ def test_ab_weights_split_traffic_80_20(env: Env, two_versions: Any, rows: np.nd
 
 
 def test_shadow_disagreement_is_in_metrics_never_in_a_response(env: Env, two_versions: Any, rows: np.ndarray) -> None:
-    v1, _ = two_versions
+    v1, v2 = two_versions
     d = env.start("[models.fraud]\nshadow = 2\n")
     expected = reference(v1, env.keys.root, rows)
+    shadow = reference(v2, env.keys.root, rows)
     conn = http.client.HTTPConnection("127.0.0.1", d.port, timeout=30)
     n = 300
-    for i in range(n):
-        row = i % len(rows)
+    sent = [i % len(rows) for i in range(n)]
+    for row in sent:
         status, body = infer_json(d.port, "fraud", rows[row : row + 1], conn=conn)
         assert status == 200
         assert body["model_version"] == "1"
         assert [o["name"] for o in body["outputs"]] == ["output_0"]
         np.testing.assert_array_equal(output_of(body)[0], expected[row])
     conn.close()
+    # What the shadow comparisons must add up to, from the two versions' own outputs (the
+    # fraud model's single output is a probability: top-1 is the decision at 0.5).
+    worst_expected = float(np.max(np.abs(expected[sent].astype(np.float64) - shadow[sent].astype(np.float64))))
+    flips_expected = int(np.count_nonzero((expected[sent, 0] >= 0.5) != (shadow[sent, 0] >= 0.5)))
     labels = {"model": "fraud", "version": "1", "shadow_version": "2"}
-    deadline = time.monotonic() + 10
-    while True:
+
+    def all_compared() -> str:
         text = request(d.port, "GET", "/metrics")[1].decode()
-        if metric_value(text, "edge_shadow_comparisons_total", **labels) == n or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    assert metric_value(text, "edge_shadow_comparisons_total", **labels) == n
+        return text if metric_value(text, "edge_shadow_comparisons_total", **labels) == n else ""
+
+    # Shadow runs are scored after the answer is sent: wait for the daemon to count all of them.
+    text = wait_until(all_compared, f"{n} shadow comparisons")
     assert metric_value(text, "edge_shadow_max_abs_error_count", **labels) == n
     worst = metric_value(text, "edge_shadow_max_abs_error_worst", **labels)
     assert worst is not None and 0 < worst < 0.2  # int8 I/O against float: small but not zero
-    assert metric_value(text, "edge_shadow_top1_disagreements_total", **labels) is not None
+    assert worst == pytest.approx(worst_expected, abs=1e-6)
+    assert metric_value(text, "edge_shadow_top1_disagreements_total", **labels) == flips_expected
     assert metric_value(text, "edge_model_loaded", model="fraud", version="2", role="shadow") == 1
     # The shadow version answered nothing: all successes are v1's.
     assert metric_value(text, "edge_requests_total", model="fraud", version="2", outcome="success") in (None, 0.0)

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from edge_runtime.store.state import write_state
-from serving.support import Env, Load, metric_value, reference, request, wait_for
+from harness.wait import wait_until
+from serving.support import Env, Load, metric_value, reference, request
 
 pytestmark = pytest.mark.integration
 
@@ -28,16 +29,16 @@ def test_swap_under_load_fails_no_request_and_never_serves_a_failing_version(
     d = env.start()
     store = env.store()
     with Load(d.port, rows) as load:
-        wait_for(lambda: load.count(1) >= 200, what="v1 answers")
+        wait_until(lambda: load.count(1) >= 200, "v1 answers")
         result = cli(["models", "activate", "fraud", "2", "--config", d.config])
         assert result.code == 0, result.err
-        wait_for(lambda: all(a and a[-1][0] == 2 for a in load.answers), what="every client answered by v2")
+        wait_until(lambda: all(a and a[-1][0] == 2 for a in load.answers), "every client answered by v2")
         n2 = load.count(2)
-        wait_for(lambda: load.count(2) >= n2 + 200, what="more v2 answers")
+        wait_until(lambda: load.count(2) >= n2 + 200, "more v2 answers")
         store.activate("fraud", 3)  # as an update client would: no self-test before activation
-        wait_for(lambda: 3 in store.state("fraud").failed, what="v3 recorded as failed")
+        wait_until(lambda: 3 in store.state("fraud").failed, "v3 recorded as failed")
         n2 = load.count(2)
-        wait_for(lambda: load.count(2) >= n2 + 200, what="v2 answering after the failed swap")
+        wait_until(lambda: load.count(2) >= n2 + 200, "v2 answering after the failed swap")
     assert load.failures == []
     assert 3 not in load.versions_seen()
     for answers in load.answers:
@@ -62,11 +63,11 @@ def test_swap_on_threaded_executor_drains_the_old_version(env: Env, rows: np.nda
     d = env.start('[models.fraud]\nexecution = "threads"\ninstances = 2\nmax_batch_size = 8\nmax_queue_delay_us = 1000\n')
     store = env.store()
     with Load(d.port, rows) as load:
-        wait_for(lambda: load.count(1) >= 200, what="v1 answers")
+        wait_until(lambda: load.count(1) >= 200, "v1 answers")
         store.activate("fraud", 2)
-        wait_for(lambda: all(a and a[-1][0] == 2 for a in load.answers), what="every client answered by v2")
+        wait_until(lambda: all(a and a[-1][0] == 2 for a in load.answers), "every client answered by v2")
     assert load.failures == []
-    wait_for(lambda: "fraud: v1 unloaded" in d.log(), what="v1 unloaded", timeout=10)
+    wait_until(lambda: "fraud: v1 unloaded" in d.log(), "v1 unloaded")
     assert store.state("fraud").serving == 2
 
 
@@ -78,8 +79,8 @@ def test_rollback_and_a_corrupted_version_are_handled(env: Env, rows: np.ndarray
     store = env.store()
     assert orjson.loads(request(d.port, "GET", "/v2/models/fraud")[1])["versions"] == ["2"]
     store.rollback("fraud")
-    wait_for(lambda: orjson.loads(request(d.port, "GET", "/v2/models/fraud")[1])["versions"] == ["1"], what="rollback")
-    wait_for(lambda: store.state("fraud").serving == 1, what="serving v1 recorded")
+    wait_until(lambda: orjson.loads(request(d.port, "GET", "/v2/models/fraud")[1])["versions"] == ["1"], "rollback")
+    wait_until(lambda: store.state("fraud").serving == 1, "serving v1 recorded")
     # A version whose files were altered on disk fails verification: never served, quarantined.
     model_file = store.version_dir("fraud", 2) / "model.tflite"
     data = bytearray(model_file.read_bytes())
@@ -90,8 +91,7 @@ def test_rollback_and_a_corrupted_version_are_handled(env: Env, rows: np.ndarray
 
     state.active = 2
     write_state(store.path / "fraud" / "state.json", state)
-    wait_for(lambda: 2 in store.state("fraud").quarantined and store.state("fraud").active == 1,
-             what="v2 quarantined and v1 active again")
+    wait_until(lambda: 2 in store.state("fraud").quarantined and store.state("fraud").active == 1, "v2 quarantined and v1 active again")
     status, raw = request(d.port, "POST", "/v2/models/fraud/infer", orjson.dumps(
         {"inputs": [{"name": "input_0", "datatype": "FP32", "shape": [1, 30], "data": rows[0].tolist()}]}))
     assert status == 200 and orjson.loads(raw)["model_version"] == "1"

@@ -13,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.keys import PrivateKey
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.service import UpdateService
+from harness.load import ClientThreads
+from harness.wait import wait_until
 
 from ..conftest import FLEET, FleetKeys
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-START_TIMEOUT_S = 20.0
 
 
 def free_port() -> int:
@@ -43,18 +44,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def wait_until(pred: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.02) -> Any:
-    """Poll ``pred`` until it returns something truthy; fail the test with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class Mosquitto:
@@ -92,19 +81,21 @@ class Mosquitto:
         """Start and wait until the port accepts connections."""
         self.write_config()
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+
+        def listening() -> bool:
+            assert self.proc is not None
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 log = self.log.read_text() if self.log.exists() else ""
                 pytest.fail(f"mosquitto exited with {self.proc.returncode}: {err} {log}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return True
             except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"mosquitto did not listen on {self.port} within {START_TIMEOUT_S:g} s")
-                time.sleep(0.02)
+                return False
+
+        wait_until(listening, f"mosquitto to listen on {self.port}")
+        return self
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its persistence file) and wait."""
@@ -222,19 +213,17 @@ def publish(url: str, bundle: Path, key: PrivateKey, **kw: Any) -> PublishResult
         return publish_release(session, bundle, [key], **kw)
 
 
-class TritonLoad:
+class TritonLoad(ClientThreads):
     """tritonclient threads scoring ``rows`` of the demo model in a loop (binary and JSON
     alternately); answers are counted by model version and every failure is kept."""
 
     def __init__(self, url: str, rows: np.ndarray, clients: int = 3, timeout_s: float = 60.0) -> None:
+        super().__init__(clients, "triton")
         self.url = url
         self.rows = rows.astype(np.float32)
         self.timeout_s = timeout_s
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
         self.versions: Counter[str] = Counter()
         self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self._run, args=(i,), name=f"triton-{i}") for i in range(clients)]
 
     def _run(self, i: int) -> None:
         client = httpclient.InferenceServerClient(self.url, network_timeout=self.timeout_s)
@@ -266,12 +255,3 @@ class TritonLoad:
         with self.lock:
             return self.versions[str(version)]
 
-    def __enter__(self) -> TritonLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)

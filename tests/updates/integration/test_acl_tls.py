@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +18,14 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import parse_config
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.service import UpdateService
+from harness.daemon import EDGE
+from harness.wait import wait_until
 
 from ..conftest import REPO_DIR, FleetKeys, Releases
-from .conftest import Mosquitto, free_port, wait_until
+from .conftest import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 SHIPPED = REPO_DIR / "device" / "mosquitto"
-EDGE = Path(sys.executable).parent / "edge-runtime"
 FLEET = "default"  # the shipped ACL is written for fleet "default"
 
 
@@ -110,7 +110,7 @@ def test_a_device_writes_and_reads_only_its_own_topics(tls_broker: Mosquitto, ce
         operator.publish("edge/default/devices/pi-0002/desired", b"for pi-0002", retain=True)
         operator.publish("edge/default/devices/pi-0001/desired", b"for pi-0001", retain=True)
         operator.publish("edge/default/desired", b"fleet desired", retain=True)
-        wait_until(lambda: operator.got(b"fleet desired"), 10, "the operator's own messages")
+        wait_until(lambda: operator.got(b"fleet desired"), "the operator's own messages")
 
         # Writes: into another device's topics and into the fleet's topics are denied.
         device.publish("edge/default/devices/pi-0002/state", b"forged state of pi-0002")
@@ -118,7 +118,7 @@ def test_a_device_writes_and_reads_only_its_own_topics(tls_broker: Mosquitto, ce
         device.publish("edge/default/desired", b"forged desired", retain=True)
         device.publish("edge/default/models/fraud/9/manifest", b"forged manifest", retain=True)
         device.publish("edge/default/devices/pi-0001/state", b"own state")  # allowed, and it comes after
-        wait_until(lambda: operator.got(b"own state"), 10, "the device's own state")
+        wait_until(lambda: operator.got(b"own state"), "the device's own state")
         forged = [p for p in operator.payloads() if p.startswith(b"forged") or p == b"false"]
         assert forged == [], "the ACL let a device write outside its own devices/<id>/"
 
@@ -127,7 +127,7 @@ def test_a_device_writes_and_reads_only_its_own_topics(tls_broker: Mosquitto, ce
         device.c.subscribe("edge/default/devices/+/state", qos=1)
         device.c.subscribe("edge/default/devices/pi-0001/desired", qos=1)
         device.c.subscribe("edge/default/desired", qos=1)
-        wait_until(lambda: device.got(b"fleet desired"), 10, "the fleet desired state")
+        wait_until(lambda: device.got(b"fleet desired"), "the fleet desired state")
         assert device.got(b"for pi-0001")
         assert not device.got(b"for pi-0002") and not device.got(b"own state")
         assert device.payloads().count(b"fleet desired") == 1, "the forged retained desired state must not exist"
@@ -181,7 +181,7 @@ def test_an_update_over_tls_with_client_certificates(
             capture_output=True, text=True, timeout=60, check=False,
         )
         assert out.returncode == 0, out.stderr
-        wait_until(lambda: store.state("fraud").active == 2, 30, "v2 over TLS")
+        wait_until(lambda: store.state("fraud").active == 2, "v2 over TLS")
         status = subprocess.run([str(EDGE), "fleet", "status", *tls], capture_output=True, text=True, timeout=60, check=False)
         assert status.stdout.splitlines()[1].split()[:4] == ["pi-0001", "yes", "fraud", "v2"], status.stdout + status.stderr
     finally:

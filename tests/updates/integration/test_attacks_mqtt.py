@@ -23,9 +23,10 @@ from edge_runtime.trust.keys import generate_private_key
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.service import UpdateService
+from harness.wait import wait_until
 
 from ..conftest import FLEET, FleetKeys, Releases, Repo
-from .conftest import Mosquitto, Observer, wait_until
+from .conftest import Mosquitto, Observer
 
 pytestmark = pytest.mark.integration
 DEV = "pi-attacked"
@@ -158,16 +159,12 @@ def test_attack_is_rejected_and_changes_nothing(
     before = _tree(store.path)
     svc = _start(tmp_path, mosquitto.url, fleet_keys, store)
     try:
-        wait_until(lambda: observer.state(DEV), 20, "the device to connect")
+        wait_until(lambda: observer.state(DEV), "the device to connect")
         with FleetSession(BrokerOptions(url=mosquitto.url), topics) as session:
             for batch in attack.batches(Repo(topics, fleet_keys), releases, fleet_keys):
                 session.publish_all(list(batch.items()))
-        wait_until(
-            lambda: any(attack.reason in e.get("reason", "") for e in observer.of(DEV, "rejected")),
-            20,
-            f"a rejection naming {attack.reason!r}; got {[e.get('reason') for e in observer.of(DEV, 'rejected')]}",
-        )
-        state = wait_until(lambda: (s := observer.state(DEV)).get("last_error") and s, 10, "last_error in state")
+        wait_until(lambda: any(attack.reason in e.get("reason", "") for e in observer.of(DEV, "rejected")), f"a rejection naming {attack.reason!r}; got {[e.get('reason') for e in observer.of(DEV, 'rejected')]}")
+        state = wait_until(lambda: (s := observer.state(DEV)).get("last_error") and s, "last_error in state")
         assert state["models"]["fraud"]["active"] == attack.active
     finally:
         svc.stop()
@@ -192,7 +189,7 @@ def test_flipped_byte_is_refetched_and_accepted_once_republished(
     flipped[100] ^= 0x80
     svc = _start(tmp_path, mosquitto.url, fleet_keys, store)
     try:
-        wait_until(lambda: observer.state(DEV), 20, "the device to connect")
+        wait_until(lambda: observer.state(DEV), "the device to connect")
         with FleetSession(BrokerOptions(url=mosquitto.url), topics) as session:
             session.publish_all(list({**good, bad_topic: bytes(flipped)}.items()))
             session.publish_all([(topics.desired, repo.desired({"fraud": 2}, 1))])
@@ -200,9 +197,9 @@ def test_flipped_byte_is_refetched_and_accepted_once_republished(
             def bad_chunk_reports() -> int:
                 return sum("chunk 5 does not match its sha256" in e.get("reason", "") for e in observer.of(DEV, "rejected"))
 
-            wait_until(lambda: bad_chunk_reports() >= 2, 20, "the bad chunk to be fetched again after a stall")
+            wait_until(lambda: bad_chunk_reports() >= 2, "the bad chunk to be fetched again after a stall")
             assert _tree(store.path) == before and store.state("fraud").active == 1
             session.publish_all([(bad_topic, good[bad_topic])])
-        wait_until(lambda: store.state("fraud").active == 2, 20, "v2 once the good chunk is republished")
+        wait_until(lambda: store.state("fraud").active == 2, "v2 once the good chunk is republished")
     finally:
         svc.stop()

@@ -9,11 +9,7 @@ self-test, is rolled back, reported ``failed``, and the fleet status table shows
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,60 +18,15 @@ import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.store.store import ModelStore
+from harness.daemon import EDGE, Daemon
+from harness.wait import wait_until
 
 from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, TritonLoad, publish, wait_until
+from .conftest import Mosquitto, Observer, TritonLoad, publish
 
 pytestmark = pytest.mark.integration
-httpclient = pytest.importorskip("tritonclient.http")
+pytest.importorskip("tritonclient.http")  # TritonLoad
 pytest.importorskip("edge_runtime.daemon")
-EDGE = Path(sys.executable).parent / "edge-runtime"
-START_TIMEOUT_S = 60.0
-
-
-class Daemon:
-    """``edge-runtime serve`` on a free port, stderr collected."""
-
-    def __init__(self, config: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGE_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        self.proc = subprocess.Popen(
-            [str(EDGE), "serve", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-        )
-        self.lines: list[str] = []
-        self.port = 0
-        self._reader = threading.Thread(target=self._read, name="daemon-stderr", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if "listening on http://" in line and not self.port:
-                self.port = int(line.rsplit(":", 1)[1])
-
-    def wait_ready(self) -> str:
-        """Wait for /v2/health/ready; returns ``127.0.0.1:PORT``."""
-        wait_until(lambda: self.port or self.proc.poll() is not None, START_TIMEOUT_S, "the daemon to listen")
-        assert self.proc.poll() is None, "daemon exited:\n" + "\n".join(self.lines)
-        client = httpclient.InferenceServerClient(f"127.0.0.1:{self.port}")
-
-        def ready() -> bool:
-            try:
-                return bool(client.is_server_ready())
-            except Exception:  # noqa: BLE001 - not up yet
-                return False
-
-        wait_until(ready, START_TIMEOUT_S, "/v2/health/ready")
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture
@@ -93,56 +44,58 @@ def device_dir(tmp_path: Path, mosquitto: Mosquitto, fleet_keys: FleetKeys, rele
     yield tmp_path
 
 
-def test_update_under_load_with_zero_failed_requests(
-    device_dir: Path, mosquitto: Mosquitto, observer: Observer, fleet_keys: FleetKeys, releases: Releases
-) -> None:
-    daemon = Daemon(device_dir / "config.toml")
+@pytest.fixture
+def daemon(device_dir: Path, observer: Observer) -> Iterator[Daemon]:
+    """The daemon on ``device_dir``, ready and reporting to the broker; stopped after the test."""
+    d = Daemon(device_dir / "config.toml")
     try:
-        url = daemon.wait_ready()
-        wait_until(lambda: observer.state("pi-serve"), 30, "the daemon's update client to report")
-        with TritonLoad(url, np.load(FACTORY / "sample.npy"), timeout_s=30.0) as load:
-            wait_until(lambda: load.count(1) >= 50, 30, "requests answered by v1")
-            publish(mosquitto.url, releases.bundle(2, pad=30_000), fleet_keys.models_key)
-            wait_until(lambda: observer.of("pi-serve", "activated"), 60, "the activated event")
-            wait_until(lambda: load.count(2) >= 50, 30, "requests answered by v2")
-            mosquitto.stop()  # scoring never waits on MQTT
-            answered = load.count(2)
-            wait_until(lambda: load.count(2) >= answered + 50, 30, "requests answered with the broker gone")
-        assert load.failures == [], load.failures[:5]
-        kinds = [e["event"] for e in observer.of("pi-serve")]
-        order = [kinds.index(k) for k in ("notified", "downloading", "verified", "installed", "activated")]
-        assert order == sorted(order), kinds
-        state = observer.state("pi-serve")["models"]["fraud"]
-        assert state["active"] == 2 and state["serving"] == 2 and state["last_known_good"] == 1
+        d.wait_ready()
+        wait_until(lambda: observer.state("pi-serve"), "the daemon's update client to report")
+        yield d
     finally:
-        daemon.stop()
-    assert daemon.proc.returncode == 0, "\n".join(daemon.lines[-30:])
+        d.stop()
+
+
+def test_update_under_load_with_zero_failed_requests(
+    daemon: Daemon, device_dir: Path, mosquitto: Mosquitto, observer: Observer, fleet_keys: FleetKeys,
+    releases: Releases,
+) -> None:
+    with TritonLoad(daemon.url, np.load(FACTORY / "sample.npy"), timeout_s=30.0) as load:
+        wait_until(lambda: load.count(1) >= 50, "requests answered by v1")
+        publish(mosquitto.url, releases.bundle(2, pad=30_000), fleet_keys.models_key)
+        wait_until(lambda: observer.of("pi-serve", "activated"), "the activated event")
+        wait_until(lambda: load.count(2) >= 50, "requests answered by v2")
+        mosquitto.stop()  # scoring never waits on MQTT
+        answered = load.count(2)
+        wait_until(lambda: load.count(2) >= answered + 50, "requests answered with the broker gone")
+    assert load.failures == [], load.failures[:5]
+    kinds = [e["event"] for e in observer.of("pi-serve")]
+    order = [kinds.index(k) for k in ("notified", "downloading", "verified", "installed", "activated")]
+    assert order == sorted(order), kinds
+    state = observer.state("pi-serve")["models"]["fraud"]
+    assert state["active"] == 2 and state["serving"] == 2 and state["last_known_good"] == 1
+    assert daemon.stop() == 0, daemon.log()
 
 
 def test_failing_selftest_rolls_back_and_status_shows_failed(
-    device_dir: Path, mosquitto: Mosquitto, observer: Observer, fleet_keys: FleetKeys, releases: Releases
+    daemon: Daemon, device_dir: Path, mosquitto: Mosquitto, observer: Observer, fleet_keys: FleetKeys,
+    releases: Releases,
 ) -> None:
-    daemon = Daemon(device_dir / "config.toml")
-    try:
-        url = daemon.wait_ready()
-        wait_until(lambda: observer.state("pi-serve"), 30, "the daemon's update client to report")
-        with TritonLoad(url, np.load(FACTORY / "sample.npy"), clients=2, timeout_s=30.0) as load:
-            publish(mosquitto.url, releases.bundle(2, wrong_golden=True), fleet_keys.models_key)
-            failed = wait_until(lambda: observer.of("pi-serve", "failed"), 60, "the failed event")[0]
-            rolled = wait_until(lambda: observer.of("pi-serve", "rolled_back"), 10, "the rolled_back event")[0]
-            answered = load.count(1)
-            wait_until(lambda: load.count(1) >= answered + 20, 30, "v1 to keep answering")
-        assert load.failures == [] and load.count(2) == 0
-        assert failed["version"] == 2 and "differs from golden" in failed["reason"]
-        assert rolled["version"] == 1 and not observer.of("pi-serve", "activated")
-        store_state = ModelStore(device_dir / "store", fleet_keys.root, None, BundleLimits()).state("fraud")
-        assert store_state.active == 1 and 2 in store_state.failed
-        wait_until(lambda: observer.state("pi-serve").get("last_error"), 10, "last_error in state")
-        out = subprocess.run(
-            [str(EDGE), "fleet", "status", "--fleet", FLEET, "--broker", mosquitto.url],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        row = out.stdout.splitlines()[1]
-        assert row.startswith("pi-serve") and "fraud v1 (failed v2)" in row and "differs from golden" in row, out.stdout
-    finally:
-        daemon.stop()
+    with TritonLoad(daemon.url, np.load(FACTORY / "sample.npy"), clients=2, timeout_s=30.0) as load:
+        publish(mosquitto.url, releases.bundle(2, wrong_golden=True), fleet_keys.models_key)
+        failed = wait_until(lambda: observer.of("pi-serve", "failed"), "the failed event")[0]
+        rolled = wait_until(lambda: observer.of("pi-serve", "rolled_back"), "the rolled_back event")[0]
+        answered = load.count(1)
+        wait_until(lambda: load.count(1) >= answered + 20, "v1 to keep answering")
+    assert load.failures == [] and load.count(2) == 0
+    assert failed["version"] == 2 and "differs from golden" in failed["reason"]
+    assert rolled["version"] == 1 and not observer.of("pi-serve", "activated")
+    store_state = ModelStore(device_dir / "store", fleet_keys.root, None, BundleLimits()).state("fraud")
+    assert store_state.active == 1 and 2 in store_state.failed
+    wait_until(lambda: observer.state("pi-serve").get("last_error"), "last_error in state")
+    out = subprocess.run(
+        [str(EDGE), "fleet", "status", "--fleet", FLEET, "--broker", mosquitto.url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    row = out.stdout.splitlines()[1]
+    assert row.startswith("pi-serve") and "fraud v1 (failed v2)" in row and "differs from golden" in row, out.stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,13 @@ import pytest
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.updates.protocol import Topics
+from harness.daemon import EDGE
+from harness.wait import wait_until
 
 from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device, wait_until
+from .conftest import Mosquitto, Observer, publish, start_device
 
 pytestmark = pytest.mark.integration
-EDGE = Path(sys.executable).parent / "edge-runtime"
 
 
 def _cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -30,17 +30,17 @@ def test_happy_path_reports_each_step_and_state(
 ) -> None:
     svc, store = start_device(tmp_path / "d", mosquitto.url, "pi-1", fleet_keys, [releases.bundle(1)], 1)
     try:
-        wait_until(lambda: observer.state("pi-1"), 20, "the device's first state")
+        wait_until(lambda: observer.state("pi-1"), "the device's first state")
         result = publish(mosquitto.url, releases.bundle(2, pad=50_000), fleet_keys.models_key)
         assert result.chunks_sent == 68 and not result.chunks_already_published
-        wait_until(lambda: observer.of("pi-1", "activated"), 30, "the activated event")
+        wait_until(lambda: observer.of("pi-1", "activated"), "the activated event")
         assert store.state("fraud").active == 2
         kinds = [e["event"] for e in observer.of("pi-1")]
         order = [kinds.index(k) for k in ("notified", "downloading", "verified", "installed", "activated")]
         assert order == sorted(order), kinds
         percents = [e["percent"] for e in observer.of("pi-1", "downloading")]
         assert percents[0] < 100 and percents[-1] == 100
-        state = wait_until(lambda: (s := observer.state("pi-1")) and s["models"]["fraud"]["active"] == 2 and s, 10, "state v2")
+        state = wait_until(lambda: (s := observer.state("pi-1")) and s["models"]["fraud"]["active"] == 2 and s, "state v2")
         assert state["update"] is None and state["runtime"] and state["trust_root_version"] == 1
     finally:
         svc.stop()
@@ -58,7 +58,7 @@ def test_offline_first_device_catches_up_from_retained_messages(
     # The operator tool has exited; the device starts only now.
     svc, store = start_device(tmp_path / "d", mosquitto.url, "pi-late", fleet_keys, [releases.bundle(1)], 1)
     try:
-        wait_until(lambda: store.state("fraud").active == 2, 30, "the late device to reach v2")
+        wait_until(lambda: store.state("fraud").active == 2, "the late device to reach v2")
     finally:
         svc.stop()
 
@@ -69,10 +69,10 @@ def test_fleet_status_and_prune_cli(
     svc, store = start_device(tmp_path / "d", mosquitto.url, "pi-7", fleet_keys, [releases.bundle(1)], 1)
     try:
         publish(mosquitto.url, releases.bundle(2), fleet_keys.models_key)
-        wait_until(lambda: store.state("fraud").active == 2, 30, "v2")
+        wait_until(lambda: store.state("fraud").active == 2, "v2")
         publish(mosquitto.url, releases.bundle(3), fleet_keys.models_key)
-        wait_until(lambda: store.state("fraud").active == 3, 30, "v3")
-        wait_until(lambda: observer.state("pi-7").get("models", {}).get("fraud", {}).get("active") == 3, 10, "state v3")
+        wait_until(lambda: store.state("fraud").active == 3, "v3")
+        wait_until(lambda: observer.state("pi-7").get("models", {}).get("fraud", {}).get("active") == 3, "state v3")
         out = _cli("fleet", "status", "--fleet", FLEET, "--broker", mosquitto.url)
         assert out.returncode == 0, out.stderr
         header, row = out.stdout.splitlines()[:2]

@@ -12,9 +12,10 @@ import pytest
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.service import UpdateService
 from edge_runtime.updates.verify import rollout_bucket
+from harness.wait import wait_until
 
 from ..conftest import FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device, wait_until
+from .conftest import Mosquitto, Observer, publish, start_device
 
 pytestmark = pytest.mark.integration
 
@@ -52,24 +53,20 @@ def test_staged_rollout_then_raised_to_everyone(
     try:
         for d in ids:
             devices[d] = start_device(tmp_path / d, mosquitto.url, d, fleet_keys, [releases.bundle(1)], 1)
-        wait_until(lambda: all(observer.state(d) for d in ids), 60, "every device's first state")
+        wait_until(lambda: all(observer.state(d) for d in ids), "every device's first state")
 
         first = publish(mosquitto.url, releases.bundle(2), fleet_keys.models_key, percent=25)
         assert first.chunks_sent == 19
-        wait_until(
-            lambda: all(observer.state(d).get("desired_seq", {}).get("desired") == first.seq for d in ids),
-            60,
-            "every device to follow the new desired state",
-        )
-        wait_until(lambda: all(devices[d][1].state("fraud").active == 2 for d in in_bucket), 60, "the bucket to update")
-        wait_until(lambda: all(observer.state(d).get("update") is None for d in ids), 60, "every device to be idle")
+        wait_until(lambda: all(observer.state(d).get("desired_seq", {}).get("desired") == first.seq for d in ids), "every device to follow the new desired state")
+        wait_until(lambda: all(devices[d][1].state("fraud").active == 2 for d in in_bucket), "the bucket to update")
+        wait_until(lambda: all(observer.state(d).get("update") is None for d in ids), "every device to be idle")
         updated = {d for d in ids if devices[d][1].state("fraud").active == 2}
         assert updated == in_bucket, "exactly the devices whose hash is in the bucket update"
         live_before = spy.live
 
         second = publish(mosquitto.url, releases.bundle(2), fleet_keys.models_key, percent=100)
         assert second.chunks_already_published and second.chunks_sent == 0 and second.seq > first.seq
-        wait_until(lambda: all(devices[d][1].state("fraud").active == 2 for d in ids), 60, "everyone on v2")
+        wait_until(lambda: all(devices[d][1].state("fraud").active == 2 for d in ids), "everyone on v2")
         assert spy.live == live_before, "raising the rollout re-sent chunks"
         for d in ids:
             notified = observer.of(d, "notified")
