@@ -23,10 +23,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from serving.support import DaemonProcess
 
 from corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data
 from edge_runtime.bundle.manifest import TARGET_MANIFEST_BYTES
+from harness.daemon import Daemon
 
 BIN = Path(sys.executable).parent
 CONVERT_TIMEOUT_S = 1800
@@ -98,7 +98,7 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
     config = tmp_path / "serve.toml"
     config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
                       "[server]\nport = 0\n", encoding="utf-8")
-    daemon = DaemonProcess(config)
+    daemon = Daemon(config)
     try:
         daemon.wait_ready()
         client = triton.InferenceServerClient(daemon.url)

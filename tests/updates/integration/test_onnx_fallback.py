@@ -17,9 +17,10 @@ import pytest
 
 from converter.package import pack_onnx
 from edge_runtime.bundle.reader import open_bundle
+from harness.wait import wait_until
 
 from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device, wait_until
+from .conftest import Mosquitto, Observer, publish, start_device
 
 EDGE = Path(sys.executable).parent / "edge-runtime"
 pytestmark = pytest.mark.integration
@@ -37,14 +38,14 @@ def test_a_device_without_onnxruntime_refuses_an_onnx_release_and_fleet_status_s
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # this device has the `device` extra only
     service, store = start_device(tmp_path / "pi", mosquitto.url, "pi-no-onnx", fleet_keys, [releases.bundle(1)], 1)
     try:
-        wait_until(lambda: observer.state("pi-no-onnx"), 30, "the device to report")
+        wait_until(lambda: observer.state("pi-no-onnx"), "the device to report")
         publish(mosquitto.url, onnx_bundle, fleet_keys.models_key)
-        failed = wait_until(lambda: observer.of("pi-no-onnx", "failed"), 60, "the failed event")[0]
+        failed = wait_until(lambda: observer.of("pi-no-onnx", "failed"), "the failed event")[0]
         assert failed["version"] == 2 and "needs onnxruntime" in failed["reason"]
         assert "pip install 'edge-runtime[onnx]'" in failed["reason"]
         state = store.state("fraud")
         assert state.active == 1 and 2 in state.failed  # still serving v1
-        wait_until(lambda: observer.state("pi-no-onnx").get("last_error"), 10, "last_error in the state")
+        wait_until(lambda: observer.state("pi-no-onnx").get("last_error"), "last_error in the state")
     finally:
         service.stop()
     out = subprocess.run([str(EDGE), "fleet", "status", "--fleet", FLEET, "--broker", mosquitto.url],
