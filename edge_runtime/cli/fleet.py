@@ -22,7 +22,7 @@ from typing import Any
 
 from edge_runtime.cli.bundle import load_keys
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
-from edge_runtime.config import device_id
+from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import UsageError
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
@@ -30,7 +30,8 @@ from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
-from edge_runtime.updates.protocol import Topics
+from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
 
 
@@ -42,6 +43,25 @@ def _percent(text: str) -> int:
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"expected a percentage 0-100, found {value}")
     return value
+
+
+def _seq(text: str) -> int:
+    try:
+        value = int(text) if len(text) <= 20 else 0
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SEQ:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {MAX_SEQ}] (64 bits)")
+    return value
+
+
+def _fleet_root(args: argparse.Namespace) -> TrustRoot | None:
+    """``--root``, else the ``[trust] root`` of ``--config``, else None (the signing keys' own root)."""
+    if args.root is not None:
+        return load_root_file(args.root)
+    if args.config is not None:
+        return load_root_file(Path(load_config(args.config).trust.root))
+    return None
 
 
 def broker_options() -> argparse.ArgumentParser:
@@ -79,8 +99,13 @@ def register(sub: Any) -> None:
         help="halt when more than PERCENT %% of the devices that finished the update failed or rejected it",
     )
     pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
-    pub.add_argument("--root", type=Path, default=None, help="verify the bundle and the retained desired state first")
-    pub.add_argument("--seq", type=int, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
+    pub.add_argument(
+        "--root", type=Path, default=None,
+        help="the fleet's trust root: the bundle and the retained desired state must verify against it "
+        "(default: [trust] root of --config; without either, the retained state must be signed by --sign-key)",
+    )
+    pub.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
+    pub.add_argument("--seq", type=_seq, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
     pub.add_argument("--expires-in-hours", type=float, default=None, help="devices with a trusted clock ignore it after this")
     pub.add_argument("--force-chunks", action="store_true", help="send the chunks even if the release is already published")
     pub.set_defaults(func=cmd_publish)
@@ -155,7 +180,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.bundle}: no such file")
     steps = _staged_steps(args)
     keys = load_keys(args.sign_key)
-    root = load_root_file(args.root) if args.root else None
+    root = _fleet_root(args)
     expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
     if steps is not None:
         with _session(args) as session:

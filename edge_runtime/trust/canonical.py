@@ -50,6 +50,8 @@ def parse_json_object(data: bytes, what: str, *, require_canonical: bool = False
         raise CanonicalJSONError(f"{what}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
     except RecursionError as exc:
         raise CanonicalJSONError(f"{what}: JSON nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer over sys.get_int_max_str_digits() digits
+        raise CanonicalJSONError(f"{what}: JSON holds a number Python refuses to read ({str(exc)[:80]})") from exc
     if not isinstance(obj, dict):
         raise CanonicalJSONError(f"{what}: expected a JSON object, found {type(obj).__name__}")
     if require_canonical and canonical_json(obj) != bytes(data):

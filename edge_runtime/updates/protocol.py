@@ -30,6 +30,9 @@ DESIRED_TYPE = "desired"
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
 QOS = 1
+# A desired state's seq is a 64-bit signed integer on the device and the operator alike: a
+# larger one would be a floor no later state could ever pass (a frozen fleet).
+MAX_SEQ = 2**63 - 1
 
 # Event kinds published on devices/<id>/events, in the order an update goes through them.
 EVENTS = (
@@ -197,6 +200,7 @@ def manifest_message(manifest_bytes: bytes, signatures: list[dict[str, str]]) ->
 __all__ = [
     "DESIRED_TYPE",
     "EVENTS",
+    "MAX_SEQ",
     "QOS",
     "TopicRef",
     "Topics",

@@ -34,7 +34,7 @@ from edge_runtime.updates.exceptions import (
     ReplayError,
     UpdateMessageError,
 )
-from edge_runtime.updates.protocol import DESIRED_TYPE
+from edge_runtime.updates.protocol import DESIRED_TYPE, MAX_SEQ
 
 MAX_SALT_CHARS = 128
 MAX_MODELS = 256
@@ -169,7 +169,7 @@ def verify_desired(message: bytes, root: TrustRoot, *, fleet: str, device: str |
         raise UpdateMessageError(f"{what}: signed for fleet {doc.get('fleet')!r}, this device is in fleet {fleet!r}")
     if doc.get("device") != device:
         raise UpdateMessageError(f"{what}: signed for device {doc.get('device')!r}, expected {device!r}")
-    seq = _int(doc.get("seq"), f"{what} seq", 1)
+    seq = _int(doc.get("seq"), f"{what} seq", 1, MAX_SEQ)
     models = doc.get("models")
     if not isinstance(models, dict) or len(models) > MAX_MODELS:
         raise UpdateMessageError(f"{what}: 'models' must be an object of at most {MAX_MODELS} models")

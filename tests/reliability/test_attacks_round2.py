@@ -1,0 +1,167 @@
+"""Hardening round 2 (issue 13): one test per attack, against the real component.
+
+Each test drives the real thing: the ``edge-runtime`` CLI in a subprocess, the daemon
+process over real HTTP and MQTT, a real mosquitto. It checks that the attack is refused or
+bounded, says why, and that the device keeps serving. Peak RSS and times are recorded with
+the ``figures`` fixture (printed at the end of the run; docs/security.md quotes them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_runtime.fleet.session import BrokerOptions, FleetSession
+from edge_runtime.trust.canonical import canonical_json
+from edge_runtime.trust.keys import generate_private_key, private_key_pem, sign
+from edge_runtime.trust.root import make_root, sign_root
+from edge_runtime.updates.protocol import MAX_SEQ, Topics, desired_document, signed_message
+from edge_runtime.updates.verify import verify_desired
+from reliability.conftest import EDGE, FLEET, DeviceDir, Mosquitto, Observer, Releases, infer_rows, wait_until
+
+TOPICS = Topics("edge", FLEET)
+HUGE = 10**4300 - 2  # one digit short of Python's int-from-text limit: 4300 digits
+
+
+def _retain(broker: Mosquitto, messages: dict[str, bytes]) -> None:
+    """Put retained messages on the broker, as anyone allowed to publish could."""
+    with FleetSession(BrokerOptions(url=broker.url, timeout_s=20), TOPICS) as session:
+        for topic, payload in messages.items():
+            session.publish(topic, payload).wait(20)
+
+
+def _retained(broker: Mosquitto, topic: str) -> bytes | None:
+    with FleetSession(BrokerOptions(url=broker.url, timeout_s=20), TOPICS) as session:
+        return session.snapshot([topic]).get(topic)
+
+
+def _cli(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(EDGE), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+
+
+def _unsigned_desired(seq: Any, models: dict[str, Any]) -> bytes:
+    """A desired state with the right shape and no valid signature (text built by hand so
+    that numbers Python would refuse to serialise can be sent)."""
+    inner = f'{{"_type":"desired","fleet":"{FLEET}","models":{json.dumps(models)},"seq":{seq}}}'
+    return json.dumps({"desired": inner, "signatures": []}).encode()
+
+
+def _signed_desired(keys: Any, seq: int, models: dict[str, Any]) -> bytes:
+    payload = canonical_json(desired_document(FLEET, seq, models))
+    return signed_message("desired", payload, [sign(keys.key, payload)])
+
+
+def _serving(dev: DeviceDir, port: int, x: np.ndarray) -> int:
+    status, version, _ = infer_rows(port, x[:1])
+    assert status == 200, f"{dev.device_id} stopped serving"
+    return version
+
+
+# -- 1. the operator signs only what it verified --------------------------------------------
+
+JUNK_STATES = {
+    "unsigned_extra_model_and_huge_seq": _unsigned_desired(5_000_000_000, {"aaa": {"version": 1}, "fraud": {"version": 1}}),
+    "unsigned_4300_digit_seq": _unsigned_desired(HUGE, {"fraud": {"version": 1}}),
+    "not_json": b"\xff garbage {",
+    "json_but_not_a_desired_state": b'{"desired": 5, "signatures": 7}',
+}
+
+
+@pytest.mark.parametrize("with_root", [False, True], ids=["signing_keys_root", "fleet_root"])
+@pytest.mark.parametrize("junk", sorted(JUNK_STATES))
+def test_publish_over_a_forged_retained_desired_state_ignores_it(
+    broker: Mosquitto, releases: Releases, keys: Any, junk: str, with_root: bool
+) -> None:
+    _retain(broker, {TOPICS.desired: JUNK_STATES[junk]})
+    extra = ["--root", str(keys.root_path)] if with_root else []
+    out = _cli("fleet", "publish", releases.bundle(2), "--fleet", FLEET, "--broker", broker.url,
+               "--sign-key", keys.key_path, *extra)
+    assert out.returncode == 0, out.stderr
+    assert "ignoring the retained desired state" in out.stderr and "--seq" not in out.stderr
+    assert len(out.stderr) < 2000, "the warning must not echo the forged message"
+    desired = verify_desired(_retained(broker, TOPICS.desired) or b"", keys.root, fleet=FLEET, device=None)
+    assert set(desired.models) == {"fraud"} and desired.models["fraud"].version == 2
+    assert desired.seq < 10**12, "the forged seq must not be copied"
+
+
+def test_publish_keeps_a_verified_retained_state_and_the_device_follows(
+    make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, releases: Releases, keys: Any,
+    holdout_x: np.ndarray,
+) -> None:
+    other = {"other": {"version": 3, "rollout": {"percent": 0, "salt": "other-3"}}}  # no device takes it
+    _retain(broker, {TOPICS.desired: _signed_desired(keys, 7_000_000_000, {"fraud": {"version": 1}, **other})})
+    dev = make_device()
+    dev.write_config(broker.url)
+    daemon = dev.start()
+    out = _cli("fleet", "publish", releases.bundle(2), "--fleet", FLEET, "--broker", broker.url,
+               "--sign-key", keys.key_path, "--config", dev.base / "config.toml")
+    assert out.returncode == 0 and "ignoring" not in out.stderr, out.stderr
+    desired = verify_desired(_retained(broker, TOPICS.desired) or b"", keys.root, fleet=FLEET, device=None)
+    assert desired.seq == 7_000_000_001 and desired.models["other"].version == 3
+    wait_until(lambda: observer.of(dev.device_id, "activated"), 60, "v2 activated")
+    assert _serving(dev, daemon.port, holdout_x) == 2
+    assert daemon.tracebacks() == []
+
+
+def test_publish_refuses_a_seq_beyond_64_bits(broker: Mosquitto, releases: Releases, keys: Any) -> None:
+    for seq in (str(MAX_SEQ + 1), "1" * 5000):
+        out = _cli("fleet", "publish", releases.bundle(2), "--fleet", FLEET, "--broker", broker.url,
+                   "--sign-key", keys.key_path, "--seq", seq)
+        assert out.returncode == 2 and "64 bits" in out.stderr and len(out.stderr) < 500, out.stderr
+    assert _retained(broker, TOPICS.desired) is None
+    # A verified retained state at the limit leaves no larger seq: refused, with a reason.
+    _retain(broker, {TOPICS.desired: _signed_desired(keys, MAX_SEQ, {"fraud": {"version": 1}})})
+    out = _cli("fleet", "publish", releases.bundle(2), "--fleet", FLEET, "--broker", broker.url, "--sign-key", keys.key_path)
+    assert out.returncode == 2 and "no larger 64-bit seq" in out.stderr, out.stderr
+
+
+def test_device_rejects_a_signed_desired_seq_beyond_64_bits(
+    make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, keys: Any, holdout_x: np.ndarray
+) -> None:
+    dev = make_device()
+    dev.write_config(broker.url)
+    daemon = dev.start()
+    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    _retain(broker, {TOPICS.desired: _signed_desired(keys, MAX_SEQ + 1, {"fraud": {"version": 1}})})
+    event = wait_until(lambda: observer.of(dev.device_id, "rejected"), 30, "a rejected event")[0]
+    assert "seq" in event["reason"] and str(MAX_SEQ) in event["reason"]
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == []
+
+
+# -- 4. a number Python refuses to read is a rejection, not a lost root ------------------------
+
+
+def test_huge_number_next_to_a_valid_root_rotation_keeps_the_rotation(
+    make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, keys: Any, holdout_x: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    dev = make_device()
+    dev.write_config(broker.url)
+    daemon = dev.start()
+    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    new_root_key = generate_private_key()
+    (tmp_path / "new-root.key").write_bytes(private_key_pem(new_root_key))
+    v2 = sign_root(make_root(2, [new_root_key], [keys.key]), [keys.key, new_root_key])
+    garbage = b'{"signed": {"version": ' + b"9" * 5000 + b"}, \"signatures\": []}"
+    # Garbage first (it waits for v2), then the valid v2, then a desired state and a manifest
+    # with such a number: every one a `rejected` event, and the rotation applied.
+    _retain(broker, {TOPICS.root(3): garbage})
+    _retain(broker, {TOPICS.root(2): v2})
+    wait_until(lambda: observer.of(dev.device_id, "root_updated"), 30, "root v2 applied")
+    wait_until(lambda: observer.state(dev.device_id).get("trust_root_version") == 2, 30, "state naming root v2")
+    _retain(broker, {TOPICS.desired: _unsigned_desired("9" * 5000, {})})
+    wait_until(
+        lambda: [e for e in observer.of(dev.device_id, "rejected") if "desired" in e["reason"]], 30, "desired rejected"
+    )
+    assert any("trust root 3" in e["reason"] for e in observer.of(dev.device_id, "rejected"))
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == [], daemon.log()
+    daemon.stop()
+    assert (dev.store_path / ".updates" / "roots" / "root.2.json").read_bytes() == v2
