@@ -42,6 +42,9 @@ class ServerConfig:
     port: int = 8000
     grpc_port: int = 0  # KServe v2 gRPC with the grpc extra: 0 = off, -1 = any free port (logged)
     max_request_bytes: int = 64 * 1024 * 1024  # larger bodies answer 413
+    # Numbers a JSON infer body may hold (a model without a batch dimension: its own input size);
+    # counted before the body is parsed, more answers 413. Each costs ~32 bytes once parsed.
+    max_json_values: int = 1024 * 1024
     swap_poll_ms: int = 500  # how often the daemon looks at the store for a new active version
     drain_timeout_s: float = 10.0  # SIGTERM and hot swap: how long in-flight requests may take to finish
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
@@ -233,6 +236,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         raise ConfigError(
             "server: max_request_bytes must be >= 1024, swap_poll_ms >= 1, drain_timeout_s >= 0 and keep_alive_s > 0"
         )
+    if srv.max_json_values < 1:
+        raise ConfigError(f"server.max_json_values: expected an integer >= 1, found {srv.max_json_values}")
     if srv.max_header_bytes < 1024 or not srv.request_header_timeout_s > 0:
         raise ConfigError(
             "server: expected max_header_bytes >= 1024 and request_header_timeout_s > 0, found "

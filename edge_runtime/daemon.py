@@ -155,7 +155,7 @@ class Daemon:
             log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
             return
         for key in ("host", "port", "grpc_port", "max_request_bytes", "max_header_bytes", "request_header_timeout_s",
-                    "keep_alive_s"):
+                    "keep_alive_s", "max_json_values"):
             if getattr(cfg.server, key) != getattr(self.cfg.server, key):
                 log.warning("SIGHUP: [server] %s changed; it takes effect after a restart", key)
         self.cfg = cfg
@@ -179,7 +179,8 @@ class Daemon:
         sock = sock or bind_socket(self.cfg.server.host, self.cfg.server.port)
         self.address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
         self.manager = manager = ModelManager(self.store, self.cfg, self.metrics, loop, self._serving_changed)
-        app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes)
+        app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes,
+                  max_json_values=self.cfg.server.max_json_values)
         server = _uvicorn_server(app, self.cfg)
         server_task = loop.create_task(server.serve(sockets=[sock]), name="edge-http")
         while not server.started:

@@ -8,14 +8,17 @@ the ``figures`` fixture (printed at the end of the run; docs/security.md quotes 
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from serving.support import request
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.trust.canonical import canonical_json
@@ -23,7 +26,18 @@ from edge_runtime.trust.keys import generate_private_key, private_key_pem, sign
 from edge_runtime.trust.root import make_root, sign_root
 from edge_runtime.updates.protocol import MAX_SEQ, Topics, desired_document, signed_message
 from edge_runtime.updates.verify import verify_desired
-from reliability.conftest import EDGE, FLEET, DeviceDir, Mosquitto, Observer, Releases, infer_rows, wait_until
+from reliability.conftest import (
+    EDGE,
+    FLEET,
+    Daemon,
+    DeviceDir,
+    Figures,
+    Mosquitto,
+    Observer,
+    Releases,
+    infer_rows,
+    wait_until,
+)
 
 TOPICS = Topics("edge", FLEET)
 HUGE = 10**4300 - 2  # one digit short of Python's int-from-text limit: 4300 digits
@@ -165,3 +179,47 @@ def test_huge_number_next_to_a_valid_root_rotation_keeps_the_rotation(
     assert daemon.tracebacks() == [], daemon.log()
     daemon.stop()
     assert (dev.store_path / ".updates" / "roots" / "root.2.json").read_bytes() == v2
+
+
+# -- 2. one HTTP request cannot take the daemon's memory -----------------------------------------
+
+MIB = 1024 * 1024
+
+
+def _peak_rss(daemon: Daemon) -> int:
+    """The daemon's peak resident set size so far (VmHWM)."""
+    for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def _zeros_body(values: int) -> bytes:
+    rows = values // 30
+    head = b'{"inputs":[{"name":"input_0","datatype":"FP32","shape":[%d,30],"data":[' % rows
+    return head + b"0," * (rows * 30 - 1) + b"0]}]}"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_gzip_bomb_of_json_zeros_is_refused_before_parsing(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray, figures: Figures, encoding: str
+) -> None:
+    dev = make_device()
+    dev.write_config()
+    daemon = dev.start()
+    _serving(dev, daemon.port, holdout_x)
+    body = _zeros_body(30 * MIB)  # 60 MiB of JSON: 31 million zeros, under max_request_bytes (64 MiB)
+    sent = gzip.compress(body, 9) if encoding == "gzip" else body
+    peak_before = _peak_rss(daemon)
+    t0 = time.monotonic()
+    status, answer = request(daemon.port, "POST", "/v2/models/fraud/infer", sent, {"Content-Encoding": encoding})
+    took = time.monotonic() - t0
+    peak_after = _peak_rss(daemon)
+    assert status == 413, answer[:300]
+    assert b"max_json_values" in answer
+    # The body itself (and its inflated copy) is all the request may cost: no parsed values.
+    assert peak_after - peak_before < 1.5 * len(body), (peak_before, peak_after)
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == []
+    figures.add(encoding=encoding, sent_bytes=len(sent), json_bytes=len(body), peak_rss_before_mb=peak_before // MIB,
+                peak_rss_after_mb=peak_after // MIB, answer_s=round(took, 3))
