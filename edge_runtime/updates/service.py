@@ -123,6 +123,10 @@ class UpdateService:
             max_events=m.max_event_queue,
         )
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # Control messages waiting for edge-updates, newest per topic: a flood on one topic
+        # holds one payload, not every one the broker delivers faster than they are verified.
+        self._waiting: dict[str, tuple[Any, bytes]] = {}
+        self._waiting_lock = threading.Lock()
         self._stop = threading.Event()
         self.link = MqttLink(
             LinkSettings(
@@ -204,7 +208,8 @@ class UpdateService:
         elif kind == "disconnected":
             log.warning("disconnected from %s: %s", self.link.settings.url, value)
         elif kind == "message":
-            ref, payload = value
+            with self._waiting_lock:
+                ref, payload = self._waiting.pop(value)
             self.updater.on_message(ref, payload)
         elif kind in ("chunk", "chunk_rejected"):
             self.updater.on_internal(item)
@@ -216,7 +221,11 @@ class UpdateService:
         if ref.kind == "chunk":
             self.updater.on_chunk(ref, msg.payload)
         else:
-            self._queue.put(("message", (ref, msg.payload)))
+            with self._waiting_lock:
+                queued = msg.topic in self._waiting
+                self._waiting[msg.topic] = (ref, msg.payload)  # a retained topic: only the newest counts
+            if not queued:
+                self._queue.put(("message", msg.topic))
 
     def _network_main(self) -> None:
         m = self.cfg.mqtt

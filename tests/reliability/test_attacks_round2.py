@@ -36,6 +36,7 @@ from reliability.conftest import (
     Observer,
     Releases,
     infer_rows,
+    scale,
     wait_until,
 )
 
@@ -223,3 +224,43 @@ def test_gzip_bomb_of_json_zeros_is_refused_before_parsing(
     assert daemon.tracebacks() == []
     figures.add(encoding=encoding, sent_bytes=len(sent), json_bytes=len(body), peak_rss_before_mb=peak_before // MIB,
                 peak_rss_after_mb=peak_after // MIB, answer_s=round(took, 3))
+
+
+# -- 3. unsigned garbage over MQTT costs CPU, not memory ----------------------------------------
+
+
+def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
+    make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, holdout_x: np.ndarray,
+    figures: Figures,
+) -> None:
+    dev = make_device()
+    dev.write_config(broker.url)
+    daemon = dev.start()
+    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    rss_before, peak_before = daemon.rss_bytes(), _peak_rss(daemon)
+    count = scale(100, 300)
+    t0 = time.monotonic()
+    with FleetSession(BrokerOptions(url=broker.url, timeout_s=60), TOPICS) as session:
+        for i in range(count):
+            name = f"{i:06d}" + "k" * MIB  # a unique 1 MB field name the device would echo
+            payload = json.dumps({"desired": "{}", "signatures": [], name: 1}).encode()
+            session.publish(TOPICS.desired, payload).wait(60)
+    last = f"{count - 1:06d}"
+    wait_until(lambda: any(last in e["reason"] for e in observer.of(dev.device_id, "rejected")), 120,
+               "the last message's rejection")
+    took = time.monotonic() - t0
+    rss_after, peak_after = daemon.rss_bytes(), _peak_rss(daemon)
+    rejected = observer.of(dev.device_id, "rejected")
+    # Messages on one topic that arrive faster than they are verified are coalesced (newest
+    # wins), so at most one event per message, and always one for the last.
+    assert 1 <= len(rejected) <= count
+    assert max(len(e["reason"]) for e in rejected) <= 400
+    state = wait_until(lambda: (s := observer.state(dev.device_id)).get("last_error") and last in
+                       s["last_error"]["reason"] and s, 30, "last_error naming the last message")
+    assert len(json.dumps(state)) < 4096
+    assert (dev.store_path / ".updates" / "updater.json").stat().st_size < 4096
+    assert rss_after - rss_before < 40 * MIB, (rss_before, rss_after)
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == []
+    figures.add(messages=count, message_bytes=MIB, rss_before_mb=rss_before // MIB, rss_after_mb=rss_after // MIB,
+                peak_before_mb=peak_before // MIB, peak_after_mb=peak_after // MIB, seconds=round(took, 1))
