@@ -75,6 +75,7 @@ class ModelStore:
         self.root = root
         self.factory = Path(factory) if factory else None
         self.limits = limits or BundleLimits()
+        self.write_fault: str | None = None  # the last thing the daemon could not record, and why
 
     # -- paths and locking -------------------------------------------------------------
 
@@ -91,7 +92,10 @@ class ModelStore:
     def lock(self) -> Iterator[None]:
         """Serialise writers (the daemon, the CLI and the updater) across processes."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:  # a read-only store: reads may still lock (the writes fail on their own)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -102,8 +106,28 @@ class ModelStore:
     # -- reading -----------------------------------------------------------------------
 
     def state(self, name: str) -> ModelState:
-        """The recorded state of ``name`` (empty when never installed)."""
+        """The recorded state of ``name`` (empty when never installed); StoreError when unreadable."""
         return read_state(self._model_dir(name) / STATE_FILE)
+
+    def readable_state(self, name: str) -> ModelState:
+        """:meth:`state`, or an empty state (nothing active) when the file cannot be read: the
+        daemon then serves what it can verify without it (the factory bundle)."""
+        try:
+            return self.state(name)
+        except (StoreError, OSError) as exc:
+            log.error("%s: %s", name, exc, extra={"model": name, "reason": str(exc)})
+            return ModelState()
+
+    @contextlib.contextmanager
+    def _recording(self, name: str, what: str) -> Iterator[None]:
+        """Record something the daemon does; a store that cannot be written (read-only, full,
+        unreadable state) is logged and reported, never raised: serving goes on without it."""
+        try:
+            yield
+        except (OSError, StoreError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.write_fault = f"cannot record {what} of {name}: {reason}"
+            log.error("%s", self.write_fault, extra={"model": name, "reason": str(exc)})
 
     def _write_state(self, name: str, state: ModelState) -> None:
         write_state(self._model_dir(name) / STATE_FILE, state)
@@ -347,7 +371,8 @@ class ModelStore:
 
     def record_failure(self, name: str, version: int, reason: str, revert_to: int | None = None) -> ModelState:
         """Record that ``version`` failed (e.g. its self-test); optionally make ``revert_to`` active again."""
-        with self.lock():
+        state = ModelState(failed={version: reason})
+        with self._recording(name, f"the failure of v{version}"), self.lock():
             state = self.state(name)
             state.failed[version] = reason
             if revert_to is not None and state.active == version:
@@ -361,7 +386,8 @@ class ModelStore:
 
     def record_serving(self, name: str, version: int | None) -> ModelState:
         """Record the version the daemon now answers with (after its self-test passed)."""
-        with self.lock():
+        state = ModelState(serving=version)
+        with self._recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
             if state.serving != version:
                 state.serving = version
@@ -396,7 +422,7 @@ class ModelStore:
 
     def quarantine(self, name: str, version: int, reason: str) -> None:
         """Mark a version that failed verification so it is never loaded again."""
-        with self.lock():
+        with self._recording(name, f"the quarantine of v{version}"), self.lock():
             state = self.state(name)
             state.quarantined[version] = reason
             state.event("quarantined", version=version, reason=reason)
@@ -411,8 +437,13 @@ class ModelStore:
         A version that fails verification is quarantined; every fallback is logged and
         recorded in the model's history with its reason.
         """
-        state = self.state(name)
         reason: str | None = None
+        try:
+            state = self.state(name)
+        except (StoreError, OSError) as exc:
+            state = ModelState()
+            reason = f"its state cannot be read ({exc}); only the factory bundle is served"
+            log.error("%s: %s", name, reason, extra={"model": name, "reason": reason})
         tried: list[int] = []
         for candidate in (state.active, state.last_known_good):
             if candidate is None or candidate in tried or candidate in state.quarantined:
@@ -422,10 +453,7 @@ class ModelStore:
                 resolved = self.resolved_version(name, candidate, reason)
             except (BadDataError, StoreError) as exc:
                 why = f"v{candidate} failed verification: {exc}"
-                try:
-                    self.quarantine(name, candidate, str(exc))
-                except OSError as write_exc:
-                    log.error("%s: cannot record the quarantine of v%d: %s", name, candidate, write_exc)
+                self.quarantine(name, candidate, str(exc))
                 reason = why if reason is None else f"{reason}; {why}"
                 continue
             if reason is not None:
@@ -467,7 +495,7 @@ class ModelStore:
                         state.last_known_good = self._older_good(name, state, to_version)
                 state.event("fallback", previous=from_version, to=target, reason=reason)
                 self._write_state(name, state)
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             # Serving the fallback matters more than recording it (e.g. a read-only user running `score`).
             log.error("%s: cannot record the fallback: %s", name, exc, extra={"model": name, "reason": str(exc)})
 

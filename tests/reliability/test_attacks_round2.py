@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -264,3 +265,87 @@ def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
     assert daemon.tracebacks() == []
     figures.add(messages=count, message_bytes=MIB, rss_before_mb=rss_before // MIB, rss_after_mb=rss_after // MIB,
                 peak_before_mb=peak_before // MIB, peak_after_mb=peak_after // MIB, seconds=round(took, 1))
+
+
+# -- 5. a store that cannot be written or read does not stop serving -----------------------------
+
+
+def _mount(args: list[str], what: str) -> None:
+    proc = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount {what} (needs root): {proc.stderr.strip()}")
+
+
+def _umount(path: Path) -> None:
+    if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode != 0:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def _serves_and_reports(dev: DeviceDir, daemon: Daemon, x: np.ndarray, version: int, needle: str) -> None:
+    assert _serving(dev, daemon.port, x) == version
+    assert daemon.wait_line(needle, timeout=10) is not None, daemon.log()
+    assert daemon.alive and daemon.tracebacks() == [], daemon.log()
+
+
+def test_read_only_store_still_serves_the_verified_version(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray
+) -> None:
+    dev = make_device()
+    dev.write_config()
+    _mount(["--bind", str(dev.store_path), str(dev.store_path)], "a bind mount")
+    try:
+        _mount(["-o", "remount,ro,bind", str(dev.store_path)], "a read-only bind mount")
+        daemon = dev.start()
+        _serves_and_reports(dev, daemon, holdout_x, 1, "cannot record serving v1 of fraud")
+        assert daemon.stop() == 0
+    finally:
+        _umount(dev.store_path)
+
+
+def test_full_disk_before_serving_is_recorded_still_serves(
+    make_device: Callable[..., DeviceDir], tmp_path: Path, holdout_x: np.ndarray
+) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    _mount(["-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], "a tmpfs")
+    try:
+        dev = make_device(store_path=mnt / "store")
+        dev.write_config()
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill the file system to the last byte
+            while os.write(fd, b"\0" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        daemon = dev.start()
+        _serves_and_reports(dev, daemon, holdout_x, 1, "No space left on device")
+        assert daemon.stop() == 0
+    finally:
+        _umount(mnt)
+
+
+BAD_STATES = {
+    "not_json": b"\x00\xffnot json",
+    "highest_seen_1e400": b'{"active": 1, "highest_seen": 1e400}',
+    "active_is_a_list": b'{"active": [1], "highest_seen": 1}',
+    "failed_key_superscript": '{"active": 1, "failed": {"\u00b2": "x"}}'.encode(),
+    "not_an_object": b"[1, 2]",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_STATES))
+def test_unreadable_state_file_serves_the_factory_bundle(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray, kind: str
+) -> None:
+    dev = make_device()
+    dev.write_config()
+    state_file = dev.store_path / "fraud" / "state.json"
+    state_file.write_bytes(BAD_STATES[kind])
+    daemon = dev.start()
+    _serves_and_reports(dev, daemon, holdout_x, 1, "only the factory bundle is served")
+    status, body = request(daemon.port, "GET", "/v2/models/fraud")
+    assert status == 200, body
+    assert state_file.read_bytes() == BAD_STATES[kind], "the damaged file is left for the operator to see"
+    assert daemon.stop() == 0
