@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
@@ -31,8 +32,11 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
 from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.mqtt import redact_url
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
+
+PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 
 
 def _percent(text: str) -> int:
@@ -74,7 +78,11 @@ def broker_options() -> argparse.ArgumentParser:
     p.add_argument("--cert-file", default="", help="client certificate (TLS client authentication)")
     p.add_argument("--key-file", default="", help="client key (TLS client authentication)")
     p.add_argument("--username", default="")
-    p.add_argument("--password", default="")
+    p.add_argument(
+        "--password-file", type=Path, default=None,
+        help=f"read the broker password from this file (or set {PASSWORD_ENV}); never on the command line",
+    )
+    p.add_argument("--password", default=None, help=argparse.SUPPRESS)  # refused: argv is visible to every user
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     return p
@@ -120,6 +128,21 @@ def register(sub: Any) -> None:
     ag.set_defaults(func=cmd_agent)
 
 
+def _password(args: argparse.Namespace) -> str:
+    """The broker password from ``--password-file`` or the environment; argv is refused (``ps``
+    shows it to every user of the machine, shells keep it in their history)."""
+    if args.password is not None or redact_url(args.broker) != args.broker:
+        raise UsageError(
+            f"a broker password on the command line is visible to every user; use --password-file or {PASSWORD_ENV}"
+        )
+    if args.password_file is not None:
+        try:
+            return args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--password-file {args.password_file}: cannot read it ({exc})") from exc
+    return os.environ.get(PASSWORD_ENV, "")
+
+
 def _session(args: argparse.Namespace) -> FleetSession:
     options = BrokerOptions(
         url=args.broker,
@@ -127,7 +150,7 @@ def _session(args: argparse.Namespace) -> FleetSession:
         cert_file=args.cert_file,
         key_file=args.key_file,
         username=args.username,
-        password=args.password,
+        password=_password(args),
         protocol=args.protocol,
         timeout_s=args.timeout,
     )

@@ -46,17 +46,32 @@ class BrokerAddress:
     password: str = ""
 
 
+def redact_url(url: str) -> str:
+    """``url`` without its password (``mqtt://user:***@host``): the form every log line and
+    error message uses."""
+    try:
+        parts = urlsplit(url)
+        userinfo, at, host = parts.netloc.rpartition("@")
+    except ValueError:
+        return "<unparsable broker URL>"
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """Parse a broker URL; user and password may be given as ``mqtt://user:pass@host``."""
+    shown = redact_url(url)
     parts = urlsplit(url)
     if parts.scheme not in DEFAULT_PORTS:
-        raise UsageError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+        raise UsageError(f"broker URL {shown!r}: expected mqtt://host[:port] or mqtts://host[:port]")
     if not parts.hostname:
-        raise UsageError(f"broker URL {url!r} has no host")
+        raise UsageError(f"broker URL {shown!r} has no host")
     try:
         port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError as exc:
-        raise UsageError(f"broker URL {url!r}: bad port") from exc
+    except ValueError:
+        raise UsageError(f"broker URL {shown!r}: bad port") from None
     return BrokerAddress(
         parts.hostname, port, parts.scheme == "mqtts", unquote(parts.username or ""), unquote(parts.password or "")
     )
@@ -78,6 +93,11 @@ class LinkSettings:
     persistent: bool = False
     session_expiry_s: int = 0
     receive_maximum: int = 0  # MQTT 5; 0 = the broker's default
+
+    @property
+    def safe_url(self) -> str:
+        """The broker URL without its password, for logs and errors."""
+        return redact_url(self.url)
     will_topic: str = ""
     will_payload: bytes = b""
 
@@ -165,7 +185,7 @@ class MqttLink:
                     cert_reqs=ssl.CERT_REQUIRED,
                 )
             except (OSError, ssl.SSLError, ValueError) as exc:
-                raise UsageError(f"cannot load the TLS files for {settings.url}: {exc}") from exc
+                raise UsageError(f"cannot load the TLS files for {settings.safe_url}: {exc}") from exc
         if settings.will_topic:
             self._client.will_set(settings.will_topic, settings.will_payload, qos=1, retain=True)
         # Only the thread that runs the network loop may touch the socket (an SSL socket breaks
@@ -263,19 +283,19 @@ class MqttLink:
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=s.keepalive_s, **kwargs)  # type: ignore[arg-type]
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise TransportError(f"cannot connect to {s.url}: {exc}") from exc
+            raise TransportError(f"cannot connect to {s.safe_url}: {exc}") from exc
         deadline = time.monotonic() + timeout_s
         while self._connack is None:
             if time.monotonic() > deadline:
                 self._client.disconnect()
-                raise TransportError(f"no CONNACK from {s.url} within {timeout_s:g} s")
+                raise TransportError(f"no CONNACK from {s.safe_url} within {timeout_s:g} s")
             rc = self._client.loop(0.05)
             if rc != paho.MQTT_ERR_SUCCESS and self._connack is None:
-                raise TransportError(f"connection to {s.url} lost before CONNACK ({paho.error_string(rc)})")
+                raise TransportError(f"connection to {s.safe_url} lost before CONNACK ({paho.error_string(rc)})")
         ok, session_present, reason = self._connack
         if not ok:
             self._client.disconnect()
-            raise TransportError(f"{s.url} refused the connection: {reason}")
+            raise TransportError(f"{s.safe_url} refused the connection: {reason}")
         return session_present
 
     def run(self, stop: threading.Event) -> str:
@@ -402,4 +422,5 @@ __all__ = [
     "MqttLink",
     "Publication",
     "parse_broker_url",
+    "redact_url",
 ]

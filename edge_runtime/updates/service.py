@@ -203,10 +203,10 @@ class UpdateService:
     def _dispatch(self, item: tuple[str, Any]) -> None:
         kind, value = item
         if kind == "connected":
-            log.info("connected to %s (session %s)", self.link.settings.url, "resumed" if value else "new")
+            log.info("connected to %s (session %s)", self.link.settings.safe_url, "resumed" if value else "new")
             self.updater.on_connect(bool(value))
         elif kind == "disconnected":
-            log.warning("disconnected from %s: %s", self.link.settings.url, value)
+            log.warning("disconnected from %s: %s", self.link.settings.safe_url, value)
         elif kind == "message":
             with self._waiting_lock:
                 ref, payload = self._waiting.pop(value)

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from reliability.conftest import (
     Observer,
     Releases,
     infer_rows,
+    mosquitto_config,
     scale,
     wait_until,
 )
@@ -349,3 +350,57 @@ def test_unreadable_state_file_serves_the_factory_bundle(
     assert status == 200, body
     assert state_file.read_bytes() == BAD_STATES[kind], "the damaged file is left for the operator to see"
     assert daemon.stop() == 0
+
+
+# -- 6. the broker password is never logged or taken from argv -----------------------------------
+
+SECRET = "s3cret-Pa55"
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto that needs user ``op``/``dev`` with password :data:`SECRET`."""
+    b = Mosquitto(tmp_path / "pw-broker")
+    b.dir.mkdir(parents=True, exist_ok=True)
+    pw = b.dir / "passwd"
+    for user in ("op", "dev"):
+        flag = ["-c"] if user == "op" else []
+        subprocess.run(["mosquitto_passwd", *flag, "-b", str(pw), user, SECRET], check=True, capture_output=True)
+    pw.chmod(0o600)
+    b.config = mosquitto_config(b.port, ["allow_anonymous false", f"password_file {pw}"])
+    b.start()
+    yield b
+    b.stop()
+
+
+def test_broker_password_in_the_device_url_is_never_logged(
+    make_device: Callable[..., DeviceDir], password_broker: Mosquitto, holdout_x: np.ndarray
+) -> None:
+    dev = make_device()
+    dev.write_config(f"mqtt://dev:{SECRET}@127.0.0.1:{password_broker.port}")
+    daemon = dev.start()
+    assert daemon.wait_line("connected to mqtt://dev:***@127.0.0.1", timeout=30) is not None, daemon.log()
+    password_broker.stop()  # the disconnect and the failing reconnects are logged too
+    assert daemon.wait_line("disconnected from mqtt://dev:***@", timeout=30) is not None, daemon.log()
+    assert daemon.wait_line("broker unavailable", timeout=30) is not None, daemon.log()
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert SECRET not in daemon.log()
+
+
+def test_operator_password_comes_from_a_file_or_the_environment_never_argv(
+    password_broker: Mosquitto, tmp_path: Path
+) -> None:
+    base = ["fleet", "status", "--fleet", FLEET, "--username", "op", "--timeout", "5"]
+    url = f"mqtt://127.0.0.1:{password_broker.port}"
+    for argv in (["--broker", url, "--password", SECRET], ["--broker", f"mqtt://op:{SECRET}@127.0.0.1:{password_broker.port}"]):
+        out = _cli(*base, *argv)
+        assert out.returncode == 2 and "--password-file" in out.stderr and SECRET not in out.stderr, out.stderr
+    pw = tmp_path / "password"
+    pw.write_text(SECRET + "\n")
+    ok = _cli(*base, "--broker", url, "--password-file", pw)
+    assert ok.returncode == 0, ok.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
+    ok = _cli(*base, "--broker", url, env={**env, "EDGE_MQTT_PASSWORD": SECRET})
+    assert ok.returncode == 0, ok.stderr
+    wrong = _cli(*base, "--broker", url, env={**env, "EDGE_MQTT_PASSWORD": "wrong"})
+    assert wrong.returncode == 1 and "refused the connection" in wrong.stderr, wrong.stderr
