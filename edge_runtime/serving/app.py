@@ -309,8 +309,8 @@ class App:
 
     async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes | bytearray:
         limit = self.max_request_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"request body is {int(declared)} bytes, max_request_bytes is {limit}")
+        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            raise HTTPError(413, f"request body is {declared[:24].decode()} bytes, max_request_bytes is {limit}")
         msg = await receive()
         body: bytes | bytearray = msg.get("body", b"")
         if msg.get("more_body"):
@@ -455,8 +455,9 @@ def _model_target(target: str) -> tuple[str, int | None]:
     name, sep, rest = target.partition("/versions/")
     if not sep:
         return target, None
-    if not rest.isdigit() or "/" in name:
-        raise HTTPError(404, f"no such model version path: {target!r}")
+    # isdigit() alone accepts "²", which int() refuses; 5000 digits would exceed int()'s limit.
+    if not (rest.isascii() and rest.isdigit() and len(rest) <= 18) or "/" in name:
+        raise HTTPError(404, f"no such model version path: {target[:80]!r}")
     return name, int(rest)
 
 

@@ -139,7 +139,7 @@ class ModelStore:
             return []
         # Only canonical names ("7", not "007"): version_dir() must find what this lists.
         return sorted(
-            int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and p.name == str(int(p.name))
+            int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit() and len(p.name) <= 18 and p.name == str(int(p.name))
         )
 
     def factory_bundle(self, name: str) -> Path | None:

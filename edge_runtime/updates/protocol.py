@@ -163,7 +163,8 @@ class Topics:
 
 def _is_number(text: str) -> bool:
     # Canonical decimal only: "07" and "+7" would let one chunk have two topics.
-    return text.isdigit() and text == str(int(text)) and len(text) <= 12
+    # isdigit() alone accepts "²", which int() refuses: ASCII first, length before int().
+    return text.isascii() and text.isdigit() and len(text) <= 12 and text == str(int(text))
 
 
 def rollout_salt(name: str, version: int) -> str:

@@ -404,3 +404,24 @@ def test_operator_password_comes_from_a_file_or_the_environment_never_argv(
     assert ok.returncode == 0, ok.stderr
     wrong = _cli(*base, "--broker", url, env={**env, "EDGE_MQTT_PASSWORD": "wrong"})
     assert wrong.returncode == 1 and "refused the connection" in wrong.stderr, wrong.stderr
+
+
+# -- 7. odd version numbers in a path are 404, never 500 -----------------------------------------
+
+
+def test_superscript_and_5000_digit_versions_in_the_path_are_404(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray
+) -> None:
+    dev = make_device()
+    dev.write_config()
+    daemon = dev.start()
+    odd = ["%C2%B2", "%D9%A3", "1" * 5000, "0" * 30 + "1"]
+    for version in odd:
+        for method, suffix in (("GET", ""), ("GET", "/ready"), ("GET", "/stats"), ("GET", "/config"), ("POST", "/infer")):
+            status, body = request(daemon.port, method, f"/v2/models/fraud/versions/{version}{suffix}", b"{}")
+            assert status in (400, 404), (version[:20], suffix, status, body[:200])
+            assert len(body) < 1000
+    status, body = request(daemon.port, "POST", "/v2/models/fraud/infer", b"{}", {"Content-Length": "9" * 5000})
+    assert status in (400, 413), (status, body[:200])
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == [], daemon.log()
