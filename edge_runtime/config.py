@@ -16,6 +16,7 @@ from typing import Any
 from edge_runtime.exceptions import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
+MAX_TIMEOUT_S = 86400.0  # a day: every time limit is finite (asyncio and sockets refuse inf)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ServerConfig:
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
     max_header_bytes: int = 64 * 1024  # request line + headers of one request; more answers 400 and closes
     request_header_timeout_s: float = 10.0  # headers must be complete within this (from connect / first byte)
+    request_body_timeout_s: float = 30.0  # a body must be complete within this of the end of its headers
+    max_connections: int = 256  # open HTTP connections; more are answered 503 and closed (keep under LimitNOFILE)
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,11 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     if srv.max_request_bytes < 1024 or srv.swap_poll_ms < 1 or srv.drain_timeout_s < 0 or srv.keep_alive_s <= 0:
         raise ConfigError(
             "server: max_request_bytes must be >= 1024, swap_poll_ms >= 1, drain_timeout_s >= 0 and keep_alive_s > 0"
+        )
+    if srv.max_connections < 1 or not 0 < srv.request_body_timeout_s <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            "server: expected max_connections >= 1 and request_body_timeout_s in (0, "
+            f"{MAX_TIMEOUT_S:g}], found {srv.max_connections} and {srv.request_body_timeout_s}"
         )
     if srv.max_json_values < 1:
         raise ConfigError(f"server.max_json_values: expected an integer >= 1, found {srv.max_json_values}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -425,3 +426,71 @@ def test_superscript_and_5000_digit_versions_in_the_path_are_404(
     assert status in (400, 413), (status, body[:200])
     assert _serving(dev, daemon.port, holdout_x) == 1
     assert daemon.tracebacks() == [], daemon.log()
+
+
+# -- 8. trickled bodies time out; connections past the cap are refused at once ------------------
+
+
+def _read_status(s: socket.socket) -> int | None:
+    """The status of an answer already waiting on ``s`` (None: nothing yet; 0: closed without one)."""
+    try:
+        data = s.recv(4096)
+    except (BlockingIOError, TimeoutError):
+        return None
+    except OSError:
+        return 0
+    return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_trickled_bodies_time_out_and_connections_past_the_cap_get_503(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray, figures: Figures
+) -> None:
+    cap, timeout_s, clients = 16, 2.0, 48
+    dev = make_device()
+    dev.write_config(server_toml=f"max_connections = {cap}\nrequest_body_timeout_s = {timeout_s}\n")
+    daemon = dev.start()
+    head = b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    peak_before = _peak_rss(daemon)
+    socks: list[socket.socket] = []
+    statuses: dict[int, int] = {}
+    t0 = time.monotonic()
+    try:
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", daemon.port))
+            s.sendall(head)
+            socks.append(s)
+        for s in socks:
+            s.settimeout(0.05)
+        refused_at = time.monotonic()
+        # Trickle one byte per connection every 0.25 s until every connection has its answer.
+        while len(statuses) < clients and time.monotonic() - t0 < timeout_s * 10:
+            for i, s in enumerate(socks):
+                if i in statuses:
+                    continue
+                status = _read_status(s)
+                if status is not None:
+                    statuses[i] = status
+                    continue
+                try:
+                    s.send(b"0")
+                except OSError:
+                    statuses[i] = 0
+            if time.monotonic() - refused_at < 1.0:  # a full server still answers: with a clear 503
+                st, body = request(daemon.port, "GET", "/v2/health/ready")
+                assert st in (200, 503), st
+            time.sleep(0.25)
+        took = time.monotonic() - t0
+    finally:
+        for s in socks:
+            s.close()
+    counts = {st: list(statuses.values()).count(st) for st in set(statuses.values())}
+    assert len(statuses) == clients, statuses
+    assert counts.get(408, 0) >= cap - 2 and counts.get(503, 0) >= clients - cap - 2, counts
+    assert set(counts) <= {408, 503}, counts
+    assert took < timeout_s * 5
+    assert daemon.wait_line("max_connections is 16", timeout=5) is not None
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == []
+    figures.add(clients=clients, max_connections=cap, request_body_timeout_s=timeout_s, answers=counts,
+                all_answered_s=round(took, 2), peak_rss_before_mb=peak_before // MIB,
+                peak_rss_after_mb=_peak_rss(daemon) // MIB)
