@@ -494,3 +494,35 @@ def test_trickled_bodies_time_out_and_connections_past_the_cap_get_503(
     figures.add(clients=clients, max_connections=cap, request_body_timeout_s=timeout_s, answers=counts,
                 all_answered_s=round(took, 2), peak_rss_before_mb=peak_before // MIB,
                 peak_rss_after_mb=_peak_rss(daemon) // MIB)
+
+
+# -- 9. one device's malformed state does not stop `fleet status` --------------------------------
+
+
+def test_fleet_status_shows_malformed_device_states_as_bad_and_lists_the_rest(
+    make_device: Callable[..., DeviceDir], broker: Mosquitto
+) -> None:
+    dev = make_device(device_id="good-1")
+    dev.write_config(broker.url)
+    daemon = dev.start()  # (no observer: the test helper itself would choke on the bad states)
+    wait_until(lambda: _retained(broker, TOPICS.state("good-1")), 30, "the real device's state")
+    bad = {
+        "bad-models-list": b'{"models": [1]}',
+        "bad-failed-superscript": json.dumps({"models": {"fraud": {"active": 1, "failed": {"\u00b2": "x"}}}}).encode(),
+        "bad-not-json": b"\xff{",
+        "bad-huge-number": b'{"models": {"fraud": {"active": ' + b"9" * 5000 + b"}}}",
+        "bad-update-string": b'{"update": "x", "last_error": 7}',
+    }
+    _retain(broker, {TOPICS.state(d): payload for d, payload in bad.items()})
+    out = _cli("fleet", "status", "--fleet", FLEET, "--broker", broker.url)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    good = next(line for line in lines if line.startswith("good-1"))
+    assert "fraud v1" in good
+    for device in bad:
+        row = next(line for line in lines if line.startswith(device))
+        assert "BAD STATE" in row, row
+    assert f"{len(bad)} with a malformed state" in out.stdout
+    as_json = _cli("fleet", "status", "--fleet", FLEET, "--broker", broker.url, "--json")
+    assert as_json.returncode == 0 and len(json.loads(as_json.stdout)) == len(bad) + 1, as_json.stderr
+    assert daemon.alive
