@@ -9,10 +9,13 @@ the ``figures`` fixture (printed at the end of the run; docs/security.md quotes 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import socket
 import subprocess
+import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import tree_hash
 from serving.support import request
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
@@ -526,3 +530,74 @@ def test_fleet_status_shows_malformed_device_states_as_bad_and_lists_the_rest(
     as_json = _cli("fleet", "status", "--fleet", FLEET, "--broker", broker.url, "--json")
     assert as_json.returncode == 0 and len(json.loads(as_json.stdout)) == len(bad) + 1, as_json.stderr
     assert daemon.alive
+
+
+# -- 10. tar headers are capped before tarfile reads them ----------------------------------------
+
+PEAK_WRAPPER = (
+    "import resource, sys\n"
+    "from edge_runtime.cli import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
+def _install_measured(dev: DeviceDir, bundle: Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``edge-runtime models install`` in a subprocess; returns it and its peak RSS in bytes."""
+    out = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, "models", "install", str(bundle), "--config",
+                          str(dev.base / "config.toml")], capture_output=True, text=True, timeout=120, check=False)
+    line = next(x for x in out.stderr.splitlines() if x.startswith("peak_rss_kb"))
+    return out, int(line.split()[1]) * 1024
+
+
+def _pax_bomb(path: Path, claimed: int) -> Path:
+    """A tar whose first header is a pax header claiming ``claimed`` bytes (a sparse file on disk)."""
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = claimed
+    with open(path, "wb") as fh:
+        fh.write(header.tobuf(tarfile.USTAR_FORMAT))
+        fh.write(b"%d path=manifest.json\n" % 22)
+        fh.truncate(512 + claimed + 1024)
+    return path
+
+
+def _gnu_sparse_1_0(path: Path) -> Path:
+    info = tarfile.TarInfo("model.tflite")
+    data = b"not a sparse map\n" + bytes(495)
+    info.size = len(data)
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "model.tflite",
+                        "GNU.sparse.realsize": "4096"}
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["pax_header_300_mb", "gnu_sparse_1_0", "gnu_long_name_300_mb"])
+def test_hostile_tar_headers_are_refused_before_tarfile_reads_them(
+    make_device: Callable[..., DeviceDir], tmp_path: Path, figures: Figures, kind: str
+) -> None:
+    dev = make_device()
+    dev.write_config()
+    before = tree_hash(dev.store_path)
+    if kind == "pax_header_300_mb":
+        bundle = _pax_bomb(tmp_path / "bomb.bundle", 300 * MIB)
+    elif kind == "gnu_long_name_300_mb":
+        bundle = _pax_bomb(tmp_path / "longname.bundle", 300 * MIB)
+        with open(bundle, "r+b") as fh:  # the same header as a GNU long-name header ('L')
+            block = bytearray(fh.read(512))
+            block[156:157] = tarfile.GNUTYPE_LONGNAME
+            block[148:156] = b"        "
+            block[148:155] = b"%06o\0" % sum(block)
+            fh.seek(0)
+            fh.write(block)
+    else:
+        bundle = _gnu_sparse_1_0(tmp_path / "sparse.bundle")
+    out, peak = _install_measured(dev, bundle)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and ("header of" in out.stderr or "sparse" in out.stderr or "tar" in out.stderr)
+    assert peak < 200 * MIB, peak
+    assert tree_hash(dev.store_path) == before
+    figures.add(kind=kind, file_bytes=bundle.stat().st_size, cli_peak_rss_mb=peak // MIB,
+                reason=out.stderr.strip().splitlines()[0][:120])
