@@ -337,8 +337,19 @@ class ModelStore:
 
     # -- activation and rollback ------------------------------------------------------
 
-    def activate(self, name: str, version: int, selftest: Callable[[Resolved], None] | None = None) -> ModelState:
-        """Make ``version`` active after verifying it (and running ``selftest`` if given)."""
+    def activate(
+        self,
+        name: str,
+        version: int,
+        selftest: Callable[[Resolved], None] | None = None,
+        *,
+        only_if_newer: bool = False,
+    ) -> ModelState:
+        """Make ``version`` active after verifying it (and running ``selftest`` if given).
+
+        ``only_if_newer`` (a fresh install): leave a newer active version alone, decided under
+        the store lock, so two concurrent installs always end with the newer one active.
+        """
         resolved = self.resolved_version(name, version)
         if selftest is not None:
             try:
@@ -349,6 +360,10 @@ class ModelStore:
         with self.lock():
             state = self.state(name)
             previous = state.active
+            if only_if_newer and previous is not None and previous > version and not state.serving_factory:
+                log.info("%s v%d not activated: v%d is already active", name, version, previous,
+                         extra={"model": name, "version": version})
+                return state
             if (
                 previous is not None
                 and previous != version

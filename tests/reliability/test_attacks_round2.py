@@ -8,10 +8,12 @@ the ``figures`` fixture (printed at the end of the run; docs/security.md quotes 
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -601,3 +603,58 @@ def test_hostile_tar_headers_are_refused_before_tarfile_reads_them(
     assert tree_hash(dev.store_path) == before
     figures.add(kind=kind, file_bytes=bundle.stat().st_size, cli_peak_rss_mb=peak // MIB,
                 reason=out.stderr.strip().splitlines()[0][:120])
+
+
+# -- 11. concurrent installs end with the newer version active -----------------------------------
+
+
+def _lock_free(dev: DeviceDir) -> bool:
+    fd = os.open(dev.store_path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing releases the lock
+    return True
+
+
+def _installed_and_unlocked(dev: DeviceDir, version: int) -> bool:
+    try:
+        installed = dev.store().state("fraud").highest_seen >= version
+    except Exception:  # noqa: BLE001 - a state file being replaced: look again
+        return False
+    return installed and _lock_free(dev)
+
+
+def test_concurrent_installs_leave_the_newer_version_active(
+    make_device: Callable[..., DeviceDir], releases: Releases, holdout_x: np.ndarray
+) -> None:
+    dev = make_device()
+    config = dev.write_config()
+    daemon = dev.start()
+    raced = 0
+    for older in range(2, 14, 2):
+        newer = older + 1
+        # The older install is frozen (SIGSTOP) between its install and its activation, the
+        # newer one installs and activates, then the older one goes on: the worst interleaving.
+        slow = subprocess.Popen([str(EDGE), "models", "install", str(releases.bundle(older)), "--config", str(config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while slow.poll() is None and not _installed_and_unlocked(dev, older):
+            time.sleep(0.0005)
+        slow.send_signal(signal.SIGSTOP)
+        if not _lock_free(dev):  # stopped inside the lock (its activation): let it finish first
+            slow.send_signal(signal.SIGCONT)
+            slow.wait(120)
+        caught = slow.poll() is None and dev.store().state("fraud").active != older
+        fast = _cli("models", "install", releases.bundle(newer), "--config", config)
+        slow.send_signal(signal.SIGCONT)
+        _, slow_err = slow.communicate(timeout=120)
+        assert fast.returncode == 0 and slow.returncode == 0, (fast.stderr, slow_err)
+        assert dev.store().state("fraud").active == newer, slow_err
+        wait_until(lambda n=newer: _serving(dev, daemon.port, holdout_x) == n, 60, f"the daemon serving v{newer}")
+        raced += caught
+        if raced >= 2:
+            break
+    assert raced >= 1, "the older install was never caught between its install and its activation"
+    assert daemon.tracebacks() == []
