@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -28,53 +27,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_runtime.exceptions import TransportError, UsageError
+from edge_runtime.updates.broker_url import BrokerAddress, parse_broker_url, redact_url
 
 log = logging.getLogger("edge_runtime.updates.mqtt")
 
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker is: ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str = ""
-    password: str = ""
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (``mqtt://user:***@host``): the form every log line and
-    error message uses."""
-    try:
-        parts = urlsplit(url)
-        userinfo, at, host = parts.netloc.rpartition("@")
-    except ValueError:
-        return "<unparsable broker URL>"
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse a broker URL; user and password may be given as ``mqtt://user:pass@host``."""
-    shown = redact_url(url)
-    parts = urlsplit(url)
-    if parts.scheme not in DEFAULT_PORTS:
-        raise UsageError(f"broker URL {shown!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-    if not parts.hostname:
-        raise UsageError(f"broker URL {shown!r} has no host")
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError:
-        raise UsageError(f"broker URL {shown!r}: bad port") from None
-    return BrokerAddress(
-        parts.hostname, port, parts.scheme == "mqtts", unquote(parts.username or ""), unquote(parts.password or "")
-    )
 
 
 @dataclass(frozen=True)

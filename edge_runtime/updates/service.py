@@ -21,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.config import Config, MqttConfig
-from edge_runtime.exceptions import ConfigError, EdgeRuntimeError, TransportError
+from edge_runtime.config import Config, check_mqtt_config
+from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore, Resolved
-from edge_runtime.updates.mqtt import PROTOCOLS, Backoff, LinkSettings, Message, MqttLink, parse_broker_url
+from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
@@ -34,39 +34,6 @@ from edge_runtime.updates.updater import Updater, UpdaterSettings
 log = logging.getLogger("edge_runtime.updates")
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
-
-
-def check_mqtt_config(m: MqttConfig) -> None:
-    """Raise ConfigError naming the first ``[mqtt]`` key with a bad value."""
-    try:
-        parse_broker_url(m.url)
-    except EdgeRuntimeError as exc:
-        raise ConfigError(f"mqtt.url: {exc}") from exc
-    if m.protocol not in PROTOCOLS:
-        raise ConfigError(f"mqtt.protocol: expected one of {sorted(PROTOCOLS)}, found {m.protocol!r}")
-    if m.trusted_clock not in ("auto", "yes", "no"):
-        raise ConfigError(f"mqtt.trusted_clock: expected 'auto', 'yes' or 'no', found {m.trusted_clock!r}")
-    positive = {
-        "keepalive_s": m.keepalive_s,
-        "download_stall_s": m.download_stall_s,
-        "download_window_chunks": m.download_window_chunks,
-        "max_download_bytes": m.max_download_bytes,
-        "max_event_queue": m.max_event_queue,
-        "connect_timeout_s": m.connect_timeout_s,
-        "activation_timeout_s": m.activation_timeout_s,
-        "receive_maximum": m.receive_maximum,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"mqtt.{key}: expected a value > 0, found {value}")
-    if m.receive_maximum > 65535:
-        raise ConfigError(f"mqtt.receive_maximum: expected 1 to 65535, found {m.receive_maximum}")
-    if m.reconnect_min_s < 0 or m.reconnect_max_s < m.reconnect_min_s:
-        raise ConfigError("mqtt.reconnect_min_s must be >= 0 and reconnect_max_s >= reconnect_min_s")
-    if m.max_download_bytes_per_s < 0 or m.session_expiry_s < 0:
-        raise ConfigError("mqtt.max_download_bytes_per_s and mqtt.session_expiry_s must be >= 0")
-    if bool(m.cert_file) != bool(m.key_file):
-        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (TLS client authentication)")
 
 
 def clock_is_trusted(setting: str) -> bool:

@@ -658,3 +658,48 @@ def test_concurrent_installs_leave_the_newer_version_active(
             break
     assert raced >= 1, "the older install was never caught between its install and its activation"
     assert daemon.tracebacks() == []
+
+
+# -- 12. every configuration value is checked before the daemon starts (and on SIGHUP) -----------
+
+BAD_CONFIGS = {
+    "keep_alive_s_inf": ("server_toml", "keep_alive_s = inf", "server.keep_alive_s"),
+    "request_header_timeout_s_inf": ("server_toml", "request_header_timeout_s = inf", "server.request_header_timeout_s"),
+    "request_body_timeout_s_nan": ("server_toml", "request_body_timeout_s = nan", "server.request_body_timeout_s"),
+    "max_request_bytes_huge": ("server_toml", "max_request_bytes = 9223372036854775807000", "max_request_bytes"),
+    "logging_level_verbose": ("extra", '[logging]\nlevel = "verbose"', "logging.level"),
+    "traffic_superscript": ("extra", '[models.fraud]\ntraffic = {"\u00b2" = 5}', "models.fraud.traffic"),
+    "activation_timeout_s_nan": ("extra_mqtt", "activation_timeout_s = nan", "mqtt.activation_timeout_s"),
+    "mqtt_url_http": ("extra_mqtt", 'url = "http://127.0.0.1:1"', "mqtt.url"),
+    "mqtt_protocol_4": ("extra_mqtt", 'protocol = "4"', "mqtt.protocol"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_CONFIGS))
+def test_bad_config_value_stops_start_up_naming_the_key(make_device: Callable[..., DeviceDir], kind: str) -> None:
+    dev = make_device()
+    where, text, key = BAD_CONFIGS[kind]
+    if where == "server_toml":
+        config = dev.write_config(server_toml=text)
+    elif where == "extra_mqtt":
+        config = dev.write_config(models_toml=f'[mqtt]\nfleet = "f"\n{text}\n')
+    else:
+        config = dev.write_config(models_toml=text + "\n")
+    out = _cli("serve", "--config", config, timeout=60)
+    assert out.returncode == 2, (out.returncode, out.stderr[-500:])
+    assert key in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_sighup_with_a_bad_mqtt_table_keeps_the_running_config(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray
+) -> None:
+    dev = make_device()
+    config = dev.write_config()
+    daemon = dev.start()
+    config.write_text(config.read_text() + '[mqtt]\nurl = "http://nowhere"\nfleet = "f"\n')
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert daemon.wait_line("config not reloaded", timeout=30) is not None, daemon.log()
+    assert "mqtt.url" in daemon.log()
+    assert _serving(dev, daemon.port, holdout_x) == 1
+    assert daemon.tracebacks() == []
