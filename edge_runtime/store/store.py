@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.atomic import fsync_dir
+from edge_runtime.atomic import current_umask, fsync_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
@@ -80,7 +80,7 @@ class ModelStore:
     # -- paths and locking -------------------------------------------------------------
 
     def _model_dir(self, name: str) -> Path:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise NotFoundError(f"invalid model name {name!r}")
         return self.path / name
 
@@ -153,7 +153,7 @@ class ModelStore:
         """Every model name in the store or the factory directory."""
         names: set[str] = set()
         if self.path.is_dir():
-            names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+            names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
         if self.factory is not None and self.factory.is_dir():
             names |= {p.name[: -len(FACTORY_SUFFIX)] for p in self.factory.glob(f"*{FACTORY_SUFFIX}")}
         return sorted(names)
@@ -271,7 +271,7 @@ class ModelStore:
                     bundle.copy_artifact(art, fh)
                     fh.flush()
                     os.fsync(fh.fileno())
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700; the umask decides, as for files
             fsync_dir(tmp)
             if target.exists():  # repairing a quarantined copy of the same bytes
                 trash = parent / f".trash-{target.name}"
@@ -301,7 +301,7 @@ class ModelStore:
             return removed
         with self.lock():
             for d in sorted(self.path.iterdir()):
-                if not d.is_dir() or not NAME_RE.match(d.name):
+                if not d.is_dir() or not NAME_RE.fullmatch(d.name):
                     continue
                 for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
                     shutil.rmtree(p, ignore_errors=True)

@@ -149,7 +149,7 @@ def _parse_expires(value: Any, what: str) -> _dt.datetime:
 
 
 def _parse_target(name: Any, entry: Any, what: str) -> ModelTarget:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UpdateMessageError(f"{what}: model name {echo(name)} must match {NAME_RE.pattern}")
     where = f"{what} model {name!r}"
     if not isinstance(entry, dict) or not set(entry) <= {"version", "rollout"}:

@@ -703,3 +703,57 @@ def test_sighup_with_a_bad_mqtt_table_keeps_the_running_config(
     assert "mqtt.url" in daemon.log()
     assert _serving(dev, daemon.port, holdout_x) == 1
     assert daemon.tracebacks() == []
+
+
+# -- 13. names, roots and file modes -------------------------------------------------------------
+
+
+def test_names_and_ids_with_a_trailing_newline_are_refused(
+    make_device: Callable[..., DeviceDir], releases: Releases, broker: Mosquitto, keys: Any
+) -> None:
+    dev = make_device()
+    config = dev.write_config()
+    for argv in (["models", "activate", "fraud\n", "1"], ["models", "rollback", "fraud\n"]):
+        out = _cli(*argv, "--config", config)
+        assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr
+    assert sorted(p.name for p in dev.store_path.iterdir() if not p.name.startswith(".")) == ["fraud"]
+    for option in ("--device", "--fleet"):
+        args = {"--fleet": FLEET, "--device": None}
+        args[option] = "pi-1\n"
+        extra = [a for k, v in args.items() if v is not None for a in (k, v)]
+        out = _cli("fleet", "publish", releases.bundle(2), "--broker", broker.url, "--sign-key", keys.key_path, *extra)
+        assert out.returncode == 2 and "must match" in out.stderr, out.stderr
+
+
+def _root_variants(keys: Any) -> dict[str, bytes]:
+    stranger_signed = make_root(1, [keys.stranger], [keys.stranger])
+    real = json.loads(keys.root_bytes)
+    forged = canonical_json({"signed": stranger_signed, "signatures": real["signatures"]})
+    # "signed" twice: a parser that keeps the first sees the stranger's root, one that keeps
+    # the last sees the real one the signatures are for.
+    twice = forged[:-1] + b',"signed":' + canonical_json(real["signed"]) + b"}"
+    small = make_root(1, [keys.key], [keys.key])
+    weak_id = "00" * 8
+    small["keys"][weak_id] = {"keytype": "ed25519", "public": "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"}
+    return {"signed_twice": twice, "small_order_key": sign_root(small, [keys.key])}
+
+
+@pytest.mark.parametrize("kind", ["signed_twice", "small_order_key"])
+def test_hostile_trust_roots_are_refused(releases: Releases, keys: Any, tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "root.json"
+    root.write_bytes(_root_variants(keys)[kind])
+    out = _cli("bundle", "verify", releases.bundle(1), "--root", root)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert ("twice" if kind == "signed_twice" else "small order") in out.stderr, out.stderr
+
+
+def test_store_files_follow_the_umask(make_device: Callable[..., DeviceDir], releases: Releases) -> None:
+    dev = make_device()
+    config = dev.write_config()
+    out = subprocess.run([str(EDGE), "models", "install", str(releases.bundle(2)), "--config", str(config)],
+                         capture_output=True, text=True, timeout=120, check=False, preexec_fn=lambda: os.umask(0o077))
+    assert out.returncode == 0, out.stderr
+    state = dev.store_path / "fraud" / "state.json"
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert (dev.store_path / "fraud" / "2").stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (dev.store_path / "fraud" / "2").iterdir())
