@@ -272,6 +272,8 @@ class Daemon:
         problems = self.manager.problems()
         if problems:
             text += "; not serving: " + "; ".join(f"{n}: {p}" for n, p in sorted(problems.items()))
+        if self.store.write_fault:
+            text += f"; {self.store.write_fault}"
         return text
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> Any:

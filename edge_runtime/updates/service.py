@@ -149,6 +149,9 @@ class UpdateService:
         try:
             self.store.root = load_trust_root(self.store.root, self.settings.state_dir)
             self.updater.load()
+        except OSError as exc:  # e.g. a read-only or full store: reported, not a traceback
+            self.store.write_fault = f"cannot load or create the update state: {exc.strerror or exc}"
+            log.error("update state could not be loaded (%s); starting without it", exc)
         except Exception:  # the updater must never take the daemon down
             log.exception("update state could not be loaded; starting without it")
         self.loaded.set()

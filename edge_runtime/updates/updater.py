@@ -615,6 +615,7 @@ class Updater:
             "models": models_summary(self.store),
             "update": job_summary(self._job),
             "last_error": self.last_error,
+            "store_fault": self.store.write_fault,
         }
 
     def publish_state(self) -> None:

@@ -296,15 +296,18 @@ def _serves_and_reports(dev: DeviceDir, daemon: Daemon, x: np.ndarray, version: 
 
 
 def test_read_only_store_still_serves_the_verified_version(
-    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray
+    make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, holdout_x: np.ndarray
 ) -> None:
     dev = make_device()
-    dev.write_config()
+    dev.write_config(broker.url)
     _mount(["--bind", str(dev.store_path), str(dev.store_path)], "a bind mount")
     try:
         _mount(["-o", "remount,ro,bind", str(dev.store_path)], "a read-only bind mount")
         daemon = dev.start()
         _serves_and_reports(dev, daemon, holdout_x, 1, "cannot record serving v1 of fraud")
+        # The fault is reported in the device's retained state, too.
+        state = wait_until(lambda: (s := observer.state(dev.device_id)).get("store_fault") and s, 30, "store_fault")
+        assert "Read-only file system" in state["store_fault"], state
         assert daemon.stop() == 0
     finally:
         _umount(dev.store_path)
