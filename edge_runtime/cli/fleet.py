@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import signal
 import sys
@@ -36,6 +37,7 @@ from edge_runtime.updates.mqtt import redact_url
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
 
+log = logging.getLogger("edge_runtime.fleet")
 PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 
 
@@ -122,6 +124,8 @@ def register(sub: Any) -> None:
     st.set_defaults(func=cmd_status)
     pr = fs.add_parser("prune", parents=parents, help="clear retained chunks of releases no device wants any more")
     pr.add_argument("--dry-run", action="store_true", help="list what would be cleared")
+    pr.add_argument("--root", type=Path, default=None, help="count only desired states that verify against this root")
+    pr.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
     pr.set_defaults(func=cmd_prune)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
@@ -268,8 +272,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Clear releases no desired state wants any more."""
+    root = _fleet_root(args)
+    if root is None:
+        log.warning("without --root or --config the retained desired states are not verified: "
+                    "a forged one can make prune clear a release devices still need")
     with _session(args) as session:
-        pruned = prune_releases(session, dry_run=args.dry_run)
+        pruned = prune_releases(session, dry_run=args.dry_run, root=root)
     verb = "would clear" if args.dry_run else "cleared"
     for p in pruned:
         print(f"{verb} {p.name} v{p.version}: {p.topics} retained topics")

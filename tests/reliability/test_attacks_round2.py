@@ -762,3 +762,19 @@ def test_store_files_follow_the_umask(make_device: Callable[..., DeviceDir], rel
     assert state.stat().st_mode & 0o777 == 0o600
     assert (dev.store_path / "fraud" / "2").stat().st_mode & 0o777 == 0o700
     assert all(p.stat().st_mode & 0o077 == 0 for p in (dev.store_path / "fraud" / "2").iterdir())
+
+
+def test_prune_ignores_a_forged_desired_state_naming_a_higher_version(
+    broker: Mosquitto, releases: Releases, keys: Any
+) -> None:
+    for v in (1, 2):
+        out = _cli("fleet", "publish", releases.bundle(v), "--fleet", FLEET, "--broker", broker.url,
+                   "--sign-key", keys.key_path, "--root", keys.root_path)
+        assert out.returncode == 0, out.stderr
+    _retain(broker, {TOPICS.desired: _unsigned_desired(7, {"fraud": {"version": 99}})})
+    out = _cli("fleet", "prune", "--fleet", FLEET, "--broker", broker.url, "--root", keys.root_path)
+    assert out.returncode == 0 and "nothing to prune" in out.stdout, out.stdout + out.stderr
+    assert "does not verify" in out.stderr
+    assert _retained(broker, TOPICS.manifest("fraud", 2)) and _retained(broker, TOPICS.manifest("fraud", 1))
+    unverified = _cli("fleet", "prune", "--fleet", FLEET, "--broker", broker.url, "--dry-run")
+    assert "not verified" in unverified.stderr
