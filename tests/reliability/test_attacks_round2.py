@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -778,3 +779,46 @@ def test_prune_ignores_a_forged_desired_state_naming_a_higher_version(
     assert _retained(broker, TOPICS.manifest("fraud", 2)) and _retained(broker, TOPICS.manifest("fraud", 1))
     unverified = _cli("fleet", "prune", "--fleet", FLEET, "--broker", broker.url, "--dry-run")
     assert "not verified" in unverified.stderr
+
+
+def test_trickling_clients_under_a_256_descriptor_limit_never_exhaust_descriptors(
+    make_device: Callable[..., DeviceDir], holdout_x: np.ndarray, figures: Figures
+) -> None:
+    """The issue's case: 239 trickling connections against `ulimit -n 256` (the default cap of
+    256 connections is lowered to fit, so new connections get a 503, never a reset or EMFILE)."""
+    import resource
+
+    dev = make_device()
+    config = dev.write_config(server_toml="request_body_timeout_s = 3.0\n")
+    proc = subprocess.Popen([str(EDGE), "serve", "--config", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    socks: list[socket.socket] = []
+    try:
+        port = int(wait_until(lambda: next((x.rsplit(":", 1)[1] for x in list(lines) if "listening on http://" in x), None),
+                              60, "the listening line"))
+        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 60, "ready")
+        head = b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+        for _ in range(239):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(head)
+            socks.append(s)
+        # A new client while the trickling ones hold their connections: refused clearly, not reset.
+        status, body = request(port, "GET", "/v2/health/ready")
+        assert status == 503 and b"max_connections" in body, (status, body)
+        for s in socks:
+            s.close()
+        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 30, "ready again")
+        assert _serving(dev, port, holdout_x) == 1
+        log = "".join(lines)
+        assert "does not fit the open-file limit 256: using 192" in log, log
+        assert "Too many open files" not in log and "Traceback" not in log, log
+        figures.add(nofile=256, trickling=239, effective_max_connections=192, refused_new_client=status)
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(30)
