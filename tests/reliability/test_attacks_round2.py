@@ -50,6 +50,7 @@ from reliability.conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.integration
 TOPICS = Topics("edge", FLEET)
 HUGE = 10**4300 - 2  # one digit short of Python's int-from-text limit: 4300 digits
 
