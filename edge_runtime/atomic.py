@@ -24,16 +24,34 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (Linux ``/proc/self/status``); setting and
+    restoring it instead would race with other threads creating files."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 @contextlib.contextmanager
-def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a file object; on clean exit the data replaces ``path`` atomically."""
+def atomic_writer(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """Yield a file object; on clean exit the data replaces ``path`` atomically.
+
+    ``mode`` is masked by the process umask, as ``open()`` does: under the unit's
+    ``UMask=0077`` the store's files are the service's alone.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
-            os.fchmod(fh.fileno(), mode)
+            os.fchmod(fh.fileno(), mode & ~current_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -43,7 +61,7 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Atomically replace ``path`` with ``data``."""
+def write_bytes_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Atomically replace ``path`` with ``data`` (``mode`` masked by the umask)."""
     with atomic_writer(path, mode) as fh:
         fh.write(data)

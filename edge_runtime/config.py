@@ -6,6 +6,7 @@ Every size, count and time field carries its unit in its name. See docs/configur
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -13,9 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.exceptions import ConfigError
+from edge_runtime.exceptions import ConfigError, UsageError
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
+MAX_TIMEOUT_S = 86400.0  # a day: every time limit is finite (asyncio and sockets refuse inf)
+MAX_INT = 2**63 - 1
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -42,11 +46,16 @@ class ServerConfig:
     port: int = 8000
     grpc_port: int = 0  # KServe v2 gRPC with the grpc extra: 0 = off, -1 = any free port (logged)
     max_request_bytes: int = 64 * 1024 * 1024  # larger bodies answer 413
+    # Numbers a JSON infer body may hold (a model without a batch dimension: its own input size);
+    # counted before the body is parsed, more answers 413. Each costs ~32 bytes once parsed.
+    max_json_values: int = 1024 * 1024
     swap_poll_ms: int = 500  # how often the daemon looks at the store for a new active version
     drain_timeout_s: float = 10.0  # SIGTERM and hot swap: how long in-flight requests may take to finish
     keep_alive_s: float = 5.0  # idle keep-alive connections are closed after this
     max_header_bytes: int = 64 * 1024  # request line + headers of one request; more answers 400 and closes
     request_header_timeout_s: float = 10.0  # headers must be complete within this (from connect / first byte)
+    request_body_timeout_s: float = 30.0  # a body must be complete within this of the end of its headers
+    max_connections: int = 256  # open HTTP connections; more are answered 503 and closed (keep under LimitNOFILE)
 
 
 @dataclass(frozen=True)
@@ -155,9 +164,13 @@ def _check(value: Any, tp: Any, where: str) -> Any:
         return {str(k): _check(v, item, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or abs(value) > MAX_TIMEOUT_S and where.endswith("_s"):
+                raise ConfigError(f"{where}: expected a finite number (at most {MAX_TIMEOUT_S:g} s for a time), found {value!r}")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_INT:
+                raise ConfigError(f"{where}: expected a 64-bit integer, found one of {len(str(abs(value)))} digits")
             return value
     elif isinstance(value, tp):
         return value
@@ -188,7 +201,7 @@ def _validate_model(name: str, m: ModelConfig) -> None:
     if m.num_versions < 1:
         raise ConfigError(f"{where}.num_versions: must be >= 1")
     for v, w in m.traffic.items():
-        if not v.isdigit() or w < 0:
+        if not (v.isascii() and v.isdigit() and len(v) <= 18) or w < 0:
             raise ConfigError(f"{where}.traffic: keys must be version numbers and weights >= 0, found {v!r} = {w}")
     if m.traffic and sum(m.traffic.values()) <= 0:
         raise ConfigError(f"{where}.traffic: weights must not all be 0")
@@ -198,6 +211,47 @@ def _validate_model(name: str, m: ModelConfig) -> None:
         raise ConfigError(f"{where}: inline_max_us, idle_inline_max_us and shadow must be >= 0")
     if any(b < 1 or (m.max_batch_size and b > m.max_batch_size) for b in m.preferred_batch_sizes):
         raise ConfigError(f"{where}.preferred_batch_sizes: each must be in [1, max_batch_size]")
+
+
+MQTT_PROTOCOLS = ("5", "3.1.1")
+
+
+def check_mqtt_config(m: MqttConfig) -> None:
+    """Raise ConfigError naming the first ``[mqtt]`` key with a bad value (run by
+    :func:`parse_config`, so a bad ``[mqtt]`` stops start-up and a SIGHUP reload alike)."""
+    from edge_runtime.updates.broker_url import parse_broker_url  # pure; no paho-mqtt
+
+    try:
+        parse_broker_url(m.url)
+    except UsageError as exc:
+        raise ConfigError(f"mqtt.url: {exc}") from exc
+    if m.protocol not in MQTT_PROTOCOLS:
+        raise ConfigError(f"mqtt.protocol: expected one of {sorted(MQTT_PROTOCOLS)}, found {m.protocol!r}")
+    if m.trusted_clock not in ("auto", "yes", "no"):
+        raise ConfigError(f"mqtt.trusted_clock: expected 'auto', 'yes' or 'no', found {m.trusted_clock!r}")
+    positive = {
+        "keepalive_s": m.keepalive_s,
+        "download_stall_s": m.download_stall_s,
+        "download_window_chunks": m.download_window_chunks,
+        "max_download_bytes": m.max_download_bytes,
+        "max_event_queue": m.max_event_queue,
+        "connect_timeout_s": m.connect_timeout_s,
+        "activation_timeout_s": m.activation_timeout_s,
+        "receive_maximum": m.receive_maximum,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"mqtt.{key}: expected a value > 0, found {value}")
+    if m.receive_maximum > 65535:
+        raise ConfigError(f"mqtt.receive_maximum: expected 1 to 65535, found {m.receive_maximum}")
+    if m.keepalive_s > 65535:
+        raise ConfigError(f"mqtt.keepalive_s: expected 1 to 65535, found {m.keepalive_s}")
+    if m.reconnect_min_s < 0 or m.reconnect_max_s < m.reconnect_min_s:
+        raise ConfigError("mqtt.reconnect_min_s must be >= 0 and reconnect_max_s >= reconnect_min_s")
+    if m.max_download_bytes_per_s < 0 or not 0 <= m.session_expiry_s <= 2**32 - 1:
+        raise ConfigError("mqtt.max_download_bytes_per_s must be >= 0 and mqtt.session_expiry_s in [0, 2^32-1]")
+    if bool(m.cert_file) != bool(m.key_file):
+        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (TLS client authentication)")
 
 
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
@@ -224,6 +278,10 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     )
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError(f"logging.format: expected 'text' or 'json', found {cfg.logging.format!r}")
+    if cfg.logging.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"logging.level: expected one of {', '.join(LOG_LEVELS)}, found {cfg.logging.level!r}")
+    if cfg.mqtt is not None:
+        check_mqtt_config(cfg.mqtt)
     if cfg.store.max_bundle_bytes < 1:
         raise ConfigError(f"store.max_bundle_bytes: expected an integer >= 1, found {cfg.store.max_bundle_bytes}")
     if not 0 <= cfg.server.port <= 65535 or not -1 <= cfg.server.grpc_port <= 65535:
@@ -233,6 +291,13 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         raise ConfigError(
             "server: max_request_bytes must be >= 1024, swap_poll_ms >= 1, drain_timeout_s >= 0 and keep_alive_s > 0"
         )
+    if srv.max_connections < 1 or not 0 < srv.request_body_timeout_s <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            "server: expected max_connections >= 1 and request_body_timeout_s in (0, "
+            f"{MAX_TIMEOUT_S:g}], found {srv.max_connections} and {srv.request_body_timeout_s}"
+        )
+    if srv.max_json_values < 1:
+        raise ConfigError(f"server.max_json_values: expected an integer >= 1, found {srv.max_json_values}")
     if srv.max_header_bytes < 1024 or not srv.request_header_timeout_s > 0:
         raise ConfigError(
             "server: expected max_header_bytes >= 1024 and request_header_timeout_s > 0, found "

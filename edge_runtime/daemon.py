@@ -82,6 +82,22 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+FD_RESERVE = 64  # descriptors kept for model files, MQTT, logs and the store beside HTTP connections
+
+
+def connection_cap(max_connections: int) -> int:
+    """``max_connections``, lowered to leave :data:`FD_RESERVE` descriptors under RLIMIT_NOFILE."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_connections + FD_RESERVE <= soft:
+        return max_connections
+    cap = max(1, soft - FD_RESERVE)
+    log.warning("[server] max_connections %d does not fit the open-file limit %d: using %d "
+                "(raise LimitNOFILE)", max_connections, soft, cap)
+    return cap
+
+
 def _uvicorn_server(app: App, cfg: Config) -> Any:
     import uvicorn
 
@@ -97,7 +113,8 @@ def _uvicorn_server(app: App, cfg: Config) -> Any:
 
     config = uvicorn.Config(
         app,
-        http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s),
+        http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s,
+                           cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections)),
         lifespan="off",
         access_log=False,
         log_config=None,
@@ -156,7 +173,7 @@ class Daemon:
             log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
             return
         for key in ("host", "port", "grpc_port", "max_request_bytes", "max_header_bytes", "request_header_timeout_s",
-                    "keep_alive_s"):
+                    "keep_alive_s", "max_json_values", "request_body_timeout_s", "max_connections"):
             if getattr(cfg.server, key) != getattr(self.cfg.server, key):
                 log.warning("SIGHUP: [server] %s changed; it takes effect after a restart", key)
         self.cfg = cfg
@@ -180,7 +197,8 @@ class Daemon:
         sock = sock or bind_socket(self.cfg.server.host, self.cfg.server.port)
         self.address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
         self.manager = manager = ModelManager(self.store, self.cfg, self.metrics, loop, self._serving_changed)
-        app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes)
+        app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes,
+                  max_json_values=self.cfg.server.max_json_values)
         server = _uvicorn_server(app, self.cfg)
         server_task = loop.create_task(server.serve(sockets=[sock]), name="edge-http")
         while not server.started:
@@ -256,6 +274,8 @@ class Daemon:
         problems = self.manager.problems()
         if problems:
             text += "; not serving: " + "; ".join(f"{n}: {p}" for n, p in sorted(problems.items()))
+        if self.store.write_fault:
+            text += f"; {self.store.write_fault}"
         return text
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> Any:

@@ -30,6 +30,9 @@ from edge_runtime.trust.root import TrustRoot, parse_signatures, verify_signed
 
 DEFAULT_MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 8
+# pax and GNU long-name headers are read whole by tarfile: cap them before it sees them.
+MAX_EXTENDED_HEADER_BYTES = 64 * 1024
+_EXTENDED_HEADERS = {b"x": "pax", b"g": "pax global", b"L": "GNU long name", b"K": "GNU long link name"}
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,41 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise BundleError(f"bundle member {name!r} is not a regular file")
     if "/" in name:
         raise BundleError(f"bundle member {name!r} is in a subdirectory; bundles are flat")
+
+
+def _header_size(field: bytes) -> int | None:
+    if field[:1] and field[0] & 0x80:  # GNU base-256
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        return None  # not a tar header: tarfile says so in its own words
+
+
+def check_tar_headers(fh: BinaryIO) -> None:
+    """Walk the raw 512-byte tar headers before :mod:`tarfile` parses them: an extended header
+    (pax, GNU long name) over :data:`MAX_EXTENDED_HEADER_BYTES`, a GNU sparse member or more
+    headers than a bundle can have is refused without reading the data behind it."""
+    offset = 0
+    for _ in range(2 * MAX_MEMBERS + 2):  # each member may carry one extended header
+        fh.seek(offset)
+        block = fh.read(512)
+        if len(block) < 512 or block == bytes(512):
+            return  # the end (tarfile reports a truncated archive itself)
+        size = _header_size(block[124:136])
+        if size is None:
+            return
+        kind = block[156:157]
+        if kind in _EXTENDED_HEADERS and size > MAX_EXTENDED_HEADER_BYTES:
+            raise BundleError(
+                f"bundle has a {_EXTENDED_HEADERS[kind]} header of {size} bytes at byte {offset}, "
+                f"the limit is {MAX_EXTENDED_HEADER_BYTES}"
+            )
+        if kind == b"S":
+            raise BundleError(f"bundle has a GNU sparse member at byte {offset}; bundles hold regular files only")
+        offset += 512 + (size + 511) // 512 * 512
+    raise BundleError(f"bundle has more than {2 * MAX_MEMBERS + 2} tar headers")
 
 
 class ArtifactHasher:
@@ -213,8 +251,10 @@ def open_bundle(path: Path, root: TrustRoot | None, limits: BundleLimits | None 
     if file_size > limits.max_bundle_bytes + 1024 * 1024:
         raise BundleError(f"bundle file is {file_size} bytes, the limit is {limits.max_bundle_bytes}")
     try:
+        with open(path, "rb") as raw:
+            check_tar_headers(raw)
         tar = tarfile.open(path, mode="r:")
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, ValueError) as exc:  # ValueError: e.g. a bad GNU sparse map
         raise BundleError(f"not an uncompressed tar file: {exc}") from exc
     try:
         members: dict[str, tarfile.TarInfo] = {}
@@ -233,9 +273,9 @@ def open_bundle(path: Path, root: TrustRoot | None, limits: BundleLimits | None 
         if root is not None:
             verify_manifest_signature(root, bundle.manifest_bytes, bundle.signature_bytes)
         bundle.verify_artifacts()
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError, ValueError) as exc:  # tarfile raises ValueError for bad sparse maps
         tar.close()
-        raise BundleError(f"corrupt tar: {exc}") from exc
+        raise BundleError(f"corrupt tar: {str(exc)[:200]}") from exc
     except BaseException:
         tar.close()
         raise

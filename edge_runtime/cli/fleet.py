@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -22,7 +24,7 @@ from typing import Any
 
 from edge_runtime.cli.bundle import load_keys
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
-from edge_runtime.config import device_id
+from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import UsageError
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
@@ -30,8 +32,13 @@ from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
-from edge_runtime.updates.protocol import Topics
+from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.mqtt import redact_url
+from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
+
+log = logging.getLogger("edge_runtime.fleet")
+PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
 
 
 def _percent(text: str) -> int:
@@ -44,6 +51,25 @@ def _percent(text: str) -> int:
     return value
 
 
+def _seq(text: str) -> int:
+    try:
+        value = int(text) if len(text) <= 20 else 0
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SEQ:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {MAX_SEQ}] (64 bits)")
+    return value
+
+
+def _fleet_root(args: argparse.Namespace) -> TrustRoot | None:
+    """``--root``, else the ``[trust] root`` of ``--config``, else None (the signing keys' own root)."""
+    if args.root is not None:
+        return load_root_file(args.root)
+    if args.config is not None:
+        return load_root_file(Path(load_config(args.config).trust.root))
+    return None
+
+
 def broker_options() -> argparse.ArgumentParser:
     """Options every operator command takes."""
     p = argparse.ArgumentParser(add_help=False)
@@ -54,7 +80,11 @@ def broker_options() -> argparse.ArgumentParser:
     p.add_argument("--cert-file", default="", help="client certificate (TLS client authentication)")
     p.add_argument("--key-file", default="", help="client key (TLS client authentication)")
     p.add_argument("--username", default="")
-    p.add_argument("--password", default="")
+    p.add_argument(
+        "--password-file", type=Path, default=None,
+        help=f"read the broker password from this file (or set {PASSWORD_ENV}); never on the command line",
+    )
+    p.add_argument("--password", default=None, help=argparse.SUPPRESS)  # refused: argv is visible to every user
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     return p
@@ -79,8 +109,13 @@ def register(sub: Any) -> None:
         help="halt when more than PERCENT %% of the devices that finished the update failed or rejected it",
     )
     pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
-    pub.add_argument("--root", type=Path, default=None, help="verify the bundle and the retained desired state first")
-    pub.add_argument("--seq", type=int, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
+    pub.add_argument(
+        "--root", type=Path, default=None,
+        help="the fleet's trust root: the bundle and the retained desired state must verify against it "
+        "(default: [trust] root of --config; without either, the retained state must be signed by --sign-key)",
+    )
+    pub.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
+    pub.add_argument("--seq", type=_seq, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
     pub.add_argument("--expires-in-hours", type=float, default=None, help="devices with a trusted clock ignore it after this")
     pub.add_argument("--force-chunks", action="store_true", help="send the chunks even if the release is already published")
     pub.set_defaults(func=cmd_publish)
@@ -89,10 +124,27 @@ def register(sub: Any) -> None:
     st.set_defaults(func=cmd_status)
     pr = fs.add_parser("prune", parents=parents, help="clear retained chunks of releases no device wants any more")
     pr.add_argument("--dry-run", action="store_true", help="list what would be cleared")
+    pr.add_argument("--root", type=Path, default=None, help="count only desired states that verify against this root")
+    pr.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
     pr.set_defaults(func=cmd_prune)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
     ag.set_defaults(func=cmd_agent)
+
+
+def _password(args: argparse.Namespace) -> str:
+    """The broker password from ``--password-file`` or the environment; argv is refused (``ps``
+    shows it to every user of the machine, shells keep it in their history)."""
+    if args.password is not None or redact_url(args.broker) != args.broker:
+        raise UsageError(
+            f"a broker password on the command line is visible to every user; use --password-file or {PASSWORD_ENV}"
+        )
+    if args.password_file is not None:
+        try:
+            return args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--password-file {args.password_file}: cannot read it ({exc})") from exc
+    return os.environ.get(PASSWORD_ENV, "")
 
 
 def _session(args: argparse.Namespace) -> FleetSession:
@@ -102,7 +154,7 @@ def _session(args: argparse.Namespace) -> FleetSession:
         cert_file=args.cert_file,
         key_file=args.key_file,
         username=args.username,
-        password=args.password,
+        password=_password(args),
         protocol=args.protocol,
         timeout_s=args.timeout,
     )
@@ -155,7 +207,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.bundle}: no such file")
     steps = _staged_steps(args)
     keys = load_keys(args.sign_key)
-    root = load_root_file(args.root) if args.root else None
+    root = _fleet_root(args)
     expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
     if steps is not None:
         with _session(args) as session:
@@ -220,8 +272,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Clear releases no desired state wants any more."""
+    root = _fleet_root(args)
+    if root is None:
+        log.warning("without --root or --config the retained desired states are not verified: "
+                    "a forged one can make prune clear a release devices still need")
     with _session(args) as session:
-        pruned = prune_releases(session, dry_run=args.dry_run)
+        pruned = prune_releases(session, dry_run=args.dry_run, root=root)
     verb = "would clear" if args.dry_run else "cleared"
     for p in pruned:
         print(f"{verb} {p.name} v{p.version}: {p.topics} retained topics")

@@ -45,14 +45,17 @@ def selftest(resolved: Resolved) -> None:
         backend.close()
 
 
-def _activate(store: ModelStore, name: str, version: int) -> None:
+def _activate(store: ModelStore, name: str, version: int, only_if_newer: bool = False) -> None:
     try:
-        store.activate(name, version, selftest=selftest)
+        state = store.activate(name, version, selftest=selftest, only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.
         if str(exc).startswith(f"{name} v"):
             raise
         raise type(exc)(f"{name} v{version}: {exc}") from exc
+    if state.active != version:
+        print(f"{name} v{version} passed its self-test; the newer v{state.active} is already active and stays so")
+        return
     print(f"{name} v{version} passed its self-test and is active")
 
 
@@ -65,7 +68,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not args.no_activate:
         state = store.state(result.name)
         if state.active is None or result.version > state.active or state.serving_factory:
-            _activate(store, result.name, result.version)
+            # Checked again under the store lock: another install may finish first.
+            _activate(store, result.name, result.version, only_if_newer=True)
     return 0
 
 

@@ -35,7 +35,7 @@ def resolve(store: ModelStore, spec: str) -> Resolved:
         raise NotFoundError(f"unknown model {name!r}; the store has {store.models() or 'no models'}")
     if not version:
         return store.resolve(name)
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit() and len(version) <= 18):
         raise UsageError(f"--model {spec!r}: version must be an integer")
     if int(version) not in store.versions(name):
         raise NotFoundError(f"{name} v{version} is not installed (installed: {store.versions(name)})")

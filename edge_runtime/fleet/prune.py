@@ -5,15 +5,24 @@ names ``name`` and every version named for it is above ``N``. Versions above the
 wanted one are kept (a release may be published before it is rolled out), and models no
 desired state names are left alone. A retained message is cleared by publishing an empty
 retained message to its topic.
+
+Given the fleet's root, only desired states that verify against it count: a forged one naming a
+high version cannot make the operator clear a release devices still need.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
+from edge_runtime.exceptions import BadDataError
 from edge_runtime.fleet.session import FleetSession
 from edge_runtime.trust.canonical import parse_json_object
+from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.verify import verify_desired
+
+log = logging.getLogger("edge_runtime.fleet")
 
 
 @dataclass(frozen=True)
@@ -38,11 +47,25 @@ def wanted_versions(messages: list[bytes]) -> dict[str, set[int]]:
     return wanted
 
 
-def prune_releases(session: FleetSession, dry_run: bool = False) -> list[Pruned]:
-    """Clear every unwanted release's chunks, then its manifest; returns what was pruned."""
+def prune_releases(session: FleetSession, dry_run: bool = False, root: TrustRoot | None = None) -> list[Pruned]:
+    """Clear every unwanted release's chunks, then its manifest; returns what was pruned.
+
+    With ``root``, a desired state that does not verify against it is ignored (with a warning).
+    """
     topics = session.topics
     retained = session.snapshot([topics.desired, topics.devices_filter("desired"), topics.manifests_filter])
-    desired = [p for t, p in retained.items() if (r := topics.parse(t)) and r.kind in ("desired", "device_desired")]
+    desired: list[bytes] = []
+    for t, p in retained.items():
+        ref = topics.parse(t)
+        if ref is None or ref.kind not in ("desired", "device_desired"):
+            continue
+        if root is not None:
+            try:
+                verify_desired(p, root, fleet=topics.fleet, device=ref.device if ref.kind == "device_desired" else None)
+            except BadDataError as exc:
+                log.warning("ignoring the retained desired state on %s: it does not verify (%s)", t, str(exc)[:200])
+                continue
+        desired.append(p)
     wanted = wanted_versions(desired)
     out: list[Pruned] = []
     for topic, payload in sorted(retained.items()):

@@ -5,12 +5,18 @@ chunks, so each message it needs is already on the broker when it asks. Publishi
 same bundle again (to raise ``--rollout``) finds its manifest already retained, byte for
 byte, and sends no chunk. The rollout salt is ``<name>-<version>``, the same for every
 publish of a release, so raising the percentage keeps every device already in it.
+
+The new desired state keeps the other models and the seq of the retained one only when
+that one verifies: against the fleet's root when the caller has it, else against the root
+the signing keys make on their own. Anything else on the broker (unsigned, forged, another
+fleet's, a seq beyond 64 bits) is ignored with a warning, never signed again.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import tarfile
 import time
 from collections.abc import Sequence
@@ -23,8 +29,9 @@ from edge_runtime.exceptions import BadDataError, RollbackError, UsageError
 from edge_runtime.fleet.session import FleetSession, ProgressFn
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 from edge_runtime.trust.keys import PrivateKey, sign
-from edge_runtime.trust.root import TrustRoot
+from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import (
+    MAX_SEQ,
     Topics,
     check_id,
     desired_document,
@@ -32,8 +39,10 @@ from edge_runtime.updates.protocol import (
     rollout_salt,
     signed_message,
 )
-from edge_runtime.updates.verify import verify_desired
+from edge_runtime.updates.verify import Desired, verify_desired
 
+log = logging.getLogger("edge_runtime.fleet")
+MAX_ECHO_CHARS = 300  # of a verification error quoted in a warning
 
 @dataclass(frozen=True)
 class PublishResult:
@@ -47,6 +56,16 @@ class PublishResult:
     chunks_sent: int
     bytes_sent: int
     chunks_already_published: bool
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What a new desired state builds on: the verified retained one, or nothing."""
+
+    seq: int
+    models: dict[str, Any]
+    warning: str = ""
 
 
 def _member(bundle_path: Path, name: str) -> bytes:
@@ -60,15 +79,56 @@ def _member(bundle_path: Path, name: str) -> bytes:
 
 
 def read_desired_models(message: bytes | None) -> tuple[int, dict[str, Any]]:
-    """``(seq, models)`` of a retained desired-state message (0 and {} when there is none)."""
+    """``(seq, models)`` of a retained desired-state message, unverified, for display only
+    (0 and {} when there is none). Never build a new desired state on it: see :func:`baseline`."""
     if not message:
         return 0, {}
     try:
         outer = parse_json_object(message, "retained desired state")
-        doc = json.loads(outer["desired"])
-        return int(doc["seq"]), dict(doc["models"])
-    except (BadDataError, KeyError, TypeError, ValueError) as exc:
-        raise BadDataError(f"the retained desired state is unreadable ({exc}); clear it or publish with --seq") from exc
+        doc = parse_json_object(str(outer["desired"]).encode("utf-8"), "retained desired state")
+        seq, models = doc["seq"], doc["models"]
+    except (BadDataError, KeyError, TypeError) as exc:
+        raise BadDataError(f"the retained desired state is unreadable ({str(exc)[:MAX_ECHO_CHARS]})") from exc
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 < seq <= MAX_SEQ or not isinstance(models, dict):
+        raise BadDataError("the retained desired state is unreadable (seq must be a 64-bit integer, models an object)")
+    return seq, models
+
+
+def signing_keys_root(keys: Sequence[PrivateKey]) -> TrustRoot:
+    """The root the signing keys make on their own (each key in both roles, all of them needed):
+    without the fleet's root, the operator builds only on what these very keys signed."""
+    signed = make_root(1, list(keys), list(keys), root_threshold=len(keys), models_threshold=len(keys))
+    return verify_root(sign_root(signed, list(keys)))
+
+
+def _models_document(desired: Desired) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, target in desired.models.items():
+        entry: dict[str, Any] = {"version": target.version}
+        if target.rollout is not None:
+            entry["rollout"] = {"percent": target.rollout.percent, "salt": target.rollout.salt}
+        out[name] = entry
+    return out
+
+
+def baseline(message: bytes | None, root: TrustRoot, *, fleet: str, device: str | None, topic: str) -> Baseline:
+    """The seq and models a new desired state keeps from the retained ``message``: only what
+    verifies against ``root``; an unverifiable message is ignored, with a warning that says so."""
+    if not message:
+        return Baseline(0, {})
+    try:
+        desired = verify_desired(message, root, fleet=fleet, device=device)
+    except BadDataError as exc:
+        reason = str(exc)
+        if len(reason) > MAX_ECHO_CHARS:
+            reason = reason[:MAX_ECHO_CHARS] + "..."
+        return Baseline(
+            0,
+            {},
+            f"ignoring the retained desired state on {topic}: it does not verify ({reason}); "
+            "the new one names only this release and replaces it",
+        )
+    return Baseline(desired.seq, _models_document(desired))
 
 
 def sign_desired(
@@ -87,7 +147,10 @@ def sign_desired(
 def next_seq(previous: int, now_s: float | None = None) -> int:
     """Strictly above ``previous`` and at least the current Unix time, so a broker that lost its
     retained messages cannot make the operator reuse a seq devices have already seen."""
-    return max(previous + 1, int(time.time() if now_s is None else now_s))
+    seq = max(previous + 1, int(time.time() if now_s is None else now_s))
+    if seq > MAX_SEQ:
+        raise UsageError(f"the retained seq {previous} leaves no larger 64-bit seq (the limit is {MAX_SEQ})")
+    return seq
 
 
 def publish_release(
@@ -103,7 +166,11 @@ def publish_release(
     force_chunks: bool = False,
     progress: ProgressFn | None = None,
 ) -> PublishResult:
-    """Publish a bundle to the fleet of ``session`` and point the desired state at it."""
+    """Publish a bundle to the fleet of ``session`` and point the desired state at it.
+
+    ``root`` is the fleet's trust root: the bundle and the retained desired state are checked
+    against it; without it the retained state must verify against the signing keys' own root.
+    """
     if not keys:
         raise UsageError("at least one --sign-key is needed to sign the desired state")
     if not 0 <= percent <= 100:
@@ -111,6 +178,8 @@ def publish_release(
     topics = session.topics
     if device is not None:
         check_id(device, "device id")
+    if seq is not None and not 1 <= seq <= MAX_SEQ:
+        raise UsageError(f"--seq must be an integer in [1, {MAX_SEQ}], found {seq}")
     with open_bundle(Path(bundle_path), root) as bundle:
         m = bundle.manifest
         signatures = json.loads(bundle.signature_bytes)["signatures"]
@@ -145,10 +214,16 @@ def publish_release(
     if not already or force_chunks:
         sent = session.publish_all(chunks, progress)
     session.publish(manifest_topic, manifest_msg).wait(session.options.timeout_s)
-    old_message = retained.get(desired_topic)
-    if root is not None and old_message is not None:
-        verify_desired(old_message, root, fleet=topics.fleet, device=device)  # refuse to build on a forged state
-    old_seq, models = read_desired_models(old_message)
+    base = baseline(
+        retained.get(desired_topic),
+        root if root is not None else signing_keys_root(keys),
+        fleet=topics.fleet,
+        device=device,
+        topic=desired_topic,
+    )
+    if base.warning:
+        log.warning("%s", base.warning)
+    old_seq, models = base.seq, dict(base.models)
     models[m.name] = {"version": m.version, "rollout": {"percent": percent, "salt": rollout_salt(m.name, m.version)}}
     new_seq = seq if seq is not None else next_seq(old_seq)
     if new_seq <= old_seq:
@@ -168,7 +243,17 @@ def publish_release(
         len(chunks) if sent else 0,
         sent,
         already,
+        (base.warning,) if base.warning else (),
     )
 
 
-__all__ = ["PublishResult", "next_seq", "publish_release", "read_desired_models", "sign_desired"]
+__all__ = [
+    "Baseline",
+    "PublishResult",
+    "baseline",
+    "next_seq",
+    "publish_release",
+    "read_desired_models",
+    "sign_desired",
+    "signing_keys_root",
+]

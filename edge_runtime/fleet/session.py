@@ -19,7 +19,7 @@ from types import TracebackType
 import paho.mqtt.client as paho
 
 from edge_runtime.exceptions import TransportError
-from edge_runtime.updates.mqtt import LinkSettings, Message, MqttLink, Publication
+from edge_runtime.updates.mqtt import LinkSettings, Message, MqttLink, Publication, redact_url
 from edge_runtime.updates.protocol import Topics
 
 MAX_OUTSTANDING = 64
@@ -87,7 +87,7 @@ class FleetSession:
 
     def _check(self) -> None:
         if not self.link.connected:
-            raise TransportError(f"lost the connection to {self.options.url}: {self._lost or 'unknown reason'}")
+            raise TransportError(f"lost the connection to {redact_url(self.options.url)}: {self._lost or 'unknown reason'}")
 
     def _on_message(self, msg: Message) -> None:
         if msg.topic == self._marker:

@@ -23,6 +23,31 @@ from edge_runtime.updates.mqtt import Message
 from edge_runtime.updates.protocol import Topics
 
 StateFn = Callable[[str, dict[str, Any]], None]  # on_state(device, state document)
+MAX_PROBLEM_CHARS = 60
+
+
+def _is_version_key(v: Any) -> bool:
+    return isinstance(v, str) and v.isascii() and v.isdigit() and len(v) <= 18
+
+
+def state_problem(state: Any) -> str | None:
+    """Why a device's retained state cannot be shown (None when it can): devices are not
+    trusted, so one malformed document marks that device bad and never stops the listing."""
+    if not isinstance(state, dict):
+        return f"state is {type(state).__name__}, not an object"
+    models = state.get("models")
+    if models is not None and not isinstance(models, dict):
+        return f"'models' is {type(models).__name__}, not an object"
+    for name, m in (models or {}).items():
+        if not isinstance(m, dict):
+            return f"model {name[:20]!r} is {type(m).__name__}, not an object"
+        failed = m.get("failed")
+        if failed is not None and (not isinstance(failed, dict) or not all(_is_version_key(v) for v in failed)):
+            return f"model {name[:20]!r}: 'failed' must map version numbers to reasons"
+    for key in ("update", "last_error"):
+        if state.get(key) is not None and not isinstance(state.get(key), dict):
+            return f"{key!r} is {type(state.get(key)).__name__}, not an object"
+    return None
 
 
 class DeviceStates:
@@ -43,16 +68,23 @@ class DeviceStates:
         ref = self.topics.parse(topic)
         if ref is None or ref.kind not in ("device_state", "device_online"):
             return
+        unreadable = None
         try:
             value = json.loads(payload) if payload else None
-        except ValueError:
-            value = None
+        except (ValueError, RecursionError):
+            value, unreadable = None, "state is not JSON"
         with self._lock:
             row = self._rows.setdefault(ref.device, {"device": ref.device, "online": None, "state": None})
             if ref.kind == "device_online":
                 row["online"] = value is True if value is not None else None
             else:
-                row["state"] = value if isinstance(value, dict) else None
+                problem = unreadable if value is None else state_problem(value)
+                if problem is None:
+                    row["state"] = value
+                    row.pop("problem", None)
+                else:
+                    row["state"], row["problem"] = None, problem
+                    value = None
         if ref.kind == "device_state" and isinstance(value, dict) and self._on_state is not None:
             self._on_state(ref.device, value)
 
@@ -99,7 +131,7 @@ def _models_cell(state: dict[str, Any]) -> str:
             continue
         active = m.get("active")
         text = f"{name} v{active}" if active is not None else f"{name} factory"  # nothing in the store
-        failed = sorted(m.get("failed") or {}, key=lambda v: int(v) if str(v).isdigit() else 0)
+        failed = sorted(m.get("failed") or {}, key=_version_key)
         if failed:
             text += f" (failed v{','.join(str(v) for v in failed)})"
         parts.append(text)
@@ -130,6 +162,9 @@ def status_rows(devices: list[dict[str, Any]]) -> list[list[str]]:
     for d in devices:
         state = d.get("state") or {}
         online = {True: "yes", False: "no", None: "?"}[d.get("online")]
+        if d.get("problem"):
+            rows.append([d["device"], online, "BAD STATE", "-", str(d["problem"])[:MAX_PROBLEM_CHARS]])
+            continue
         rows.append([d["device"], online, _models_cell(state), _update_cell(state), _error_cell(state)])
     return rows
 
@@ -143,8 +178,8 @@ def format_table(devices: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _version_key(v: str) -> tuple[int, str]:
-    return (int(v), "") if v.isdigit() else (-1, v)
+def _version_key(v: Any) -> tuple[int, str]:
+    return (int(v), "") if _is_version_key(v) else (-1, str(v))
 
 
 def desired_tallies(devices: list[dict[str, Any]], desired: Mapping[str, Any]) -> list[Tally]:
@@ -154,7 +189,7 @@ def desired_tallies(devices: list[dict[str, Any]], desired: Mapping[str, Any]) -
         if not isinstance(target, Mapping) or not isinstance(target.get("version"), int):
             continue
         rollout = target.get("rollout")
-        if isinstance(rollout, Mapping):
+        if isinstance(rollout, Mapping) and isinstance(rollout.get("percent", 100), int):
             percent, salt = int(rollout.get("percent", 100)), str(rollout.get("salt", ""))
         else:
             percent, salt = 100, ""
@@ -170,9 +205,10 @@ def summary_lines(view: FleetView) -> list[str]:
     states = [d["state"] for d in devices if isinstance(d.get("state"), dict)]
     updating = sum(1 for s in states if isinstance(s.get("update"), dict))
     errors = sum(1 for s in states if isinstance(s.get("last_error"), dict))
+    bad = sum(1 for d in devices if d.get("problem"))
     lines = [
         f"{len(devices)} devices: {online} online, {offline} offline, {len(devices) - online - offline} unknown; "
-        f"{updating} updating; {errors} reporting a last error"
+        f"{updating} updating; {errors} reporting a last error" + (f"; {bad} with a malformed state" if bad else "")
     ]
     running: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     failed: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -205,6 +241,7 @@ __all__ = [
     "collect_status",
     "desired_tallies",
     "format_table",
+    "state_problem",
     "status_rows",
     "summary_lines",
 ]

@@ -33,8 +33,16 @@ import numpy as np
 import orjson
 
 from edge_runtime import __version__
+from edge_runtime.config import ServerConfig
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
-from edge_runtime.serving.codec import InferRequest, decode_request, encode_response, error_body, header_length
+from edge_runtime.serving.codec import (
+    InferRequest,
+    decode_request,
+    encode_response,
+    error_body,
+    header_length,
+    json_values_problem,
+)
 from edge_runtime.serving.manager import ModelManager
 from edge_runtime.serving.metrics import Metrics
 from edge_runtime.serving.models import LoadedVersion, Routing, ServedModel, disagreement
@@ -48,6 +56,7 @@ Send = Callable[[Message], Awaitable[None]]
 JSON = b"application/json"
 OCTET = b"application/octet-stream"
 EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository", "model_configuration"]
+INFLATE_PIECE_BYTES = 1024 * 1024
 PLATFORMS = {"tflite": "litert_tflite", "onnx": "onnxruntime_onnx"}
 
 
@@ -89,11 +98,20 @@ class Executed:
 class App:
     """The ASGI application."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics, state: ServingState, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        state: ServingState,
+        max_request_bytes: int,
+        *,
+        max_json_values: int = ServerConfig.max_json_values,
+    ) -> None:
         self.manager = manager
         self.metrics = metrics
         self.state = state
         self.max_request_bytes = max_request_bytes
+        self.max_json_values = max_json_values
         self.in_flight = 0  # infer requests being handled (the loop runs one at a time; others await)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,7 +169,12 @@ class App:
         except UnavailableError as exc:
             raise HTTPError(503, str(exc)) from None
         try:
-            request = decode_request(body, None if json_length is None else header_length(json_length, len(body)), lv.iface)
+            header_len = None if json_length is None else header_length(json_length, len(body))
+            too_many = json_values_problem(body, header_len, lv.iface, self.max_json_values)
+            if too_many is not None:
+                lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
+                raise HTTPError(413, too_many)
+            request = decode_request(body, header_len, lv.iface)
         except InputError as exc:
             lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
             raise HTTPError(400, str(exc)) from None
@@ -284,23 +307,21 @@ class App:
             **lv.iface.metadata(),
         }
 
-    async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes:
+    async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes | bytearray:
         limit = self.max_request_bytes
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"request body is {int(declared)} bytes, max_request_bytes is {limit}")
+        if declared is not None and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
+            raise HTTPError(413, f"request body is {declared[:24].decode()} bytes, max_request_bytes is {limit}")
         msg = await receive()
-        body: bytes = msg.get("body", b"")
+        body: bytes | bytearray = msg.get("body", b"")
         if msg.get("more_body"):
-            chunks = [body]
-            size = len(body)
+            # One growing buffer, never a list of chunks and their join: the body is held once.
+            buf = bytearray(body)
             while msg.get("more_body"):
                 msg = await receive()
-                chunk = msg.get("body", b"")
-                size += len(chunk)
-                if size > limit:
+                buf += msg.get("body", b"")
+                if len(buf) > limit:
                     raise HTTPError(413, f"request body exceeds max_request_bytes ({limit})")
-                chunks.append(chunk)
-            body = b"".join(chunks)
+            body = buf
         if encoding is not None:
             coding = encoding.strip().lower()
             if coding != b"identity":
@@ -434,8 +455,9 @@ def _model_target(target: str) -> tuple[str, int | None]:
     name, sep, rest = target.partition("/versions/")
     if not sep:
         return target, None
-    if not rest.isdigit() or "/" in name:
-        raise HTTPError(404, f"no such model version path: {target!r}")
+    # isdigit() alone accepts "²", which int() refuses; 5000 digits would exceed int()'s limit.
+    if not (rest.isascii() and rest.isdigit() and len(rest) <= 18) or "/" in name:
+        raise HTTPError(404, f"no such model version path: {target[:80]!r}")
     return name, int(rest)
 
 
@@ -457,7 +479,8 @@ def _accepted(accept: bytes) -> bytes | None:
     return b"gzip" if b"gzip" in v else b"deflate" if b"deflate" in v else None
 
 
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
+def _decompress(body: bytes | bytearray, encoding: bytes, limit: int) -> bytearray:
+    """Inflate in pieces into one buffer: the output is held once and never grows past ``limit``."""
     if encoding == b"gzip":
         wbits = 16 + zlib.MAX_WBITS
     elif encoding == b"deflate":
@@ -465,11 +488,20 @@ def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
     else:
         raise HTTPError(400, f"Content-Encoding {encoding.decode(errors='replace')!r} not supported; use gzip or deflate")
     d = zlib.decompressobj(wbits)
+    out = bytearray()
+    data: bytes | bytearray = body
     try:
-        out = d.decompress(body, limit + 1)
+        while True:
+            out += d.decompress(data, INFLATE_PIECE_BYTES)
+            if len(out) > limit:
+                raise HTTPError(413, f"decompressed request body exceeds max_request_bytes ({limit})")
+            data = d.unconsumed_tail
+            if not data:
+                break
+        out += d.flush()
     except zlib.error as exc:
         raise HTTPError(400, f"request body is not valid {encoding.decode()} data: {exc}") from None
-    if len(out) > limit or d.unconsumed_tail:
+    if len(out) > limit:
         raise HTTPError(413, f"decompressed request body exceeds max_request_bytes ({limit})")
     return out
 

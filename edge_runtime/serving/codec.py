@@ -48,6 +48,9 @@ class Interface:
             s.name: (i, s, dt, s.shape) for i, (s, dt) in enumerate(zip(self.inputs, self.input_dtypes))
         }
         self.output_meta = [(s.name, s.datatype) for s in self.outputs]
+        # Numbers one request carries: exactly this many without a batch dimension, this many
+        # per row with one (bounds the JSON a request may hold before it is parsed).
+        self.values_per_request = sum(_product(s.shape[1:] if self.batchable else s.shape) for s in self.inputs)
         # What callers see of the inputs: equal signatures accept the same requests.
         self.input_signature = tuple((s.name, s.datatype, s.shape) for s in self.inputs)
 
@@ -68,6 +71,38 @@ class InferRequest:
     rows: int  # size of dimension 0 (the batch) when the model is batchable, else 1
     outputs: tuple[int, ...]  # indices of the outputs to return, in response order
     binary: tuple[bool, ...]  # per returned output: raw bytes (True) or JSON numbers
+
+
+def _product(dims: tuple[int, ...] | list[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= max(d, 1)
+    return n
+
+
+JSON_SLACK_VALUES = 64  # per input: shape entries, parameters, ids; never near a real tensor's size
+
+
+def json_values_problem(body: bytes | bytearray, json_length: int | None, iface: Interface, max_values: int) -> str | None:
+    """Why the JSON part of ``body`` may hold too many values for ``iface``, or None.
+
+    Checked before parsing: every JSON value after the first of its array or object follows a
+    comma, so commas plus brackets plus one bound the count from above. A model without a batch
+    dimension takes exactly its input size; a batchable one at most ``max_values``.
+    """
+    end = len(body) if json_length is None else json_length
+    allowed = max_values
+    if not iface.batchable:
+        allowed = min(max_values, iface.values_per_request)
+    allowed += JSON_SLACK_VALUES * max(1, len(iface.inputs))
+    bound = body.count(b",", 0, end) + 1
+    if bound <= allowed:  # the common case: one scan
+        return None
+    bound += body.count(b"[", 0, end) + body.count(b"{", 0, end)
+    return (
+        f"the JSON request holds up to {bound} values, the model takes at most {allowed} per request "
+        f"(max_json_values {max_values}); send fewer rows per request or use binary tensors"
+    )
 
 
 def header_length(value: bytes | None, body_length: int) -> int | None:
@@ -150,7 +185,7 @@ def check_all_given(iface: Interface, arrays: list[Any], given: int) -> None:
         raise InputError(f"missing input(s) {missing}; the model needs {[s.name for s in iface.inputs]}")
 
 
-def decode_request(body: bytes, json_length: int | None, iface: Interface) -> InferRequest:
+def decode_request(body: bytes | bytearray, json_length: int | None, iface: Interface) -> InferRequest:
     """Decode an infer request body (JSON, or a JSON header of ``json_length`` bytes plus binary tensors).
 
     This runs for every request on the event loop, so the common path avoids helper

@@ -68,7 +68,7 @@ def parse_version(text: str) -> int | None:
     """``model_version``: empty = let the server choose, else a decimal version number."""
     if not text:
         return None
-    if not text.isdigit() or not text.isascii():
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
         raise InputError(f"model_version: expected a version number or nothing, found {text[:64]!r}")
     return int(text)
 

@@ -19,6 +19,11 @@ connection is closed. ``[server] request_header_timeout_s``: the headers of a re
 complete within this time of the connection's opening (first request) or of the request's
 first byte (later requests; the wait before it is ``keep_alive_s``). A late request is answered
 408 and closed; a connection that sent nothing at all is closed without an answer.
+``[server] request_body_timeout_s``: the body must be complete within this time of the end of
+the headers; a body trickled slower is answered 408 and the connection closed.
+``[server] max_connections``: a connection past the limit is answered 503 at once (``{"error":
+...}``, ``Connection: close``) and closed, so that trickling clients cannot take every file
+descriptor the process has.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_MAX_CONNECTIONS = 256
+REFUSAL_LOG_INTERVAL_S = 10.0  # refused connections are logged at most this often
 LINGER_S = 5.0  # after refusing over-long headers: how long what the client still sends is drained
 
 
@@ -113,6 +121,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    refused = [0, -1e9]  # per protocol class: connections refused so far, when last logged
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -121,21 +132,60 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_since: float | None = None  # when the current request's head started
         self._head_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # refused: input is read and dropped until EOF or LINGER_S
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._over_limit = False  # refused at connect: uvicorn never saw this connection
 
     # -- connection ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         """Wrap the transport, let uvicorn set the connection up, start the header clock."""
+        if len(self.server_state.connections) >= self.max_connections:
+            self._refuse_connection(transport)  # type: ignore[arg-type]
+            return
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._head_since = self.loop.time()
         self._head_timer = self.loop.call_at(self._head_since + self.header_timeout_s, self._head_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Stop the header clock, then uvicorn's own clean-up."""
+        """Stop the clocks, then uvicorn's own clean-up."""
+        if self._over_limit:
+            return
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._stop_body_clock()
         super().connection_lost(exc)
+
+    def _refuse_connection(self, transport: asyncio.Transport) -> None:
+        self._over_limit = True
+        counts = type(self).refused
+        counts[0] += 1
+        now = self.loop.time()
+        if now - counts[1] >= REFUSAL_LOG_INTERVAL_S:
+            counts[1] = now
+            log.warning("%d connections open, max_connections is %d: refusing new ones with 503 (%d so far)",
+                        len(self.server_state.connections), self.max_connections, counts[0])
+        body = orjson.dumps({"error": f"too many connections (max_connections {self.max_connections}); retry later"})
+        transport.write(b"".join([
+            STATUS_LINE[503], b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode("ascii"),
+            b"\r\nretry-after: 1\r\nconnection: close\r\n\r\n", body,
+        ]))
+        transport.close()
+
+    def _stop_body_clock(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self._in_head or self.transport.is_closing():
+            return  # the body arrived
+        cycle = self.cycle
+        log.warning("request body not complete after %.1f s: closing the connection", self.body_timeout_s)
+        if cycle is not None and not cycle.response_started:
+            self._answer(408, f"the request body was expected within request_body_timeout_s ({self.body_timeout_s:g} s)")
+        self.transport.close()
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         """Flush; keep the connection open while a complete request is still being answered."""
@@ -192,9 +242,12 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if size > self.max_header_bytes:
                 raise _HeadTooLarge(size)  # stops the parser; data_received refuses the request
         super().on_headers_complete()
+        # Cancelled by on_message_complete, which for a request without a body follows at once.
+        self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
 
     def on_message_complete(self) -> None:
         """The request is complete: the next head starts with its first byte."""
+        self._stop_body_clock()
         self._in_head = True
         self._head_bytes = 0
         self._head_since = None
@@ -251,7 +304,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
 
 def http_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
-                  header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> type[CoalescingHttpToolsProtocol]:
+                  header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+                  max_connections: int = DEFAULT_MAX_CONNECTIONS) -> type[CoalescingHttpToolsProtocol]:
     """The protocol class for uvicorn's ``http=`` with these limits."""
     return type("EdgeHttpProtocol", (CoalescingHttpToolsProtocol,),
-                {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s})
+                {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s,
+                 "body_timeout_s": body_timeout_s, "max_connections": max_connections, "refused": [0, -1e9]})

@@ -257,7 +257,7 @@ class ModelManager:
         for _ in range(6):
             try:
                 r = self.store.resolve(name)
-                state = self.store.state(name)
+                state = self.store.readable_state(name)
                 if r.source == "store" and ((r.source, r.version) in tried or r.version in state.failed):
                     r = self.store.resolved_factory(name, f"v{r.version} failed before")
             except EdgeRuntimeError as exc:
@@ -287,14 +287,14 @@ class ModelManager:
         return None
 
     def _usable_lkg(self, name: str, failing: int) -> int | None:
-        state = self.store.state(name)
+        state = self.store.readable_state(name)
         lkg = state.last_known_good
         if lkg is None or lkg == failing or lkg in state.failed or lkg in state.quarantined:
             return None
         return lkg
 
     def _maybe_swap(self, name: str, default: LoadedVersion, mcfg: ModelConfig) -> LoadedVersion:
-        state = self.store.state(name)
+        state = self.store.readable_state(name)
         target = state.active
         if target is None or target == default.version or target in state.failed or target in state.quarantined:
             return default
@@ -323,7 +323,7 @@ class ModelManager:
             return default
 
     def _wanted_versions(self, name: str, default: LoadedVersion, mcfg: ModelConfig) -> set[int]:
-        state = self.store.state(name)
+        state = self.store.readable_state(name)
         good = [v for v in self.store.versions(name) if v not in state.failed and v not in state.quarantined]
         wanted = {default.version}
         if mcfg.version_policy == "all":

@@ -12,6 +12,26 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.exceptions import StoreError
 
 MAX_HISTORY = 50
+MAX_VERSION = 2**63 - 1
+
+
+def _version(value: Any, key: str, where: str, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_VERSION:
+        raise StoreError(f"{where}: unreadable state ({key} must be a version number, found {repr(value)[:40]})")
+    return value
+
+
+def _versions(value: Any, key: str, where: str) -> dict[int, str]:
+    if not isinstance(value, dict):
+        raise StoreError(f"{where}: unreadable state ({key} must be an object)")
+    out: dict[int, str] = {}
+    for k, v in value.items():
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 19):
+            raise StoreError(f"{where}: unreadable state ({key} keys must be version numbers, found {k[:20]!r})")
+        out[int(k)] = str(v)
+    return out
 
 
 def now_iso() -> str:
@@ -54,20 +74,22 @@ class ModelState:
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> ModelState:
-        """Parse the on-disk form."""
-        try:
-            return cls(
-                active=obj.get("active"),
-                last_known_good=obj.get("last_known_good"),
-                highest_seen=int(obj.get("highest_seen", 0)),
-                serving_factory=bool(obj.get("serving_factory", False)),
-                serving=obj.get("serving"),
-                quarantined={int(k): str(v) for k, v in obj.get("quarantined", {}).items()},
-                failed={int(k): str(v) for k, v in obj.get("failed", {}).items()},
-                history=list(obj.get("history", [])),
-            )
-        except (AttributeError, TypeError, ValueError) as exc:
-            raise StoreError(f"{where}: unreadable state ({exc})") from exc
+        """Parse the on-disk form; StoreError for anything but the shapes :meth:`to_json` writes."""
+        if not isinstance(obj, dict):
+            raise StoreError(f"{where}: unreadable state (expected an object, found {type(obj).__name__})")
+        history = obj.get("history", [])
+        if not isinstance(history, list):
+            raise StoreError(f"{where}: unreadable state (history must be a list)")
+        return cls(
+            active=_version(obj.get("active"), "active", where),
+            last_known_good=_version(obj.get("last_known_good"), "last_known_good", where),
+            highest_seen=_version(obj.get("highest_seen", 0), "highest_seen", where, allow_none=False) or 0,
+            serving_factory=obj.get("serving_factory", False) is True,
+            serving=_version(obj.get("serving"), "serving", where),
+            quarantined=_versions(obj.get("quarantined", {}), "quarantined", where),
+            failed=_versions(obj.get("failed", {}), "failed", where),
+            history=history[-MAX_HISTORY:],
+        )
 
 
 def read_state(path: Path) -> ModelState:
@@ -78,8 +100,8 @@ def read_state(path: Path) -> ModelState:
         return ModelState()
     try:
         obj = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"{path}: state file is not JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise StoreError(f"{path}: state file is not JSON ({str(exc)[:80]})") from exc
     return ModelState.from_json(obj, str(path))
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.atomic import fsync_dir
+from edge_runtime.atomic import current_umask, fsync_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
@@ -77,11 +77,12 @@ class ModelStore:
         self.root = root
         self.factory = Path(factory) if factory else None
         self.limits = limits or BundleLimits()
+        self.write_fault: str | None = None  # the last thing the daemon could not record, and why
 
     # -- paths and locking -------------------------------------------------------------
 
     def _model_dir(self, name: str) -> Path:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise NotFoundError(f"invalid model name {name!r}")
         return self.path / name
 
@@ -93,7 +94,10 @@ class ModelStore:
     def lock(self) -> Iterator[None]:
         """Serialise writers (the daemon, the CLI and the updater) across processes."""
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:  # a read-only store: reads may still lock (the writes fail on their own)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -104,8 +108,28 @@ class ModelStore:
     # -- reading -----------------------------------------------------------------------
 
     def state(self, name: str) -> ModelState:
-        """The recorded state of ``name`` (empty when never installed)."""
+        """The recorded state of ``name`` (empty when never installed); StoreError when unreadable."""
         return read_state(self._model_dir(name) / STATE_FILE)
+
+    def readable_state(self, name: str) -> ModelState:
+        """:meth:`state`, or an empty state (nothing active) when the file cannot be read: the
+        daemon then serves what it can verify without it (the factory bundle)."""
+        try:
+            return self.state(name)
+        except (StoreError, OSError) as exc:
+            log.error("%s: %s", name, exc, extra={"model": name, "reason": str(exc)})
+            return ModelState()
+
+    @contextlib.contextmanager
+    def _recording(self, name: str, what: str) -> Iterator[None]:
+        """Record something the daemon does; a store that cannot be written (read-only, full,
+        unreadable state) is logged and reported, never raised: serving goes on without it."""
+        try:
+            yield
+        except (OSError, StoreError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.write_fault = f"cannot record {what} of {name}: {reason}"
+            log.error("%s", self.write_fault, extra={"model": name, "reason": str(exc)})
 
     def _write_state(self, name: str, state: ModelState) -> None:
         write_state(self._model_dir(name) / STATE_FILE, state)
@@ -117,7 +141,7 @@ class ModelStore:
             return []
         # Only canonical names ("7", not "007"): version_dir() must find what this lists.
         return sorted(
-            int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isdigit() and p.name == str(int(p.name))
+            int(p.name) for p in d.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit() and len(p.name) <= 18 and p.name == str(int(p.name))
         )
 
     def factory_bundle(self, name: str) -> Path | None:
@@ -131,7 +155,7 @@ class ModelStore:
         """Every model name in the store or the factory directory."""
         names: set[str] = set()
         if self.path.is_dir():
-            names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.match(p.name)}
+            names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
         if self.factory is not None and self.factory.is_dir():
             names |= {p.name[: -len(FACTORY_SUFFIX)] for p in self.factory.glob(f"*{FACTORY_SUFFIX}")}
         return sorted(names)
@@ -260,7 +284,7 @@ class ModelStore:
                     bundle.copy_artifact(art, fh)
                     fh.flush()
                     os.fsync(fh.fileno())
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700; the umask decides, as for files
             fsync_dir(tmp)
             if target.exists():  # repairing a quarantined copy of the same bytes
                 trash = parent / f".trash-{target.name}"
@@ -290,7 +314,7 @@ class ModelStore:
             return removed
         with self.lock():
             for d in sorted(self.path.iterdir()):
-                if not d.is_dir() or not NAME_RE.match(d.name):
+                if not d.is_dir() or not NAME_RE.fullmatch(d.name):
                     continue
                 for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
                     shutil.rmtree(p, ignore_errors=True)
@@ -326,8 +350,19 @@ class ModelStore:
 
     # -- activation and rollback ------------------------------------------------------
 
-    def activate(self, name: str, version: int, selftest: Callable[[Resolved], None] | None = None) -> ModelState:
-        """Make ``version`` active after verifying it (and running ``selftest`` if given)."""
+    def activate(
+        self,
+        name: str,
+        version: int,
+        selftest: Callable[[Resolved], None] | None = None,
+        *,
+        only_if_newer: bool = False,
+    ) -> ModelState:
+        """Make ``version`` active after verifying it (and running ``selftest`` if given).
+
+        ``only_if_newer`` (a fresh install): leave a newer active version alone, decided under
+        the store lock, so two concurrent installs always end with the newer one active.
+        """
         resolved = self.resolved_version(name, version)
         if selftest is not None:
             try:
@@ -338,6 +373,10 @@ class ModelStore:
         with self.lock():
             state = self.state(name)
             previous = state.active
+            if only_if_newer and previous is not None and previous > version and not state.serving_factory:
+                log.info("%s v%d not activated: v%d is already active", name, version, previous,
+                         extra={"model": name, "version": version})
+                return state
             if (
                 previous is not None
                 and previous != version
@@ -360,7 +399,8 @@ class ModelStore:
 
     def record_failure(self, name: str, version: int, reason: str, revert_to: int | None = None) -> ModelState:
         """Record that ``version`` failed (e.g. its self-test); optionally make ``revert_to`` active again."""
-        with self.lock():
+        state = ModelState(failed={version: reason})
+        with self._recording(name, f"the failure of v{version}"), self.lock():
             state = self.state(name)
             state.failed[version] = reason
             if revert_to is not None and state.active == version:
@@ -374,7 +414,8 @@ class ModelStore:
 
     def record_serving(self, name: str, version: int | None) -> ModelState:
         """Record the version the daemon now answers with (after its self-test passed)."""
-        with self.lock():
+        state = ModelState(serving=version)
+        with self._recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
             if state.serving != version:
                 state.serving = version
@@ -409,7 +450,7 @@ class ModelStore:
 
     def quarantine(self, name: str, version: int, reason: str) -> None:
         """Mark a version that failed verification so it is never loaded again."""
-        with self.lock():
+        with self._recording(name, f"the quarantine of v{version}"), self.lock():
             state = self.state(name)
             state.quarantined[version] = reason
             state.event("quarantined", version=version, reason=reason)
@@ -424,8 +465,13 @@ class ModelStore:
         A version that fails verification is quarantined; every fallback is logged and
         recorded in the model's history with its reason.
         """
-        state = self.state(name)
         reason: str | None = None
+        try:
+            state = self.state(name)
+        except (StoreError, OSError) as exc:
+            state = ModelState()
+            reason = f"its state cannot be read ({exc}); only the factory bundle is served"
+            log.error("%s: %s", name, reason, extra={"model": name, "reason": reason})
         tried: list[int] = []
         for candidate in (state.active, state.last_known_good):
             if candidate is None or candidate in tried or candidate in state.quarantined:
@@ -435,10 +481,7 @@ class ModelStore:
                 resolved = self.resolved_version(name, candidate, reason)
             except (BadDataError, StoreError) as exc:
                 why = f"v{candidate} failed verification: {exc}"
-                try:
-                    self.quarantine(name, candidate, str(exc))
-                except OSError as write_exc:
-                    log.error("%s: cannot record the quarantine of v%d: %s", name, candidate, write_exc)
+                self.quarantine(name, candidate, str(exc))
                 reason = why if reason is None else f"{reason}; {why}"
                 continue
             if reason is not None:
@@ -480,7 +523,7 @@ class ModelStore:
                         state.last_known_good = self._older_good(name, state, to_version)
                 state.event("fallback", previous=from_version, to=target, reason=reason)
                 self._write_state(name, state)
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             # Serving the fallback matters more than recording it (e.g. a read-only user running `score`).
             log.error("%s: cannot record the fallback: %s", name, exc, extra={"model": name, "reason": str(exc)})
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge_runtime.exceptions import CanonicalJSONError, RootUpdateError, SignatureError, TrustError
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 from edge_runtime.trust.keys import key_id, public_key_hex, sign
+from edge_runtime.trust.points import weak_public_key
 
 ROLES = ("root", "models")
 
@@ -79,6 +80,8 @@ def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], d
             pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
         except ValueError as exc:
             raise TrustError(f"root: key {kid!r} is not a 32-byte Ed25519 public key in hex") from exc
+        weak = weak_public_key(bytes.fromhex(public))
+        _expect(weak is None, f"root: key {kid!r} is {weak}")
         _expect(key_id(pub) == kid, f"root: key id {kid!r} does not match its public key (expected {key_id(pub)})")
         keys[kid] = pub
     raw_roles = signed.get("roles")

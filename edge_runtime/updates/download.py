@@ -117,7 +117,7 @@ def sweep_staging(staging_root: Path) -> list[Path]:
         name, _, version = d.name.rpartition("-")
         if d.name.startswith(TRASH_PREFIX):
             pass
-        elif not (d.is_dir() and version.isdigit() and NAME_RE.match(name)) or (d / MESSAGE_FILE).is_file():
+        elif not (d.is_dir() and version.isascii() and version.isdigit() and NAME_RE.fullmatch(name)) or (d / MESSAGE_FILE).is_file():
             continue
         if d.is_dir() and not d.is_symlink():
             shutil.rmtree(d, ignore_errors=True)
@@ -261,7 +261,7 @@ class Download:
             return out
         for d in sorted(root.iterdir()):
             name, _, version = d.name.rpartition("-")
-            if not d.is_dir() or not version.isdigit():
+            if not d.is_dir() or not (version.isascii() and version.isdigit() and len(version) <= 18):
                 continue
             try:
                 out.append((name, int(version), (d / MESSAGE_FILE).read_bytes()))

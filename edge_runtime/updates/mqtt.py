@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
@@ -28,38 +27,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_runtime.exceptions import TransportError, UsageError
+from edge_runtime.updates.broker_url import BrokerAddress, parse_broker_url, redact_url
 
 log = logging.getLogger("edge_runtime.updates.mqtt")
 
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where the broker is: ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-    username: str = ""
-    password: str = ""
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """Parse a broker URL; user and password may be given as ``mqtt://user:pass@host``."""
-    parts = urlsplit(url)
-    if parts.scheme not in DEFAULT_PORTS:
-        raise UsageError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-    if not parts.hostname:
-        raise UsageError(f"broker URL {url!r} has no host")
-    try:
-        port = parts.port or DEFAULT_PORTS[parts.scheme]
-    except ValueError as exc:
-        raise UsageError(f"broker URL {url!r}: bad port") from exc
-    return BrokerAddress(
-        parts.hostname, port, parts.scheme == "mqtts", unquote(parts.username or ""), unquote(parts.password or "")
-    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +50,11 @@ class LinkSettings:
     persistent: bool = False
     session_expiry_s: int = 0
     receive_maximum: int = 0  # MQTT 5; 0 = the broker's default
+
+    @property
+    def safe_url(self) -> str:
+        """The broker URL without its password, for logs and errors."""
+        return redact_url(self.url)
     will_topic: str = ""
     will_payload: bytes = b""
 
@@ -165,7 +142,7 @@ class MqttLink:
                     cert_reqs=ssl.CERT_REQUIRED,
                 )
             except (OSError, ssl.SSLError, ValueError) as exc:
-                raise UsageError(f"cannot load the TLS files for {settings.url}: {exc}") from exc
+                raise UsageError(f"cannot load the TLS files for {settings.safe_url}: {exc}") from exc
         if settings.will_topic:
             self._client.will_set(settings.will_topic, settings.will_payload, qos=1, retain=True)
         # Only the thread that runs the network loop may touch the socket (an SSL socket breaks
@@ -263,19 +240,19 @@ class MqttLink:
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=s.keepalive_s, **kwargs)  # type: ignore[arg-type]
         except (OSError, ssl.SSLError, ValueError) as exc:
-            raise TransportError(f"cannot connect to {s.url}: {exc}") from exc
+            raise TransportError(f"cannot connect to {s.safe_url}: {exc}") from exc
         deadline = time.monotonic() + timeout_s
         while self._connack is None:
             if time.monotonic() > deadline:
                 self._client.disconnect()
-                raise TransportError(f"no CONNACK from {s.url} within {timeout_s:g} s")
+                raise TransportError(f"no CONNACK from {s.safe_url} within {timeout_s:g} s")
             rc = self._client.loop(0.05)
             if rc != paho.MQTT_ERR_SUCCESS and self._connack is None:
-                raise TransportError(f"connection to {s.url} lost before CONNACK ({paho.error_string(rc)})")
+                raise TransportError(f"connection to {s.safe_url} lost before CONNACK ({paho.error_string(rc)})")
         ok, session_present, reason = self._connack
         if not ok:
             self._client.disconnect()
-            raise TransportError(f"{s.url} refused the connection: {reason}")
+            raise TransportError(f"{s.safe_url} refused the connection: {reason}")
         return session_present
 
     def run(self, stop: threading.Event) -> str:
@@ -402,4 +379,5 @@ __all__ = [
     "MqttLink",
     "Publication",
     "parse_broker_url",
+    "redact_url",
 ]

@@ -27,9 +27,13 @@ from edge_runtime.exceptions import UsageError
 from edge_runtime.trust.canonical import canonical_json
 
 DESIRED_TYPE = "desired"
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*$")
+# \Z, not $: "$" also matches before a trailing newline, so "pi-1\n" would pass.
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*\Z")
 QOS = 1
+# A desired state's seq is a 64-bit signed integer on the device and the operator alike: a
+# larger one would be a floor no later state could ever pass (a frozen fleet).
+MAX_SEQ = 2**63 - 1
 
 # Event kinds published on devices/<id>/events, in the order an update goes through them.
 EVENTS = (
@@ -147,7 +151,7 @@ class Topics:
                     return TopicRef("device_" + parts[2], device=parts[1])
             if len(parts) == 3 and parts[:2] == ["trust", "root"] and _is_number(parts[2]):
                 return TopicRef("root", root_version=int(parts[2]))
-            if len(parts) >= 4 and parts[0] == "models" and NAME_RE.match(parts[1]) and _is_number(parts[2]):
+            if len(parts) >= 4 and parts[0] == "models" and NAME_RE.fullmatch(parts[1]) and _is_number(parts[2]):
                 name, version = parts[1], int(parts[2])
                 if parts[3:] == ["manifest"]:
                     return TopicRef("manifest", name=name, version=version)
@@ -160,7 +164,8 @@ class Topics:
 
 def _is_number(text: str) -> bool:
     # Canonical decimal only: "07" and "+7" would let one chunk have two topics.
-    return text.isdigit() and text == str(int(text)) and len(text) <= 12
+    # isdigit() alone accepts "²", which int() refuses: ASCII first, length before int().
+    return text.isascii() and text.isdigit() and len(text) <= 12 and text == str(int(text))
 
 
 def rollout_salt(name: str, version: int) -> str:
@@ -197,6 +202,7 @@ def manifest_message(manifest_bytes: bytes, signatures: list[dict[str, str]]) ->
 __all__ = [
     "DESIRED_TYPE",
     "EVENTS",
+    "MAX_SEQ",
     "QOS",
     "TopicRef",
     "Topics",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.config import Config, MqttConfig
-from edge_runtime.exceptions import TrustError
+from edge_runtime.exceptions import BadDataError, TrustError
 from edge_runtime.trust.root import TrustRoot, update_root, verify_root
 from edge_runtime.updates.verify import verify_root_message
 
@@ -93,7 +93,7 @@ class PendingRoots:
         while (data := self._waiting.pop(current.version + 1, None)) is not None:
             try:
                 new = verify_root_message(current, current.version + 1, data)
-            except TrustError as exc:
+            except BadDataError as exc:  # never raised past here: the roots already popped would be lost
                 problems.append(f"trust root {current.version + 1}: {exc}")
                 break
             assert new is not None  # a version above the current one always yields a root or an error
@@ -102,7 +102,7 @@ class PendingRoots:
         for n in sorted(v for v in self._waiting if v > current.version + 1):
             try:
                 verify_root_message(current, n, self._waiting[n])
-            except TrustError as exc:  # always: "a skipped version"
+            except BadDataError as exc:  # always: "a skipped version"
                 problems.append(f"trust root {n}: {exc}")
         return rotated, problems
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.config import Config, MqttConfig
-from edge_runtime.exceptions import ConfigError, EdgeRuntimeError, TransportError
+from edge_runtime.config import Config, check_mqtt_config
+from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore, Resolved
-from edge_runtime.updates.mqtt import PROTOCOLS, Backoff, LinkSettings, Message, MqttLink, parse_broker_url
+from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
@@ -34,39 +34,6 @@ from edge_runtime.updates.updater import Updater, UpdaterSettings
 log = logging.getLogger("edge_runtime.updates")
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
-
-
-def check_mqtt_config(m: MqttConfig) -> None:
-    """Raise ConfigError naming the first ``[mqtt]`` key with a bad value."""
-    try:
-        parse_broker_url(m.url)
-    except EdgeRuntimeError as exc:
-        raise ConfigError(f"mqtt.url: {exc}") from exc
-    if m.protocol not in PROTOCOLS:
-        raise ConfigError(f"mqtt.protocol: expected one of {sorted(PROTOCOLS)}, found {m.protocol!r}")
-    if m.trusted_clock not in ("auto", "yes", "no"):
-        raise ConfigError(f"mqtt.trusted_clock: expected 'auto', 'yes' or 'no', found {m.trusted_clock!r}")
-    positive = {
-        "keepalive_s": m.keepalive_s,
-        "download_stall_s": m.download_stall_s,
-        "download_window_chunks": m.download_window_chunks,
-        "max_download_bytes": m.max_download_bytes,
-        "max_event_queue": m.max_event_queue,
-        "connect_timeout_s": m.connect_timeout_s,
-        "activation_timeout_s": m.activation_timeout_s,
-        "receive_maximum": m.receive_maximum,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"mqtt.{key}: expected a value > 0, found {value}")
-    if m.receive_maximum > 65535:
-        raise ConfigError(f"mqtt.receive_maximum: expected 1 to 65535, found {m.receive_maximum}")
-    if m.reconnect_min_s < 0 or m.reconnect_max_s < m.reconnect_min_s:
-        raise ConfigError("mqtt.reconnect_min_s must be >= 0 and reconnect_max_s >= reconnect_min_s")
-    if m.max_download_bytes_per_s < 0 or m.session_expiry_s < 0:
-        raise ConfigError("mqtt.max_download_bytes_per_s and mqtt.session_expiry_s must be >= 0")
-    if bool(m.cert_file) != bool(m.key_file):
-        raise ConfigError("mqtt.cert_file and mqtt.key_file go together (TLS client authentication)")
 
 
 def clock_is_trusted(setting: str) -> bool:
@@ -123,6 +90,10 @@ class UpdateService:
             max_events=m.max_event_queue,
         )
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # Control messages waiting for edge-updates, newest per topic: a flood on one topic
+        # holds one payload, not every one the broker delivers faster than they are verified.
+        self._waiting: dict[str, tuple[Any, bytes]] = {}
+        self._waiting_lock = threading.Lock()
         self._stop = threading.Event()
         self.link = MqttLink(
             LinkSettings(
@@ -178,6 +149,9 @@ class UpdateService:
         try:
             self.store.root = load_trust_root(self.store.root, self.settings.state_dir)
             self.updater.load()
+        except OSError as exc:  # e.g. a read-only or full store: reported, not a traceback
+            self.store.write_fault = f"cannot load or create the update state: {exc.strerror or exc}"
+            log.error("update state could not be loaded (%s); starting without it", exc)
         except Exception:  # the updater must never take the daemon down
             log.exception("update state could not be loaded; starting without it")
         self.loaded.set()
@@ -199,12 +173,13 @@ class UpdateService:
     def _dispatch(self, item: tuple[str, Any]) -> None:
         kind, value = item
         if kind == "connected":
-            log.info("connected to %s (session %s)", self.link.settings.url, "resumed" if value else "new")
+            log.info("connected to %s (session %s)", self.link.settings.safe_url, "resumed" if value else "new")
             self.updater.on_connect(bool(value))
         elif kind == "disconnected":
-            log.warning("disconnected from %s: %s", self.link.settings.url, value)
+            log.warning("disconnected from %s: %s", self.link.settings.safe_url, value)
         elif kind == "message":
-            ref, payload = value
+            with self._waiting_lock:
+                ref, payload = self._waiting.pop(value)
             self.updater.on_message(ref, payload)
         elif kind in ("chunk", "chunk_rejected"):
             self.updater.on_internal(item)
@@ -216,7 +191,11 @@ class UpdateService:
         if ref.kind == "chunk":
             self.updater.on_chunk(ref, msg.payload)
         else:
-            self._queue.put(("message", (ref, msg.payload)))
+            with self._waiting_lock:
+                queued = msg.topic in self._waiting
+                self._waiting[msg.topic] = (ref, msg.payload)  # a retained topic: only the newest counts
+            if not queued:
+                self._queue.put(("message", msg.topic))
 
     def _network_main(self) -> None:
         m = self.cfg.mqtt

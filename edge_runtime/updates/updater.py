@@ -65,6 +65,43 @@ MAX_PENDING_ROOTS = 16  # trust roots waiting for an earlier version
 PROGRESS_STEP = 10  # percent between "downloading" events
 TICK_S = 0.2  # timers: stall detection
 ACTIVATION_POLL_S = 0.02  # how often the store is read while the daemon swaps
+# Reasons quote what a message held (field names, values): an attacker chooses them. Each is
+# cut to this length before it is kept, reported or saved, and only this many distinct ones
+# are remembered to report each once.
+MAX_REASON_CHARS = 400
+MAX_REPORTED = 128
+
+
+def bounded_reason(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_REASON_CHARS` (what is kept, published and saved)."""
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 20] + f"... ({len(reason)} chars)"
+
+
+class ReportedOnce:
+    """The last :data:`MAX_REPORTED` things reported, oldest forgotten first: a flood of
+    distinct reasons costs a bounded set, at worst an old one is reported again."""
+
+    def __init__(self, limit: int = MAX_REPORTED) -> None:
+        self.limit = limit
+        self._keys: dict[tuple[Any, ...], None] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: tuple[Any, ...]) -> None:
+        """Remember ``key``; forget the oldest past the limit."""
+        self._keys[key] = None
+        while len(self._keys) > self.limit:
+            del self._keys[next(iter(self._keys))]
+
+    def clear(self) -> None:
+        """Forget everything (a new desired state: report afresh)."""
+        self._keys.clear()
 
 
 class Updater:
@@ -98,7 +135,7 @@ class Updater:
         self.last_error: dict[str, Any] | None = None
         self._raw_desired: dict[str, bytes] = {}
         self._pending_roots = PendingRoots(MAX_PENDING_ROOTS)
-        self._reported: set[tuple[Any, ...]] = set()
+        self._reported = ReportedOnce()
         self._refused: set[tuple[str, int]] = set()
         self._job: Job | None = None
         self._job_lock = threading.Lock()
@@ -113,7 +150,9 @@ class Updater:
         try:
             saved = json.loads((self.s.state_dir / STATE_FILE).read_bytes())
             self.floors = {k: SeqFloor(int(v["seq"]), str(v["digest"])) for k, v in saved.get("floors", {}).items()}
-            self.last_error = saved.get("last_error")
+            last = saved.get("last_error")
+            if isinstance(last, dict) and isinstance(last.get("reason"), str):
+                self.last_error = {**last, "reason": bounded_reason(last["reason"])}
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
@@ -235,7 +274,7 @@ class Updater:
                 if key not in self._reported:
                     self._reported.add(key)
                     reason = self.store.state(name).failed.get(version, "")
-                    self.reporter.event("failed", name, version, reason=f"failed before, not retried: {reason}")
+                    self.reporter.event("failed", name, version, reason=bounded_reason(f"failed before, not retried: {reason}"))
                 continue
             self.reporter.event("notified", name, version, seq=self._seqs())
             now = self.monotonic()
@@ -524,6 +563,7 @@ class Updater:
     def _reject(
         self, name: str | None, version: int | None, reason: str, dedupe: bool = True, persist: bool = True
     ) -> None:
+        reason = bounded_reason(reason)
         key = ("rejected", name, version, reason)
         if dedupe:
             if key in self._reported:
@@ -534,6 +574,7 @@ class Updater:
         self.publish_state()
 
     def _error(self, name: str | None, version: int | None, reason: str, persist: bool = True) -> None:
+        reason = bounded_reason(reason)
         self.last_error = {"time": self.reporter.now(), "model": name, "version": version, "reason": reason}
         if not persist:
             return
@@ -574,6 +615,7 @@ class Updater:
             "models": models_summary(self.store),
             "update": job_summary(self._job),
             "last_error": self.last_error,
+            "store_fault": self.store.write_fault,
         }
 
     def publish_state(self) -> None:

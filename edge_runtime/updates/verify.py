@@ -34,7 +34,7 @@ from edge_runtime.updates.exceptions import (
     ReplayError,
     UpdateMessageError,
 )
-from edge_runtime.updates.protocol import DESIRED_TYPE
+from edge_runtime.updates.protocol import DESIRED_TYPE, MAX_SEQ
 
 MAX_SALT_CHARS = 128
 MAX_MODELS = 256
@@ -97,10 +97,26 @@ class ModelView:
     quarantined: frozenset[int]
 
 
+MAX_ECHO_CHARS = 60
+
+
+def echo(value: Any) -> str:
+    """``repr(value)`` cut short: errors quote what a message held, never all of it."""
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
+
+
+def echo_names(names: Any) -> str:
+    """A few of the sorted names of a JSON object's fields, each cut short."""
+    ordered = sorted(str(n) for n in names)
+    shown = ", ".join(echo(n) for n in ordered[:5])
+    return f"[{shown}{', ...' if len(ordered) > 5 else ''}]"
+
+
 def _int(value: Any, what: str, low: int, high: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise UpdateMessageError(f"{what}: expected an integer {bound}, found {value!r}")
+        raise UpdateMessageError(f"{what}: expected an integer {bound}, found {echo(value)}")
     return value
 
 
@@ -111,7 +127,7 @@ def open_signed_message(message: bytes, field: str, root: TrustRoot, what: str) 
     except CanonicalJSONError as exc:
         raise UpdateMessageError(str(exc)) from exc
     if set(outer) != {field, "signatures"}:
-        raise UpdateMessageError(f"{what}: expected exactly the fields {field!r} and 'signatures', found {sorted(outer)}")
+        raise UpdateMessageError(f"{what}: expected exactly the fields {field!r} and 'signatures', found {echo_names(outer)}")
     text = outer[field]
     if not isinstance(text, str):
         raise UpdateMessageError(f"{what}: {field!r} must be the canonical JSON text, found {type(text).__name__}")
@@ -122,28 +138,28 @@ def open_signed_message(message: bytes, field: str, root: TrustRoot, what: str) 
 
 def _parse_expires(value: Any, what: str) -> _dt.datetime:
     if not isinstance(value, str):
-        raise UpdateMessageError(f"{what}: 'expires' must be an ISO 8601 UTC time string, found {value!r}")
+        raise UpdateMessageError(f"{what}: 'expires' must be an ISO 8601 UTC time string, found {echo(value)}")
     try:
         when = _dt.datetime.fromisoformat(value)
     except ValueError as exc:
-        raise UpdateMessageError(f"{what}: 'expires' must be an ISO 8601 time, found {value!r}") from exc
+        raise UpdateMessageError(f"{what}: 'expires' must be an ISO 8601 time, found {echo(value)}") from exc
     if when.tzinfo is None:
-        raise UpdateMessageError(f"{what}: 'expires' needs a time zone (e.g. a trailing Z), found {value!r}")
+        raise UpdateMessageError(f"{what}: 'expires' needs a time zone (e.g. a trailing Z), found {echo(value)}")
     return when.astimezone(_dt.UTC)
 
 
 def _parse_target(name: Any, entry: Any, what: str) -> ModelTarget:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise UpdateMessageError(f"{what}: model name {name!r} must match {NAME_RE.pattern}")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UpdateMessageError(f"{what}: model name {echo(name)} must match {NAME_RE.pattern}")
     where = f"{what} model {name!r}"
     if not isinstance(entry, dict) or not set(entry) <= {"version", "rollout"}:
-        raise UpdateMessageError(f"{where}: expected {{version, rollout}}, found {entry!r:.200}")
+        raise UpdateMessageError(f"{where}: expected {{version, rollout}}, found {echo(entry)}")
     version = _int(entry.get("version"), f"{where} version", 1)
     raw = entry.get("rollout")
     if raw is None:
         return ModelTarget(version, None)
     if not isinstance(raw, dict) or set(raw) != {"percent", "salt"}:
-        raise UpdateMessageError(f"{where}: rollout must be {{percent, salt}}, found {raw!r:.200}")
+        raise UpdateMessageError(f"{where}: rollout must be {{percent, salt}}, found {echo(raw)}")
     percent = _int(raw["percent"], f"{where} rollout percent", 0, 100)
     salt = raw["salt"]
     if not isinstance(salt, str) or not 0 < len(salt) <= MAX_SALT_CHARS:
@@ -161,15 +177,15 @@ def verify_desired(message: bytes, root: TrustRoot, *, fleet: str, device: str |
         raise UpdateMessageError(str(exc)) from exc
     extra = set(doc) - DESIRED_FIELDS
     if extra:
-        raise UpdateMessageError(f"{what}: unknown fields {sorted(extra)}")
+        raise UpdateMessageError(f"{what}: unknown fields {echo_names(extra)}")
     if doc.get("_type") != DESIRED_TYPE:
-        raise UpdateMessageError(f"{what}: '_type' must be {DESIRED_TYPE!r}, found {doc.get('_type')!r}")
+        raise UpdateMessageError(f"{what}: '_type' must be {DESIRED_TYPE!r}, found {echo(doc.get('_type'))}")
     # The fleet and device are inside the signature so a message cannot be replayed elsewhere.
     if doc.get("fleet") != fleet:
-        raise UpdateMessageError(f"{what}: signed for fleet {doc.get('fleet')!r}, this device is in fleet {fleet!r}")
+        raise UpdateMessageError(f"{what}: signed for fleet {echo(doc.get('fleet'))}, this device is in fleet {fleet!r}")
     if doc.get("device") != device:
-        raise UpdateMessageError(f"{what}: signed for device {doc.get('device')!r}, expected {device!r}")
-    seq = _int(doc.get("seq"), f"{what} seq", 1)
+        raise UpdateMessageError(f"{what}: signed for device {echo(doc.get('device'))}, expected {device!r}")
+    seq = _int(doc.get("seq"), f"{what} seq", 1, MAX_SEQ)
     models = doc.get("models")
     if not isinstance(models, dict) or len(models) > MAX_MODELS:
         raise UpdateMessageError(f"{what}: 'models' must be an object of at most {MAX_MODELS} models")
@@ -283,7 +299,7 @@ def check_chunk(artifacts: dict[str, Artifact], file: str, index: int, data: byt
     """Raise ChunkError unless ``data`` is exactly chunk ``index`` of artifact ``file``."""
     art = artifacts.get(file)
     if art is None:
-        raise ChunkError(f"chunk of artifact {file!r}, the manifest names {sorted(artifacts)}", "file")
+        raise ChunkError(f"chunk of artifact {echo(file)}, the manifest names {sorted(artifacts)}", "file")
     if not 0 <= index < art.chunk_count:
         raise ChunkError(f"{file} chunk {index}: the manifest declares {art.chunk_count} chunks", "index")
     if len(data) > art.chunk_size:

@@ -78,7 +78,9 @@ def test_watchdog_pings_while_the_loop_answers_and_withholds_them_while_it_is_we
                      [np.zeros((1, 256), np.float32)])
     env.install(slow)
     config = tmp_path / "wd.toml"
-    config.write_text(env.config_text('[models.slow]\nexecution = "inline"\nmax_batch_size = 0\n'), encoding="utf-8")
+    # 8000 rows x 256 values in one JSON body: above the default max_json_values (1 Mi).
+    config.write_text(env.config_text('[models.slow]\nexecution = "inline"\nmax_batch_size = 0\n',
+                                      server_toml="max_json_values = 4194304"), encoding="utf-8")
     pings = Pings(tmp_path / "notify.sock")
     d = Daemon(config, env_extra={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": str(WATCHDOG_USEC)})
     try:

@@ -75,9 +75,13 @@ def test_canonical_json_refuses_what_json_cannot_hold(value: object) -> None:
 
 def test_non_canonical_bytes_are_refused_where_required() -> None:
     assert parse_json_object(b'{"a": 1}', "thing") == {"a": 1}
-    for data in (b'{"a": 1}', b'{"b":1,"a":2}', b'{"a":1}\n', b'{"a":1,"a":1}'):
+    for data in (b'{"a": 1}', b'{"b":1,"a":2}', b'{"a":1}\n'):
         with pytest.raises(CanonicalJSONError, match="thing: not canonical JSON"):
             parse_json_object(data, "thing", require_canonical=True)
+    # A key given twice is refused whether or not canonical form is required.
+    for canonical in (True, False):
+        with pytest.raises(CanonicalJSONError, match="thing: JSON object has the key 'a' twice"):
+            parse_json_object(b'{"a":1,"a":1}', "thing", require_canonical=canonical)
 
 
 def test_non_canonical_manifest_bytes_are_refused(make_bundle: Callable[..., Path]) -> None:
