@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tree_hash
-from serving.support import request
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.trust.canonical import canonical_json
@@ -35,6 +33,8 @@ from edge_runtime.trust.keys import generate_private_key, private_key_pem, sign
 from edge_runtime.trust.root import make_root, sign_root
 from edge_runtime.updates.protocol import MAX_SEQ, Topics, desired_document, signed_message
 from edge_runtime.updates.verify import verify_desired
+from harness.http import request
+from harness.wait import wait_until
 from reliability.conftest import (
     EDGE,
     FLEET,
@@ -47,7 +47,6 @@ from reliability.conftest import (
     infer_rows,
     mosquitto_config,
     scale,
-    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -130,7 +129,7 @@ def test_publish_keeps_a_verified_retained_state_and_the_device_follows(
     assert out.returncode == 0 and "ignoring" not in out.stderr, out.stderr
     desired = verify_desired(_retained(broker, TOPICS.desired) or b"", keys.root, fleet=FLEET, device=None)
     assert desired.seq == 7_000_000_001 and desired.models["other"].version == 3
-    wait_until(lambda: observer.of(dev.device_id, "activated"), 60, "v2 activated")
+    wait_until(lambda: observer.of(dev.device_id, "activated"), "v2 activated")
     assert _serving(dev, daemon.port, holdout_x) == 2
     assert daemon.tracebacks() == []
 
@@ -153,9 +152,9 @@ def test_device_rejects_a_signed_desired_seq_beyond_64_bits(
     dev = make_device()
     dev.write_config(broker.url)
     daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
     _retain(broker, {TOPICS.desired: _signed_desired(keys, MAX_SEQ + 1, {"fraud": {"version": 1}})})
-    event = wait_until(lambda: observer.of(dev.device_id, "rejected"), 30, "a rejected event")[0]
+    event = wait_until(lambda: observer.of(dev.device_id, "rejected"), "a rejected event")[0]
     assert "seq" in event["reason"] and str(MAX_SEQ) in event["reason"]
     assert _serving(dev, daemon.port, holdout_x) == 1
     assert daemon.tracebacks() == []
@@ -171,7 +170,7 @@ def test_huge_number_next_to_a_valid_root_rotation_keeps_the_rotation(
     dev = make_device()
     dev.write_config(broker.url)
     daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
     new_root_key = generate_private_key()
     (tmp_path / "new-root.key").write_bytes(private_key_pem(new_root_key))
     v2 = sign_root(make_root(2, [new_root_key], [keys.key]), [keys.key, new_root_key])
@@ -180,11 +179,11 @@ def test_huge_number_next_to_a_valid_root_rotation_keeps_the_rotation(
     # with such a number: every one a `rejected` event, and the rotation applied.
     _retain(broker, {TOPICS.root(3): garbage})
     _retain(broker, {TOPICS.root(2): v2})
-    wait_until(lambda: observer.of(dev.device_id, "root_updated"), 30, "root v2 applied")
-    wait_until(lambda: observer.state(dev.device_id).get("trust_root_version") == 2, 30, "state naming root v2")
+    wait_until(lambda: observer.of(dev.device_id, "root_updated"), "root v2 applied")
+    wait_until(lambda: observer.state(dev.device_id).get("trust_root_version") == 2, "state naming root v2")
     _retain(broker, {TOPICS.desired: _unsigned_desired("9" * 5000, {})})
     wait_until(
-        lambda: [e for e in observer.of(dev.device_id, "rejected") if "desired" in e["reason"]], 30, "desired rejected"
+        lambda: [e for e in observer.of(dev.device_id, "rejected") if "desired" in e["reason"]], "desired rejected"
     )
     assert any("trust root 3" in e["reason"] for e in observer.of(dev.device_id, "rejected"))
     assert _serving(dev, daemon.port, holdout_x) == 1
@@ -247,7 +246,7 @@ def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
     dev = make_device()
     dev.write_config(broker.url)
     daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), 30, "the daemon's first state")
+    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
     rss_before, peak_before = daemon.rss_bytes(), _peak_rss(daemon)
     count = scale(100, 300)
     t0 = time.monotonic()
@@ -257,7 +256,7 @@ def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
             payload = json.dumps({"desired": "{}", "signatures": [], name: 1}).encode()
             session.publish(TOPICS.desired, payload).wait(60)
     last = f"{count - 1:06d}"
-    wait_until(lambda: any(last in e["reason"] for e in observer.of(dev.device_id, "rejected")), 120,
+    wait_until(lambda: any(last in e["reason"] for e in observer.of(dev.device_id, "rejected")),
                "the last message's rejection")
     took = time.monotonic() - t0
     rss_after, peak_after = daemon.rss_bytes(), _peak_rss(daemon)
@@ -267,7 +266,7 @@ def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
     assert 1 <= len(rejected) <= count
     assert max(len(e["reason"]) for e in rejected) <= 400
     state = wait_until(lambda: (s := observer.state(dev.device_id)).get("last_error") and last in
-                       s["last_error"]["reason"] and s, 30, "last_error naming the last message")
+                       s["last_error"]["reason"] and s, "last_error naming the last message")
     assert len(json.dumps(state)) < 4096
     assert (dev.store_path / ".updates" / "updater.json").stat().st_size < 4096
     assert rss_after - rss_before < 40 * MIB, (rss_before, rss_after)
@@ -308,7 +307,7 @@ def test_read_only_store_still_serves_the_verified_version(
         daemon = dev.start()
         _serves_and_reports(dev, daemon, holdout_x, 1, "cannot record serving v1 of fraud")
         # The fault is reported in the device's retained state, too.
-        state = wait_until(lambda: (s := observer.state(dev.device_id)).get("store_fault") and s, 30, "store_fault")
+        state = wait_until(lambda: (s := observer.state(dev.device_id)).get("store_fault") and s, "store_fault")
         assert "Read-only file system" in state["store_fault"], state
         assert daemon.stop() == 0
     finally:
@@ -516,7 +515,7 @@ def test_fleet_status_shows_malformed_device_states_as_bad_and_lists_the_rest(
     dev = make_device(device_id="good-1")
     dev.write_config(broker.url)
     daemon = dev.start()  # (no observer: the test helper itself would choke on the bad states)
-    wait_until(lambda: _retained(broker, TOPICS.state("good-1")), 30, "the real device's state")
+    wait_until(lambda: _retained(broker, TOPICS.state("good-1")), "the real device's state")
     bad = {
         "bad-models-list": b'{"models": [1]}',
         "bad-failed-superscript": json.dumps({"models": {"fraud": {"active": 1, "failed": {"\u00b2": "x"}}}}).encode(),
@@ -585,11 +584,12 @@ def _gnu_sparse_1_0(path: Path) -> Path:
 
 @pytest.mark.parametrize("kind", ["pax_header_300_mb", "gnu_sparse_1_0", "gnu_long_name_300_mb"])
 def test_hostile_tar_headers_are_refused_before_tarfile_reads_them(
-    make_device: Callable[..., DeviceDir], tmp_path: Path, figures: Figures, kind: str
+    make_device: Callable[..., DeviceDir], tmp_path: Path, figures: Figures, kind: str,
+    hash_tree: Callable[[Path], str],
 ) -> None:
     dev = make_device()
     dev.write_config()
-    before = tree_hash(dev.store_path)
+    before = hash_tree(dev.store_path)
     if kind == "pax_header_300_mb":
         bundle = _pax_bomb(tmp_path / "bomb.bundle", 300 * MIB)
     elif kind == "gnu_long_name_300_mb":
@@ -607,7 +607,7 @@ def test_hostile_tar_headers_are_refused_before_tarfile_reads_them(
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr and ("header of" in out.stderr or "sparse" in out.stderr or "tar" in out.stderr)
     assert peak < 120 * MIB, peak
-    assert tree_hash(dev.store_path) == before
+    assert hash_tree(dev.store_path) == before
     figures.add(kind=kind, file_bytes=bundle.stat().st_size, cli_peak_rss_mb=peak // MIB,
                 reason=out.stderr.strip().splitlines()[0][:120])
 
@@ -659,7 +659,7 @@ def test_concurrent_installs_leave_the_newer_version_active(
         _, slow_err = slow.communicate(timeout=120)
         assert fast.returncode == 0 and slow.returncode == 0, (fast.stderr, slow_err)
         assert dev.store().state("fraud").active == newer, slow_err
-        wait_until(lambda n=newer: _serving(dev, daemon.port, holdout_x) == n, 60, f"the daemon serving v{newer}")
+        wait_until(lambda n=newer: _serving(dev, daemon.port, holdout_x) == n, f"the daemon serving v{newer}")
         raced += caught
         if raced >= 2:
             break
@@ -799,9 +799,8 @@ def test_trickling_clients_under_a_256_descriptor_limit_never_exhaust_descriptor
     reader.start()
     socks: list[socket.socket] = []
     try:
-        port = int(wait_until(lambda: next((x.rsplit(":", 1)[1] for x in list(lines) if "listening on http://" in x), None),
-                              60, "the listening line"))
-        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 60, "ready")
+        port = int(wait_until(lambda: next((x.rsplit(":", 1)[1] for x in list(lines) if "listening on http://" in x), None), "the listening line"))
+        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, "ready")
         head = b"POST /v2/models/fraud/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
         for _ in range(239):
             s = socket.create_connection(("127.0.0.1", port))
@@ -812,7 +811,7 @@ def test_trickling_clients_under_a_256_descriptor_limit_never_exhaust_descriptor
         assert status == 503 and b"max_connections" in body, (status, body)
         for s in socks:
             s.close()
-        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, 30, "ready again")
+        wait_until(lambda: request(port, "GET", "/v2/health/ready")[0] == 200, "ready again")
         assert _serving(dev, port, holdout_x) == 1
         log = "".join(lines)
         assert "does not fit the open-file limit 256: using 192" in log, log
