@@ -70,6 +70,17 @@ class Dataset:
         return self.take(slice(0, n)) if self.rows > n else self
 
 
+def _typed(spec: TensorSpec, arr: np.ndarray, what: str) -> np.ndarray:
+    """``arr`` in the input's datatype, refusing values that do not convert and NaN/infinity."""
+    try:
+        arr = arr.astype(numpy_dtype(spec.datatype), copy=False)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what}: input '{spec.name}' cannot be read as {spec.datatype}: {exc}") from exc
+    if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+        raise UsageError(f"{what}: input '{spec.name}' holds NaN or infinite values")
+    return arr
+
+
 def _check(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], what: str) -> tuple[np.ndarray, ...]:
     out = []
     rows = None
@@ -93,13 +104,7 @@ def _check(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], what: str)
         rows = arr.shape[0]
         if rows == 0:
             raise UsageError(f"{what}: no rows")
-        try:
-            arr = arr.astype(numpy_dtype(spec.datatype), copy=False)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{what}: input '{spec.name}' cannot be read as {spec.datatype}: {exc}") from exc
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise UsageError(f"{what}: input '{spec.name}' holds NaN or infinite values")
-        out.append(arr)
+        out.append(_typed(spec, arr, what))
     return tuple(out)
 
 
@@ -110,13 +115,7 @@ def _check_feed(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray], what:
         arr = np.asarray(arr)
         if arr.ndim != len(spec.shape) or any(w not in (-1, g) for w, g in zip(spec.shape, arr.shape)):
             raise UsageError(f"{what}: input '{spec.name}' expects shape {list(spec.shape)}, found {list(arr.shape)}")
-        try:
-            arr = arr.astype(numpy_dtype(spec.datatype), copy=False)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"{what}: input '{spec.name}' cannot be read as {spec.datatype}: {exc}") from exc
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise UsageError(f"{what}: input '{spec.name}' holds NaN or infinite values")
-        out.append(arr)
+        out.append(_typed(spec, arr, what))
     return tuple(out)
 
 

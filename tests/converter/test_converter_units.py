@@ -358,3 +358,46 @@ def test_progress_lines_name_each_stage_with_elapsed_time() -> None:
     assert len(lines) == 2
     assert lines[0] == "[   3.0s] reading m.onnx (2s) done"
     assert lines[1].startswith("[   4.0s] converting (1s)") and lines[1].endswith("failed")
+
+
+# -- input shapes and whole-call data -----------------------------------------------------
+
+
+def test_input_shape_option_and_pins_from_data() -> None:
+    from converter.shapes import parse_input_shape, plan_shapes
+
+    assert parse_input_shape("x:1,3,48,192") == ("x", (1, 3, 48, 192))
+    assert parse_input_shape("a:b:-1,7") == ("a:b", (-1, 7))  # names may hold ':'
+    assert parse_input_shape("sr:") == ("sr", ())
+    for bad in ("x", ":1,2", "x:1,0", "x:1,a", "x:-2"):
+        with pytest.raises(UsageError):
+            parse_input_shape(bad)
+    image = (TensorSpec("x", "FP32", (-1, 3, -1, -1)),)
+    rows = [np.zeros((5, 3, 48, 192), np.float32)]
+    plan = plan_shapes(image, {}, [rows])
+    assert plan.pins == {"x": (-1, 3, 48, 192)} and plan.sources == {"x": "data"}
+    assert plan.apply(image)[0].shape == (-1, 3, 48, 192)
+    disagree = plan_shapes(image, {}, [rows, [np.zeros((2, 3, 48, 96), np.float32)]])
+    assert disagree.pins == {"x": (-1, 3, 48, -1)}  # the width stays dynamic
+    explicit = plan_shapes(image, {"x": (1, 3, 32, 32)}, [rows])
+    assert explicit.pins == {"x": (1, 3, 32, 32)} and explicit.sources == {"x": "--input-shape"}
+    with pytest.raises(UsageError, match=r"--input-shape names \['y'\]"):
+        plan_shapes(image, {"y": (1,)}, [])
+
+
+def test_whole_call_npz_is_read_as_calls(tmp_path: Path) -> None:
+    specs = (TensorSpec("input", "FP32", (-1, -1)), TensorSpec("state", "FP32", (2, -1, 128)),
+             TensorSpec("sr", "INT64", ()))
+    calls = {f"{k}/{n}": a for k in range(3) for n, a in (
+        ("input", np.ones((1, 576), np.float32)), ("state", np.zeros((2, 1, 128), np.float32)), ("sr", np.array(16000)))}
+    np.savez(tmp_path / "calls.npz", **calls)  # type: ignore[arg-type]
+    data = cal.load_dataset(tmp_path / "calls.npz", specs, "validation")
+    assert data.feeds is not None and data.rows == 3 and data.inputs[2].shape == () and data.inputs[2].dtype == np.int64
+    assert data.head(2).rows == 2
+    np.savez(tmp_path / "bad.npz", **{"0/input": np.ones((1, 4), np.float32), "0/state": np.zeros((3, 1, 128)),
+                                      "0/sr": np.array(1)})  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"call 0: input 'state' expects shape \[2, -1, 128\], found \[3, 1, 128\]"):
+        cal.load_dataset(tmp_path / "bad.npz", specs, "validation")
+    np.savez(tmp_path / "missing.npz", **{"0/input": np.ones((1, 4), np.float32)})  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="call 0 has arrays"):
+        cal.load_dataset(tmp_path / "missing.npz", specs, "validation")
