@@ -149,10 +149,7 @@ def test_publish_refuses_a_seq_beyond_64_bits(broker: Mosquitto, releases: Relea
 def test_device_rejects_a_signed_desired_seq_beyond_64_bits(
     make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, keys: Any, holdout_x: np.ndarray
 ) -> None:
-    dev = make_device()
-    dev.write_config(broker.url)
-    daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
+    dev, daemon = _serving_on_broker(make_device, broker, observer)
     _retain(broker, {TOPICS.desired: _signed_desired(keys, MAX_SEQ + 1, {"fraud": {"version": 1}})})
     event = wait_until(lambda: observer.of(dev.device_id, "rejected"), "a rejected event")[0]
     assert "seq" in event["reason"] and str(MAX_SEQ) in event["reason"]
@@ -167,10 +164,7 @@ def test_huge_number_next_to_a_valid_root_rotation_keeps_the_rotation(
     make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, keys: Any, holdout_x: np.ndarray,
     tmp_path: Path,
 ) -> None:
-    dev = make_device()
-    dev.write_config(broker.url)
-    daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
+    dev, daemon = _serving_on_broker(make_device, broker, observer)
     new_root_key = generate_private_key()
     (tmp_path / "new-root.key").write_bytes(private_key_pem(new_root_key))
     v2 = sign_root(make_root(2, [new_root_key], [keys.key]), [keys.key, new_root_key])
@@ -236,6 +230,16 @@ def test_gzip_bomb_of_json_zeros_is_refused_before_parsing(
                 peak_rss_after_mb=peak_after // MIB, answer_s=round(took, 3))
 
 
+def _serving_on_broker(make_device: Callable[..., DeviceDir], broker: Mosquitto,
+                       observer: Observer) -> tuple[DeviceDir, Daemon]:
+    """A device whose daemon runs against ``broker`` and has published its first state."""
+    dev = make_device()
+    dev.write_config(broker.url)
+    daemon = dev.start()
+    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
+    return dev, daemon
+
+
 # -- 3. unsigned garbage over MQTT costs CPU, not memory ----------------------------------------
 
 
@@ -243,10 +247,7 @@ def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
     make_device: Callable[..., DeviceDir], broker: Mosquitto, observer: Observer, holdout_x: np.ndarray,
     figures: Figures,
 ) -> None:
-    dev = make_device()
-    dev.write_config(broker.url)
-    daemon = dev.start()
-    wait_until(lambda: observer.state(dev.device_id), "the daemon's first state")
+    dev, daemon = _serving_on_broker(make_device, broker, observer)
     rss_before, peak_before = daemon.rss_bytes(), _peak_rss(daemon)
     count = scale(100, 300)
     t0 = time.monotonic()
