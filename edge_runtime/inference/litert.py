@@ -97,7 +97,9 @@ class LiteRTBackend(Backend):
                         f"{side[:-1]} '{spec.name}': manifest says {want}, the model has {np.dtype(d['dtype'])}"
                     )
                 model_shape = tuple(int(v) for v in d.get("shape_signature", d["shape"]))
-                if side == "outputs" and model_shape != spec.shape and unit_axes_only(model_shape, spec.shape):
+                same = len(model_shape) == len(spec.shape) and all(
+                    -1 in (m, w) or m == w for m, w in zip(model_shape, spec.shape))
+                if side == "outputs" and not same and unit_axes_only(model_shape, spec.shape):
                     self._reshape[pos] = True  # e.g. onnx2tf turned [1, T] into [-1, 1, T]
                 elif len(model_shape) != len(spec.shape):
                     raise InferenceError(
