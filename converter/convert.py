@@ -51,6 +51,7 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.tensors import TensorSpec, fits
+from edge_runtime.packaging import profile_batches
 from edge_runtime.trust.keys import PrivateKey
 
 MODES = ("fp32", "fp16", "dynamic", "int8")
@@ -166,6 +167,19 @@ def check_options(opts: ConvertOptions) -> None:
             raise UsageError(f"{what} {path}: no such file")
 
 
+def _profile_calls(data: cal.Dataset, specs: Sequence[TensorSpec], real: bool) -> list[list[np.ndarray]] | None:
+    """The validation data as model calls for the reference profile (docs/monitoring.md); None when
+    the data is the converter's own random rows (a profile of noise would flag every real input)."""
+    if not real:
+        return None
+    if data.feeds is not None:
+        return [list(feed) for feed in data.feeds[:PROFILE_MAX_CALLS]]
+    return profile_batches(specs, data.inputs)
+
+
+PROFILE_MAX_CALLS = 512
+
+
 @dataclass
 class _Data:
     calibration: cal.Dataset | None
@@ -237,6 +251,7 @@ class _Pipeline:
 
     def __init__(self, opts: ConvertOptions, progress: Progress) -> None:
         self.opts = opts
+        self.real_data = opts.validation is not None or opts.calibration is not None
         self.progress = progress
         self.warnings: list[str] = []
         self.stage_seconds: dict[str, float] = {}
@@ -484,6 +499,7 @@ class _Pipeline:
             opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
+            profile_calls=_profile_calls(data.validation, source_inputs, self.real_data),
         )
         done()
         self.warnings.insert(0, f"FALLBACK: wrote an ONNX bundle (onnxruntime backend), not TFLite, because {reason}")
@@ -544,6 +560,7 @@ class _Pipeline:
             quantization=self.quantization_field(chosen, result, candidates, accepted),
             architectures=opts.architectures,
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
+            profile_calls=_profile_calls(data.validation, chosen.matched.inputs, self.real_data),
         )
         done()
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,

@@ -70,6 +70,7 @@ def pack_tflite(
     quantization: dict[str, Any],
     architectures: Sequence[str],
     pinned: dict[str, Any] | None = None,
+    profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report.
 
@@ -95,6 +96,7 @@ def pack_tflite(
         extra=source_fields(source, pinned),
         reference=source,
         validation_inputs=validation if dynamic and validation is not None else None,
+        profile_calls=profile_calls,
     )
 
 
@@ -110,6 +112,7 @@ def pack_onnx(
     reason: str,
     report: dict[str, Any] | None,
     architectures: Sequence[str],
+    profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> Manifest:
     """Pack the original ONNX model for the device's onnxruntime backend."""
     quantization: dict[str, Any] = {"mode": "onnx-fallback", "reason": reason}
@@ -126,4 +129,5 @@ def pack_onnx(
         quantization=quantization,
         architectures=architectures,
         extra=source_fields(model),
+        profile_calls=profile_calls,
     )

@@ -98,6 +98,41 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """``[models.NAME.drift]``: drift against the bundle's reference profile (docs/monitoring.md)."""
+
+    threshold: float = 0.25  # PSI at which one ``drift`` event is raised; 0 = measure, never alert
+    clear: float = 0.1  # the alert clears (and may be raised again) once the PSI falls below this
+    window_rows: int = 1000  # rows in the rolling window
+    min_rows: int = 200  # no score until the window holds this many rows
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """``[models.NAME.capture]``: sampled requests and answers kept on disk (off by default)."""
+
+    rate: float = 0.0  # share of answered requests captured; 0 = none sampled
+    max_mb: float = 50.0  # the model's ring on disk; the oldest segments go first
+    shadow_disagreements: bool = True  # when capture is on, always keep what the shadow answered differently
+    enabled: bool = False  # on without sampling (shadow disagreements only); rate > 0 turns it on too
+
+    @property
+    def on(self) -> bool:
+        """Whether anything is captured."""
+        return self.max_mb > 0 and (self.rate > 0 or self.enabled)
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """``[monitoring]``: where captures live and how fast they may leave the device."""
+
+    capture_dir: str = ""  # empty: <store>/.capture
+    capture_max_kbps: float = 256.0  # upload cap of ``fleet capture pull`` answers (kilobits per second)
+    min_free_mb: float = 64.0  # capture stops writing while the file system has less free
+    state_interval_s: float = 60.0  # how often drift figures refresh the retained device state
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """``[models.NAME]``: serving of one model (SPEC section 4)."""
 
@@ -115,6 +150,8 @@ class ModelConfig:
     execution: str = "auto"  # auto | inline (on the event loop) | threads (queue + worker threads)
     inline_max_us: int = 100  # auto: run on the event loop when one batch-1 invoke takes at most this
     idle_inline_max_us: int = 2000  # threads: a request alone in the server runs on the loop if a run takes at most this; 0 = never
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
 
 @dataclass(frozen=True)
@@ -136,6 +173,7 @@ class Config:
     mqtt: MqttConfig | None = None
     models: dict[str, ModelConfig] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     source: str = ""
 
     def model(self, name: str) -> ModelConfig:
@@ -148,6 +186,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _check(value: Any, tp: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -211,6 +251,15 @@ def _validate_model(name: str, m: ModelConfig) -> None:
         raise ConfigError(f"{where}: inline_max_us, idle_inline_max_us and shadow must be >= 0")
     if any(b < 1 or (m.max_batch_size and b > m.max_batch_size) for b in m.preferred_batch_sizes):
         raise ConfigError(f"{where}.preferred_batch_sizes: each must be in [1, max_batch_size]")
+    d, c = m.drift, m.capture
+    if d.threshold < 0 or d.clear < 0 or (d.threshold and d.clear > d.threshold):
+        raise ConfigError(f"{where}.drift: threshold and clear must be >= 0 and clear <= threshold, "
+                          f"found {d.threshold} and {d.clear}")
+    if d.window_rows < 10 or not 1 <= d.min_rows <= d.window_rows:
+        raise ConfigError(f"{where}.drift: window_rows must be >= 10 and min_rows in [1, window_rows], "
+                          f"found {d.window_rows} and {d.min_rows}")
+    if not 0 <= c.rate <= 1 or c.max_mb < 0:
+        raise ConfigError(f"{where}.capture: rate must be in [0, 1] and max_mb >= 0, found {c.rate} and {c.max_mb}")
 
 
 MQTT_PROTOCOLS = ("5", "3.1.1")
@@ -256,7 +305,7 @@ def check_mqtt_config(m: MqttConfig) -> None:
 
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
     """Build a Config from a parsed TOML document."""
-    known = {"device", "store", "server", "trust", "mqtt", "models", "logging"}
+    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
@@ -274,8 +323,12 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         mqtt=_build(MqttConfig, data["mqtt"], "mqtt") if "mqtt" in data else None,
         models=models,
         logging=_build(LoggingConfig, data.get("logging", {}), "logging"),
+        monitoring=_build(MonitoringConfig, data.get("monitoring", {}), "monitoring"),
         source=source,
     )
+    mon = cfg.monitoring
+    if mon.capture_max_kbps <= 0 or mon.min_free_mb < 0 or mon.state_interval_s <= 0:
+        raise ConfigError("monitoring: capture_max_kbps and state_interval_s must be > 0, min_free_mb >= 0")
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError(f"logging.format: expected 'text' or 'json', found {cfg.logging.format!r}")
     if cfg.logging.level.lower() not in LOG_LEVELS:

@@ -28,6 +28,7 @@ from typing import Any
 
 from edge_runtime.config import Config, device_id
 from edge_runtime.exceptions import ConfigError
+from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.serving.app import App, ServingState
 from edge_runtime.serving.hooks import warn_if_enabled
 from edge_runtime.serving.manager import ModelManager
@@ -137,6 +138,10 @@ class Daemon:
         self.store = store
         self.reload_config = reload_config
         self.metrics = Metrics()
+        mon = cfg.monitoring
+        self.monitoring = Monitoring(Path(mon.capture_dir) if mon.capture_dir else store.path / ".capture",
+                                     min_free_bytes=int(mon.min_free_mb * 1024 * 1024))
+        self.metrics.monitoring = self.monitoring
         self.state = ServingState()
         self.address: tuple[str, int] | None = None
         self.grpc_address: tuple[str, int] | None = None  # set when the gRPC endpoint listens
@@ -196,7 +201,8 @@ class Daemon:
         self._stop = asyncio.Event()
         sock = sock or bind_socket(self.cfg.server.host, self.cfg.server.port)
         self.address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
-        self.manager = manager = ModelManager(self.store, self.cfg, self.metrics, loop, self._serving_changed)
+        self.manager = manager = ModelManager(self.store, self.cfg, self.metrics, loop, self._serving_changed,
+                                              monitoring=self.monitoring)
         app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes,
                   max_json_values=self.cfg.server.max_json_values)
         server = _uvicorn_server(app, self.cfg)
@@ -247,6 +253,7 @@ class Daemon:
             if updates is not None:
                 await loop.run_in_executor(None, updates.stop)
             await loop.run_in_executor(None, manager.stop, self.cfg.server.drain_timeout_s)
+            await loop.run_in_executor(None, self.monitoring.stop)
             if watchdog is not None:
                 watchdog.stop()
             if handle_signals:
@@ -315,7 +322,7 @@ class Daemon:
         except ImportError as exc:
             log.warning("[mqtt] is configured but the update client is not available (%s); serving offline", exc)
             return None
-        return start_updates(self.cfg, self.store, device_id(self.cfg), self.wake)
+        return start_updates(self.cfg, self.store, device_id(self.cfg), self.wake, self.monitoring)
 
 
 def run(cfg: Config, store: ModelStore, reload_config: Callable[[], Config] | None = None) -> int:

@@ -19,6 +19,7 @@ Two meanings of the golden tolerance, chosen by whether a reference model is giv
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import platform
 from collections.abc import Sequence
@@ -35,16 +36,20 @@ from edge_runtime.bundle.manifest import (
     GOLDEN_FILE,
     MAX_GOLDEN_BYTES,
     MAX_INLINE_GOLDEN_BYTES,
+    PROFILE_FILE,
     Golden,
     Manifest,
 )
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
-from edge_runtime.exceptions import BundleError, SelfTestError, UsageError
+from edge_runtime.exceptions import BundleError, EdgeRuntimeError, SelfTestError, UsageError
 from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.selftest import golden_npz, run_selftest
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.monitoring.profile import build_profile, parse_profile
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey
+
+log = logging.getLogger("edge_runtime.packaging")
 
 FORMAT_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 DEFAULT_ATOL = 1e-4
@@ -183,6 +188,7 @@ def pack_model(
     extra: dict[str, Any] | None = None,
     reference: Path | None = None,
     validation_inputs: Sequence[np.ndarray] | None = None,
+    profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
 ) -> Manifest:
     """Pack ``model_path`` into a signed bundle at ``out`` and return its manifest.
 
@@ -191,6 +197,9 @@ def pack_model(
     or, when ``reference`` names a model file, by running the reference, with ``atol``
     covering the packed model's measured error on ``validation_inputs`` and the golden
     inputs (see the module docstring). An explicit ``atol`` below that error is refused.
+    ``profile_calls`` (model calls of reference data: batches of rows, see
+    :func:`profile_batches`) become the bundle's reference profile for drift
+    (docs/monitoring.md), the outputs being the packed model's own.
     """
     model_path = Path(model_path)
     fmt, found_in, found_out = describe_model(model_path, input_names, output_names)
@@ -253,6 +262,12 @@ def pack_model(
             "atol": float(atol),
         }
     artifacts = {artifact.file: data}
+    if profile_calls:
+        blob = reference_profile(backend, draft, profile_calls)
+        if blob is not None:
+            artifacts[PROFILE_FILE] = blob
+            fields["artifacts"] = {**fields["artifacts"], PROFILE_FILE: hash_artifact(PROFILE_FILE, blob, chunk_size).to_json()}
+            fields["profile"] = {"file": PROFILE_FILE}
     fields["golden"] = _golden_field(draft, samples, results, float(atol), float(rtol), artifacts, fields, chunk_size)
     fields["created"] = draft.created
     manifest = build_manifest(fields)
@@ -262,6 +277,40 @@ def pack_model(
         raise BundleError(f"a device would refuse this bundle: {exc}") from exc
     write_bundle(out, manifest, artifacts, keys)
     return manifest
+
+
+PROFILE_MAX_ROWS = 4096
+PROFILE_BATCH_ROWS = 64
+
+
+def profile_batches(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray],
+                    max_rows: int = PROFILE_MAX_ROWS) -> list[list[np.ndarray]]:
+    """Rows cut into calls the model accepts: batches for a dynamic batch, its fixed batch otherwise."""
+    if not arrays or not specs:
+        return []
+    first = specs[0].shape
+    fixed = first[0] if first and first[0] > 0 else None
+    n = min(len(arrays[0]), max_rows)
+    step = fixed or PROFILE_BATCH_ROWS
+    end = n - n % step if fixed else n
+    return [[np.asarray(a[i:i + step]) for a in arrays] for i in range(0, end, step)]
+
+
+def reference_profile(backend: Backend, draft: Manifest, calls: Sequence[Sequence[np.ndarray]]) -> bytes | None:
+    """``profile.json`` of reference data and the packed model's answers (None, logged, when the data
+    cannot give one: too few rows, or no numeric tensor)."""
+    try:
+        pairs = []
+        for call in calls:
+            ins = [np.asarray(a, dtype=numpy_dtype(s.datatype)) for a, s in zip(call, draft.inputs)]
+            pairs.append((ins, backend.run(ins)))
+        profile = build_profile(draft.inputs, draft.outputs, pairs)
+    except (ValueError, EdgeRuntimeError) as exc:
+        log.warning("no reference profile in the bundle: %s", exc)
+        return None
+    blob = profile.to_bytes()
+    parse_profile(blob, draft.inputs, draft.outputs)  # what the device will read
+    return blob
 
 
 def _golden_field(draft: Manifest, samples: list[np.ndarray], results: Sequence[np.ndarray], atol: float, rtol: float,

@@ -19,7 +19,10 @@ SIGNATURE_FILE = "manifest.sig"
 ARTIFACT_FILES = {"tflite": "model.tflite", "onnx": "model.onnx"}
 # Golden self-test data too large to sit in the manifest travels as its own hashed artifact.
 GOLDEN_FILE = "golden.npz"
-ALLOWED_ARTIFACTS = frozenset({*ARTIFACT_FILES.values(), GOLDEN_FILE})
+# The reference profile of the validation data, what drift is measured against (docs/monitoring.md).
+PROFILE_FILE = "profile.json"
+MAX_PROFILE_BYTES = 1024 * 1024
+ALLOWED_ARTIFACTS = frozenset({*ARTIFACT_FILES.values(), GOLDEN_FILE, PROFILE_FILE})
 FORMATS = frozenset(ARTIFACT_FILES)
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -109,6 +112,11 @@ class Manifest:
     def model_file(self) -> str:
         """The artifact the backend loads."""
         return ARTIFACT_FILES[self.format]
+
+    @property
+    def profile_file(self) -> str | None:
+        """The reference-profile artifact, when the bundle has one."""
+        return PROFILE_FILE if PROFILE_FILE in self.artifacts else None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON-able dict."""
@@ -241,6 +249,14 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
         if artifacts[GOLDEN_FILE].length > MAX_GOLDEN_BYTES:
             raise ManifestError(
                 f"manifest: {GOLDEN_FILE} is {artifacts[GOLDEN_FILE].length} bytes, the limit is {MAX_GOLDEN_BYTES}"
+            )
+    profile = obj.get("profile")
+    if profile is not None or PROFILE_FILE in artifacts:
+        if profile != {"file": PROFILE_FILE} or PROFILE_FILE not in artifacts:
+            raise ManifestError(f"manifest: 'profile' must be {{\"file\": \"{PROFILE_FILE}\"}}, with that artifact listed")
+        if artifacts[PROFILE_FILE].length > MAX_PROFILE_BYTES:
+            raise ManifestError(
+                f"manifest: {PROFILE_FILE} is {artifacts[PROFILE_FILE].length} bytes, the limit is {MAX_PROFILE_BYTES}"
             )
     compatible = _require(obj, "compatible", dict)
     runtime_major = compatible.get("runtime_major")

@@ -13,7 +13,7 @@ from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.cli.common import common_options, load_root_file, positive_int
 from edge_runtime.exceptions import UsageError
-from edge_runtime.packaging import describe_model, pack_model
+from edge_runtime.packaging import describe_model, pack_model, profile_batches
 from edge_runtime.trust.keys import load_private_key_pem
 
 
@@ -71,6 +71,11 @@ def register(sub: Any) -> None:
         "from it and --atol states the measured error against it",
     )
     c.add_argument("--validation", type=Path, help=".npy/.npz inputs to measure the error against --reference on")
+    c.add_argument(
+        "--profile-data", type=Path,
+        help=".npy/.npz rows the model was validated on: recorded as the reference profile drift is measured "
+        "against (default: the --validation rows, else no profile; docs/monitoring.md)",
+    )
     c.set_defaults(func=cmd_create)
     for name, fn in (("inspect", cmd_inspect), ("verify", cmd_verify)):
         q = bs.add_parser(name, parents=[common_options()], help=f"{name} a bundle")
@@ -118,6 +123,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.reference}: no such file")
     _, ins, _ = describe_model(args.model, _names(args.input_names), _names(args.output_names))
     input_names = [s.name for s in ins]
+    validation = load_input_arrays(args.validation, input_names, "validation inputs")
+    profile_rows = load_input_arrays(args.profile_data, input_names, "profile data") if args.profile_data else validation
     manifest = pack_model(
         args.model,
         name=args.name,
@@ -133,10 +140,15 @@ def cmd_create(args: argparse.Namespace) -> int:
         architectures=_names(args.architectures),
         quantization={"mode": "as-is"},
         reference=args.reference,
-        validation_inputs=load_input_arrays(args.validation, input_names, "validation inputs"),
+        validation_inputs=validation,
+        profile_calls=profile_batches(ins, profile_rows) if profile_rows is not None else None,
     )
     art = manifest.artifacts[manifest.model_file]
     print(f"wrote {args.out}: {manifest.name} v{manifest.version}, {manifest.format}, {art.length} bytes in {art.chunk_count} chunks")
+    if manifest.profile_file:
+        print(f"reference profile: {manifest.artifacts[manifest.profile_file].length} bytes ({manifest.profile_file})")
+    elif profile_rows is not None:
+        print("reference profile: none (see the warning above)")
     accuracy = manifest.quantization.get("accuracy")
     if accuracy is not None:
         print(

@@ -35,6 +35,8 @@ import orjson
 from edge_runtime import __version__
 from edge_runtime.config import ServerConfig
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
+from edge_runtime.monitoring.drift import worst_features
+from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.codec import (
     InferRequest,
     decode_request,
@@ -277,6 +279,9 @@ class App:
             lv.stats.answered_inline(request.rows, t3 - t0, t1 - t0, done.infer_ns, t3 - t2)
         else:
             lv.stats.answered(request.rows, t3 - t0, done.queue_ns, t1 - t0, done.infer_ns, t3 - t2)
+        monitor = lv.monitor
+        if monitor is not None:
+            monitor.observe(request.arrays, done.outs)
         if routing is not None and routing.shadow is not None and version is None and routing.shadow is not lv:
             self._shadow(routing.shadow, lv, request, done.outs)
 
@@ -343,7 +348,7 @@ class App:
             except EdgeRuntimeError:
                 st.failed += 1
                 return
-            st.compared(*disagreement(outs, theirs)[:2], rows)
+            _compared(st, answered, shadow, arrays, outs, theirs, rows)
             return
         try:
             fut = executor.submit(arrays, rows)
@@ -355,7 +360,7 @@ class App:
             if f.cancelled() or f.exception() is not None:
                 st.failed += 1
                 return
-            st.compared(*disagreement(outs, f.result()[0])[:2], rows)
+            _compared(st, answered, shadow, arrays, outs, f.result()[0], rows)
 
         fut.add_done_callback(done)
 
@@ -433,11 +438,16 @@ class App:
         return out
 
     def _stats(self, name: str | None, version: int | None) -> list[dict[str, Any]]:
-        return [
-            s.to_triton()
-            for (m, v), s in sorted(self.metrics.versions.items())
-            if (name is None or m == name) and (version is None or v == version)
-        ]
+        out = []
+        mon = self.metrics.monitoring
+        for (m, v), s in sorted(self.metrics.versions.items()):
+            if (name is None or m == name) and (version is None or v == version):
+                entry = s.to_triton()
+                vm = mon.monitors.get((m, v)) if mon is not None else None
+                if vm is not None:
+                    entry["drift"] = drift_stats(vm)
+                out.append(entry)
+        return out
 
     def _index(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -448,6 +458,28 @@ class App:
             for v, _role in sm.routing.roles():
                 out.append({"name": name, "version": str(v), "state": "READY"})
         return out
+
+
+def drift_stats(vm: VersionMonitor) -> dict[str, Any]:
+    """The ``drift`` entry of a version's ``/stats`` (docs/monitoring.md)."""
+    r = vm.report()
+    if r is None:
+        return {"score": None, "problem": vm.profile_problem}
+    out = r.summary()
+    out["worst_features"] = [{"feature": f, "psi": p} for f, p in worst_features(r, 10)]
+    out["observed_rows"] = r.seen
+    if vm.ring is not None:
+        out["capture"] = vm.ring.stats()
+    return out
+
+
+def _compared(st: Any, answered: LoadedVersion, shadow: LoadedVersion, arrays: list[Any], outs: list[Any],
+              theirs: list[Any], rows: int) -> None:
+    """Count a shadow comparison; a request the two versions answered differently is captured."""
+    worst, differ, _ = disagreement(outs, theirs)
+    st.compared(worst, differ, rows)
+    if differ and answered.monitor is not None:
+        answered.monitor.shadow_disagreed(arrays, outs, shadow.version, theirs, differ)
 
 
 def _model_target(target: str) -> tuple[str, int | None]:

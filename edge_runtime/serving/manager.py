@@ -33,6 +33,7 @@ from edge_runtime.config import Config, ModelConfig
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, StoreError
 from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.selftest import load_golden, run_selftest
+from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.serving.codec import Interface
 from edge_runtime.serving.metrics import Metrics
 from edge_runtime.serving.models import LoadedVersion, ServedModel, batch_policy, build_routing
@@ -58,8 +59,10 @@ class ModelManager:
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         on_serving_change: Callable[[dict[str, int | None]], None] | None = None,
+        monitoring: Monitoring | None = None,
     ) -> None:
         self.store = store
+        self.monitoring = monitoring
         self.cfg = cfg
         self.metrics = metrics
         self.loop = loop
@@ -191,6 +194,8 @@ class ModelManager:
                 log.info("serving config of %s changed", name, extra={"model": name})
             for lv in versions.values():
                 lv.executor.set_policy(batch_policy(mcfg, lv.iface.batchable))
+                if lv.monitor is not None and (mcfg.drift, mcfg.capture) != (lv.config.drift, lv.config.capture):
+                    lv.monitor = lv.monitor.reconfigured(mcfg.drift, mcfg.capture)
 
     # -- reconciling one model ---------------------------------------------------------
 
@@ -399,8 +404,18 @@ class ModelManager:
             "%s v%d loaded in %.0f ms", resolved.name, resolved.version, (time.perf_counter() - t0) * 1000,
             extra={"model": resolved.name, "version": resolved.version},
         )
+        monitor = None
+        if self.monitoring is not None:
+            monitor = self.monitoring.attach(
+                resolved.name, resolved.version, [s.name for s in iface.inputs], [s.name for s in iface.outputs],
+                resolved.profile_bytes, mcfg.drift, mcfg.capture, iface.inputs, iface.outputs,
+            )
+            if monitor.profile_problem and resolved.profile_bytes is not None:
+                log.warning("%s v%d: no drift figures: %s", resolved.name, resolved.version, monitor.profile_problem,
+                            extra={"model": resolved.name, "version": resolved.version})
         return LoadedVersion(
-            resolved.name, resolved.version, manifest, iface, executor, stats, resolved.source, invoke_us, mcfg
+            resolved.name, resolved.version, manifest, iface, executor, stats, resolved.source, invoke_us, mcfg,
+            monitor=monitor,
         )
 
     # -- publishing to the event loop ----------------------------------------------------
@@ -443,6 +458,8 @@ class ModelManager:
         """Wait for retired versions to finish what they had queued (they take no new requests)."""
         for lv in retired:
             drained = lv.executor.join(self.cfg.server.drain_timeout_s)
+            if self.monitoring is not None:
+                self.monitoring.detach(name, lv.version, lv.monitor)
             log.info(
                 "%s: v%d unloaded%s", name, lv.version, "" if drained else " (drain timed out)",
                 extra={"model": name, "version": lv.version},

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from edge_runtime.monitoring.hub import Monitoring
+
 TIME_BUCKETS_S = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5,
 )
@@ -240,6 +242,7 @@ class Metrics:
         self.queue_depths: Callable[[], Iterator[tuple[str, int, int]]] = lambda: iter(())
         self.serving: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
+        self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
 
     def version(self, model: str, version: int) -> VersionStats:
         """The statistics of one version (created on first use, kept for the process's life)."""
@@ -344,3 +347,45 @@ class _Collector:
             err.add_metric(labels, st.max_abs_error.cumulative(), st.max_abs_error.total)
             worst.add_metric(labels, st.worst)
         yield from (cmp_, top1, dropped, err, worst)
+        if m.monitoring is not None:
+            yield from _drift_families(m.monitoring)
+
+
+def _drift_families(mon: Monitoring) -> Iterator[Any]:
+    """``edge_drift_*`` and ``edge_capture_*`` (docs/monitoring.md)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    mv = ["model", "version"]
+    score = GaugeMetricFamily("edge_drift_score", "Largest PSI of any feature over the rolling window (absent until "
+                              "the window holds min_rows).", labels=mv)
+    feature = GaugeMetricFamily("edge_drift_feature_psi", "PSI of one feature over the rolling window.",
+                                labels=[*mv, "feature"])
+    rows = GaugeMetricFamily("edge_drift_window_rows", "Rows in the rolling drift window.", labels=mv)
+    alert = GaugeMetricFamily("edge_drift_alert", "1 while the drift score is above the threshold (with hysteresis).",
+                              labels=mv)
+    threshold = GaugeMetricFamily("edge_drift_threshold", "The configured drift threshold (0: no alerts).", labels=mv)
+    seen = CounterMetricFamily("edge_drift_observed_rows", "Rows sketched since the version was loaded.", labels=mv)
+    for model, version, r in mon.reports():
+        labels = [model, str(version)]
+        if r.score is not None:
+            score.add_metric(labels, r.score)
+        for name, value in sorted(r.features.items()):
+            feature.add_metric([*labels, name], value)
+        rows.add_metric(labels, r.rows)
+        alert.add_metric(labels, 1 if r.alert else 0)
+        threshold.add_metric(labels, r.threshold)
+        seen.add_metric(labels, r.seen)
+    yield from (score, feature, rows, alert, threshold, seen)
+    cl = ["model"]
+    records = CounterMetricFamily("edge_capture_records", "Captured records written to the ring.", labels=cl)
+    dropped = CounterMetricFamily("edge_capture_dropped_records", "Records dropped with the oldest segments.", labels=cl)
+    skipped = CounterMetricFamily("edge_capture_skipped_records", "Records not written (disk nearly full, queue full).",
+                                  labels=cl)
+    size = GaugeMetricFamily("edge_capture_bytes", "Bytes of the capture ring on disk.", labels=cl)
+    for model, ring in sorted(mon.rings.items()):
+        st = ring.stats()
+        records.add_metric([model], st["written_records"])
+        dropped.add_metric([model], st["dropped_records"])
+        skipped.add_metric([model], st["skipped_records"])
+        size.add_metric([model], st["bytes"])
+    yield from (records, dropped, skipped, size)

@@ -19,6 +19,7 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.config import ModelConfig
 from edge_runtime.exceptions import NotFoundError, UnavailableError
+from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.batcher import BatchPolicy
 from edge_runtime.serving.codec import Interface
 from edge_runtime.serving.metrics import VersionStats
@@ -39,6 +40,7 @@ class LoadedVersion:
     invoke_us: float  # measured batch-1 run time at load
     config: ModelConfig  # the serving config it was built with
     version_str: str = ""
+    monitor: VersionMonitor | None = None  # drift sketches and capture (docs/monitoring.md)
 
     def __post_init__(self) -> None:
         self.version_str = str(self.version)

@@ -48,6 +48,7 @@ class Resolved:
     model_bytes: bytes | None = None
     fallback_reason: str | None = None
     golden_bytes: bytes | None = None  # the verified golden.npz, when the manifest names one
+    profile_bytes: bytes | None = None  # the verified profile.json (reference profile), when there is one
 
     @property
     def model(self) -> Path | bytes:
@@ -188,16 +189,22 @@ class ModelStore:
         """Verify an installed version and describe it for loading."""
         manifest = self.verify_version(name, version)
         path = self.version_dir(name, version) / manifest.model_file
-        golden = None
-        if manifest.golden is not None and manifest.golden.file is not None:
-            buf = io.BytesIO()
-            try:
-                with open(self.version_dir(name, version) / manifest.golden.file, "rb") as fh:
-                    stream_verify(manifest.artifacts[manifest.golden.file], fh, buf)  # hashed again as read
-            except OSError as exc:
-                raise StoreError(f"{name} v{version}: cannot read {manifest.golden.file}: {exc.strerror}") from exc
-            golden = buf.getvalue()
-        return Resolved(name, version, manifest, "store", model_path=path, fallback_reason=reason, golden_bytes=golden)
+        golden = self._read_artifact(name, version, manifest, manifest.golden.file if manifest.golden else None)
+        profile = self._read_artifact(name, version, manifest, manifest.profile_file)
+        return Resolved(name, version, manifest, "store", model_path=path, fallback_reason=reason, golden_bytes=golden,
+                        profile_bytes=profile)
+
+    def _read_artifact(self, name: str, version: int, manifest: Manifest, file: str | None) -> bytes | None:
+        """A small artifact of an installed version, hashed again as it is read (None when ``file`` is)."""
+        if file is None:
+            return None
+        buf = io.BytesIO()
+        try:
+            with open(self.version_dir(name, version) / file, "rb") as fh:
+                stream_verify(manifest.artifacts[file], fh, buf)
+        except OSError as exc:
+            raise StoreError(f"{name} v{version}: cannot read {file}: {exc.strerror}") from exc
+        return buf.getvalue()
 
     def resolved_factory(self, name: str, reason: str | None = None) -> Resolved:
         """Verify the factory bundle of ``name`` and describe it for loading."""
@@ -210,8 +217,9 @@ class ModelStore:
             data = bundle.read_artifact(bundle.manifest.model_file)
             manifest = bundle.manifest
             golden = bundle.read_artifact(manifest.golden.file) if manifest.golden and manifest.golden.file else None
+            profile = bundle.read_artifact(manifest.profile_file) if manifest.profile_file else None
         return Resolved(name, manifest.version, manifest, "factory", model_bytes=data, fallback_reason=reason,
-                        golden_bytes=golden)
+                        golden_bytes=golden, profile_bytes=profile)
 
     # -- installing --------------------------------------------------------------------
 

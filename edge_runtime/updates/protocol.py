@@ -10,6 +10,9 @@ Everything under ``<prefix>/<fleet>/``::
     devices/<id>/state                        retained, published by the device
     devices/<id>/events                       one JSON object per update step
     devices/<id>/online                       retained, true on connect, false as the last will
+    devices/<id>/capture/request              retained, signed capture request (docs/monitoring.md)
+    devices/<id>/capture/<req>/index          the device's answer: the files and their chunk hashes
+    devices/<id>/capture/<req>/chunk/<f>/<i>  QoS 1, raw bytes of chunk i of file f of the answer
 
 A signed desired state travels like a manifest: ``{"desired": TEXT, "signatures": [...]}``
 where TEXT is the canonical JSON of the document and the signatures (role ``models``) cover
@@ -46,7 +49,12 @@ EVENTS = (
     "failed",
     "rolled_back",
     "root_updated",
+    "drift",
+    "drift_cleared",
+    "capture_sent",
 )
+CAPTURE_TYPE = "capture-request"
+REQUEST_ID_RE = re.compile(r"^[0-9a-f]{8,32}\Z")
 
 
 def check_id(value: str, what: str) -> str:
@@ -133,6 +141,22 @@ class Topics:
         """A device's retained online flag."""
         return f"{self.base}/devices/{device}/online"
 
+    def capture_request(self, device: str) -> str:
+        """The operator's signed capture request to one device (retained)."""
+        return f"{self.base}/devices/{device}/capture/request"
+
+    def capture_index(self, device: str, request: str) -> str:
+        """The device's answer to a capture request: files and chunk hashes."""
+        return f"{self.base}/devices/{device}/capture/{request}/index"
+
+    def capture_chunk(self, device: str, request: str, file: int, index: int) -> str:
+        """Chunk ``index`` of file number ``file`` of a capture answer."""
+        return f"{self.base}/devices/{device}/capture/{request}/chunk/{file}/{index}"
+
+    def capture_filter(self, device: str, request: str) -> str:
+        """Everything a device sends for one capture request."""
+        return f"{self.base}/devices/{device}/capture/{request}/#"
+
     def devices_filter(self, leaf: str) -> str:
         """``devices/+/<leaf>``: one leaf of every device."""
         return f"{self.base}/devices/+/{leaf}"
@@ -149,6 +173,15 @@ class Topics:
             if len(parts) == 3 and parts[0] == "devices" and ID_RE.match(parts[1]):
                 if parts[2] in ("desired", "state", "events", "online"):
                     return TopicRef("device_" + parts[2], device=parts[1])
+            if len(parts) >= 4 and parts[0] == "devices" and ID_RE.match(parts[1]) and parts[2] == "capture":
+                if parts[3:] == ["request"]:
+                    return TopicRef("capture_request", device=parts[1])
+                if REQUEST_ID_RE.match(parts[3]):
+                    if parts[4:] == ["index"]:
+                        return TopicRef("capture_index", name=parts[3], device=parts[1])
+                    if len(parts) == 7 and parts[4] == "chunk" and _is_number(parts[5]) and _is_number(parts[6]):
+                        return TopicRef("capture_chunk", name=parts[3], device=parts[1], version=int(parts[5]),
+                                        index=int(parts[6]))
             if len(parts) == 3 and parts[:2] == ["trust", "root"] and _is_number(parts[2]):
                 return TopicRef("root", root_version=int(parts[2]))
             if len(parts) >= 4 and parts[0] == "models" and NAME_RE.fullmatch(parts[1]) and _is_number(parts[2]):
@@ -200,6 +233,7 @@ def manifest_message(manifest_bytes: bytes, signatures: list[dict[str, str]]) ->
 
 
 __all__ = [
+    "CAPTURE_TYPE",
     "DESIRED_TYPE",
     "EVENTS",
     "MAX_SEQ",

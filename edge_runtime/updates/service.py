@@ -17,6 +17,7 @@ import logging
 import platform
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from edge_runtime.config import Config, check_mqtt_config
 from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
@@ -65,6 +68,7 @@ class UpdateService:
         wake: Callable[[], None] = lambda: None,
         *,
         selftest_in_process: bool = False,
+        monitoring: Monitoring | None = None,
     ) -> None:
         if cfg.mqtt is None:
             raise ConfigError("updates need an [mqtt] table in the configuration")
@@ -123,6 +127,21 @@ class UpdateService:
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
             post=self._queue.put,
         )
+        self.monitoring = monitoring
+        self.updater.amend_state = self._amend_state
+        self.capture = CaptureResponder(
+            self.topics, device_id, lambda: self.store.root, self.link,
+            capture_dir=monitoring.capture_dir if monitoring is not None else None,
+            seal=monitoring.seal_all if monitoring is not None else (lambda: None),
+            max_kbps=cfg.monitoring.capture_max_kbps,
+            clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
+            on_done=lambda kind, fields: self._queue.put(("event", (kind, None, None, fields))),
+        )
+        if monitoring is not None:
+            monitoring.subscribe(lambda kind, name, version, fields: self._queue.put(("event", (kind, name, version, fields))))
+        self._state_interval_s = cfg.monitoring.state_interval_s
+        self._next_state = 0.0
+        self._last_drift: Any = None
         self._updates_thread = threading.Thread(target=self._updates_main, name="edge-updates", daemon=True)
         self._network_thread = threading.Thread(target=self._network_main, name="edge-mqtt", daemon=True)
         self.loaded = threading.Event()
@@ -165,6 +184,7 @@ class UpdateService:
                 if item is not None:
                     self._dispatch(item)
                 self.updater.tick()
+                self._refresh_drift()
             except TransportError as exc:
                 log.info("update step deferred, broker unavailable: %s", exc)
             except Exception:
@@ -175,14 +195,45 @@ class UpdateService:
         if kind == "connected":
             log.info("connected to %s (session %s)", self.link.settings.safe_url, "resumed" if value else "new")
             self.updater.on_connect(bool(value))
+            self.link.subscribe([self.topics.capture_request(self.device_id)])
         elif kind == "disconnected":
             log.warning("disconnected from %s: %s", self.link.settings.safe_url, value)
         elif kind == "message":
             with self._waiting_lock:
                 ref, payload = self._waiting.pop(value)
-            self.updater.on_message(ref, payload)
+            if ref.kind == "capture_request":
+                if ref.device == self.device_id:
+                    self.capture.on_request(payload)
+            else:
+                self.updater.on_message(ref, payload)
+        elif kind == "event":
+            ev_kind, name, version, fields = value
+            self.updater.reporter.event(ev_kind, name, version, **fields)
+            if ev_kind.startswith("drift"):
+                self.updater.publish_state()
         elif kind in ("chunk", "chunk_rejected"):
             self.updater.on_internal(item)
+
+    def _amend_state(self, doc: dict[str, Any]) -> None:
+        """Each model's drift (and capture ring) in the state document."""
+        if self.monitoring is None:
+            return
+        summary = self.monitoring.summary()
+        self._last_drift = {k: (v.get("score"), v.get("alert")) for k, v in summary.items()}
+        models = doc.setdefault("models", {})
+        for name, drift in summary.items():
+            entry = models.setdefault(name, {})
+            if isinstance(entry, dict):
+                entry["drift"] = drift
+
+    def _refresh_drift(self) -> None:
+        """Re-publish the state every ``state_interval_s`` while the drift figures change."""
+        if self.monitoring is None or time.monotonic() < self._next_state:
+            return
+        self._next_state = time.monotonic() + self._state_interval_s
+        current = {k: (v.get("score"), v.get("alert")) for k, v in self.monitoring.summary().items()}
+        if current != self._last_drift:
+            self.updater.publish_state()
 
     def _on_message(self, msg: Message) -> None:
         ref = self.topics.parse(msg.topic)
@@ -227,12 +278,13 @@ class UpdateService:
         self.link.close()
 
 
-def start_updates(cfg: Config, store: ModelStore, device_id: str, wake: Callable[[], None]) -> UpdateService:
+def start_updates(cfg: Config, store: ModelStore, device_id: str, wake: Callable[[], None],
+                  monitoring: Monitoring | None = None) -> UpdateService:
     """Start following signed updates for this device (the daemon calls this when ``[mqtt]`` is set).
 
     Returns at once; ``svc.stop()`` on shutdown. The daemon runs the self-test when it swaps.
     """
-    return UpdateService(cfg, store, device_id, wake).start()
+    return UpdateService(cfg, store, device_id, wake, monitoring=monitoring).start()
 
 
 __all__ = ["UpdateService", "check_mqtt_config", "clock_is_trusted", "inprocess_selftest", "start_updates"]

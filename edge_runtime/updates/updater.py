@@ -130,6 +130,7 @@ class Updater:
         self.monotonic = monotonic
         self.post = post  # hands network-thread results to the updater thread; None: handle inline
         self.reporter = Reporter(transport, self.topics, self.device_id, settings.max_events)
+        self.amend_state: Callable[[dict[str, Any]], None] | None = None  # adds to the state document
         self.desired: dict[str, Desired | None] = {"desired": None, "device_desired": None}
         self.floors: dict[str, SeqFloor] = {}
         self.last_error: dict[str, Any] | None = None
@@ -603,7 +604,7 @@ class Updater:
 
     def state_document(self) -> dict[str, Any]:
         """The retained ``state`` message (see docs/updates.md)."""
-        return {
+        doc = {
             "device": self.device_id,
             "fleet": self.topics.fleet,
             "time": self.reporter.now(),
@@ -617,6 +618,9 @@ class Updater:
             "last_error": self.last_error,
             "store_fault": self.store.write_fault,
         }
+        if self.amend_state is not None:  # field monitoring adds each model's drift (docs/monitoring.md)
+            self.amend_state(doc)
+        return doc
 
     def publish_state(self) -> None:
         """Publish the state document (no-op while offline)."""

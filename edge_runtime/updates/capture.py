@@ -1,0 +1,283 @@
+"""Capture upload, device side: answer a signed capture request with the captured segments.
+
+The operator (``edge-runtime fleet capture pull``) publishes a signed request, retained, on
+``devices/<id>/capture/request``; the device answers on its own ``devices/<id>/capture/<req>/``
+topics: first an ``index`` (every file, its length, sha256 and per-chunk sha256), then the
+chunks, QoS 1, paced to ``[monitoring] capture_max_kbps`` with one chunk in flight. A resumed
+pull is a new signed request with the same request id and ``need`` naming the chunks still
+missing; the device sends only those. Sealed segments never change, so a file name names
+its bytes for as long as the ring keeps it (docs/monitoring.md).
+
+:func:`parse_capture_request` is pure; :class:`CaptureResponder` does the I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.bundle.manifest import NAME_RE
+from edge_runtime.exceptions import CanonicalJSONError, EdgeRuntimeError, TransportError
+from edge_runtime.monitoring.capture import SEGMENT_RE
+from edge_runtime.trust.canonical import parse_json_object
+from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.exceptions import UpdateMessageError
+from edge_runtime.updates.protocol import CAPTURE_TYPE, REQUEST_ID_RE, Topics
+from edge_runtime.updates.verify import echo, echo_names, open_signed_message
+
+log = logging.getLogger("edge_runtime.updates")
+
+CAPTURE_FIELDS = frozenset({"_type", "fleet", "device", "request", "attempt", "model", "since", "need", "expires"})
+CHUNK_SIZE = 32 * 1024
+MAX_NEED_FILES = 10_000
+ACK_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """A verified capture request."""
+
+    request: str
+    attempt: int
+    model: str | None
+    since: _dt.datetime | None
+    need: dict[str, tuple[int, ...]] | None  # file -> chunk indices still missing; None = everything
+    expires: _dt.datetime
+
+
+def _when(value: Any, what: str) -> _dt.datetime:
+    if not isinstance(value, str):
+        raise UpdateMessageError(f"{what}: expected an ISO 8601 UTC time string, found {echo(value)}")
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise UpdateMessageError(f"{what}: expected an ISO 8601 time, found {echo(value)}") from exc
+    if when.tzinfo is None:
+        raise UpdateMessageError(f"{what}: needs a time zone (e.g. a trailing Z), found {echo(value)}")
+    return when.astimezone(_dt.UTC)
+
+
+def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device: str) -> CaptureRequest:
+    """Verify a capture request for ``device`` of ``fleet`` (signed by the ``models`` role)."""
+    what = f"capture request for device {device}"
+    payload, _ = open_signed_message(message, "capture", root, what)
+    try:
+        doc = parse_json_object(payload, what, require_canonical=True)
+    except CanonicalJSONError as exc:
+        raise UpdateMessageError(str(exc)) from exc
+    extra = set(doc) - CAPTURE_FIELDS
+    if extra:
+        raise UpdateMessageError(f"{what}: unknown fields {echo_names(extra)}")
+    if doc.get("_type") != CAPTURE_TYPE:
+        raise UpdateMessageError(f"{what}: '_type' must be {CAPTURE_TYPE!r}, found {echo(doc.get('_type'))}")
+    if doc.get("fleet") != fleet or doc.get("device") != device:
+        raise UpdateMessageError(f"{what}: signed for fleet {echo(doc.get('fleet'))} device {echo(doc.get('device'))}")
+    request = doc.get("request")
+    if not isinstance(request, str) or not REQUEST_ID_RE.match(request):
+        raise UpdateMessageError(f"{what}: 'request' must be 8 to 32 lower-case hex digits, found {echo(request)}")
+    attempt = doc.get("attempt", 0)
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 <= attempt < 2**31:
+        raise UpdateMessageError(f"{what}: 'attempt' must be a non-negative integer")
+    model = doc.get("model")
+    if model is not None and (not isinstance(model, str) or not NAME_RE.match(model)):
+        raise UpdateMessageError(f"{what}: 'model' must be a model name, found {echo(model)}")
+    since = None if doc.get("since") is None else _when(doc["since"], f"{what}: 'since'")
+    need_raw = doc.get("need")
+    need: dict[str, tuple[int, ...]] | None = None
+    if need_raw is not None:
+        if not isinstance(need_raw, dict) or len(need_raw) > MAX_NEED_FILES:
+            raise UpdateMessageError(f"{what}: 'need' must map at most {MAX_NEED_FILES} files to chunk lists")
+        need = {}
+        for name, chunks in need_raw.items():
+            if not _file_name_ok(name) or not isinstance(chunks, list) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**31 for c in chunks):
+                raise UpdateMessageError(f"{what}: 'need' entry {echo(name)} must be a capture file and chunk numbers")
+            need[name] = tuple(sorted(set(chunks)))
+    expires = _when(doc.get("expires"), f"{what}: 'expires'")
+    return CaptureRequest(request, attempt, model, since, need, expires)
+
+
+def _file_name_ok(name: str) -> bool:
+    model, _, seg = name.partition("/")
+    return bool(NAME_RE.match(model)) and bool(SEGMENT_RE.match(seg))
+
+
+@dataclass(frozen=True)
+class CaptureFile:
+    """One file of an answer."""
+
+    name: str  # <model>/seg-<n>.jsonl
+    path: Path
+    length: int
+    sha256: str
+    chunk_sha256: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The index entry."""
+        return {"name": self.name, "length": self.length, "sha256": self.sha256, "chunk_size": CHUNK_SIZE,
+                "chunk_sha256": list(self.chunk_sha256)}
+
+
+def describe_file(name: str, path: Path) -> CaptureFile:
+    """Hash a sealed segment for the index."""
+    data = path.read_bytes()
+    chunks = tuple(hashlib.sha256(data[i:i + CHUNK_SIZE]).hexdigest() for i in range(0, len(data), CHUNK_SIZE))
+    return CaptureFile(name, path, len(data), hashlib.sha256(data).hexdigest(), chunks)
+
+
+@dataclass
+class _Plan:
+    files: list[CaptureFile]
+    missing: list[str] = field(default_factory=list)
+
+
+class CaptureResponder:
+    """Answers capture requests on a thread of its own (one answer at a time; a newer request
+    cancels the one being sent)."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        device_id: str,
+        root: Callable[[], TrustRoot],
+        transport: Any,
+        *,
+        capture_dir: Path | None,
+        seal: Callable[[], None] = lambda: None,
+        max_kbps: float = 256.0,
+        clock_trusted: Callable[[], bool] = lambda: False,
+        on_done: Callable[[str, dict[str, Any]], None] = lambda kind, fields: None,
+    ) -> None:
+        self.topics = topics
+        self.device_id = device_id
+        self.root = root
+        self.transport = transport
+        self.capture_dir = capture_dir
+        self.seal = seal
+        self.max_kbps = max_kbps
+        self.clock_trusted = clock_trusted
+        self.on_done = on_done
+        self._handled: list[str] = []  # digests of the request messages already answered
+        self._plans: dict[str, _Plan] = {}
+        self._cancel = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.sent_chunks = 0
+
+    def on_request(self, message: bytes) -> None:
+        """A message on ``capture/request`` (the updates thread): verify it and start the answer."""
+        if not message:
+            return  # the operator cleared its retained request
+        digest = hashlib.sha256(message).hexdigest()
+        if digest in self._handled:
+            return  # the retained request delivered again after a reconnect: answered already
+        try:
+            req = parse_capture_request(message, self.root(), fleet=self.topics.fleet, device=self.device_id)
+        except EdgeRuntimeError as exc:
+            log.warning("capture request rejected: %s", exc)
+            return
+        if self.clock_trusted() and req.expires <= _dt.datetime.now(_dt.UTC):
+            log.warning("capture request %s rejected: it expired at %s", req.request, req.expires.isoformat())
+            return
+        self._handled = [*self._handled[-31:], digest]
+        plan = self._plans.get(req.request) if req.need is not None else None
+        if plan is None:
+            plan = self._plan(req)
+            self._plans = {k: v for k, v in list(self._plans.items())[-3:]}
+            self._plans[req.request] = plan
+        self.stop()
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._send, args=(req, plan, self._cancel), name="edge-capture-send",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Cancel the answer being sent."""
+        self._cancel.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(ACK_TIMEOUT_S + 5)
+        self._thread = None
+
+    def _plan(self, req: CaptureRequest) -> _Plan:
+        """The files of the answer: every sealed segment of the model(s), newer than ``since``."""
+        if req.need is None:
+            self.seal()  # what was captured up to now goes with this answer
+        plan = _Plan([])
+        base = self.capture_dir
+        if base is None or not base.is_dir():
+            return plan
+        since = req.since.timestamp() if req.since is not None else None
+        for model_dir in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
+            if req.model is not None and model_dir.name != req.model:
+                continue
+            for seg in sorted(model_dir.iterdir()):
+                if not SEGMENT_RE.match(seg.name):
+                    continue
+                try:
+                    if since is not None and seg.stat().st_mtime < since:
+                        continue
+                    plan.files.append(describe_file(f"{model_dir.name}/{seg.name}", seg))
+                except OSError:
+                    continue  # dropped by the ring meanwhile
+        return plan
+
+    def _send(self, req: CaptureRequest, plan: _Plan, cancel: threading.Event) -> None:
+        files = plan.files
+        missing = list(plan.missing)
+        if req.need is not None:
+            known = {f.name for f in files}
+            missing += sorted(n for n in req.need if n not in known)
+        index = {
+            "request": req.request, "attempt": req.attempt, "device": self.device_id,
+            "files": [f.to_json() for f in files], "missing": missing,
+        }
+        sent = 0
+        nbytes = 0
+        try:
+            self._publish(self.topics.capture_index(self.device_id, req.request), json.dumps(index).encode())
+            for number, f in enumerate(files):
+                wanted = range(len(f.chunk_sha256)) if req.need is None else req.need.get(f.name, ())
+                if not wanted:
+                    continue
+                try:
+                    fh = open(f.path, "rb")
+                except OSError:
+                    log.warning("capture %s: %s was dropped before it was sent", req.request, f.name)
+                    continue
+                with fh:
+                    for i in wanted:
+                        if cancel.is_set():
+                            return
+                        if i >= len(f.chunk_sha256):
+                            continue
+                        fh.seek(i * CHUNK_SIZE)
+                        data = fh.read(CHUNK_SIZE)
+                        t0 = time.monotonic()
+                        self._publish(self.topics.capture_chunk(self.device_id, req.request, number, i), data)
+                        sent += 1
+                        nbytes += len(data)
+                        self.sent_chunks += 1
+                        pause = len(data) * 8 / (self.max_kbps * 1000) - (time.monotonic() - t0)
+                        if pause > 0 and cancel.wait(pause):
+                            return
+        except TransportError as exc:
+            log.info("capture %s: answer interrupted (%s); the operator resumes it", req.request, exc)
+            return
+        log.info("capture %s: sent %d chunk(s), %d bytes, of %d file(s)", req.request, sent, nbytes, len(files))
+        self.on_done("capture_sent", {"request": req.request, "chunks": sent, "bytes": nbytes, "files": len(files)})
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        if not self.transport.connected:
+            raise TransportError("not connected")
+        pub = self.transport.publish(topic, payload, qos=1)
+        pub.wait(ACK_TIMEOUT_S)
+
+
+__all__ = ["CHUNK_SIZE", "CaptureRequest", "CaptureResponder", "describe_file", "parse_capture_request"]
