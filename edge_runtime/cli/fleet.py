@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from edge_runtime.cli.bundle import load_keys
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import UsageError
+from edge_runtime.fleet.capture import CapturePull
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
 from edge_runtime.fleet.rollout import parse_steps
@@ -108,6 +110,11 @@ def register(sub: Any) -> None:
         "--max-failures", type=float, default=None, metavar="PERCENT",
         help="halt when more than PERCENT %% of the devices that finished the update failed or rejected it",
     )
+    pub.add_argument(
+        "--max-drift", type=float, default=None, metavar="PSI",
+        help="with --max-failures: an updated device whose drift score for the release reaches PSI counts as failed; "
+        "each step then runs its whole --step-wait (docs/monitoring.md)",
+    )
     pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
     pub.add_argument(
         "--root", type=Path, default=None,
@@ -127,6 +134,18 @@ def register(sub: Any) -> None:
     pr.add_argument("--root", type=Path, default=None, help="count only desired states that verify against this root")
     pr.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
     pr.set_defaults(func=cmd_prune)
+    cap = fs.add_parser("capture", help="fetch what a device captured (docs/monitoring.md)")
+    cs = cap.add_subparsers(dest="capture_command", required=True, parser_class=type(p))
+    pull = cs.add_parser("pull", parents=parents, help="ask a device for its capture and write .npz/.jsonl files")
+    pull.add_argument("--device", required=True, help="the device to pull from")
+    pull.add_argument("--out", type=Path, required=True, help="directory for the files (an unfinished pull into it resumes)")
+    pull.add_argument("--sign-key", type=Path, action="append", required=True, help="signs the request (role models)")
+    pull.add_argument("--model", default=None, help="only this model's capture")
+    pull.add_argument("--since", default=None, help="only records from this ISO 8601 time on (e.g. 2026-12-01T00:00:00Z)")
+    pull.add_argument("--stall", type=float, default=20.0, help="seconds without data before asking again for what is missing")
+    pull.add_argument("--wait", type=float, default=600.0, help="give up after this many seconds (the request stays "
+                      "retained until then, so an offline device answers when it connects)")
+    pull.set_defaults(func=cmd_capture_pull)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
     ag.set_defaults(func=cmd_agent)
@@ -148,7 +167,11 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _session(args: argparse.Namespace) -> FleetSession:
-    options = BrokerOptions(
+    return FleetSession(_options(args), Topics(args.prefix, args.fleet))
+
+
+def _options(args: argparse.Namespace) -> BrokerOptions:
+    return BrokerOptions(
         url=args.broker,
         ca_file=args.ca_file,
         cert_file=args.cert_file,
@@ -158,7 +181,6 @@ def _session(args: argparse.Namespace) -> FleetSession:
         protocol=args.protocol,
         timeout_s=args.timeout,
     )
-    return FleetSession(options, Topics(args.prefix, args.fleet))
 
 
 class _Bar:
@@ -184,6 +206,8 @@ def _staged_steps(args: argparse.Namespace) -> list[int] | None:
     """The steps of a watched rollout, or None for a plain publish."""
     if args.steps is not None and args.rollout is not None:
         raise UsageError("--rollout and --steps cannot be combined: give the last percentage as the last step")
+    if args.max_drift is not None and (args.max_failures is None or args.max_drift <= 0):
+        raise UsageError("--max-drift needs --max-failures (the share of bad devices that halts) and a PSI > 0")
     if args.steps is None and args.max_failures is None:
         return None
     if args.device is not None:
@@ -218,6 +242,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 steps,
                 step_wait_s=args.step_wait,
                 max_failures=args.max_failures,
+                max_drift=args.max_drift,
                 root=root,
                 expires_in_s=expires,
                 force_chunks=args.force_chunks,
@@ -231,7 +256,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         where = "the rollout stays at" if staged.halted_at < 100 else "the rollout had already reached"
         print(
             f"edge-runtime: rollout of {staged.name} v{staged.version} halted at {staged.halted_at}%: "
-            f"{t.failed + t.rejected} of {t.finished} devices that finished failed or rejected it "
+            f"{t.bad} of {t.finished} devices that finished failed, rejected or drifted on it "
             f"({t.failure_percent:.1f}%), above --max-failures {args.max_failures:g}%; {where} {staged.halted_at}%",
             file=sys.stderr,
         )
@@ -283,6 +308,30 @@ def cmd_prune(args: argparse.Namespace) -> int:
         print(f"{verb} {p.name} v{p.version}: {p.topics} retained topics")
     if not pruned:
         print("nothing to prune")
+    return 0
+
+
+def cmd_capture_pull(args: argparse.Namespace) -> int:
+    """Pull a device's capture (resumable) and write training files."""
+    if args.since is not None:
+        try:
+            when = datetime.datetime.fromisoformat(args.since)
+        except ValueError:
+            raise UsageError(f"--since: expected an ISO 8601 time, found {args.since!r}") from None
+        if when.tzinfo is None:
+            raise UsageError(f"--since: needs a time zone (e.g. a trailing Z), found {args.since!r}")
+    keys = load_keys(args.sign_key)
+    bar = _Bar()
+    pull = CapturePull(_options(args), Topics(args.prefix, args.fleet), args.device, keys, args.out, model=args.model,
+                       since=args.since, stall_s=args.stall, progress=lambda done, total: bar(done, total))
+    result = pull.run(args.wait)
+    print(f"pulled {result.records} record(s) in {result.files} file(s), {result.bytes} bytes, from {args.device} "
+          f"({result.attempts} request(s))")
+    for path in result.written:
+        print(f"wrote {path}")
+    if result.missing:
+        print(f"the device no longer had {len(result.missing)} file(s) (dropped by its ring): "
+              f"{', '.join(result.missing)}", file=sys.stderr)
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from edge_runtime.exceptions import UsageError
 from edge_runtime.updates.verify import rollout_bucket
 
-OUTCOMES = ("updated", "failed", "rejected", "pending", "outside")
+OUTCOMES = ("updated", "failed", "rejected", "drifting", "pending", "outside")
 
 
 @dataclass(frozen=True)
@@ -42,22 +42,29 @@ class Tally:
     failed: int
     rejected: int
     pending: int
+    drifting: int = 0  # updated, but the release's drift score reached --max-drift (counts as a failure)
 
     @property
     def finished(self) -> int:
         """Devices that tried the release and are done with it, for better or worse."""
-        return self.updated + self.failed + self.rejected
+        return self.updated + self.failed + self.rejected + self.drifting
+
+    @property
+    def bad(self) -> int:
+        """Devices that count against the release: failed, rejected or drifting."""
+        return self.failed + self.rejected + self.drifting
 
     @property
     def failure_percent(self) -> float:
-        """Failed and rejected devices as a percentage of the finished ones (0 when none finished)."""
-        return 100.0 * (self.failed + self.rejected) / self.finished if self.finished else 0.0
+        """Failed, rejected and drifting devices as a percentage of the finished ones (0 when none finished)."""
+        return 100.0 * self.bad / self.finished if self.finished else 0.0
 
     def describe(self) -> str:
         """One line for a terminal."""
         return (
             f"{self.name} v{self.version} at {self.percent}%: {self.updated} updated, {self.failed} failed, "
-            f"{self.rejected} rejected, {self.pending} pending of {self.in_rollout} devices in the rollout "
+            f"{self.rejected} rejected, " + (f"{self.drifting} drifting, " if self.drifting else "")
+            + f"{self.pending} pending of {self.in_rollout} devices in the rollout "
             f"({self.devices} reporting); failure share {self.failure_percent:.1f}%"
         )
 
@@ -68,8 +75,18 @@ def _model_entry(state: Mapping[str, Any] | None, name: str) -> Mapping[str, Any
     return entry if isinstance(entry, Mapping) else {}
 
 
-def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: int, percent: int, salt: str) -> str:
-    """Which of :data:`OUTCOMES` a device is in for ``name`` v``version``."""
+def _drifting(entry: Mapping[str, Any], version: int, max_drift: float | None) -> bool:
+    drift = entry.get("drift")
+    if max_drift is None or not isinstance(drift, Mapping) or drift.get("version") != version:
+        return False
+    score = drift.get("score")
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and score >= max_drift
+
+
+def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: int, percent: int, salt: str,
+            max_drift: float | None = None) -> str:
+    """Which of :data:`OUTCOMES` a device is in for ``name`` v``version`` (``drifting``: updated, and
+    the version's drift score reached ``max_drift``)."""
     entry = _model_entry(state, name)
     failed = entry.get("failed")
     if isinstance(failed, Mapping) and str(version) in failed:
@@ -77,7 +94,7 @@ def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: in
     update = (state or {}).get("update")
     busy_with_it = isinstance(update, Mapping) and update.get("model") == name and update.get("version") == version
     if entry.get("active") == version and not busy_with_it:
-        return "updated"
+        return "drifting" if _drifting(entry, version, max_drift) else "updated"
     error = (state or {}).get("last_error")
     if (
         isinstance(error, Mapping)
@@ -92,7 +109,8 @@ def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: in
     return "outside"
 
 
-def tally(devices: Iterable[Mapping[str, Any]], name: str, version: int, percent: int, salt: str) -> Tally:
+def tally(devices: Iterable[Mapping[str, Any]], name: str, version: int, percent: int, salt: str,
+          max_drift: float | None = None) -> Tally:
     """Count every device (rows as :func:`~edge_runtime.fleet.status.collect_status` returns them)."""
     counts = dict.fromkeys(OUTCOMES, 0)
     in_rollout = total = 0
@@ -102,10 +120,11 @@ def tally(devices: Iterable[Mapping[str, Any]], name: str, version: int, percent
             continue  # an online flag without a state: the device never said what it runs
         total += 1
         device = str(row["device"])
-        counts[outcome(device, state, name, version, percent, salt)] += 1
+        counts[outcome(device, state, name, version, percent, salt, max_drift)] += 1
         in_rollout += rollout_bucket(device, salt) < percent
     return Tally(
-        name, version, percent, total, in_rollout, counts["updated"], counts["failed"], counts["rejected"], counts["pending"]
+        name, version, percent, total, in_rollout, counts["updated"], counts["failed"], counts["rejected"], counts["pending"],
+        counts["drifting"],
     )
 
 
@@ -116,7 +135,7 @@ def over_limit(t: Tally, max_failures_percent: float) -> bool:
 
 def surely_over_limit(t: Tally, max_failures_percent: float) -> bool:
     """Over the limit even if every pending device succeeds: no need to wait for them."""
-    bad = t.failed + t.rejected
+    bad = t.bad
     return bad > 0 and 100.0 * bad > max_failures_percent * (t.finished + t.pending)
 
 

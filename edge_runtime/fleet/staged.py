@@ -63,10 +63,10 @@ class StagedResult:
         return self.steps[-1].percent if self.steps else 0
 
 
-def _judge(t: Tally, max_failures: float | None, deadline: float, now: float) -> str | None:
+def _judge(t: Tally, max_failures: float | None, deadline: float, now: float, watch_drift: bool = False) -> str | None:
     if max_failures is not None and surely_over_limit(t, max_failures):
         return "over the limit"
-    if t.pending == 0:
+    if t.pending == 0 and not watch_drift:  # drift needs traffic: a watched step runs its whole wait
         return "finished"
     if now >= deadline:
         return "step wait over"
@@ -81,6 +81,7 @@ def staged_rollout(
     *,
     step_wait_s: float,
     max_failures: float | None = None,
+    max_drift: float | None = None,
     root: TrustRoot | None = None,
     expires_in_s: float | None = None,
     force_chunks: bool = False,
@@ -116,8 +117,8 @@ def staged_rollout(
         started = clock()
         deadline = started + step_wait_s
         while True:
-            t = tally(states.devices(), name, version, percent, salt)
-            why = _judge(t, max_failures, deadline, clock())
+            t = tally(states.devices(), name, version, percent, salt, max_drift)
+            why = _judge(t, max_failures, deadline, clock(), max_drift is not None)
             if why is not None:
                 break
             sleep(POLL_S)

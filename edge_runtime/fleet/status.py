@@ -156,22 +156,45 @@ def _error_cell(state: dict[str, Any], width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def drift_of(m: Any) -> dict[str, Any] | None:
+    """A model entry's drift figures when they are well formed (devices are not trusted)."""
+    d = m.get("drift") if isinstance(m, dict) else None
+    if not isinstance(d, dict):
+        return None
+    score = d.get("score")
+    if score is not None and (not isinstance(score, (int, float)) or isinstance(score, bool)):
+        return None
+    return d
+
+
+def _drift_cell(state: dict[str, Any]) -> str:
+    parts = []
+    for name, m in sorted((state.get("models") or {}).items()):
+        d = drift_of(m)
+        if d is None or d.get("score") is None:
+            continue
+        worst = str(d.get("worst_feature") or "?")[:30]
+        parts.append(f"{name} {float(d['score']):.2f} {worst}" + (" ALERT" if d.get("alert") is True else ""))
+    return "; ".join(parts) or "-"
+
+
 def status_rows(devices: list[dict[str, Any]]) -> list[list[str]]:
-    """Table cells: device, online, active versions, update in progress, last error."""
+    """Table cells: device, online, active versions, update in progress, drift, last error."""
     rows = []
     for d in devices:
         state = d.get("state") or {}
         online = {True: "yes", False: "no", None: "?"}[d.get("online")]
         if d.get("problem"):
-            rows.append([d["device"], online, "BAD STATE", "-", str(d["problem"])[:MAX_PROBLEM_CHARS]])
+            rows.append([d["device"], online, "BAD STATE", "-", "-", str(d["problem"])[:MAX_PROBLEM_CHARS]])
             continue
-        rows.append([d["device"], online, _models_cell(state), _update_cell(state), _error_cell(state)])
+        rows.append([d["device"], online, _models_cell(state), _update_cell(state), _drift_cell(state),
+                     _error_cell(state)])
     return rows
 
 
 def format_table(devices: list[dict[str, Any]]) -> str:
     """A plain-text table for a terminal."""
-    header = ["DEVICE", "ONLINE", "MODELS", "UPDATE", "LAST ERROR"]
+    header = ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT (PSI, worst feature)", "LAST ERROR"]
     rows = [header, *status_rows(devices)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
@@ -220,12 +243,20 @@ def summary_lines(view: FleetView) -> list[str]:
             running[name]["factory" if active is None else f"v{active}"] += 1
             for v in m.get("failed") or {}:
                 failed[name][f"v{v}"] += 1
+    drifting: dict[str, int] = collections.Counter()
+    for s in states:
+        for name, m in (s.get("models") or {}).items():
+            d = drift_of(m)
+            if d is not None and d.get("alert") is True:
+                drifting[name] += 1
     for name in sorted(set(running) | set(failed)):
         order = sorted(running[name].items(), key=lambda kv: (-kv[1], kv[0]))
         text = f"{name}: " + ", ".join(f"{v} on {n}" for v, n in order)
         if failed[name]:
             fails = sorted(failed[name].items(), key=lambda kv: _version_key(kv[0][1:]))
             text += "; failed " + ", ".join(f"{v} on {n}" for v, n in fails)
+        if drifting[name]:
+            text += f"; drift alert on {drifting[name]}"
         lines.append(text)
     if view.desired_error:
         lines.append(f"desired state: {view.desired_error}")
@@ -240,6 +271,7 @@ __all__ = [
     "collect_fleet",
     "collect_status",
     "desired_tallies",
+    "drift_of",
     "format_table",
     "state_problem",
     "status_rows",

@@ -97,7 +97,7 @@ def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device
             raise UpdateMessageError(f"{what}: 'need' must map at most {MAX_NEED_FILES} files to chunk lists")
         need = {}
         for name, chunks in need_raw.items():
-            if not _file_name_ok(name) or not isinstance(chunks, list) or not all(
+            if not capture_file_name_ok(name) or not isinstance(chunks, list) or not all(
                     isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**31 for c in chunks):
                 raise UpdateMessageError(f"{what}: 'need' entry {echo(name)} must be a capture file and chunk numbers")
             need[name] = tuple(sorted(set(chunks)))
@@ -105,7 +105,7 @@ def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device
     return CaptureRequest(request, attempt, model, since, need, expires)
 
 
-def _file_name_ok(name: str) -> bool:
+def capture_file_name_ok(name: str) -> bool:
     model, _, seg = name.partition("/")
     return bool(NAME_RE.match(model)) and bool(SEGMENT_RE.match(seg))
 
