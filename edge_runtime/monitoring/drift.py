@@ -1,10 +1,11 @@
 """Streaming drift of one served model version against its reference profile.
 
 Each scored request is appended to a short buffer (a list append on the request path);
-every :data:`FLUSH_REQUESTS` requests, or when somebody reads the figures, the buffer is
-binned in one vectorised pass into the counts of the current *bucket*. The window is the
-last ``buckets`` buckets of ``window_rows / buckets`` rows each, so memory is fixed: per
-feature one count per bin per bucket.
+every :data:`FLUSH_REQUESTS` requests or tenth of a window, or when somebody reads the
+figures, the buffer is binned in one vectorised pass (on a background thread in the
+daemon) into the counts of the current *bucket* of about ``window_rows / 10`` rows. The
+window is the newest buckets that hold at least ``window_rows`` rows (at most a bucket
+more), so memory is fixed: per feature one count per bin per bucket.
 
 Drift of a feature is its population stability index over the window::
 
@@ -114,6 +115,8 @@ class DriftTracker:
         self._window = np.zeros(self._total_bins, dtype=np.int64)
         self._window_rows = 0
         self._pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] = []
+        self._pending_rows = 0
+        self._batch_axis = bool(profile.input_layouts) and profile.input_layouts[0].batch_axis
         self._lock = threading.Lock()
         self._alert = False
         self.seen = 0
@@ -126,7 +129,10 @@ class DriftTracker:
         """Remember one scored request (binned later, in bulk)."""
         pending = self._pending
         pending.append((inputs, outputs))
-        if len(pending) >= FLUSH_REQUESTS:
+        first = inputs[0] if inputs else None
+        self._pending_rows += first.shape[0] if self._batch_axis and first is not None and first.ndim else 1
+        if len(pending) >= FLUSH_REQUESTS or self._pending_rows >= self._bucket_rows:
+            self._pending_rows = 0
             if self._submit is None:
                 self.flush()
                 return
@@ -139,6 +145,7 @@ class DriftTracker:
     def flush(self) -> None:
         """Bin the buffered requests; check the alert."""
         pending, self._pending = self._pending, []
+        self._pending_rows = 0
         self._bin(pending)
 
     def _bin(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> None:
@@ -192,10 +199,11 @@ class DriftTracker:
             self._buckets.append((self._current, self._current_rows))
             self._current = np.zeros(self._total_bins, dtype=np.int64)
             self._current_rows = 0
-            while len(self._buckets) >= BUCKETS:
-                old, old_rows = self._buckets.popleft()
-                self._window -= old
-                self._window_rows -= old_rows
+        # The window keeps at least window_rows rows: the oldest bucket goes once the rest hold enough.
+        while self._buckets and self._window_rows - self._buckets[0][1] >= self.settings.window_rows:
+            old, old_rows = self._buckets.popleft()
+            self._window -= old
+            self._window_rows -= old_rows
 
     # -- figures -------------------------------------------------------------------------
 
