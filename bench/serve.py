@@ -219,7 +219,9 @@ def cases(with_cnn: bool, have_fastapi: bool, have_grpc: bool) -> list[Case]:
             out.append(Case("mlp", "ours", "fraud", "grpc", c, "auto: inline; gRPC"))
         if have_fastapi:
             out.append(Case("mlp", "fastapi", "fraud", "json", c))
-    out += [Case("mlp", "ours", "fraud_threads", "json", 16, "threads, batching on (8, 500 µs)"),
+    out += [Case("mlp", "ours", "fraud_drift", "json", 16, "auto: inline; drift sketches on"),
+            Case("mlp", "ours", "fraud_monitored", "json", 16, "auto: inline; drift + capture at 1 %"),
+            Case("mlp", "ours", "fraud_threads", "json", 16, "threads, batching on (8, 500 µs)"),
             Case("mlp", "ours", "fraud_nobatch", "json", 16, "batching off (max_batch_size 0)")]
     if with_cnn:
         for c in (1, 16):
@@ -326,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         x_mlp = np.load(FACTORY / "sample.npy")[:1].astype(np.float32)
         x_cnn = rng.random((1, 3, 96, 96), dtype=np.float32)
         req_files: dict[tuple[str, str], Path] = {}
-        for route in ("fraud", "fraud_threads", "fraud_nobatch", "cnn", "cnn_nobatch", "cnn_single"):
+        for route in ("fraud", "fraud_drift", "fraud_monitored", "fraud_threads", "fraud_nobatch", "cnn", "cnn_nobatch",
+                      "cnn_single"):
             x, inp = (x_mlp, "input_0") if route.startswith("fraud") else (x_cnn, "image")
             for enc in ("json", "binary"):
                 f = tmp / f"{route}-{enc}.http"
@@ -448,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
             cg = med(Case("mlp", "ours", "fraud", "grpc", c), "cpu_us")
             cb = med(Case("mlp", "ours", "fraud", "binary", c), "cpu_us")
             checks.append((f"MLP {c} client(s): server CPU per request, gRPC / HTTP binary", cg / cb, "(for reference)", True))
+    for route, what in (("fraud_drift", "drift sketches"), ("fraud_monitored", "drift + capture at 1 %")):
+        r = rps("mlp", "ours", route, "json", 16)
+        checks.append((f"MLP JSON 16 clients: {what} on / off, req/s", r / ours16, ">= 0.95", r / ours16 >= 0.95))
+        extra = med(Case("mlp", "ours", route, "json", 16), "cpu_us") - med(Case("mlp", "ours", "fraud", "json", 16), "cpu_us")
+        checks.append((f"MLP JSON 16 clients: {what}, server CPU µs/request added", extra, "(for reference)", True))
     on, off = ours16, rps("mlp", "ours", "fraud_nobatch", "json", 16)
     checks.append(("MLP 16 clients: batching on / off", on / off, ">= ~1 (never slower)", on / off >= 0.95))
     if "cnn" in floor:

@@ -95,16 +95,24 @@ def make_device(base: Path, cnn_tflite: Path | None) -> tuple[Path, Path]:
     if cnn_tflite is not None:
         img = [np.random.default_rng(1).random((2, 3, 96, 96), dtype=np.float32)]
         models += [(n, cnn_tflite, ["image"], ["probs"], img) for n in ("cnn", "cnn_nobatch", "cnn_single")]
+    # The same MLP with a reference profile: drift sketches on (and capture, by config).
+    models += [(n, FACTORY / "fraud.tflite", ["input_0"], ["output_0"], [golden]) for n in MONITORED]
+    calib = np.load(FACTORY / "calibration.npy").astype(np.float32)
     for name, path, ins, outs, sample in models:
         bundle = base / f"{name}.bundle"
+        profile = [[calib[i:i + 50]] for i in range(0, len(calib), 50)] if name in MONITORED else None
         pack_model(path, name=name, version=1, keys=[key], out=bundle, input_names=ins, output_names=outs,
-                   golden_inputs=sample, atol=1e-3)
+                   golden_inputs=sample, atol=1e-3, profile_calls=profile)
         store.install(bundle)
         store.activate(name, 1)
     return base / "store", base / "root.json"
 
 
+MONITORED = ("fraud_drift", "fraud_monitored")
 SERVING = """
+[models.fraud_monitored.capture]
+rate = 0.01
+max_mb = 50
 [models.fraud_threads]
 execution = "threads"
 max_batch_size = 8

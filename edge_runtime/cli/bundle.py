@@ -12,7 +12,8 @@ import numpy as np
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.cli.common import common_options, load_root_file, positive_int
-from edge_runtime.exceptions import UsageError
+from edge_runtime.exceptions import ManifestError, UsageError
+from edge_runtime.monitoring.profile import parse_profile
 from edge_runtime.packaging import describe_model, pack_model, profile_batches
 from edge_runtime.trust.keys import load_private_key_pem
 
@@ -184,6 +185,14 @@ def _describe(args: argparse.Namespace, verified: bool) -> int:
             )
         if m.golden is not None:
             print(f"golden self-test: atol {m.golden.atol:g}, rtol {m.golden.rtol:g}")
+        if m.profile_file:
+            try:
+                prof = parse_profile(b.read_artifact(m.profile_file), m.inputs, m.outputs)
+                print(f"reference profile: {prof.rows} rows, {len(prof.features)} features (drift, docs/monitoring.md)")
+            except ManifestError as exc:
+                print(f"reference profile: unreadable: {exc}")
+        else:
+            print("reference profile: none (no drift figures on the device)")
     if verified:
         print("OK: layout, signature and every chunk hash verified")
     return 0

@@ -194,7 +194,7 @@ def status_rows(devices: list[dict[str, Any]]) -> list[list[str]]:
 
 def format_table(devices: list[dict[str, Any]]) -> str:
     """A plain-text table for a terminal."""
-    header = ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT (PSI, worst feature)", "LAST ERROR"]
+    header = ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", "LAST ERROR"]
     rows = [header, *status_rows(devices)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

@@ -93,3 +93,19 @@ def test_create_usage_errors(cli: Any, keys: Any, tmp_path: Path) -> None:
              keys.key_path, "-o", tmp_path / "x.bundle"])
     assert r.code == 2 and "expected an integer >= 1, found 0" in r.err
     assert not (tmp_path / "x.bundle").exists()
+
+
+def test_create_records_a_reference_profile_from_given_rows(cli: Any, keys: Any, tmp_path: Path) -> None:
+    out = tmp_path / "profiled.bundle"
+    r = _create(cli, keys, out, "--profile-data", FACTORY / "calibration.npy")
+    assert r.code == 0, r.err
+    assert "reference profile:" in r.out
+    with open_bundle(out, keys.root) as b:
+        assert b.manifest.profile_file == "profile.json"
+        doc = json.loads(b.read_artifact("profile.json"))
+    assert doc["rows"] == 200 and len(doc["features"]) == 31  # 30 input columns and the score
+    shown = cli(["bundle", "inspect", out])
+    assert "reference profile: 200 rows, 31 features" in shown.out
+    plain = tmp_path / "plain.bundle"
+    assert _create(cli, keys, plain).code == 0
+    assert "reference profile: none" in cli(["bundle", "inspect", plain]).out

@@ -17,6 +17,7 @@ from conversion_support import FACTORY_SRC, ConversionCache, ModelFiles
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.monitoring.profile import parse_profile
 from edge_runtime.store.store import ModelStore
 from harness.daemon import EDGE
 
@@ -62,6 +63,10 @@ def test_fraud_bundle_verifies_installs_and_scores_within_reported_error(
     assert err <= _reported_error(q) * 1.01 + 1e-6, f"scored {err:.3g}, reported {_reported_error(q):.3g}"
     assert m.golden is not None and err <= m.golden.atol
     assert m.extra["source"]["sha256"] == hashlib.sha256((FACTORY_SRC / "fraud.onnx").read_bytes()).hexdigest()
+    # The validation rows' reference profile, what drift is measured against on the device.
+    assert m.profile_file == "profile.json" and resolved.profile_bytes is not None
+    prof = parse_profile(resolved.profile_bytes, m.inputs, m.outputs)
+    assert prof.rows == 143 and [f.name for f in prof.features] == [f"input_0[{i}]" for i in range(30)] + ["output_0[0]"]
 
 
 def test_fraud_fp16_default_prints_table_keeps_model_and_log(fraud_conversion: ConversionCache,

@@ -177,5 +177,5 @@ def test_operator_helpers(repo: Repo) -> None:
         ]
     )
     lines = table.splitlines()
-    assert lines[0].split() == ["DEVICE", "ONLINE", "MODELS", "UPDATE", "LAST", "ERROR"]
+    assert lines[0].split() == ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", "LAST", "ERROR"]
     assert "fraud v2 (failed v3)" in lines[1] and lines[2].startswith("pi-2")
