@@ -252,6 +252,36 @@ def wrong_golden_bundle(make_bundle: Callable[..., Path], keys: Any, tmp_path_fa
     return path
 
 
+@dataclass(frozen=True)
+class DelegateLibs:
+    """Shared libraries built from ``tests/inference/delegate_src``: a real external delegate
+    (claims no nodes; records its options to the file its ``record`` option names), a library
+    without the plugin entry points, and a path where no library is."""
+
+    stub: Path
+    no_entry_points: Path
+    missing: Path
+
+
+@pytest.fixture(scope="session")
+def delegate_libs(tmp_path_factory: pytest.TempPathFactory) -> DelegateLibs:
+    """Build the test delegates with ``cc`` once per session (scripts/system-deps.sh installs gcc)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.fail("no C compiler (cc): run scripts/system-deps.sh")
+    src = Path(__file__).resolve().parent / "inference" / "delegate_src"
+    d = tmp_path_factory.mktemp("delegates")
+    built = {}
+    for name in ("stub_delegate", "no_entry_points"):
+        out = d / f"lib{name}.so"
+        subprocess.run(
+            [cc, "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src / f"{name}.c")],
+            check=True, capture_output=True, timeout=120,
+        )
+        built[name] = out
+    return DelegateLibs(built["stub_delegate"], built["no_entry_points"], d / "libabsent.so.1")
+
+
 @pytest.fixture(scope="session")
 def cli() -> Callable[..., CliResult]:
     """``cli(args, cwd=None, real=False)``: run ``edge-runtime`` (``real``: the console script, in a subprocess)."""
