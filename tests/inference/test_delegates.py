@@ -5,18 +5,15 @@ and manifest fields, and the install check that refuses a bundle needing an abse
 
 from __future__ import annotations
 
-import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FACTORY_SRC, DelegateLibs
+from conftest import FACTORY_SRC, DelegateLibs, rebuilt_bundle
 
 from edge_runtime.bundle.manifest import manifest_from_json, parse_manifest
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
-from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.config import ModelConfig, parse_config
 from edge_runtime.exceptions import AcceleratorError, ConfigError, DelegateError, ManifestError, SelfTestError
 from edge_runtime.inference import delegates
@@ -199,21 +196,6 @@ def test_custom_op_scanner_finds_the_edgetpu_op_across_writes() -> None:
 # -- refusing at install -----------------------------------------------------------------
 
 
-def _rebuilt(src: Path, out: Path, keys: Any, version: int, runtime: dict[str, Any] | None = None,
-             model_suffix: bytes = b"") -> Path:
-    """``src`` re-signed as ``version`` with a ``runtime`` field and/or bytes appended to its model."""
-    with tarfile.open(src) as tar:
-        m_fh, model_fh = tar.extractfile("manifest.json"), tar.extractfile("model.tflite")
-        assert m_fh is not None and model_fh is not None
-        fields, model = json.loads(m_fh.read()), model_fh.read() + model_suffix
-    fields["version"] = version
-    fields["artifacts"]["model.tflite"] = hash_artifact("model.tflite", model).to_json()
-    if runtime is not None:
-        fields["runtime"] = runtime
-    write_bundle(out, build_manifest(fields), {"model.tflite": model}, [keys.key])
-    return out
-
-
 def test_store_refuses_a_bundle_that_needs_an_absent_delegate_and_keeps_the_old_model(
     make_bundle: Any, keys: Any, tmp_path: Path, hash_tree: Any, delegate_libs: DelegateLibs
 ) -> None:
@@ -221,11 +203,11 @@ def test_store_refuses_a_bundle_that_needs_an_absent_delegate_and_keeps_the_old_
     store.install(make_bundle(1))
     store.activate("fraud", 1)
     before = hash_tree(tmp_path / "store")
-    edgetpu = _rebuilt(make_bundle(1), tmp_path / "tpu.bundle", keys, 2, model_suffix=b"\0edgetpu-custom-op\0")
+    edgetpu = rebuilt_bundle(make_bundle(1), tmp_path / "tpu.bundle", keys, 2, model_suffix=b"\0edgetpu-custom-op\0")
     with pytest.raises(AcceleratorError, match=r"fraud v2 needs the 'edgetpu' delegate \(it is compiled for the "
                                                r"Edge TPU.*cannot load libedgetpu.so.1"):
         store.install(edgetpu)
-    named = _rebuilt(make_bundle(1), tmp_path / "named.bundle", keys, 3, runtime={"requires_delegate": "npu"})
+    named = rebuilt_bundle(make_bundle(1), tmp_path / "named.bundle", keys, 3, runtime={"requires_delegate": "npu"})
     with pytest.raises(AcceleratorError, match="needs the 'npu' delegate .*neither \\[models.fraud\\] delegates"):
         store.install(named)
     assert hash_tree(tmp_path / "store") == before
