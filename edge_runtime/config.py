@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.exceptions import ConfigError, UsageError
+from edge_runtime.inference.delegate_spec import MAX_THREADS, parse_delegates
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
 MAX_TIMEOUT_S = 86400.0  # a day: every time limit is finite (asyncio and sockets refuse inf)
@@ -141,7 +142,8 @@ class ModelConfig:
     preferred_batch_sizes: list[int] = field(default_factory=list)
     max_queue_size: int = 256
     instances: int = 1
-    num_threads: int = 1
+    num_threads: int = 0  # XNNPACK threads per interpreter (also spelt `threads`); 0 = the bundle's, else 1
+    delegates: list[Any] = field(default_factory=list)  # ordered LiteRT delegates; empty = the bundle's, else XNNPACK
     version_policy: str = "latest"  # latest | all | specific
     num_versions: int = 1
     versions: list[int] = field(default_factory=list)
@@ -192,6 +194,8 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _check(value, args[0], where)
+    if tp is Any:  # checked by the field's own validation
+        return value
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -228,12 +232,29 @@ def _build(cls: Any, table: Any, where: str) -> Any:
     return cls(**{k: _check(v, hints[k], f"{where}.{k}") for k, v in table.items()})
 
 
+def _threads_alias(table: Any, where: str) -> Any:
+    """``threads`` is another name for ``num_threads`` (the name delegate docs use)."""
+    if not isinstance(table, dict) or "threads" not in table:
+        return table
+    if "num_threads" in table:
+        raise ConfigError(f"{where}: 'threads' and 'num_threads' are the same setting; give one")
+    out = {k: v for k, v in table.items() if k != "threads"}
+    out["num_threads"] = table["threads"]
+    return out
+
+
 def _validate_model(name: str, m: ModelConfig) -> None:
     where = f"models.{name}"
     if m.max_batch_size < 0 or m.max_queue_delay_us < 0 or m.max_queue_size < 1:
         raise ConfigError(f"{where}: max_batch_size and max_queue_delay_us must be >= 0, max_queue_size >= 1")
-    if m.instances < 1 or m.num_threads < 1:
-        raise ConfigError(f"{where}: instances and num_threads must be >= 1")
+    if m.instances < 1:
+        raise ConfigError(f"{where}.instances: must be >= 1")
+    if not 0 <= m.num_threads <= MAX_THREADS:
+        raise ConfigError(f"{where}.num_threads: expected 1 to {MAX_THREADS} (0: the bundle's), found {m.num_threads}")
+    try:
+        parse_delegates(m.delegates, f"{where}.delegates")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if m.version_policy not in ("latest", "all", "specific"):
         raise ConfigError(f"{where}.version_policy: expected 'latest', 'all' or 'specific', found {m.version_policy!r}")
     if m.version_policy == "specific" and not m.versions:
@@ -312,7 +333,7 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     models_table = data.get("models", {})
     if not isinstance(models_table, dict):
         raise ConfigError("models: expected a table of [models.NAME] tables")
-    models = {name: _build(ModelConfig, t, f"models.{name}") for name, t in models_table.items()}
+    models = {name: _build(ModelConfig, _threads_alias(t, f"models.{name}"), f"models.{name}") for name, t in models_table.items()}
     for name, m in models.items():
         _validate_model(name, m)
     cfg = Config(

@@ -11,11 +11,13 @@
     │   ├── ManifestError          a manifest that does not parse or validate
     │   ├── BundleError            a bundle whose tar layout, sizes or hashes are wrong
     │   ├── RollbackError          a version at or below the anti-rollback floor
+    │   ├── AcceleratorError       a bundle that needs a delegate (accelerator) this device lacks
     │   └── InputError             a tensor or file row that does not fit the model
     ├── StoreError                 the device store cannot do what was asked
     │   └── NotFoundError          unknown model or version
     ├── InferenceError             a backend failed to load or run a model
-    │   └── SelfTestError          golden outputs did not match
+    │   ├── SelfTestError          golden outputs did not match
+    │   └── DelegateError          a LiteRT delegate is missing, is not one, or refused the model
     ├── UnavailableError           cannot take a request now (queue full, not ready, draining)
     └── TransportError             network/broker trouble: retry with backoff
 
@@ -69,6 +71,10 @@ class RollbackError(BadDataError):
     """A version at or below the anti-rollback floor."""
 
 
+class AcceleratorError(BadDataError):
+    """A bundle that needs a delegate (e.g. an Edge-TPU-compiled model) this device cannot load."""
+
+
 class InputError(BadDataError):
     """Input tensors or rows that do not fit the model's interface."""
 
@@ -89,6 +95,19 @@ class SelfTestError(InferenceError):
     """A model's golden self-test did not reproduce the expected outputs."""
 
 
+class DelegateError(InferenceError):
+    """A LiteRT delegate that cannot run a model: ``kind`` says why, for metrics.
+
+    ``missing`` (the library is not installed), ``not_a_delegate`` (no plugin entry points),
+    ``refused`` (its create function or graph preparation said no), ``failed`` (loading,
+    allocating or running the model with it failed), ``selftest`` (it computed wrong outputs).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class UnavailableError(EdgeRuntimeError):
     """A model cannot take a request right now (queue full, not loaded yet, draining); retry later."""
 
@@ -98,10 +117,12 @@ class TransportError(EdgeRuntimeError):
 
 
 __all__ = [
+    "AcceleratorError",
     "BadDataError",
     "BundleError",
     "CanonicalJSONError",
     "ConfigError",
+    "DelegateError",
     "EdgeRuntimeError",
     "InferenceError",
     "InputError",

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from edge_runtime.exceptions import InputError, UsageError
-from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.base import Backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 
 INPUT_FORMATS = (".npy", ".npz", ".csv", ".jsonl")

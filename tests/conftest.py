@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
-from edge_runtime.bundle.writer import build_manifest, write_bundle
+from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem
@@ -250,6 +250,51 @@ def wrong_golden_bundle(make_bundle: Callable[..., Path], keys: Any, tmp_path_fa
     path = tmp_path_factory.mktemp("wrong") / "fraud-v4-wrong-golden.bundle"
     write_bundle(path, build_manifest(fields), {"model.tflite": model}, [keys.key])
     return path
+
+
+def rebuilt_bundle(src: Path, out: Path, keys: Any, version: int, runtime: dict[str, Any] | None = None,
+             model_suffix: bytes = b"") -> Path:
+    """``src`` re-signed as ``version`` with a ``runtime`` field and/or bytes appended to its model."""
+    with tarfile.open(src) as tar:
+        m_fh, model_fh = tar.extractfile("manifest.json"), tar.extractfile("model.tflite")
+        assert m_fh is not None and model_fh is not None
+        fields, model = json.loads(m_fh.read()), model_fh.read() + model_suffix
+    fields["version"] = version
+    fields["artifacts"]["model.tflite"] = hash_artifact("model.tflite", model).to_json()
+    if runtime is not None:
+        fields["runtime"] = runtime
+    write_bundle(out, build_manifest(fields), {"model.tflite": model}, [keys.key])
+    return out
+
+
+@dataclass(frozen=True)
+class DelegateLibs:
+    """Shared libraries built from ``tests/inference/delegate_src``: a real external delegate
+    (claims no nodes; records its options to the file its ``record`` option names), a library
+    without the plugin entry points, and a path where no library is."""
+
+    stub: Path
+    no_entry_points: Path
+    missing: Path
+
+
+@pytest.fixture(scope="session")
+def delegate_libs(tmp_path_factory: pytest.TempPathFactory) -> DelegateLibs:
+    """Build the test delegates with ``cc`` once per session (scripts/system-deps.sh installs gcc)."""
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.fail("no C compiler (cc): run scripts/system-deps.sh")
+    src = Path(__file__).resolve().parent / "inference" / "delegate_src"
+    d = tmp_path_factory.mktemp("delegates")
+    built = {}
+    for name in ("stub_delegate", "no_entry_points"):
+        out = d / f"lib{name}.so"
+        subprocess.run(
+            [cc, "-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(src / f"{name}.c")],
+            check=True, capture_output=True, timeout=120,
+        )
+        built[name] = out
+    return DelegateLibs(built["stub_delegate"], built["no_entry_points"], d / "libabsent.so.1")
 
 
 @pytest.fixture(scope="session")

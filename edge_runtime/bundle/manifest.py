@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_runtime.exceptions import CanonicalJSONError, ManifestError
+from edge_runtime.inference.delegate_spec import RuntimeHints, parse_runtime
 from edge_runtime.inference.tensors import TensorSpec, parse_tensor_spec
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 
@@ -107,6 +108,9 @@ class Manifest:
     golden: Golden | None
     compatible: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    # The optional ``runtime`` object (threads, delegates, requires_delegate), validated; its
+    # JSON form stays in ``extra`` so that to_json() gives back what was signed.
+    runtime: RuntimeHints = field(default_factory=RuntimeHints)
 
     @property
     def model_file(self) -> str:
@@ -265,9 +269,17 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
         raise ManifestError("manifest: compatible.runtime_major must be an integer")
     if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
         raise ManifestError("manifest: compatible.architectures must be a non-empty list of strings")
+    runtime = RuntimeHints()
+    if obj.get("runtime") is not None:
+        try:
+            runtime = parse_runtime(obj["runtime"])
+        except ValueError as exc:
+            raise ManifestError(f"manifest: {exc}") from exc
     known = {"name", "version", "created", "format", "artifacts", "inputs", "outputs", "quantization", "golden", "compatible"}
     extra = {k: v for k, v in obj.items() if k not in known}
-    return Manifest(name, version, created, fmt, artifacts, inputs, outputs, quantization, golden, compatible, extra)
+    return Manifest(
+        name, version, created, fmt, artifacts, inputs, outputs, quantization, golden, compatible, extra, runtime
+    )
 
 
 def parse_manifest(data: bytes) -> Manifest:

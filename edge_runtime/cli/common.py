@@ -8,6 +8,7 @@ from pathlib import Path
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import Config, load_config
 from edge_runtime.exceptions import UsageError
+from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot, verify_root
 
@@ -64,4 +65,6 @@ def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStor
     # The pinned root, advanced by any rotation the update client verified and saved.
     root = load_trust_root(load_root_file(args.root or Path(cfg.trust.root)), updates_state_dir(cfg.mqtt, store_path))
     factory = args.factory if args.factory is not None else Path(cfg.store.factory)
-    return ModelStore(store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes))
+    return ModelStore(
+        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models)
+    )

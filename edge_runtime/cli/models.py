@@ -6,8 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.common import common_options, open_store, positive_int, store_options
+from edge_runtime.cli.common import common_options, config_from_args, open_store, positive_int, store_options
+from edge_runtime.config import Config
 from edge_runtime.exceptions import EdgeRuntimeError, StoreError
+from edge_runtime.inference import delegates
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore, Resolved
@@ -36,18 +38,20 @@ def register(sub: Any) -> None:
     ver.set_defaults(func=cmd_verify)
 
 
-def selftest(resolved: Resolved) -> None:
-    """Load a resolved version and run its golden self-test."""
-    backend = load_backend(resolved.manifest, resolved.model)
-    try:
-        run_selftest(backend, resolved.manifest, resolved.golden_bytes)
-    finally:
-        backend.close()
+def selftest(resolved: Resolved, cfg: Config | None = None) -> None:
+    """Load a resolved version on its delegates (as the daemon would) and run its golden self-test there."""
+    mcfg = (cfg or Config()).model(resolved.name)
+    manifest = resolved.manifest
+    backend = load_backend(
+        manifest, resolved.model, delegates.threads(mcfg, manifest), delegates.plan(mcfg, manifest),
+        lambda b: run_selftest(b, manifest, resolved.golden_bytes),
+    )
+    backend.close()
 
 
-def _activate(store: ModelStore, name: str, version: int, only_if_newer: bool = False) -> None:
+def _activate(store: ModelStore, name: str, version: int, cfg: Config, only_if_newer: bool = False) -> None:
     try:
-        state = store.activate(name, version, selftest=selftest, only_if_newer=only_if_newer)
+        state = store.activate(name, version, selftest=lambda r: selftest(r, cfg), only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.
         if str(exc).startswith(f"{name} v"):
@@ -61,7 +65,8 @@ def _activate(store: ModelStore, name: str, version: int, only_if_newer: bool = 
 
 def cmd_install(args: argparse.Namespace) -> int:
     """Verify and install a bundle file."""
-    store = open_store(args)
+    cfg = config_from_args(args)
+    store = open_store(args, cfg)
     result = store.install(args.bundle)
     verb = "already installed" if result.already_installed else "installed"
     print(f"{result.name} v{result.version} {verb}")
@@ -69,16 +74,17 @@ def cmd_install(args: argparse.Namespace) -> int:
         state = store.state(result.name)
         if state.active is None or result.version > state.active or state.serving_factory:
             # Checked again under the store lock: another install may finish first.
-            _activate(store, result.name, result.version, only_if_newer=True)
+            _activate(store, result.name, result.version, cfg, only_if_newer=True)
     return 0
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
     """Self-test and activate an installed version."""
-    store = open_store(args)
+    cfg = config_from_args(args)
+    store = open_store(args, cfg)
     if args.version not in store.versions(args.name):
         raise StoreError(f"{args.name} v{args.version} is not installed (installed: {store.versions(args.name)})")
-    _activate(store, args.name, args.version)
+    _activate(store, args.name, args.version, cfg)
     return 0
 
 
@@ -110,7 +116,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                 tags.append(f"quarantined: {state.quarantined[v]}")
             if v in state.failed:
                 tags.append(f"failed: {state.failed[v]}")
+            if v == state.serving and state.serving_delegate is not None and not state.serving_factory:
+                tags.append(f"serving on {state.serving_delegate['delegate']}")
             print(f"{name:<16} {v:<8} {', '.join(tags) or 'installed'}")
+            if v == state.serving and state.serving_delegate is not None and not state.serving_factory:
+                for skip in state.serving_delegate["skipped"]:
+                    print(f"{'':<16} {'':<8} delegate {skip['delegate']} skipped ({skip['kind']}): {skip['reason']}")
         factory = store.factory_bundle(name)
         if factory is not None:
             tag = "active (fallback)" if state.serving_factory or state.active is None else "standby"

@@ -52,6 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = effective_config(args)
     setup_logging(args.log_format or cfg.logging.format, "debug" if args.debug else (args.log_level or cfg.logging.level))
+    from edge_runtime.inference.delegates import InstallCheck
     from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 
     # The pinned root, advanced by any rotation the update client verified and saved.
@@ -61,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         root,
         Path(cfg.store.factory) if cfg.store.factory else None,
         BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes),
+        InstallCheck(cfg.models),  # the update client installs through this store
     )
     # Before the daemon starts (cleanup_partial takes the store lock): remove what installs
     # killed part-way left behind and record installs killed before their state update.

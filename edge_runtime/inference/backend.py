@@ -1,76 +1,91 @@
-"""The inference backend interface and the factory that picks one by bundle format.
+"""Pick a backend by bundle format and, for TFLite, the first delegate that can run the model.
 
-A backend owns one interpreter. It is not thread-safe: the serving layer gives each
-backend instance to exactly one worker thread (LiteRT interpreters corrupt their inputs
-when shared, see FACTS.md).
+The interface itself is :class:`edge_runtime.inference.base.Backend` (re-exported here);
+the concrete backends import ``base``, never this module, so there is no import circle.
 """
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from edge_runtime.bundle.manifest import Manifest
-from edge_runtime.exceptions import InferenceError, InputError
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype, restore_shape
+from edge_runtime.exceptions import DelegateError, InferenceError, SelfTestError
+from edge_runtime.inference.base import Backend
+from edge_runtime.inference.delegate_spec import DelegateSpec, Skipped
+from edge_runtime.inference.delegates import XNNPACK
+
+# A check run on each candidate before it is accepted (the golden self-test and one run):
+# raising SelfTestError or InferenceError skips that delegate.
+Check = Callable[[Backend], object]
 
 
-class Backend(abc.ABC):
-    """One loaded model. ``run`` takes and returns arrays in manifest order and types."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.inputs: tuple[TensorSpec, ...] = manifest.inputs
-        self.outputs: tuple[TensorSpec, ...] = manifest.outputs
-        self._in_dtypes = [numpy_dtype(s.datatype) for s in self.inputs]
-        # Outputs whose model shape differs from the manifest's by axes of size 1 (set by the backend).
-        self._reshape = [False] * len(self.outputs)
-
-    @abc.abstractmethod
-    def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Run the interpreter on arrays already in the interpreter's types."""
-
-    def run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Score one batch: inputs in manifest order and declared datatypes."""
-        if len(arrays) != len(self.inputs):
-            raise InputError(f"expected {len(self.inputs)} inputs, found {len(arrays)}")
-        model_inputs = []
-        for spec, dtype, arr in zip(self.inputs, self._in_dtypes, arrays):
-            if arr.dtype != dtype:
-                arr = arr.astype(dtype)
-            spec.check(arr)
-            if spec.quantization is not None:
-                try:
-                    arr = spec.quantization.quantize(arr)
-                except InputError as exc:
-                    raise InputError(f"input '{spec.name}': {exc}") from exc
-            model_inputs.append(arr)
-        results = self._invoke(model_inputs)
-        out = []
-        for spec, reshape, arr in zip(self.outputs, self._reshape, results):
-            if spec.quantization is not None:
-                arr = spec.quantization.dequantize(arr)
-            if reshape:
-                batch = model_inputs[0].shape[0] if self.inputs[0].has_batch_dim else None
-                arr = restore_shape(arr, spec.shape, batch)
-            out.append(arr)
-        return out
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release the interpreter."""
+def _skipped_text(skipped: Sequence[Skipped]) -> str:
+    return "; ".join(f"{s.delegate} skipped: {s.reason}" for s in skipped)
 
 
-def load_backend(manifest: Manifest, model: Path | bytes, num_threads: int = 1) -> Backend:
-    """Load ``model`` (a verified model file, or its bytes) with the backend for its format."""
-    if manifest.format == "tflite":
-        from edge_runtime.inference.litert import LiteRTBackend
+def load_backend(
+    manifest: Manifest,
+    model: Path | bytes,
+    num_threads: int = 1,
+    delegates: Sequence[DelegateSpec] = (),
+    check: Check | None = None,
+    *,
+    fallback: bool = True,
+) -> Backend:
+    """Load ``model`` (a verified model file, or its bytes) with the backend for its format.
 
-        return LiteRTBackend(manifest, model, num_threads)
+    For TFLite, ``delegates`` are tried in order; one whose library is missing, is not a
+    delegate, refuses the model, fails to allocate or run it, or fails ``check`` is skipped
+    with its reason (``backend.skipped``). With ``fallback``, the CPU (XNNPACK) is the last
+    resort when the list names no built-in. ``backend.delegate`` says what runs the model.
+    """
     if manifest.format == "onnx":
         from edge_runtime.inference.onnx import OnnxBackend
 
-        return OnnxBackend(manifest, model, num_threads)
-    raise InferenceError(f"no backend for format {manifest.format!r}")
+        onnx_backend: Backend = OnnxBackend(manifest, model, num_threads)
+        onnx_backend.delegate = "onnxruntime"
+        onnx_backend.skipped = tuple(
+            Skipped(s.name, "unsupported", "an ONNX bundle runs on onnxruntime's CPU provider; delegates are for TFLite")
+            for s in delegates if not s.builtin
+        )
+        if check is not None:
+            try:
+                check(onnx_backend)
+            except BaseException:
+                onnx_backend.close()
+                raise
+        return onnx_backend
+    if manifest.format != "tflite":
+        raise InferenceError(f"no backend for format {manifest.format!r}")
+    from edge_runtime.inference.litert import LiteRTBackend
+
+    candidates = list(delegates) or [XNNPACK]
+    if fallback and not any(s.builtin for s in candidates):
+        candidates.append(XNNPACK)
+    skipped: list[Skipped] = []
+    for i, spec in enumerate(candidates):
+        last = i == len(candidates) - 1
+        backend: Backend | None = None
+        try:
+            backend = LiteRTBackend(manifest, model, num_threads, spec)
+            if check is not None:
+                check(backend)
+        except (InferenceError, RuntimeError, ValueError) as exc:
+            if backend is not None:
+                backend.close()
+            if not skipped and last:
+                raise  # one candidate (the usual CPU case): its own error, unchanged
+            kind = exc.kind if isinstance(exc, DelegateError) else "selftest" if isinstance(exc, SelfTestError) else "failed"
+            skipped.append(Skipped(spec.name, kind, " ".join(str(exc).split())[:500]))
+            if last:
+                error = SelfTestError if isinstance(exc, SelfTestError) else InferenceError
+                raise error(f"no delegate could run {manifest.name} v{manifest.version}: {_skipped_text(skipped)}") from exc
+            continue
+        backend.delegate = spec.name
+        backend.skipped = tuple(skipped)
+        return backend
+    raise InferenceError("no delegate to try")  # unreachable: candidates is never empty
+
+
+__all__ = ["Backend", "Check", "load_backend"]

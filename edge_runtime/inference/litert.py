@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
-from edge_runtime.exceptions import InferenceError
-from edge_runtime.inference.backend import Backend
+from edge_runtime.exceptions import DelegateError, InferenceError
+from edge_runtime.inference.base import Backend
+from edge_runtime.inference.delegate_spec import DelegateSpec
 from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype, unit_axes_only
 
 
@@ -29,17 +30,45 @@ def interpreter_class() -> Any:
     return Interpreter
 
 
-def make_interpreter(model: Path | bytes, num_threads: int = 1) -> Any:
-    """A loaded, allocated interpreter for a .tflite file or its bytes."""
-    cls = interpreter_class()
+def _cpu_only_resolver() -> Any:
+    """LiteRT's op resolver without default delegates (the ``cpu`` delegate: reference kernels)."""
     try:
-        if isinstance(model, bytes):
-            interp = cls(model_content=model, num_threads=num_threads)
-        else:
-            interp = cls(model_path=str(model), num_threads=num_threads)
+        from ai_edge_litert.interpreter import OpResolverType
+    except ImportError:
+        from tflite_runtime.interpreter import OpResolverType
+    return OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+
+
+def make_interpreter(model: Path | bytes, num_threads: int = 1, delegate: DelegateSpec | None = None) -> Any:
+    """A loaded, allocated interpreter for a .tflite file or its bytes, on ``delegate``
+    (None or ``xnnpack``: LiteRT's default CPU path)."""
+    cls = interpreter_class()
+    kwargs: dict[str, Any] = {"num_threads": num_threads}
+    if isinstance(model, bytes):
+        kwargs["model_content"] = model
+    else:
+        kwargs["model_path"] = str(model)
+    what = "the model" if isinstance(model, bytes) else Path(model).name
+    if delegate is not None and delegate.name == "cpu":
+        kwargs["experimental_op_resolver_type"] = _cpu_only_resolver()
+    elif delegate is not None and not delegate.builtin:
+        from edge_runtime.inference.delegates import open_external
+
+        kwargs["experimental_delegates"] = [open_external(delegate)]
+        try:
+            interp = cls(**kwargs)  # the delegate's Prepare runs here
+        except (ValueError, RuntimeError) as exc:
+            detail = " ".join(str(exc).split())
+            raise DelegateError(f"delegate '{delegate.name}' refused {what}: {detail}", "refused") from exc
+        try:
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise DelegateError(f"delegate '{delegate.name}' cannot allocate {what}: {exc}", "failed") from exc
+        return interp
+    try:
+        interp = cls(**kwargs)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        what = "the model" if isinstance(model, bytes) else Path(model).name
         raise InferenceError(f"LiteRT cannot load {what}: {exc}") from exc
     return interp
 
@@ -82,9 +111,12 @@ def describe(path: Path, input_names: Sequence[str] = (), output_names: Sequence
 class LiteRTBackend(Backend):
     """A TFLite model in a LiteRT interpreter; inputs and outputs mapped by position."""
 
-    def __init__(self, manifest: Manifest, model: Path | bytes, num_threads: int = 1) -> None:
+    def __init__(
+        self, manifest: Manifest, model: Path | bytes, num_threads: int = 1, delegate: DelegateSpec | None = None
+    ) -> None:
         super().__init__(manifest)
-        self._interp = make_interpreter(model, num_threads)
+        self._interp = make_interpreter(model, num_threads, delegate)
+        self.delegate = "xnnpack" if delegate is None else delegate.name
         ins = self._interp.get_input_details()
         outs = self._interp.get_output_details()
         for side, specs, details in (("inputs", self.inputs, ins), ("outputs", self.outputs, outs)):

@@ -10,7 +10,7 @@ import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InferenceError
-from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.base import Backend
 from edge_runtime.inference.tensors import TensorSpec
 
 
@@ -38,6 +38,7 @@ class OnnxBackend(Backend):
                 f"manifest lists {len(self.inputs)}/{len(self.outputs)} inputs/outputs, "
                 f"the model has {len(ins)}/{len(outs)}"
             )
+        self.delegate = "onnxruntime"
         self._in_names = [i.name for i in ins]
         self._out_names = [o.name for o in outs]
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge_runtime.bundle.manifest import GOLDEN_FILE, Golden, Manifest
 from edge_runtime.exceptions import SelfTestError
-from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.base import Backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 
 

@@ -310,6 +310,8 @@ class App:
             "versions": [str(v) for v in sm.known_versions] if version is None else [str(version)],
             "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
             **lv.iface.metadata(),
+            # Not in KServe's metadata schema, which clients ignore beyond: what runs this version.
+            "parameters": {"delegate": lv.delegate, "skipped_delegates": [s.to_json() for s in lv.skipped]},
         }
 
     async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes | bytearray:
@@ -427,7 +429,11 @@ class App:
             "input": [{"name": s.name, "data_type": "TYPE_" + s.datatype, "dims": list(s.shape)} for s in lv.iface.inputs],
             "output": [{"name": s.name, "data_type": "TYPE_" + s.datatype, "dims": list(s.shape)} for s in lv.iface.outputs],
             "instance_group": [{"count": 1 if lv.executor.inline else cfg.instances, "kind": "KIND_CPU"}],
-            "parameters": {"execution": {"string_value": lv.mode}, "invoke_us": {"string_value": f"{lv.invoke_us:.1f}"}},
+            "parameters": {
+                "execution": {"string_value": lv.mode},
+                "invoke_us": {"string_value": f"{lv.invoke_us:.1f}"},
+                "delegate": {"string_value": lv.delegate},
+            },
         }
         if batching:
             out["dynamic_batching"] = {

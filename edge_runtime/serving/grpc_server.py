@@ -261,6 +261,7 @@ class InferenceService:
             raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from None
         except UnavailableError as exc:
             raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        meta.pop("parameters", None)  # the delegate report: not a field of the gRPC message
         return pb.ModelMetadataResponse(**meta)
 
     async def model_infer(self, data: bytes) -> Message:

@@ -12,8 +12,12 @@ It runs on its own thread (``edge-model-manager``) and never blocks the event lo
   the old version drained (its queued and running requests finish) and unloaded. A version
   that fails is recorded as failed with ``revert_to`` the version still serving, which
   keeps answering: no request fails during a swap.
+* Delegates: a version is loaded on the first of its delegates (config, else manifest; the
+  CPU last) that loads, allocates, passes the golden self-test and runs a sample; the
+  others are skipped with their reasons, logged, recorded in the store beside ``serving``
+  and shown in metrics and metadata.
 * Reload (SIGHUP): batching parameters apply to running executors at once; a change of
-  ``instances``, ``num_threads``, ``execution`` or ``inline_max_us`` rebuilds the
+  ``instances``, ``num_threads``, ``delegates``, ``execution`` or ``inline_max_us`` rebuilds the
   versions concerned and swaps them in the same way; traffic, shadow and version policy
   are re-applied.
 """
@@ -31,6 +35,7 @@ from typing import Any
 
 from edge_runtime.config import Config, ModelConfig
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, StoreError
+from edge_runtime.inference import delegates
 from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.selftest import load_golden, run_selftest
 from edge_runtime.monitoring.hub import Monitoring
@@ -42,7 +47,7 @@ from edge_runtime.store.store import STATE_FILE, ModelStore, Resolved
 
 log = logging.getLogger("edge_runtime.serving")
 
-BUILD_KEYS = ("instances", "num_threads", "execution", "inline_max_us", "idle_inline_max_us")
+BUILD_KEYS = ("instances", "num_threads", "delegates", "execution", "inline_max_us", "idle_inline_max_us")
 
 
 def _build_key(cfg: ModelConfig) -> tuple[Any, ...]:
@@ -81,6 +86,7 @@ class ModelManager:
         self.initial_done = threading.Event()
         metrics.queue_depths = self._queue_depths
         metrics.serving = self._roles
+        metrics.delegates = self._delegates
 
     # -- public, thread-safe -----------------------------------------------------------
 
@@ -244,7 +250,7 @@ class ModelManager:
             # state.json behind it.
             changed = previous is None or previous is not default
             if changed and default.source == "store":
-                self.store.record_serving(name, default.version)
+                self.store.record_serving(name, default.version, default.delegate_report())
             if previous is not None and previous.version != default.version:
                 self.metrics.swap(name, "success")
                 log.info(
@@ -284,7 +290,8 @@ class ModelManager:
                     break
                 continue
             log.info(
-                "%s: serving v%d from the %s (%s, batch-1 run %.1f µs)", name, lv.version, lv.source, lv.mode, lv.invoke_us,
+                "%s: serving v%d from the %s on %s (%s, batch-1 run %.1f µs)", name, lv.version, lv.source, lv.delegate,
+                lv.mode, lv.invoke_us,
                 extra={"model": name, "version": lv.version},
             )
             return lv
@@ -369,11 +376,26 @@ class ModelManager:
         """Load, self-test, warm up and time a verified version; pick inline or threaded execution."""
         manifest = resolved.manifest
         t0 = time.perf_counter()
-        backend = load_backend(manifest, resolved.model, mcfg.num_threads)
+        threads = delegates.threads(mcfg, manifest)
+        plan = delegates.plan(mcfg, manifest)
+        golden = load_golden(manifest, resolved.golden_bytes)
+
+        def check(candidate: Backend) -> None:  # the self-test runs on the delegate that will serve
+            run_selftest(candidate, manifest, resolved.golden_bytes)
+            candidate.run(sample_inputs(candidate, golden))
+
+        backend = load_backend(manifest, resolved.model, threads, plan, check)
         backends: list[Backend] = [backend]
+        for skip in backend.skipped:
+            log.warning(
+                "%s v%d: delegate %s skipped (%s): %s", resolved.name, resolved.version, skip.delegate, skip.kind,
+                skip.reason, extra={"model": resolved.name, "version": resolved.version, "reason": skip.reason},
+            )
+        # Further interpreters run on the same delegate, or the version fails to load.
+        chosen = next((s for s in plan if s.name == backend.delegate), delegates.XNNPACK)
+        same = (chosen,) if manifest.format == "tflite" else ()
         try:
-            run_selftest(backend, manifest, resolved.golden_bytes)
-            sample = sample_inputs(backend, load_golden(manifest, resolved.golden_bytes))
+            sample = sample_inputs(backend, golden)
             invoke_us = measure_invoke_us(backend, sample)
             iface = Interface(manifest)
             stats = self.metrics.version(resolved.name, resolved.version)
@@ -383,12 +405,12 @@ class ModelManager:
                 executor = InlineExecutor(backend, stats)
             else:
                 for _ in range(mcfg.instances - 1):
-                    extra = load_backend(manifest, resolved.model, mcfg.num_threads)
+                    extra = load_backend(manifest, resolved.model, threads, same, fallback=False)
                     backends.append(extra)
                     extra.run(sample)
                 loop_backend = None
                 if invoke_us <= mcfg.idle_inline_max_us:
-                    loop_backend = load_backend(manifest, resolved.model, mcfg.num_threads)
+                    loop_backend = load_backend(manifest, resolved.model, threads, same, fallback=False)
                     backends.append(loop_backend)  # closed with the others if start-up fails below
                     loop_backend.run(sample)
                 policy = batch_policy(mcfg, iface.batchable)
@@ -416,6 +438,7 @@ class ModelManager:
         return LoadedVersion(
             resolved.name, resolved.version, manifest, iface, executor, stats, resolved.source, invoke_us, mcfg,
             monitor=monitor,
+            delegate=backend.delegate, skipped=backend.skipped,
         )
 
     # -- publishing to the event loop ----------------------------------------------------
@@ -489,6 +512,12 @@ class ModelManager:
             if sm.routing is not None:
                 for v, lv in sm.routing.versions.items():
                     yield name, v, lv.executor.queue_depth()
+
+    def _delegates(self) -> Any:
+        for name, sm in list(self.served.items()):
+            if sm.routing is not None:
+                for v, lv in sm.routing.versions.items():
+                    yield name, v, lv.delegate, lv.skipped
 
     def _roles(self) -> Any:
         for name, sm in list(self.served.items()):

@@ -241,6 +241,8 @@ class Metrics:
         self.not_ready_requests: dict[str, int] = {}
         self.queue_depths: Callable[[], Iterator[tuple[str, int, int]]] = lambda: iter(())
         self.serving: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
+        # (model, version, delegate in use, skipped delegates) per loaded version
+        self.delegates: Callable[[], Iterator[tuple[str, int, str, Any]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
         self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
 
@@ -325,6 +327,18 @@ class _Collector:
         for model, version, role in m.serving():
             serving.add_metric([model, str(version), role], 1)
         yield serving
+        used = GaugeMetricFamily("edge_model_delegate", "What runs each loaded version: xnnpack, cpu, onnxruntime or an external delegate.", labels=[*mv, "delegate"])
+        skipped = GaugeMetricFamily(
+            "edge_model_delegate_skipped",
+            "Delegates tried before the one in use, by why they were skipped (missing, not_a_delegate, refused, failed, selftest, unsupported).",
+            labels=[*mv, "delegate", "reason"],
+        )
+        for model, version, delegate, skips in m.delegates():
+            used.add_metric([model, str(version), delegate], 1)
+            for skip in skips:
+                skipped.add_metric([model, str(version), skip.delegate, skip.kind], 1)
+        yield used
+        yield skipped
         swaps = CounterMetricFamily("edge_swaps", "Hot swaps by outcome (success, failed).", labels=["model", "outcome"])
         for (model, outcome), n in sorted(m.swaps.items()):
             swaps.add_metric([model, outcome], n)

@@ -13,12 +13,14 @@ import bisect
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.config import ModelConfig
 from edge_runtime.exceptions import NotFoundError, UnavailableError
+from edge_runtime.inference.delegate_spec import Skipped
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.batcher import BatchPolicy
 from edge_runtime.serving.codec import Interface
@@ -41,9 +43,15 @@ class LoadedVersion:
     config: ModelConfig  # the serving config it was built with
     version_str: str = ""
     monitor: VersionMonitor | None = None  # drift sketches and capture (docs/monitoring.md)
+    delegate: str = "xnnpack"  # what runs it: xnnpack, cpu, onnxruntime or an external delegate's name
+    skipped: tuple[Skipped, ...] = ()  # delegates tried first and why they were not used
 
     def __post_init__(self) -> None:
         self.version_str = str(self.version)
+
+    def delegate_report(self) -> dict[str, Any]:
+        """What runs this version and what was skipped: the store's, metadata's and fleet state's form."""
+        return {"delegate": self.delegate, "skipped": [s.to_json() for s in self.skipped]}
 
     @property
     def mode(self) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edge_runtime.exceptions import UnavailableError
-from edge_runtime.inference.backend import Backend
+from edge_runtime.inference.base import Backend
 from edge_runtime.inference.selftest import GoldenSet
 from edge_runtime.serving.batcher import BatchPolicy, BatchQueue, Pending
 from edge_runtime.serving.hooks import hold_workers_file, wait_while_held

@@ -34,6 +34,17 @@ def _versions(value: Any, key: str, where: str) -> dict[int, str]:
     return out
 
 
+def _delegate_report(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    skipped = value.get("skipped") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("delegate"), str) or not isinstance(skipped, list) or not all(
+        isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("delegate", "kind", "reason")) for s in skipped
+    ):
+        raise StoreError(f"{where}: unreadable state (serving_delegate must be {{delegate, skipped: [...]}})")
+    return {"delegate": value["delegate"], "skipped": [{k: s[k] for k in ("delegate", "kind", "reason")} for s in skipped]}
+
+
 def now_iso() -> str:
     """The current UTC time, ISO 8601."""
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -51,6 +62,8 @@ class ModelState:
     quarantined: dict[int, str] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # What runs the serving version: {"delegate": NAME, "skipped": [{"delegate", "kind", "reason"}]}.
+    serving_delegate: dict[str, Any] | None = None
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Append a history entry (bounded) and return it."""
@@ -70,6 +83,7 @@ class ModelState:
             "quarantined": {str(k): v for k, v in sorted(self.quarantined.items())},
             "failed": {str(k): v for k, v in sorted(self.failed.items())},
             "history": self.history,
+            "serving_delegate": self.serving_delegate,
         }
 
     @classmethod
@@ -89,6 +103,7 @@ class ModelState:
             quarantined=_versions(obj.get("quarantined", {}), "quarantined", where),
             failed=_versions(obj.get("failed", {}), "failed", where),
             history=history[-MAX_HISTORY:],
+            serving_delegate=_delegate_report(obj.get("serving_delegate"), where),
         )
 
 

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge_runtime.atomic import current_umask, fsync_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
@@ -72,9 +73,17 @@ class ModelStore:
     """A versioned model store rooted at ``path`` with an optional read-only factory dir."""
 
     def __init__(
-        self, path: Path, root: TrustRoot, factory: Path | None = None, limits: BundleLimits | None = None
+        self,
+        path: Path,
+        root: TrustRoot,
+        factory: Path | None = None,
+        limits: BundleLimits | None = None,
+        bundle_check: Callable[[Bundle], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        # Run on every bundle before it is installed; raises (e.g. AcceleratorError: it needs a
+        # delegate this device lacks) to refuse it. See edge_runtime.inference.delegates.InstallCheck.
+        self.bundle_check = bundle_check
         self.root = root
         self.factory = Path(factory) if factory else None
         self.limits = limits or BundleLimits()
@@ -231,6 +240,8 @@ class ModelStore:
     def install_bundle(self, bundle: Bundle) -> InstallResult:
         """Install an opened, verified bundle."""
         m = bundle.manifest
+        if self.bundle_check is not None:
+            self.bundle_check(bundle)  # before anything is written or locked
         with self.lock():
             state = self.state(m.name)
             target = self.version_dir(m.name, m.version)
@@ -420,14 +431,16 @@ class ModelStore:
         log.warning("%s v%d failed: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
         return state
 
-    def record_serving(self, name: str, version: int | None) -> ModelState:
-        """Record the version the daemon now answers with (after its self-test passed)."""
+    def record_serving(self, name: str, version: int | None, delegate: dict[str, Any] | None = None) -> ModelState:
+        """Record the version the daemon now answers with (after its self-test passed) and what
+        runs it (``{"delegate": ..., "skipped": [...]}``)."""
         state = ModelState(serving=version)
         with self._recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
-            if state.serving != version:
+            if state.serving != version or state.serving_delegate != delegate:
                 state.serving = version
-                state.event("serving", version=version)
+                state.serving_delegate = delegate
+                state.event("serving", version=version, delegate=delegate["delegate"] if delegate else None)
                 if self._model_dir(name).is_dir():
                     self._write_state(name, state)
         return state

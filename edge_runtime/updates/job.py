@@ -72,7 +72,8 @@ def installed_manifest(store: ModelStore, name: str, version: int) -> bytes | No
 
 
 def models_summary(store: ModelStore) -> dict[str, Any]:
-    """Per model: active, last known good, floor, serving, failed versions (the state document's ``models``)."""
+    """Per model: active, last known good, floor, serving, failed versions and the delegate running
+    the serving version (the state document's ``models``)."""
     models: dict[str, Any] = {}
     for name in store.models():
         try:
@@ -87,6 +88,8 @@ def models_summary(store: ModelStore) -> dict[str, Any]:
             "serving": st.serving,
             "serving_factory": st.serving_factory,
             "failed": {str(k): v for k, v in sorted(st.failed.items())},
+            # What runs the serving version and which delegates were skipped, with why.
+            "delegate": st.serving_delegate,
         }
     return models
 

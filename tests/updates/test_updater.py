@@ -4,7 +4,12 @@ after a restart, overrides, root rotation and the offline event queue (FakeBroke
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
+from conftest import rebuilt_bundle
+
+from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.trust.keys import generate_private_key, sign
 from edge_runtime.trust.root import make_root, sign_root
 from edge_runtime.updates.download import release_dir
@@ -207,3 +212,20 @@ def test_root_versions_arriving_out_of_order_are_chained(make_device: DeviceFact
     assert dev.store.root.version == 3
     assert [e["root_version"] for e in dev.broker.events("root_updated")] == [2, 3]
     assert load_trust_root(fleet_keys.root, dev.state_dir).version == 3
+
+
+def test_a_release_needing_an_absent_delegate_is_refused_at_install_and_reported(
+    make_device: DeviceFactory, releases: Releases, repo: Repo, topics: Topics, fleet_keys: FleetKeys, tmp_path: Path
+) -> None:
+    """The store's install check (the daemon builds its store with it) refuses the release
+    before anything is written; the device's state says why (what `fleet status` shows)."""
+    dev = make_device()
+    dev.store.bundle_check = InstallCheck({})
+    signer = SimpleNamespace(key=fleet_keys.models_key)
+    needs = rebuilt_bundle(releases.bundle(2), tmp_path / "tpu.bundle", signer, 2, runtime={"requires_delegate": "edgetpu"})
+    dev.broker.put(repo.release(needs))
+    dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
+    dev.sync()
+    assert dev.store.state("fraud").active == 1 and dev.store.versions("fraud") == [1]
+    reason = dev.broker.state()["last_error"]["reason"]
+    assert "fraud v2 needs the 'edgetpu' delegate" in reason and "libedgetpu.so.1" in reason

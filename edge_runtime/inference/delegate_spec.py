@@ -1,0 +1,182 @@
+"""Which LiteRT delegates a model asks for: the config's and the manifest's form, validated.
+
+Pure code, imported by the manifest model: no interpreter, no ``ctypes``. Loading lives in
+:mod:`edge_runtime.inference.delegates`.
+
+A delegate is written as a string or a table::
+
+    delegates = [{ library = "libedgetpu.so.1", options = { device = "usb" } }, "xnnpack"]
+
+* ``"xnnpack"``: the CPU with LiteRT's default XNNPACK delegate (what every model ran on
+  before delegates existed); ``"cpu"``: the CPU with LiteRT's reference kernels only.
+* ``"edgetpu"``: shorthand for ``{ library = "libedgetpu.so.1" }``.
+* any other string, or a table's ``library``: an external delegate (a shared library with
+  ``tflite_plugin_create_delegate``/``tflite_plugin_destroy_delegate``), named in reports by
+  the table's ``name`` or by the library's file name (``libedgetpu.so.1`` -> ``edgetpu``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+BUILTINS = ("xnnpack", "cpu")
+# Short names for delegates whose library name is well known.
+KNOWN_LIBRARIES = {"edgetpu": "libedgetpu.so.1"}
+# The custom operator the Edge TPU compiler puts in place of the subgraph it compiled: a model
+# holding it cannot run without the Edge TPU delegate.
+EDGETPU_CUSTOM_OP = b"edgetpu-custom-op"
+MAX_DELEGATES = 8
+MAX_OPTIONS = 32
+MAX_TEXT = 256
+MAX_THREADS = 64
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DelegateSpec:
+    """One entry of a delegate list: a built-in (``library`` None) or an external library."""
+
+    name: str
+    library: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        """True for ``xnnpack`` and ``cpu`` (no library to load)."""
+        return self.library is None
+
+    def to_json(self) -> str | dict[str, Any]:
+        """The config/manifest form."""
+        if self.library is None:
+            return self.name
+        out: dict[str, Any] = {"name": self.name, "library": self.library}
+        if self.options:
+            out["options"] = dict(self.options)
+        return out
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A delegate that was tried and not used, with why (``kind`` as in DelegateError)."""
+
+    delegate: str
+    kind: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        """The form state.json, metadata and the fleet state carry."""
+        return {"delegate": self.delegate, "kind": self.kind, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class RuntimeHints:
+    """The manifest's optional ``runtime`` object: defaults the device config may override."""
+
+    threads: int | None = None
+    delegates: tuple[DelegateSpec, ...] = ()
+    requires_delegate: str | None = None
+
+
+def library_name(library: str) -> str:
+    """The report name of a delegate library: ``/usr/lib/libedgetpu.so.1`` -> ``edgetpu``."""
+    base = library.rsplit("/", 1)[-1]
+    base = base.split(".so", 1)[0]
+    if base.startswith("lib") and len(base) > 3:
+        base = base[3:]
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", base)[:64]
+    return cleaned if cleaned and cleaned[0].isalnum() else f"d{cleaned}"[:64]
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{what}: expected a string or number, found {type(value).__name__}")
+    text = str(value)
+    if not text or len(text) > MAX_TEXT or "\x00" in text:
+        raise ValueError(f"{what}: expected 1 to {MAX_TEXT} characters without NUL, found {len(text)}")
+    return text
+
+
+def parse_delegate(value: Any, where: str) -> DelegateSpec:
+    """One delegate entry; ValueError naming ``where`` when it is not one."""
+    if isinstance(value, str):
+        if value in BUILTINS:
+            return DelegateSpec(value)
+        if value in KNOWN_LIBRARIES:
+            return DelegateSpec(value, KNOWN_LIBRARIES[value])
+        library = _text(value, where)
+        return DelegateSpec(library_name(library), library)
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a string or a table {{library, options, name}}, found {type(value).__name__}")
+    unknown = sorted(set(value) - {"library", "options", "name"})
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: library, name, options")
+    if "library" not in value:
+        raise ValueError(f"{where}: a delegate table needs 'library'")
+    library = _text(value["library"], f"{where}.library")
+    name = value.get("name", library_name(library))
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in BUILTINS:
+        raise ValueError(f"{where}.name: expected a name matching {NAME_RE.pattern} other than {BUILTINS}, found {name!r}")
+    options = value.get("options", {})
+    if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
+        raise ValueError(f"{where}.options: expected a table of at most {MAX_OPTIONS} entries")
+    opts = tuple((_text(k, f"{where}.options key"), _text(v, f"{where}.options.{k}")) for k, v in options.items())
+    return DelegateSpec(name, library, opts)
+
+
+def parse_delegates(value: Any, where: str) -> tuple[DelegateSpec, ...]:
+    """An ordered delegate list; ValueError naming ``where`` when it is not one."""
+    if not isinstance(value, list) or len(value) > MAX_DELEGATES:
+        raise ValueError(f"{where}: expected a list of at most {MAX_DELEGATES} delegates")
+    specs = tuple(parse_delegate(v, f"{where}[{i}]") for i, v in enumerate(value))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: delegate names must be unique, found {names}")
+    return specs
+
+
+def parse_threads(value: Any, where: str) -> int:
+    """A thread count in [1, MAX_THREADS]."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"{where}: expected an integer from 1 to {MAX_THREADS}, found {value!r}")
+    return value
+
+
+def parse_runtime(obj: Any) -> RuntimeHints:
+    """The manifest's ``runtime`` object: ``threads``, ``delegates``, ``requires_delegate``."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"'runtime' must be an object, found {type(obj).__name__}")
+    unknown = sorted(set(obj) - {"threads", "delegates", "requires_delegate"})
+    if unknown:
+        raise ValueError(f"runtime: unknown field(s) {unknown}; known: delegates, requires_delegate, threads")
+    threads = parse_threads(obj["threads"], "runtime.threads") if "threads" in obj else None
+    delegates = parse_delegates(obj["delegates"], "runtime.delegates") if "delegates" in obj else ()
+    required = obj.get("requires_delegate")
+    if required is not None and (not isinstance(required, str) or not NAME_RE.match(required) or required in BUILTINS):
+        raise ValueError(f"runtime.requires_delegate: expected a delegate name such as 'edgetpu', found {required!r}")
+    return RuntimeHints(threads, delegates, required)
+
+
+class CustomOpScanner:
+    """A file-like sink that notices the Edge TPU custom operator in a .tflite streamed through it.
+
+    The compiler names the operator in the flatbuffer's operator codes; scanning the bytes
+    (with an overlap between writes) finds it without holding the whole model in memory.
+    """
+
+    def __init__(self, needle: bytes = EDGETPU_CUSTOM_OP) -> None:
+        self.needle = needle
+        self.found = False
+        self._tail = b""
+
+    def write(self, data: bytes) -> int:
+        """Scan one piece; returns its length like a file."""
+        if not self.found:
+            window = self._tail + bytes(data)
+            self.found = self.needle in window
+            self._tail = window[-(len(self.needle) - 1):]
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to flush (file protocol)."""
