@@ -116,6 +116,7 @@ class DriftTracker:
         self._window_rows = 0
         self._pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] = []
         self._pending_rows = 0
+        self._pending_lock = threading.Lock()
         self._batch_axis = bool(profile.input_layouts) and profile.input_layouts[0].batch_axis
         self._lock = threading.Lock()
         self._alert = False
@@ -127,25 +128,25 @@ class DriftTracker:
 
     def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
         """Remember one scored request (binned later, in bulk)."""
-        pending = self._pending
-        pending.append((inputs, outputs))
         first = inputs[0] if inputs else None
-        self._pending_rows += first.shape[0] if self._batch_axis and first is not None and first.ndim else 1
-        if len(pending) >= FLUSH_REQUESTS or self._pending_rows >= self._bucket_rows:
-            self._pending_rows = 0
-            if self._submit is None:
-                self.flush()
+        with self._pending_lock:  # uncontended but for a reader's flush on another thread
+            pending = self._pending
+            pending.append((inputs, outputs))
+            self._pending_rows += first.shape[0] if self._batch_axis and first is not None and first.ndim else 1
+            if len(pending) < FLUSH_REQUESTS and self._pending_rows < self._bucket_rows:
                 return
-            batch, self._pending = pending, []
-            if not self._submit(lambda: self._bin(batch)):
-                self.dropped_requests += len(batch)
+            self._pending, self._pending_rows = [], 0
+        if self._submit is None:
+            self._bin(pending)
+        elif not self._submit(lambda: self._bin(pending)):
+            self.dropped_requests += len(pending)
 
     # -- binning ------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Bin the buffered requests; check the alert."""
-        pending, self._pending = self._pending, []
-        self._pending_rows = 0
+        with self._pending_lock:
+            pending, self._pending, self._pending_rows = self._pending, [], 0
         self._bin(pending)
 
     def _bin(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> None:
