@@ -159,3 +159,28 @@ def test_publish_rejects_contradictory_rollout_options(capsys: pytest.CaptureFix
     assert "increasing" in capsys.readouterr().err
     assert main([*base, "--max-failures", "120"]) == 2
     assert "[0, 100]" in capsys.readouterr().err
+
+
+def _drifting_state(version: int, score: float | None, drift_version: int | None = None) -> dict[str, Any]:
+    drift = {"version": drift_version or version, "score": score, "worst_feature": "input_0[7]", "alert": bool(score)}
+    return {"models": {"fraud": {"active": version, "failed": {}, "drift": drift}}, "update": None}
+
+
+def test_max_drift_counts_an_updated_device_whose_release_drifts_as_a_failure() -> None:
+    assert outcome("d", _drifting_state(2, 0.4), "fraud", 2, 100, "s", max_drift=0.25) == "drifting"
+    assert outcome("d", _drifting_state(2, 0.1), "fraud", 2, 100, "s", max_drift=0.25) == "updated"
+    assert outcome("d", _drifting_state(2, 0.4), "fraud", 2, 100, "s") == "updated"  # not watched
+    assert outcome("d", _drifting_state(2, None), "fraud", 2, 100, "s", max_drift=0.25) == "updated"  # no score yet
+    # The figure is the old version's (the state was sent before the swap): it says nothing of v2.
+    assert outcome("d", _drifting_state(2, 0.9, drift_version=1), "fraud", 2, 100, "s", max_drift=0.25) == "updated"
+    rows = [{"device": f"d{i}", "state": _drifting_state(2, 0.4 if i < 2 else 0.05)} for i in range(10)]
+    t = tally(rows, "fraud", 2, 100, "s", max_drift=0.25)
+    assert (t.updated, t.drifting, t.finished, t.bad) == (8, 2, 10, 2)
+    assert t.failure_percent == pytest.approx(20.0) and over_limit(t, 10.0) and not over_limit(t, 20.0)
+    assert "2 drifting" in t.describe()
+
+
+def test_fleet_summary_counts_devices_in_drift_alert() -> None:
+    rows = [{"device": f"d{i}", "online": True, "state": _drifting_state(2, 0.4 if i == 0 else 0.0)} for i in range(3)]
+    lines = summary_lines(FleetView(rows))
+    assert any("fraud: v2 on 3; drift alert on 1" in line for line in lines), lines
