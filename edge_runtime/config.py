@@ -106,6 +106,7 @@ class DriftConfig:
     clear: float = 0.1  # the alert clears (and may be raised again) once the PSI falls below this
     window_rows: int = 1000  # rows in the rolling window
     min_rows: int = 200  # no score until the window holds this many rows
+    max_sketched_per_s: int = 500  # above this many requests a second, a uniform sample is sketched; 0 = all
 
 
 @dataclass(frozen=True)
@@ -276,9 +277,9 @@ def _validate_model(name: str, m: ModelConfig) -> None:
     if d.threshold < 0 or d.clear < 0 or (d.threshold and d.clear > d.threshold):
         raise ConfigError(f"{where}.drift: threshold and clear must be >= 0 and clear <= threshold, "
                           f"found {d.threshold} and {d.clear}")
-    if d.window_rows < 10 or not 1 <= d.min_rows <= d.window_rows:
-        raise ConfigError(f"{where}.drift: window_rows must be >= 10 and min_rows in [1, window_rows], "
-                          f"found {d.window_rows} and {d.min_rows}")
+    if d.window_rows < 10 or not 1 <= d.min_rows <= d.window_rows or d.max_sketched_per_s < 0:
+        raise ConfigError(f"{where}.drift: window_rows must be >= 10, min_rows in [1, window_rows] and "
+                          f"max_sketched_per_s >= 0, found {d.window_rows}, {d.min_rows} and {d.max_sketched_per_s}")
     if not 0 <= c.rate <= 1 or c.max_mb < 0:
         raise ConfigError(f"{where}.capture: rate must be in [0, 1] and max_mb >= 0, found {c.rate} and {c.max_mb}")
 

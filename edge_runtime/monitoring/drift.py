@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from edge_runtime.config import DriftConfig
 from edge_runtime.monitoring.profile import Profile, class_vector, feature_matrix
 
 FLUSH_REQUESTS = 64  # requests buffered before they are binned
+MAX_STRIDE = 10_000
 BUCKETS = 10  # the window slides by a tenth
 
 
@@ -78,7 +80,8 @@ class DriftTracker:
 
     def __init__(self, profile: Profile, settings: DriftConfig,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 submit: Callable[[Callable[[], None]], bool] | None = None) -> None:
+                 submit: Callable[[Callable[[], None]], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.profile = profile
         # Where full buffers are binned: a background thread in the daemon (returns False
         # when it is backed up and the buffer was dropped), here in tests.
@@ -90,7 +93,9 @@ class DriftTracker:
         self._bins = np.array([f.bins for f in feats], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(self._bins)[:-1]]).astype(np.int64)
         self._total_bins = int(self._bins.sum())
-        self._reference = [np.asarray(f.reference, dtype=np.float64) for f in feats]
+        self._reference_flat = np.concatenate([np.asarray(f.reference, dtype=np.float64) for f in feats]) if feats \
+            else np.zeros(0)
+        self._feature_of_bin = np.repeat(np.arange(len(feats)), self._bins)
         # Numeric features grouped by (side, tensor): one vectorised pass per tensor.
         self._groups: list[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]] = []
         self._classes: list[tuple[int, int]] = []  # (output tensor, feature position)
@@ -123,74 +128,105 @@ class DriftTracker:
         self.seen = 0
         self.events = 0
         self.dropped_requests = 0  # buffers dropped because the binning thread was behind
+        self._clock = clock
+        self._count = 0  # requests observed (sketched or not)
+        self._count_at_flush = 0
+        self._last_flush = clock()
+        self._stride = 1
 
     # -- the request path ----------------------------------------------------------------
 
     def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
-        """Remember one scored request (binned later, in bulk)."""
+        """Remember one scored request (binned later, in bulk). Above ``max_sketched_per_s``
+        only one request in ``stride`` is kept: a uniform sample of the traffic."""
+        self._count += 1
+        if self._count % self._stride:
+            return
         first = inputs[0] if inputs else None
         with self._pending_lock:  # uncontended but for a reader's flush on another thread
             pending = self._pending
             pending.append((inputs, outputs))
             self._pending_rows += first.shape[0] if self._batch_axis and first is not None and first.ndim else 1
-            if len(pending) < FLUSH_REQUESTS and self._pending_rows < self._bucket_rows:
+            rows = self._pending_rows
+            if len(pending) < FLUSH_REQUESTS and rows < self._bucket_rows:
                 return
             self._pending, self._pending_rows = [], 0
+        self._adjust_stride()
         if self._submit is None:
-            self._bin(pending)
-        elif not self._submit(lambda: self._bin(pending)):
+            self._bin(pending, rows)
+        elif not self._submit(lambda: self._bin(pending, rows)):
             self.dropped_requests += len(pending)
+
+    def _adjust_stride(self) -> None:
+        """Sample so that about ``max_sketched_per_s`` requests a second are sketched."""
+        limit = self.settings.max_sketched_per_s
+        now = self._clock()
+        elapsed, self._last_flush = now - self._last_flush, now
+        seen, self._count_at_flush = self._count - self._count_at_flush, self._count
+        if limit <= 0 or elapsed <= 0:
+            self._stride = 1
+            return
+        rate = seen / elapsed
+        self._stride = max(1, min(MAX_STRIDE, math.ceil(rate / limit)))
+
+    @property
+    def stride(self) -> int:
+        """One request in this many is sketched now (1: all)."""
+        return self._stride
 
     # -- binning ------------------------------------------------------------------------
 
     def flush(self) -> None:
         """Bin the buffered requests; check the alert."""
         with self._pending_lock:
-            pending, self._pending, self._pending_rows = self._pending, [], 0
-        self._bin(pending)
+            pending, rows = self._pending, self._pending_rows
+            self._pending, self._pending_rows = [], 0
+        self._bin(pending, rows)
 
-    def _bin(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> None:
+    def _bin(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], rows: int) -> None:
         with self._lock:
             if pending:
-                self._add(pending)
+                self._add(pending, rows)
             event = self._check_alert()
         if event is not None and self.on_event is not None:
             self.on_event(*event)
 
-    def _add(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]]) -> None:
+    def _tensors(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], side: str,
+                 tensor: int) -> list[np.ndarray]:
+        """One tensor of every buffered request: joined into one array when rows can be (one
+        feature pass over the whole buffer), else one array per request."""
+        k = 0 if side == "input" else 1
+        arrays = [r[k][tensor] for r in pending if tensor < len(r[k])]
+        layouts = self.profile.input_layouts if side == "input" else self.profile.output_layouts
+        if len(arrays) > 1 and layouts[tensor].batch_axis:
+            try:
+                return [np.concatenate(arrays)]
+            except ValueError:  # shapes differ beyond the rows (or a scalar): one at a time
+                pass
+        return [np.asarray(a) for a in arrays]
+
+    def _add(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], rows: int) -> None:
         prof = self.profile
         layouts = {"input": prof.input_layouts, "output": prof.output_layouts}
-        # One matrix per (side, tensor) over every buffered request, rows kept apart per request.
-        rows_per_request = []
-        for ins, _ in pending:
-            a = np.asarray(ins[0]) if ins else np.empty(0)
-            rows_per_request.append(int(a.shape[0]) if prof.input_layouts and prof.input_layouts[0].batch_axis and a.ndim else 1)
         counts = np.zeros(self._total_bins, dtype=np.int64)
         for side, tensor, columns, edges, offsets in self._groups:
             lay = layouts[side][tensor]
-            mats = []
-            for ins, outs in pending:
-                arrays = ins if side == "input" else outs
-                if tensor < len(arrays):
-                    m = feature_matrix(arrays[tensor], lay)
-                    if m.shape[1] == lay.count:
-                        mats.append(m)
+            mats = [m for m in (feature_matrix(a, lay) for a in self._tensors(pending, side, tensor))
+                    if m.shape[1] == lay.count]
             if not mats:
                 continue
             m = np.concatenate(mats) if len(mats) > 1 else mats[0]
             x = m[:, columns]  # [values, features of this tensor]
             finite = np.isfinite(x)
             idx = (x[:, :, None] >= edges[None, :, :]).sum(axis=2) + offsets[None, :]
-            counts += np.bincount(idx[finite], minlength=self._total_bins)
+            counts += np.bincount(idx[finite] if not finite.all() else idx.ravel(), minlength=self._total_bins)
         for tensor, pos in self._classes:
             lay = prof.output_layouts[tensor]
-            for _, outs in pending:
-                if tensor < len(outs):
-                    cls = class_vector(outs[tensor], lay)
-                    if cls is not None:
-                        counts[self._offsets[pos]:self._offsets[pos] + self._bins[pos]] += np.bincount(
-                            cls, minlength=lay.count)[: self._bins[pos]]
-        rows = sum(rows_per_request)
+            for a in self._tensors(pending, "output", tensor):
+                cls = class_vector(a, lay)
+                if cls is not None:
+                    start = self._offsets[pos]
+                    counts[start:start + self._bins[pos]] += np.bincount(cls, minlength=lay.count)[: self._bins[pos]]
         self.seen += rows
         self._current += counts
         self._current_rows += rows
@@ -208,19 +244,21 @@ class DriftTracker:
 
     # -- figures -------------------------------------------------------------------------
 
-    def _scores(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for pos, f in enumerate(self._features):
-            start = self._offsets[pos]
-            out[f.name] = psi(self._reference[pos], self._window[start:start + self._bins[pos]].astype(np.float64))
-        return out
+    def _psi_all(self) -> np.ndarray:
+        """PSI of every feature over the window, in one vectorised pass (see :func:`psi`)."""
+        w = self._window.astype(np.float64)
+        n = np.add.reduceat(w, self._offsets)[self._feature_of_bin]
+        half = 0.5 * self._bins[self._feature_of_bin]
+        q = (w + 0.5) / (n + half)
+        p = (self._reference_flat * n + 0.5) / (n + half)
+        return np.add.reduceat((q - p) * np.log(q / p), self._offsets)
 
-    def _worst(self) -> tuple[float | None, str | None, dict[str, float]]:
+    def _worst(self) -> tuple[float | None, str | None, np.ndarray | None]:
         if self._window_rows < self.settings.min_rows or not self._features:
-            return None, None, {}
-        scores = self._scores()
-        name = max(scores, key=lambda k: scores[k])
-        return scores[name], name, scores
+            return None, None, None
+        scores = self._psi_all()
+        k = int(np.argmax(scores))
+        return float(scores[k]), self._features[k].name, scores
 
     def _check_alert(self) -> tuple[str, dict[str, Any]] | None:
         s = self.settings
@@ -245,8 +283,8 @@ class DriftTracker:
         self.flush()
         with self._lock:
             score, worst, scores = self._worst()
-            return DriftReport(score, worst, self._window_rows, self._alert, self.settings.threshold,
-                               {k: round(v, 4) for k, v in scores.items()}, self.seen)
+            named = {} if scores is None else {f.name: round(float(v), 4) for f, v in zip(self._features, scores)}
+            return DriftReport(score, worst, self._window_rows, self._alert, self.settings.threshold, named, self.seen)
 
 
 def worst_features(report: DriftReport, n: int = 5) -> list[tuple[str, float]]:

@@ -43,7 +43,7 @@ def _profile(n: int = 2000) -> Any:
 
 def _tracker(threshold: float = 0.25, window: int = 1000) -> tuple[DriftTracker, list[tuple[str, dict[str, Any]]]]:
     events: list[tuple[str, dict[str, Any]]] = []
-    cfg = DriftConfig(threshold=threshold, clear=0.1, window_rows=window, min_rows=200)
+    cfg = DriftConfig(threshold=threshold, clear=0.1, window_rows=window, min_rows=200, max_sketched_per_s=0)
     return DriftTracker(_profile(), cfg, lambda kind, fields: events.append((kind, fields))), events
 
 
@@ -146,7 +146,7 @@ def test_memory_is_fixed_whatever_is_fed() -> None:
 
 def test_background_binning_and_a_backed_up_queue_drops_whole_buffers() -> None:
     jobs: list[Any] = []
-    cfg = DriftConfig(window_rows=1000, min_rows=10)
+    cfg = DriftConfig(window_rows=1000, min_rows=10, max_sketched_per_s=0)
     tracker = DriftTracker(_profile(), cfg, None, submit=lambda job: (jobs.append(job), len(jobs) <= 1)[1])
     x = _rows(FLUSH_REQUESTS * 3, seed=2)
     _feed(tracker, x, rows_per_request=1)  # a buffer is full after FLUSH_REQUESTS one-row requests
@@ -161,10 +161,29 @@ def test_image_channels_are_features() -> None:
     calls = [([im], [np.zeros((1, 3), np.float32)]) for im in imgs]
     prof = build_profile([IMAGE], [TensorSpec("y", "FP32", (1, 3))], calls)
     assert [f.name for f in prof.features][:3] == ["image[c=0]", "image[c=1]", "image[c=2]"]
-    tracker = DriftTracker(prof, DriftConfig(window_rows=100, min_rows=10), None)
+    tracker = DriftTracker(prof, DriftConfig(window_rows=100, min_rows=10, max_sketched_per_s=0), None)
     for im in imgs[:20]:
         bright = im.copy()
         bright[..., 1] = np.clip(bright[..., 1] + 0.5, 0, 1.5)
         tracker.observe([bright], [np.zeros((1, 3), np.float32)])
     r = tracker.report()
     assert r.worst_feature == "image[c=1]"
+
+
+def test_above_the_sketch_rate_a_uniform_sample_is_sketched() -> None:
+    now = [0.0]
+    cfg = DriftConfig(window_rows=1000, min_rows=10, max_sketched_per_s=500)
+    tracker = DriftTracker(_profile(), cfg, None, clock=lambda: now[0])
+    x = _rows(1, seed=0)
+    for _ in range(FLUSH_REQUESTS):  # 64 requests in 0.01 s: 6400 a second
+        now[0] += 0.01 / FLUSH_REQUESTS
+        tracker.observe([x], [_model(x)])
+    assert tracker.stride == 13  # ceil(6400 / 500)
+    for _ in range(13 * FLUSH_REQUESTS):
+        now[0] += 1 / 6400
+        tracker.observe([x], [_model(x)])
+    assert tracker.report().seen == 2 * FLUSH_REQUESTS
+    for _ in range(FLUSH_REQUESTS * 13):  # the load drops to 100 a second: every request again
+        now[0] += 0.01
+        tracker.observe([x], [_model(x)])
+    assert tracker.stride == 1

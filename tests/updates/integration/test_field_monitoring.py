@@ -67,7 +67,7 @@ def _device(base: Path, mosquitto: Mosquitto, keys: FleetKeys, bundle: Path, *, 
         f'[server]\nport = 0\n[trust]\nroot = "{keys.path("root.json")}"\n'
         f'[mqtt]\nurl = "{mosquitto.url}"\nfleet = "{FLEET}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n'
         f'[monitoring]\nstate_interval_s = 0.5\ncapture_max_kbps = {kbps}\n'
-        f'[models.fraud.drift]\nthreshold = {threshold}\nclear = 0.1\nwindow_rows = 400\nmin_rows = 200\n'
+        f'[models.fraud.drift]\nthreshold = {threshold}\nclear = 0.1\nwindow_rows = 400\nmin_rows = 200\nmax_sketched_per_s = 0\n'
         f'[models.fraud.capture]\nrate = {rate}\nmax_mb = 20\n',
         encoding="utf-8",
     )
