@@ -192,17 +192,17 @@ class CaptureResponder:
             plan = self._plan(req)
             self._plans = {k: v for k, v in list(self._plans.items())[-3:]}
             self._plans[req.request] = plan
-        self.stop()
+        self._cancel.set()  # the answer being sent stops after its current chunk (not waited for here)
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._send, args=(req, plan, self._cancel), name="edge-capture-send",
                                         daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Cancel the answer being sent."""
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Cancel the answer being sent and wait up to ``timeout_s`` for its thread (shutdown)."""
         self._cancel.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(ACK_TIMEOUT_S + 5)
+            self._thread.join(timeout_s)
         self._thread = None
 
     def _plan(self, req: CaptureRequest) -> _Plan:

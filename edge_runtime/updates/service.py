@@ -156,6 +156,7 @@ class UpdateService:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Say ``online: false``, disconnect (the session stays on the broker) and join the threads."""
         self._stop.set()
+        self.capture.stop()
         self._queue.put(("stop", None))
         self.link.wakeup()
         for t in (self._updates_thread, self._network_thread):
