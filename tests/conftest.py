@@ -25,11 +25,12 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
-from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
+from edge_runtime.bundle.writer import build_manifest, write_bundle
 from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
+from harness.bundles import DelegateLibs
 from harness.daemon import EDGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,32 +251,6 @@ def wrong_golden_bundle(make_bundle: Callable[..., Path], keys: Any, tmp_path_fa
     path = tmp_path_factory.mktemp("wrong") / "fraud-v4-wrong-golden.bundle"
     write_bundle(path, build_manifest(fields), {"model.tflite": model}, [keys.key])
     return path
-
-
-def rebuilt_bundle(src: Path, out: Path, keys: Any, version: int, runtime: dict[str, Any] | None = None,
-             model_suffix: bytes = b"") -> Path:
-    """``src`` re-signed as ``version`` with a ``runtime`` field and/or bytes appended to its model."""
-    with tarfile.open(src) as tar:
-        m_fh, model_fh = tar.extractfile("manifest.json"), tar.extractfile("model.tflite")
-        assert m_fh is not None and model_fh is not None
-        fields, model = json.loads(m_fh.read()), model_fh.read() + model_suffix
-    fields["version"] = version
-    fields["artifacts"]["model.tflite"] = hash_artifact("model.tflite", model).to_json()
-    if runtime is not None:
-        fields["runtime"] = runtime
-    write_bundle(out, build_manifest(fields), {"model.tflite": model}, [keys.key])
-    return out
-
-
-@dataclass(frozen=True)
-class DelegateLibs:
-    """Shared libraries built from ``tests/inference/delegate_src``: a real external delegate
-    (claims no nodes; records its options to the file its ``record`` option names), a library
-    without the plugin entry points, and a path where no library is."""
-
-    stub: Path
-    no_entry_points: Path
-    missing: Path
 
 
 @pytest.fixture(scope="session")

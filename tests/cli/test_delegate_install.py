@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from conftest import DelegateLibs, Device, rebuilt_bundle
+from harness.bundles import DelegateLibs, rebuilt_bundle
 
 
 def test_models_install_refuses_a_bundle_needing_an_absent_delegate(
-    device: Device, make_bundle: Callable[..., Path], hash_tree: Callable[[Path], str]
+    device: Any, make_bundle: Callable[..., Path], hash_tree: Callable[[Path], str]
 ) -> None:
     assert device.cli("models", "install", make_bundle(2)).code == 0
     before = hash_tree(device.store_path)
@@ -29,7 +30,7 @@ def test_models_install_refuses_a_bundle_needing_an_absent_delegate(
 
 
 def test_models_install_accepts_it_where_the_config_names_a_working_delegate(
-    device: Device, make_bundle: Callable[..., Path], delegate_libs: DelegateLibs
+    device: Any, make_bundle: Callable[..., Path], delegate_libs: DelegateLibs
 ) -> None:
     needs = rebuilt_bundle(make_bundle(2), device.base / "npu.bundle", device.keys, 3, runtime={"requires_delegate": "npu"})
     refused = device.cli("models", "install", needs)

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FACTORY_SRC, DelegateLibs, rebuilt_bundle
 
 from edge_runtime.bundle.manifest import manifest_from_json, parse_manifest
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
@@ -22,6 +21,9 @@ from edge_runtime.inference.base import Backend
 from edge_runtime.inference.delegate_spec import CustomOpScanner, DelegateSpec, parse_delegate, parse_delegates
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore
+from harness.bundles import DelegateLibs, rebuilt_bundle
+
+FACTORY_SRC = Path(__file__).resolve().parents[2] / "device" / "factory"
 
 
 def _manifest_and_model(bundle: Path, root: Any) -> tuple[Any, bytes]:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from conftest import DelegateLibs, run_cli
 
 from edge_runtime.updates.job import models_summary
+from harness.bundles import DelegateLibs
 from harness.http import request
 from harness.wait import wait_until
 from serving.support import Env, infer_json, metric_value
@@ -26,7 +26,8 @@ def _metadata(port: int) -> dict[str, Any]:
 
 
 def test_daemon_serves_on_the_first_delegate_that_loads_and_says_why_others_were_skipped(
-    env: Env, make_bundle: Callable[..., Path], delegate_libs: DelegateLibs, sample_x: np.ndarray
+    env: Env, make_bundle: Callable[..., Path], delegate_libs: DelegateLibs, sample_x: np.ndarray,
+    cli: Callable[..., Any],
 ) -> None:
     env.install(make_bundle(2))
     record = env.base / "delegate-options.txt"
@@ -56,7 +57,7 @@ def test_daemon_serves_on_the_first_delegate_that_loads_and_says_why_others_were
     # What the daemon recorded in the store: models list and the fleet state read it.
     store = env.store()
     wait_until(lambda: store.state("fraud").serving_delegate is not None, "the delegate recorded in state.json")
-    listing = run_cli(["models", "list", "--config", d.config])
+    listing = cli(["models", "list", "--config", d.config])
     assert listing.code == 0, listing.err
     line = next(x for x in listing.out.splitlines() if x.split()[:2] == ["fraud", "2"])
     assert "serving on stub_delegate" in line

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from conftest import rebuilt_bundle
-
 from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.trust.keys import generate_private_key, sign
 from edge_runtime.trust.root import make_root, sign_root
@@ -17,6 +15,7 @@ from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.roots import load_trust_root
 from edge_runtime.updates.updater import Updater
 from edge_runtime.updates.verify import rollout_bucket
+from harness.bundles import rebuilt_bundle
 
 from .conftest import DEVICE, DeviceFactory, FakeBroker, FleetKeys, Releases, Repo
 
