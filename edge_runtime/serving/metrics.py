@@ -238,7 +238,7 @@ class Metrics:
         self.not_found_requests = 0  # unknown model or version: not labelled, to bound cardinality
         self.not_ready_requests: dict[str, int] = {}
         self.queue_depths: Callable[[], Iterator[tuple[str, int, int]]] = lambda: iter(())
-        self.serving: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
+        self.loaded_roles: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
 
     def version(self, model: str, version: int) -> VersionStats:
@@ -319,7 +319,7 @@ class _Collector:
             depth.add_metric([model, str(version)], n)
         yield depth
         serving = GaugeMetricFamily("edge_model_loaded", "Loaded versions and their role (default, traffic, shadow, loaded).", labels=[*mv, "role"])
-        for model, version, role in m.serving():
+        for model, version, role in m.loaded_roles():
             serving.add_metric([model, str(version), role], 1)
         yield serving
         swaps = CounterMetricFamily("edge_swaps", "Hot swaps by outcome (success, failed).", labels=["model", "outcome"])
