@@ -121,7 +121,7 @@ class UpdateService:
             wake=wake,
             selftest=inprocess_selftest if selftest_in_process else None,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
-            post=self._queue.put,
+            post=lambda event: self._queue.put(("updater", event)),
         )
         self._updates_thread = threading.Thread(target=self._updates_main, name="edge-updates", daemon=True)
         self._network_thread = threading.Thread(target=self._network_main, name="edge-mqtt", daemon=True)
@@ -181,8 +181,8 @@ class UpdateService:
             with self._waiting_lock:
                 ref, payload = self._waiting.pop(value)
             self.updater.on_message(ref, payload)
-        elif kind in ("chunk", "chunk_rejected"):
-            self.updater.on_internal(item)
+        elif kind == "updater":  # every UpdaterEvent (a dropped DownloadFailed would leave the job stalled)
+            self.updater.on_internal(value)
 
     def _on_message(self, msg: Message) -> None:
         ref = self.topics.parse(msg.topic)
