@@ -18,6 +18,7 @@
     │   └── SelfTestError          golden outputs did not match
     ├── UnavailableError           cannot take a request now (queue full, not ready, draining)
     └── TransportError             network/broker trouble: retry with backoff
+        └── SubscriptionRefusedError  the broker refused a subscription (its ACL): reported at once
 
 Messages say what was expected and what was found.
 """
@@ -97,6 +98,10 @@ class TransportError(EdgeRuntimeError):
     """Broker or network trouble; worth retrying with backoff."""
 
 
+class SubscriptionRefusedError(TransportError):
+    """The broker refused a subscription (a SUBACK reason code >= 0x80, e.g. its ACL)."""
+
+
 __all__ = [
     "BadDataError",
     "BundleError",
@@ -112,6 +117,7 @@ __all__ = [
     "SelfTestError",
     "SignatureError",
     "StoreError",
+    "SubscriptionRefusedError",
     "TransportError",
     "TrustError",
     "UnavailableError",

@@ -4,7 +4,8 @@ Reading "everything retained under these filters" needs to know when the broker 
 it all. The session subscribes to a private marker topic together with the filters, then
 publishes one message to the marker: a broker handles one client's packets in order and
 queues the retained messages of a SUBSCRIBE before the marker, so when the marker comes
-back the snapshot is complete. No sleeping, no guessing. :meth:`FleetSession.watch` uses the
+back the snapshot is complete. No sleeping, no guessing. A filter the broker refuses
+(its SUBACK says so) raises SubscriptionRefusedError at once. :meth:`FleetSession.watch` uses the
 same marker to return once the retained messages are in, then keeps delivering live ones.
 """
 
@@ -111,8 +112,11 @@ class FleetSession:
         """Subscribe to ``filters`` and return once their retained messages have arrived."""
         self._marker = f"{self.topics.base}/operator/{self.client_id}/{uuid.uuid4().hex[:8]}"
         self._marker_seen.clear()
-        self.link.subscribe([self._marker, *filters])
+        subscription = self.link.subscribe([self._marker, *filters])
         self.link.publish(self._marker, b"marker")
+        # The SUBACK comes before the marker: a refused filter (ACL) is an error now, not a
+        # snapshot that silently lacks it.
+        subscription.wait(self.options.timeout_s)
         if not self._marker_seen.wait(self.options.timeout_s):
             self._check()
             raise TransportError(f"the broker did not answer within {self.options.timeout_s:g} s")

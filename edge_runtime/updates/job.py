@@ -83,7 +83,15 @@ class DownloadFailed:
     reason: str
 
 
-UpdaterEvent = ChunkWritten | ChunkRejected | DownloadFailed
+@dataclass(frozen=True)
+class SubscriptionRefused:
+    """The broker refused to subscribe us to ``filters`` (its SUBACK said so, e.g. an ACL)."""
+
+    filters: tuple[str, ...]
+    reason: str
+
+
+UpdaterEvent = ChunkWritten | ChunkRejected | DownloadFailed | SubscriptionRefused
 
 
 def model_view(store: ModelStore, name: str) -> ModelView:
@@ -144,6 +152,7 @@ __all__ = [
     "DownloadFailed",
     "Job",
     "Phase",
+    "SubscriptionRefused",
     "UpdaterEvent",
     "UpdaterSettings",
      "installed_manifest",

@@ -26,6 +26,7 @@ from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
@@ -113,6 +114,7 @@ class UpdateService:
                 will_payload=b"false",
             ),
             self._on_message,
+            on_refused=lambda filters, reason: self._queue.put(("updater", SubscriptionRefused(filters, reason))),
         )
         self.updater = Updater(
             self.settings,

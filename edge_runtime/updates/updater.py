@@ -47,6 +47,7 @@ from edge_runtime.updates.job import (
     DownloadFailed,
     Job,
     Phase,
+    SubscriptionRefused,
     UpdaterEvent,
     UpdaterSettings,
     installed_manifest,
@@ -370,6 +371,18 @@ class Updater:
         elif isinstance(event, DownloadFailed):
             if event.job is self._job and event.job.phase == Phase.DOWNLOADING:
                 self._abort_download(event.job, event.reason)
+        elif isinstance(event, SubscriptionRefused):
+            # Reported now, not when the stall timer notices: the broker's ACL will not change by waiting.
+            current = self._job
+            wanted: set[str] = set()
+            if current is not None:
+                wanted.add(self.topics.manifest(current.name, current.version))
+                if current.download is not None:
+                    wanted.update(current.download.filters)
+            if current is not None and wanted.intersection(event.filters):
+                self._reject(current.name, current.version, event.reason)
+            else:
+                self._reject(None, None, event.reason)
         elif isinstance(event, ChunkWritten):
             job = event.job
             if job is not self._job or job.download is None or job.phase != Phase.DOWNLOADING:
