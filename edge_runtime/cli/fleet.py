@@ -32,6 +32,7 @@ from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
+from edge_runtime.text import ProgressLine
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.mqtt import redact_url
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
@@ -156,28 +157,13 @@ def _session(args: argparse.Namespace) -> FleetSession:
         username=args.username,
         password=_password(args),
         protocol=args.protocol,
-        timeout_s=args.timeout,
     )
-    return FleetSession(options, Topics(args.prefix, args.fleet))
+    return FleetSession(options, Topics(args.prefix, args.fleet), args.timeout)
 
 
-class _Bar:
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        pct = 100 * done // max(1, total)
-        if not self.tty or pct == self.last:
-            return
-        self.last = pct
-        bar = "#" * (pct // 4)
-        sys.stderr.write(f"\rchunks [{bar:<25}] {pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+def _bar() -> ProgressLine | None:
+    """The chunk progress line on stderr, when stderr is a terminal."""
+    return ProgressLine(sys.stderr, "MB", label="chunks", scale=1e6, decimals=1, width=25) if sys.stderr.isatty() else None
 
 
 def _staged_steps(args: argparse.Namespace) -> list[int] | None:
@@ -221,7 +207,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 root=root,
                 expires_in_s=expires,
                 force_chunks=args.force_chunks,
-                progress=_Bar(),
+                progress=_bar(),
                 on_step=_print_step,
             )
         if staged.halted_at is None:
@@ -247,7 +233,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             seq=args.seq,
             expires_in_s=expires,
             force_chunks=args.force_chunks,
-            progress=_Bar(),
+            progress=_bar(),
         )
     chunks = "chunks already published" if r.chunks_already_published and not r.chunks_sent else f"{r.chunks_sent} chunks ({r.bytes_sent} bytes)"
     print(f"published {r.name} v{r.version}: {chunks}; desired seq {r.seq} at {r.percent}% on {r.desired_topic}")

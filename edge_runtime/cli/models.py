@@ -8,9 +8,9 @@ from typing import Any
 
 from edge_runtime.cli.common import common_options, open_store, positive_int, store_options
 from edge_runtime.exceptions import EdgeRuntimeError, StoreError
-from edge_runtime.inference.backend import load_backend
-from edge_runtime.inference.selftest import run_selftest
-from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.inference.selftest import selftest_version
+from edge_runtime.store.store import ModelStore
+from edge_runtime.text import format_table
 
 
 def register(sub: Any) -> None:
@@ -36,18 +36,9 @@ def register(sub: Any) -> None:
     ver.set_defaults(func=cmd_verify)
 
 
-def selftest(resolved: Resolved) -> None:
-    """Load a resolved version and run its golden self-test."""
-    backend = load_backend(resolved.manifest, resolved.model)
-    try:
-        run_selftest(backend, resolved.manifest, resolved.golden_bytes)
-    finally:
-        backend.close()
-
-
 def _activate(store: ModelStore, name: str, version: int, only_if_newer: bool = False) -> None:
     try:
-        state = store.activate(name, version, selftest=selftest, only_if_newer=only_if_newer)
+        state = store.activate(name, version, selftest=selftest_version, only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.
         if str(exc).startswith(f"{name} v"):
@@ -97,7 +88,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no models in {store.path}")
         return 0
-    print(f"{'MODEL':<16} {'VERSION':<8} STATUS")
+    rows = [["MODEL", "VERSION", "STATUS"]]
     for name in names:
         state = store.state(name)
         for v in store.versions(name):
@@ -110,15 +101,16 @@ def cmd_list(args: argparse.Namespace) -> int:
                 tags.append(f"quarantined: {state.quarantined[v]}")
             if v in state.failed:
                 tags.append(f"failed: {state.failed[v]}")
-            print(f"{name:<16} {v:<8} {', '.join(tags) or 'installed'}")
+            rows.append([name, str(v), ", ".join(tags) or "installed"])
         factory = store.factory_bundle(name)
         if factory is not None:
             tag = "active (fallback)" if state.serving_factory or state.active is None else "standby"
-            print(f"{name:<16} {'factory':<8} {tag}: {factory}")
-        print(f"{'':<16} highest seen: v{state.highest_seen}")
+            rows.append([name, "factory", f"{tag}: {factory}"])
+        rows.append(["", f"highest seen: v{state.highest_seen}"])
         for entry in state.history[-args.history :] if args.history > 0 else []:
             detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "event") and v is not None)
-            print(f"{'':<16} {entry.get('time', '')} {entry.get('event')}: {detail}")
+            rows.append(["", f"{entry.get('time', '')} {entry.get('event')}: {detail}"])
+    print(format_table(rows, min_widths=(15, 7)))
     return 0
 
 

@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_runtime.config import BrokerOptions
 from edge_runtime.exceptions import SubscriptionRefusedError, TransportError, UsageError
 from edge_runtime.updates.broker_url import BrokerAddress, parse_broker_url, redact_url
 
@@ -43,27 +44,22 @@ RefusedFn = Callable[[tuple[str, ...], str], None]  # on_refused(filters, reason
 
 @dataclass(frozen=True)
 class LinkSettings:
-    """Everything needed to connect. ``persistent`` keeps the session (and its queue) across drops."""
+    """Everything needed to connect: the broker, and this client's session.
+    ``persistent`` keeps the session (and its queue) across drops."""
 
-    url: str
+    broker: BrokerOptions
     client_id: str
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    username: str = ""
-    password: str = ""
     keepalive_s: int = 30
-    protocol: str = "5"
     persistent: bool = False
     session_expiry_s: int = 0
     receive_maximum: int = 0  # MQTT 5; 0 = the broker's default
+    will_topic: str = ""
+    will_payload: bytes = b""
 
     @property
     def safe_url(self) -> str:
         """The broker URL without its password, for logs and errors."""
-        return redact_url(self.url)
-    will_topic: str = ""
-    will_payload: bytes = b""
+        return redact_url(self.broker.url)
 
 
 @dataclass(frozen=True)
@@ -170,11 +166,12 @@ class MqttLink:
     def __init__(
         self, settings: LinkSettings, on_message: Callable[[Message], None], on_refused: RefusedFn | None = None
     ) -> None:
-        if settings.protocol not in PROTOCOLS:
-            raise UsageError(f"mqtt protocol {settings.protocol!r}: expected one of {sorted(PROTOCOLS)}")
+        broker = settings.broker
+        if broker.protocol not in PROTOCOLS:
+            raise UsageError(f"mqtt protocol {broker.protocol!r}: expected one of {sorted(PROTOCOLS)}")
         self.settings = settings
-        self.address = parse_broker_url(settings.url)
-        self._v5 = settings.protocol == "5"
+        self.address = parse_broker_url(broker.url)
+        self._v5 = broker.protocol == "5"
         self._on_message = on_message
         kwargs: dict[str, object] = {}
         if not self._v5:
@@ -182,19 +179,19 @@ class MqttLink:
         self._client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
-            protocol=PROTOCOLS[settings.protocol],
+            protocol=PROTOCOLS[broker.protocol],
             manual_ack=True,
             **kwargs,  # type: ignore[arg-type]
         )
-        username = settings.username or self.address.username
+        username = broker.username or self.address.username
         if username:
-            self._client.username_pw_set(username, settings.password or self.address.password or None)
-        if self.address.tls or settings.ca_file or settings.cert_file:
+            self._client.username_pw_set(username, broker.password or self.address.password or None)
+        if self.address.tls or broker.ca_file or broker.cert_file:
             try:
                 self._client.tls_set(
-                    ca_certs=settings.ca_file or None,
-                    certfile=settings.cert_file or None,
-                    keyfile=settings.key_file or None,
+                    ca_certs=broker.ca_file or None,
+                    certfile=broker.cert_file or None,
+                    keyfile=broker.key_file or None,
                     cert_reqs=ssl.CERT_REQUIRED,
                 )
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -470,6 +467,7 @@ class MqttLink:
 __all__ = [
     "Backoff",
     "BrokerAddress",
+    "BrokerOptions",
     "LinkSettings",
     "Message",
     "MqttLink",

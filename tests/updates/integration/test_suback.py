@@ -62,7 +62,7 @@ def acl_observer(acl_broker: Mosquitto) -> Iterator[Observer]:
 def test_a_refused_filter_is_reported_by_its_suback(acl_broker: Mosquitto, protocol: str) -> None:
     refusals: list[tuple[tuple[str, ...], str]] = []
     link = MqttLink(
-        LinkSettings(url=acl_broker.url, client_id=f"suback-{protocol}", protocol=protocol),
+        LinkSettings(BrokerOptions(url=acl_broker.url, protocol=protocol), client_id=f"suback-{protocol}"),
         lambda msg: None,
         on_refused=lambda filters, reason: refusals.append((filters, reason)),
     )
@@ -89,7 +89,7 @@ def test_a_refused_filter_is_reported_by_its_suback(acl_broker: Mosquitto, proto
 
 def test_a_fleet_snapshot_of_a_refused_filter_raises(acl_broker: Mosquitto) -> None:
     """Without the SUBACK check the snapshot would come back empty, as if nothing were retained."""
-    with FleetSession(BrokerOptions(url=acl_broker.url, timeout_s=20), Topics("edge", FLEET)) as session:
+    with FleetSession(BrokerOptions(url=acl_broker.url), Topics("edge", FLEET), timeout_s=20) as session:
         assert session.snapshot([f"edge/{FLEET}/desired"]) == {}
         with pytest.raises(SubscriptionRefusedError, match="chunks"):
             session.snapshot([CHUNKS])
