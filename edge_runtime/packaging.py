@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 from collections.abc import Sequence
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -287,8 +286,3 @@ def _golden_field(draft: Manifest, samples: list[np.ndarray], results: Sequence[
     artifacts[GOLDEN_FILE] = blob
     fields["artifacts"] = {**fields["artifacts"], GOLDEN_FILE: art.to_json()}
     return Golden({}, {}, atol, rtol, GOLDEN_FILE).to_json()
-
-
-def this_machine() -> str:
-    """The CPU architecture name used in ``compatible.architectures``."""
-    return platform.machine()

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from edge_runtime.atomic import fsync_dir
 from edge_runtime.exceptions import InputError, UsageError
 from edge_runtime.inference.backend import Backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
@@ -313,6 +314,7 @@ class OutputWriter:
                 with open(tmp, "rb") as done:
                     os.fsync(done.fileno())
             os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
         finally:
             if self._text is not None and not self._text.closed:
                 self._text.close()

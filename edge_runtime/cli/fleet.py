@@ -22,7 +22,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.bundle import load_keys
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import UsageError
@@ -32,6 +31,7 @@ from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
+from edge_runtime.options import load_keys
 from edge_runtime.text import ProgressLine
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.mqtt import redact_url

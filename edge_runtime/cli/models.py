@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.common import common_options, open_store, positive_int, store_options
+from edge_runtime.cli.common import common_options, open_store, store_options
 from edge_runtime.exceptions import EdgeRuntimeError, StoreError
 from edge_runtime.inference.selftest import selftest_version
+from edge_runtime.options import positive_int
 from edge_runtime.store.store import ModelStore
 from edge_runtime.text import format_table
 

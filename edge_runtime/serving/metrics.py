@@ -42,11 +42,6 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def observe_n(self, value: float, n: int) -> None:
-        """Record the same value ``n`` times."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += n
-        self.total += value * n
-
     @property
     def count(self) -> int:
         """How many values were recorded."""

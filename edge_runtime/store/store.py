@@ -1,7 +1,7 @@
 """The device store: ``<store>/<name>/<version>/`` plus ``<store>/<name>/state.json``.
 
 Installs are verified before anything is written, written to a temporary directory
-(each file fsynced), renamed into place and the directory fsynced; only then is
+(each file fsynced, :func:`edge_runtime.atomic.atomic_dir`), renamed into place and the directory fsynced; only then is
 ``state.json`` updated (atomically). A crash at any point leaves the old state or the
 new one. A version at or below ``highest_seen`` is refused unless it is the very same
 bundle. Start-up (:meth:`ModelStore.resolve`) re-verifies what it is about to load and
@@ -17,12 +17,11 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_runtime.atomic import current_umask, fsync_dir
+from edge_runtime.atomic import atomic_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
@@ -281,33 +280,14 @@ class ModelStore:
         return None
 
     def _write_version(self, bundle: Bundle, target: Path) -> None:
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".install-{target.name}-", dir=parent))
-        try:
+        # An existing target is a quarantined or damaged copy of the same bytes being repaired;
+        # cleanup_partial() removes the .install-*/.trash-* leftovers of a crash.
+        with atomic_dir(target, prefix=".install-", trash_prefix=".trash-") as tmp:
             for name, data in ((MANIFEST_FILE, bundle.manifest_bytes), (SIGNATURE_FILE, bundle.signature_bytes)):
-                with open(tmp / name, "wb") as fh:
-                    fh.write(data)
-                    os.fsync(fh.fileno())
+                (tmp / name).write_bytes(data)
             for art in bundle.manifest.artifacts:
                 with open(tmp / art, "wb") as fh:
                     bundle.copy_artifact(art, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700; the umask decides, as for files
-            fsync_dir(tmp)
-            if target.exists():  # repairing a quarantined copy of the same bytes
-                trash = parent / f".trash-{target.name}"
-                shutil.rmtree(trash, ignore_errors=True)
-                os.replace(target, trash)
-                os.replace(tmp, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-            fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def cleanup_partial(self) -> list[Path]:
         """Repair what interrupted installs left (call at start-up); returns the paths removed.
