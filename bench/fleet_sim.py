@@ -296,7 +296,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     t0 = time.monotonic()
     fleet = SimulatedFleet(settings, ids, processes=args.processes).start()
     try:
-        with FleetSession(BrokerOptions(url=broker.url, timeout_s=120), topics) as session:
+        with FleetSession(BrokerOptions(url=broker.url), topics, timeout_s=120) as session:
             session.watch([topics.devices_filter("state"), topics.devices_filter("online")], states.on_message)
             wait_for(lambda: all(entry_of(states, d)[1] for d in ids), 300, "every device's first state")
             out["startup_s"] = time.monotonic() - t0

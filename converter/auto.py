@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_runtime import text
+
 LATENCY_TIE = 1.05
 
 
@@ -118,9 +120,4 @@ def format_table(candidates: Sequence[Candidate], chosen: Candidate | None, refe
     if reference_labels:
         ref = {"labels": {"tflite": reference_labels}}
         rows.append(["", "onnxruntime", "-", "-", "0", "1", "1", _labels(ref), "-", "reference"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head) - 1)]
-    lines = []
-    for r in rows:
-        cells = [r[i].ljust(widths[i]) if i in (0, 1, 7) else r[i].rjust(widths[i]) for i in range(len(head) - 1)]
-        lines.append("  ".join(cells) + "  " + r[-1])
-    return "\n".join(lines)
+    return text.format_table(rows, right=(2, 3, 4, 5, 6, 8))

@@ -24,9 +24,8 @@ from converter.onnx2tf_runner import DEFAULT_TIMEOUT_S
 from converter.shapes import parse_input_shape
 from converter.validate import Thresholds
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
-from edge_runtime.cli.bundle import chunk_size, load_keys
-from edge_runtime.cli.common import positive_int
 from edge_runtime.exceptions import EdgeRuntimeError, UsageError
+from edge_runtime.options import chunk_size, load_keys, positive_int
 
 SIGN_KEY_ENV = "EDGE_CONVERT_SIGN_KEY"
 

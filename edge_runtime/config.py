@@ -67,17 +67,27 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
-class MqttConfig:
-    """``[mqtt]``: signed model updates. No table means offline only."""
+class BrokerOptions:
+    """How to reach an MQTT broker: the one set of connection options shared by the device's
+    ``[mqtt]`` table, the operator's ``fleet`` commands (``--broker`` and the TLS options) and
+    every MQTT link (:class:`edge_runtime.updates.mqtt.LinkSettings`)."""
 
     url: str = "mqtt://127.0.0.1:1883"
-    fleet: str = "default"
-    prefix: str = "edge"
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
     username: str = ""
     password: str = ""
+    protocol: str = "5"  # "5" or "3.1.1"
+
+
+@dataclass(frozen=True)
+class MqttConfig(BrokerOptions):
+    """``[mqtt]``: signed model updates. No table means offline only. The broker keys are
+    those of :class:`BrokerOptions`."""
+
+    fleet: str = "default"
+    prefix: str = "edge"
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
@@ -89,7 +99,6 @@ class MqttConfig:
     # Fields below: see docs/updates.md.
     state_dir: str = ""  # empty: <store>/.updates (seq floors, rotated trust roots, staging)
     client_id: str = ""  # empty: edge-<fleet>-<device id>
-    protocol: str = "5"  # "5" or "3.1.1"
     session_expiry_s: int = 7 * 24 * 3600  # MQTT 5 persistent session lifetime after a disconnect
     connect_timeout_s: float = 10.0
     download_window_chunks: int = 256  # chunk topics subscribed at once when resuming

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import systemd
 from edge_runtime.config import Config, device_id
 from edge_runtime.exceptions import ConfigError
 from edge_runtime.monitoring.hub import Monitoring
@@ -36,14 +37,6 @@ from edge_runtime.serving.metrics import Metrics
 from edge_runtime.store.store import ModelStore
 
 log = logging.getLogger("edge_runtime.daemon")
-
-
-def _systemd() -> Any:
-    try:
-        from edge_runtime import systemd
-    except ImportError:  # pragma: no cover - module written separately
-        return None
-    return systemd
 
 
 def _tune_gc() -> None:
@@ -149,7 +142,6 @@ class Daemon:
         self.manager: ModelManager | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._systemd = _systemd()
 
     # -- thread-safe controls ----------------------------------------------------------
 
@@ -222,10 +214,8 @@ class Daemon:
             await loop.run_in_executor(None, manager.start)
             self._serving_changed(manager.serving())
             _tune_gc()
-            sd = self._systemd
-            if sd is not None:
-                sd.ready(self._status_text())
-                watchdog = self._start_watchdog(loop)
+            systemd.ready(self._status_text())
+            watchdog = self._start_watchdog(loop)
             updates = self._start_updates()
             self.ready_event.set()
             since = _seconds_since_process_start()
@@ -236,8 +226,7 @@ class Daemon:
             await self._stop.wait()
         finally:
             self.state.draining = True
-            if self._systemd is not None:
-                self._systemd.stopping()
+            systemd.stopping()
             log.info("draining in-flight requests")
             server.should_exit = True
             grpc_stop = None
@@ -272,12 +261,12 @@ class Daemon:
         ready = manager is not None and manager.initial_done.is_set() and not manager.problems()
         ready = ready and all(v is not None for v in serving.values())
         self.state.ready = ready
-        if self._systemd is not None and self.ready_event.is_set():
-            self._systemd.status(self._status_text())
+        if self.ready_event.is_set():
+            systemd.status(self._status_text())
 
     def _status_text(self) -> str:
         assert self.manager is not None
-        text = self._systemd.status_line(self.manager.serving()) if self._systemd is not None else ""
+        text = systemd.status_line(self.manager.serving())
         problems = self.manager.problems()
         if problems:
             text += "; not serving: " + "; ".join(f"{n}: {p}" for n, p in sorted(problems.items()))
@@ -286,11 +275,10 @@ class Daemon:
         return text
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> Any:
-        sd = self._systemd
-        interval = sd.watchdog_interval_s()
+        interval = systemd.watchdog_interval_s()
         if interval is None:
             return None
-        dog = sd.Watchdog(sd.event_loop_responsive(loop, timeout_s=max(0.2, min(5.0, interval / 2))))
+        dog = systemd.Watchdog(systemd.event_loop_responsive(loop, timeout_s=max(0.2, min(5.0, interval / 2))))
         dog.start()
         return dog
 

@@ -20,6 +20,7 @@
     │   └── DelegateError          a LiteRT delegate is missing, is not one, or refused the model
     ├── UnavailableError           cannot take a request now (queue full, not ready, draining)
     └── TransportError             network/broker trouble: retry with backoff
+        └── SubscriptionRefusedError  the broker refused a subscription (its ACL): reported at once
 
 Messages say what was expected and what was found.
 """
@@ -116,6 +117,10 @@ class TransportError(EdgeRuntimeError):
     """Broker or network trouble; worth retrying with backoff."""
 
 
+class SubscriptionRefusedError(TransportError):
+    """The broker refused a subscription (a SUBACK reason code >= 0x80, e.g. its ACL)."""
+
+
 __all__ = [
     "AcceleratorError",
     "BadDataError",
@@ -133,6 +138,7 @@ __all__ = [
     "SelfTestError",
     "SignatureError",
     "StoreError",
+    "SubscriptionRefusedError",
     "TransportError",
     "TrustError",
     "UnavailableError",

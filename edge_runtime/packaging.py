@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import platform
 from collections.abc import Sequence
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -336,8 +335,3 @@ def _golden_field(draft: Manifest, samples: list[np.ndarray], results: Sequence[
     artifacts[GOLDEN_FILE] = blob
     fields["artifacts"] = {**fields["artifacts"], GOLDEN_FILE: art.to_json()}
     return Golden({}, {}, atol, rtol, GOLDEN_FILE).to_json()
-
-
-def this_machine() -> str:
-    """The CPU architecture name used in ``compatible.architectures``."""
-    return platform.machine()

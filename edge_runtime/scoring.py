@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import tempfile
-import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +20,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from edge_runtime.atomic import fsync_dir
 from edge_runtime.exceptions import InputError, UsageError
 from edge_runtime.inference.base import Backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.text import ProgressLine
 
 INPUT_FORMATS = (".npy", ".npz", ".csv", ".jsonl")
 OUTPUT_FORMATS = (".csv", ".jsonl", ".npy", ".npz")
@@ -313,6 +314,7 @@ class OutputWriter:
                 with open(tmp, "rb") as done:
                     os.fsync(done.fileno())
             os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
         finally:
             if self._text is not None and not self._text.closed:
                 self._text.close()
@@ -322,19 +324,8 @@ class OutputWriter:
 
 
 def terminal_progress(stream: IO[str]) -> Progress:
-    """A progress callback that redraws one line on a terminal."""
-    start = time.monotonic()
-
-    def show(done: int, total: int | None) -> None:
-        rate = done / max(time.monotonic() - start, 1e-9)
-        if total:
-            filled = int(30 * done / total)
-            stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} rows {rate:,.0f} rows/s")
-        else:
-            stream.write(f"\r{done} rows {rate:,.0f} rows/s")
-        stream.flush()
-
-    return show
+    """A progress callback that redraws one line on a terminal (the caller ends the line)."""
+    return ProgressLine(stream, "rows", rate=True, end_line=False)
 
 
 def score_file(

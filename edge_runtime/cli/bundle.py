@@ -9,41 +9,17 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
 from edge_runtime.bundle.reader import open_bundle
-from edge_runtime.cli.common import common_options, load_root_file, positive_int
+from edge_runtime.cli.common import common_options, load_root_file
 from edge_runtime.exceptions import ManifestError, UsageError
 from edge_runtime.monitoring.profile import parse_profile
+from edge_runtime.options import chunk_size, load_keys, positive_int
 from edge_runtime.packaging import describe_model, pack_model, profile_batches
-from edge_runtime.trust.keys import load_private_key_pem
 
 
 def _names(text: str | None) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()] if text else []
-
-
-def chunk_size(text: str) -> int:
-    """argparse type for --chunk-size (bytes, or with a K/M suffix)."""
-    t = text.strip().upper()
-    mult = 1024 if t.endswith("K") else 1024 * 1024 if t.endswith("M") else 1
-    try:
-        value = int(t.rstrip("KM")) * mult
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 262144, 256K or 1M, found {text!r}") from None
-    if not MIN_CHUNK_SIZE <= value <= MAX_CHUNK_SIZE:
-        raise argparse.ArgumentTypeError(f"chunk size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}] bytes")
-    return value
-
-
-def load_keys(paths: list[Path]) -> list[Any]:
-    """Read signing keys (PKCS#8 PEM)."""
-    keys = []
-    for p in paths:
-        try:
-            keys.append(load_private_key_pem(Path(p).read_bytes()))
-        except OSError as exc:
-            raise UsageError(f"cannot read signing key {p}: {exc.strerror}") from exc
-    return keys
 
 
 def register(sub: Any) -> None:

@@ -23,7 +23,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.bundle import load_keys
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import UsageError
@@ -34,6 +33,8 @@ from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
+from edge_runtime.options import load_keys
+from edge_runtime.text import ProgressLine
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.mqtt import redact_url
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
@@ -167,7 +168,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _session(args: argparse.Namespace) -> FleetSession:
-    return FleetSession(_options(args), Topics(args.prefix, args.fleet))
+    return FleetSession(_options(args), Topics(args.prefix, args.fleet), args.timeout)
 
 
 def _options(args: argparse.Namespace) -> BrokerOptions:
@@ -179,27 +180,12 @@ def _options(args: argparse.Namespace) -> BrokerOptions:
         username=args.username,
         password=_password(args),
         protocol=args.protocol,
-        timeout_s=args.timeout,
     )
 
 
-class _Bar:
-    """A one-line progress bar on stderr (only when stderr is a terminal)."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        pct = 100 * done // max(1, total)
-        if not self.tty or pct == self.last:
-            return
-        self.last = pct
-        bar = "#" * (pct // 4)
-        sys.stderr.write(f"\rchunks [{bar:<25}] {pct:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+def _bar() -> ProgressLine | None:
+    """The chunk progress line on stderr, when stderr is a terminal."""
+    return ProgressLine(sys.stderr, "MB", label="chunks", scale=1e6, decimals=1, width=25) if sys.stderr.isatty() else None
 
 
 def _staged_steps(args: argparse.Namespace) -> list[int] | None:
@@ -246,7 +232,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 root=root,
                 expires_in_s=expires,
                 force_chunks=args.force_chunks,
-                progress=_Bar(),
+                progress=_bar(),
                 on_step=_print_step,
             )
         if staged.halted_at is None:
@@ -272,7 +258,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             seq=args.seq,
             expires_in_s=expires,
             force_chunks=args.force_chunks,
-            progress=_Bar(),
+            progress=_bar(),
         )
     chunks = "chunks already published" if r.chunks_already_published and not r.chunks_sent else f"{r.chunks_sent} chunks ({r.bytes_sent} bytes)"
     print(f"published {r.name} v{r.version}: {chunks}; desired seq {r.seq} at {r.percent}% on {r.desired_topic}")
@@ -321,9 +307,9 @@ def cmd_capture_pull(args: argparse.Namespace) -> int:
         if when.tzinfo is None:
             raise UsageError(f"--since: needs a time zone (e.g. a trailing Z), found {args.since!r}")
     keys = load_keys(args.sign_key)
-    bar = _Bar()
+    line = ProgressLine(sys.stderr, "chunks", label="capture", width=25) if sys.stderr.isatty() else None
     pull = CapturePull(_options(args), Topics(args.prefix, args.fleet), args.device, keys, args.out, model=args.model,
-                       since=args.since, stall_s=args.stall, progress=lambda done, total: bar(done, total))
+                       since=args.since, stall_s=args.stall, progress=line, timeout_s=args.timeout)
     result = pull.run(args.wait)
     print(f"pulled {result.records} record(s) in {result.files} file(s), {result.bytes} bytes, from {args.device} "
           f"({result.attempts} request(s))")

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.common import common_options, config_from_args, open_store, positive_int, store_options
+from edge_runtime.cli.common import common_options, config_from_args, open_store, store_options
 from edge_runtime.config import Config
 from edge_runtime.exceptions import EdgeRuntimeError, StoreError
-from edge_runtime.inference import delegates
-from edge_runtime.inference.backend import load_backend
-from edge_runtime.inference.selftest import run_selftest
-from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.inference.selftest import selftest_version
+from edge_runtime.options import positive_int
+from edge_runtime.store.store import ModelStore
+from edge_runtime.text import format_table
 
 
 def register(sub: Any) -> None:
@@ -38,20 +38,10 @@ def register(sub: Any) -> None:
     ver.set_defaults(func=cmd_verify)
 
 
-def selftest(resolved: Resolved, cfg: Config | None = None) -> None:
-    """Load a resolved version on its delegates (as the daemon would) and run its golden self-test there."""
-    mcfg = (cfg or Config()).model(resolved.name)
-    manifest = resolved.manifest
-    backend = load_backend(
-        manifest, resolved.model, delegates.threads(mcfg, manifest), delegates.plan(mcfg, manifest),
-        lambda b: run_selftest(b, manifest, resolved.golden_bytes),
-    )
-    backend.close()
-
-
 def _activate(store: ModelStore, name: str, version: int, cfg: Config, only_if_newer: bool = False) -> None:
     try:
-        state = store.activate(name, version, selftest=lambda r: selftest(r, cfg), only_if_newer=only_if_newer)
+        state = store.activate(name, version, selftest=lambda r: selftest_version(r, cfg.model(r.name)),
+                               only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.
         if str(exc).startswith(f"{name} v"):
@@ -103,7 +93,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no models in {store.path}")
         return 0
-    print(f"{'MODEL':<16} {'VERSION':<8} STATUS")
+    rows = [["MODEL", "VERSION", "STATUS"]]
     for name in names:
         state = store.state(name)
         for v in store.versions(name):
@@ -116,20 +106,22 @@ def cmd_list(args: argparse.Namespace) -> int:
                 tags.append(f"quarantined: {state.quarantined[v]}")
             if v in state.failed:
                 tags.append(f"failed: {state.failed[v]}")
-            if v == state.serving and state.serving_delegate is not None and not state.serving_factory:
-                tags.append(f"serving on {state.serving_delegate['delegate']}")
-            print(f"{name:<16} {v:<8} {', '.join(tags) or 'installed'}")
-            if v == state.serving and state.serving_delegate is not None and not state.serving_factory:
-                for skip in state.serving_delegate["skipped"]:
-                    print(f"{'':<16} {'':<8} delegate {skip['delegate']} skipped ({skip['kind']}): {skip['reason']}")
+            report = state.serving_delegate if v == state.serving and not state.serving_factory else None
+            if report is not None:
+                tags.append(f"serving on {report['delegate']}")
+            rows.append([name, str(v), ", ".join(tags) or "installed"])
+            if report is not None:
+                for skip in report["skipped"]:
+                    rows.append(["", "", f"delegate {skip['delegate']} skipped ({skip['kind']}): {skip['reason']}"])
         factory = store.factory_bundle(name)
         if factory is not None:
             tag = "active (fallback)" if state.serving_factory or state.active is None else "standby"
-            print(f"{name:<16} {'factory':<8} {tag}: {factory}")
-        print(f"{'':<16} highest seen: v{state.highest_seen}")
+            rows.append([name, "factory", f"{tag}: {factory}"])
+        rows.append(["", f"highest seen: v{state.highest_seen}"])
         for entry in state.history[-args.history :] if args.history > 0 else []:
             detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "event") and v is not None)
-            print(f"{'':<16} {entry.get('time', '')} {entry.get('event')}: {detail}")
+            rows.append(["", f"{entry.get('time', '')} {entry.get('event')}: {detail}"])
+    print(format_table(rows, min_widths=(15, 7)))
     return 0
 
 

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.common import common_options, open_store, positive_int, store_options
+from edge_runtime.cli.common import common_options, open_store, store_options
 from edge_runtime.exceptions import NotFoundError, UsageError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.options import positive_int
 from edge_runtime.scoring import score_file, terminal_progress
 from edge_runtime.store.store import ModelStore, Resolved
 

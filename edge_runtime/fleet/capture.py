@@ -100,10 +100,11 @@ class CapturePull:
 
     def __init__(self, options: BrokerOptions, topics: Topics, device: str, keys: Sequence[PrivateKey], out: Path, *,
                  model: str | None = None, since: str | None = None, stall_s: float = 20.0,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, timeout_s: float = 30.0) -> None:
         if not keys:
             raise UsageError("a capture request must be signed: give --sign-key")
         self.options = options
+        self.timeout_s = timeout_s  # each wait for the broker (CONNACK, SUBACK, an ack)
         self.topics = topics
         self.device = device
         self.keys = list(keys)
@@ -208,15 +209,15 @@ class CapturePull:
                 raise TransportError(f"capture pull from {self.device} did not finish within {timeout_s:g} s"
                                      + (f" ({last_error})" if last_error else ""))
             try:
-                with FleetSession(self.options, self.topics) as session:
+                with FleetSession(self.options, self.topics, self.timeout_s) as session:
                     self._session(session, deadline)
             except TransportError as exc:
                 last_error = str(exc)
                 log.info("capture pull interrupted (%s); resuming", exc)
                 time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         try:
-            with FleetSession(self.options, self.topics) as session:  # the request is done: clear it
-                session.publish(self.topics.capture_request(self.device), b"").wait(self.options.timeout_s)
+            with FleetSession(self.options, self.topics, self.timeout_s) as session:  # the request is done: clear it
+                session.publish(self.topics.capture_request(self.device), b"").wait(self.timeout_s)
         except TransportError as exc:
             log.warning("capture request left retained on the broker: %s", exc)
         return self._assemble()
@@ -245,7 +246,7 @@ class CapturePull:
         self.attempts += 1
         message = capture_request_message(self.topics, self.device, self.request, self.keys, attempt=self.attempts,
                                           model=self.model, since=self.since, need=self._need())
-        session.publish(self.topics.capture_request(self.device), message).wait(self.options.timeout_s)
+        session.publish(self.topics.capture_request(self.device), message).wait(self.timeout_s)
 
     def _handle(self, msg: Message) -> bool:
         ref = self.topics.parse(msg.topic)

@@ -213,7 +213,7 @@ def publish_release(
     sent = 0
     if not already or force_chunks:
         sent = session.publish_all(chunks, progress)
-    session.publish(manifest_topic, manifest_msg).wait(session.options.timeout_s)
+    session.publish(manifest_topic, manifest_msg).wait(session.timeout_s)
     base = baseline(
         retained.get(desired_topic),
         root if root is not None else signing_keys_root(keys),
@@ -233,7 +233,7 @@ def publish_release(
         when = _dt.datetime.now(_dt.UTC) + _dt.timedelta(seconds=expires_in_s)
         expires = when.replace(microsecond=0).isoformat().replace("+00:00", "Z")
     message = sign_desired(topics, new_seq, models, keys, device=device, expires=expires)
-    session.publish(desired_topic, message).wait(session.options.timeout_s)
+    session.publish(desired_topic, message).wait(session.timeout_s)
     return PublishResult(
         m.name,
         m.version,

@@ -4,7 +4,8 @@ Reading "everything retained under these filters" needs to know when the broker 
 it all. The session subscribes to a private marker topic together with the filters, then
 publishes one message to the marker: a broker handles one client's packets in order and
 queues the retained messages of a SUBSCRIBE before the marker, so when the marker comes
-back the snapshot is complete. No sleeping, no guessing. :meth:`FleetSession.watch` uses the
+back the snapshot is complete. No sleeping, no guessing. A filter the broker refuses
+(its SUBACK says so) raises SubscriptionRefusedError at once. :meth:`FleetSession.watch` uses the
 same marker to return once the retained messages are in, then keeps delivering live ones.
 """
 
@@ -13,11 +14,11 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
 import paho.mqtt.client as paho
 
+from edge_runtime.config import BrokerOptions
 from edge_runtime.exceptions import TransportError
 from edge_runtime.updates.mqtt import LinkSettings, Message, MqttLink, Publication, redact_url
 from edge_runtime.updates.protocol import Topics
@@ -28,40 +29,18 @@ ProgressFn = Callable[[int, int], None]  # progress(done_bytes, total_bytes)
 MessageFn = Callable[[Message], None]
 
 
-@dataclass(frozen=True)
-class BrokerOptions:
-    """How the operator reaches the broker (``--broker`` and the TLS options)."""
-
-    url: str = "mqtt://127.0.0.1:1883"
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    username: str = ""
-    password: str = ""
-    protocol: str = "5"
-    timeout_s: float = 30.0
-
-
 class FleetSession:
-    """A clean (non-persistent) connection for one command. Use as a context manager."""
+    """A clean (non-persistent) connection for one command. Use as a context manager.
 
-    def __init__(self, options: BrokerOptions, topics: Topics) -> None:
+    ``timeout_s`` bounds each wait for the broker: the CONNACK, a SUBACK, a marker, an ack.
+    """
+
+    def __init__(self, options: BrokerOptions, topics: Topics, timeout_s: float = 30.0) -> None:
         self.options = options
         self.topics = topics
+        self.timeout_s = timeout_s
         self.client_id = f"edge-operator-{uuid.uuid4().hex[:12]}"
-        self.link = MqttLink(
-            LinkSettings(
-                url=options.url,
-                client_id=self.client_id,
-                ca_file=options.ca_file,
-                cert_file=options.cert_file,
-                key_file=options.key_file,
-                username=options.username,
-                password=options.password,
-                protocol=options.protocol,
-            ),
-            self._on_message,
-        )
+        self.link = MqttLink(LinkSettings(broker=options, client_id=self.client_id), self._on_message)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-mqtt", daemon=True)
         self._lock = threading.Lock()
@@ -72,7 +51,7 @@ class FleetSession:
         self._lost = ""
 
     def __enter__(self) -> FleetSession:
-        self.link.connect(self.options.timeout_s)
+        self.link.connect(self.timeout_s)
         self._thread.start()
         return self
 
@@ -111,11 +90,14 @@ class FleetSession:
         """Subscribe to ``filters`` and return once their retained messages have arrived."""
         self._marker = f"{self.topics.base}/operator/{self.client_id}/{uuid.uuid4().hex[:8]}"
         self._marker_seen.clear()
-        self.link.subscribe([self._marker, *filters])
+        subscription = self.link.subscribe([self._marker, *filters])
         self.link.publish(self._marker, b"marker")
-        if not self._marker_seen.wait(self.options.timeout_s):
+        # The SUBACK comes before the marker: a refused filter (ACL) is an error now, not a
+        # snapshot that silently lacks it.
+        subscription.wait(self.timeout_s)
+        if not self._marker_seen.wait(self.timeout_s):
             self._check()
-            raise TransportError(f"the broker did not answer within {self.options.timeout_s:g} s")
+            raise TransportError(f"the broker did not answer within {self.timeout_s:g} s")
 
     def snapshot(self, filters: Sequence[str]) -> dict[str, bytes]:
         """Every non-empty retained message under ``filters``, by topic.
@@ -161,11 +143,11 @@ class FleetSession:
             pending.append(self.publish(topic, payload, retain=retain))
             sent += len(payload)
             while len(pending) >= MAX_OUTSTANDING:
-                pending.pop(0).wait(self.options.timeout_s)
+                pending.pop(0).wait(self.timeout_s)
             if progress is not None:
                 progress(sent, total)
         for pub in pending:
-            pub.wait(self.options.timeout_s)
+            pub.wait(self.timeout_s)
         return sent
 
 

@@ -37,11 +37,11 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import parse_config
 from edge_runtime.exceptions import TransportError, UsageError
 from edge_runtime.inference.backend import Backend, load_backend
-from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.inference.selftest import run_selftest, selftest_version
 from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.trust.root import TrustRoot, verify_root
 from edge_runtime.updates.protocol import check_id
-from edge_runtime.updates.service import UpdateService, inprocess_selftest
+from edge_runtime.updates.service import UpdateService
 
 log = logging.getLogger("edge_runtime.fleet.simulate")
 
@@ -88,7 +88,7 @@ def device_selftest(device: str, faults: Iterable[Fault]) -> Callable[[Resolved]
     """The in-process self-test of one simulated device: the real one, with ``faults`` applied."""
     mine = [f for f in faults if device in f.devices]
     if not mine:
-        return inprocess_selftest
+        return selftest_version
 
     def selftest(resolved: Resolved) -> None:
         backend = load_backend(resolved.manifest, resolved.model)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_runtime import text
 from edge_runtime.exceptions import BadDataError
 from edge_runtime.fleet.publish import read_desired_models
 from edge_runtime.fleet.rollout import Tally, tally
@@ -194,11 +195,7 @@ def status_rows(devices: list[dict[str, Any]]) -> list[list[str]]:
 
 def format_table(devices: list[dict[str, Any]]) -> str:
     """A plain-text table for a terminal."""
-    header = ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", "LAST ERROR"]
-    rows = [header, *status_rows(devices)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
+    return text.format_table([["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", "LAST ERROR"], *status_rows(devices)])
 
 
 def _version_key(v: Any) -> tuple[int, str]:

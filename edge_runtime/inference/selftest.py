@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from edge_runtime.bundle.manifest import GOLDEN_FILE, Golden, Manifest
+from edge_runtime.config import ModelConfig
 from edge_runtime.exceptions import SelfTestError
 from edge_runtime.inference.base import Backend
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
@@ -85,6 +88,33 @@ def load_golden(manifest: Manifest, golden_bytes: bytes | None = None) -> Golden
         raise SelfTestError(f"{manifest.name} v{manifest.version}: {GOLDEN_FILE} was not loaded")
     inputs, outputs = _read_npz(manifest, golden_bytes)
     return GoldenSet(inputs, outputs, golden.atol, golden.rtol)
+
+
+class Testable(Protocol):
+    """A verified version ready to load, as the store resolves it (:class:`edge_runtime.store.store.Resolved`)."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def model(self) -> Path | bytes: ...
+
+    @property
+    def golden_bytes(self) -> bytes | None: ...
+
+
+def selftest_version(version: Testable, mcfg: ModelConfig | None = None) -> None:
+    """Load a version on its delegates (as the daemon would, with ``[models.NAME]`` ``mcfg``),
+    run its golden self-test there and close it again: the self-test wherever no daemon runs
+    it (``models install|activate``, a device updating without a daemon)."""
+    from edge_runtime.inference import delegates
+    from edge_runtime.inference.backend import load_backend
+
+    manifest = version.manifest
+    mcfg = mcfg or ModelConfig()
+    backend = load_backend(manifest, version.model, delegates.threads(mcfg, manifest), delegates.plan(mcfg, manifest),
+                           lambda b: run_selftest(b, manifest, version.golden_bytes))
+    backend.close()
 
 
 def run_selftest(backend: Backend, manifest: Manifest, golden_bytes: bytes | None = None) -> float:

@@ -203,14 +203,3 @@ def parse_tensor_spec(obj: Any, what: str) -> TensorSpec:
             raise ManifestError(f"{what} '{name}': quantization scale must be > 0, found {scale}")
         quant = Quantization(qtype, scale, _int(q.get("zero_point"), f"{what} '{name}' zero_point"))
     return TensorSpec(name, datatype, dims, quant)
-
-
-def coerce_input(spec: TensorSpec, value: Any, *, where: str = "") -> np.ndarray:
-    """Turn caller data into an array of the spec's datatype, checking the shape."""
-    dtype = numpy_dtype(spec.datatype)
-    try:
-        arr = np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{where}input '{spec.name}': cannot read as {spec.datatype}: {exc}") from exc
-    spec.check(arr, where=where)
-    return arr

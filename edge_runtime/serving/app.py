@@ -7,7 +7,8 @@ Routes (SPEC section 4): ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GE
 
 Errors are ``{"error": "..."}``: 400 bad input, 404 unknown model, version or route,
 405 wrong method, 413 body over ``[server] max_request_bytes``, 503 queue full or not
-ready; 500 only when a backend itself fails on a valid request. No Content-Type is
+ready; 500 only when a backend itself fails on a valid request. Handlers raise the
+project's errors; :data:`HTTP_STATUS` turns them into statuses once, in :meth:`App.__call__`. No Content-Type is
 required (``tritonclient`` sends none with JSON). ``Content-Encoding: gzip|deflate``
 request bodies are accepted and ``Accept-Encoding`` is honoured, as Triton does.
 
@@ -34,7 +35,7 @@ import orjson
 
 from edge_runtime import __version__
 from edge_runtime.config import ServerConfig
-from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
+from edge_runtime.exceptions import EdgeRuntimeError, InferenceError, InputError, NotFoundError, UnavailableError
 from edge_runtime.monitoring.drift import worst_features
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.codec import (
@@ -62,8 +63,23 @@ INFLATE_PIECE_BYTES = 1024 * 1024
 PLATFORMS = {"tflite": "litert_tflite", "onnx": "onnxruntime_onnx"}
 
 
+# The one map from the project's errors to HTTP statuses (the first match wins, so
+# subclasses come before their bases); applied once per request in App.__call__.
+HTTP_STATUS: tuple[tuple[type[EdgeRuntimeError], int], ...] = (
+    (InputError, 400),
+    (NotFoundError, 404),
+    (UnavailableError, 503),
+    (EdgeRuntimeError, 500),
+)
+
+
+def http_status(exc: EdgeRuntimeError) -> int:
+    """The HTTP status that answers ``exc`` (see :data:`HTTP_STATUS`)."""
+    return next(status for cls, status in HTTP_STATUS if isinstance(exc, cls))
+
+
 class HTTPError(Exception):
-    """An answer other than 200, raised inside a handler."""
+    """An answer that is about HTTP itself (no route, wrong method, body too large)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -85,6 +101,16 @@ class ServingState:
     def not_ready_reason(self) -> str:
         """Why the server is not ready."""
         return "shutting down" if self.draining else "loading models"
+
+
+@dataclass(slots=True)
+class RequestTimes:
+    """Where one request was when (``time.perf_counter_ns``)."""
+
+    arrived_ns: int
+    decoded_ns: int
+    executed_ns: int
+    answered_ns: int
 
 
 @dataclass(slots=True)
@@ -137,6 +163,8 @@ class App:
             status, body, ctype = await self._route(method, path, scope, receive)
         except HTTPError as exc:
             status, body, ctype = exc.status, error_body(str(exc)), JSON
+        except EdgeRuntimeError as exc:
+            status, body, ctype = http_status(exc), error_body(str(exc)), JSON
         await _respond(send, status, body, ctype)
 
     # -- infer --------------------------------------------------------------------------
@@ -147,10 +175,7 @@ class App:
             name, version = _model_target(target)
         else:
             name, version = target, None
-        try:
-            sm = self.served_model(name)
-        except NotFoundError as exc:
-            raise HTTPError(404, str(exc)) from None
+        sm = self.served_model(name)
         json_length = encoding = accept = declared = None
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -164,12 +189,7 @@ class App:
         body = await self._body(receive, declared, encoding)
         # From here to the hand-over to the executor: no await (see the module docstring).
         routing = sm.routing
-        try:
-            lv = self.pick(sm, version)
-        except NotFoundError as exc:
-            raise HTTPError(404, str(exc)) from None
-        except UnavailableError as exc:
-            raise HTTPError(503, str(exc)) from None
+        lv = self.pick(sm, version)
         try:
             header_len = None if json_length is None else header_length(json_length, len(body))
             too_many = json_values_problem(body, header_len, lv.iface, self.max_json_values)
@@ -177,18 +197,11 @@ class App:
                 lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
                 raise HTTPError(413, too_many)
             request = decode_request(body, header_len, lv.iface)
-        except InputError as exc:
+        except InputError:
             lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
-            raise HTTPError(400, str(exc)) from None
+            raise
         t1 = time.perf_counter_ns()
-        try:
-            done = await self.execute(lv, request, t0)
-        except InputError as exc:
-            raise HTTPError(400, str(exc)) from None
-        except UnavailableError as exc:
-            raise HTTPError(503, str(exc)) from None
-        except EdgeRuntimeError as exc:
-            raise HTTPError(500, f"{name} v{lv.version}: inference failed: {exc}") from None
+        done = await self.execute(lv, request, t0)
         t2 = time.perf_counter_ns()
         payload, json_len = encode_response(name, lv.version_str, request, lv.iface, done.outs)
         if json_len is None:
@@ -203,15 +216,22 @@ class App:
         headers.append((b"content-length", b"%d" % len(payload)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-        self.answered(lv, routing, version, request, done, t0, t1, t2, time.perf_counter_ns())
+        self.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
 
     # -- shared by every protocol (HTTP here, gRPC in grpc_server.py) --------------------
 
     def served_model(self, name: str) -> ServedModel:
         """The model called ``name``; NotFoundError (counted) when it is not served."""
+        try:
+            return self._model(name)
+        except NotFoundError:
+            self.metrics.not_found_requests += 1
+            raise
+
+    def _model(self, name: str) -> ServedModel:
+        """The model called ``name``; NotFoundError (not counted: not a request) when it is not served."""
         sm = self.manager.served.get(name)
         if sm is None:
-            self.metrics.not_found_requests += 1
             raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
         return sm
 
@@ -236,7 +256,7 @@ class App:
         The hand-over happens before the first await. A failure is recorded in the
         version's statistics (``t0``: when the request arrived) and re-raised:
         InputError (bad input found by the backend), UnavailableError (queue full,
-        version unloading), another EdgeRuntimeError (the backend failed).
+        version unloading), InferenceError (the backend failed, named in the message).
         """
         executor = lv.executor
         try:
@@ -254,9 +274,9 @@ class App:
         except UnavailableError:
             lv.stats.failed("unavailable", time.perf_counter_ns() - t0)
             raise
-        except EdgeRuntimeError:
+        except EdgeRuntimeError as exc:
             lv.stats.failed("error", time.perf_counter_ns() - t0)
-            raise
+            raise InferenceError(f"{lv.name} v{lv.version}: inference failed: {exc}") from exc
 
     def answered(
         self,
@@ -265,20 +285,19 @@ class App:
         version: int | None,
         request: InferRequest,
         done: Executed,
-        t0: int,
-        t1: int,
-        t2: int,
-        t3: int,
+        times: RequestTimes,
     ) -> None:
         """Record a request answered by ``lv`` and shadow it when the routing has a shadow.
 
-        ``routing`` is the one the version was picked from; the times are arrival, decoded,
-        executed and answered (``time.perf_counter_ns``). Versioned requests are not shadowed.
+        ``routing`` is the one the version was picked from. Versioned requests are not shadowed.
         """
+        total_ns = times.answered_ns - times.arrived_ns
+        decode_ns = times.decoded_ns - times.arrived_ns
+        encode_ns = times.answered_ns - times.executed_ns
         if done.inline:
-            lv.stats.answered_inline(request.rows, t3 - t0, t1 - t0, done.infer_ns, t3 - t2)
+            lv.stats.answered_inline(request.rows, total_ns, decode_ns, done.infer_ns, encode_ns)
         else:
-            lv.stats.answered(request.rows, t3 - t0, done.queue_ns, t1 - t0, done.infer_ns, t3 - t2)
+            lv.stats.answered(request.rows, total_ns, done.queue_ns, decode_ns, done.infer_ns, encode_ns)
         monitor = lv.monitor
         if monitor is not None:
             monitor.observe(request.arrays, done.outs)
@@ -291,9 +310,7 @@ class App:
 
     def model_ready(self, name: str, version: int | None) -> bool:
         """True when ``name`` (and ``version``, when given) can answer now; NotFoundError when unknown."""
-        sm = self.manager.served.get(name)
-        if sm is None:
-            raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        sm = self._model(name)
         if sm.routing is None:
             return False
         sm.route(version)  # NotFoundError for a version that is not loaded
@@ -301,9 +318,7 @@ class App:
 
     def model_metadata(self, name: str, version: int | None) -> dict[str, Any]:
         """The KServe model metadata; NotFoundError (unknown model or version), UnavailableError (not loaded)."""
-        sm = self.manager.served.get(name)
-        if sm is None:
-            raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        sm = self._model(name)
         lv = sm.route(version)
         return {
             "name": name,
@@ -397,27 +412,19 @@ class App:
                 target, action = target[: -len(suffix)], suffix[1:]
                 break
         name, version = _model_target(target)
-        sm = self.manager.served.get(name)
-        if sm is None:
-            raise HTTPError(404, f"unknown model {name!r}; served: {sorted(self.manager.served)}")
+        sm = self._model(name)
         if action == "stats":
             if version is not None and version not in sm.known_versions:
-                raise HTTPError(404, f"model {name!r} has no version {version} loaded")
+                raise NotFoundError(f"model {name!r} has no version {version} loaded")
             return 200, orjson.dumps({"model_stats": self._stats(name, version)}), JSON
         if action == "ready":
             if sm.routing is None:
                 return 503, error_body(f"model {name!r} is not ready: {sm.problem or 'loading'}"), JSON
-            _pick(sm, version)
+            sm.route(version)
             return 200, b"", JSON
         if action == "config":
-            return 200, orjson.dumps(self._config(_pick(sm, version))), JSON
-        try:
-            meta = self.model_metadata(name, version)
-        except NotFoundError as exc:
-            raise HTTPError(404, str(exc)) from None
-        except UnavailableError as exc:
-            raise HTTPError(503, str(exc)) from None
-        return 200, orjson.dumps(meta), JSON
+            return 200, orjson.dumps(self._config(sm.route(version))), JSON
+        return 200, orjson.dumps(self.model_metadata(name, version)), JSON
 
     def _config(self, lv: LoadedVersion) -> dict[str, Any]:
         cfg = lv.config
@@ -495,17 +502,8 @@ def _model_target(target: str) -> tuple[str, int | None]:
         return target, None
     # isdigit() alone accepts "²", which int() refuses; 5000 digits would exceed int()'s limit.
     if not (rest.isascii() and rest.isdigit() and len(rest) <= 18) or "/" in name:
-        raise HTTPError(404, f"no such model version path: {target[:80]!r}")
+        raise NotFoundError(f"no such model version path: {target[:80]!r}")
     return name, int(rest)
-
-
-def _pick(sm: ServedModel, version: int | None) -> LoadedVersion:
-    try:
-        return sm.route(version)
-    except NotFoundError as exc:
-        raise HTTPError(404, str(exc)) from None
-    except UnavailableError as exc:
-        raise HTTPError(503, str(exc)) from None
 
 
 def _known_get(path: str) -> bool:
@@ -524,7 +522,7 @@ def _decompress(body: bytes | bytearray, encoding: bytes, limit: int) -> bytearr
     elif encoding == b"deflate":
         wbits = zlib.MAX_WBITS
     else:
-        raise HTTPError(400, f"Content-Encoding {encoding.decode(errors='replace')!r} not supported; use gzip or deflate")
+        raise InputError(f"Content-Encoding {encoding.decode(errors='replace')!r} not supported; use gzip or deflate")
     d = zlib.decompressobj(wbits)
     out = bytearray()
     data: bytes | bytearray = body
@@ -538,7 +536,7 @@ def _decompress(body: bytes | bytearray, encoding: bytes, limit: int) -> bytearr
                 break
         out += d.flush()
     except zlib.error as exc:
-        raise HTTPError(400, f"request body is not valid {encoding.decode()} data: {exc}") from None
+        raise InputError(f"request body is not valid {encoding.decode()} data: {exc}") from None
     if len(out) > limit:
         raise HTTPError(413, f"decompressed request body exceeds max_request_bytes ({limit})")
     return out

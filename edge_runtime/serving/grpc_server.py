@@ -15,6 +15,8 @@ Status codes: INVALID_ARGUMENT for a request that does not fit the model (the sa
 messages as HTTP 400), NOT_FOUND for an unknown model or a version not loaded,
 UNAVAILABLE for a full queue, a model with no version loaded or a version being
 unloaded; INTERNAL only when a backend fails on a request that passed every check.
+Handlers raise the project's errors; :data:`GRPC_STATUS` turns them into codes once, in
+the wrapper every RPC goes through.
 A message over ``[server] max_request_bytes`` is refused by grpc with RESOURCE_EXHAUSTED.
 
 Tensors: ``raw_input_contents`` (one little-endian, row-major buffer per input, in the
@@ -36,7 +38,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
-from edge_runtime.serving.app import App
+from edge_runtime.serving.app import App, RequestTimes
 from edge_runtime.serving.codec import InferRequest, Interface, batch_rows, check_all_given
 from edge_runtime.serving.grpc_proto import grpc_predict_v2_pb2 as pb
 
@@ -205,19 +207,26 @@ def encode_infer(
 # -- the service ---------------------------------------------------------------------------
 
 
-class _Abort(Exception):
-    """A status other than OK, raised inside a handler."""
+# The one map from the project's errors to gRPC status codes (the first match wins, so
+# subclasses come before their bases); applied once per call in _unary.
+GRPC_STATUS: tuple[tuple[type[EdgeRuntimeError], grpc.StatusCode], ...] = (
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (EdgeRuntimeError, grpc.StatusCode.INTERNAL),
+)
 
-    def __init__(self, code: Any, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+
+def grpc_status(exc: EdgeRuntimeError) -> grpc.StatusCode:
+    """The gRPC status code that answers ``exc`` (see :data:`GRPC_STATUS`)."""
+    return next(code for cls, code in GRPC_STATUS if isinstance(exc, cls))
 
 
 def _parse(cls: Any, data: bytes) -> Any:
     try:
         return cls.FromString(data)
     except DecodeError as exc:
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
+        raise InputError(f"request is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
 
 
 class InferenceService:
@@ -253,14 +262,7 @@ class InferenceService:
     async def model_metadata(self, data: bytes) -> Message:
         """Versions, platform, inputs and outputs (the same as ``GET /v2/models/{m}``)."""
         req = _parse(pb.ModelMetadataRequest, data)
-        try:
-            meta = self.app.model_metadata(req.name, parse_version(req.version))
-        except InputError as exc:
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except NotFoundError as exc:
-            raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from None
-        except UnavailableError as exc:
-            raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        meta = self.app.model_metadata(req.name, parse_version(req.version))
         meta.pop("parameters", None)  # the delegate report: not a field of the gRPC message
         return pb.ModelMetadataResponse(**meta)
 
@@ -271,37 +273,22 @@ class InferenceService:
         app = self.app
         app.in_flight += 1
         try:
-            try:
-                version = parse_version(req.model_version)
-            except InputError as exc:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            version = parse_version(req.model_version)
             name = req.model_name
             # From here to the hand-over to the executor: no await (see serving/app.py).
-            try:
-                sm = app.served_model(name)
-                routing = sm.routing
-                lv = app.pick(sm, version)
-            except NotFoundError as exc:
-                raise _Abort(grpc.StatusCode.NOT_FOUND, str(exc)) from None
-            except UnavailableError as exc:
-                raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            sm = app.served_model(name)
+            routing = sm.routing
+            lv = app.pick(sm, version)
             try:
                 request = decode_infer(req, lv.iface)
-            except InputError as exc:
+            except InputError:
                 lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+                raise
             t1 = time.perf_counter_ns()
-            try:
-                done = await app.execute(lv, request, t0)
-            except InputError as exc:
-                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-            except UnavailableError as exc:
-                raise _Abort(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-            except EdgeRuntimeError as exc:
-                raise _Abort(grpc.StatusCode.INTERNAL, f"{name} v{lv.version}: inference failed: {exc}") from None
+            done = await app.execute(lv, request, t0)
             t2 = time.perf_counter_ns()
             response = encode_infer(name, lv.version_str, request, lv.iface, done.outs)
-            app.answered(lv, routing, version, request, done, t0, t1, t2, time.perf_counter_ns())
+            app.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
             return response
         finally:
             app.in_flight -= 1
@@ -316,8 +303,8 @@ def _unary(handler: Handler) -> Any:
     async def call(data: bytes, context: Any) -> Message:
         try:
             return await handler(data)
-        except _Abort as exc:
-            await context.abort(exc.code, str(exc))
+        except EdgeRuntimeError as exc:
+            await context.abort(grpc_status(exc), str(exc))
             raise  # not reached: abort raises
 
     return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=_serialize)

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from edge_runtime.config import Config, ModelConfig
@@ -43,11 +41,17 @@ from edge_runtime.serving.codec import Interface
 from edge_runtime.serving.metrics import Metrics
 from edge_runtime.serving.models import LoadedVersion, ServedModel, batch_policy, build_routing
 from edge_runtime.serving.workers import InlineExecutor, ThreadedExecutor, measure_invoke_us, sample_inputs
-from edge_runtime.store.store import STATE_FILE, ModelStore, Resolved
+from edge_runtime.store.store import ModelStore, Resolved
 
 log = logging.getLogger("edge_runtime.serving")
 
 BUILD_KEYS = ("instances", "num_threads", "delegates", "execution", "inline_max_us", "idle_inline_max_us")
+
+# Start-up tries the store's choice, then (each failure recorded, so the store resolves further
+# down) the last known good, older good versions and the factory bundle. Each attempt loads a
+# model, so a store whose versions all fail is given up on after this many; the model then
+# answers 503 with the last problem until the store changes.
+MAX_START_ATTEMPTS = 6
 
 
 def _build_key(cfg: ModelConfig) -> tuple[Any, ...]:
@@ -85,7 +89,7 @@ class ModelManager:
         self._signature: Any = None
         self.initial_done = threading.Event()
         metrics.queue_depths = self._queue_depths
-        metrics.serving = self._roles
+        metrics.loaded_roles = self._roles
         metrics.delegates = self._delegates
 
     # -- public, thread-safe -----------------------------------------------------------
@@ -177,18 +181,7 @@ class ModelManager:
                 log.exception("model manager: reconcile failed")
 
     def _store_signature(self) -> Any:
-        entries: list[Any] = []
-        try:
-            entries.append(os.stat(self.store.path).st_mtime_ns)
-        except OSError:
-            entries.append(None)
-        for name in sorted(set(self.store.models()) | set(self._loaded)):
-            try:
-                st = os.stat(Path(self.store.path) / name / STATE_FILE)
-                entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
-            except OSError:
-                entries.append((name, None))
-        return tuple(entries)
+        return self.store.signature(set(self.store.models()) | set(self._loaded))
 
     def _apply_config(self, cfg: Config) -> None:
         old = self.cfg
@@ -265,7 +258,7 @@ class ModelManager:
         """Start-up resolution with fallback: store's choice, then last known good, then factory."""
         tried: set[tuple[str, int]] = set()
         problem = "nothing to load"
-        for _ in range(6):
+        for _ in range(MAX_START_ATTEMPTS):
             try:
                 r = self.store.resolve(name)
                 state = self.store.readable_state(name)
@@ -301,14 +294,12 @@ class ModelManager:
     def _usable_lkg(self, name: str, failing: int) -> int | None:
         state = self.store.readable_state(name)
         lkg = state.last_known_good
-        if lkg is None or lkg == failing or lkg in state.failed or lkg in state.quarantined:
-            return None
-        return lkg
+        return lkg if lkg != failing and state.usable(lkg) else None
 
     def _maybe_swap(self, name: str, default: LoadedVersion, mcfg: ModelConfig) -> LoadedVersion:
         state = self.store.readable_state(name)
         target = state.active
-        if target is None or target == default.version or target in state.failed or target in state.quarantined:
+        if target is None or target == default.version or not state.usable(target):
             return default
         if target not in self.store.versions(name):
             return default
@@ -336,7 +327,7 @@ class ModelManager:
 
     def _wanted_versions(self, name: str, default: LoadedVersion, mcfg: ModelConfig) -> set[int]:
         state = self.store.readable_state(name)
-        good = [v for v in self.store.versions(name) if v not in state.failed and v not in state.quarantined]
+        good = [v for v in self.store.versions(name) if state.usable(v)]
         wanted = {default.version}
         if mcfg.version_policy == "all":
             wanted |= set(good)

@@ -44,11 +44,6 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def observe_n(self, value: float, n: int) -> None:
-        """Record the same value ``n`` times."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += n
-        self.total += value * n
-
     @property
     def count(self) -> int:
         """How many values were recorded."""
@@ -240,7 +235,7 @@ class Metrics:
         self.not_found_requests = 0  # unknown model or version: not labelled, to bound cardinality
         self.not_ready_requests: dict[str, int] = {}
         self.queue_depths: Callable[[], Iterator[tuple[str, int, int]]] = lambda: iter(())
-        self.serving: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
+        self.loaded_roles: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
         # (model, version, delegate in use, skipped delegates) per loaded version
         self.delegates: Callable[[], Iterator[tuple[str, int, str, Any]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
@@ -324,7 +319,7 @@ class _Collector:
             depth.add_metric([model, str(version)], n)
         yield depth
         serving = GaugeMetricFamily("edge_model_loaded", "Loaded versions and their role (default, traffic, shadow, loaded).", labels=[*mv, "role"])
-        for model, version, role in m.serving():
+        for model, version, role in m.loaded_roles():
             serving.add_metric([model, str(version), role], 1)
         yield serving
         used = GaugeMetricFamily("edge_model_delegate", "What runs each loaded version: xnnpack, cpu, onnxruntime or an external delegate.", labels=[*mv, "delegate"])

@@ -1,7 +1,7 @@
 """The device store: ``<store>/<name>/<version>/`` plus ``<store>/<name>/state.json``.
 
 Installs are verified before anything is written, written to a temporary directory
-(each file fsynced), renamed into place and the directory fsynced; only then is
+(each file fsynced, :func:`edge_runtime.atomic.atomic_dir`), renamed into place and the directory fsynced; only then is
 ``state.json`` updated (atomically). A crash at any point leaves the old state or the
 new one. A version at or below ``highest_seen`` is refused unless it is the very same
 bundle. Start-up (:meth:`ModelStore.resolve`) re-verifies what it is about to load and
@@ -17,13 +17,12 @@ import io
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.atomic import current_umask, fsync_dir
+from edge_runtime.atomic import atomic_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
@@ -129,6 +128,22 @@ class ModelStore:
         except (StoreError, OSError) as exc:
             log.error("%s: %s", name, exc, extra={"model": name, "reason": str(exc)})
             return ModelState()
+
+    def signature(self, names: Iterable[str]) -> Hashable:
+        """A value that changes when a model is added or removed or the state of one of ``names``
+        is written: cheap enough to poll (a few ``stat`` calls), so a reader knows when to look again."""
+        entries: list[Hashable] = []
+        try:
+            entries.append(os.stat(self.path).st_mtime_ns)
+        except OSError:
+            entries.append(None)
+        for name in sorted(names):
+            try:
+                st = os.stat(self._model_dir(name) / STATE_FILE)
+                entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
+            except (OSError, NotFoundError):
+                entries.append((name, None))
+        return tuple(entries)
 
     @contextlib.contextmanager
     def _recording(self, name: str, what: str) -> Iterator[None]:
@@ -259,10 +274,8 @@ class ModelStore:
                     )
                 repair = state.quarantined.get(m.version) or self._damage(m.name, m.version)
                 if repair is None:
-                    if state.highest_seen < m.version:
-                        # Renamed into place, then killed before state.json was updated: record it now.
-                        state.highest_seen = m.version
-                        state.event("installed", version=m.version, recovered=True)
+                    # Renamed into place, then killed before state.json was updated: record it now.
+                    if state.raise_floor(m.version):
                         self._write_state(m.name, state)
                     return InstallResult(m.name, m.version, already_installed=True)
                 # The same signed manifest over a damaged or quarantined copy: rewrite it.
@@ -272,11 +285,7 @@ class ModelStore:
                 )
             self._write_version(bundle, target)
             state = self.state(m.name)
-            state.highest_seen = max(state.highest_seen, m.version)
-            state.quarantined.pop(m.version, None)
-            if repair is not None:
-                state.event("repaired", version=m.version, reason=repair)
-            state.event("installed", version=m.version)
+            state.record_install(m.version, repair)
             self._write_state(m.name, state)
         log.info("installed %s v%d", m.name, m.version, extra={"model": m.name, "version": m.version})
         return InstallResult(m.name, m.version, already_installed=False)
@@ -290,33 +299,14 @@ class ModelStore:
         return None
 
     def _write_version(self, bundle: Bundle, target: Path) -> None:
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".install-{target.name}-", dir=parent))
-        try:
+        # An existing target is a quarantined or damaged copy of the same bytes being repaired;
+        # cleanup_partial() removes the .install-*/.trash-* leftovers of a crash.
+        with atomic_dir(target, prefix=".install-", trash_prefix=".trash-") as tmp:
             for name, data in ((MANIFEST_FILE, bundle.manifest_bytes), (SIGNATURE_FILE, bundle.signature_bytes)):
-                with open(tmp / name, "wb") as fh:
-                    fh.write(data)
-                    os.fsync(fh.fileno())
+                (tmp / name).write_bytes(data)
             for art in bundle.manifest.artifacts:
                 with open(tmp / art, "wb") as fh:
                     bundle.copy_artifact(art, fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it 0700; the umask decides, as for files
-            fsync_dir(tmp)
-            if target.exists():  # repairing a quarantined copy of the same bytes
-                trash = parent / f".trash-{target.name}"
-                shutil.rmtree(trash, ignore_errors=True)
-                os.replace(target, trash)
-                os.replace(tmp, target)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-            fsync_dir(parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def cleanup_partial(self) -> list[Path]:
         """Repair what interrupted installs left (call at start-up); returns the paths removed.
@@ -353,10 +343,8 @@ class ModelStore:
             log.error("%s: cannot reconcile the anti-rollback floor: %s", name, exc, extra={"model": name})
             return
         top = installed[-1]
-        if state.highest_seen >= top:
+        if not state.raise_floor(top):
             return
-        state.highest_seen = top
-        state.event("installed", version=top, recovered=True)
         try:
             self._write_state(name, state)
         except OSError as exc:  # e.g. a full disk: the floor still holds (it counts directories)
@@ -391,27 +379,10 @@ class ModelStore:
                 raise
         with self.lock():
             state = self.state(name)
-            previous = state.active
-            if only_if_newer and previous is not None and previous > version and not state.serving_factory:
-                log.info("%s v%d not activated: v%d is already active", name, version, previous,
+            if not state.activate(version, self.versions(name), only_if_newer=only_if_newer):
+                log.info("%s v%d not activated: v%d is already active", name, version, state.active,
                          extra={"model": name, "version": version})
                 return state
-            if (
-                previous is not None
-                and previous != version
-                and previous not in state.failed
-                and previous not in state.quarantined
-            ):
-                state.last_known_good = previous
-            if state.last_known_good == version:
-                state.last_known_good = self._older_good(name, state, version)
-            state.active = version
-            state.serving_factory = False
-            state.failed.pop(version, None)
-            # It has just been re-verified, so an old quarantine no longer applies.
-            if state.quarantined.pop(version, None) is not None:
-                state.event("unquarantined", version=version)
-            state.event("activated", version=version, previous=previous)
             self._write_state(name, state)
         log.info("activated %s v%d", name, version, extra={"model": name, "version": version})
         return state
@@ -421,12 +392,7 @@ class ModelStore:
         state = ModelState(failed={version: reason})
         with self._recording(name, f"the failure of v{version}"), self.lock():
             state = self.state(name)
-            state.failed[version] = reason
-            if revert_to is not None and state.active == version:
-                state.active = revert_to
-                if state.last_known_good == revert_to:
-                    state.last_known_good = self._older_good(name, state, revert_to)
-            state.event("failed", version=version, reason=reason, reverted_to=revert_to)
+            state.fail(version, reason, self.versions(name), revert_to)
             self._write_state(name, state)
         log.warning("%s v%d failed: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
         return state
@@ -437,34 +403,18 @@ class ModelStore:
         state = ModelState(serving=version)
         with self._recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
-            if state.serving != version or state.serving_delegate != delegate:
-                state.serving = version
-                state.serving_delegate = delegate
-                state.event("serving", version=version, delegate=delegate["delegate"] if delegate else None)
-                if self._model_dir(name).is_dir():
-                    self._write_state(name, state)
+            if state.set_serving(version, delegate) and self._model_dir(name).is_dir():
+                self._write_state(name, state)
         return state
-
-    def _older_good(self, name: str, state: ModelState, below: int) -> int | None:
-        for v in reversed(self.versions(name)):
-            if v < below and v not in state.quarantined and v not in state.failed:
-                return v
-        return None
 
     def rollback(self, name: str) -> ModelState:
         """Make the last known good version active again."""
         with self.lock():
             state = self.state(name)
-            target = state.last_known_good
-            if target is None:
+            if state.last_known_good is None:
                 raise StoreError(f"{name}: no last known good version to roll back to")
-            self.verify_version(name, target)
-            current = state.active
-            if current is not None:
-                state.failed[current] = "rolled back"
-            state.active = target
-            state.last_known_good = self._older_good(name, state, target)
-            state.event("rolled_back", version=target, previous=current)
+            self.verify_version(name, state.last_known_good)
+            target = state.rollback(self.versions(name))
             self._write_state(name, state)
         log.warning("rolled back %s to v%d", name, target, extra={"model": name, "version": target})
         return state
@@ -473,8 +423,7 @@ class ModelStore:
         """Mark a version that failed verification so it is never loaded again."""
         with self._recording(name, f"the quarantine of v{version}"), self.lock():
             state = self.state(name)
-            state.quarantined[version] = reason
-            state.event("quarantined", version=version, reason=reason)
+            state.quarantine(version, reason)
             self._write_state(name, state)
         log.error("quarantined %s v%d: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
 
@@ -531,18 +480,7 @@ class ModelStore:
         try:
             with self.lock():
                 state = self.state(name)
-                if to_version is None:
-                    state.serving_factory = True
-                    if state.active is not None and state.active in state.quarantined:
-                        state.active = None
-                    if state.last_known_good in state.quarantined:
-                        state.last_known_good = None
-                else:
-                    state.serving_factory = False
-                    state.active = to_version
-                    if state.last_known_good == to_version:
-                        state.last_known_good = self._older_good(name, state, to_version)
-                state.event("fallback", previous=from_version, to=target, reason=reason)
+                state.fall_back(from_version, to_version, reason, self.versions(name))
                 self._write_state(name, state)
         except (OSError, StoreError) as exc:
             # Serving the fallback matters more than recording it (e.g. a read-only user running `score`).

@@ -1,7 +1,12 @@
 """Canonical JSON: UTF-8, sorted keys, no insignificant white space.
 
-Signatures are always computed over these bytes, and verified over the exact bytes
-received (never over a re-serialisation).
+Signatures are always computed over these bytes. Manifests and update messages carry their
+signed payload as bytes and are verified over exactly the bytes received. A trust root is
+different: root.json holds its ``signed`` part as a JSON object, so its signatures are
+verified over ``canonical_json`` of the parsed object, a re-serialisation. That is sound
+because the serialisation is deterministic (sorted keys, no white space, finite numbers
+only), so it reproduces the bytes the signers signed; it is why this module must never
+change its output for a value it already accepts.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -229,8 +228,3 @@ def sign_root(signed: dict[str, Any], signers: list[Ed25519PrivateKey]) -> bytes
     """A complete root.json document (canonical bytes) signed by ``signers``."""
     payload = canonical_json(signed)
     return canonical_json({"signed": signed, "signatures": [sign(k, payload) for k in signers]})
-
-
-def root_fingerprint(root: TrustRoot) -> str:
-    """A short sha256 of the root document, for logs and `keys show`."""
-    return hashlib.sha256(root.raw).hexdigest()[:16]

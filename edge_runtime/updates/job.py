@@ -1,7 +1,9 @@
-"""The updater's plain data: its settings, the job in progress, and read-only views of the store."""
+"""The updater's plain data: its settings, the job in progress and its phases, the events the
+network thread hands to the updater thread, and read-only views of the store."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +35,21 @@ class UpdaterSettings:
     max_events: int = 1000
 
 
+class Phase(enum.StrEnum):
+    """Where the update in progress is; the value is what the state document reports."""
+
+    MANIFEST = "manifest"  # notified: waiting for the signed manifest
+    DOWNLOADING = "downloading"  # the manifest verified: collecting chunks
+    ACTIVATING = "activating"  # installed and activated: waiting for the daemon to serve it
+
+
 @dataclass
 class Job:
     """The update in progress."""
 
     name: str
     version: int
-    phase: str  # manifest | downloading | activating
+    phase: Phase
     since: float
     previous: int | None = None
     download: Download | None = None
@@ -48,6 +58,40 @@ class Job:
     reported_percent: int = -1
     window: set[tuple[str, int]] = field(default_factory=set)
     deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkWritten:
+    """A chunk of ``job`` was checked and written (network thread -> updater thread)."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class ChunkRejected:
+    """A chunk of ``job`` failed its checks and was dropped."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
+class DownloadFailed:
+    """A chunk of ``job`` could not be written (disk full, I/O error): the download is aborted."""
+
+    job: Job
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubscriptionRefused:
+    """The broker refused to subscribe us to ``filters`` (its SUBACK said so, e.g. an ACL)."""
+
+    filters: tuple[str, ...]
+    reason: str
+
+
+UpdaterEvent = ChunkWritten | ChunkRejected | DownloadFailed | SubscriptionRefused
 
 
 def model_view(store: ModelStore, name: str) -> ModelView:
@@ -98,11 +142,24 @@ def job_summary(job: Job | None) -> dict[str, Any] | None:
     """The state document's ``update``: the job in progress and its progress."""
     if job is None:
         return None
-    update: dict[str, Any] = {"model": job.name, "version": job.version, "phase": job.phase}
+    update: dict[str, Any] = {"model": job.name, "version": job.version, "phase": job.phase.value}
     if job.download is not None:
         p = job.download.progress()
         update.update(percent=p.percent, have_bytes=p.have_bytes, total_bytes=p.total_bytes, received_bytes=p.received_bytes)
     return update
 
 
-__all__ = ["Job", "UpdaterSettings", "installed_manifest", "job_summary", "model_view", "models_summary"]
+__all__ = [
+    "ChunkRejected",
+    "ChunkWritten",
+    "DownloadFailed",
+    "Job",
+    "Phase",
+    "SubscriptionRefused",
+    "UpdaterEvent",
+    "UpdaterSettings",
+     "installed_manifest",
+    "job_summary",
+    "model_view",
+    "models_summary",
+]

@@ -5,6 +5,11 @@ and waits for the CONNACK; :meth:`~MqttLink.run` pumps the network until the con
 drops or the caller stops it. The caller (the update service, the fleet tools) owns the
 thread and decides when to retry, with :class:`Backoff` (jittered exponential).
 paho's own errors are translated into :class:`TransportError` here, at the boundary.
+
+Subscriptions are acknowledged, not fire-and-forget: each SUBSCRIBE is kept by its message
+id until its SUBACK arrives (as aiomqtt does). :meth:`MqttLink.subscribe` returns a
+:class:`Subscription` to wait on, and a filter the broker refuses (reason code >= 0x80,
+e.g. an ACL) is reported the moment the SUBACK says so, to ``on_refused``.
 """
 
 from __future__ import annotations
@@ -26,37 +31,35 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_runtime.exceptions import TransportError, UsageError
+from edge_runtime.config import BrokerOptions
+from edge_runtime.exceptions import SubscriptionRefusedError, TransportError, UsageError
 from edge_runtime.updates.broker_url import BrokerAddress, parse_broker_url, redact_url
 
 log = logging.getLogger("edge_runtime.updates.mqtt")
 
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
+RefusedFn = Callable[[tuple[str, ...], str], None]  # on_refused(filters, reason), on the network thread
+
 
 @dataclass(frozen=True)
 class LinkSettings:
-    """Everything needed to connect. ``persistent`` keeps the session (and its queue) across drops."""
+    """Everything needed to connect: the broker, and this client's session.
+    ``persistent`` keeps the session (and its queue) across drops."""
 
-    url: str
+    broker: BrokerOptions
     client_id: str
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    username: str = ""
-    password: str = ""
     keepalive_s: int = 30
-    protocol: str = "5"
     persistent: bool = False
     session_expiry_s: int = 0
     receive_maximum: int = 0  # MQTT 5; 0 = the broker's default
+    will_topic: str = ""
+    will_payload: bytes = b""
 
     @property
     def safe_url(self) -> str:
         """The broker URL without its password, for logs and errors."""
-        return redact_url(self.url)
-    will_topic: str = ""
-    will_payload: bytes = b""
+        return redact_url(self.broker.url)
 
 
 @dataclass(frozen=True)
@@ -110,15 +113,65 @@ class Publication:
         return self._info.is_published()
 
 
-class MqttLink:
-    """One MQTT connection. ``on_message`` runs on the thread that calls :meth:`run`."""
+class Subscription:
+    """A sent SUBSCRIBE (one or more packets); :meth:`wait` blocks until the broker answered.
 
-    def __init__(self, settings: LinkSettings, on_message: Callable[[Message], None]) -> None:
-        if settings.protocol not in PROTOCOLS:
-            raise UsageError(f"mqtt protocol {settings.protocol!r}: expected one of {sorted(PROTOCOLS)}")
+    Something must run the network loop meanwhile (:meth:`MqttLink.run` on another thread).
+    """
+
+    def __init__(self, filters: Sequence[str]) -> None:
+        self.filters = tuple(filters)
+        self._unanswered: set[int] = set()
+        self._answered = threading.Event()
+        self._answered.set()  # until a packet is added
+        self.refused: dict[str, str] = {}  # filter -> the broker's reason
+        self.lost = ""  # why the connection dropped before every SUBACK came
+
+    def _add(self, mid: int) -> None:
+        self._unanswered.add(mid)
+        self._answered.clear()
+
+    def _settle(self, mid: int, refused: dict[str, str], lost: str = "") -> None:
+        self._unanswered.discard(mid)
+        self.refused.update(refused)
+        self.lost = self.lost or lost
+        if not self._unanswered:
+            self._answered.set()
+
+    @property
+    def done(self) -> bool:
+        """Every SUBACK arrived (or the connection dropped)."""
+        return self._answered.is_set()
+
+    def wait(self, timeout_s: float) -> None:
+        """Return once every filter is granted; SubscriptionRefusedError when the broker refused
+        one, TransportError when the connection dropped or no SUBACK came within ``timeout_s``."""
+        if not self._answered.wait(timeout_s):
+            raise TransportError(f"the broker did not acknowledge a subscription within {timeout_s:g} s")
+        if self.refused:
+            raise SubscriptionRefusedError(_refusal_text(self.refused))
+        if self.lost:
+            raise TransportError(f"the connection dropped before the subscription was acknowledged: {self.lost}")
+
+
+def _refusal_text(refused: dict[str, str]) -> str:
+    shown = ", ".join(f"{f[:120]!r} ({why})" for f, why in list(refused.items())[:5])
+    more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+    return f"the broker refused the subscription to {shown}{more}"
+
+
+class MqttLink:
+    """One MQTT connection. ``on_message`` and ``on_refused`` run on the thread that calls :meth:`run`."""
+
+    def __init__(
+        self, settings: LinkSettings, on_message: Callable[[Message], None], on_refused: RefusedFn | None = None
+    ) -> None:
+        broker = settings.broker
+        if broker.protocol not in PROTOCOLS:
+            raise UsageError(f"mqtt protocol {broker.protocol!r}: expected one of {sorted(PROTOCOLS)}")
         self.settings = settings
-        self.address = parse_broker_url(settings.url)
-        self._v5 = settings.protocol == "5"
+        self.address = parse_broker_url(broker.url)
+        self._v5 = broker.protocol == "5"
         self._on_message = on_message
         kwargs: dict[str, object] = {}
         if not self._v5:
@@ -126,19 +179,19 @@ class MqttLink:
         self._client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
-            protocol=PROTOCOLS[settings.protocol],
+            protocol=PROTOCOLS[broker.protocol],
             manual_ack=True,
             **kwargs,  # type: ignore[arg-type]
         )
-        username = settings.username or self.address.username
+        username = broker.username or self.address.username
         if username:
-            self._client.username_pw_set(username, settings.password or self.address.password or None)
-        if self.address.tls or settings.ca_file or settings.cert_file:
+            self._client.username_pw_set(username, broker.password or self.address.password or None)
+        if self.address.tls or broker.ca_file or broker.cert_file:
             try:
                 self._client.tls_set(
-                    ca_certs=settings.ca_file or None,
-                    certfile=settings.cert_file or None,
-                    keyfile=settings.key_file or None,
+                    ca_certs=broker.ca_file or None,
+                    certfile=broker.cert_file or None,
+                    keyfile=broker.key_file or None,
                     cert_reqs=ssl.CERT_REQUIRED,
                 )
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -155,6 +208,12 @@ class MqttLink:
         self._client.on_connect = self._connected_cb
         self._client.on_disconnect = self._disconnected_cb
         self._client.on_message = self._message_cb
+        self._client.on_subscribe = self._subscribed_cb
+        self._on_refused = on_refused
+        # SUBSCRIBEs waiting for their SUBACK, by message id; the lock makes registering a mid
+        # and its SUBACK (on the network thread) happen in that order.
+        self._subacks: dict[int, tuple[list[str], Subscription]] = {}
+        self._subacks_lock = threading.Lock()
         self._connack: tuple[bool, bool, str] | None = None  # (ok, session present, reason)
         self._connected = False
         self._lost_reason = ""
@@ -170,6 +229,30 @@ class MqttLink:
     def _disconnected_cb(self, client: paho.Client, userdata: object, flags: object, rc: object, props: object) -> None:
         self._connected = False
         self._lost_reason = str(rc)
+        self._drop_subacks(str(rc))
+
+    def _subscribed_cb(self, client: paho.Client, userdata: object, mid: int, codes: list[Any], props: object) -> None:
+        with self._subacks_lock:
+            entry = self._subacks.pop(mid, None)
+        if entry is None:
+            return
+        filters, sub = entry
+        refused = {f: str(code) for f, code in zip(filters, codes, strict=False) if getattr(code, "is_failure", False)}
+        if refused:
+            log.error("%s", _refusal_text(refused))
+            if self._on_refused is not None:
+                try:
+                    self._on_refused(tuple(refused), _refusal_text(refused))
+                except Exception:  # a handler bug must not kill the network thread
+                    log.exception("subscription refusal handler failed")
+        sub._settle(mid, refused)  # after on_refused: whoever waits sees the refusal reported
+
+    def _drop_subacks(self, why: str) -> None:
+        """The connection is gone: no SUBACK will come for what is pending (the caller resubscribes)."""
+        with self._subacks_lock:
+            pending, self._subacks = self._subacks, {}
+        for mid, (_, sub) in pending.items():
+            sub._settle(mid, {}, why or "connection lost")
 
     def _message_cb(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         # Only collected here: handling happens in _dispatch, outside paho's callback lock.
@@ -227,6 +310,7 @@ class MqttLink:
         s = self.settings
         self._connack = None
         self._pending.clear()  # unacknowledged leftovers of an old connection come again
+        self._drop_subacks("reconnecting")
         kwargs: dict[str, object] = {}
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
@@ -296,6 +380,7 @@ class MqttLink:
 
     def _lost(self, fallback: str) -> str:
         self._connected = False
+        self._drop_subacks(self._lost_reason or fallback)
         return self._lost_reason or fallback
 
     def _wake(self) -> None:
@@ -337,19 +422,27 @@ class MqttLink:
 
     # -- traffic -------------------------------------------------------------------------
 
-    def subscribe(self, filters: Sequence[str], *, new_only: bool = False, batch: int = 128) -> None:
-        """Subscribe at QoS 1. ``new_only`` (MQTT 5): retained messages only for a subscription not already held."""
-        if not filters:
-            return
+    def subscribe(self, filters: Sequence[str], *, new_only: bool = False, batch: int = 128) -> Subscription:
+        """Subscribe at QoS 1. ``new_only`` (MQTT 5): retained messages only for a subscription not already held.
+
+        Returns at once; the :class:`Subscription` settles when the SUBACKs arrive, and a
+        refused filter also goes to ``on_refused`` then.
+        """
+        sub = Subscription(filters)
         for start in range(0, len(filters), batch):
-            part = filters[start : start + batch]
-            if self._v5:
-                handling = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if new_only else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
-                rc, _ = self._client.subscribe([(t, SubscribeOptions(qos=1, retainHandling=handling)) for t in part])
-            else:
-                rc, _ = self._client.subscribe([(t, 1) for t in part])
-            if rc != paho.MQTT_ERR_SUCCESS:
-                raise TransportError(f"subscribe failed: {paho.error_string(rc)}")
+            part = list(filters[start : start + batch])
+            with self._subacks_lock:
+                if self._v5:
+                    handling = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if new_only else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+                    rc, mid = self._client.subscribe([(t, SubscribeOptions(qos=1, retainHandling=handling)) for t in part])
+                else:
+                    rc, mid = self._client.subscribe([(t, 1) for t in part])
+                if rc != paho.MQTT_ERR_SUCCESS:
+                    raise TransportError(f"subscribe failed: {paho.error_string(rc)}")
+                if mid is not None:
+                    self._subacks[mid] = (part, sub)
+                    sub._add(mid)
+        return sub
 
     def unsubscribe(self, filters: Sequence[str], batch: int = 128) -> None:
         """Drop subscriptions (ignored while disconnected: a lost session holds none)."""
@@ -374,10 +467,13 @@ class MqttLink:
 __all__ = [
     "Backoff",
     "BrokerAddress",
+    "BrokerOptions",
     "LinkSettings",
     "Message",
     "MqttLink",
     "Publication",
+    "RefusedFn",
+    "Subscription",
     "parse_broker_url",
     "redact_url",
 ]

@@ -35,8 +35,8 @@ class Transport(Protocol):
     def connected(self) -> bool:
         """Connected and acknowledged by the broker."""
 
-    def subscribe(self, filters: list[str], *, new_only: bool = False) -> None:
-        """Subscribe at QoS 1."""
+    def subscribe(self, filters: list[str], *, new_only: bool = False) -> object:
+        """Subscribe at QoS 1; a refusal comes later, as a SubscriptionRefused event."""
 
     def unsubscribe(self, filters: list[str]) -> None:
         """Drop subscriptions."""

@@ -24,11 +24,11 @@ from typing import Any
 
 from edge_runtime.config import Config, check_mqtt_config
 from edge_runtime.exceptions import ConfigError, TransportError
-from edge_runtime.inference.backend import load_backend
-from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.monitoring.hub import Monitoring
-from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.capture import CaptureResponder
+from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
@@ -46,15 +46,6 @@ def clock_is_trusted(setting: str) -> bool:
     if setting == "no":
         return False
     return TIMESYNC_FLAG.exists()
-
-
-def inprocess_selftest(resolved: Resolved) -> None:
-    """Load a version and run its golden self-test here (when no daemon does it)."""
-    backend = load_backend(resolved.manifest, resolved.model)
-    try:
-        run_selftest(backend, resolved.manifest, resolved.golden_bytes)
-    finally:
-        backend.close()
 
 
 class UpdateService:
@@ -101,15 +92,9 @@ class UpdateService:
         self._stop = threading.Event()
         self.link = MqttLink(
             LinkSettings(
-                url=m.url,
+                broker=m,  # [mqtt] holds the BrokerOptions fields
                 client_id=m.client_id or f"edge-{m.fleet}-{device_id}",
-                ca_file=m.ca_file,
-                cert_file=m.cert_file,
-                key_file=m.key_file,
-                username=m.username,
-                password=m.password,
                 keepalive_s=m.keepalive_s,
-                protocol=m.protocol,
                 persistent=True,
                 session_expiry_s=m.session_expiry_s,
                 receive_maximum=m.receive_maximum,
@@ -117,15 +102,16 @@ class UpdateService:
                 will_payload=b"false",
             ),
             self._on_message,
+            on_refused=lambda filters, reason: self._queue.put(("updater", SubscriptionRefused(filters, reason))),
         )
         self.updater = Updater(
             self.settings,
             store,
             self.link,
             wake=wake,
-            selftest=inprocess_selftest if selftest_in_process else None,
+            selftest=selftest_version if selftest_in_process else None,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
-            post=self._queue.put,
+            post=lambda event: self._queue.put(("updater", event)),
         )
         self.monitoring = monitoring
         self.updater.amend_state = self._amend_state
@@ -212,8 +198,8 @@ class UpdateService:
             self.updater.reporter.event(ev_kind, name, version, **fields)
             if ev_kind.startswith("drift"):
                 self.updater.publish_state()
-        elif kind in ("chunk", "chunk_rejected"):
-            self.updater.on_internal(item)
+        elif kind == "updater":  # every UpdaterEvent (a dropped DownloadFailed would leave the job stalled)
+            self.updater.on_internal(value)
 
     def _amend_state(self, doc: dict[str, Any]) -> None:
         """Each model's drift (and capture ring) in the state document."""
@@ -288,4 +274,4 @@ def start_updates(cfg: Config, store: ModelStore, device_id: str, wake: Callable
     return UpdateService(cfg, store, device_id, wake, monitoring=monitoring).start()
 
 
-__all__ = ["UpdateService", "check_mqtt_config", "clock_is_trusted", "inprocess_selftest", "start_updates"]
+__all__ = ["UpdateService", "check_mqtt_config", "clock_is_trusted", "start_updates"]

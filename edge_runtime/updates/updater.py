@@ -6,7 +6,7 @@ decides what to do next and does the I/O around it. It runs on one thread (the s
 so that a chunk is on disk before the broker gets its PUBACK (a killed process then loses
 nothing it acknowledged). One update runs at a time: a job for one model version.
 
-Phases of a job: ``manifest`` (waiting for the signed manifest), ``downloading``,
+Phases of a job (:class:`~edge_runtime.updates.job.Phase`): ``manifest`` (waiting for the signed manifest), ``downloading``,
 ``activating`` (waiting for the daemon to confirm the swap). Verification and install run
 inside one step. A download that does not fit the staging directory is refused before it
 starts, and one whose writes fail (disk full, quota, I/O error) is aborted: its staging
@@ -41,7 +41,20 @@ from edge_runtime.updates.download import (
     sweep_staging,
 )
 from edge_runtime.updates.exceptions import ChunkError, IncompatibleError
-from edge_runtime.updates.job import Job, UpdaterSettings, installed_manifest, job_summary, model_view, models_summary
+from edge_runtime.updates.job import (
+    ChunkRejected,
+    ChunkWritten,
+    DownloadFailed,
+    Job,
+    Phase,
+    SubscriptionRefused,
+    UpdaterEvent,
+    UpdaterSettings,
+    installed_manifest,
+    job_summary,
+    model_view,
+    models_summary,
+)
 from edge_runtime.updates.protocol import TopicRef
 from edge_runtime.updates.report import Reporter, Transport
 from edge_runtime.updates.roots import PendingRoots, save_root
@@ -117,9 +130,9 @@ class Updater:
         selftest: Callable[[Resolved], None] | None = None,
         clock_trusted: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
-        post: Callable[[tuple[str, Any]], None] | None = None,
+        post: Callable[[UpdaterEvent], None] | None = None,
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.store = store
         self.transport = transport
         self.topics = settings.topics
@@ -146,10 +159,10 @@ class Updater:
 
     def load(self) -> None:
         """Read seq floors and the last error; clean the staging directory; reopen an interrupted download."""
-        self.s.state_dir.mkdir(parents=True, exist_ok=True)
-        sweep_staging(self.s.staging_dir)  # .trash-* and directories without manifest.msg
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        sweep_staging(self.settings.staging_dir)  # .trash-* and directories without manifest.msg
         try:
-            saved = json.loads((self.s.state_dir / STATE_FILE).read_bytes())
+            saved = json.loads((self.settings.state_dir / STATE_FILE).read_bytes())
             self.floors = {k: SeqFloor(int(v["seq"]), str(v["digest"])) for k, v in saved.get("floors", {}).items()}
             last = saved.get("last_error")
             if isinstance(last, dict) and isinstance(last.get("reason"), str):
@@ -158,26 +171,26 @@ class Updater:
             pass
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             log.error("unreadable %s, starting with empty seq floors: %s", STATE_FILE, exc)
-        for name, version, message in Download.pending(self.s.staging_dir):
+        for name, version, message in Download.pending(self.settings.staging_dir):
             if self._job is None:
                 try:
                     release = verify_manifest_message(message, self.store.root, name=name, version=version)
                     check_release(release, self._view(name), self._installed_manifest(name, version), **self._limits())
-                    download = Download.open(self.s.staging_dir, release, message)
+                    download = Download.open(self.settings.staging_dir, release, message)
                 except (BadDataError, StoreError, OSError) as exc:
                     log.warning("discarding staged %s v%d: %s", name, version, exc)
                 else:
                     now = self.monotonic()
-                    job = Job(name, version, "downloading", now, download=download, message=message, last_progress=now)
+                    job = Job(name, version, Phase.DOWNLOADING, now, download=download, message=message, last_progress=now)
                     self._set_job(job)
                     self._set_window(job, download.filters)
                     log.info("resuming %s v%d at %d%%", name, version, download.progress().percent)
                     continue
-            remove_dir(release_dir(self.s.staging_dir, name, version))
+            remove_dir(release_dir(self.settings.staging_dir, name, version))
 
     def _save(self) -> None:
         doc = {"floors": {k: {"seq": f.seq, "digest": f.digest} for k, f in self.floors.items()}, "last_error": self.last_error}
-        write_bytes_atomic(self.s.state_dir / STATE_FILE, json.dumps(doc, sort_keys=True).encode())
+        write_bytes_atomic(self.settings.state_dir / STATE_FILE, json.dumps(doc, sort_keys=True).encode())
 
     # -- connection ----------------------------------------------------------------------
 
@@ -187,9 +200,9 @@ class Updater:
         self.transport.subscribe([t.roots_filter])
         self.transport.subscribe([t.desired, t.device_desired(self.device_id)])
         job = self._job
-        if job is not None and job.phase == "manifest":
+        if job is not None and job.phase == Phase.MANIFEST:
             self.transport.subscribe([t.manifest(job.name, job.version)])
-        elif job is not None and job.download is not None and job.phase == "downloading":
+        elif job is not None and job.download is not None and job.phase == Phase.DOWNLOADING:
             if not session_present or not job.download.filters:
                 self._replan(job, unsubscribe=False)  # on a failed write the job is aborted and reported
             else:  # the broker kept our subscriptions and their queue: same filters, no retained resend
@@ -219,7 +232,7 @@ class Updater:
         for reason in problems:
             self._reject(None, None, reason)
         for new in rotated:
-            save_root(self.s.state_dir, new)
+            save_root(self.settings.state_dir, new)
             self.store.root = new
             self.reporter.event("root_updated", root_version=new.version)
         if rotated:
@@ -256,7 +269,7 @@ class Updater:
         targets = targets_for(self.device_id, self.desired["desired"], self.desired["device_desired"])
         job = self._job
         if job is not None:
-            if job.phase == "activating" or targets.get(job.name) == job.version:
+            if job.phase == Phase.ACTIVATING or targets.get(job.name) == job.version:
                 return
             self._abandon(job, f"the desired state now asks for {targets.get(job.name, 'no version')}")
         for name, version in sorted(targets.items()):
@@ -279,14 +292,14 @@ class Updater:
                 continue
             self.reporter.event("notified", name, version, seq=self._seqs())
             now = self.monotonic()
-            self._set_job(Job(name, version, "manifest", now, last_progress=now))
+            self._set_job(Job(name, version, Phase.MANIFEST, now, last_progress=now))
             self.transport.subscribe([self.topics.manifest(name, version)])
             self.publish_state()
             return
 
     def _on_manifest(self, name: str, version: int, payload: bytes) -> None:
         job = self._job
-        if job is None or job.phase != "manifest" or (job.name, job.version) != (name, version):
+        if job is None or job.phase != Phase.MANIFEST or (job.name, job.version) != (name, version):
             return
         try:
             release = verify_manifest_message(payload, self.store.root, name=name, version=version)
@@ -302,20 +315,20 @@ class Updater:
             self._activate(job)  # already here (installed, never activated): nothing to fetch
             return
         try:
-            download = Download.open(self.s.staging_dir, release, payload)
+            download = Download.open(self.settings.staging_dir, release, payload)
         except OSError as exc:
-            remove_dir(release_dir(self.s.staging_dir, name, version))
+            remove_dir(release_dir(self.settings.staging_dir, name, version))
             self._reject(name, version, f"download failed: {exc}")
             self._drop(job, refuse=True)
             return
-        problem = space_problem(self.s.staging_dir, download.total_bytes - download.progress().have_bytes)
+        problem = space_problem(self.settings.staging_dir, download.total_bytes - download.progress().have_bytes)
         if problem is not None:
             download.remove()
             self._reject(name, version, f"download refused: {problem}")
             self._drop(job, refuse=True)
             return
         with self._job_lock:
-            job.download, job.message, job.phase = download, payload, "downloading"
+            job.download, job.message, job.phase = download, payload, Phase.DOWNLOADING
         job.last_progress = self.monotonic()
         if self._replan(job, unsubscribe=False):
             self._progress(job)
@@ -326,45 +339,54 @@ class Updater:
         """A chunk (network thread): checked and written before the broker gets its acknowledgement."""
         with self._job_lock:
             job = self._job
-            download = job.download if job is not None and job.phase == "downloading" else None
+            download = job.download if job is not None and job.phase == Phase.DOWNLOADING else None
         if job is None or download is None or (ref.name, ref.version) != (job.name, job.version):
             return
         try:
             written = download.offer(ref.file, ref.index, payload)
         except ChunkError as exc:
-            self._handoff(("chunk_rejected", (job, str(exc))))
+            self._handoff(ChunkRejected(job, str(exc)))
             return
         except OSError as exc:  # disk full, quota, I/O error: never raised into the network thread
             log.error("%s v%d: cannot write a chunk: %s", job.name, job.version, exc,
                       extra={"model": job.name, "version": job.version, "reason": str(exc)})
-            self._handoff(("download_failed", (job, f"download failed: {exc}")))
+            self._handoff(DownloadFailed(job, f"download failed: {exc}"))
             return
         self._throttle.wait(len(payload))
         if not written:
             log.debug("duplicate chunk %s %d of %s v%d", ref.file, ref.index, ref.name, ref.version)
         if written:
-            self._handoff(("chunk", job))
+            self._handoff(ChunkWritten(job))
 
-    def _handoff(self, item: tuple[str, Any]) -> None:
+    def _handoff(self, event: UpdaterEvent) -> None:
         if self.post is not None:
-            self.post(item)
+            self.post(event)
         else:
-            self.on_internal(item)
+            self.on_internal(event)
 
-    def on_internal(self, item: tuple[str, Any]) -> None:
+    def on_internal(self, event: UpdaterEvent) -> None:
         """Results handed over from the network thread."""
-        kind, value = item
-        if kind == "chunk_rejected":
-            job, reason = value
-            self._reject(job.name, job.version, f"chunk dropped: {reason}", dedupe=False, persist=False)
-        elif kind == "download_failed":
-            failed, why = value
-            if isinstance(failed, Job) and failed is self._job and failed.phase == "downloading":
-                self._abort_download(failed, why)
-        elif kind == "chunk":
-            job = value
-            assert isinstance(job, Job)
-            if job is not self._job or job.download is None or job.phase != "downloading":
+        if isinstance(event, ChunkRejected):
+            job = event.job
+            self._reject(job.name, job.version, f"chunk dropped: {event.reason}", dedupe=False, persist=False)
+        elif isinstance(event, DownloadFailed):
+            if event.job is self._job and event.job.phase == Phase.DOWNLOADING:
+                self._abort_download(event.job, event.reason)
+        elif isinstance(event, SubscriptionRefused):
+            # Reported now, not when the stall timer notices: the broker's ACL will not change by waiting.
+            current = self._job
+            wanted: set[str] = set()
+            if current is not None:
+                wanted.add(self.topics.manifest(current.name, current.version))
+                if current.download is not None:
+                    wanted.update(current.download.filters)
+            if current is not None and wanted.intersection(event.filters):
+                self._reject(current.name, current.version, event.reason)
+            else:
+                self._reject(None, None, event.reason)
+        elif isinstance(event, ChunkWritten):
+            job = event.job
+            if job is not self._job or job.download is None or job.phase != Phase.DOWNLOADING:
                 return
             job.last_progress = self.monotonic()
             if job.download.complete:
@@ -384,7 +406,7 @@ class Updater:
             return False
         if unsubscribe and download.filters:
             self.transport.unsubscribe(download.filters)
-        filters = plan_filters(self.topics, download, self.s.window_chunks)
+        filters = plan_filters(self.topics, download, self.settings.window_chunks)
         try:
             download.set_filters(filters)
         except OSError as exc:
@@ -465,9 +487,9 @@ class Updater:
             self._drop(job, refuse=False)
             return
         with self._job_lock:
-            job.phase = "activating"
+            job.phase = Phase.ACTIVATING
             job.download = None
-        job.deadline = self.monotonic() + self.s.activation_timeout_s
+        job.deadline = self.monotonic() + self.settings.activation_timeout_s
         self.publish_state()
 
     def _failed(self, job: Job, reason: str) -> None:
@@ -482,7 +504,7 @@ class Updater:
     def tick_interval_s(self) -> float:
         """How soon :meth:`tick` wants to run again: often while waiting for the daemon's swap."""
         job = self._job
-        return ACTIVATION_POLL_S if job is not None and job.phase == "activating" else TICK_S
+        return ACTIVATION_POLL_S if job is not None and job.phase == Phase.ACTIVATING else TICK_S
 
     def tick(self) -> None:
         """Called a few times a second: stalled downloads, daemon confirmation."""
@@ -490,10 +512,10 @@ class Updater:
         if job is None:
             return
         now = self.monotonic()
-        if job.phase == "downloading" and job.download is not None and job.download.complete:
+        if job.phase == Phase.DOWNLOADING and job.download is not None and job.download.complete:
             self._finish(job)  # e.g. a resumed download that had every chunk already
             return
-        if job.phase == "activating":
+        if job.phase == Phase.ACTIVATING:
             state = self.store.state(job.name)
             if state.serving == job.version:
                 self.reporter.event("activated", job.name, job.version, previous=job.previous)
@@ -501,16 +523,16 @@ class Updater:
             elif job.version in state.failed:
                 self._failed(job, state.failed[job.version])
             elif now > job.deadline:
-                reason = f"the daemon did not confirm serving v{job.version} within {self.s.activation_timeout_s:g} s"
+                reason = f"the daemon did not confirm serving v{job.version} within {self.settings.activation_timeout_s:g} s"
                 self.store.record_failure(job.name, job.version, reason, revert_to=job.previous)
                 self.wake()
                 self._failed(job, reason)
             return
-        if now - job.last_progress < self.s.stall_s or not self.transport.connected:
+        if now - job.last_progress < self.settings.stall_s or not self.transport.connected:
             return
         job.last_progress = now
         try:
-            if job.phase == "manifest":
+            if job.phase == Phase.MANIFEST:
                 topic = self.topics.manifest(job.name, job.version)
                 self.transport.unsubscribe([topic])
                 self.transport.subscribe([topic])
@@ -551,7 +573,7 @@ class Updater:
     def _abandon(self, job: Job, why: str) -> None:
         log.info("abandoning %s v%d: %s", job.name, job.version, why)
         try:
-            if job.phase == "manifest":
+            if job.phase == Phase.MANIFEST:
                 self.transport.unsubscribe([self.topics.manifest(job.name, job.version)])
             elif job.download is not None and job.download.filters:
                 self.transport.unsubscribe(job.download.filters)
@@ -592,9 +614,9 @@ class Updater:
 
     def _limits(self) -> dict[str, Any]:
         return {
-            "runtime_major": self.s.runtime_major,
-            "machine": self.s.machine,
-            "max_bytes": min(self.s.max_download_bytes, self.store.limits.max_bundle_bytes),
+            "runtime_major": self.settings.runtime_major,
+            "machine": self.settings.machine,
+            "max_bytes": min(self.settings.max_download_bytes, self.store.limits.max_bundle_bytes),
         }
 
     def _seqs(self) -> dict[str, int | None]:
@@ -609,8 +631,8 @@ class Updater:
             "fleet": self.topics.fleet,
             "time": self.reporter.now(),
             "runtime": __version__,
-            "runtime_major": self.s.runtime_major,
-            "machine": self.s.machine,
+            "runtime_major": self.settings.runtime_major,
+            "machine": self.settings.machine,
             "trust_root_version": self.store.root.version,
             "desired_seq": self._seqs(),
             "models": models_summary(self.store),

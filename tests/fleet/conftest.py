@@ -72,7 +72,7 @@ class Watch:
     """The operator's live view of every device's retained state (FleetSession.watch + DeviceStates)."""
 
     def __init__(self, url: str) -> None:
-        self.session = FleetSession(BrokerOptions(url=url, timeout_s=30), TOPICS).__enter__()
+        self.session = FleetSession(BrokerOptions(url=url), TOPICS, timeout_s=30).__enter__()
         self.states = DeviceStates(TOPICS)
         self.session.watch([TOPICS.devices_filter("state"), TOPICS.devices_filter("online")], self.states.on_message)
 
@@ -110,7 +110,7 @@ def cli(*args: Any, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
 
 def retained_desired(url: str) -> dict[str, Any]:
     """The fleet's retained desired-state document (unverified; for assertions)."""
-    with FleetSession(BrokerOptions(url=url, timeout_s=30), TOPICS) as session:
+    with FleetSession(BrokerOptions(url=url), TOPICS, timeout_s=30) as session:
         message = session.snapshot([TOPICS.desired])[TOPICS.desired]
     doc: dict[str, Any] = json.loads(json.loads(message)["desired"])
     return doc

@@ -287,7 +287,7 @@ def observer(broker: Mosquitto) -> Iterator[Observer]:
 
 def publish(broker_url: str, bundle: Path, keys: Any, **kw: Any) -> PublishResult:
     """``fleet publish`` through the library (the CLI is exercised in test_disk_full)."""
-    with FleetSession(BrokerOptions(url=broker_url, timeout_s=30), Topics("edge", FLEET)) as session:
+    with FleetSession(BrokerOptions(url=broker_url), Topics("edge", FLEET), timeout_s=30) as session:
         return publish_release(session, bundle, [keys.key], **kw)
 
 

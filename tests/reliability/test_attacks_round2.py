@@ -56,13 +56,13 @@ HUGE = 10**4300 - 2  # one digit short of Python's int-from-text limit: 4300 dig
 
 def _retain(broker: Mosquitto, messages: dict[str, bytes]) -> None:
     """Put retained messages on the broker, as anyone allowed to publish could."""
-    with FleetSession(BrokerOptions(url=broker.url, timeout_s=20), TOPICS) as session:
+    with FleetSession(BrokerOptions(url=broker.url), TOPICS, timeout_s=20) as session:
         for topic, payload in messages.items():
             session.publish(topic, payload).wait(20)
 
 
 def _retained(broker: Mosquitto, topic: str) -> bytes | None:
-    with FleetSession(BrokerOptions(url=broker.url, timeout_s=20), TOPICS) as session:
+    with FleetSession(BrokerOptions(url=broker.url), TOPICS, timeout_s=20) as session:
         return session.snapshot([topic]).get(topic)
 
 
@@ -251,7 +251,7 @@ def test_unsigned_desired_flood_with_unique_huge_field_names_is_bounded(
     rss_before, peak_before = daemon.rss_bytes(), _peak_rss(daemon)
     count = scale(100, 300)
     t0 = time.monotonic()
-    with FleetSession(BrokerOptions(url=broker.url, timeout_s=60), TOPICS) as session:
+    with FleetSession(BrokerOptions(url=broker.url), TOPICS, timeout_s=60) as session:
         for i in range(count):
             name = f"{i:06d}" + "k" * MIB  # a unique 1 MB field name the device would echo
             payload = json.dumps({"desired": "{}", "signatures": [], name: 1}).encode()

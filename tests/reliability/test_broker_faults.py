@@ -41,7 +41,7 @@ FLAP_HALF_S = 1.5
 def retained(broker: Mosquitto, device: str) -> dict[str, bytes]:
     """The device's retained ``state`` and ``online`` as a fresh subscriber sees them."""
     topics = Topics("edge", FLEET)
-    with FleetSession(BrokerOptions(url=broker.url, timeout_s=10), topics) as session:
+    with FleetSession(BrokerOptions(url=broker.url), topics, timeout_s=10) as session:
         got = session.snapshot([topics.state(device), topics.online(device)])
     return {t.rsplit("/", 1)[1]: p for t, p in got.items()}
 

@@ -4,6 +4,7 @@ crash leftovers and the cross-process lock."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -199,12 +200,12 @@ def test_cleanup_partial_removes_interrupted_installs(store: ModelStore, make_bu
 
 def test_failed_install_leaves_no_temporary_directory(store: ModelStore, make_bundle: Any, monkeypatch: Any) -> None:
     store.install(make_bundle(1))
-    import edge_runtime.store.store as store_module
+    import edge_runtime.atomic as atomic_module
 
     def crash(*a: Any, **k: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module, "fsync_dir", crash)
+    monkeypatch.setattr(atomic_module, "fsync_dir", crash)
     with pytest.raises(OSError, match="No space left"):
         store.install(make_bundle(2))
     assert sorted(p.name for p in (store.path / "fraud").iterdir()) == ["1", "state.json"]
@@ -332,3 +333,28 @@ def test_cleanup_waits_for_an_install_in_progress(device: Any, make_bundle: Any)
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_atomic_dir_fsyncs_every_file_and_replaces_an_existing_directory(tmp_path: Path, monkeypatch: Any) -> None:
+    import edge_runtime.atomic as atomic_module
+
+    synced: list[str] = []
+    real_fsync = atomic_module.os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    target = tmp_path / "v1"
+    target.mkdir()
+    (target / "old").write_bytes(b"old")
+    monkeypatch.setattr(atomic_module.os, "fsync", recording_fsync)
+    with atomic_module.atomic_dir(target, prefix=".install-") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".install-v1-")
+        (tmp / "a").write_bytes(b"a")
+        (tmp / "b").write_bytes(b"b")
+    assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"], "no temporary or trash directory is left"
+    names = [Path(s).name for s in synced]  # the files, the new directory (before its rename), the parent
+    assert names[:2] == ["a", "b"] and names[2].startswith(".install-v1-") and synced[3] == str(tmp_path)
+    assert len(synced) == 4

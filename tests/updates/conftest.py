@@ -22,13 +22,13 @@ import pytest
 
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.bundle.writer import build_manifest, write_bundle
+from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem, sign
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import Topics, desired_document, manifest_message, rollout_salt, signed_message
-from edge_runtime.updates.service import inprocess_selftest
 from edge_runtime.updates.updater import Updater, UpdaterSettings
 
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -337,7 +337,7 @@ def make_device(tmp_path: Path, fleet_keys: FleetKeys, releases: Releases, topic
             UpdaterSettings(topics=topics, state_dir=state_dir, staging_dir=state_dir / "staging", **defaults),
             store,
             broker,
-            selftest=inprocess_selftest if selftest else None,
+            selftest=selftest_version if selftest else None,
             monotonic=clock,
         )
         broker.updater = updater

@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.trust.keys import generate_private_key, sign
 from edge_runtime.trust.root import make_root, sign_root
-from edge_runtime.updates.download import release_dir
+from edge_runtime.updates.download import Download, release_dir
+from edge_runtime.updates.job import DownloadFailed, Phase, UpdaterEvent
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.roots import load_trust_root
 from edge_runtime.updates.updater import Updater
@@ -102,7 +105,7 @@ def test_restart_resumes_with_only_the_missing_chunks(
     broker = FakeBroker(topics)
     broker.retained = dict(dev.broker.retained)
     broker.put({t: release[t] for t in chunk_topics[len(half) :]})
-    updater = Updater(dev.updater.s, dev.store, broker, selftest=dev.updater.selftest, monotonic=dev.clock)
+    updater = Updater(dev.updater.settings, dev.store, broker, selftest=dev.updater.selftest, monotonic=dev.clock)
     broker.updater = updater
     updater.load()
     assert updater.job is not None and updater.job.download is not None
@@ -126,10 +129,10 @@ def test_resume_rehashes_claimed_chunks(make_device: DeviceFactory, releases: Re
     dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
     dev.sync()
     dev.updater.job.download.close()  # type: ignore[union-attr]
-    part = release_dir(dev.updater.s.staging_dir, "fraud", 2) / "model.tflite.part"
+    part = release_dir(dev.updater.settings.staging_dir, "fraud", 2) / "model.tflite.part"
     with open(part, "r+b") as fh:  # a torn write after a power cut: chunk 0 claimed but wrong on disk
         fh.write(b"\xff" * 10)
-    updater = Updater(dev.updater.s, dev.store, FakeBroker(topics), monotonic=dev.clock)
+    updater = Updater(dev.updater.settings, dev.store, FakeBroker(topics), monotonic=dev.clock)
     updater.load()
     download = updater.job.download  # type: ignore[union-attr]
     assert not download.has("model.tflite", 0) and download.has("model.tflite", 1)
@@ -228,3 +231,28 @@ def test_a_release_needing_an_absent_delegate_is_refused_at_install_and_reported
     assert dev.store.state("fraud").active == 1 and dev.store.versions("fraud") == [1]
     reason = dev.broker.state()["last_error"]["reason"]
     assert "fraud v2 needs the 'edgetpu' delegate" in reason and "libedgetpu.so.1" in reason
+
+
+def test_network_thread_events_are_typed_and_a_failed_write_aborts(
+    make_device: DeviceFactory, releases: Releases, repo: Repo, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks handed over through ``post`` (as the service does) arrive as typed events; a
+    failed staging write becomes DownloadFailed, which aborts the job on the updater thread."""
+    dev = make_device()
+    posted: list[UpdaterEvent] = []
+    dev.updater.post = posted.append
+    dev.broker.put(repo.release(releases.bundle(2)))
+    dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
+
+    def disk_full(self: Download, file: str, index: int, data: bytes) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Download, "offer", disk_full)
+    dev.broker.pump()
+    assert posted and all(isinstance(e, DownloadFailed) for e in posted)
+    assert dev.updater.job is not None and dev.updater.job.phase == Phase.DOWNLOADING
+    for event in posted:
+        dev.updater.on_internal(event)
+    assert dev.updater.job is None
+    assert any("No space left" in r for r in dev.reasons())
+    assert dev.store.state("fraud").active == 1

@@ -209,7 +209,7 @@ def start_device(
 
 def publish(url: str, bundle: Path, key: PrivateKey, **kw: Any) -> PublishResult:
     """``fleet publish`` through the library (the CLI is tested separately)."""
-    with FleetSession(BrokerOptions(url=url, timeout_s=20), Topics("edge", FLEET)) as session:
+    with FleetSession(BrokerOptions(url=url), Topics("edge", FLEET), timeout_s=20) as session:
         return publish_release(session, bundle, [key], **kw)
 
 

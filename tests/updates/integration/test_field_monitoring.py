@@ -179,8 +179,8 @@ def test_capture_pull_resumes_across_a_broker_restart_and_equals_what_was_scored
                 threading.Thread(target=mosquitto.restart, daemon=True).start()
 
         topics = Topics("edge", FLEET)
-        pull = CapturePull(BrokerOptions(url=mosquitto.url, timeout_s=20), topics, DEVICE, [fleet_keys.models_key],
-                           tmp_path / "out", stall_s=3.0, progress=progress)
+        pull = CapturePull(BrokerOptions(url=mosquitto.url), topics, DEVICE, [fleet_keys.models_key],
+                           tmp_path / "out", stall_s=3.0, progress=progress, timeout_s=20)
         result = pull.run(timeout_s=180)
         assert restarted.is_set()
         assert result.attempts >= 2, "the pull should have asked again after the restart"
