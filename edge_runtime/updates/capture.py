@@ -31,7 +31,7 @@ from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.exceptions import UpdateMessageError
 from edge_runtime.updates.protocol import CAPTURE_TYPE, REQUEST_ID_RE, Topics
-from edge_runtime.updates.verify import echo, echo_names, open_signed_message
+from edge_runtime.updates.verify import echo, echo_names, open_signed_message, parse_utc_time
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -51,18 +51,6 @@ class CaptureRequest:
     since: _dt.datetime | None
     need: dict[str, tuple[int, ...]] | None  # file -> chunk indices still missing; None = everything
     expires: _dt.datetime
-
-
-def _when(value: Any, what: str) -> _dt.datetime:
-    if not isinstance(value, str):
-        raise UpdateMessageError(f"{what}: expected an ISO 8601 UTC time string, found {echo(value)}")
-    try:
-        when = _dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise UpdateMessageError(f"{what}: expected an ISO 8601 time, found {echo(value)}") from exc
-    if when.tzinfo is None:
-        raise UpdateMessageError(f"{what}: needs a time zone (e.g. a trailing Z), found {echo(value)}")
-    return when.astimezone(_dt.UTC)
 
 
 def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device: str) -> CaptureRequest:
@@ -89,7 +77,7 @@ def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device
     model = doc.get("model")
     if model is not None and (not isinstance(model, str) or not NAME_RE.match(model)):
         raise UpdateMessageError(f"{what}: 'model' must be a model name, found {echo(model)}")
-    since = None if doc.get("since") is None else _when(doc["since"], f"{what}: 'since'")
+    since = None if doc.get("since") is None else parse_utc_time(doc["since"], what, "since")
     need_raw = doc.get("need")
     need: dict[str, tuple[int, ...]] | None = None
     if need_raw is not None:
@@ -101,7 +89,7 @@ def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device
                     isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2**31 for c in chunks):
                 raise UpdateMessageError(f"{what}: 'need' entry {echo(name)} must be a capture file and chunk numbers")
             need[name] = tuple(sorted(set(chunks)))
-    expires = _when(doc.get("expires"), f"{what}: 'expires'")
+    expires = parse_utc_time(doc.get("expires"), what)
     return CaptureRequest(request, attempt, model, since, need, expires)
 
 

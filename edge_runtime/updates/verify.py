@@ -136,15 +136,16 @@ def open_signed_message(message: bytes, field: str, root: TrustRoot, what: str) 
     return payload, outer["signatures"]
 
 
-def _parse_expires(value: Any, what: str) -> _dt.datetime:
+def parse_utc_time(value: Any, what: str, field: str = "expires") -> _dt.datetime:
+    """An ISO 8601 time with a time zone (``field`` of ``what``), in UTC; UpdateMessageError otherwise."""
     if not isinstance(value, str):
-        raise UpdateMessageError(f"{what}: 'expires' must be an ISO 8601 UTC time string, found {echo(value)}")
+        raise UpdateMessageError(f"{what}: '{field}' must be an ISO 8601 UTC time string, found {echo(value)}")
     try:
         when = _dt.datetime.fromisoformat(value)
     except ValueError as exc:
-        raise UpdateMessageError(f"{what}: 'expires' must be an ISO 8601 time, found {echo(value)}") from exc
+        raise UpdateMessageError(f"{what}: '{field}' must be an ISO 8601 time, found {echo(value)}") from exc
     if when.tzinfo is None:
-        raise UpdateMessageError(f"{what}: 'expires' needs a time zone (e.g. a trailing Z), found {echo(value)}")
+        raise UpdateMessageError(f"{what}: '{field}' needs a time zone (e.g. a trailing Z), found {echo(value)}")
     return when.astimezone(_dt.UTC)
 
 
@@ -190,7 +191,7 @@ def verify_desired(message: bytes, root: TrustRoot, *, fleet: str, device: str |
     if not isinstance(models, dict) or len(models) > MAX_MODELS:
         raise UpdateMessageError(f"{what}: 'models' must be an object of at most {MAX_MODELS} models")
     targets = {name: _parse_target(name, entry, what) for name, entry in models.items()}
-    expires = _parse_expires(doc["expires"], what) if "expires" in doc else None
+    expires = parse_utc_time(doc["expires"], what) if "expires" in doc else None
     return Desired(fleet, device, seq, targets, expires, hashlib.sha256(payload).hexdigest())
 
 
