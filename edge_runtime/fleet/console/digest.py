@@ -33,6 +33,11 @@ def cut(value: Any, limit: int = MAX_TEXT_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def name_of(value: Any) -> str:
+    """A model name a device reported: a string (cut), anything else is no name."""
+    return cut(value, MAX_NAME_CHARS) if isinstance(value, str) else ""
+
+
 def as_version(value: Any) -> int | None:
     """A model version (non-negative 64-bit int, not a bool) or None."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION:
@@ -80,7 +85,7 @@ def drift_of(value: Any) -> Drift | None:
     score = _finite(value.get("score"))
     if score is None:
         return None
-    return Drift(score, value.get("alert") is True, cut(value.get("worst_feature") or "", MAX_NAME_CHARS), _finite(value.get("threshold")))
+    return Drift(score, value.get("alert") is True, name_of(value.get("worst_feature")), _finite(value.get("threshold")))
 
 
 @dataclass(frozen=True)
@@ -168,13 +173,13 @@ def digest_state(payload: bytes, size: int | None = None) -> StateDigest:
     update, u_model, u_version = "", "", None
     u = doc.get("update")
     if isinstance(u, dict):
-        u_model, u_version = cut(u.get("model") or "", MAX_NAME_CHARS), as_version(u.get("version"))
+        u_model, u_version = name_of(u.get("model")), as_version(u.get("version"))
         pct = _finite(u.get("percent"))
         update = cut(f"{u_model} v{u_version} {cut(u.get('phase') or '', 20)}" + (f" {pct:.0f}%" if pct is not None else ""))
     error, e_model, e_version = "", "", None
     e = doc.get("last_error")
     if isinstance(e, dict):
-        e_model, e_version = cut(e.get("model") or "", MAX_NAME_CHARS), as_version(e.get("version"))
+        e_model, e_version = name_of(e.get("model")), as_version(e.get("version"))
         error = cut(e.get("reason") or "unknown reason")
     seq = doc.get("desired_seq")
     desired = as_version(seq.get("desired")) if isinstance(seq, dict) else None
@@ -218,7 +223,7 @@ def digest_event(payload: bytes, size: int | None = None) -> EventDigest:
     if problem is None and not isinstance(doc, dict):
         problem = f"event is {type(doc).__name__}, not an object"
     if problem is None and doc.get("event") not in EVENTS:
-        problem = f"unknown event kind {cut(doc.get('event'), 40)}"
+        problem = f"unknown event kind {cut(json.dumps(doc.get('event'))[:50], 40)}"
     if problem is not None:
         return EventDigest(problem=problem)
     details = []
@@ -227,7 +232,7 @@ def digest_event(payload: bytes, size: int | None = None) -> EventDigest:
             details.append(f"{key} {doc[key]:g}")
     return EventDigest(
         kind=str(doc["event"]),
-        model=cut(doc.get("model") or "", MAX_NAME_CHARS),
+        model=name_of(doc.get("model")),
         version=as_version(doc.get("version")),
         reason=cut(doc.get("reason") or ""),
         detail=", ".join(details),

@@ -72,10 +72,11 @@ class ConsoleServer:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._httpd.shutdown()
+        """Stop serving (if started) and close the socket."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(10.0)
         self._httpd.server_close()
-        self._thread.join(10.0)
 
     def render(self, target: str) -> Rendered:
         """The page at ``target`` (path and query)."""
