@@ -226,9 +226,10 @@ class Record:
                 self._devices.clear()
                 self._load()  # back to what the database holds
             raise
-        with self._changed:
-            self._change += 1
-            self._changed.notify_all()
+        if changed:
+            with self._changed:
+                self._change += 1
+                self._changed.notify_all()
         return changed
 
     def _apply_one(self, msg: Incoming) -> int:
@@ -282,6 +283,7 @@ class Record:
 
     def _state(self, device: str, msg: Incoming, payload: bytes) -> int:
         d = self._device(device)
+        changed = True
         if not payload:  # the retained state was cleared
             if d.digest is None:
                 return 0
@@ -289,19 +291,20 @@ class Record:
             self._timeline(device, msg.time, "state", "retained state cleared")
         else:
             new_digest = digest_state(payload, msg.size)
+            changed = d.digest is None or d.digest.change_key() != new_digest.change_key()
             if new_digest.problem:
                 new_state = None
-                if d.digest is None or d.digest.change_key() != new_digest.change_key():
+                if changed:
                     self._timeline(device, msg.time, "malformed", describe_change(d.digest, new_digest), raw_text(payload))
             else:
                 new_state = parse_payload(payload, MAX_STATE_BYTES, "state")[0]
-                if d.digest is None or d.digest.change_key() != new_digest.change_key():
+                if changed:
                     self._timeline(device, msg.time, "state", describe_change(d.digest, new_digest))
                     self._history(device, d.digest, new_digest, msg.time)
         with self._lock:
             d.digest, d.state, d.state_time, d.last_seen = new_digest, new_state, msg.time, msg.time
         self._save_device(d)
-        return 1
+        return int(changed)  # a republished state only moves "last seen": no live update for it
 
     def _history(self, device: str, prev: StateDigest | None, new: StateDigest, when: float) -> None:
         before = {m.name: m for m in (prev.models if prev and not prev.problem else ())}
@@ -328,14 +331,15 @@ class Record:
         value, _ = parse_payload(payload, 64, "online flag") if payload else (None, None)
         online = value if isinstance(value, bool) else None
         d = self._device(device)
-        if online != d.online:
+        changed = online != d.online
+        if changed:
             self._timeline(device, msg.time, "online", {True: "online", False: "offline", None: "online flag cleared or unreadable"}[online])
         with self._lock:
             d.online = online
             if online is not None:
                 d.last_seen = msg.time
         self._save_device(d)
-        return 1
+        return int(changed)
 
     def _event(self, device: str, msg: Incoming, payload: bytes) -> int:
         e = digest_event(payload, msg.size)

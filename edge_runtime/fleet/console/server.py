@@ -59,6 +59,23 @@ class ConsoleServer:
         self._httpd = ThreadingHTTPServer((host, port), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="console-http", daemon=True)
+        self._waiting_lock = threading.Lock()
+        self._waiting: dict[int, int] = {}  # change a held /api/page request waits to pass -> how many
+
+    def waiting(self) -> dict[int, int]:
+        """The held live-update requests, by the change they wait to pass (``/api/health``)."""
+        with self._waiting_lock:
+            return {k: v for k, v in self._waiting.items() if v}
+
+    def hold(self, after: int) -> None:
+        """Block until the record passes change ``after`` or ``hold_s`` ends (one live-update request)."""
+        with self._waiting_lock:
+            self._waiting[after] = self._waiting.get(after, 0) + 1
+        try:
+            self.record.wait_change(after, self.hold_s)
+        finally:
+            with self._waiting_lock:
+                self._waiting[after] -= 1
 
     @property
     def url(self) -> str:
@@ -139,7 +156,7 @@ def _handler(console: ConsoleServer) -> type[BaseHTTPRequestHandler]:
                 if parsed.path.startswith("/static/"):
                     self._static(parsed.path[len("/static/") :])
                 elif parsed.path == "/api/health":
-                    self._json(200, {"change": console.record.change})
+                    self._json(200, {"change": console.record.change, "waiting": {str(k): v for k, v in console.waiting().items()}})
                 elif parsed.path == "/api/overview":
                     self._json(200, compute(console.record.now(), console.max_failures).as_json())
                 elif parsed.path == "/api/page":
@@ -171,7 +188,7 @@ def _handler(console: ConsoleServer) -> type[BaseHTTPRequestHandler]:
                 after = int(query.get("after", ["-1"])[0])
             except ValueError:
                 after = -1
-            console.record.wait_change(after, console.hold_s)
+            console.hold(after)
             r = console.render(target)
             self._json(200, {"change": r.change, "status": r.status, "main": r.main})
 

@@ -23,7 +23,7 @@
           body.setAttribute("data-change", String(change));
         }
         say("live · updated " + new Date().toLocaleTimeString());
-        setTimeout(poll, 500);
+        setTimeout(poll, 1000);
       })
       .catch(function () {
         say("console unreachable, retrying");
@@ -31,5 +31,5 @@
       });
   }
   say("live");
-  setTimeout(poll, 200);
+  setTimeout(poll, 100);
 })();
