@@ -66,7 +66,13 @@ class ConsoleWatcher:
         while not self._stop.is_set():
             try:
                 with FleetSession(self.options, self.topics) as session:
-                    session.watch(console_filters(self.topics), self._on_message)
+                    # QoS 0: no acknowledgement for each of a big fleet's retained messages. The
+                    # broker must queue them all for this client (docs/console.md, max_queued_messages).
+                    self.record.pause()
+                    try:
+                        session.watch(console_filters(self.topics), self._on_message, qos=0)
+                    finally:
+                        self.record.resume()
                     self.connected.set()
                     self.loaded.set()
                     backoff.reset()
