@@ -213,7 +213,12 @@ class EventDigest:
         """One line for the timeline."""
         if self.problem:
             return f"malformed event: {self.problem}"
-        what = f"{self.kind} {self.model} v{self.version}" if self.model else self.kind
+        if not self.model:
+            what = self.kind
+        elif self.version is None:  # rolled_back names the version serving again: none is the factory bundle
+            what = f"{self.kind} {self.model}" + (" to the factory bundle" if self.kind == "rolled_back" else "")
+        else:
+            what = f"{self.kind} {self.model} v{self.version}"
         return cut(" ".join(p for p in (what, self.detail, self.reason and f"reason: {self.reason}") if p), 2 * MAX_TEXT_CHARS)
 
 

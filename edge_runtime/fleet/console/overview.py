@@ -149,7 +149,8 @@ def error_text(d: DeviceNow) -> str:
     if d.digest.problem:
         return d.digest.problem
     e = d.digest
-    where = f"{e.error_model} v{e.error_version}: " if e.error_model and not e.last_error.startswith(e.error_model) else ""
+    where = f"{e.error_model} v{e.error_version}: " if e.error_model else ""
+    where = "" if e.last_error.startswith(where) else where  # self-test reasons already name the version
     return f"{where}{e.last_error}" if e.last_error else ""
 
 

@@ -116,6 +116,7 @@ def describe_change(prev: StateDigest | None, new: StateDigest) -> str:
         parts.append(f"update {new.update}" if new.update else "no update in progress")
     if new.last_error != (prev.last_error if prev else "") and new.last_error:
         where = f"{new.error_model} v{new.error_version}: " if new.error_model else ""
+        where = "" if new.last_error.startswith(where) else where  # self-test reasons already name the version
         parts.append(f"last error {where}{new.last_error}")
     if prev is not None and prev.problem:
         parts.insert(0, "well-formed again")

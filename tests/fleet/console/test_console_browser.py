@@ -16,12 +16,15 @@ from typing import Any
 import pytest
 from updates.integration.conftest import publish
 
+from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.simulate import Fault, device_ids
 from edge_runtime.updates.verify import rollout_bucket
+from harness.http import request
 from harness.wait import wait_until
 
-from ..conftest import FleetKeys, Mosquitto, Releases, SimulateFn
+from ..conftest import TOPICS, FleetKeys, Mosquitto, Releases, SimulateFn
 from .conftest import Browser, ConsoleProcess
+from .helpers import state
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +75,18 @@ def live_dom_across(browser: Browser, console: ConsoleProcess, change: Any) -> s
     raise AssertionError(f"the page never held a live request in {ATTEMPTS} attempts")
 
 
+def publish_retained(url: str, topic: str, payload: bytes) -> None:
+    """One retained message, acknowledged by the broker (a device that publishes drift figures)."""
+    with FleetSession(BrokerOptions(url=url, timeout_s=30), TOPICS) as session:
+        session.publish(topic, payload).wait(30)
+
+
+def drift_points(console: ConsoleProcess, device: str) -> int:
+    """How many drift points the device page's chart shows."""
+    status, body = request(console.port, "GET", f"/device/{device}?live=0")
+    return body.decode().count("<circle") if status == 200 else 0
+
+
 def card(dom: str) -> str:
     """The fraud v2 release card of an overview DOM."""
     m = re.search(r'<div class="release" data-release="fraud-2".*?</div>', dom, re.S)
@@ -114,9 +129,20 @@ def test_rollout_appears_and_progresses_live_failures_show_and_history_survives_
     row = re.search(rf'<tr data-device="{faulty}".*?</tr>', overview, re.S)
     assert row and "differs from golden" in row.group(0) and "failed v2" in row.group(0), overview[:3000]
 
+    # Drift figures (the field-monitoring fields of the state) from a lighter publisher: a chart in a real browser.
+    drifting = "pi-drift"
+    for k, score in enumerate((0.05, 0.12, 0.2, 0.35, 0.52)):
+        doc = state(drifting, 2, drift={"score": score, "worst_feature": "v14", "alert": score > 0.3, "threshold": 0.3, "rows": 500, "version": 2})
+        publish_retained(mosquitto.url, TOPICS.state(drifting), doc)
+        wait_until(lambda k=k: drift_points(c, drifting) == k + 1, f"drift point {k + 1}")
+    chart = browser.dom(f"{c.base}/device/{drifting}?live=0", 300)
+    assert '<figure class="chart" data-model="fraud">' in chart and chart.count("<circle") == 5, chart[:3000]
+    assert 'stroke-dasharray="4 3"' in chart and "threshold 0.3" in chart  # the device's threshold line
+
     browser.screenshot(f"{c.base}/?live=0", screenshots / "overview.png", "1280,1300")
     browser.screenshot(f"{c.base}/release/fraud/2?live=0", screenshots / "release.png", "1280,1000")
     browser.screenshot(f"{c.base}/device/{faulty}?live=0", screenshots / "device.png", "1280,1100")
+    browser.screenshot(f"{c.base}/device/{drifting}?live=0", screenshots / "device-drift.png", "1280,900")
 
     assert c.stop() == 0
     again = console(mosquitto.url, "--max-failures", "20")
