@@ -17,6 +17,7 @@ import urllib.parse
 from typing import Any
 
 from edge_runtime.fleet.console.digest import StateDigest
+from edge_runtime.fleet.console.history import DeviceHistory, ReleaseHistory
 from edge_runtime.fleet.console.overview import (
     PAGE_ROWS,
     Overview,
@@ -27,7 +28,7 @@ from edge_runtime.fleet.console.overview import (
     models_text,
     version_label,
 )
-from edge_runtime.fleet.console.record import DeviceHistory, DeviceNow, ReleaseHistory
+from edge_runtime.fleet.console.record import DeviceNow
 
 PALETTE = ("#2b6cb0", "#38a169", "#d69e2e", "#805ad5", "#dd6b20", "#319795", "#b83280", "#718096")
 MAX_LISTED = 500
