@@ -8,7 +8,7 @@ on who updated, failed, was rejected or is still pending.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from edge_runtime.fleet.console.record import DeviceNow, FleetNow
@@ -48,7 +48,6 @@ class Overview:
     desired_problem: str
     desired_verified: bool | None
     change: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         """For ``/api/overview``."""
