@@ -11,7 +11,7 @@ DEVICE_VENV := .venv-device
 EDGE := $(DEVICE_VENV)/bin/edge-runtime
 DEMO := --store .edge/store --root device/demo-keys/root.json --factory device/factory
 
-.PHONY: run test deps system-deps lint unit test-long test-corpus test-arm stress-test bench factory demo-update bench-fleet clean
+.PHONY: run test deps system-deps lint unit test-long test-corpus test-arm stress-test bench factory demo-update demo-fleet bench-fleet clean
 
 run: $(DEVICE_VENV)/.stamp
 	$(EDGE) models install device/factory/fraud.bundle $(DEMO)
@@ -68,6 +68,11 @@ bench-fleet: deps
 # A second version of the demo model delivered over a local mosquitto to a running daemon.
 demo-update: deps
 	bash scripts/demo-update.sh
+
+# The fleet console (docs/console.md) on a simulated fleet of 12 devices and a local mosquitto; a
+# staged rollout of fraud v2 (one device fails it) runs while the page is open. Ctrl-C stops.
+demo-fleet: deps
+	bash scripts/demo-fleet.sh
 
 # Rebuild the demo model and the factory bundle (converted by edge-convert, signed with the demo key).
 factory: $(VENV)/.stamp

@@ -4,6 +4,9 @@
 halts (exit 1, the desired state left at the step's percentage) when the failure share of
 the devices that finished the update passes the limit (edge_runtime/fleet/staged.py).
 
+``console`` records the fleet's state changes, events and rollout steps in SQLite and serves
+them as a web page (edge_runtime/fleet/console/, docs/console.md).
+
 ``agent`` is the device side without the HTTP API: it follows the fleet's desired state
 into the local store and self-tests in-process, for devices that only score offline
 (``edge-runtime score``) and for fleet simulation.
@@ -25,7 +28,7 @@ from typing import Any
 
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
 from edge_runtime.config import device_id, load_config
-from edge_runtime.exceptions import UsageError
+from edge_runtime.exceptions import BadDataError, UsageError
 from edge_runtime.fleet.capture import CapturePull
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
@@ -39,6 +42,7 @@ from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.mqtt import redact_url
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
+from edge_runtime.updates.verify import verify_desired
 
 log = logging.getLogger("edge_runtime.fleet")
 PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
@@ -147,6 +151,16 @@ def register(sub: Any) -> None:
     pull.add_argument("--wait", type=float, default=600.0, help="give up after this many seconds (the request stays "
                       "retained until then, so an offline device answers when it connects)")
     pull.set_defaults(func=cmd_capture_pull)
+    co = fs.add_parser("console", parents=parents, help="a web page of the fleet, its rollouts and their history (read-only)")
+    co.add_argument("--db", type=Path, default=None, help="the SQLite record (default: ./edge-console-FLEET.sqlite)")
+    co.add_argument("--host", default="127.0.0.1", help="address the page is served on (default 127.0.0.1)")
+    co.add_argument("--port", type=int, default=8080, help="port of the page (default 8080; 0: any free port)")
+    co.add_argument(
+        "--max-failures", type=float, default=None, metavar="PERCENT",
+        help="show each rollout's failure share against this limit (as publish --max-failures counts it)",
+    )
+    co.add_argument("--root", type=Path, default=None, help="mark desired states that do not verify against this trust root")
+    co.set_defaults(func=cmd_console)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
     ag.set_defaults(func=cmd_agent)
@@ -168,10 +182,10 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def _session(args: argparse.Namespace) -> FleetSession:
-    return FleetSession(_options(args), Topics(args.prefix, args.fleet), args.timeout)
+    return FleetSession(_broker_options(args), Topics(args.prefix, args.fleet), args.timeout)
 
 
-def _options(args: argparse.Namespace) -> BrokerOptions:
+def _broker_options(args: argparse.Namespace) -> BrokerOptions:
     return BrokerOptions(
         url=args.broker,
         ca_file=args.ca_file,
@@ -308,7 +322,7 @@ def cmd_capture_pull(args: argparse.Namespace) -> int:
             raise UsageError(f"--since: needs a time zone (e.g. a trailing Z), found {args.since!r}")
     keys = load_keys(args.sign_key)
     line = ProgressLine(sys.stderr, "chunks", label="capture", width=25) if sys.stderr.isatty() else None
-    pull = CapturePull(_options(args), Topics(args.prefix, args.fleet), args.device, keys, args.out, model=args.model,
+    pull = CapturePull(_broker_options(args), Topics(args.prefix, args.fleet), args.device, keys, args.out, model=args.model,
                        since=args.since, stall_s=args.stall, progress=line, timeout_s=args.timeout)
     result = pull.run(args.wait)
     print(f"pulled {result.records} record(s) in {result.files} file(s), {result.bytes} bytes, from {args.device} "
@@ -318,6 +332,52 @@ def cmd_capture_pull(args: argparse.Namespace) -> int:
     if result.missing:
         print(f"the device no longer had {len(result.missing)} file(s) (dropped by its ring): "
               f"{', '.join(result.missing)}", file=sys.stderr)
+    return 0
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """Record the fleet in SQLite and serve its pages until SIGTERM or SIGINT. Never loads a signing key."""
+    # Imported here: only this command needs the web server and the record.
+    from edge_runtime.fleet.console.record import Record
+    from edge_runtime.fleet.console.server import ConsoleServer
+    from edge_runtime.fleet.console.service import ConsoleWatcher
+
+    if args.max_failures is not None and not 0 <= args.max_failures <= 100:
+        raise UsageError(f"--max-failures: expected a percentage in [0, 100], found {args.max_failures:g}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port: expected 0-65535, found {args.port}")
+    topics = Topics(args.prefix, args.fleet)
+    options = _broker_options(args)
+    verifier = None
+    if args.root is not None:
+        root = load_root_file(args.root)
+
+        def verifier(message: bytes, device: str | None) -> bool:
+            try:
+                verify_desired(message, root, fleet=args.fleet, device=device)
+            except BadDataError:
+                return False
+            return True
+
+    db = args.db if args.db is not None else Path(f"edge-console-{args.fleet}.sqlite")
+    record = Record(db, topics, verifier=verifier).start()
+    try:
+        server = ConsoleServer(record, args.fleet, args.host, args.port, max_failures=args.max_failures)
+    except OSError as exc:
+        record.close()
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc
+    watcher = ConsoleWatcher(options, topics, record).start()
+    server.start()
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"fleet console for {topics.base} on {redact_url(options.url)}: {server.url}/ (record {db})", flush=True)
+    try:
+        done.wait()
+    finally:
+        server.stop()
+        watcher.stop()
+        record.close()
     return 0
 
 

@@ -86,11 +86,11 @@ class FleetSession:
                 else:
                     out.pop(msg.topic, None)
 
-    def _round_trip(self, filters: Sequence[str]) -> None:
+    def _round_trip(self, filters: Sequence[str], qos: int = 1) -> None:
         """Subscribe to ``filters`` and return once their retained messages have arrived."""
         self._marker = f"{self.topics.base}/operator/{self.client_id}/{uuid.uuid4().hex[:8]}"
         self._marker_seen.clear()
-        subscription = self.link.subscribe([self._marker, *filters])
+        subscription = self.link.subscribe([self._marker, *filters], qos=qos)
         self.link.publish(self._marker, b"marker")
         # The SUBACK comes before the marker: a refused filter (ACL) is an error now, not a
         # snapshot that silently lacks it.
@@ -117,13 +117,18 @@ class FleetSession:
                 self.link.unsubscribe([self._marker, *filters])
         return dict(out)
 
-    def watch(self, filters: Sequence[str], on_message: MessageFn) -> None:
+    def watch(self, filters: Sequence[str], on_message: MessageFn, *, qos: int = 1) -> None:
         """Hand every message under ``filters`` to ``on_message`` (on the session's network thread),
-        retained ones first: returns once those have been handed over. Lasts as long as the session."""
+        retained ones first: returns once those have been handed over. Lasts as long as the session.
+
+        ``qos=0`` for filters that match many retained messages: no acknowledgement per message.
+        A broker queues a bounded number of messages per client (mosquitto's
+        ``max_queued_messages``) and drops the rest of a burst, the marker too; with mosquitto's
+        default a subscription got about 9,000 of 20,000 retained messages (docs/console.md)."""
         self._check()
         with self._lock:
             self._watches.append((list(filters), on_message))
-        self._round_trip(filters)
+        self._round_trip(filters, qos)
         if self.link.connected:
             self.link.unsubscribe([self._marker])
 

@@ -422,8 +422,10 @@ class MqttLink:
 
     # -- traffic -------------------------------------------------------------------------
 
-    def subscribe(self, filters: Sequence[str], *, new_only: bool = False, batch: int = 128) -> Subscription:
-        """Subscribe at QoS 1. ``new_only`` (MQTT 5): retained messages only for a subscription not already held.
+    def subscribe(self, filters: Sequence[str], *, new_only: bool = False, batch: int = 128,
+                  qos: int = 1) -> Subscription:
+        """Subscribe at QoS 1 (or ``qos``). ``new_only`` (MQTT 5): retained messages only for a
+        subscription not already held.
 
         Returns at once; the :class:`Subscription` settles when the SUBACKs arrive, and a
         refused filter also goes to ``on_refused`` then.
@@ -434,9 +436,9 @@ class MqttLink:
             with self._subacks_lock:
                 if self._v5:
                     handling = SubscribeOptions.RETAIN_SEND_IF_NEW_SUB if new_only else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
-                    rc, mid = self._client.subscribe([(t, SubscribeOptions(qos=1, retainHandling=handling)) for t in part])
+                    rc, mid = self._client.subscribe([(t, SubscribeOptions(qos=qos, retainHandling=handling)) for t in part])
                 else:
-                    rc, mid = self._client.subscribe([(t, 1) for t in part])
+                    rc, mid = self._client.subscribe([(t, qos) for t in part])
                 if rc != paho.MQTT_ERR_SUCCESS:
                     raise TransportError(f"subscribe failed: {paho.error_string(rc)}")
                 if mid is not None:
