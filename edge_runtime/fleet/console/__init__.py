@@ -4,10 +4,7 @@
 ``record`` (SQLite, ``schema`` migrations), which keeps bounded digests (``digest``, pure) of
 what devices send; ``server`` (stdlib HTTP) renders ``pages`` from the record's current view
 (``overview``) and its history (``history``). docs/console.md describes it.
+
+Nothing is imported here: the CLI imports what ``fleet console`` needs from the modules, so
+the other fleet commands never load the web server.
 """
-
-from edge_runtime.fleet.console.record import Record
-from edge_runtime.fleet.console.server import ConsoleServer
-from edge_runtime.fleet.console.service import ConsoleWatcher
-
-__all__ = ["ConsoleServer", "ConsoleWatcher", "Record"]
