@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundle.manifest import NAME_RE
-from edge_runtime.exceptions import CanonicalJSONError, EdgeRuntimeError, TransportError
+from edge_runtime.exceptions import EdgeRuntimeError, TransportError
 from edge_runtime.monitoring.capture import SEGMENT_RE
-from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.exceptions import UpdateMessageError
 from edge_runtime.updates.protocol import CAPTURE_TYPE, REQUEST_ID_RE, Topics
-from edge_runtime.updates.verify import echo, echo_names, open_signed_message, parse_utc_time
+from edge_runtime.updates.verify import echo, open_signed_document, parse_utc_time
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -56,16 +55,7 @@ class CaptureRequest:
 def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device: str) -> CaptureRequest:
     """Verify a capture request for ``device`` of ``fleet`` (signed by the ``models`` role)."""
     what = f"capture request for device {device}"
-    payload, _ = open_signed_message(message, "capture", root, what)
-    try:
-        doc = parse_json_object(payload, what, require_canonical=True)
-    except CanonicalJSONError as exc:
-        raise UpdateMessageError(str(exc)) from exc
-    extra = set(doc) - CAPTURE_FIELDS
-    if extra:
-        raise UpdateMessageError(f"{what}: unknown fields {echo_names(extra)}")
-    if doc.get("_type") != CAPTURE_TYPE:
-        raise UpdateMessageError(f"{what}: '_type' must be {CAPTURE_TYPE!r}, found {echo(doc.get('_type'))}")
+    doc, _ = open_signed_document(message, "capture", root, what, CAPTURE_TYPE, CAPTURE_FIELDS)
     if doc.get("fleet") != fleet or doc.get("device") != device:
         raise UpdateMessageError(f"{what}: signed for fleet {echo(doc.get('fleet'))} device {echo(doc.get('device'))}")
     request = doc.get("request")

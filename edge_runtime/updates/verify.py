@@ -136,6 +136,24 @@ def open_signed_message(message: bytes, field: str, root: TrustRoot, what: str) 
     return payload, outer["signatures"]
 
 
+def open_signed_document(message: bytes, field: str, root: TrustRoot, what: str, doc_type: str,
+                         fields: frozenset[str]) -> tuple[dict[str, Any], bytes]:
+    """A signed message's document and its signed bytes (see :func:`open_signed_message`):
+    canonical JSON of ``_type`` ``doc_type`` with no field outside ``fields``;
+    UpdateMessageError otherwise."""
+    payload, _ = open_signed_message(message, field, root, what)
+    try:
+        doc = parse_json_object(payload, what, require_canonical=True)
+    except CanonicalJSONError as exc:
+        raise UpdateMessageError(str(exc)) from exc
+    extra = set(doc) - fields
+    if extra:
+        raise UpdateMessageError(f"{what}: unknown fields {echo_names(extra)}")
+    if doc.get("_type") != doc_type:
+        raise UpdateMessageError(f"{what}: '_type' must be {doc_type!r}, found {echo(doc.get('_type'))}")
+    return doc, payload
+
+
 def parse_utc_time(value: Any, what: str, field: str = "expires") -> _dt.datetime:
     """An ISO 8601 time with a time zone (``field`` of ``what``), in UTC; UpdateMessageError otherwise."""
     if not isinstance(value, str):
@@ -171,16 +189,7 @@ def _parse_target(name: Any, entry: Any, what: str) -> ModelTarget:
 def verify_desired(message: bytes, root: TrustRoot, *, fleet: str, device: str | None) -> Desired:
     """Verify a desired-state message of ``fleet`` (``device`` set for a per-device override)."""
     what = f"desired state for device {device}" if device else f"desired state of fleet {fleet}"
-    payload, _ = open_signed_message(message, "desired", root, what)
-    try:
-        doc = parse_json_object(payload, what, require_canonical=True)
-    except CanonicalJSONError as exc:
-        raise UpdateMessageError(str(exc)) from exc
-    extra = set(doc) - DESIRED_FIELDS
-    if extra:
-        raise UpdateMessageError(f"{what}: unknown fields {echo_names(extra)}")
-    if doc.get("_type") != DESIRED_TYPE:
-        raise UpdateMessageError(f"{what}: '_type' must be {DESIRED_TYPE!r}, found {echo(doc.get('_type'))}")
+    doc, payload = open_signed_document(message, "desired", root, what, DESIRED_TYPE, DESIRED_FIELDS)
     # The fleet and device are inside the signature so a message cannot be replayed elsewhere.
     if doc.get("fleet") != fleet:
         raise UpdateMessageError(f"{what}: signed for fleet {echo(doc.get('fleet'))}, this device is in fleet {fleet!r}")
