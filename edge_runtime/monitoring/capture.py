@@ -48,6 +48,7 @@ OPEN_SUFFIX = ".open"
 RING_FILE = "ring.json"
 DEFAULT_SEGMENT_BYTES = 1024 * 1024
 QUEUE_RECORDS = 256
+QUEUE_BYTES = 64 * 1024 * 1024  # tensors the writer's queue may keep alive
 
 
 def encode_array(a: np.ndarray) -> dict[str, Any]:
@@ -329,22 +330,34 @@ def capture_record(model: str, version: int, reason: str, time: str, input_names
 class CaptureWriter:
     """The background thread that writes records of every ring; the request path only enqueues."""
 
-    def __init__(self, max_records: int = QUEUE_RECORDS) -> None:
-        self._queue: queue.Queue[tuple[CaptureRing, Any] | None] = queue.Queue(maxsize=max_records)
+    def __init__(self, max_records: int = QUEUE_RECORDS, max_bytes: int = QUEUE_BYTES) -> None:
+        self._queue: queue.Queue[tuple[Any, Any, int] | None] = queue.Queue(maxsize=max_records)
+        self.max_bytes = max_bytes
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="edge-capture", daemon=True)
         self._started = False
         self.queue_full = 0
 
-    def offer(self, ring: CaptureRing, record: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
-        """Queue a record (or a function that builds it, run on the writer thread); False
-        (counted on the ring) when the queue is full."""
+    def offer(self, ring: CaptureRing, record: dict[str, Any] | Callable[[], dict[str, Any]], nbytes: int = 0) -> bool:
+        """Queue a record (or a function that builds it, run on the writer thread) holding
+        ``nbytes`` of tensors; False (counted on the ring) when the queue is full, in records or
+        in bytes (what it keeps alive is bounded whatever the requests' size)."""
         if not self._started:
             self._started = True
             self._thread.start()
+        with self._bytes_lock:
+            if self._queued_bytes + nbytes > self.max_bytes and self._queued_bytes:
+                ring.skipped_records += 1
+                self.queue_full += 1
+                return False
+            self._queued_bytes += nbytes
         try:
-            self._queue.put_nowait((ring, record))
+            self._queue.put_nowait((ring, record, nbytes))
             return True
         except queue.Full:
+            with self._bytes_lock:
+                self._queued_bytes -= nbytes
             ring.skipped_records += 1
             self.queue_full += 1
             return False
@@ -354,18 +367,21 @@ class CaptureWriter:
             item = self._queue.get()
             if item is None:
                 return
-            ring, record = item
+            ring, record, nbytes = item
             try:
                 ring.append(record() if callable(record) else record)
             except Exception:  # a bad record must not stop the writer
                 log.exception("capture record not written")
                 ring.skipped_records += 1
+            finally:
+                with self._bytes_lock:
+                    self._queued_bytes -= nbytes
 
     def drain(self) -> None:
         """Wait until every queued record is written (tests, shutdown)."""
         if self._started:
             done = threading.Event()
-            self._queue.put((_Marker(done), {}))  # type: ignore[arg-type]
+            self._queue.put((_Marker(done), {}, 0))
             done.wait(30)
 
     def stop(self) -> None:

@@ -33,6 +33,7 @@ from edge_runtime.config import DriftConfig
 from edge_runtime.monitoring.profile import Profile, class_vector, feature_matrix
 
 FLUSH_REQUESTS = 64  # requests buffered before they are binned
+FLUSH_VALUES = 1 << 20  # ... or once they hold this many input values (the buffer keeps requests alive)
 MAX_STRIDE = 10_000
 BUCKETS = 10  # the window slides by a tenth
 
@@ -121,6 +122,7 @@ class DriftTracker:
         self._window_rows = 0
         self._pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] = []
         self._pending_rows = 0
+        self._pending_values = 0  # input values held by the buffer (big requests flush it early)
         self._pending_lock = threading.Lock()
         self._batch_axis = bool(profile.input_layouts) and profile.input_layouts[0].batch_axis
         self._lock = threading.Lock()
@@ -147,10 +149,11 @@ class DriftTracker:
             pending = self._pending
             pending.append((inputs, outputs))
             self._pending_rows += first.shape[0] if self._batch_axis and first is not None and first.ndim else 1
+            self._pending_values += sum(a.size for a in inputs)
             rows = self._pending_rows
-            if len(pending) < FLUSH_REQUESTS and rows < self._bucket_rows:
+            if len(pending) < FLUSH_REQUESTS and rows < self._bucket_rows and self._pending_values < FLUSH_VALUES:
                 return
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_values = [], 0, 0
         self._adjust_stride()
         if self._submit is None:
             self._bin(pending, rows)
@@ -180,7 +183,7 @@ class DriftTracker:
         """Bin the buffered requests; check the alert."""
         with self._pending_lock:
             pending, rows = self._pending, self._pending_rows
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_values = [], 0, 0
         self._bin(pending, rows)
 
     def _bin(self, pending: list[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]], rows: int) -> None:

@@ -85,7 +85,8 @@ class VersionMonitor:
                 rec["shadow"] = shadow
             return rec
 
-        if hub.writer.offer(ring, record):
+        nbytes = sum(a.nbytes for a in inputs) + sum(a.nbytes for a in outputs)
+        if hub.writer.offer(ring, record, nbytes):
             self.captured += 1
 
     def reconfigured(self, drift: DriftConfig, capture: CaptureConfig) -> VersionMonitor:

@@ -205,9 +205,10 @@ class UpdateService:
         """Each model's drift (and capture ring) in the state document."""
         if self.monitoring is None:
             return
-        summary = self.monitoring.summary()
-        self._last_drift = {k: (v.get("score"), v.get("alert")) for k, v in summary.items()}
         models = doc.setdefault("models", {})
+        serving = {n: m.get("serving") for n, m in models.items() if isinstance(m, dict)}
+        summary = self.monitoring.summary(serving)  # the drift of the version that answers
+        self._last_drift = {k: (v.get("score"), v.get("alert")) for k, v in summary.items()}
         for name, drift in summary.items():
             entry = models.setdefault(name, {})
             if isinstance(entry, dict):

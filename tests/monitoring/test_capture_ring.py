@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +144,16 @@ def test_kill_9_mid_write_leaves_no_corrupt_segment(tmp_path: Path) -> None:
     for seg in ring.segments():
         numbers += [int(decode_array(r["inputs"]["input_0"])[0, 0]) for r in read_records(seg.path.read_bytes())[0]]
     assert numbers == list(range(len(numbers)))  # every record up to the kill, in order, none twice
+
+
+def test_the_writer_queue_is_bounded_in_bytes_whatever_the_request_size(tmp_path: Path) -> None:
+    ring = CaptureRing(tmp_path / "fraud", 10 * 1024 * 1024)
+    writer = CaptureWriter(max_records=1000, max_bytes=1000)
+    gate = threading.Event()
+    assert writer.offer(ring, lambda: (gate.wait(30), _record(0))[1], 600)  # the writer is busy with this one
+    assert not writer.offer(ring, lambda: _record(1), 600)  # 1200 bytes would be queued: refused, counted
+    assert ring.stats()["skipped_records"] == 1
+    gate.set()
+    writer.drain()
+    assert writer.offer(ring, lambda: _record(2), 600)  # room again once written
+    writer.stop()

@@ -187,3 +187,15 @@ def test_above_the_sketch_rate_a_uniform_sample_is_sketched() -> None:
         now[0] += 0.01
         tracker.observe([x], [_model(x)])
     assert tracker.stride == 1
+
+
+def test_big_requests_flush_the_buffer_early_so_it_never_holds_much() -> None:
+    tracker, _ = _tracker()
+    big = np.zeros((1, 6), np.float32)
+    flushed = []
+    tracker._bin = lambda pending, rows: flushed.append(len(pending))  # type: ignore[method-assign]
+    huge = np.zeros((1, 600_000), np.float32)
+    tracker.observe([huge], [_model(big)])
+    assert flushed == []
+    tracker.observe([huge], [_model(big)])  # 1.2 M input values held: binned now, not at 64 requests
+    assert flushed == [2]
