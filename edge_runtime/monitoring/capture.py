@@ -31,6 +31,7 @@ import queue
 import re
 import shutil
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:  # in the device extra; the operator's tools read records with json alone
+    import orjson
+except ImportError:  # pragma: no cover - depends on the install
+    orjson = None  # type: ignore[assignment]
 
 from edge_runtime.atomic import fsync_dir, write_bytes_atomic
 
@@ -49,6 +55,7 @@ RING_FILE = "ring.json"
 DEFAULT_SEGMENT_BYTES = 1024 * 1024
 QUEUE_RECORDS = 256
 QUEUE_BYTES = 64 * 1024 * 1024  # tensors the writer's queue may keep alive
+BATCH_S = 0.1  # the writer wakes at most this often (fewer thread switches on the request path)
 
 
 def encode_array(a: np.ndarray) -> dict[str, Any]:
@@ -69,9 +76,15 @@ def decode_array(obj: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(obj["b64"]), dtype=np.dtype(obj["dtype"])).reshape(shape).copy()
 
 
+def _dumps(record: dict[str, Any]) -> bytes:
+    if orjson is not None:
+        return bytes(orjson.dumps(record, option=orjson.OPT_SORT_KEYS))
+    return json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+
+
 def record_line(record: dict[str, Any]) -> bytes:
     """One framed record: crc32, space, JSON, newline."""
-    body = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+    body = _dumps(record)
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -137,9 +150,13 @@ class CaptureRing:
         self.dropped_records = 0
         self.skipped_records = 0  # not written: disk nearly full, queue full or a write error
         self.written_records = 0
+        self._sealed_bytes = 0  # bytes of the sealed segments, kept up to date without listing the directory
+        self._free_checked = -1.0
+        self._free_ok = True
         self.dir.mkdir(parents=True, exist_ok=True)
         self._load_counters()
         self._recover()
+        self._sealed_bytes = sum(seg.size for seg in self.segments())
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -204,18 +221,15 @@ class CaptureRing:
         line = record_line(record)
         with self._lock:
             try:
-                if shutil.disk_usage(self.dir).free < self.min_free_bytes + len(line):
-                    self.skipped_records += 1
-                    return False
-                if len(line) > self.max_bytes // 2:
+                if not self._disk_has_room(len(line)) or len(line) > self.max_bytes // 2:
                     self.skipped_records += 1
                     return False
                 if self._fh is None:
                     self._open_path = self.dir / f"seg-{self._next:012d}.jsonl{OPEN_SUFFIX}"
                     self._fh = open(self._open_path, "ab")
                     self._open_size = 0
-                    self._make_room(0)
-                self._make_room(len(line))
+                if self._sealed_bytes + self._open_size + len(line) > self.max_bytes:
+                    self._make_room(len(line))
                 self._fh.write(line)
                 self._fh.flush()
                 self._open_size += len(line)
@@ -230,16 +244,24 @@ class CaptureRing:
                 self._close_quietly()
                 return False
 
+    def _disk_has_room(self, nbytes: int) -> bool:
+        """More than ``min_free_bytes`` free (looked at once a second, not per record)."""
+        now = time.monotonic()
+        if now - self._free_checked >= 1.0:
+            self._free_checked = now
+            self._free_ok = shutil.disk_usage(self.dir).free >= self.min_free_bytes + 16 * nbytes
+        return self._free_ok
+
     def _make_room(self, extra: int) -> None:
         """Drop the oldest sealed segments until the ring plus ``extra`` bytes fits."""
-        segs = self.segments()
-        total = sum(s.size for s in segs) + self._open_size + extra
+        segs = self.segments()  # listed again: the directory is the truth (someone may have deleted files)
+        self._sealed_bytes = sum(s.size for s in segs)
         changed = False
-        while segs and total > self.max_bytes:
+        while segs and self._sealed_bytes + self._open_size + extra > self.max_bytes:
             old = segs.pop(0)
             n = _count_lines(old.path)
             old.path.unlink(missing_ok=True)
-            total -= old.size
+            self._sealed_bytes -= old.size
             self.dropped_segments += 1
             self.dropped_records += n
             changed = True
@@ -256,6 +278,7 @@ class CaptureRing:
         fh.close()
         self._fh = None
         self._open_path = None
+        self._sealed_bytes += self._open_size
         self._open_size = 0
         os.replace(path, path.with_name(path.name[: -len(OPEN_SUFFIX)]))
         fsync_dir(self.dir)
@@ -288,6 +311,7 @@ class CaptureRing:
                 p.unlink(missing_ok=True)
             self._open_path = None
             self._open_size = 0
+            self._sealed_bytes = 0
             fsync_dir(self.dir)
             return n
 
@@ -337,6 +361,7 @@ class CaptureWriter:
         self._bytes_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="edge-capture", daemon=True)
         self._started = False
+        self._stop = threading.Event()
         self.queue_full = 0
 
     def offer(self, ring: CaptureRing, record: dict[str, Any] | Callable[[], dict[str, Any]], nbytes: int = 0) -> bool:
@@ -367,15 +392,27 @@ class CaptureWriter:
             item = self._queue.get()
             if item is None:
                 return
-            ring, record, nbytes = item
-            try:
-                ring.append(record() if callable(record) else record)
-            except Exception:  # a bad record must not stop the writer
-                log.exception("capture record not written")
-                ring.skipped_records += 1
-            finally:
-                with self._bytes_lock:
-                    self._queued_bytes -= nbytes
+            self._write(item)
+            while True:  # what came meanwhile, in one go; then rest, so records are written in batches
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    return
+                self._write(item)
+            self._stop.wait(BATCH_S)
+
+    def _write(self, item: tuple[Any, Any, int]) -> None:
+        ring, record, nbytes = item
+        try:
+            ring.append(record() if callable(record) else record)
+        except Exception:  # a bad record must not stop the writer
+            log.exception("capture record not written")
+            ring.skipped_records += 1
+        finally:
+            with self._bytes_lock:
+                self._queued_bytes -= nbytes
 
     def drain(self) -> None:
         """Wait until every queued record is written (tests, shutdown)."""
@@ -387,6 +424,7 @@ class CaptureWriter:
     def stop(self) -> None:
         """Write what is queued and stop the thread."""
         if self._started:
+            self._stop.set()
             self._queue.put(None)
             self._thread.join(30)
 
