@@ -33,7 +33,7 @@ from edge_runtime.config import DriftConfig
 from edge_runtime.monitoring.profile import Profile, class_vector, feature_matrix
 
 FLUSH_REQUESTS = 64  # requests buffered before they are binned
-FLUSH_VALUES = 1 << 20  # ... or once they hold this many input values (the buffer keeps requests alive)
+FLUSH_VALUES = 1 << 18  # ... or once they hold this many input values (the buffer keeps requests alive)
 MAX_STRIDE = 10_000
 BUCKETS = 10  # the window slides by a tenth
 

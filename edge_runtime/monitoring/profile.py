@@ -36,7 +36,7 @@ PROFILE_TYPE = "edge-runtime/profile"
 MAX_COLUMNS = 64  # a vector longer than this is one feature, not one per column
 MAX_CLASSES = 64
 MAX_FEATURES = 512
-PIXELS_PER_ROW = 4096  # values of one row read per channel (a fixed stride over the image)
+PIXELS_PER_ROW = 1024  # values of one row read per channel (a fixed stride over the image)
 BINS = 10  # decile bins; fewer when the reference has ties
 MIN_ROWS = 2  # a profile of fewer rows says nothing
 

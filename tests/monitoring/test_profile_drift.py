@@ -11,7 +11,7 @@ import pytest
 from edge_runtime.config import DriftConfig
 from edge_runtime.exceptions import ManifestError
 from edge_runtime.inference.tensors import TensorSpec
-from edge_runtime.monitoring.drift import BUCKETS, FLUSH_REQUESTS, DriftTracker, psi, worst_features
+from edge_runtime.monitoring.drift import BUCKETS, FLUSH_REQUESTS, FLUSH_VALUES, DriftTracker, psi, worst_features
 from edge_runtime.monitoring.profile import build_profile, layout_of, parse_profile
 from edge_runtime.trust.canonical import canonical_json
 
@@ -194,8 +194,8 @@ def test_big_requests_flush_the_buffer_early_so_it_never_holds_much() -> None:
     big = np.zeros((1, 6), np.float32)
     flushed = []
     tracker._bin = lambda pending, rows: flushed.append(len(pending))  # type: ignore[method-assign]
-    huge = np.zeros((1, 600_000), np.float32)
+    huge = np.zeros((1, FLUSH_VALUES // 2 + 1), np.float32)
     tracker.observe([huge], [_model(big)])
     assert flushed == []
-    tracker.observe([huge], [_model(big)])  # 1.2 M input values held: binned now, not at 64 requests
+    tracker.observe([huge], [_model(big)])  # over FLUSH_VALUES held: binned now, not at 64 requests
     assert flushed == [2]
