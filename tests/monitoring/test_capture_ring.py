@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -99,15 +98,19 @@ def test_capture_stops_while_the_disk_is_nearly_full(tmp_path: Path) -> None:
     assert ring.stats()["skipped_records"] == 1 and ring.segments() == []
 
 
-def test_the_writer_thread_writes_in_order_and_a_full_queue_drops(tmp_path: Path) -> None:
+def test_the_writer_writes_in_order_in_batches(tmp_path: Path) -> None:
     ring = CaptureRing(tmp_path / "fraud", 10 * 1024 * 1024)
-    writer = CaptureWriter(max_records=1000)
-    for i in range(50):
+    now = [0.0]
+    writer = CaptureWriter(max_records=1000, clock=lambda: now[0])
+    for i in range(50):  # within one batch period: nothing written yet
         assert writer.offer(ring, lambda i=i: _record(i))
-    writer.drain()
+    assert ring.stats()["written_records"] == 0
+    now[0] += 1.0  # the next record finds the batch due: all 51 are written, in order
+    assert writer.offer(ring, lambda: _record(50))
+    assert ring.stats()["written_records"] == 51
     ring.seal()
     records = read_records(ring.segments()[0].path.read_bytes())[0]
-    assert [int(decode_array(r["inputs"]["input_0"])[0, 0]) for r in records] == list(range(50))
+    assert [int(decode_array(r["inputs"]["input_0"])[0, 0]) for r in records] == list(range(51))
     writer.stop()
 
 
@@ -146,14 +149,14 @@ def test_kill_9_mid_write_leaves_no_corrupt_segment(tmp_path: Path) -> None:
     assert numbers == list(range(len(numbers)))  # every record up to the kill, in order, none twice
 
 
-def test_the_writer_queue_is_bounded_in_bytes_whatever_the_request_size(tmp_path: Path) -> None:
+def test_the_waiting_records_are_bounded_in_bytes_whatever_the_request_size(tmp_path: Path) -> None:
     ring = CaptureRing(tmp_path / "fraud", 10 * 1024 * 1024)
-    writer = CaptureWriter(max_records=1000, max_bytes=1000)
-    gate = threading.Event()
-    assert writer.offer(ring, lambda: (gate.wait(30), _record(0))[1], 600)  # the writer is busy with this one
-    assert not writer.offer(ring, lambda: _record(1), 600)  # 1200 bytes would be queued: refused, counted
+    writer = CaptureWriter(max_records=1000, max_bytes=1000, clock=lambda: 0.0)
+    assert writer.offer(ring, record_line(_record(0)), 600)
+    assert not writer.offer(ring, record_line(_record(1)), 600)  # 1200 bytes would wait: refused, counted
     assert ring.stats()["skipped_records"] == 1
-    gate.set()
     writer.drain()
-    assert writer.offer(ring, lambda: _record(2), 600)  # room again once written
+    assert ring.stats()["written_records"] == 1
+    assert writer.offer(ring, record_line(_record(2)), 600)  # room again once written
     writer.stop()
+    assert ring.stats()["written_records"] == 2  # stop writes what waits
