@@ -17,8 +17,8 @@ sealed segments are deleted until it fits, and each deletion is counted
 (``dropped_segments``, ``dropped_records``, persisted in ``ring.json``). It also stops
 writing (and counts) while the file system has less than ``min_free_bytes`` free.
 
-Records are written by one background thread from a bounded queue: the request path only
-puts a record on the queue (a full queue drops the record, counted).
+:class:`CaptureWriter` writes records in batches from a bounded waiting list (a full list
+drops the record, counted).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,10 +210,6 @@ class CaptureRing:
                     continue
         return sorted(out, key=lambda s: s.first)
 
-    def used_bytes(self) -> int:
-        """Bytes on disk: sealed segments and the open one."""
-        return sum(s.size for s in self.segments()) + self._open_size
-
     # -- writing -----------------------------------------------------------------------
 
     def append(self, record: dict[str, Any] | bytes) -> bool:
@@ -302,20 +298,6 @@ class CaptureRing:
                 pass
         self._fh = None
 
-    def delete_all(self) -> int:
-        """Delete every segment (``capture delete``); returns how many records went."""
-        with self._lock:
-            self._close_quietly()
-            n = 0
-            for p in list(self.dir.glob("seg-*")):
-                n += _count_lines(p)
-                p.unlink(missing_ok=True)
-            self._open_path = None
-            self._open_size = 0
-            self._sealed_bytes = 0
-            fsync_dir(self.dir)
-            return n
-
     def stats(self) -> dict[str, Any]:
         """Counters for metrics and the device state."""
         segs = self.segments()
@@ -376,7 +358,6 @@ class CaptureWriter:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-capture", daemon=True)
         self._started = False
-        self.queue_full = 0
 
     def offer(self, ring: CaptureRing, record: dict[str, Any] | bytes | Callable[[], dict[str, Any]],
               nbytes: int = 0) -> bool:
@@ -390,7 +371,6 @@ class CaptureWriter:
             if len(self._pending) >= self.max_records or (
                     self._pending and self._pending_bytes + nbytes > self.max_bytes):
                 ring.skipped_records += 1
-                self.queue_full += 1
                 return False
             self._pending.append((ring, record, nbytes))
             self._pending_bytes += nbytes
@@ -431,13 +411,7 @@ class CaptureWriter:
         self.flush()
 
 
-def iter_segment_records(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one sealed segment."""
-    records, _ = read_records(path.read_bytes())
-    yield from records
-
-
 __all__ = [
     "CaptureRing", "CaptureWriter", "Segment", "capture_record", "decode_array",
-    "encode_array", "iter_segment_records", "read_records", "record_line",
+    "encode_array", "read_records", "record_line",
 ]

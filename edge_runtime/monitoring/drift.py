@@ -2,8 +2,9 @@
 
 Each scored request is appended to a short buffer (a list append on the request path);
 every :data:`FLUSH_REQUESTS` requests or tenth of a window, or when somebody reads the
-figures, the buffer is binned in one vectorised pass (on a background thread in the
-daemon) into the counts of the current *bucket* of about ``window_rows / 10`` rows. The
+figures, the buffer is binned in one vectorised pass (on the event loop in the daemon;
+docs/monitoring.md says why not on a thread of its own) into the counts of the current
+*bucket* of about ``window_rows / 10`` rows. The
 window is the newest buckets that hold at least ``window_rows`` rows (at most a bucket
 more), so memory is fixed: per feature one count per bin per bucket.
 
@@ -61,15 +62,22 @@ class DriftReport:
         }
 
 
+def psi_by_feature(reference: np.ndarray, counts: np.ndarray, offsets: np.ndarray, feature_of_bin: np.ndarray) -> np.ndarray:
+    """PSI of each feature: window ``counts`` against reference shares, both flat over every
+    feature's bins (feature ``k``'s bins start at ``offsets[k]``; ``feature_of_bin`` names the
+    feature of each bin), smoothed by half a row."""
+    n = np.add.reduceat(counts, offsets)[feature_of_bin]
+    half = 0.5 * np.bincount(feature_of_bin)[feature_of_bin]
+    q = (counts + 0.5) / (n + half)
+    p = (reference * n + 0.5) / (n + half)
+    return np.add.reduceat((q - p) * np.log(q / p), offsets)
+
+
 def psi(reference: np.ndarray, counts: np.ndarray) -> float:
-    """PSI of window ``counts`` against reference shares (both per bin), smoothed by half a row."""
-    n = float(counts.sum())
-    if n <= 0:
-        return 0.0
+    """PSI of one feature's window ``counts`` against its reference shares (see :func:`psi_by_feature`)."""
     bins = len(reference)
-    q = (counts + 0.5) / (n + 0.5 * bins)
-    p = (reference * n + 0.5) / (n + 0.5 * bins)
-    return float(np.sum((q - p) * np.log(q / p)))
+    return float(psi_by_feature(np.asarray(reference, np.float64), np.asarray(counts, np.float64),
+                                np.zeros(1, np.int64), np.zeros(bins, np.int64))[0])
 
 
 class DriftTracker:
@@ -81,12 +89,8 @@ class DriftTracker:
 
     def __init__(self, profile: Profile, settings: DriftConfig,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None,
-                 submit: Callable[[Callable[[], None]], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.profile = profile
-        # Where full buffers are binned: a background thread in the daemon (returns False
-        # when it is backed up and the buffer was dropped), here in tests.
-        self._submit = submit
         self.settings = settings
         self.on_event = on_event
         feats = profile.features
@@ -128,8 +132,6 @@ class DriftTracker:
         self._lock = threading.Lock()
         self._alert = False
         self.seen = 0
-        self.events = 0
-        self.dropped_requests = 0  # buffers dropped because the binning thread was behind
         self._clock = clock
         self._count = 0  # requests observed (sketched or not)
         self._count_at_flush = 0
@@ -155,10 +157,7 @@ class DriftTracker:
                 return
             self._pending, self._pending_rows, self._pending_values = [], 0, 0
         self._adjust_stride()
-        if self._submit is None:
-            self._bin(pending, rows)
-        elif not self._submit(lambda: self._bin(pending, rows)):
-            self.dropped_requests += len(pending)
+        self._bin(pending, rows)
 
     def _adjust_stride(self) -> None:
         """Sample so that about ``max_sketched_per_s`` requests a second are sketched."""
@@ -248,13 +247,8 @@ class DriftTracker:
     # -- figures -------------------------------------------------------------------------
 
     def _psi_all(self) -> np.ndarray:
-        """PSI of every feature over the window, in one vectorised pass (see :func:`psi`)."""
-        w = self._window.astype(np.float64)
-        n = np.add.reduceat(w, self._offsets)[self._feature_of_bin]
-        half = 0.5 * self._bins[self._feature_of_bin]
-        q = (w + 0.5) / (n + half)
-        p = (self._reference_flat * n + 0.5) / (n + half)
-        return np.add.reduceat((q - p) * np.log(q / p), self._offsets)
+        """PSI of every feature over the window, in one vectorised pass."""
+        return psi_by_feature(self._reference_flat, self._window.astype(np.float64), self._offsets, self._feature_of_bin)
 
     def _worst(self) -> tuple[float | None, str | None, np.ndarray | None]:
         if self._window_rows < self.settings.min_rows or not self._features:
@@ -272,7 +266,6 @@ class DriftTracker:
             return None
         if not self._alert and score >= s.threshold:
             self._alert = True
-            self.events += 1
             return "drift", {"score": round(score, 4), "worst_feature": worst, "threshold": s.threshold,
                              "rows": self._window_rows}
         if self._alert and score < s.clear:
@@ -295,9 +288,5 @@ def worst_features(report: DriftReport, n: int = 5) -> list[tuple[str, float]]:
     return sorted(report.features.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
-def finite_or_none(x: float | None) -> float | None:
-    """``x`` when finite, else None (JSON has no infinity)."""
-    return x if x is not None and math.isfinite(x) else None
 
-
-__all__ = ["BUCKETS", "FLUSH_REQUESTS", "DriftReport", "DriftTracker", "psi", "worst_features"]
+__all__ = ["BUCKETS", "FLUSH_REQUESTS", "DriftReport", "DriftTracker", "psi", "psi_by_feature", "worst_features"]

@@ -1,5 +1,5 @@
 """Field monitoring of the daemon: one :class:`VersionMonitor` per loaded version, the
-capture rings, and the threads that do the work off the request path.
+capture rings; what serving and updates share.
 
 Serving calls :meth:`VersionMonitor.observe` for every answered request (a list append,
 plus a random draw when capture is on); the updates side reads :meth:`Monitoring.summary`
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import queue
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -22,14 +21,13 @@ import numpy as np
 
 from edge_runtime.config import CaptureConfig, DriftConfig
 from edge_runtime.exceptions import ManifestError
-from edge_runtime.monitoring.capture import CaptureRing, CaptureWriter, capture_record, record_line
+from edge_runtime.monitoring.capture import CaptureRing, CaptureWriter, capture_record, encode_array, record_line
 from edge_runtime.monitoring.drift import DriftReport, DriftTracker
 from edge_runtime.monitoring.profile import Profile, parse_profile
 
 log = logging.getLogger("edge_runtime.monitoring")
 
 EventSink = Callable[[str, str, int, dict[str, Any]], None]  # kind, model, version, fields
-BIN_QUEUE = 16  # buffers of requests waiting to be binned; more are dropped (counted)
 
 
 def _now() -> str:
@@ -52,7 +50,6 @@ class VersionMonitor:
         self.rate = capture.rate if ring is not None else 0.0
         self.capture_shadow = ring is not None and capture.shadow_disagreements
         self.profile_problem = profile_problem  # why there is no drift figure, when there is none
-        self.captured = 0
 
     def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
         """One answered request (runs on the request path: keep it cheap)."""
@@ -66,31 +63,17 @@ class VersionMonitor:
         """The shadow version answered a request differently: always captured (when capture is on)."""
         if self.capture_shadow:
             extra = {"shadow": {"version": shadow_version, "rows_differing": rows_differing,
-                                "outputs": dict(zip(self.output_names, shadow_outputs))}}
+                                "outputs": {n: encode_array(a) for n, a in zip(self.output_names, shadow_outputs)}}}
             self._capture("shadow_disagreement", inputs, outputs, extra)
 
     def _capture(self, reason: str, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                  extra: dict[str, Any] | None) -> None:
         assert self.ring is not None
-        hub, ring = self.hub, self.ring
-        name, version, ins, outs = self.name, self.version, self.input_names, self.output_names
-        t = _now()
-
-        def record() -> dict[str, Any]:
-            rec = capture_record(name, version, reason, t, ins, inputs, outs, outputs)
-            if extra:
-                shadow = dict(extra["shadow"])
-                shadow["outputs"] = capture_record(name, version, reason, t, (), (), list(shadow["outputs"]),
-                                                   list(shadow["outputs"].values()))["outputs"]
-                rec["shadow"] = shadow
-            return rec
-
-        # Encoded here, on the request path (tens of µs, once per captured request): the writer
-        # thread then only makes system calls, which release the GIL. Python work on a second
-        # thread would make the event loop wait for the GIL after every socket call.
-        line = record_line(record())
-        if hub.writer.offer(ring, line, len(line)):
-            self.captured += 1
+        # Encoded and written on the request path (tens of µs, once per captured request, the
+        # writes in batches): docs/monitoring.md says why not on a thread of its own.
+        line = record_line(capture_record(self.name, self.version, reason, _now(), self.input_names, inputs,
+                                          self.output_names, outputs, extra))
+        self.hub.writer.offer(self.ring, line, len(line))
 
     def reconfigured(self, drift: DriftConfig, capture: CaptureConfig) -> VersionMonitor:
         """A monitor of the same version with new settings (after SIGHUP); the window starts afresh."""
@@ -113,9 +96,6 @@ class Monitoring:
         self.writer = CaptureWriter()
         self._sinks: list[EventSink] = []
         self._lock = threading.Lock()
-        self._bin_queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=BIN_QUEUE)
-        self._bin_thread: threading.Thread | None = None
-        self.alerts: dict[tuple[str, int], dict[str, Any]] = {}
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -134,26 +114,6 @@ class Monitoring:
             except Exception:  # a sink must not stop the monitoring
                 log.exception("drift event sink failed")
 
-    def _submit(self, job: Callable[[], None]) -> bool:
-        if self._bin_thread is None:
-            self._bin_thread = threading.Thread(target=self._bin_main, name="edge-drift", daemon=True)
-            self._bin_thread.start()
-        try:
-            self._bin_queue.put_nowait(job)
-            return True
-        except queue.Full:
-            return False
-
-    def _bin_main(self) -> None:
-        while True:
-            job = self._bin_queue.get()
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:
-                log.exception("drift binning failed")
-
     def ring(self, name: str, max_bytes: int | None = None) -> CaptureRing:
         """The capture ring of ``name`` (opened, and recovered after a crash, on first use)."""
         with self._lock:
@@ -168,7 +128,7 @@ class Monitoring:
 
     def attach(self, name: str, version: int, input_names: Sequence[str], output_names: Sequence[str],
                profile: Profile | bytes | None, drift: DriftConfig, capture: CaptureConfig,
-               input_specs: Any = None, output_specs: Any = None, *, background: bool = False) -> VersionMonitor:
+               input_specs: Any = None, output_specs: Any = None) -> VersionMonitor:
         """The monitor of a version being loaded (replaces an earlier one of the same version)."""
         problem = None
         tracker = None
@@ -181,15 +141,7 @@ class Monitoring:
         if profile is None and problem is None:
             problem = "the bundle carries no reference profile"
         if profile is not None:
-
-            def on_event(kind: str, fields: dict[str, Any]) -> None:
-                if kind == "drift":
-                    self.alerts[(name, version)] = fields
-                else:
-                    self.alerts.pop((name, version), None)
-                self._event(name, version, kind, fields)
-
-            tracker = DriftTracker(profile, drift, on_event, self._submit if background else None)
+            tracker = DriftTracker(profile, drift, lambda kind, fields: self._event(name, version, kind, fields))
         ring = self.ring(name, int(capture.max_mb * 1024 * 1024)) if capture.on else None
         mon = VersionMonitor(self, name, version, input_names, output_names, tracker, ring, capture, problem)
         with self._lock:
@@ -201,7 +153,6 @@ class Monitoring:
         with self._lock:
             if mon is None or self.monitors.get((name, version)) is mon:
                 self.monitors.pop((name, version), None)
-                self.alerts.pop((name, version), None)
 
     # -- figures -------------------------------------------------------------------------
 
@@ -247,13 +198,10 @@ class Monitoring:
             ring.seal()
 
     def stop(self) -> None:
-        """Write queued captures, seal the open segments, stop the threads."""
+        """Write waiting captures, seal the open segments, stop the capture timer."""
         self.writer.stop()
         for ring in list(self.rings.values()):
             ring.seal()
-        if self._bin_thread is not None:
-            self._bin_queue.put(None)
-            self._bin_thread.join(10)
 
 
 __all__ = ["EventSink", "Monitoring", "VersionMonitor"]

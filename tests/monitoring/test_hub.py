@@ -29,7 +29,7 @@ def _profile_bytes() -> bytes:
 def _hub(tmp_path: Path, capture: CaptureConfig) -> tuple[Monitoring, Any]:
     hub = Monitoring(tmp_path / "capture", min_free_bytes=0)
     mon = hub.attach("m", 3, ["input_0"], ["output_0"], _profile_bytes(), DriftConfig(window_rows=100, min_rows=10, max_sketched_per_s=0),
-                     capture, [X], [Y], background=False)
+                     capture, [X], [Y])
     return hub, mon
 
 

@@ -144,17 +144,6 @@ def test_memory_is_fixed_whatever_is_fed() -> None:
     assert len(tracker._buckets) <= BUCKETS + 1 and tracker._pending == []
 
 
-def test_background_binning_and_a_backed_up_queue_drops_whole_buffers() -> None:
-    jobs: list[Any] = []
-    cfg = DriftConfig(window_rows=1000, min_rows=10, max_sketched_per_s=0)
-    tracker = DriftTracker(_profile(), cfg, None, submit=lambda job: (jobs.append(job), len(jobs) <= 1)[1])
-    x = _rows(FLUSH_REQUESTS * 3, seed=2)
-    _feed(tracker, x, rows_per_request=1)  # a buffer is full after FLUSH_REQUESTS one-row requests
-    assert len(jobs) == 3 and tracker.dropped_requests == 2 * FLUSH_REQUESTS
-    jobs[0]()
-    assert tracker.report().seen == FLUSH_REQUESTS
-
-
 def test_image_channels_are_features() -> None:
     rng = np.random.default_rng(0)
     imgs = rng.uniform(0, 1, size=(40, 1, 8, 8, 3)).astype(np.float32)

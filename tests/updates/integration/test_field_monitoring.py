@@ -128,7 +128,7 @@ def test_drift_crosses_the_threshold_names_the_feature_and_fleet_status_shows_it
     shifted = _normal_rows(400, seed=2)
     shifted[:, SHIFTED] *= 4.0
     _score(daemon.url, shifted)
-    wait_until(lambda: _drift(daemon)["alert"], "the drift alert")  # binned on a background thread
+    wait_until(lambda: _drift(daemon)["alert"], "the drift alert")
     hot = _drift(daemon)
     assert hot["score"] >= 0.25 and hot["worst_feature"] == f"input_0[{SHIFTED}]", hot
     assert hot["worst_features"][0]["feature"] == f"input_0[{SHIFTED}]"
