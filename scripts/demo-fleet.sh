@@ -8,35 +8,16 @@
 # temporary directory, removed at the end (KEEP=1 keeps it, with the console's SQLite record).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
-EDGE="$VENV/bin/edge-runtime"
-PY="$VENV/bin/python"
+DEMO=demo-fleet
 PORT=${PORT:-8080}
-for tool in "$EDGE" "$PY"; do
-    [ -x "$tool" ] || { echo "demo-fleet: $tool is missing; run 'make deps' first" >&2; exit 2; }
-done
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-[ -x "$MOSQUITTO" ] || { echo "demo-fleet: mosquitto is missing; run 'make system-deps'" >&2; exit 2; }
+source scripts/demo-common.sh
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/edge-demo-fleet.XXXXXX")
-pids=()
-cleanup() {
-    # the console and the devices first, the broker last
-    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill "${pids[$i]}" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-broker_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+broker_port=$(free_port)
 broker="mqtt://127.0.0.1:$broker_port"
 fleet=demo
-step() { printf '\n== %s\n' "$*"; }
 
 step "packing fraud v2 (the demo model, signed with device/demo-keys/signing.key)"
-"$EDGE" bundle create device/factory/fraud.tflite --name fraud --version 2 \
-    --sign-key device/demo-keys/signing.key --input-names input_0 --output-names output_0 \
-    --golden-inputs device/factory/golden.npy --chunk-size 16K -o "$work/fraud-v2.bundle"
+pack_v2 16K
 
 step "starting mosquitto on 127.0.0.1:$broker_port"
 printf 'user %s\nlistener %s 127.0.0.1\nallow_anonymous true\n' "$(id -un)" "$broker_port" >"$work/mosquitto.conf"

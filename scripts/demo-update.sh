@@ -8,36 +8,16 @@
 # Everything lives in a temporary directory, removed at the end (KEEP=1 keeps it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv}
-EDGE="$VENV/bin/edge-runtime"
-PY="$VENV/bin/python"
-for tool in "$EDGE" "$PY"; do
-    [ -x "$tool" ] || { echo "demo-update: $tool is missing; run 'make deps' first" >&2; exit 2; }
-done
-MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-[ -x "$MOSQUITTO" ] || { echo "demo-update: mosquitto is missing; run 'make system-deps'" >&2; exit 2; }
+DEMO=demo-update
+source scripts/demo-common.sh
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/edge-demo-update.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 broker_port=$(free_port)
 http_port=$(free_port)
 broker="mqtt://127.0.0.1:$broker_port"
 fleet=demo
 
-step() { printf '\n== %s\n' "$*"; }
-
 step "packing fraud v2 (the demo model in 4 KiB chunks, signed with device/demo-keys/signing.key)"
-"$EDGE" bundle create device/factory/fraud.tflite --name fraud --version 2 \
-    --sign-key device/demo-keys/signing.key --input-names input_0 --output-names output_0 \
-    --golden-inputs device/factory/golden.npy --chunk-size 4K -o "$work/fraud-v2.bundle"
+pack_v2 4K
 
 step "starting mosquitto on 127.0.0.1:$broker_port"
 cat >"$work/mosquitto.conf" <<EOF
