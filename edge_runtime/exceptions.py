@@ -7,7 +7,8 @@
     │   ├── CanonicalJSONError     not canonical / not JSON
     │   ├── TrustError             trust root or signature problems
     │   │   ├── SignatureError     bad, missing, unknown-key or below-threshold signatures
-    │   │   └── RootUpdateError    a trust root rotation that does not verify
+    │   │   ├── RootUpdateError    a trust root rotation that does not verify
+    │   │   └── RootExpiredError   the newest trust root's ``expires`` has passed: no new updates
     │   ├── ManifestError          a manifest that does not parse or validate
     │   ├── BundleError            a bundle whose tar layout, sizes or hashes are wrong
     │   ├── RollbackError          a version at or below the anti-rollback floor
@@ -58,6 +59,10 @@ class SignatureError(TrustError):
 
 class RootUpdateError(TrustError):
     """A new trust root that does not chain from the current one."""
+
+
+class RootExpiredError(TrustError):
+    """The trust root in force has expired: nothing new is installed until a rotation renews it."""
 
 
 class ManifestError(BadDataError):

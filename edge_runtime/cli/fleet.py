@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.cli import fleet_root
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import BadDataError, UsageError
@@ -161,6 +162,7 @@ def register(sub: Any) -> None:
     )
     co.add_argument("--root", type=Path, default=None, help="mark desired states that do not verify against this trust root")
     co.set_defaults(func=cmd_console)
+    fleet_root.register(fs, parents, _session)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
     ag.set_defaults(func=cmd_agent)

@@ -37,6 +37,36 @@ def load_private_key_pem(data: bytes) -> Ed25519PrivateKey:
     return key
 
 
+def load_public_key(data: bytes) -> Ed25519PublicKey:
+    """The public key in ``data``: a PKCS#8 PEM private key (its public half), a PEM public
+    key, or the 64 hex characters ``keys show`` prints. Lets an operator add a key to a root
+    from a file that never held the private key."""
+    text = bytes(data).strip()
+    if b"PRIVATE KEY" in text:
+        return load_private_key_pem(text).public_key()
+    if b"PUBLIC KEY" in text:
+        try:
+            key = serialization.load_pem_public_key(text)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise TrustError(f"not a PEM public key: {exc}") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise TrustError(f"expected an Ed25519 public key, found {type(key).__name__}")
+        return key
+    try:
+        raw = bytes.fromhex(text.decode("ascii"))
+        if len(raw) != 32:
+            raise ValueError(f"{len(raw)} bytes")
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise TrustError("expected a PEM private or public key, or a 32-byte Ed25519 public key in hex") from exc
+
+
+def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    """The public key as PEM (SubjectPublicKeyInfo)."""
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def _raw_public(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

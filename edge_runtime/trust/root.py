@@ -2,7 +2,7 @@
 
 ``root.json`` is ``{"signed": {...}, "signatures": [{"keyid", "sig"}]}`` where ``signed`` is::
 
-    {"_type": "root", "version": N,
+    {"_type": "root", "version": N, "expires": "2027-12-04T20:00:00Z",
      "keys": {KEYID: {"keytype": "ed25519", "public": HEX}},
      "roles": {"root": {"keyids": [...], "threshold": T},
                "models": {"keyids": [...], "threshold": T}}}
@@ -10,12 +10,20 @@
 Signatures cover the canonical JSON of ``signed``. Version 1 must be signed by a threshold
 of its own root keys. Version N+1 is accepted only when signed by a threshold of version
 N's root keys *and* a threshold of its own root keys (key rotation as in TUF).
+
+``expires`` (optional; a root without it never expires, as every root made before the
+field existed) bounds how long a root may authorise *new* updates: see
+:func:`check_root_expiry`. Verification and rotation never look at it. As in TUF, a chain
+``1 -> 2 -> 3`` is followed even when 1 and 2 have expired; only the newest root, the one
+updates are checked against, must be current, so a device whose root expired while it was
+offline still takes the rotation that renews it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as _dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +31,13 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_runtime.exceptions import CanonicalJSONError, RootUpdateError, SignatureError, TrustError
+from edge_runtime.exceptions import CanonicalJSONError, RootExpiredError, RootUpdateError, SignatureError, TrustError
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 from edge_runtime.trust.keys import key_id, public_key_hex, sign
 from edge_runtime.trust.points import weak_public_key
 
 ROLES = ("root", "models")
+MAX_EXPIRES_CHARS = 40  # "2027-12-04T20:00:00.000000+00:00" and a little slack
 
 
 @dataclass(frozen=True)
@@ -48,15 +57,39 @@ class TrustRoot:
     roles: dict[str, Role]
     signed: dict[str, Any]
     raw: bytes
+    expires: _dt.datetime | None = None  # None: the root never expires (roots made before the field)
 
     def role(self, name: str) -> Role:
         """The role ``name`` (``root`` or ``models``)."""
         return self.roles[name]
 
+    def expired(self, now: _dt.datetime) -> bool:
+        """Whether the root's ``expires`` time is at or before ``now`` (never, without one)."""
+        return self.expires is not None and now >= self.expires
+
 
 def _expect(cond: bool, message: str) -> None:
     if not cond:
         raise TrustError(message)
+
+
+def format_time(when: _dt.datetime) -> str:
+    """A time as root.json writes it: UTC, whole seconds, a trailing ``Z``."""
+    return when.astimezone(_dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_expires(value: Any) -> _dt.datetime:
+    """The ``expires`` field: an ISO 8601 time with a time zone, returned in UTC."""
+    _expect(
+        isinstance(value, str) and len(value) <= MAX_EXPIRES_CHARS,
+        f"root: 'expires' must be an ISO 8601 time string, found {str(value)[:MAX_EXPIRES_CHARS]!r}",
+    )
+    try:
+        when = _dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise TrustError(f"root: 'expires' must be an ISO 8601 time, found {value!r}") from exc
+    _expect(when.tzinfo is not None, f"root: 'expires' needs a time zone (e.g. a trailing Z), found {value!r}")
+    return when.astimezone(_dt.UTC)
 
 
 def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], dict[str, Role]]:
@@ -161,7 +194,7 @@ def verify_signed(
         )
 
 
-def _load(data: bytes) -> tuple[dict[str, Any], list[tuple[str, bytes]], int, dict[str, Ed25519PublicKey], dict[str, Role]]:
+def _load(data: bytes) -> tuple[TrustRoot, list[tuple[str, bytes]]]:
     try:
         doc = parse_json_object(data, "root.json")
     except CanonicalJSONError as exc:
@@ -171,31 +204,40 @@ def _load(data: bytes) -> tuple[dict[str, Any], list[tuple[str, bytes]], int, di
     signed = doc.get("signed")
     version, keys, roles = _parse_signed_root(signed)
     assert isinstance(signed, dict)
+    expires = parse_expires(signed["expires"]) if "expires" in signed else None
     sigs = parse_signatures(doc.get("signatures"), f"root version {version}")
-    return signed, sigs, version, keys, roles
+    return TrustRoot(version, keys, roles, signed, bytes(data), expires), sigs
+
+
+def load_unverified(data: bytes) -> tuple[TrustRoot, list[tuple[str, bytes]]]:
+    """Parse root.json and check its form, *not* its signatures: for operator tools that
+    edit and sign a draft. Never trust what this returns."""
+    return _load(data)
 
 
 def verify_root(data: bytes) -> TrustRoot:
     """Parse a pinned root and check it is signed by a threshold of its own root keys."""
-    signed, sigs, version, keys, roles = _load(data)
-    root = TrustRoot(version, keys, roles, signed, bytes(data))
-    verify_signed(root, "root", canonical_json(signed), sigs, f"root version {version}")
+    root, sigs = _load(data)
+    verify_signed(root, "root", canonical_json(root.signed), sigs, f"root version {root.version}")
     return root
 
 
 def update_root(current: TrustRoot, data: bytes) -> TrustRoot:
-    """Verify root N+1 against the trusted root N; returns the new root or raises."""
+    """Verify root N+1 against the trusted root N; returns the new root or raises.
+
+    Neither root's ``expires`` is looked at: an expired ``current`` may still vouch for its
+    successor (TUF's rule), which is how a fleet recovers from an expired root."""
     try:
-        signed, sigs, version, keys, roles = _load(data)
+        new, sigs = _load(data)
     except TrustError as exc:
         raise RootUpdateError(str(exc)) from exc
+    version = new.version
     if version != current.version + 1:
         raise RootUpdateError(
             f"root update: expected version {current.version + 1}, found {version}"
             + (" (a skipped version)" if version > current.version + 1 else " (not newer)")
         )
-    payload = canonical_json(signed)
-    new = TrustRoot(version, keys, roles, signed, bytes(data))
+    payload = canonical_json(new.signed)
     try:
         verify_signed(current, "root", payload, sigs, f"root version {version} by the keys of version {current.version}")
         verify_signed(new, "root", payload, sigs, f"root version {version} by its own keys")
@@ -210,10 +252,11 @@ def make_root(
     model_keys: list[Ed25519PublicKey | Ed25519PrivateKey],
     root_threshold: int = 1,
     models_threshold: int = 1,
+    expires: _dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """The ``signed`` part of a root naming these keys."""
+    """The ``signed`` part of a root naming these keys (``expires=None``: a root that never expires)."""
     keys = {key_id(k): {"keytype": "ed25519", "public": public_key_hex(k)} for k in [*root_keys, *model_keys]}
-    return {
+    signed: dict[str, Any] = {
         "_type": "root",
         "version": version,
         "keys": keys,
@@ -222,6 +265,21 @@ def make_root(
             "models": {"keyids": sorted({key_id(k) for k in model_keys}), "threshold": models_threshold},
         },
     }
+    if expires is not None:
+        signed["expires"] = format_time(expires)
+    return signed
+
+
+def check_root_expiry(root: TrustRoot, now: _dt.datetime | None) -> None:
+    """Raise RootExpiredError when ``root`` has expired at ``now``. ``now=None`` (a clock the
+    device does not trust, e.g. a Pi without RTC before time sync) skips the check, as for
+    the desired state's own ``expires``; a root without ``expires`` never expires."""
+    if now is None or root.expires is None or not root.expired(now):
+        return
+    raise RootExpiredError(
+        f"trust root v{root.version} expired at {format_time(root.expires)}; publish a new root "
+        "(edge-runtime keys root renew, then fleet root publish)"
+    )
 
 
 def sign_root(signed: dict[str, Any], signers: list[Ed25519PrivateKey]) -> bytes:

@@ -31,6 +31,7 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.reader import verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, RollbackError, StoreError, TransportError
 from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.trust.root import check_root_expiry
 from edge_runtime.updates.download import (
     Download,
     Throttle,
@@ -247,7 +248,9 @@ class Updater:
         try:
             desired = verify_desired(payload, self.store.root, fleet=self.topics.fleet, device=device)
             fresh = check_seq(desired, self.floors.get(kind))
-            check_expiry(desired, _dt.datetime.now(_dt.UTC) if self.clock_trusted() else None)
+            now = _dt.datetime.now(_dt.UTC) if self.clock_trusted() else None
+            check_expiry(desired, now)
+            check_root_expiry(self.store.root, now)  # nothing new under an expired root; a rotation re-runs this
         except BadDataError as exc:
             self._reject(None, None, str(exc))
             return False
