@@ -13,7 +13,15 @@ import pytest
 
 from edge_runtime.exceptions import RootExpiredError, RootUpdateError, SignatureError, TrustError
 from edge_runtime.trust.canonical import canonical_json
-from edge_runtime.trust.keys import PrivateKey, generate_private_key, key_id, load_public_key, public_key_hex, public_key_pem, sign
+from edge_runtime.trust.keys import (
+    PrivateKey,
+    generate_private_key,
+    key_id,
+    load_public_key,
+    public_key_hex,
+    public_key_pem,
+    sign,
+)
 from edge_runtime.trust.root import (
     TrustRoot,
     check_root_expiry,
