@@ -34,6 +34,7 @@ from edge_runtime.fleet.capture import CapturePull
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
 from edge_runtime.fleet.rollout import parse_steps
+from edge_runtime.fleet.roots import refuse_expired_root
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StepResult, staged_rollout
 from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
@@ -234,6 +235,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     steps = _staged_steps(args)
     keys = load_keys(args.sign_key)
     root = _fleet_root(args)
+    refuse_expired_root(root, datetime.datetime.now(datetime.UTC))  # devices would refuse it: say so first
     expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
     if steps is not None:
         with _session(args) as session:

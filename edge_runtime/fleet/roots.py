@@ -142,6 +142,16 @@ def plan_root_publish(data: bytes, chain: Chain, now: _dt.datetime) -> RootPubli
     return RootPublishPlan(new, current, False, notes)
 
 
+def refuse_expired_root(root: TrustRoot | None, now: _dt.datetime) -> None:
+    """For ``fleet publish``: a release published under an expired root is one no device with a
+    trusted clock installs; say so before anything is sent (RootExpiredError, exit 1)."""
+    if root is not None:
+        try:
+            check_root_expiry(root, now)
+        except RootExpiredError as exc:
+            raise RootExpiredError(f"refusing to publish: {exc}") from exc
+
+
 def read_chain(session: FleetSession, anchor: TrustRoot | None) -> Chain:
     """The fleet's retained roots, followed from ``anchor``."""
     prefix = session.topics.roots_filter[:-1]
@@ -159,4 +169,13 @@ def publish_root(session: FleetSession, data: bytes, anchor: TrustRoot | None, n
     return plan
 
 
-__all__ = ["Chain", "RootPublishPlan", "fleet_chain", "plan_root_publish", "publish_root", "read_chain", "retained_versions"]
+__all__ = [
+    "Chain",
+    "RootPublishPlan",
+    "fleet_chain",
+    "plan_root_publish",
+    "publish_root",
+    "read_chain",
+    "refuse_expired_root",
+    "retained_versions",
+]

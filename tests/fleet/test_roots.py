@@ -5,12 +5,14 @@ never already expired. What the broker holds is hostile: a bad topic or message 
 from __future__ import annotations
 
 import datetime as _dt
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_runtime.exceptions import RootExpiredError, RootUpdateError, TrustError, UsageError
 from edge_runtime.fleet.roots import fleet_chain, plan_root_publish, retained_versions
-from edge_runtime.trust.keys import PrivateKey, generate_private_key
+from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem
 from edge_runtime.trust.root import make_root, sign_root, verify_root
 
 NOW = _dt.datetime(2027, 6, 1, tzinfo=_dt.UTC)
@@ -90,3 +92,15 @@ def test_hostile_retained_roots_are_skipped_and_named(k: list[PrivateKey]) -> No
     assert chain.current.version == 1 and "trust/root/2 does not chain from version 1" in chain.problems[0]
     with pytest.raises(TrustError, match="lowest retained root"):
         fleet_chain({1: forged.replace(b'"version":2', b'"version":1')}, None)
+
+
+def test_fleet_publish_refuses_an_expired_root_before_connecting(tmp_path: Path, k: list[PrivateKey], cli: Any) -> None:
+    root = tmp_path / "root.json"
+    root.write_bytes(sign_root(make_root(1, k[:2], [k[2]], 2, expires=_dt.datetime(2020, 1, 1, tzinfo=_dt.UTC)), k[:2]))
+    (tmp_path / "models.key").write_bytes(private_key_pem(k[2]))
+    (tmp_path / "x.bundle").write_bytes(b"not opened")
+    r = cli(["fleet", "publish", tmp_path / "x.bundle", "--fleet", "f1", "--broker", "mqtt://127.0.0.1:9",
+             "--sign-key", tmp_path / "models.key", "--root", root])
+    assert r.code == 1 and r.err.strip().startswith(
+        "edge-runtime: refusing to publish: trust root v1 expired at 2020-01-01T00:00:00Z; publish a new root"
+    ), r.err
