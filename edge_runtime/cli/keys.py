@@ -84,6 +84,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"trust root version {status.root.version} ({state})")
         print(status.describe())
         print("\n".join(describe_root(status.root)))
+        if not status.complete:  # exit 1: scripts (device/install.sh) must never pin a draft
+            raise TrustError(f"{args.file}: root version {status.root.version} is not fully signed")
         return 0
     try:
         root = verify_root(data)

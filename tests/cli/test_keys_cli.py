@@ -135,3 +135,15 @@ def test_verify_and_show_flag_an_expired_root(tmp_path: Path, cli: Any) -> None:
     )
     r = cli(["keys", "show", path])
     assert r.code == 0 and "expires: 2020-01-01T00:00:00Z (EXPIRED" in r.out
+
+
+def test_show_describes_a_draft_but_exits_1_until_it_is_fully_signed(tmp_path: Path, cli: Any) -> None:
+    ops = tmp_path / "ops"
+    assert cli(["keys", "root", "init", "--out", ops]).code == 0
+    v2 = tmp_path / "v2.json"
+    assert cli(["keys", "root", "renew", ops / "root.json", "-o", v2]).code == 0
+    r = cli(["keys", "show", v2])
+    assert r.code == 1 and "trust root version 2 (a draft" in r.out and "is not fully signed" in r.err
+    assert cli(["keys", "root", "sign", v2, "--key", ops / "root-1.key", "--key", ops / "root-2.key"]).code == 0
+    r = cli(["keys", "show", v2, "--previous", ops / "root.json"])
+    assert r.code == 0 and "trust root version 2 (complete)" in r.out
