@@ -147,3 +147,26 @@ def test_show_describes_a_draft_but_exits_1_until_it_is_fully_signed(tmp_path: P
     assert cli(["keys", "root", "sign", v2, "--key", ops / "root-1.key", "--key", ops / "root-2.key"]).code == 0
     r = cli(["keys", "show", v2, "--previous", ops / "root.json"])
     assert r.code == 0 and "trust root version 2 (complete)" in r.out
+
+
+def test_rotating_a_root_key_from_its_public_half(tmp_path: Path, cli: Any) -> None:
+    ops = tmp_path / "ops"
+    assert cli(["keys", "root", "init", "--out", ops]).code == 0
+    r = cli(["keys", "new-key", "--out", tmp_path / "root-4.key"])
+    public = next(line.split()[1] for line in r.out.splitlines() if line.startswith("public "))
+    (tmp_path / "root-4.pub").write_text(public + "\n")
+    old = key_id(load_private_key_pem((ops / "root-2.key").read_bytes()))
+    v2 = tmp_path / "v2.json"
+    assert cli(["keys", "root", "add-key", ops / "root.json", "--role", "root", "--key", tmp_path / "root-4.pub", "-o", v2]).code == 0
+    assert cli(["keys", "root", "retire-key", v2, "--role", "root", "--keyid", old, "-o", v2]).code == 0
+    assert cli(["keys", "root", "sign", v2, "--key", ops / "root-1.key", "--key", ops / "root-3.key",
+                "--previous", ops / "root.json"]).code == 0
+    assert cli(["keys", "root", "verify", v2, "--previous", ops / "root.json"]).code == 0
+    root = verify_root(v2.read_bytes())
+    new = key_id(load_private_key_pem((tmp_path / "root-4.key").read_bytes()))
+    assert new in root.role("root").keyids and old not in root.role("root").keyids and root.role("root").threshold == 2
+    # The retired key can no longer help sign version 3.
+    v3 = tmp_path / "v3.json"
+    assert cli(["keys", "root", "renew", v2, "-o", v3]).code == 0
+    r = cli(["keys", "root", "sign", v3, "--key", ops / "root-2.key", "--previous", v2])
+    assert r.code == 1 and "is not a root key of version 3 or version 2" in r.err
