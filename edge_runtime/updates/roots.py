@@ -17,7 +17,7 @@ from pathlib import Path
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.config import Config, MqttConfig
 from edge_runtime.exceptions import BadDataError, TrustError
-from edge_runtime.trust.root import TrustRoot, update_root, verify_root
+from edge_runtime.trust.root import TrustRoot, format_time, update_root, verify_root
 from edge_runtime.updates.verify import verify_root_message
 
 log = logging.getLogger("edge_runtime.updates")
@@ -43,6 +43,8 @@ def save_root(state_dir: Path, root: TrustRoot) -> Path:
     path = root_file(state_dir, root.version)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, root.raw)
+    until = f"expires {format_time(root.expires)}" if root.expires is not None else "never expires"
+    log.info("trust root v%d taken (%s), saved as %s", root.version, until, path)
     return path
 
 

@@ -103,7 +103,7 @@ def test_root_and_models_key_rotate_on_a_live_device_with_zero_failed_requests(
         assert f"published root version 2 on edge/{FLEET}/trust/root/2" in out
         wait_until(lambda: observer.state(DEVICE).get("trust_root_version") == 2, "the device to take root v2")
         assert observer.of(DEVICE, "root_updated")[0]["root_version"] == 2
-        assert daemon.wait_line("update root_updated") is not None
+        assert daemon.wait_line("trust root v2 taken (expires ") is not None, daemon.log()
         assert "current: root version 2" in ok("fleet", "root", "show", *broker, "--previous", v1)
         again = ok("fleet", "root", "publish", v2, *broker)  # from the broker's own chain: nothing new to send
         assert "root version 2 is already retained" in again
