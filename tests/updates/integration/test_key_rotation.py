@@ -97,6 +97,9 @@ def test_root_and_models_key_rotate_on_a_live_device_with_zero_failed_requests(
         ok("keys", "root", "add-key", v1, "--role", "models", "--key", tmp_path / "models-b.key", "-o", v2)
         ok("keys", "root", "retire-key", v2, "--role", "models", "--keyid", key_id(key_a)[:12], "-o", v2)
         ok("keys", "root", "sign", v2, "--key", ops / "root-1.key", "--previous", v1)
+        half = cli(["fleet", "root", "publish", v2, *broker, "--previous", v1])  # one of two: refused, nothing sent
+        assert half.code == 1 and "threshold is 2" in half.err, half.err
+        assert "current: root version 1" in ok("fleet", "root", "show", *broker, "--previous", v1)
         ok("keys", "root", "sign", v2, "--key", ops / "root-3.key", "--previous", v1)
         ok("keys", "root", "verify", v2, "--previous", v1)
         out = ok("fleet", "root", "publish", v2, *broker, "--previous", v1, real=True)
