@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.trust.keys import generate_private_key, key_id, load_private_key_pem
+from edge_runtime.trust.keys import generate_private_key, key_id, load_private_key_pem, public_key_pem
 from edge_runtime.trust.root import make_root, sign_root, verify_root
 
 
@@ -170,3 +170,16 @@ def test_rotating_a_root_key_from_its_public_half(tmp_path: Path, cli: Any) -> N
     assert cli(["keys", "root", "renew", v2, "-o", v3]).code == 0
     r = cli(["keys", "root", "sign", v3, "--key", ops / "root-2.key", "--previous", v2])
     assert r.code == 1 and "is not a root key of version 3 or version 2" in r.err
+
+
+def test_root_init_takes_an_existing_models_key_by_its_public_half(tmp_path: Path, cli: Any) -> None:
+    key = generate_private_key()
+    (tmp_path / "models.pub").write_bytes(public_key_pem(key))
+    r = cli(["keys", "root", "init", "--out", tmp_path / "ops", "--root-keys", "2", "--threshold", "2",
+             "--models-key", tmp_path / "models.pub"])
+    assert r.code == 0, r.err
+    assert not (tmp_path / "ops" / "models.key").exists()
+    root = verify_root((tmp_path / "ops" / "root.json").read_bytes())
+    assert root.role("models").keyids == (key_id(key),) and root.role("root").threshold == 2
+    r = cli(["keys", "root", "init", "--out", tmp_path / "bad", "--root-keys", "2", "--threshold", "3"])
+    assert r.code == 2 and "--threshold 3 exceeds --root-keys 2" in r.err
