@@ -295,6 +295,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 force_chunks=args.force_chunks,
                 progress=_bar(),
                 on_step=_print_step,
+                on_bake=lambda percent, t: print(f"baking step {percent}% for {args.bake:g} s: its devices "
+                                                 f"finished ({t.updated} updated)", flush=True),
             )
         if staged.halted_at is None:
             print(f"rollout of {staged.name} v{staged.version} reached {staged.final_percent}%")

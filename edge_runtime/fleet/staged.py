@@ -109,6 +109,7 @@ def watch_step(
     bake_s: float = 0.0,
     max_failures: float | None = None,
     watch_drift: bool = False,
+    on_bake: Callable[[Tally], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StepVerdict:
@@ -128,6 +129,8 @@ def watch_step(
         return StepVerdict(t, why, False, waited)
     if bake_s <= 0:
         return StepVerdict(t, why, True, waited)
+    if on_bake is not None:
+        on_bake(t)
     bake_start = clock()
     bake_end = bake_start + bake_s
     bad_before = t.bad
@@ -157,6 +160,7 @@ def staged_rollout(
     force_chunks: bool = False,
     progress: ProgressFn | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    on_bake: Callable[[int, Tally], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> StagedResult:
@@ -192,12 +196,17 @@ def staged_rollout(
         def read(percent: int = percent) -> Tally:
             return tally(states.devices(), name, version, percent, salt, max_drift, published_shas)
 
+        def baking(t: Tally, percent: int = percent) -> None:
+            if on_bake is not None:
+                on_bake(percent, t)
+
         verdict = watch_step(
             read,
             step_wait_s=step_wait_s,
             bake_s=bake_s,
             max_failures=max_failures,
             watch_drift=max_drift is not None,
+            on_bake=baking,
             clock=clock,
             sleep=sleep,
         )
