@@ -130,13 +130,14 @@ def register(sub: Any) -> None:
     pub.add_argument(
         "--max-drift", type=float, default=None, metavar="PSI",
         help="with --max-failures: an updated device whose drift score for the release reaches PSI counts as failed; "
-        "each step then runs its whole --step-wait (docs/monitoring.md)",
+        "each step then runs its whole --step-wait, or with --bake is watched during the bake (docs/monitoring.md)",
     )
     pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
     pub.add_argument(
         "--root", type=Path, default=None,
-        help="the fleet's trust root: the bundle and the retained desired state must verify against it "
-        "(default: [trust] root of --config; without either, the retained state must be signed by --sign-key)",
+        help="the fleet's trust root: --sign-key must be trusted by it, the bundle and the retained desired state must "
+        "verify against it (default: [trust] root of --config; without either, --sign-key is checked against the root "
+        "retained on the broker and the retained state must be signed by --sign-key)",
     )
     pub.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
     pub.add_argument("--seq", type=_seq, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
