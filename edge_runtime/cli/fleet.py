@@ -1,8 +1,14 @@
 """``edge-runtime fleet publish|status|prune|agent``: the operator side of the update protocol.
 
-``publish --steps 10,50,100 --step-wait S --max-failures P`` raises the rollout in steps and
-halts (exit 1, the desired state left at the step's percentage) when the failure share of
-the devices that finished the update passes the limit (edge_runtime/fleet/staged.py).
+``publish --steps 10,50,100 --step-wait S --bake B --max-failures P`` raises the rollout in
+steps and halts (exit 1, the desired state left at the step's percentage) when the failure
+share of the devices that finished the update passes the limit, when devices of a step are
+still pending at the end of ``--step-wait``, or when a failure comes during the ``--bake``
+hold after a step (edge_runtime/fleet/staged.py). ``publish`` and ``rollback`` refuse a
+``--sign-key`` the fleet's root does not trust before publishing anything.
+
+``rollback NAME --to VERSION`` points the fleet back at an earlier, still retained release
+and waits for the devices to serve it (edge_runtime/fleet/rollback.py).
 
 ``console`` records the fleet's state changes, events and rollout steps in SQLite and serves
 them as a web page (edge_runtime/fleet/console/, docs/console.md).
@@ -33,11 +39,12 @@ from edge_runtime.exceptions import BadDataError, UsageError
 from edge_runtime.fleet.capture import CapturePull
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
+from edge_runtime.fleet.rollback import order_rollback, watch_rollback
 from edge_runtime.fleet.rollout import parse_steps
 from edge_runtime.fleet.roots import refuse_expired_root
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
-from edge_runtime.fleet.staged import StepResult, staged_rollout
-from edge_runtime.fleet.status import collect_fleet, format_table, summary_lines
+from edge_runtime.fleet.staged import StagedResult, StepResult, staged_rollout
+from edge_runtime.fleet.status import DeviceStates, collect_fleet, format_table, summary_lines
 from edge_runtime.options import load_keys
 from edge_runtime.text import ProgressLine
 from edge_runtime.trust.root import TrustRoot
@@ -110,8 +117,13 @@ def register(sub: Any) -> None:
     pub.add_argument("--rollout", type=_percent, default=None, help="percentage of devices that take it (default 100)")
     pub.add_argument("--steps", default=None, help="raise the rollout in steps, e.g. 10,50,100 (fleet-wide only)")
     pub.add_argument(
-        "--step-wait", type=float, default=300.0, help="seconds to watch each step before the next (default 300; "
-        "a step ends early once every device in it has finished)"
+        "--step-wait", type=float, default=300.0, help="the longest wait, in seconds, for a step's devices to finish "
+        "(default 300); a step ends as soon as they have, and one whose devices are still pending then halts the rollout"
+    )
+    pub.add_argument(
+        "--bake", type=float, default=0.0, metavar="SECONDS",
+        help="after a step's devices finished, hold this many seconds watching failures (and --max-drift) "
+        "before the next step; a failure during the bake halts (default 0)",
     )
     pub.add_argument(
         "--max-failures", type=float, default=None, metavar="PERCENT",
@@ -120,19 +132,30 @@ def register(sub: Any) -> None:
     pub.add_argument(
         "--max-drift", type=float, default=None, metavar="PSI",
         help="with --max-failures: an updated device whose drift score for the release reaches PSI counts as failed; "
-        "each step then runs its whole --step-wait (docs/monitoring.md)",
+        "each step then runs its whole --step-wait, or with --bake is watched during the bake (docs/monitoring.md)",
     )
     pub.add_argument("--device", default=None, help="publish a per-device override instead of the fleet's desired state")
     pub.add_argument(
         "--root", type=Path, default=None,
-        help="the fleet's trust root: the bundle and the retained desired state must verify against it "
-        "(default: [trust] root of --config; without either, the retained state must be signed by --sign-key)",
+        help="the fleet's trust root: --sign-key must be trusted by it, the bundle and the retained desired state must "
+        "verify against it (default: [trust] root of --config; without either, --sign-key is checked against the root "
+        "retained on the broker and the retained state must be signed by --sign-key)",
     )
     pub.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
     pub.add_argument("--seq", type=_seq, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
     pub.add_argument("--expires-in-hours", type=float, default=None, help="devices with a trusted clock ignore it after this")
     pub.add_argument("--force-chunks", action="store_true", help="send the chunks even if the release is already published")
     pub.set_defaults(func=cmd_publish)
+    rb = fs.add_parser("rollback", parents=parents, help="point the fleet back at an earlier release that is still retained")
+    rb.add_argument("name", help="the model")
+    rb.add_argument("--to", type=int, required=True, metavar="VERSION", help="the earlier version (its manifest still retained)")
+    rb.add_argument("--sign-key", type=Path, action="append", required=True, help="signs the desired state; repeat for a threshold")
+    rb.add_argument("--root", type=Path, default=None, help="the fleet's trust root (default: [trust] root of --config, "
+                    "else the root retained on the broker)")
+    rb.add_argument("--config", type=Path, default=None, help="take the fleet's trust root from this config's [trust] root")
+    rb.add_argument("--step-wait", type=float, default=300.0, help="seconds to wait for every device to serve VERSION "
+                    "(default 300; exit 1 if some do not); 0: publish, report and do not wait")
+    rb.set_defaults(func=cmd_rollback)
     st = fs.add_parser("status", parents=parents, help="a table of devices from their retained state")
     st.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st.set_defaults(func=cmd_status)
@@ -211,7 +234,11 @@ def _staged_steps(args: argparse.Namespace) -> list[int] | None:
         raise UsageError("--rollout and --steps cannot be combined: give the last percentage as the last step")
     if args.max_drift is not None and (args.max_failures is None or args.max_drift <= 0):
         raise UsageError("--max-drift needs --max-failures (the share of bad devices that halts) and a PSI > 0")
+    if args.bake < 0:
+        raise UsageError(f"--bake: expected seconds >= 0, found {args.bake:g}")
     if args.steps is None and args.max_failures is None:
+        if args.bake > 0:
+            raise UsageError("--bake holds the steps of a watched rollout: give --steps or --max-failures too")
         return None
     if args.device is not None:
         raise UsageError("--steps and --max-failures watch a fleet-wide rollout; they cannot be used with --device")
@@ -225,7 +252,27 @@ def _staged_steps(args: argparse.Namespace) -> list[int] | None:
 def _print_step(step: StepResult) -> None:
     r = step.published
     chunks = f"{r.chunks_sent} chunks, {r.bytes_sent} bytes" if r.chunks_sent else "no chunks"
-    print(f"step {step.percent}%: published desired seq {r.seq} ({chunks}); after {step.waited_s:.1f} s ({step.why}): {step.tally.describe()}", flush=True)
+    baked = f" + {step.baked_s:.1f} s bake" if step.baked_s else ""
+    print(f"step {step.percent}%: published desired seq {r.seq} ({chunks}); after {step.waited_s:.1f} s{baked} "
+          f"({step.why}): {step.tally.describe()}", flush=True)
+
+
+def _halt_message(staged: StagedResult, args: argparse.Namespace) -> str:
+    """Why a staged rollout halted, in one line: pending devices, the failure share, or the bake."""
+    step = staged.steps[-1]
+    t = step.tally
+    where = "the rollout stays at" if step.percent < 100 else "the rollout had already reached"
+    head = f"edge-runtime: rollout of {staged.name} v{staged.version} halted at {step.percent}% (reached {staged.reached}%): "
+    if args.max_failures is not None and t.finished and t.failure_percent > args.max_failures:
+        during = f" during the {args.bake:g} s bake" if step.why == "failed during the bake" else ""
+        why = (f"{t.bad} of {t.finished} devices that finished failed, rejected or drifted on it{during} "
+               f"({t.failure_percent:.1f}%), above --max-failures {args.max_failures:g}%")
+    elif step.why == "failed during the bake":
+        why = f"{t.bad} device(s) failed, rejected or drifted on it during the {args.bake:g} s bake"
+    else:
+        why = (f"{t.pending} of {t.in_rollout} devices of the step still pending after --step-wait {args.step_wait:g} s "
+               f"({t.updated} updated, {t.bad} failed or rejected)")
+    return f"{head}{why}; {where} {step.percent}%"
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -245,6 +292,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 keys,
                 steps,
                 step_wait_s=args.step_wait,
+                bake_s=args.bake,
                 max_failures=args.max_failures,
                 max_drift=args.max_drift,
                 root=root,
@@ -252,18 +300,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 force_chunks=args.force_chunks,
                 progress=_bar(),
                 on_step=_print_step,
+                on_bake=lambda percent, t: print(f"baking step {percent}% for {args.bake:g} s: its devices "
+                                                 f"finished ({t.updated} updated)", flush=True),
             )
         if staged.halted_at is None:
             print(f"rollout of {staged.name} v{staged.version} reached {staged.final_percent}%")
             return 0
-        t = staged.steps[-1].tally
-        where = "the rollout stays at" if staged.halted_at < 100 else "the rollout had already reached"
-        print(
-            f"edge-runtime: rollout of {staged.name} v{staged.version} halted at {staged.halted_at}%: "
-            f"{t.bad} of {t.finished} devices that finished failed, rejected or drifted on it "
-            f"({t.failure_percent:.1f}%), above --max-failures {args.max_failures:g}%; {where} {staged.halted_at}%",
-            file=sys.stderr,
-        )
+        print(_halt_message(staged, args), file=sys.stderr)
         return 1
     with _session(args) as session:
         r = publish_release(
@@ -281,6 +324,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
     chunks = "chunks already published" if r.chunks_already_published and not r.chunks_sent else f"{r.chunks_sent} chunks ({r.bytes_sent} bytes)"
     print(f"published {r.name} v{r.version}: {chunks}; desired seq {r.seq} at {r.percent}% on {r.desired_topic}")
     return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Point the fleet's desired state back at an earlier release, then count the devices serving it."""
+    if args.step_wait < 0:
+        raise UsageError(f"--step-wait: expected seconds >= 0, found {args.step_wait:g}")
+    keys = load_keys(args.sign_key)
+    root = _fleet_root(args)
+    with _session(args) as session:
+        states = DeviceStates(session.topics)
+        session.watch([session.topics.devices_filter("state"), session.topics.devices_filter("online")], states.on_message)
+        r = order_rollback(session, args.name, args.to, keys, root=root)
+        was = f" (was v{r.previous})" if r.previous is not None else ""
+        print(f"desired state {r.name} v{r.version}{was}, rollback allowed: seq {r.seq} on {r.desired_topic}", flush=True)
+        t = watch_rollback(states, r, wait_s=args.step_wait)
+    print(f"{t.updated} of {t.devices} devices serve {r.name} v{r.version}; {t.failed} failed, {t.rejected} rejected, "
+          f"{t.pending} pending")
+    if args.step_wait == 0 or (t.updated == t.devices):
+        return 0
+    print(f"edge-runtime: the rollback of {r.name} to v{r.version} did not reach {t.devices - t.updated} of {t.devices} "
+          f"devices within --step-wait {args.step_wait:g} s (a device keeps only versions still installed; "
+          "see each one's last_error)", file=sys.stderr)
+    return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:

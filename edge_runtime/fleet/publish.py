@@ -10,11 +10,20 @@ The new desired state keeps the other models and the seq of the retained one onl
 that one verifies: against the fleet's root when the caller has it, else against the root
 the signing keys make on their own. Anything else on the broker (unsigned, forged, another
 fleet's, a seq beyond 64 bits) is ignored with a warning, never signed again.
+
+Before anything is published the signing keys are checked against the fleet's root: the
+``--root`` given (advanced through the rotations retained on the broker that chain from it),
+else the newest root retained under ``trust/root/<N>`` that chains from the lowest
+self-signed one. A key that root does not trust for ``models``, or fewer trusted keys than
+its threshold, is refused (:func:`check_signing_keys`): every device would reject the
+desired state. Without ``--root`` the retained root is only a check against mistakes (the
+broker is not a trust anchor); the devices' own pinned roots decide.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import tarfile
@@ -25,11 +34,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundle.reader import open_bundle, parse_signature_file
-from edge_runtime.exceptions import BadDataError, RollbackError, UsageError
+from edge_runtime.exceptions import BadDataError, RollbackError, SignatureError, TrustError, UsageError
 from edge_runtime.fleet.session import FleetSession, ProgressFn
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
-from edge_runtime.trust.keys import PrivateKey, sign
-from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
+from edge_runtime.trust.keys import PrivateKey, key_id, sign
+from edge_runtime.trust.root import TrustRoot, make_root, sign_root, untrusted_signers, update_root, verify_root
 from edge_runtime.updates.protocol import (
     MAX_SEQ,
     Topics,
@@ -43,6 +52,7 @@ from edge_runtime.updates.verify import Desired, verify_desired
 
 log = logging.getLogger("edge_runtime.fleet")
 MAX_ECHO_CHARS = 300  # of a verification error quoted in a warning
+MAX_RETAINED_ROOTS = 64  # root versions read from the broker (hostile: each one is verified)
 
 @dataclass(frozen=True)
 class PublishResult:
@@ -57,6 +67,7 @@ class PublishResult:
     bytes_sent: int
     chunks_already_published: bool
     warnings: tuple[str, ...] = ()
+    desired_sha256: str = ""  # of the exact desired-state message: devices report it back (accepted or rejected)
 
 
 @dataclass(frozen=True)
@@ -107,8 +118,88 @@ def _models_document(desired: Desired) -> dict[str, Any]:
         entry: dict[str, Any] = {"version": target.version}
         if target.rollout is not None:
             entry["rollout"] = {"percent": target.rollout.percent, "salt": target.rollout.salt}
+        if target.rollback:
+            entry["rollback"] = True  # an operator-ordered rollback stays one while other models change
         out[name] = entry
     return out
+
+
+def _root_versions(retained: dict[str, bytes], topics: Topics) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for topic, payload in retained.items():
+        ref = topics.parse(topic)
+        if ref is not None and ref.kind == "root" and len(out) < MAX_RETAINED_ROOTS:
+            out[ref.root_version] = payload
+    return out
+
+
+def current_root(anchor: TrustRoot | None, retained: dict[int, bytes]) -> TrustRoot | None:
+    """The fleet's current root: ``anchor`` advanced through the ``retained`` versions that chain
+    from it (as a device does); without an anchor, the lowest retained version that verifies on
+    its own, advanced the same way; None when there is neither. Stops at the first gap or failure."""
+    current = anchor
+    if current is None:
+        for version in sorted(retained):
+            try:
+                candidate = verify_root(retained[version])
+            except TrustError as exc:
+                log.warning("ignoring the retained trust root %d: %s", version, str(exc)[:MAX_ECHO_CHARS])
+                continue
+            if candidate.version == version:
+                current = candidate
+                break
+    if current is None:
+        return None
+    while (data := retained.get(current.version + 1)) is not None:
+        try:
+            current = update_root(current, data)
+        except TrustError as exc:
+            log.warning("the retained trust root %d does not chain from %d: %s", current.version + 1, current.version,
+                        str(exc)[:MAX_ECHO_CHARS])
+            break
+    return current
+
+
+def check_signing_keys(root: TrustRoot, keys: Sequence[PrivateKey], where: str) -> None:
+    """Raise SignatureError unless ``root`` trusts every key for ``models`` and they reach its
+    threshold: devices would reject what these keys sign. ``where`` says which root it is."""
+    role = root.role("models")
+    untrusted, trusted = untrusted_signers(root, "models", [key_id(k) for k in keys])
+    if not untrusted and trusted >= role.threshold:
+        return
+    problem = (
+        f"--sign-key {', '.join(k[:16] for k in untrusted)} {'is' if len(untrusted) == 1 else 'are'} not trusted"
+        if untrusted else f"{trusted} trusted --sign-key(s), the threshold is {role.threshold}"
+    )
+    raise SignatureError(
+        f"{problem} for the models role by {where} (version {root.version}; its models keys: "
+        f"{', '.join(k[:16] for k in role.keyids)}, threshold {role.threshold}); every device would reject "
+        "this desired state, nothing was published"
+    )
+
+
+def signing_root(session: FleetSession, root: TrustRoot | None, retained: dict[str, bytes]) -> tuple[TrustRoot | None, str]:
+    """The root to check the signing keys against and how to name it (``retained`` must hold a
+    snapshot of ``trust/root/+``)."""
+    current = current_root(root, _root_versions(retained, session.topics))
+    if current is None:
+        return None, ""
+    if root is not None:
+        where = "--root" if current.version == root.version else f"--root advanced to the retained root {current.version}"
+        return current, where
+    return current, f"the fleet's retained trust root ({session.topics.root(current.version)})"
+
+
+def verify_keys_for_fleet(session: FleetSession, root: TrustRoot | None, keys: Sequence[PrivateKey],
+                          retained: dict[str, bytes]) -> None:
+    """Refuse ``keys`` the fleet's root does not trust (see :func:`check_signing_keys`); with no
+    root known at all, warn that the keys could not be checked."""
+    current, where = signing_root(session, root, retained)
+    if current is None:
+        log.warning("--sign-key not checked: no --root given and no trust root retained on %s",
+                    session.topics.roots_filter)
+        return
+    check_signing_keys(current, keys, where)
 
 
 def baseline(message: bytes | None, root: TrustRoot, *, fleet: str, device: str | None, topic: str) -> Baseline:
@@ -196,7 +287,8 @@ def publish_release(
         manifest_bytes = bundle.manifest_bytes
     desired_topic = topics.device_desired(device) if device else topics.desired
     manifest_topic = topics.manifest(m.name, m.version)
-    retained = session.snapshot([manifest_topic, desired_topic])
+    retained = session.snapshot([manifest_topic, desired_topic, topics.roots_filter])
+    verify_keys_for_fleet(session, root, keys, retained)  # before a single message is published
     existing = retained.get(manifest_topic)
     already = False
     if existing is not None:
@@ -244,6 +336,7 @@ def publish_release(
         sent,
         already,
         (base.warning,) if base.warning else (),
+        hashlib.sha256(message).hexdigest(),
     )
 
 
@@ -251,9 +344,13 @@ __all__ = [
     "Baseline",
     "PublishResult",
     "baseline",
+    "check_signing_keys",
+    "current_root",
     "next_seq",
     "publish_release",
     "read_desired_models",
     "sign_desired",
     "signing_keys_root",
+    "signing_root",
+    "verify_keys_for_fleet",
 ]

@@ -7,19 +7,25 @@ The operator knows a device only from its retained ``state`` document. For one r
   failed and the device rolled back; it never retries that version);
 * ``updated``: the version is active and no job for it is still running;
 * ``rejected``: the device refused the release (its last error names this version and it is
-  idle without it: incompatible CPU or runtime, too big, below the rollback floor);
+  idle without it: incompatible CPU or runtime, too big, below the rollback floor), or it
+  refused the desired state itself: its state's ``desired`` says ``rejected`` with the sha256
+  of a desired-state message this rollout published (untrusted key, bad signature, replayed
+  seq). Such a device never learns its bucket, so it counts wherever its bucket is;
 * ``pending``: in the rollout (its bucket is below ``percent``) and none of the above yet;
 * ``outside``: not in the rollout and not touched by this release.
 
 The failure share of a step is ``(failed + rejected) / (updated + failed + rejected)``: the
 share of the devices that finished trying the release which did not end up running it, the
 way AWS IoT Jobs counts FAILED and REJECTED executions against its abort threshold and
-hawkBit its error threshold. Devices still pending do not count either way.
+hawkBit its error threshold. Devices still pending do not count either way while a step
+waits; a step *passes* only when none of its devices is still pending and the failure share
+is within the limit (:func:`step_passes`): a step wait that runs out with devices pending
+does not pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +89,20 @@ def _drifting(entry: Mapping[str, Any], version: int, max_drift: float | None) -
     return isinstance(score, (int, float)) and not isinstance(score, bool) and score >= max_drift
 
 
+def rejected_desired(state: Mapping[str, Any] | None, published: Collection[str]) -> bool:
+    """The device reports that it refused one of the ``published`` desired-state messages (by sha256)."""
+    desired = (state or {}).get("desired")
+    if not isinstance(desired, Mapping) or desired.get("status") != "rejected":
+        return False
+    sha = desired.get("sha256")
+    return isinstance(sha, str) and sha in published
+
+
 def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: int, percent: int, salt: str,
-            max_drift: float | None = None) -> str:
+            max_drift: float | None = None, published: Collection[str] = ()) -> str:
     """Which of :data:`OUTCOMES` a device is in for ``name`` v``version`` (``drifting``: updated, and
-    the version's drift score reached ``max_drift``)."""
+    the version's drift score reached ``max_drift``). ``published``: the sha256 of each desired-state
+    message the rollout published, to recognise a device that refused one."""
     entry = _model_entry(state, name)
     failed = entry.get("failed")
     if isinstance(failed, Mapping) and str(version) in failed:
@@ -104,13 +120,15 @@ def outcome(device: str, state: Mapping[str, Any] | None, name: str, version: in
         and entry.get("active") != version
     ):
         return "rejected"
+    if rejected_desired(state, published):
+        return "rejected"
     if rollout_bucket(device, salt) < percent:
         return "pending"
     return "outside"
 
 
 def tally(devices: Iterable[Mapping[str, Any]], name: str, version: int, percent: int, salt: str,
-          max_drift: float | None = None) -> Tally:
+          max_drift: float | None = None, published: Collection[str] = ()) -> Tally:
     """Count every device (rows as :func:`~edge_runtime.fleet.status.collect_status` returns them)."""
     counts = dict.fromkeys(OUTCOMES, 0)
     in_rollout = total = 0
@@ -120,7 +138,7 @@ def tally(devices: Iterable[Mapping[str, Any]], name: str, version: int, percent
             continue  # an online flag without a state: the device never said what it runs
         total += 1
         device = str(row["device"])
-        counts[outcome(device, state, name, version, percent, salt, max_drift)] += 1
+        counts[outcome(device, state, name, version, percent, salt, max_drift, published)] += 1
         in_rollout += rollout_bucket(device, salt) < percent
     return Tally(
         name, version, percent, total, in_rollout, counts["updated"], counts["failed"], counts["rejected"], counts["pending"],
@@ -137,6 +155,14 @@ def surely_over_limit(t: Tally, max_failures_percent: float) -> bool:
     """Over the limit even if every pending device succeeds: no need to wait for them."""
     bad = t.bad
     return bad > 0 and 100.0 * bad > max_failures_percent * (t.finished + t.pending)
+
+
+def step_passes(t: Tally, max_failures_percent: float | None) -> bool:
+    """A step passes when every device of it has finished (none pending) and, with a limit, the
+    failure share is within it: devices that never answered are not a success."""
+    if t.pending > 0:
+        return False
+    return max_failures_percent is None or not over_limit(t, max_failures_percent)
 
 
 def parse_steps(text: str) -> list[int]:
@@ -156,4 +182,7 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-__all__ = ["OUTCOMES", "Tally", "outcome", "over_limit", "parse_steps", "surely_over_limit", "tally"]
+__all__ = [
+    "OUTCOMES", "Tally", "outcome", "over_limit", "parse_steps", "rejected_desired", "step_passes", "surely_over_limit",
+    "tally",
+]

@@ -194,6 +194,16 @@ def verify_signed(
         )
 
 
+def untrusted_signers(root: TrustRoot, role: str, keyids: Iterable[str]) -> tuple[list[str], int]:
+    """Which of ``keyids`` ``root`` does not trust for ``role``, and how many distinct trusted ones
+    there are: an operator tool refuses to sign with a key devices would not count, before it
+    publishes anything. Pure: no signature is made or checked."""
+    r = root.role(role)
+    given = list(dict.fromkeys(keyids))
+    untrusted = [k for k in given if k not in r.keyids or k not in root.keys]
+    return untrusted, len(given) - len(untrusted)
+
+
 def _load(data: bytes) -> tuple[TrustRoot, list[tuple[str, bytes]]]:
     try:
         doc = parse_json_object(data, "root.json")

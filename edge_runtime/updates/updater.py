@@ -66,8 +66,10 @@ from edge_runtime.updates.verify import (
     check_expiry,
     check_release,
     check_seq,
+    claimed_seq,
+    desired_report,
     plan_target,
-    targets_for,
+    target_entries,
     verify_desired,
     verify_manifest_message,
 )
@@ -148,6 +150,9 @@ class Updater:
         self.desired: dict[str, Desired | None] = {"desired": None, "device_desired": None}
         self.floors: dict[str, SeqFloor] = {}
         self.last_error: dict[str, Any] | None = None
+        # What became of the last desired-state message (the state document's ``desired``): the
+        # operator matches its sha256 with what it published to count a rejection as one.
+        self.desired_status: dict[str, Any] | None = None
         self._raw_desired: dict[str, bytes] = {}
         self._pending_roots = PendingRoots(MAX_PENDING_ROOTS)
         self._reported = ReportedOnce()
@@ -245,6 +250,7 @@ class Updater:
 
     def _on_desired(self, kind: str, payload: bytes) -> bool:
         device = self.device_id if kind == "device_desired" else None
+        scope = "device" if device is not None else "fleet"
         try:
             desired = verify_desired(payload, self.store.root, fleet=self.topics.fleet, device=device)
             fresh = check_seq(desired, self.floors.get(kind))
@@ -252,24 +258,39 @@ class Updater:
             check_expiry(desired, now)
             check_root_expiry(self.store.root, now)  # nothing new under an expired root; a rotation re-runs this
         except BadDataError as exc:
-            self._reject(None, None, str(exc))
+            reason = bounded_reason(str(exc))
+            report = desired_report(payload, scope, claimed_seq(payload), reason)
+            changed = self._set_desired_status(report)
+            reported = self._reject(None, None, reason, scope=scope, seq=report["seq"], sha256=report["sha256"])
+            if changed and not reported:  # the same reason for other bytes: the state must still say so
+                self.publish_state()
             return False
         if not fresh:
             if self.desired[kind] is None:  # after a restart: the floor was saved, the document was not
                 self.desired[kind] = desired
+                if self._set_desired_status(desired_report(payload, scope, desired.seq)):
+                    self.publish_state()
                 return True
             return False
         self.floors[kind] = SeqFloor(desired.seq, desired.digest)
         self.desired[kind] = desired
+        self._set_desired_status(desired_report(payload, scope, desired.seq))
         self._reported.clear()
         self._refused.clear()
         self._save()
         self.publish_state()
         return True
 
+    def _set_desired_status(self, report: dict[str, Any]) -> bool:
+        """Keep ``report`` as the state's ``desired``; True when it changed."""
+        changed = report != self.desired_status
+        self.desired_status = report
+        return changed
+
     def _evaluate(self) -> None:
         """Compare the desired versions with the store and start the next job."""
-        targets = targets_for(self.device_id, self.desired["desired"], self.desired["device_desired"])
+        entries = target_entries(self.device_id, self.desired["desired"], self.desired["device_desired"])
+        targets = {name: t.version for name, t in entries.items()}
         job = self._job
         if job is not None:
             if job.phase == Phase.ACTIVATING or targets.get(job.name) == job.version:
@@ -279,7 +300,7 @@ class Updater:
             if (name, version) in self._refused:
                 continue
             try:
-                action = plan_target(name, version, self._view(name))
+                action = plan_target(name, version, self._view(name), rollback=entries[name].rollback)
             except (RollbackError, StoreError) as exc:
                 self._reject(name, version, str(exc))
                 self._refused.add((name, version))
@@ -587,17 +608,20 @@ class Updater:
         self._set_job(None)
 
     def _reject(
-        self, name: str | None, version: int | None, reason: str, dedupe: bool = True, persist: bool = True
-    ) -> None:
+        self, name: str | None, version: int | None, reason: str, dedupe: bool = True, persist: bool = True,
+        **fields: Any,
+    ) -> bool:
+        """Report a refusal (event, ``last_error``, state) once per reason; False when it was a repeat."""
         reason = bounded_reason(reason)
         key = ("rejected", name, version, reason)
         if dedupe:
             if key in self._reported:
-                return
+                return False
             self._reported.add(key)
         self._error(name, version, reason, persist)  # a flood of bad chunks must not mean a flood of fsyncs
-        self.reporter.event("rejected", name, version, reason=reason)
+        self.reporter.event("rejected", name, version, reason=reason, **fields)
         self.publish_state()
+        return True
 
     def _error(self, name: str | None, version: int | None, reason: str, persist: bool = True) -> None:
         reason = bounded_reason(reason)
@@ -638,6 +662,7 @@ class Updater:
             "machine": self.settings.machine,
             "trust_root_version": self.store.root.version,
             "desired_seq": self._seqs(),
+            "desired": self.desired_status,
             "models": models_summary(self.store),
             "update": job_summary(self._job),
             "last_error": self.last_error,

@@ -51,10 +51,13 @@ class Rollout:
 
 @dataclass(frozen=True)
 class ModelTarget:
-    """The version a desired state asks for, and to whom."""
+    """The version a desired state asks for, and to whom. ``rollback``: the operator ordered this
+    version although it may be older than the active one (``fleet rollback``): the device goes
+    back to it only if it still has it installed (see :func:`plan_target`)."""
 
     version: int
     rollout: Rollout | None
+    rollback: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,19 +174,22 @@ def _parse_target(name: Any, entry: Any, what: str) -> ModelTarget:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UpdateMessageError(f"{what}: model name {echo(name)} must match {NAME_RE.pattern}")
     where = f"{what} model {name!r}"
-    if not isinstance(entry, dict) or not set(entry) <= {"version", "rollout"}:
-        raise UpdateMessageError(f"{where}: expected {{version, rollout}}, found {echo(entry)}")
+    if not isinstance(entry, dict) or not set(entry) <= {"version", "rollout", "rollback"}:
+        raise UpdateMessageError(f"{where}: expected {{version, rollout, rollback}}, found {echo(entry)}")
     version = _int(entry.get("version"), f"{where} version", 1)
+    rollback = entry.get("rollback", False)
+    if rollback is not True and rollback is not False:
+        raise UpdateMessageError(f"{where}: rollback must be true or false, found {echo(rollback)}")
     raw = entry.get("rollout")
     if raw is None:
-        return ModelTarget(version, None)
+        return ModelTarget(version, None, rollback)
     if not isinstance(raw, dict) or set(raw) != {"percent", "salt"}:
         raise UpdateMessageError(f"{where}: rollout must be {{percent, salt}}, found {echo(raw)}")
     percent = _int(raw["percent"], f"{where} rollout percent", 0, 100)
     salt = raw["salt"]
     if not isinstance(salt, str) or not 0 < len(salt) <= MAX_SALT_CHARS:
         raise UpdateMessageError(f"{where}: rollout salt must be a string of 1 to {MAX_SALT_CHARS} characters")
-    return ModelTarget(version, Rollout(percent, salt))
+    return ModelTarget(version, Rollout(percent, salt), rollback)
 
 
 def verify_desired(message: bytes, root: TrustRoot, *, fleet: str, device: str | None) -> Desired:
@@ -234,29 +240,76 @@ def in_rollout(device_id: str, rollout: Rollout | None) -> bool:
     return rollout is None or rollout_bucket(device_id, rollout.salt) < rollout.percent
 
 
-def targets_for(device_id: str, fleet: Desired | None, device: Desired | None) -> dict[str, int]:
-    """The version of each model this device should run: the override wins per model name."""
-    out: dict[str, int] = {}
+def target_entries(device_id: str, fleet: Desired | None, device: Desired | None) -> dict[str, ModelTarget]:
+    """The target of each model this device should run: the override wins per model name."""
+    out: dict[str, ModelTarget] = {}
     for desired in (fleet, device):
         if desired is None:
             continue
         for name, target in desired.models.items():
             if in_rollout(device_id, target.rollout):
-                out[name] = target.version
+                out[name] = target
             elif desired is device:
                 out.pop(name, None)  # an override that excludes the device cancels the fleet's target
     return out
 
 
-def plan_target(name: str, version: int, view: ModelView) -> str:
+def targets_for(device_id: str, fleet: Desired | None, device: Desired | None) -> dict[str, int]:
+    """The version of each model this device should run (see :func:`target_entries`)."""
+    return {name: t.version for name, t in target_entries(device_id, fleet, device).items()}
+
+
+def claimed_seq(message: bytes) -> int | None:
+    """The seq a desired-state message claims, unverified, for the report of its rejection:
+    an integer in [1, MAX_SEQ] or None (unparseable, missing, a bool, a 5,000-digit number).
+    Never raises; the caller must not act on it."""
+    try:
+        outer = parse_json_object(message, "desired state")
+        text = outer.get("desired")
+        doc = parse_json_object(text.encode("utf-8"), "desired state") if isinstance(text, str) else {}
+    except (CanonicalJSONError, ValueError, RecursionError):
+        return None
+    seq = doc.get("seq")
+    if isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq <= MAX_SEQ:
+        return seq
+    return None
+
+
+def desired_report(message: bytes, scope: str, seq: int | None, reason: str | None = None) -> dict[str, Any]:
+    """The state document's ``desired``: what the device made of the last desired-state message of
+    ``scope`` (``fleet`` or ``device``). ``sha256`` is of the exact message bytes, so the operator
+    can tell whether it is the one it published; ``reason`` (already bounded by the caller) marks
+    a rejection, and ``seq`` is then only what the message claimed."""
+    report: dict[str, Any] = {
+        "seq": seq,
+        "status": "rejected" if reason is not None else "applied",
+        "sha256": hashlib.sha256(message).hexdigest(),
+        "scope": scope,
+    }
+    if reason is not None:
+        report["reason"] = reason
+    return report
+
+
+def plan_target(name: str, version: int, view: ModelView, *, rollback: bool = False) -> str:
     """What to do for a target: ``none``, ``fetch``, ``activate`` or ``failed`` (failed before: never retried).
 
-    Raises RollbackError for a version older than the active one or below the floor.
+    Raises RollbackError for a version older than the active one or below the floor, unless
+    ``rollback`` (a signed, operator-ordered rollback) names a version still installed: that one
+    is activated again (its manifest is re-verified first). A failed version is never taken,
+    rollback or not; one no longer installed cannot be fetched again below the floor.
     """
     if version in view.failed:
         return "failed"
     if view.active == version:
         return "none"
+    if rollback and view.active is not None and version < view.active:
+        if version not in view.installed:
+            raise RollbackError(
+                f"{name} v{version}: the ordered rollback needs it installed, and this device no longer has it "
+                f"(the anti-rollback floor v{view.highest_seen} keeps it from being fetched again)"
+            )
+        return "fetch" if version in view.quarantined else "activate"
     if view.active is not None and version < view.active:
         raise RollbackError(f"{name} v{version} is older than the active v{view.active} (versions only go up)")
     if version in view.installed:
@@ -338,6 +391,9 @@ __all__ = [
     "Release",
     "Rollout",
     "SeqFloor",
+    "claimed_seq",
+    "desired_report",
+    "target_entries",
     "check_chunk",
     "check_expiry",
     "check_release",

@@ -96,7 +96,7 @@ def test_rollout_within_the_failure_limit_reaches_everyone(
     assert retained_desired(mosquitto.url)["models"]["fraud"]["rollout"]["percent"] == 100
 
 
-def test_an_offline_device_stays_pending_and_the_step_ends_at_step_wait(
+def test_an_offline_device_stays_pending_and_the_step_does_not_pass_at_step_wait(
     mosquitto: Mosquitto, watch: Watch, fleet_keys: FleetKeys, releases: Releases, simulate: SimulateFn
 ) -> None:
     online = device_ids(3)
@@ -110,6 +110,8 @@ def test_an_offline_device_stays_pending_and_the_step_ends_at_step_wait(
         "fleet", "publish", releases.bundle(2), "--fleet", FLEET, "--broker", mosquitto.url,
         "--sign-key", fleet_keys.path("signing.key"), "--max-failures", "0", "--step-wait", str(AWAY_STEP_WAIT_S),
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    # A device that never answered is not a success: the step does not pass (it used to exit 0).
+    assert out.returncode == 1, out.stdout + out.stderr
     step = next(line for line in out.stdout.splitlines() if line.startswith("step 100%:"))
     assert "(step wait over)" in step and "3 updated, 0 failed, 0 rejected, 1 pending of 4 devices" in step, step
+    assert "halted at 100% (reached 0%)" in out.stderr and "1 of 4 devices of the step still pending" in out.stderr, out.stderr

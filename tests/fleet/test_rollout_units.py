@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,8 +12,9 @@ from updates.conftest import FACTORY
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.cli import main
 from edge_runtime.exceptions import SelfTestError, UsageError
-from edge_runtime.fleet.rollout import Tally, outcome, over_limit, parse_steps, surely_over_limit, tally
+from edge_runtime.fleet.rollout import Tally, outcome, over_limit, parse_steps, step_passes, surely_over_limit, tally
 from edge_runtime.fleet.simulate import Fault, MiscomputingBackend, device_ids
+from edge_runtime.fleet.staged import watch_step
 from edge_runtime.fleet.status import DeviceStates, FleetView, summary_lines
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
@@ -184,3 +186,132 @@ def test_fleet_summary_counts_devices_in_drift_alert() -> None:
     rows = [{"device": f"d{i}", "online": True, "state": _drifting_state(2, 0.4 if i == 0 else 0.0)} for i in range(3)]
     lines = summary_lines(FleetView(rows))
     assert any("fraud: v2 on 3; drift alert on 1" in line for line in lines), lines
+
+
+# -- a device that refused the desired state itself (its state's "desired" names the message) --
+
+PUBLISHED = "ab" * 32
+
+
+def _refused_desired(active: int | None, sha: str = PUBLISHED, status: str = "rejected") -> dict[str, Any]:
+    st = state(active)
+    st["desired"] = {"seq": 7, "status": status, "sha256": sha, "scope": "fleet", "reason": "key not trusted"}
+    return st
+
+
+def test_a_device_that_refused_the_published_desired_state_counts_as_rejected_not_pending() -> None:
+    inside, outside = in_and_out()
+    assert outcome(inside, _refused_desired(1), "fraud", 2, 50, SALT, published=[PUBLISHED]) == "rejected"
+    # It never learnt its bucket: it counts wherever its bucket is.
+    assert outcome(outside, _refused_desired(1), "fraud", 2, 50, SALT, published=[PUBLISHED]) == "rejected"
+    # Before this change (no sha to match) the same device was pending, and a step "reached" 100 %.
+    assert outcome(inside, _refused_desired(1), "fraud", 2, 50, SALT) == "pending"
+    # Another message refused (an attacker's, an older rollout's) says nothing of this one.
+    assert outcome(inside, _refused_desired(1, sha="cd" * 32), "fraud", 2, 50, SALT, published=[PUBLISHED]) == "pending"
+    assert outcome(inside, _refused_desired(1, status="applied"), "fraud", 2, 50, SALT, published=[PUBLISHED]) == "pending"
+    # A device already serving the release serves it, whatever it made of the new message.
+    assert outcome(inside, _refused_desired(2), "fraud", 2, 50, SALT, published=[PUBLISHED]) == "updated"
+    # Hostile shapes count as nothing.
+    for hostile in ("rejected", {"status": "rejected", "sha256": 5}, {"status": "rejected"}, ["x"]):
+        st = state(1)
+        st["desired"] = hostile
+        assert outcome(inside, st, "fraud", 2, 50, SALT, published=[PUBLISHED]) == "pending"
+
+
+def test_six_devices_refusing_the_desired_state_make_a_step_that_does_not_pass() -> None:
+    ids = device_ids(6)
+    rows = [{"device": d, "online": True, "state": _refused_desired(1)} for d in ids]
+    t = tally(rows, "fraud", 2, 50, SALT, published=[PUBLISHED])
+    assert (t.devices, t.updated, t.rejected, t.pending) == (6, 0, 6, 0)
+    assert over_limit(t, 0.0) and surely_over_limit(t, 0.0) and not step_passes(t, 0.0)
+
+
+def test_a_step_passes_only_with_no_device_pending_and_failures_within_the_limit() -> None:
+    done = Tally("fraud", 2, 50, devices=10, in_rollout=5, updated=5, failed=0, rejected=0, pending=0)
+    assert step_passes(done, 0.0) and step_passes(done, None)
+    waiting = Tally("fraud", 2, 50, devices=10, in_rollout=5, updated=4, failed=0, rejected=0, pending=1)
+    assert not step_passes(waiting, 0.0) and not step_passes(waiting, None) and not step_passes(waiting, 100.0)
+    failing = Tally("fraud", 2, 50, devices=10, in_rollout=5, updated=4, failed=1, rejected=0, pending=0)
+    assert not step_passes(failing, 10.0) and step_passes(failing, 20.0) and step_passes(failing, None)
+
+
+# -- watching a step (fake clock): the step wait, the pass rule, the bake --------------------
+
+
+class Clock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _t(updated: int, pending: int, failed: int = 0, drifting: int = 0) -> Tally:
+    return Tally("fraud", 2, 50, devices=10, in_rollout=updated + pending + failed + drifting, updated=updated,
+                 failed=failed, rejected=0, pending=pending, drifting=drifting)
+
+
+def _script(clock: Clock, timeline: list[tuple[float, Tally]]) -> Callable[[], Tally]:
+    """The tally the operator reads at each moment: the last entry whose time has come."""
+    def read() -> Tally:
+        return [t for at, t in timeline if at <= clock.now][-1]
+    return read
+
+
+def test_a_step_ends_as_soon_as_its_devices_finish_when_there_is_no_bake() -> None:
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(0, 3)), (2, _t(3, 0))]), step_wait_s=600, max_failures=0,
+                   clock=clock, sleep=clock.sleep)
+    assert v.passed and v.why == "finished" and 2 <= clock.now < 3 and v.baked_s == 0
+
+
+def test_devices_still_pending_when_the_step_wait_runs_out_halt_the_rollout() -> None:
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(0, 3)), (1, _t(2, 1))]), step_wait_s=10, max_failures=0,
+                   clock=clock, sleep=clock.sleep)
+    assert not v.passed and v.why == "step wait over" and v.tally.pending == 1 and clock.now >= 10
+    # Without a failure limit too: a device that never answered is not a success.
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(2, 1))]), step_wait_s=10, clock=clock, sleep=clock.sleep)
+    assert not v.passed
+
+
+def test_the_bake_holds_after_the_devices_finished_and_then_passes() -> None:
+    clock = Clock()
+    baked: list[Tally] = []
+    v = watch_step(_script(clock, [(0, _t(0, 3)), (2, _t(3, 0))]), step_wait_s=600, bake_s=60, max_failures=0,
+                   on_bake=baked.append, clock=clock, sleep=clock.sleep)
+    assert v.passed and v.why == "finished, baked" and v.baked_s >= 60 and clock.now >= 62
+    assert len(baked) == 1 and baked[0].updated == 3
+
+
+def test_a_failure_during_the_bake_halts() -> None:
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(3, 0)), (30, _t(2, 0, failed=1))]), step_wait_s=600, bake_s=60,
+                   max_failures=0, clock=clock, sleep=clock.sleep)
+    assert not v.passed and v.why == "failed during the bake" and 30 <= v.baked_s < 31
+    # Drift counted as a failure (--max-drift) halts the same way.
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(3, 0)), (5, _t(2, 0, drifting=1))]), step_wait_s=600, bake_s=60,
+                   max_failures=0, watch_drift=True, clock=clock, sleep=clock.sleep)
+    assert not v.passed and v.why == "failed during the bake" and clock.now < 6
+    # Without a limit, a new failure during the bake still halts; failures from before it do not.
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(2, 0, failed=1)), (5, _t(1, 0, failed=2))]), step_wait_s=600, bake_s=60,
+                   clock=clock, sleep=clock.sleep)
+    assert not v.passed and v.why == "failed during the bake"
+    clock = Clock()
+    v = watch_step(_script(clock, [(0, _t(2, 0, failed=1))]), step_wait_s=600, bake_s=60, clock=clock, sleep=clock.sleep)
+    assert v.passed
+
+
+def test_bake_is_refused_without_a_watched_rollout(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["fleet", "publish", __file__, "--fleet", "f1", "--sign-key", "k.pem"]
+    assert main([*base, "--bake", "60"]) == 2
+    assert "--bake holds the steps" in capsys.readouterr().err
+    assert main([*base, "--steps", "50,100", "--bake", "-1"]) == 2

@@ -26,6 +26,7 @@ from edge_runtime.updates.verify import (
     SeqFloor,
     check_chunk,
     check_seq,
+    claimed_seq,
     in_rollout,
     plan_target,
     rollout_bucket,
@@ -179,3 +180,23 @@ def test_operator_helpers(repo: Repo) -> None:
     lines = table.splitlines()
     assert lines[0].split() == ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", "LAST", "ERROR"]
     assert "fraud v2 (failed v3)" in lines[1] and lines[2].startswith("pi-2")
+
+
+def test_a_signed_rollback_plans_only_an_installed_never_failed_version() -> None:
+    view = ModelView(3, 3, frozenset({2, 3}), frozenset(), frozenset())
+    with pytest.raises(RollbackError, match="older than the active"):
+        plan_target("fraud", 2, view)
+    assert plan_target("fraud", 2, view, rollback=True) == "activate"
+    assert plan_target("fraud", 2, ModelView(3, 3, frozenset({2, 3}), frozenset(), frozenset({2})), rollback=True) == "fetch"
+    assert plan_target("fraud", 2, ModelView(3, 3, frozenset({2, 3}), frozenset({2}), frozenset()), rollback=True) == "failed"
+    with pytest.raises(RollbackError, match="no longer has it"):
+        plan_target("fraud", 1, view, rollback=True)
+    assert plan_target("fraud", 4, view, rollback=True) == "fetch", "a rollback flag on a newer version changes nothing"
+
+
+def test_the_claimed_seq_of_a_refused_message_is_a_64_bit_integer_or_none(repo: Repo) -> None:
+    assert claimed_seq(repo.desired({"fraud": 2}, seq=42)) == 42
+    for junk in (b"", b"[]", b"\xff", b'{"desired": 5}', b'{"desired": "[1]"}', b'{"desired": "{\\"seq\\": true}"}',
+                 b'{"desired": "{\\"seq\\": 0}"}', b'{"desired": "{\\"seq\\": 9223372036854775808}"}',
+                 b'{"desired": "{\\"seq\\": ' + b"9" * 5000 + b'}"}', b'{"desired": "' + b"[" * 100_000 + b'"}'):
+        assert claimed_seq(junk) is None, junk[:40]
