@@ -1,8 +1,9 @@
 #!/bin/bash
 # Install edge-runtime on a Raspberry Pi (or any 64-bit Debian-like system with systemd).
 #
-#   sudo device/install.sh --trust-root root.json
+#   sudo device/install.sh --trust-root root.json [--factory MODEL.bundle]
 #   device/install.sh --root /tmp/scratch --trust-root root.json    # a dry tree, no root needed
+#   sudo device/install.sh --trust-root root.json --wheelhouse /media/usb/wheels   # no internet
 #
 # Idempotent: a second run with the same inputs changes no file, and it never overwrites
 # /etc/edge-runtime/config.toml once it exists. See docs/raspberry-pi.md.
@@ -11,16 +12,27 @@ umask 022
 
 usage() {
     cat <<'EOF'
-usage: install.sh --trust-root FILE [--root DIR] [--wheel PATH] [--python PYTHON]
-                  [--with-onnx] [--replace-trust-root] [--no-start]
+usage: install.sh --trust-root FILE [--factory BUNDLE]... [--root DIR] [--wheel PATH]
+                  [--wheelhouse DIR] [--python PYTHON] [--with-onnx] [--replace-trust-root]
+                  [--no-start]
 
   --trust-root FILE      the fleet's trust root (root.json from `edge-runtime keys generate`);
                          copied to /etc/edge-runtime/root.json. Required.
+  --factory BUNDLE       the operator's own factory model (repeat for several): verified
+                         against --trust-root before anything is pinned or copied, installed
+                         as /usr/share/edge-runtime/factory/NAME.bundle with NAME from its
+                         signed manifest (never the file name). Without it, the demo bundles
+                         of device/factory/ are installed only if --trust-root trusts their
+                         key (the demo root does; your own root does not).
   --replace-trust-root   allow replacing an existing, different /etc/edge-runtime/root.json
   --root DIR             install into DIR instead of /: no user creation, no chown, no
                          systemctl (for checking the tree; the venv there runs only on this host)
   --wheel PATH           what to install: an edge-runtime wheel, or a source directory
                          (default: the repository this script belongs to)
+  --wheelhouse DIR       install offline: pip uses only the wheels in DIR (--no-index
+                         --find-links DIR), and the edge-runtime wheel comes from DIR unless
+                         --wheel says otherwise. Build DIR on a connected machine with
+                         scripts/build-wheelhouse.sh (docs/operations.md).
   --python PYTHON        interpreter for the virtual environment, 3.11 or newer (default python3)
   --with-onnx            also install onnxruntime (the 'onnx' extra), so the device can run
                          ONNX bundles: the ones edge-convert writes with --fallback-onnx when
@@ -43,6 +55,9 @@ PYTHON=python3
 REPLACE_TRUST_ROOT=0
 START=1
 EXTRAS=device
+FACTORY_BUNDLES=()
+WHEELHOUSE=
+WHEEL_GIVEN=0
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,8 +65,12 @@ while [ $# -gt 0 ]; do
         --root=*) ROOT=${1#*=}; shift ;;
         --trust-root) [ $# -ge 2 ] || die "--trust-root needs a file"; TRUST_ROOT=$2; shift 2 ;;
         --trust-root=*) TRUST_ROOT=${1#*=}; shift ;;
-        --wheel) [ $# -ge 2 ] || die "--wheel needs a path"; WHEEL=$2; shift 2 ;;
-        --wheel=*) WHEEL=${1#*=}; shift ;;
+        --wheel) [ $# -ge 2 ] || die "--wheel needs a path"; WHEEL=$2; WHEEL_GIVEN=1; shift 2 ;;
+        --wheel=*) WHEEL=${1#*=}; WHEEL_GIVEN=1; shift ;;
+        --factory) [ $# -ge 2 ] || die "--factory needs a bundle"; FACTORY_BUNDLES+=("$2"); shift 2 ;;
+        --factory=*) FACTORY_BUNDLES+=("${1#*=}"); shift ;;
+        --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; WHEELHOUSE=$2; shift 2 ;;
+        --wheelhouse=*) WHEELHOUSE=${1#*=}; shift ;;
         --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
         --python=*) PYTHON=${1#*=}; shift ;;
         --replace-trust-root) REPLACE_TRUST_ROOT=1; shift ;;
@@ -64,6 +83,21 @@ done
 
 [ -n "$TRUST_ROOT" ] || { usage >&2; die "--trust-root FILE is required"; }
 [ -f "$TRUST_ROOT" ] || die "trust root $TRUST_ROOT: no such file"
+for bundle in ${FACTORY_BUNDLES[@]+"${FACTORY_BUNDLES[@]}"}; do
+    [ -f "$bundle" ] || die "--factory $bundle: no such file"
+done
+PIP_SOURCE=()   # extra pip arguments: none online, the wheelhouse only offline
+if [ -n "$WHEELHOUSE" ]; then
+    [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"
+    WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+    PIP_SOURCE=(--no-index --find-links "$WHEELHOUSE")
+    if [ "$WHEEL_GIVEN" = 0 ]; then
+        set -- "$WHEELHOUSE"/edge_runtime-*.whl
+        [ $# -eq 1 ] && [ -f "$1" ] \
+            || die "--wheelhouse $WHEELHOUSE must hold exactly one edge_runtime-*.whl (found: $*); or pass --wheel"
+        WHEEL=$1
+    fi
+fi
 [ -e "$WHEEL" ] || die "--wheel $WHEEL: no such file or directory"
 
 # Canonical absolute paths; "--root /" is a real install.
@@ -204,7 +238,7 @@ if [ -d "$WHEEL" ]; then
     stage_source "$WHEEL" "$TMP/src"
     log "building the edge-runtime wheel from $WHEEL"
     SOURCE_DATE_EPOCH=315532800 "$VENV_PY" -m pip wheel --quiet --no-deps --no-cache-dir \
-        --wheel-dir "$TMP/dist" "$TMP/src"
+        ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} --wheel-dir "$TMP/dist" "$TMP/src"
     set -- "$TMP"/dist/edge_runtime-*.whl
     if [ $# -ne 1 ] || [ ! -f "$1" ]; then
         die "building the wheel from $WHEEL gave: $*"
@@ -227,7 +261,14 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV_PY" -m pip check
 else
     log "installing $(basename "$WHEEL_FILE")[$EXTRAS] into $VENV"
     "$VENV_PY" -m pip uninstall --quiet --yes edge-runtime >/dev/null 2>&1 || true
-    "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[$EXTRAS]"
+    if [ -n "$WHEELHOUSE" ]; then
+        # Offline: the wheelhouse is the only source; pip never looks for an index.
+        log "offline: pip install --no-index --find-links $WHEELHOUSE"
+        "$VENV_PY" -m pip install --quiet --no-cache-dir "${PIP_SOURCE[@]}" "${WHEEL_FILE}[$EXTRAS]" \
+            || die "the wheelhouse $WHEELHOUSE lacks a wheel the line above names (for this Python and CPU?); build it with scripts/build-wheelhouse.sh for the device's platform"
+    else
+        "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[$EXTRAS]"
+    fi
     # The device install must never pull TensorFlow (SPEC section 1).
     TF=$("$VENV_PY" -c 'import importlib.metadata as m; print(" ".join(sorted({d.metadata["Name"] for d in m.distributions() if d.metadata["Name"].lower().startswith(("tensorflow", "tf-keras", "tf_keras"))})))')
     [ -z "$TF" ] || die "the device venv contains $TF; the device extra must not pull TensorFlow"
@@ -241,22 +282,66 @@ if ! "$VENV/bin/edge-runtime" keys show "$TRUST_ROOT" >"$TMP/root.txt" 2>&1 \
     cat "$TMP/root.txt" >&2
     die "$TRUST_ROOT is not a valid trust root"
 fi
+
+# --- factory bundle(s): verified against the root before anything is pinned or copied -----
+# verify_bundle BUNDLE: full verification (layout, signature by a key of --trust-root, every
+# hash) with the code just installed; prints the model name from the signed manifest.
+verify_bundle() {
+    "$VENV/bin/edge-runtime" bundle verify "$1" --root "$TRUST_ROOT" --json >"$TMP/manifest.json" 2>"$TMP/verify.err" \
+        || return 1
+    "$VENV_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["name"])' "$TMP/manifest.json"
+}
+STAGED=()       # "NAME<TAB>staged copy" of every bundle to install
+if [ ${#FACTORY_BUNDLES[@]} -gt 0 ]; then
+    for bundle in "${FACTORY_BUNDLES[@]}"; do
+        # Verify a private copy and install that copy: the file cannot change in between.
+        n=${#STAGED[@]}
+        cp "$bundle" "$TMP/factory.$n"
+        if ! name=$(verify_bundle "$TMP/factory.$n"); then
+            cat "$TMP/verify.err" >&2
+            die "--factory $bundle does not verify against $TRUST_ROOT; nothing was installed from it (is it signed by a key that root trusts?)"
+        fi
+        # The manifest's own check already bounds the name; refuse anything else before using it as a path.
+        case "$name" in ''|.*|*[!A-Za-z0-9._-]*) die "--factory $bundle: unusable model name '$name'" ;; esac
+        for entry in ${STAGED[@]+"${STAGED[@]}"}; do
+            [ "${entry%%	*}" != "$name" ] || die "two --factory bundles hold model '$name'; give one per model"
+        done
+        STAGED+=("$name	$TMP/factory.$n")
+        log "factory bundle $bundle verified: model '$name' (name from its signed manifest)"
+    done
+else
+    for bundle in "$SCRIPT_DIR"/factory/*.bundle; do
+        [ -f "$bundle" ] || continue
+        if name=$(verify_bundle "$bundle"); then
+            STAGED+=("$name	$bundle")
+        else
+            log "not installing the demo factory bundle $(basename "$bundle"): $TRUST_ROOT does not trust the key that signed it (the demo key)"
+        fi
+    done
+    if [ ${#STAGED[@]} -eq 0 ]; then
+        log "no factory model installed: pass --factory BUNDLE (your model, signed by a key $TRUST_ROOT trusts); until an update arrives the device serves nothing"
+    fi
+fi
+
 if copy_if_changed "$TRUST_ROOT" "$ETC_DIR/root.json" 0644; then
     log "pinned trust root: $(head -n 1 "$TMP/root.txt")"
     CHANGED=1
 fi
-
-# --- factory bundle(s): the last fallback, never deleted ----------------------------------
-FOUND=0
-for bundle in "$SCRIPT_DIR"/factory/*.bundle; do
-    [ -f "$bundle" ] || continue
-    FOUND=1
-    if copy_if_changed "$bundle" "$FACTORY_DIR/$(basename "$bundle")" 0644; then
-        log "factory bundle $(basename "$bundle") installed"
+# The store finds a factory bundle as <factory>/<model name>.bundle: the name is the manifest's.
+for entry in ${STAGED[@]+"${STAGED[@]}"}; do
+    name=${entry%%	*}
+    if copy_if_changed "${entry#*	}" "$FACTORY_DIR/$name.bundle" 0644; then
+        log "factory bundle $name.bundle installed"
         CHANGED=1
     fi
 done
-[ "$FOUND" = 1 ] || log "no factory bundle in $SCRIPT_DIR/factory (*.bundle); the device starts with an empty store"
+# A factory bundle the pinned root does not trust can never be served: say so, keep the file
+# (the factory is never deleted by the installer; remove it by hand if it is a leftover).
+for bundle in "$FACTORY_DIR"/*.bundle; do
+    [ -f "$bundle" ] || continue
+    verify_bundle "$bundle" >/dev/null \
+        || log "warning: $bundle does not verify against the pinned root; the device will not serve it"
+done
 
 # --- configuration: written once, never overwritten ---------------------------------------
 if [ -e "$ETC_DIR/config.toml" ]; then
