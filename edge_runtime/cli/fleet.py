@@ -197,6 +197,26 @@ def register(sub: Any) -> None:
     )
     co.add_argument("--root", type=Path, default=None, help="mark desired states that do not verify against this trust root")
     co.set_defaults(func=cmd_console)
+    pv = fs.add_parser(
+        "provision", parents=[common_options()],
+        help="certificates, configs and the broker ACL for N devices from the operator's CA (docs/operations.md)",
+    )
+    pv.add_argument("--devices", type=int, required=True, help="how many devices")
+    pv.add_argument("--ca", type=Path, required=True, help="the operator's CA certificate (PEM)")
+    pv.add_argument("--ca-key", type=Path, required=True, help="its private key (PEM); never copied into --out")
+    pv.add_argument("--ca-init", action="store_true", help="create the CA at --ca/--ca-key if neither file exists")
+    pv.add_argument("--root", type=Path, required=True, help="the fleet's trust root (root.json) the devices pin")
+    pv.add_argument("--broker", required=True, help="mqtts://host:port the devices and the operator connect to")
+    pv.add_argument("--fleet", required=True, help="fleet name")
+    pv.add_argument("--prefix", default="edge", help="topic prefix (default edge)")
+    pv.add_argument("--out", type=Path, required=True, help="directory to write (re-running completes it)")
+    pv.add_argument("--id-prefix", default="pi-", help="device ids are PREFIX + number (default pi-)")
+    pv.add_argument("--start", type=int, default=1, help="first device number (default 1)")
+    pv.add_argument("--id-width", type=int, default=4, help="digits of the number, zero-padded (default 4: pi-0001)")
+    pv.add_argument("--operator-name", default="operator", help="common name of the operator's certificate (default operator)")
+    pv.add_argument("--server-name", action="append", default=[], help="another DNS name or IP of the broker for its certificate")
+    pv.add_argument("--force", action="store_true", help="replace existing keys and certificates (devices holding the old ones lose access)")
+    pv.set_defaults(func=cmd_provision)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
     ag.set_defaults(func=cmd_agent)
@@ -414,6 +434,26 @@ def cmd_console(args: argparse.Namespace) -> int:
         server.stop()
         watcher.stop()
         record.close()
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Write the provisioning directory; print where each part goes."""
+    from edge_runtime.fleet.provision import ProvisionRequest, provision  # only this command needs the X.509 code
+
+    req = ProvisionRequest(
+        out=args.out, devices=args.devices, ca_cert=args.ca, ca_key=args.ca_key, root=args.root, broker=args.broker,
+        fleet=args.fleet, prefix=args.prefix, id_prefix=args.id_prefix, start=args.start, id_width=args.id_width,
+        ca_init=args.ca_init, operator_name=args.operator_name, server_names=tuple(args.server_name), force=args.force,
+    )
+    r = provision(req)
+    if r.ca_created:
+        print(f"created the CA {args.ca} (its key {args.ca_key}: keep it offline)")
+    first, last = r.devices[0], r.devices[-1]
+    print(f"{len(r.devices)} devices {first} .. {last}: {len(r.new_keys)} new key(s), {len(r.written)} file(s) written")
+    print(f"  devices: {args.out}/devices/<id>/ -> device/install.sh --device-dir {args.out}/devices/<id> on each")
+    print(f"  broker:  {args.out}/broker/ (acl, edge-runtime.conf, server certificate) -> /etc/mosquitto/")
+    print(f"  operator: --fleet-config {r.operator_config} (or export EDGE_FLEET_CONFIG={r.operator_config})")
     return 0
 
 
