@@ -12,7 +12,7 @@ umask 022
 
 usage() {
     cat <<'EOF'
-usage: install.sh --trust-root FILE [--factory BUNDLE]... [--root DIR] [--wheel PATH]
+usage: install.sh --trust-root FILE | --device-dir DIR [--factory BUNDLE]... [--root DIR] [--wheel PATH]
                   [--wheelhouse DIR] [--python PYTHON] [--with-onnx] [--replace-trust-root]
                   [--no-start]
 
@@ -24,6 +24,11 @@ usage: install.sh --trust-root FILE [--factory BUNDLE]... [--root DIR] [--wheel 
                          signed manifest (never the file name). Without it, the demo bundles
                          of device/factory/ are installed only if --trust-root trusts their
                          key (the demo root does; your own root does not).
+  --device-dir DIR       one device's directory from `edge-runtime fleet provision`
+                         (OUT/devices/<id>/): its config.toml, its MQTT certificate and key
+                         (/etc/edge-runtime/mqtt/, the key readable by the service only) and
+                         its root.json (the default for --trust-root). The config replaces
+                         the shipped example, never a config edited on the device.
   --replace-trust-root   allow replacing an existing, different /etc/edge-runtime/root.json
   --root DIR             install into DIR instead of /: no user creation, no chown, no
                          systemctl (for checking the tree; the venv there runs only on this host)
@@ -58,6 +63,7 @@ EXTRAS=device
 FACTORY_BUNDLES=()
 WHEELHOUSE=
 WHEEL_GIVEN=0
+DEVICE_DIR=
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -71,6 +77,8 @@ while [ $# -gt 0 ]; do
         --factory=*) FACTORY_BUNDLES+=("${1#*=}"); shift ;;
         --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; WHEELHOUSE=$2; shift 2 ;;
         --wheelhouse=*) WHEELHOUSE=${1#*=}; shift ;;
+        --device-dir) [ $# -ge 2 ] || die "--device-dir needs a directory"; DEVICE_DIR=$2; shift 2 ;;
+        --device-dir=*) DEVICE_DIR=${1#*=}; shift ;;
         --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
         --python=*) PYTHON=${1#*=}; shift ;;
         --replace-trust-root) REPLACE_TRUST_ROOT=1; shift ;;
@@ -81,6 +89,20 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+DEVICE_KEY=
+if [ -n "$DEVICE_DIR" ]; then
+    [ -f "$DEVICE_DIR/config.toml" ] && [ -f "$DEVICE_DIR/root.json" ] && [ -f "$DEVICE_DIR/mqtt/ca.crt" ] \
+        || die "--device-dir $DEVICE_DIR: expected config.toml, root.json and mqtt/ca.crt (a directory OUT/devices/<id>/ of fleet provision)"
+    set -- "$DEVICE_DIR"/mqtt/*.key
+    [ $# -eq 1 ] && [ -f "$1" ] && [ -f "${1%.key}.crt" ] \
+        || die "--device-dir $DEVICE_DIR: expected exactly one mqtt/<id>.key with its mqtt/<id>.crt"
+    DEVICE_KEY=$1
+    if [ -z "$TRUST_ROOT" ]; then
+        TRUST_ROOT=$DEVICE_DIR/root.json
+    elif ! cmp -s "$TRUST_ROOT" "$DEVICE_DIR/root.json"; then
+        die "--trust-root $TRUST_ROOT differs from the provisioned $DEVICE_DIR/root.json"
+    fi
+fi
 [ -n "$TRUST_ROOT" ] || { usage >&2; die "--trust-root FILE is required"; }
 [ -f "$TRUST_ROOT" ] || die "trust root $TRUST_ROOT: no such file"
 for bundle in ${FACTORY_BUNDLES[@]+"${FACTORY_BUNDLES[@]}"}; do
@@ -344,8 +366,29 @@ for bundle in "$FACTORY_DIR"/*.bundle; do
 done
 
 # --- configuration: written once, never overwritten ---------------------------------------
-if [ -e "$ETC_DIR/config.toml" ]; then
-    log "keeping existing $ETC_DIR/config.toml"
+if [ -n "$DEVICE_DIR" ]; then
+    # The device's MQTT identity: the certificate is public, the key the service's alone.
+    DEVICE_ID=$(basename "$DEVICE_KEY" .key)
+    copy_if_changed "$DEVICE_DIR/mqtt/ca.crt" "$ETC_DIR/mqtt/ca.crt" 0644 && CHANGED=1
+    copy_if_changed "${DEVICE_KEY%.key}.crt" "$ETC_DIR/mqtt/$DEVICE_ID.crt" 0644 && CHANGED=1
+    copy_if_changed "$DEVICE_KEY" "$ETC_DIR/mqtt/$DEVICE_ID.key" 0640 && CHANGED=1
+    if [ "$ROOT_MODE" = 0 ]; then
+        chown "root:$SERVICE_USER" "$ETC_DIR/mqtt/$DEVICE_ID.key"
+    fi
+    log "MQTT identity $DEVICE_ID in $ETC_DIR/mqtt/"
+fi
+if [ -n "$DEVICE_DIR" ] && { [ ! -e "$ETC_DIR/config.toml" ] || cmp -s "$ETC_DIR/config.toml" "$SCRIPT_DIR/config.toml"; }; then
+    # A new device, or one still on the shipped example: the provisioned config is its config.
+    if copy_if_changed "$DEVICE_DIR/config.toml" "$ETC_DIR/config.toml" 0640; then
+        log "wrote $ETC_DIR/config.toml from $DEVICE_DIR (device $DEVICE_ID)"
+        CHANGED=1
+    fi
+elif [ -e "$ETC_DIR/config.toml" ]; then
+    if [ -n "$DEVICE_DIR" ] && ! cmp -s "$ETC_DIR/config.toml" "$DEVICE_DIR/config.toml"; then
+        log "keeping existing $ETC_DIR/config.toml, edited on this device (the provisioned one: $DEVICE_DIR/config.toml)"
+    else
+        log "keeping existing $ETC_DIR/config.toml"
+    fi
 else
     copy_if_changed "$SCRIPT_DIR/config.toml" "$ETC_DIR/config.toml" 0640 || true
     log "wrote $ETC_DIR/config.toml (edit it, then: systemctl restart edge-runtime)"

@@ -401,3 +401,34 @@ def test_wheelhouse_installs_with_no_index(installed: Installed, tmp_path: Path,
     assert "from versions: none" in result.stderr and "127.0.0.1:9" not in result.stderr
     assert "build it with scripts/build-wheelhouse.sh" in result.stderr
     assert not (root / "etc/edge-runtime/root.json").exists()
+
+
+def test_device_dir_from_fleet_provision_installs_config_identity_and_root(
+    installed: Installed, tmp_path: Path, keys_dir: Path, own_bundle: Path
+) -> None:
+    from edge_runtime.fleet.provision import ProvisionRequest, provision
+
+    out = tmp_path / "provisioned"
+    provision(ProvisionRequest(
+        out=out, devices=1, ca_cert=tmp_path / "ca.crt", ca_key=tmp_path / "ca.key", ca_init=True,
+        root=keys_dir / "root.json", broker="mqtts://broker.example:8883", fleet="plant-7", start=7,
+    ))
+    device = out / "devices" / "pi-0007"
+    root = _tree_sharing_the_venv(installed, tmp_path)
+    # No --trust-root: the provisioned root.json is the one pinned.
+    result = _install_reusing_venv(installed, root, "--device-dir", str(device), "--factory", str(own_bundle))
+    assert result.returncode == 0, result.stderr
+    etc = root / "etc/edge-runtime"
+    assert (etc / "config.toml").read_bytes() == (device / "config.toml").read_bytes()
+    assert (etc / "root.json").read_bytes() == (keys_dir / "root.json").read_bytes()
+    for name, mode in (("ca.crt", 0o644), ("pi-0007.crt", 0o644), ("pi-0007.key", 0o640)):
+        assert (etc / "mqtt" / name).read_bytes() == (device / "mqtt" / name).read_bytes()
+        assert stat.S_IMODE((etc / "mqtt" / name).stat().st_mode) == mode, name
+    cfg = parse_config(tomllib.loads((etc / "config.toml").read_text()))
+    assert cfg.device.id == "pi-0007" and cfg.mqtt is not None and cfg.mqtt.key_file == "/etc/edge-runtime/mqtt/pi-0007.key"
+    assert (root / "usr/share/edge-runtime/factory/wine.bundle").is_file()
+    # An edited config is never replaced by a later run.
+    (etc / "config.toml").write_text((etc / "config.toml").read_text() + "\n[models.wine]\nmax_batch_size = 8\n")
+    again = _install_reusing_venv(installed, root, "--device-dir", str(device), "--factory", str(own_bundle))
+    assert again.returncode == 0, again.stderr
+    assert "edited on this device" in again.stdout and "max_batch_size = 8" in (etc / "config.toml").read_text()
