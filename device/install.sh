@@ -359,8 +359,11 @@ for entry in ${STAGED[@]+"${STAGED[@]}"}; do
 done
 # A factory bundle the pinned root does not trust can never be served: say so, keep the file
 # (the factory is never deleted by the installer; remove it by hand if it is a leftover).
+INSTALLED=" "
+for entry in ${STAGED[@]+"${STAGED[@]}"}; do INSTALLED="$INSTALLED${entry%%	*}.bundle "; done
 for bundle in "$FACTORY_DIR"/*.bundle; do
     [ -f "$bundle" ] || continue
+    case "$INSTALLED" in *" $(basename "$bundle") "*) continue ;; esac   # verified above
     verify_bundle "$bundle" >/dev/null \
         || log "warning: $bundle does not verify against the pinned root; the device will not serve it"
 done
