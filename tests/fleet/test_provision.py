@@ -152,8 +152,13 @@ def provisioned_broker(tmp_path: Path, fleet_keys: FleetKeys) -> Iterator[tuple[
     """Three devices provisioned for a broker on a free port, and mosquitto running the generated
     configuration and ACL with the generated server certificate."""
     port = free_port()
-    provision(_request(tmp_path, fleet_keys.path("root.json"), broker=f"mqtts://127.0.0.1:{port}"))
     out = tmp_path / "out"
+    made = cli(
+        "fleet", "provision", "--devices", "3", "--ca", tmp_path / "ca.crt", "--ca-key", tmp_path / "ca.key", "--ca-init",
+        "--root", fleet_keys.path("root.json"), "--broker", f"mqtts://127.0.0.1:{port}", "--fleet", FLEET, "--out", out,
+    )
+    assert made.returncode == 0, made.stderr
+    assert "3 devices pi-0001 .. pi-0003: 5 new key(s)" in made.stdout and "created the CA" in made.stdout
     conf = (
         (out / "broker" / "edge-runtime.conf").read_text()
         .replace("/etc/mosquitto/edge-runtime/", f"{out / 'broker'}/")
