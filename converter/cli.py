@@ -200,7 +200,7 @@ def _summary(result: ConvertResult) -> str:
         lines.append(f"  golden self-test: {where}, atol {m.golden.atol:g}")
     lines.append(f"  manifest.json: {len(m.canonical()):,} bytes")
     if m.format == "onnx":
-        lines.append("  NOTE: an ONNX bundle: the device needs onnxruntime (pip install 'edge-runtime[onnx]')")
+        lines.append("  NOTE: an ONNX bundle: the device needs onnxruntime (device/install.sh --with-onnx)")
     if result.log_path:
         lines.append(f"onnx2tf log: {result.log_path}")
     if result.workdir:
@@ -213,7 +213,7 @@ def _emit_warnings(result: ConvertResult, stream: IO[str]) -> None:
         if w.startswith("FALLBACK: "):
             bar = "!" * 78
             stream.write(f"{bar}\nWARNING: {w[len('FALLBACK: '):]}\nThe device will run this model with onnxruntime "
-                         f"(pip install 'edge-runtime[onnx]' on the device).\n{bar}\n")
+                         f"(install it there with device/install.sh --with-onnx).\n{bar}\n")
         else:
             stream.write(f"warning: {w}\n")
     stream.flush()

@@ -51,7 +51,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - the converter extra pins it
-        raise UsageError("edge-convert needs the converter extra: pip install 'edge-runtime[converter]'") from exc
+        raise UsageError("edge-convert needs the converter extra: pip install '.[converter]' in an edge-runtime checkout") from exc
     return onnx
 
 

@@ -1,8 +1,9 @@
 #!/bin/bash
 # Install edge-runtime on a Raspberry Pi (or any 64-bit Debian-like system with systemd).
 #
-#   sudo device/install.sh --trust-root root.json
+#   sudo device/install.sh --trust-root root.json [--factory MODEL.bundle]
 #   device/install.sh --root /tmp/scratch --trust-root root.json    # a dry tree, no root needed
+#   sudo device/install.sh --trust-root root.json --wheelhouse /media/usb/wheels   # no internet
 #
 # Idempotent: a second run with the same inputs changes no file, and it never overwrites
 # /etc/edge-runtime/config.toml once it exists. See docs/raspberry-pi.md.
@@ -11,16 +12,32 @@ umask 022
 
 usage() {
     cat <<'EOF'
-usage: install.sh --trust-root FILE [--root DIR] [--wheel PATH] [--python PYTHON]
-                  [--with-onnx] [--replace-trust-root] [--no-start]
+usage: install.sh --trust-root FILE | --device-dir DIR [--factory BUNDLE]... [--root DIR] [--wheel PATH]
+                  [--wheelhouse DIR] [--python PYTHON] [--with-onnx] [--replace-trust-root]
+                  [--no-start]
 
   --trust-root FILE      the fleet's trust root (root.json from `edge-runtime keys generate`);
                          copied to /etc/edge-runtime/root.json. Required.
+  --factory BUNDLE       the operator's own factory model (repeat for several): verified
+                         against --trust-root before anything is pinned or copied, installed
+                         as /usr/share/edge-runtime/factory/NAME.bundle with NAME from its
+                         signed manifest (never the file name). Without it, the demo bundles
+                         of device/factory/ are installed only if --trust-root trusts their
+                         key (the demo root does; your own root does not).
+  --device-dir DIR       one device's directory from `edge-runtime fleet provision`
+                         (OUT/devices/<id>/): its config.toml, its MQTT certificate and key
+                         (/etc/edge-runtime/mqtt/, the key readable by the service only) and
+                         its root.json (the default for --trust-root). The config replaces
+                         the shipped example, never a config edited on the device.
   --replace-trust-root   allow replacing an existing, different /etc/edge-runtime/root.json
   --root DIR             install into DIR instead of /: no user creation, no chown, no
                          systemctl (for checking the tree; the venv there runs only on this host)
   --wheel PATH           what to install: an edge-runtime wheel, or a source directory
                          (default: the repository this script belongs to)
+  --wheelhouse DIR       install offline: pip uses only the wheels in DIR (--no-index
+                         --find-links DIR), and the edge-runtime wheel comes from DIR unless
+                         --wheel says otherwise. Build DIR on a connected machine with
+                         scripts/build-wheelhouse.sh (docs/operations.md).
   --python PYTHON        interpreter for the virtual environment, 3.11 or newer (default python3)
   --with-onnx            also install onnxruntime (the 'onnx' extra), so the device can run
                          ONNX bundles: the ones edge-convert writes with --fallback-onnx when
@@ -43,6 +60,10 @@ PYTHON=python3
 REPLACE_TRUST_ROOT=0
 START=1
 EXTRAS=device
+FACTORY_BUNDLES=()
+WHEELHOUSE=
+WHEEL_GIVEN=0
+DEVICE_DIR=
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,8 +71,14 @@ while [ $# -gt 0 ]; do
         --root=*) ROOT=${1#*=}; shift ;;
         --trust-root) [ $# -ge 2 ] || die "--trust-root needs a file"; TRUST_ROOT=$2; shift 2 ;;
         --trust-root=*) TRUST_ROOT=${1#*=}; shift ;;
-        --wheel) [ $# -ge 2 ] || die "--wheel needs a path"; WHEEL=$2; shift 2 ;;
-        --wheel=*) WHEEL=${1#*=}; shift ;;
+        --wheel) [ $# -ge 2 ] || die "--wheel needs a path"; WHEEL=$2; WHEEL_GIVEN=1; shift 2 ;;
+        --wheel=*) WHEEL=${1#*=}; WHEEL_GIVEN=1; shift ;;
+        --factory) [ $# -ge 2 ] || die "--factory needs a bundle"; FACTORY_BUNDLES+=("$2"); shift 2 ;;
+        --factory=*) FACTORY_BUNDLES+=("${1#*=}"); shift ;;
+        --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; WHEELHOUSE=$2; shift 2 ;;
+        --wheelhouse=*) WHEELHOUSE=${1#*=}; shift ;;
+        --device-dir) [ $# -ge 2 ] || die "--device-dir needs a directory"; DEVICE_DIR=$2; shift 2 ;;
+        --device-dir=*) DEVICE_DIR=${1#*=}; shift ;;
         --python) [ $# -ge 2 ] || die "--python needs an interpreter"; PYTHON=$2; shift 2 ;;
         --python=*) PYTHON=${1#*=}; shift ;;
         --replace-trust-root) REPLACE_TRUST_ROOT=1; shift ;;
@@ -62,8 +89,37 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+DEVICE_KEY=
+if [ -n "$DEVICE_DIR" ]; then
+    [ -f "$DEVICE_DIR/config.toml" ] && [ -f "$DEVICE_DIR/root.json" ] && [ -f "$DEVICE_DIR/mqtt/ca.crt" ] \
+        || die "--device-dir $DEVICE_DIR: expected config.toml, root.json and mqtt/ca.crt (a directory OUT/devices/<id>/ of fleet provision)"
+    set -- "$DEVICE_DIR"/mqtt/*.key
+    [ $# -eq 1 ] && [ -f "$1" ] && [ -f "${1%.key}.crt" ] \
+        || die "--device-dir $DEVICE_DIR: expected exactly one mqtt/<id>.key with its mqtt/<id>.crt"
+    DEVICE_KEY=$1
+    if [ -z "$TRUST_ROOT" ]; then
+        TRUST_ROOT=$DEVICE_DIR/root.json
+    elif ! cmp -s "$TRUST_ROOT" "$DEVICE_DIR/root.json"; then
+        die "--trust-root $TRUST_ROOT differs from the provisioned $DEVICE_DIR/root.json"
+    fi
+fi
 [ -n "$TRUST_ROOT" ] || { usage >&2; die "--trust-root FILE is required"; }
 [ -f "$TRUST_ROOT" ] || die "trust root $TRUST_ROOT: no such file"
+for bundle in ${FACTORY_BUNDLES[@]+"${FACTORY_BUNDLES[@]}"}; do
+    [ -f "$bundle" ] || die "--factory $bundle: no such file"
+done
+PIP_SOURCE=()   # extra pip arguments: none online, the wheelhouse only offline
+if [ -n "$WHEELHOUSE" ]; then
+    [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"
+    WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
+    PIP_SOURCE=(--no-index --find-links "$WHEELHOUSE")
+    if [ "$WHEEL_GIVEN" = 0 ]; then
+        set -- "$WHEELHOUSE"/edge_runtime-*.whl
+        [ $# -eq 1 ] && [ -f "$1" ] \
+            || die "--wheelhouse $WHEELHOUSE must hold exactly one edge_runtime-*.whl (found: $*); or pass --wheel"
+        WHEEL=$1
+    fi
+fi
 [ -e "$WHEEL" ] || die "--wheel $WHEEL: no such file or directory"
 
 # Canonical absolute paths; "--root /" is a real install.
@@ -204,7 +260,7 @@ if [ -d "$WHEEL" ]; then
     stage_source "$WHEEL" "$TMP/src"
     log "building the edge-runtime wheel from $WHEEL"
     SOURCE_DATE_EPOCH=315532800 "$VENV_PY" -m pip wheel --quiet --no-deps --no-cache-dir \
-        --wheel-dir "$TMP/dist" "$TMP/src"
+        ${PIP_SOURCE[@]+"${PIP_SOURCE[@]}"} --wheel-dir "$TMP/dist" "$TMP/src"
     set -- "$TMP"/dist/edge_runtime-*.whl
     if [ $# -ne 1 ] || [ ! -f "$1" ]; then
         die "building the wheel from $WHEEL gave: $*"
@@ -227,7 +283,14 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && "$VENV_PY" -m pip check
 else
     log "installing $(basename "$WHEEL_FILE")[$EXTRAS] into $VENV"
     "$VENV_PY" -m pip uninstall --quiet --yes edge-runtime >/dev/null 2>&1 || true
-    "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[$EXTRAS]"
+    if [ -n "$WHEELHOUSE" ]; then
+        # Offline: the wheelhouse is the only source; pip never looks for an index.
+        log "offline: pip install --no-index --find-links $WHEELHOUSE"
+        "$VENV_PY" -m pip install --quiet --no-cache-dir "${PIP_SOURCE[@]}" "${WHEEL_FILE}[$EXTRAS]" \
+            || die "the wheelhouse $WHEELHOUSE lacks a wheel the line above names (for this Python and CPU?); build it with scripts/build-wheelhouse.sh for the device's platform"
+    else
+        "$VENV_PY" -m pip install --quiet --no-cache-dir "${WHEEL_FILE}[$EXTRAS]"
+    fi
     # The device install must never pull TensorFlow (SPEC section 1).
     TF=$("$VENV_PY" -c 'import importlib.metadata as m; print(" ".join(sorted({d.metadata["Name"] for d in m.distributions() if d.metadata["Name"].lower().startswith(("tensorflow", "tf-keras", "tf_keras"))})))')
     [ -z "$TF" ] || die "the device venv contains $TF; the device extra must not pull TensorFlow"
@@ -241,26 +304,94 @@ if ! "$VENV/bin/edge-runtime" keys show "$TRUST_ROOT" >"$TMP/root.txt" 2>&1 \
     cat "$TMP/root.txt" >&2
     die "$TRUST_ROOT is not a valid trust root"
 fi
+
+# --- factory bundle(s): verified against the root before anything is pinned or copied -----
+# verify_bundle BUNDLE: full verification (layout, signature by a key of --trust-root, every
+# hash) with the code just installed; prints the model name from the signed manifest.
+verify_bundle() {
+    "$VENV/bin/edge-runtime" bundle verify "$1" --root "$TRUST_ROOT" --json >"$TMP/manifest.json" 2>"$TMP/verify.err" \
+        || return 1
+    "$VENV_PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["name"])' "$TMP/manifest.json"
+}
+STAGED=()       # "NAME<TAB>staged copy" of every bundle to install
+if [ ${#FACTORY_BUNDLES[@]} -gt 0 ]; then
+    for bundle in "${FACTORY_BUNDLES[@]}"; do
+        # Verify a private copy and install that copy: the file cannot change in between.
+        n=${#STAGED[@]}
+        cp "$bundle" "$TMP/factory.$n"
+        if ! name=$(verify_bundle "$TMP/factory.$n"); then
+            cat "$TMP/verify.err" >&2
+            die "--factory $bundle does not verify against $TRUST_ROOT; nothing was installed from it (is it signed by a key that root trusts?)"
+        fi
+        # The manifest's own check already bounds the name; refuse anything else before using it as a path.
+        case "$name" in ''|.*|*[!A-Za-z0-9._-]*) die "--factory $bundle: unusable model name '$name'" ;; esac
+        for entry in ${STAGED[@]+"${STAGED[@]}"}; do
+            [ "${entry%%	*}" != "$name" ] || die "two --factory bundles hold model '$name'; give one per model"
+        done
+        STAGED+=("$name	$TMP/factory.$n")
+        log "factory bundle $bundle verified: model '$name' (name from its signed manifest)"
+    done
+else
+    for bundle in "$SCRIPT_DIR"/factory/*.bundle; do
+        [ -f "$bundle" ] || continue
+        if name=$(verify_bundle "$bundle"); then
+            STAGED+=("$name	$bundle")
+        else
+            log "not installing the demo factory bundle $(basename "$bundle"): $TRUST_ROOT does not trust the key that signed it (the demo key)"
+        fi
+    done
+    if [ ${#STAGED[@]} -eq 0 ]; then
+        log "no factory model installed: pass --factory BUNDLE (your model, signed by a key $TRUST_ROOT trusts); until an update arrives the device serves nothing"
+    fi
+fi
+
 if copy_if_changed "$TRUST_ROOT" "$ETC_DIR/root.json" 0644; then
     log "pinned trust root: $(head -n 1 "$TMP/root.txt")"
     CHANGED=1
 fi
-
-# --- factory bundle(s): the last fallback, never deleted ----------------------------------
-FOUND=0
-for bundle in "$SCRIPT_DIR"/factory/*.bundle; do
-    [ -f "$bundle" ] || continue
-    FOUND=1
-    if copy_if_changed "$bundle" "$FACTORY_DIR/$(basename "$bundle")" 0644; then
-        log "factory bundle $(basename "$bundle") installed"
+# The store finds a factory bundle as <factory>/<model name>.bundle: the name is the manifest's.
+for entry in ${STAGED[@]+"${STAGED[@]}"}; do
+    name=${entry%%	*}
+    if copy_if_changed "${entry#*	}" "$FACTORY_DIR/$name.bundle" 0644; then
+        log "factory bundle $name.bundle installed"
         CHANGED=1
     fi
 done
-[ "$FOUND" = 1 ] || log "no factory bundle in $SCRIPT_DIR/factory (*.bundle); the device starts with an empty store"
+# A factory bundle the pinned root does not trust can never be served: say so, keep the file
+# (the factory is never deleted by the installer; remove it by hand if it is a leftover).
+INSTALLED=" "
+for entry in ${STAGED[@]+"${STAGED[@]}"}; do INSTALLED="$INSTALLED${entry%%	*}.bundle "; done
+for bundle in "$FACTORY_DIR"/*.bundle; do
+    [ -f "$bundle" ] || continue
+    case "$INSTALLED" in *" $(basename "$bundle") "*) continue ;; esac   # verified above
+    verify_bundle "$bundle" >/dev/null \
+        || log "warning: $bundle does not verify against the pinned root; the device will not serve it"
+done
 
 # --- configuration: written once, never overwritten ---------------------------------------
-if [ -e "$ETC_DIR/config.toml" ]; then
-    log "keeping existing $ETC_DIR/config.toml"
+if [ -n "$DEVICE_DIR" ]; then
+    # The device's MQTT identity: the certificate is public, the key the service's alone.
+    DEVICE_ID=$(basename "$DEVICE_KEY" .key)
+    copy_if_changed "$DEVICE_DIR/mqtt/ca.crt" "$ETC_DIR/mqtt/ca.crt" 0644 && CHANGED=1
+    copy_if_changed "${DEVICE_KEY%.key}.crt" "$ETC_DIR/mqtt/$DEVICE_ID.crt" 0644 && CHANGED=1
+    copy_if_changed "$DEVICE_KEY" "$ETC_DIR/mqtt/$DEVICE_ID.key" 0640 && CHANGED=1
+    if [ "$ROOT_MODE" = 0 ]; then
+        chown "root:$SERVICE_USER" "$ETC_DIR/mqtt/$DEVICE_ID.key"
+    fi
+    log "MQTT identity $DEVICE_ID in $ETC_DIR/mqtt/"
+fi
+if [ -n "$DEVICE_DIR" ] && { [ ! -e "$ETC_DIR/config.toml" ] || cmp -s "$ETC_DIR/config.toml" "$SCRIPT_DIR/config.toml"; }; then
+    # A new device, or one still on the shipped example: the provisioned config is its config.
+    if copy_if_changed "$DEVICE_DIR/config.toml" "$ETC_DIR/config.toml" 0640; then
+        log "wrote $ETC_DIR/config.toml from $DEVICE_DIR (device $DEVICE_ID)"
+        CHANGED=1
+    fi
+elif [ -e "$ETC_DIR/config.toml" ]; then
+    if [ -n "$DEVICE_DIR" ] && ! cmp -s "$ETC_DIR/config.toml" "$DEVICE_DIR/config.toml"; then
+        log "keeping existing $ETC_DIR/config.toml, edited on this device (the provisioned one: $DEVICE_DIR/config.toml)"
+    else
+        log "keeping existing $ETC_DIR/config.toml"
+    fi
 else
     copy_if_changed "$SCRIPT_DIR/config.toml" "$ETC_DIR/config.toml" 0640 || true
     log "wrote $ETC_DIR/config.toml (edit it, then: systemctl restart edge-runtime)"

@@ -37,6 +37,7 @@ from edge_runtime.cli.common import common_options, config_from_args, load_root_
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import BadDataError, UsageError
 from edge_runtime.fleet.capture import CapturePull
+from edge_runtime.fleet.operator_config import BROKER_ENV, CONFIG_ENV, FLEET_ENV, load_operator_config, resolve
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
 from edge_runtime.fleet.rollback import order_rollback, watch_rollback
@@ -87,29 +88,64 @@ def _fleet_root(args: argparse.Namespace) -> TrustRoot | None:
 
 
 def broker_options() -> argparse.ArgumentParser:
-    """Options every operator command takes."""
+    """Options every operator command takes. Each left out comes from ``EDGE_BROKER``/``EDGE_FLEET``,
+    then the operator file (``--fleet-config``, edge_runtime/fleet/operator_config.py), then the default."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--fleet", required=True, help="fleet name (topics under PREFIX/FLEET/)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port or mqtts://host:port")
-    p.add_argument("--prefix", default="edge", help="topic prefix (default edge)")
-    p.add_argument("--ca-file", default="", help="CA certificate for mqtts://")
-    p.add_argument("--cert-file", default="", help="client certificate (TLS client authentication)")
-    p.add_argument("--key-file", default="", help="client key (TLS client authentication)")
-    p.add_argument("--username", default="")
+    p.add_argument(
+        "--fleet-config", type=Path, default=None, metavar="FILE",
+        help=f"operator settings (broker, TLS files, fleet, root); default ${CONFIG_ENV}, else ~/.config/edge-runtime/fleet.toml",
+    )
+    p.add_argument("--fleet", default=None, help=f"fleet name (topics under PREFIX/FLEET/); or {FLEET_ENV}, or fleet = in the operator file")
+    p.add_argument("--broker", default=None, help=f"mqtt://host:port or mqtts://host:port (or {BROKER_ENV}; default mqtt://127.0.0.1:1883)")
+    p.add_argument("--prefix", default=None, help="topic prefix (default edge)")
+    p.add_argument("--ca-file", default=None, help="CA certificate for mqtts://")
+    p.add_argument("--cert-file", default=None, help="client certificate (TLS client authentication)")
+    p.add_argument("--key-file", default=None, help="client key (TLS client authentication)")
+    p.add_argument("--username", default=None)
     p.add_argument(
         "--password-file", type=Path, default=None,
         help=f"read the broker password from this file (or set {PASSWORD_ENV}); never on the command line",
     )
     p.add_argument("--password", default=None, help=argparse.SUPPRESS)  # refused: argv is visible to every user
-    p.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], default=None, help="MQTT protocol (default 5)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the broker")
     return p
+
+
+def _apply_operator_config(ns: argparse.Namespace) -> None:
+    """Fill the broker options the command line left out (flags > environment > operator file)."""
+    if getattr(ns, "_operator_resolved", False):
+        return
+    flags = {k: getattr(ns, k, None) for k in ("fleet", "broker", "prefix", "ca_file", "cert_file", "key_file",
+                                               "username", "password_file", "protocol", "root")}
+    r = resolve(flags, os.environ, load_operator_config(ns.fleet_config))
+    ns.fleet, ns.broker, ns.prefix, ns.protocol = r.fleet, r.broker, r.prefix, r.protocol
+    ns.ca_file, ns.cert_file, ns.key_file, ns.username = r.ca_file, r.cert_file, r.key_file, r.username
+    ns.password_file = r.password_file
+    # The file's root is a default for commands that take --root, unless --config names a device config.
+    if hasattr(ns, "root") and getattr(ns, "config", None) is None:
+        ns.root = r.root
+    ns._operator_resolved = True
+
+
+def _operator_parser(base: type[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
+    """``base`` that resolves the broker options as soon as a subcommand's arguments are parsed,
+    so every ``fleet`` subcommand (present and future) sees final values in ``args``."""
+
+    class OperatorParser(base):  # type: ignore[valid-type,misc]
+        def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+            ns, rest = super().parse_known_args(args, namespace)
+            if hasattr(ns, "fleet_config"):
+                _apply_operator_config(ns)
+            return ns, rest
+
+    return OperatorParser
 
 
 def register(sub: Any) -> None:
     """Add the ``fleet`` subcommands."""
     p = sub.add_parser("fleet", help="publish signed updates to a fleet and watch it")
-    fs = p.add_subparsers(dest="fleet_command", required=True, parser_class=type(p))
+    fs = p.add_subparsers(dest="fleet_command", required=True, parser_class=_operator_parser(type(p)))
     parents = [common_options(), broker_options()]
     pub = fs.add_parser("publish", parents=parents, help="publish a bundle and point the desired state at it")
     pub.add_argument("bundle", type=Path)
@@ -187,6 +223,26 @@ def register(sub: Any) -> None:
     co.add_argument("--root", type=Path, default=None, help="mark desired states that do not verify against this trust root")
     co.set_defaults(func=cmd_console)
     fleet_root.register(fs, parents, _session)
+    pv = fs.add_parser(
+        "provision", parents=[common_options()],
+        help="certificates, configs and the broker ACL for N devices from the operator's CA (docs/operations.md)",
+    )
+    pv.add_argument("--devices", type=int, required=True, help="how many devices")
+    pv.add_argument("--ca", type=Path, required=True, help="the operator's CA certificate (PEM)")
+    pv.add_argument("--ca-key", type=Path, required=True, help="its private key (PEM); never copied into --out")
+    pv.add_argument("--ca-init", action="store_true", help="create the CA at --ca/--ca-key if neither file exists")
+    pv.add_argument("--root", type=Path, required=True, help="the fleet's trust root (root.json) the devices pin")
+    pv.add_argument("--broker", required=True, help="mqtts://host:port the devices and the operator connect to")
+    pv.add_argument("--fleet", required=True, help="fleet name")
+    pv.add_argument("--prefix", default="edge", help="topic prefix (default edge)")
+    pv.add_argument("--out", type=Path, required=True, help="directory to write (re-running completes it)")
+    pv.add_argument("--id-prefix", default="pi-", help="device ids are PREFIX + number (default pi-)")
+    pv.add_argument("--start", type=int, default=1, help="first device number (default 1)")
+    pv.add_argument("--id-width", type=int, default=4, help="digits of the number, zero-padded (default 4: pi-0001)")
+    pv.add_argument("--operator-name", default="operator", help="common name of the operator's certificate (default operator)")
+    pv.add_argument("--server-name", action="append", default=[], help="another DNS name or IP of the broker for its certificate")
+    pv.add_argument("--force", action="store_true", help="replace existing keys and certificates (devices holding the old ones lose access)")
+    pv.set_defaults(func=cmd_provision)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
     ag.set_defaults(func=cmd_agent)
@@ -448,6 +504,26 @@ def cmd_console(args: argparse.Namespace) -> int:
         server.stop()
         watcher.stop()
         record.close()
+    return 0
+
+
+def cmd_provision(args: argparse.Namespace) -> int:
+    """Write the provisioning directory; print where each part goes."""
+    from edge_runtime.fleet.provision import ProvisionRequest, provision  # only this command needs the X.509 code
+
+    req = ProvisionRequest(
+        out=args.out, devices=args.devices, ca_cert=args.ca, ca_key=args.ca_key, root=args.root, broker=args.broker,
+        fleet=args.fleet, prefix=args.prefix, id_prefix=args.id_prefix, start=args.start, id_width=args.id_width,
+        ca_init=args.ca_init, operator_name=args.operator_name, server_names=tuple(args.server_name), force=args.force,
+    )
+    r = provision(req)
+    if r.ca_created:
+        print(f"created the CA {args.ca} (its key {args.ca_key}: keep it offline)")
+    first, last = r.devices[0], r.devices[-1]
+    print(f"{len(r.devices)} devices {first} .. {last}: {len(r.new_keys)} new key(s), {len(r.written)} file(s) written")
+    print(f"  devices: {args.out}/devices/<id>/ -> device/install.sh --device-dir {args.out}/devices/<id> on each")
+    print(f"  broker:  {args.out}/broker/ (acl, edge-runtime.conf, server certificate) -> /etc/mosquitto/")
+    print(f"  operator: --fleet-config {r.operator_config} (or export EDGE_FLEET_CONFIG={r.operator_config})")
     return 0
 
 

@@ -22,7 +22,7 @@ class OnnxBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise InferenceError("this bundle needs onnxruntime: pip install 'edge-runtime[onnx]'") from exc
+            raise InferenceError("this bundle needs onnxruntime: re-run device/install.sh --with-onnx, or pip install onnxruntime into this environment") from exc
         opts: Any = ort.SessionOptions()
         opts.intra_op_num_threads = num_threads
         opts.inter_op_num_threads = 1

@@ -301,3 +301,134 @@ def test_uninstall_keeps_user_data_then_purges(installed: Installed, tmp_path: P
     assert result.returncode == 0, result.stderr
     assert not (root / "etc/edge-runtime").exists()
     assert not (root / "var/lib/edge-runtime").exists()
+
+
+# --- the operator's own keys: --factory, a foreign root, --wheelhouse --------------------------
+
+
+def _tree_sharing_the_venv(installed: Installed, tmp_path: Path) -> Path:
+    """A fresh device tree whose /opt is the module's installed one: the venv is already up
+    to date for the same wheel and extras, so a run only does the trust-root and factory steps."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "opt").symlink_to(installed.root / "opt")
+    return root
+
+
+def _install_reusing_venv(installed: Installed, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (wheel,) = (installed.root / "opt/edge-runtime/wheels").glob("edge_runtime-*.whl")
+    return run_script(
+        INSTALL, "--root", str(root), "--python", sys.executable, "--wheel", str(wheel), "--with-onnx", *args
+    )
+
+
+@pytest.fixture(scope="module")
+def own_bundle(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> Path:
+    """The operator's model, signed by the operator's key, in a file whose name is not the model's."""
+    out = tmp_path_factory.mktemp("own") / "wine-1.bundle"
+    result = run_cli(
+        "bundle", "create", str(REPO / "device/factory/fraud.tflite"), "--name", "wine", "--version", "1",
+        "--sign-key", str(keys_dir / "signing.key"), "-o", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_factory_bundle_of_a_foreign_root_is_verified_and_named_from_its_manifest(
+    installed: Installed, tmp_path: Path, keys_dir: Path, own_bundle: Path
+) -> None:
+    root = _tree_sharing_the_venv(installed, tmp_path)
+    result = _install_reusing_venv(installed, root, "--trust-root", str(keys_dir / "root.json"), "--factory", str(own_bundle))
+    assert result.returncode == 0, result.stderr
+    factory = root / "usr/share/edge-runtime/factory"
+    # The store finds it as <factory>/<model name>.bundle; the demo bundle is not installed.
+    assert sorted(p.name for p in factory.iterdir()) == ["wine.bundle"]
+    assert (factory / "wine.bundle").read_bytes() == own_bundle.read_bytes()
+    assert "model 'wine' (name from its signed manifest)" in result.stdout
+    assert (root / "etc/edge-runtime/root.json").read_bytes() == (keys_dir / "root.json").read_bytes()
+
+
+def test_a_foreign_root_without_factory_installs_no_demo_bundle_and_says_so(
+    installed: Installed, tmp_path: Path, keys_dir: Path
+) -> None:
+    if not FACTORY_BUNDLES:
+        pytest.skip("no demo factory bundle in the repository")
+    root = _tree_sharing_the_venv(installed, tmp_path)
+    result = _install_reusing_venv(installed, root, "--trust-root", str(keys_dir / "root.json"))
+    assert result.returncode == 0, result.stderr
+    assert list((root / "usr/share/edge-runtime/factory").iterdir()) == []
+    assert f"not installing the demo factory bundle {FACTORY_BUNDLES[0].name}" in result.stdout
+    assert "no factory model installed: pass --factory BUNDLE" in result.stdout
+
+
+def test_an_untrusted_factory_bundle_is_refused_with_nothing_written(
+    installed: Installed, tmp_path: Path, keys_dir: Path
+) -> None:
+    if not FACTORY_BUNDLES:
+        pytest.skip("no demo factory bundle in the repository")
+    root = _tree_sharing_the_venv(installed, tmp_path)
+    # The demo bundle is signed by the demo key, which the operator's root does not trust.
+    result = _install_reusing_venv(
+        installed, root, "--trust-root", str(keys_dir / "root.json"), "--factory", str(FACTORY_BUNDLES[0])
+    )
+    assert result.returncode != 0
+    assert f"--factory {FACTORY_BUNDLES[0]} does not verify against" in result.stderr
+    assert list((root / "usr/share/edge-runtime/factory").iterdir()) == []
+    assert not (root / "etc/edge-runtime/root.json").exists()
+    assert not (root / "etc/edge-runtime/config.toml").exists()
+
+
+def test_wheelhouse_installs_with_no_index(installed: Installed, tmp_path: Path, keys_dir: Path) -> None:
+    """A wheelhouse holding only edge-runtime: pip must look nowhere else, so the first
+    dependency is reported missing from the wheelhouse (an index would have been tried)."""
+    house = tmp_path / "wheels"
+    house.mkdir()
+    (wheel,) = (installed.root / "opt/edge-runtime/wheels").glob("edge_runtime-*.whl")
+    shutil.copy(wheel, house / wheel.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    # No configured find-links or index; an index that would fail loudly if pip used it.
+    env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple/", "PIP_RETRIES": "0"}
+    root = tmp_path / "root"
+    args = ["--root", str(root), "--trust-root", str(keys_dir / "root.json"), "--python", sys.executable]
+    result = subprocess.run(
+        ["bash", str(INSTALL), *args, "--wheelhouse", str(house)],
+        capture_output=True, text=True, timeout=300, check=False, env=env,
+    )
+    print(result.stdout, result.stderr)
+    assert result.returncode != 0
+    assert f"offline: pip install --no-index --find-links {house}" in result.stdout
+    assert f"installing {wheel.name}[device]" in result.stdout  # the wheel came from the wheelhouse
+    assert "from versions: none" in result.stderr and "127.0.0.1:9" not in result.stderr
+    assert "build it with scripts/build-wheelhouse.sh" in result.stderr
+    assert not (root / "etc/edge-runtime/root.json").exists()
+
+
+def test_device_dir_from_fleet_provision_installs_config_identity_and_root(
+    installed: Installed, tmp_path: Path, keys_dir: Path, own_bundle: Path
+) -> None:
+    from edge_runtime.fleet.provision import ProvisionRequest, provision
+
+    out = tmp_path / "provisioned"
+    provision(ProvisionRequest(
+        out=out, devices=1, ca_cert=tmp_path / "ca.crt", ca_key=tmp_path / "ca.key", ca_init=True,
+        root=keys_dir / "root.json", broker="mqtts://broker.example:8883", fleet="plant-7", start=7,
+    ))
+    device = out / "devices" / "pi-0007"
+    root = _tree_sharing_the_venv(installed, tmp_path)
+    # No --trust-root: the provisioned root.json is the one pinned.
+    result = _install_reusing_venv(installed, root, "--device-dir", str(device), "--factory", str(own_bundle))
+    assert result.returncode == 0, result.stderr
+    etc = root / "etc/edge-runtime"
+    assert (etc / "config.toml").read_bytes() == (device / "config.toml").read_bytes()
+    assert (etc / "root.json").read_bytes() == (keys_dir / "root.json").read_bytes()
+    for name, mode in (("ca.crt", 0o644), ("pi-0007.crt", 0o644), ("pi-0007.key", 0o640)):
+        assert (etc / "mqtt" / name).read_bytes() == (device / "mqtt" / name).read_bytes()
+        assert stat.S_IMODE((etc / "mqtt" / name).stat().st_mode) == mode, name
+    cfg = parse_config(tomllib.loads((etc / "config.toml").read_text()))
+    assert cfg.device.id == "pi-0007" and cfg.mqtt is not None and cfg.mqtt.key_file == "/etc/edge-runtime/mqtt/pi-0007.key"
+    assert (root / "usr/share/edge-runtime/factory/wine.bundle").is_file()
+    # An edited config is never replaced by a later run.
+    (etc / "config.toml").write_text((etc / "config.toml").read_text() + "\n[models.wine]\nmax_batch_size = 8\n")
+    again = _install_reusing_venv(installed, root, "--device-dir", str(device), "--factory", str(own_bundle))
+    assert again.returncode == 0, again.stderr
+    assert "edited on this device" in again.stdout and "max_batch_size = 8" in (etc / "config.toml").read_text()

@@ -42,7 +42,7 @@ def test_a_device_without_onnxruntime_refuses_an_onnx_release_and_fleet_status_s
         publish(mosquitto.url, onnx_bundle, fleet_keys.models_key)
         failed = wait_until(lambda: observer.of("pi-no-onnx", "failed"), "the failed event")[0]
         assert failed["version"] == 2 and "needs onnxruntime" in failed["reason"]
-        assert "pip install 'edge-runtime[onnx]'" in failed["reason"]
+        assert "install.sh --with-onnx" in failed["reason"]
         state = store.state("fraud")
         assert state.active == 1 and 2 in state.failed  # still serving v1
         wait_until(lambda: observer.state("pi-no-onnx").get("last_error"), "last_error in the state")
