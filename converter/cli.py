@@ -74,8 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: integer input/output tensors (the device quantizes with the manifest's scale) "
                    "instead of float I/O with int8 inside")
     p.add_argument("--allow-accuracy-drop", action="store_true", help="ship a variant that fails validation")
-    p.add_argument("--fallback-onnx", action="store_true",
-                   help="when conversion or validation fails, write an onnx bundle for onnxruntime instead")
+    fb = p.add_mutually_exclusive_group()
+    fb.add_argument("--fallback-onnx", action="store_true",
+                    help="when conversion or validation fails, write an onnx bundle for onnxruntime instead")
+    fb.add_argument("--no-fallback", action="store_true",
+                    help="never ship the ONNX model: fail when the model has operators onnx2tf cannot convert "
+                    "(ai.onnx.ml and other non-default domains; by default such models ship as ONNX at once)")
     p.add_argument("--min-correlation", type=_fraction, default=Thresholds.min_correlation,
                    help=f"per-output correlation with onnxruntime (default {Thresholds.min_correlation})")
     p.add_argument("--min-agreement", type=_fraction, default=Thresholds.min_agreement,
@@ -167,6 +171,7 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
         int8_io=args.int8_io,
         allow_accuracy_drop=args.allow_accuracy_drop,
         fallback_onnx=args.fallback_onnx,
+        no_fallback=args.no_fallback,
         thresholds=Thresholds(args.min_correlation, args.min_agreement, args.max_metric_drop),
         chunk_size=args.chunk_size,
         architectures=[a.strip() for a in args.architectures.split(",") if a.strip()] or ["any"],

@@ -45,6 +45,7 @@ from converter.onnx2tf_runner import (
 from converter.package import golden_inputs, pack_onnx, pack_tflite
 from converter.shapes import ShapePlan, plan_shapes
 from converter.source import SourceModel, describe_source, prepare_copy
+from converter.tabular import TabularPlan, prepare_tabular
 from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, run_batched
 from converter.validate import Thresholds, compare, failures, worst_error
 from edge_runtime.atomic import write_bytes_atomic
@@ -84,6 +85,7 @@ class ConvertOptions:
     int8_io: bool = False
     allow_accuracy_drop: bool = False
     fallback_onnx: bool = False
+    no_fallback: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
     chunk_size: int = DEFAULT_CHUNK_SIZE
     architectures: Sequence[str] = ("any",)
@@ -262,6 +264,8 @@ class _Pipeline:
         self.output_shapes: dict[int, tuple[int, ...]] = {}
         self.probe_reference: list[np.ndarray] = []
         self.onnx_inputs: tuple[TensorSpec, ...] = ()
+        self.tabular = TabularPlan()
+        self.original_model = opts.model
 
     def stage(self, key: str, message: str) -> Callable[[], None]:
         self.progress(message)
@@ -276,6 +280,12 @@ class _Pipeline:
 
     def prepare(self) -> tuple[SourceModel, _Data, list[np.ndarray]]:
         done = self.stage("prepare", f"reading {self.opts.model.name}")
+        rewritten, self.tabular = prepare_tabular(self.opts.model, self.workdir / self.opts.model.name)
+        if rewritten != self.opts.model:
+            self.opts = dataclasses.replace(self.opts, model=rewritten)
+            for rewrite in self.tabular.rewrites:
+                self.progress(rewrite.note())
+                self.warnings.append(rewrite.note())
         onnx_inputs, _ = describe_source(self.opts.model)
         explicit = plan_shapes(onnx_inputs, self.opts.input_shapes, [])
         data = _load_data(self.opts, explicit.apply(onnx_inputs))
@@ -294,20 +304,22 @@ class _Pipeline:
         reference = _run_all(onnx_runner.run, data.validation, _batch_rows(source.inputs))
         if data.validation.feeds is not None:
             self.probe_reference = onnx_runner.run(list(data.validation.feeds[0]))
-        self._observe_outputs(source, onnx_runner.run(_first(data.validation, _batch_rows(source.inputs))),
-                              rows=data.validation.feeds is None)
+        first = _first(data.validation, _batch_rows(source.inputs))
+        self._observe_outputs(source, first, onnx_runner.run(first), rows=data.validation.feeds is None)
         done()
         return self._with_observed_outputs(source), data, reference
 
-    def _observe_outputs(self, source: SourceModel, produced: Sequence[np.ndarray], rows: bool) -> None:
+    def _observe_outputs(self, source: SourceModel, fed_inputs: Sequence[np.ndarray], produced: Sequence[np.ndarray],
+                         rows: bool) -> None:
         """Some exports declare output shapes onnxruntime does not produce (``[1, seqlen]`` for a
         ``[T, 1, classes]`` tensor): the interface takes what the model really produces."""
+        fed = next((int(a.shape[0]) for a in fed_inputs if a.ndim), 0)
         for k, (spec, arr) in enumerate(zip(source.outputs, produced)):
             if fits(spec.shape, tuple(arr.shape)):
                 continue
             shape = tuple(int(d) for d in arr.shape)
-            if rows and len(spec.shape) == len(shape) and spec.shape and spec.shape[0] == -1:
-                shape = (-1, *shape[1:])
+            if rows and len(spec.shape) == len(shape) and spec.shape and (spec.shape[0] == -1 or shape[0] == fed > 1):
+                shape = (-1, *shape[1:])  # a batch axis the export declared as 1 (LightGBM's label)
             self.output_shapes[k] = shape
             self.warnings.append(f"output '{spec.name}': the model declares shape {list(spec.shape)} but produces "
                                  f"{list(arr.shape)}; the bundle declares {list(shape)}")
@@ -491,8 +503,9 @@ class _Pipeline:
         hints += ["--fallback-onnx to ship the ONNX model for onnxruntime", "--allow-accuracy-drop to ship it anyway"]
         return why, "; ".join(hints)
 
-    def fallback(self, reason: str, source_inputs: Sequence[TensorSpec], data: _Data,
+    def fallback(self, reason: str, source: SourceModel, data: _Data,
                  report: dict[str, Any] | None, candidates: list[Candidate]) -> ConvertResult:
+        source_inputs = source.inputs
         opts = self.opts
         done = self.stage("pack", "packing the ONNX model for onnxruntime (fallback)")
         manifest = pack_onnx(
@@ -500,6 +513,8 @@ class _Pipeline:
             chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
             profile_calls=_profile_calls(data.validation, source_inputs, self.real_data),
+            source=self.original_model, rewrites=[r.note() for r in self.tabular.rewrites],
+            outputs=self._with_observed_outputs(source).outputs if self.output_shapes else None,
         )
         done()
         self.warnings.insert(0, f"FALLBACK: wrote an ONNX bundle (onnxruntime backend), not TFLite, because {reason}")
@@ -510,11 +525,19 @@ class _Pipeline:
     def run(self) -> ConvertResult:
         opts = self.opts
         source, data, reference = self.prepare()
+        if self.tabular.unconvertible:
+            ops = self.tabular.describe_unconvertible()
+            if opts.no_fallback:
+                raise ConverterError(
+                    f"{self.original_model.name}: onnx2tf has no converter for these operators (outside the default "
+                    f"ONNX domain): {ops}. Without --no-fallback the converter ships the ONNX model for the "
+                    "device's onnxruntime backend (install.sh --with-onnx on the device)")
+            return self.fallback(f"onnx2tf has no converter for {ops}", source, data, None, [])
         try:
             result, source = self.run_onnx2tf(source, data)
         except ConversionError as exc:
             if opts.fallback_onnx:
-                return self.fallback(exc.reason, source.inputs, data, None, [])
+                return self.fallback(exc.reason, source, data, None, [])
             raise
         modes = list(MODES) if opts.quantize == "auto" else [opts.quantize]
         if opts.quantize == "auto" and data.calibration is None:
@@ -561,6 +584,7 @@ class _Pipeline:
             architectures=opts.architectures,
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
             profile_calls=_profile_calls(data.validation, chosen.matched.inputs, self.real_data),
+            rewrites=[r.note() for r in self.tabular.rewrites],
         )
         done()
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,
@@ -569,7 +593,7 @@ class _Pipeline:
     def _fail(self, why: str, hints: str, data: _Data, source: SourceModel, candidates: list[Candidate],
               report: dict[str, Any] | None, table: str) -> ConvertResult:
         if self.opts.fallback_onnx:
-            result = self.fallback(why, source.inputs, data, report, candidates)
+            result = self.fallback(why, source, data, report, candidates)
             result.table = table
             return result
         raise AccuracyError(f"{why}. Try: {hints}", {"table": table, "candidates": [c.row() for c in candidates]})

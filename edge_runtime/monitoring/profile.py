@@ -132,6 +132,7 @@ class Feature:
     edges: tuple[float, ...]
     reference: tuple[float, ...]  # share of reference values per bin, sums to 1
     classes: int = 0
+    degenerate: bool = False  # one value only in the reference data (a constant feature): said in the document
 
     @property
     def bins(self) -> int:
@@ -146,6 +147,8 @@ class Feature:
         }
         if self.classes:
             out["classes"] = self.classes
+        if self.degenerate:
+            out["constant"] = True
         return out
 
 
@@ -189,7 +192,10 @@ def _edges(values: np.ndarray) -> tuple[float, ...]:
         edges = [e for i, e in enumerate(edges) if i == 0 or e > edges[0]]
     elif not edges:
         edges = [float(np.nextafter(lo, np.inf))]
-    return tuple(float(e) for e in edges)
+    # The document keeps 6 significant digits: edges that round to the same number are one edge
+    # (a near-constant feature), and the shares are computed on the edges the device will read.
+    rounded = sorted({float(_num(e)) for e in edges})
+    return tuple(rounded)
 
 
 def bin_shares(values: np.ndarray, edges: Sequence[float]) -> tuple[float, ...]:
@@ -228,8 +234,11 @@ def build_profile(
             for i, name in enumerate(_feature_names(spec, lay)):
                 col = m[:, i]
                 col = col[np.isfinite(col)]
+                if col.size == 0:  # no finite value at all: nothing to compare traffic with
+                    continue
                 edges = _edges(col)
-                features.append(Feature(name, side, t, i, edges, bin_shares(col, edges)))
+                degenerate = bool(np.all(col == col[0]))
+                features.append(Feature(name, side, t, i, edges, bin_shares(col, edges), degenerate=degenerate))
             if side == "output":
                 classes = [c for c in (class_vector(a, lay) for a in arrays) if c is not None]
                 if classes:
