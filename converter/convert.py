@@ -52,6 +52,7 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.tensors import TensorSpec, fits
+from edge_runtime.monitoring.profile import RECOMMENDED_ROWS
 from edge_runtime.packaging import profile_batches
 from edge_runtime.trust.keys import PrivateKey
 
@@ -298,6 +299,11 @@ class _Pipeline:
         self.warnings.extend(self.shapes.notes)
         source = prepare_copy(self.opts.model, self.workdir / "model.onnx", self.shapes.pins)
         self.onnx_inputs = onnx_inputs
+        if self.real_data and data.validation.feeds is None and data.validation.rows < RECOMMENDED_ROWS:
+            self.warnings.append(
+                f"the reference profile comes from {data.validation.rows} validation rows (fewer than "
+                f"{RECOMMENDED_ROWS}): it is marked weak and the device's drift alarm allows for its sampling "
+                "noise; give a few hundred rows for a sharper one")
         done()
         done = self.stage("reference", f"scoring {data.validation.rows} validation rows with onnxruntime")
         onnx_runner = OnnxRunner(self.opts.model)

@@ -39,6 +39,7 @@ MAX_FEATURES = 512
 PIXELS_PER_ROW = 1024  # values of one row read per channel (a fixed stride over the image)
 BINS = 10  # decile bins; fewer when the reference has ties
 MIN_ROWS = 2  # a profile of fewer rows says nothing
+RECOMMENDED_ROWS = 200  # fewer: the profile is marked weak (drift alarms allow for more sampling noise)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,16 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         """The ``profile.json`` document."""
-        return {"_type": PROFILE_TYPE, "rows": self.rows, "bins": BINS, "features": [f.to_json() for f in self.features]}
+        doc: dict[str, Any] = {"_type": PROFILE_TYPE, "rows": self.rows, "bins": BINS,
+                               "features": [f.to_json() for f in self.features]}
+        if self.weak:
+            doc["weak"] = True
+        return doc
+
+    @property
+    def weak(self) -> bool:
+        """Made from fewer than :data:`RECOMMENDED_ROWS` rows."""
+        return self.rows < RECOMMENDED_ROWS
 
     def to_bytes(self) -> bytes:
         """Canonical JSON bytes, as stored in the bundle."""
