@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, help="calibration rows (.npy/.npz/.csv, ONNX layout)")
     p.add_argument("--validation", type=Path,
                    help="validation rows, with optional labels (default: held-out calibration rows)")
+    p.add_argument("--profile-data", type=Path,
+                   help="rows for the reference profile drift is measured against (.npy/.npz/.csv; default: the "
+                   "validation rows); a few hundred from the training split, docs/monitoring.md")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="pin an input's shape (repeatable; -1 keeps a dimension dynamic), e.g. x:1,3,48,192; "
                    "by default dynamic dimensions after the batch are pinned from the data when all rows agree")
@@ -165,6 +168,7 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
         keys=load_keys(key_paths),
         quantize=args.quantize,
         calibration=args.calibration,
+        profile_data=args.profile_data,
         validation=args.validation,
         label_key=args.label_key,
         optimize=args.optimize,

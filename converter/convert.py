@@ -81,6 +81,7 @@ class ConvertOptions:
     quantize: str = "fp16"
     calibration: Path | None = None
     validation: Path | None = None
+    profile_data: Path | None = None
     label_key: str | None = None
     optimize: str = "latency"
     int8_io: bool = False
@@ -165,7 +166,8 @@ def check_options(opts: ConvertOptions) -> None:
         raise UsageError(f"--log directory {opts.log.parent} does not exist")
     if opts.out.resolve() == opts.model.resolve():
         raise UsageError("the output bundle must not overwrite the model")
-    for what, path in (("--calibration", opts.calibration), ("--validation", opts.validation)):
+    for what, path in (("--calibration", opts.calibration), ("--validation", opts.validation),
+                       ("--profile-data", opts.profile_data)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{what} {path}: no such file")
 
@@ -266,6 +268,7 @@ class _Pipeline:
         self.probe_reference: list[np.ndarray] = []
         self.onnx_inputs: tuple[TensorSpec, ...] = ()
         self.tabular = TabularPlan()
+        self.profile_rows: cal.Dataset | None = None
         self.original_model = opts.model
 
     def stage(self, key: str, message: str) -> Callable[[], None]:
@@ -299,9 +302,13 @@ class _Pipeline:
         self.warnings.extend(self.shapes.notes)
         source = prepare_copy(self.opts.model, self.workdir / "model.onnx", self.shapes.pins)
         self.onnx_inputs = onnx_inputs
-        if self.real_data and data.validation.feeds is None and data.validation.rows < RECOMMENDED_ROWS:
+        if self.opts.profile_data is not None:
+            self.profile_rows = cal.load_dataset(self.opts.profile_data, explicit.apply(onnx_inputs), "profile data",
+                                                 self.opts.label_key)
+        profiled = self.profile_rows or (data.validation if self.real_data else None)
+        if profiled is not None and profiled.feeds is None and profiled.rows < RECOMMENDED_ROWS:
             self.warnings.append(
-                f"the reference profile comes from {data.validation.rows} validation rows (fewer than "
+                f"the reference profile comes from {profiled.rows} rows (fewer than "
                 f"{RECOMMENDED_ROWS}): it is marked weak and the device's drift alarm allows for its sampling "
                 "noise; give a few hundred rows for a sharper one")
         done()
@@ -314,6 +321,12 @@ class _Pipeline:
         self._observe_outputs(source, first, onnx_runner.run(first), rows=data.validation.feeds is None)
         done()
         return self._with_observed_outputs(source), data, reference
+
+    def _profile(self, data: _Data, specs: Sequence[TensorSpec]) -> list[list[np.ndarray]] | None:
+        """Rows for the reference profile: ``--profile-data``, else the validation rows (when real)."""
+        if self.profile_rows is not None:
+            return _profile_calls(self.profile_rows, specs, True)
+        return _profile_calls(data.validation, specs, self.real_data)
 
     def _observe_outputs(self, source: SourceModel, fed_inputs: Sequence[np.ndarray], produced: Sequence[np.ndarray],
                          rows: bool) -> None:
@@ -518,7 +531,7 @@ class _Pipeline:
             opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
-            profile_calls=_profile_calls(data.validation, source_inputs, self.real_data),
+            profile_calls=self._profile(data, source_inputs),
             source=self.original_model, rewrites=[r.note() for r in self.tabular.rewrites],
             outputs=self._with_observed_outputs(source).outputs if self.output_shapes else None,
         )
@@ -589,7 +602,7 @@ class _Pipeline:
             quantization=self.quantization_field(chosen, result, candidates, accepted),
             architectures=opts.architectures,
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
-            profile_calls=_profile_calls(data.validation, chosen.matched.inputs, self.real_data),
+            profile_calls=self._profile(data, chosen.matched.inputs),
             rewrites=[r.note() for r in self.tabular.rewrites],
         )
         done()
