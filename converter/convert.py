@@ -517,8 +517,11 @@ class _Pipeline:
             hints.append("standardise the inputs ((x - mean) / std, in the model or before it) and calibrate on "
                          "standardised rows")
         passing = [c.mode for c in sorted(others, key=lambda c: c.size_bytes or 0) if c.passed]
-        hints.append(f"--quantize {passing[0]} passes on the same rows ({', '.join(passing)} pass)" if passing
-                     else "--quantize fp32")
+        tried = {failed.mode, *(c.mode for c in others)}
+        if passing:
+            hints.append(f"--quantize {passing[0]} passes on the same rows ({', '.join(passing)} pass)")
+        elif "fp32" not in tried:  # advice never names a mode that was tried and failed the same way
+            hints.append("--quantize fp32")
         hints += ["--fallback-onnx to ship the ONNX model for onnxruntime", "--allow-accuracy-drop to ship it anyway"]
         return why, "; ".join(hints)
 
