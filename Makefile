@@ -79,7 +79,8 @@ factory: $(VENV)/.stamp
 	$(VENV)/bin/python device/factory/build_demo.py
 	mkdir -p .edge
 	$(VENV)/bin/edge-convert device/factory/fraud.onnx --name fraud --version 1 --quantize fp32 \
-	    --validation device/factory/holdout.npz --sign-key device/demo-keys/signing.key \
+	    --validation device/factory/holdout.npz --profile-data device/factory/calibration.npy \
+	    --sign-key device/demo-keys/signing.key \
 	    --log .edge/fraud.onnx2tf.log -o device/factory/fraud.bundle
 
 clean:

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, help="calibration rows (.npy/.npz/.csv, ONNX layout)")
     p.add_argument("--validation", type=Path,
                    help="validation rows, with optional labels (default: held-out calibration rows)")
+    p.add_argument("--profile-data", type=Path,
+                   help="rows for the reference profile drift is measured against (.npy/.npz/.csv; default: the "
+                   "validation rows); a few hundred from the training split, docs/monitoring.md")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
                    help="pin an input's shape (repeatable; -1 keeps a dimension dynamic), e.g. x:1,3,48,192; "
                    "by default dynamic dimensions after the batch are pinned from the data when all rows agree")
@@ -74,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: integer input/output tensors (the device quantizes with the manifest's scale) "
                    "instead of float I/O with int8 inside")
     p.add_argument("--allow-accuracy-drop", action="store_true", help="ship a variant that fails validation")
-    p.add_argument("--fallback-onnx", action="store_true",
-                   help="when conversion or validation fails, write an onnx bundle for onnxruntime instead")
+    fb = p.add_mutually_exclusive_group()
+    fb.add_argument("--fallback-onnx", action="store_true",
+                    help="when conversion or validation fails, write an onnx bundle for onnxruntime instead")
+    fb.add_argument("--no-fallback", action="store_true",
+                    help="never ship the ONNX model: fail when the model has operators onnx2tf cannot convert "
+                    "(ai.onnx.ml and other non-default domains; by default such models ship as ONNX at once)")
     p.add_argument("--min-correlation", type=_fraction, default=Thresholds.min_correlation,
                    help=f"per-output correlation with onnxruntime (default {Thresholds.min_correlation})")
     p.add_argument("--min-agreement", type=_fraction, default=Thresholds.min_agreement,
@@ -161,12 +168,14 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
         keys=load_keys(key_paths),
         quantize=args.quantize,
         calibration=args.calibration,
+        profile_data=args.profile_data,
         validation=args.validation,
         label_key=args.label_key,
         optimize=args.optimize,
         int8_io=args.int8_io,
         allow_accuracy_drop=args.allow_accuracy_drop,
         fallback_onnx=args.fallback_onnx,
+        no_fallback=args.no_fallback,
         thresholds=Thresholds(args.min_correlation, args.min_agreement, args.max_metric_drop),
         chunk_size=args.chunk_size,
         architectures=[a.strip() for a in args.architectures.split(",") if a.strip()] or ["any"],

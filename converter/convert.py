@@ -45,12 +45,14 @@ from converter.onnx2tf_runner import (
 from converter.package import golden_inputs, pack_onnx, pack_tflite
 from converter.shapes import ShapePlan, plan_shapes
 from converter.source import SourceModel, describe_source, prepare_copy
+from converter.tabular import TabularPlan, prepare_tabular
 from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, run_batched
 from converter.validate import Thresholds, compare, failures, worst_error
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.tensors import TensorSpec, fits
+from edge_runtime.monitoring.profile import RECOMMENDED_ROWS
 from edge_runtime.packaging import profile_batches
 from edge_runtime.trust.keys import PrivateKey
 
@@ -79,11 +81,13 @@ class ConvertOptions:
     quantize: str = "fp16"
     calibration: Path | None = None
     validation: Path | None = None
+    profile_data: Path | None = None
     label_key: str | None = None
     optimize: str = "latency"
     int8_io: bool = False
     allow_accuracy_drop: bool = False
     fallback_onnx: bool = False
+    no_fallback: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
     chunk_size: int = DEFAULT_CHUNK_SIZE
     architectures: Sequence[str] = ("any",)
@@ -162,7 +166,8 @@ def check_options(opts: ConvertOptions) -> None:
         raise UsageError(f"--log directory {opts.log.parent} does not exist")
     if opts.out.resolve() == opts.model.resolve():
         raise UsageError("the output bundle must not overwrite the model")
-    for what, path in (("--calibration", opts.calibration), ("--validation", opts.validation)):
+    for what, path in (("--calibration", opts.calibration), ("--validation", opts.validation),
+                       ("--profile-data", opts.profile_data)):
         if path is not None and not Path(path).is_file():
             raise UsageError(f"{what} {path}: no such file")
 
@@ -262,6 +267,9 @@ class _Pipeline:
         self.output_shapes: dict[int, tuple[int, ...]] = {}
         self.probe_reference: list[np.ndarray] = []
         self.onnx_inputs: tuple[TensorSpec, ...] = ()
+        self.tabular = TabularPlan()
+        self.profile_rows: cal.Dataset | None = None
+        self.original_model = opts.model
 
     def stage(self, key: str, message: str) -> Callable[[], None]:
         self.progress(message)
@@ -276,6 +284,12 @@ class _Pipeline:
 
     def prepare(self) -> tuple[SourceModel, _Data, list[np.ndarray]]:
         done = self.stage("prepare", f"reading {self.opts.model.name}")
+        rewritten, self.tabular = prepare_tabular(self.opts.model, self.workdir / self.opts.model.name)
+        if rewritten != self.opts.model:
+            self.opts = dataclasses.replace(self.opts, model=rewritten)
+            for rewrite in self.tabular.rewrites:
+                self.progress(rewrite.note())
+                self.warnings.append(rewrite.note())
         onnx_inputs, _ = describe_source(self.opts.model)
         explicit = plan_shapes(onnx_inputs, self.opts.input_shapes, [])
         data = _load_data(self.opts, explicit.apply(onnx_inputs))
@@ -288,26 +302,43 @@ class _Pipeline:
         self.warnings.extend(self.shapes.notes)
         source = prepare_copy(self.opts.model, self.workdir / "model.onnx", self.shapes.pins)
         self.onnx_inputs = onnx_inputs
+        if self.opts.profile_data is not None:
+            self.profile_rows = cal.load_dataset(self.opts.profile_data, explicit.apply(onnx_inputs), "profile data",
+                                                 self.opts.label_key)
+        profiled = self.profile_rows or (data.validation if self.real_data else None)
+        if profiled is not None and profiled.feeds is None and profiled.rows < RECOMMENDED_ROWS:
+            self.warnings.append(
+                f"the reference profile comes from {profiled.rows} rows (fewer than "
+                f"{RECOMMENDED_ROWS}): it is marked weak and the device's drift alarm allows for its sampling "
+                "noise; give a few hundred rows for a sharper one")
         done()
         done = self.stage("reference", f"scoring {data.validation.rows} validation rows with onnxruntime")
         onnx_runner = OnnxRunner(self.opts.model)
         reference = _run_all(onnx_runner.run, data.validation, _batch_rows(source.inputs))
         if data.validation.feeds is not None:
             self.probe_reference = onnx_runner.run(list(data.validation.feeds[0]))
-        self._observe_outputs(source, onnx_runner.run(_first(data.validation, _batch_rows(source.inputs))),
-                              rows=data.validation.feeds is None)
+        first = _first(data.validation, _batch_rows(source.inputs))
+        self._observe_outputs(source, first, onnx_runner.run(first), rows=data.validation.feeds is None)
         done()
         return self._with_observed_outputs(source), data, reference
 
-    def _observe_outputs(self, source: SourceModel, produced: Sequence[np.ndarray], rows: bool) -> None:
+    def _profile(self, data: _Data, specs: Sequence[TensorSpec]) -> list[list[np.ndarray]] | None:
+        """Rows for the reference profile: ``--profile-data``, else the validation rows (when real)."""
+        if self.profile_rows is not None:
+            return _profile_calls(self.profile_rows, specs, True)
+        return _profile_calls(data.validation, specs, self.real_data)
+
+    def _observe_outputs(self, source: SourceModel, fed_inputs: Sequence[np.ndarray], produced: Sequence[np.ndarray],
+                         rows: bool) -> None:
         """Some exports declare output shapes onnxruntime does not produce (``[1, seqlen]`` for a
         ``[T, 1, classes]`` tensor): the interface takes what the model really produces."""
+        fed = next((int(a.shape[0]) for a in fed_inputs if a.ndim), 0)
         for k, (spec, arr) in enumerate(zip(source.outputs, produced)):
             if fits(spec.shape, tuple(arr.shape)):
                 continue
             shape = tuple(int(d) for d in arr.shape)
-            if rows and len(spec.shape) == len(shape) and spec.shape and spec.shape[0] == -1:
-                shape = (-1, *shape[1:])
+            if rows and len(spec.shape) == len(shape) and spec.shape and (spec.shape[0] == -1 or shape[0] == fed > 1):
+                shape = (-1, *shape[1:])  # a batch axis the export declared as 1 (LightGBM's label)
             self.output_shapes[k] = shape
             self.warnings.append(f"output '{spec.name}': the model declares shape {list(spec.shape)} but produces "
                                  f"{list(arr.shape)}; the bundle declares {list(shape)}")
@@ -486,20 +517,26 @@ class _Pipeline:
             hints.append("standardise the inputs ((x - mean) / std, in the model or before it) and calibrate on "
                          "standardised rows")
         passing = [c.mode for c in sorted(others, key=lambda c: c.size_bytes or 0) if c.passed]
-        hints.append(f"--quantize {passing[0]} passes on the same rows ({', '.join(passing)} pass)" if passing
-                     else "--quantize fp32")
+        tried = {failed.mode, *(c.mode for c in others)}
+        if passing:
+            hints.append(f"--quantize {passing[0]} passes on the same rows ({', '.join(passing)} pass)")
+        elif "fp32" not in tried:  # advice never names a mode that was tried and failed the same way
+            hints.append("--quantize fp32")
         hints += ["--fallback-onnx to ship the ONNX model for onnxruntime", "--allow-accuracy-drop to ship it anyway"]
         return why, "; ".join(hints)
 
-    def fallback(self, reason: str, source_inputs: Sequence[TensorSpec], data: _Data,
+    def fallback(self, reason: str, source: SourceModel, data: _Data,
                  report: dict[str, Any] | None, candidates: list[Candidate]) -> ConvertResult:
+        source_inputs = source.inputs
         opts = self.opts
         done = self.stage("pack", "packing the ONNX model for onnxruntime (fallback)")
         manifest = pack_onnx(
             opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
-            profile_calls=_profile_calls(data.validation, source_inputs, self.real_data),
+            profile_calls=self._profile(data, source_inputs),
+            source=self.original_model, rewrites=[r.note() for r in self.tabular.rewrites],
+            outputs=self._with_observed_outputs(source).outputs if self.output_shapes else None,
         )
         done()
         self.warnings.insert(0, f"FALLBACK: wrote an ONNX bundle (onnxruntime backend), not TFLite, because {reason}")
@@ -510,11 +547,19 @@ class _Pipeline:
     def run(self) -> ConvertResult:
         opts = self.opts
         source, data, reference = self.prepare()
+        if self.tabular.unconvertible:
+            ops = self.tabular.describe_unconvertible()
+            if opts.no_fallback:
+                raise ConverterError(
+                    f"{self.original_model.name}: onnx2tf has no converter for these operators (outside the default "
+                    f"ONNX domain): {ops}. Without --no-fallback the converter ships the ONNX model for the "
+                    "device's onnxruntime backend (install.sh --with-onnx on the device)")
+            return self.fallback(f"onnx2tf has no converter for {ops}", source, data, None, [])
         try:
             result, source = self.run_onnx2tf(source, data)
         except ConversionError as exc:
             if opts.fallback_onnx:
-                return self.fallback(exc.reason, source.inputs, data, None, [])
+                return self.fallback(exc.reason, source, data, None, [])
             raise
         modes = list(MODES) if opts.quantize == "auto" else [opts.quantize]
         if opts.quantize == "auto" and data.calibration is None:
@@ -560,7 +605,8 @@ class _Pipeline:
             quantization=self.quantization_field(chosen, result, candidates, accepted),
             architectures=opts.architectures,
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
-            profile_calls=_profile_calls(data.validation, chosen.matched.inputs, self.real_data),
+            profile_calls=self._profile(data, chosen.matched.inputs),
+            rewrites=[r.note() for r in self.tabular.rewrites],
         )
         done()
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,
@@ -569,7 +615,7 @@ class _Pipeline:
     def _fail(self, why: str, hints: str, data: _Data, source: SourceModel, candidates: list[Candidate],
               report: dict[str, Any] | None, table: str) -> ConvertResult:
         if self.opts.fallback_onnx:
-            result = self.fallback(why, source.inputs, data, report, candidates)
+            result = self.fallback(why, source, data, report, candidates)
             result.table = table
             return result
         raise AccuracyError(f"{why}. Try: {hints}", {"table": table, "candidates": [c.row() for c in candidates]})

@@ -170,18 +170,38 @@ def _last_stage(lines: Sequence[str]) -> str | None:
     return None
 
 
-def oom_kills() -> int | None:
-    """The kernel's out-of-memory kill count for this process's cgroup (cgroup v2), if readable."""
-    try:
-        rel = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
-        text = (Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events").read_text()
-    except (OSError, IndexError):
-        return None
+def _counter(text: str, key: str) -> int | None:
     for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == "oom_kill" and value.strip().isdigit():
+        k, _, value = line.partition(" ")
+        if k == key and value.strip().isdigit():
             return int(value)
     return None
+
+
+def cgroup_oom_kills() -> int | None:
+    """The out-of-memory kill count of this process's cgroup (cgroup v2), if readable."""
+    try:
+        rel = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
+        return _counter((Path("/sys/fs/cgroup") / rel.lstrip("/") / "memory.events").read_text(), "oom_kill")
+    except (OSError, IndexError):
+        return None
+
+
+def kernel_oom_kills(vmstat: Path = Path("/proc/vmstat")) -> int | None:
+    """The kernel's whole-machine out-of-memory kill count (``oom_kill`` in /proc/vmstat, Linux 4.13+):
+    a kill by the global OOM killer, which a build host without a memory cgroup limit gets, counts
+    here and not in any cgroup's ``memory.events``."""
+    try:
+        return _counter(vmstat.read_text(), "oom_kill")
+    except OSError:
+        return None
+
+
+def oom_kills() -> int | None:
+    """Out-of-memory kills seen by the cgroup and the whole kernel together (both only ever rise:
+    the sum rises when either does); None when neither can be read."""
+    counts = [c for c in (cgroup_oom_kills(), kernel_oom_kills()) if c is not None]
+    return sum(counts) if counts else None
 
 
 def explain_failure(text: str, returncode: int, log_path: Path, source: SourceModel | None = None,
@@ -189,7 +209,7 @@ def explain_failure(text: str, returncode: int, log_path: Path, source: SourceMo
     """One error that names what onnx2tf choked on, read from its output.
 
     A death by signal is a crash named after its signal; out of memory is said only with evidence
-    (the cgroup's OOM-kill count rose, or Python raised MemoryError).
+    (the cgroup's or the kernel's OOM-kill count rose, or Python raised MemoryError).
     """
     name = source.original_name if source is not None else (lambda n: n)
     lines = text.splitlines()

@@ -44,12 +44,16 @@ def stated_atol(outputs: Sequence[TensorSpec], max_error: float) -> float:
     return round_up(max_error + drift)
 
 
-def source_fields(model: Path, pinned: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Provenance: the ONNX file the bundle was made from, and the input shapes the converter pinned."""
+def source_fields(model: Path, pinned: dict[str, Any] | None = None,
+                  rewrites: Sequence[str] = ()) -> dict[str, Any]:
+    """Provenance: the ONNX file the bundle was made from, the input shapes the converter pinned and
+    what it rewrote in the graph before converting (a ZipMap stripped, converter/tabular.py)."""
     data = Path(model).read_bytes()
     source: dict[str, Any] = {"file": Path(model).name, "sha256": hashlib.sha256(data).hexdigest(), "length": len(data)}
     if pinned:
         source["pinned_inputs"] = pinned
+    if rewrites:
+        source["rewrites"] = list(rewrites)
     return {"source": source}
 
 
@@ -71,6 +75,7 @@ def pack_tflite(
     architectures: Sequence[str],
     pinned: dict[str, Any] | None = None,
     profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
+    rewrites: Sequence[str] = (),
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report.
 
@@ -93,7 +98,7 @@ def pack_tflite(
         atol=None if dynamic else stated_atol(outputs, max_error),
         quantization=quantization,
         architectures=architectures,
-        extra=source_fields(source, pinned),
+        extra=source_fields(source, pinned, rewrites),
         reference=source,
         validation_inputs=validation if dynamic and validation is not None else None,
         profile_calls=profile_calls,
@@ -113,8 +118,12 @@ def pack_onnx(
     report: dict[str, Any] | None,
     architectures: Sequence[str],
     profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
+    source: Path | None = None,
+    rewrites: Sequence[str] = (),
+    outputs: Sequence[TensorSpec] | None = None,
 ) -> Manifest:
-    """Pack the original ONNX model for the device's onnxruntime backend."""
+    """Pack the ONNX model for the device's onnxruntime backend (``model`` as rewritten, ``source``
+    the user's file when they differ)."""
     quantization: dict[str, Any] = {"mode": "onnx-fallback", "reason": reason}
     if report:
         quantization["report"] = report
@@ -128,6 +137,7 @@ def pack_onnx(
         golden_inputs=golden,
         quantization=quantization,
         architectures=architectures,
-        extra=source_fields(model),
+        outputs=outputs,
+        extra=source_fields(source or model, rewrites=rewrites),
         profile_calls=profile_calls,
     )

@@ -63,7 +63,7 @@ def describe_source(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpe
     try:
         ins, outs = describe_onnx(path)
     except InferenceError as exc:
-        raise ConverterError(f"{path.name}: not a model onnxruntime can load: {exc}") from exc
+        raise ConverterError(f"{path.name}: {exc}") from exc
     return tuple(ins), tuple(outs)
 
 

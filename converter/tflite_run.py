@@ -107,6 +107,7 @@ class OnnxRunner:
         import onnxruntime as ort
 
         opts: Any = ort.SessionOptions()
+        opts.log_severity_level = 3  # exports that declare [1] for a batched output warn on every run
         if num_threads:
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1

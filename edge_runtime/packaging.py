@@ -42,6 +42,7 @@ from edge_runtime.bundle.manifest import (
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.exceptions import BundleError, EdgeRuntimeError, SelfTestError, UsageError
 from edge_runtime.inference.backend import Backend, load_backend
+from edge_runtime.inference.rows import run_rows
 from edge_runtime.inference.selftest import golden_npz, run_selftest
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 from edge_runtime.monitoring.profile import build_profile, parse_profile
@@ -155,7 +156,7 @@ def measure_error(
     count = 0
     for arrays in input_sets:
         for batch in _row_batches(arrays, MEASURE_BATCH_ROWS):
-            for have, want in zip(model.run(batch), reference.run(batch)):
+            for have, want in zip(run_rows(model, batch), run_rows(reference, batch)):
                 err = np.abs(have.astype(np.float64) - want.astype(np.float64))
                 if not np.all(np.isfinite(err)):
                     raise UsageError("the packed model or the reference produced non-finite outputs")
@@ -228,12 +229,12 @@ def pack_model(
     if reference is None:
         if validation_inputs is not None:
             raise UsageError("validation inputs need a reference model to compare against")
-        results = backend.run(samples)
+        results = run_rows(backend, samples)
         if atol is None:
             atol = _drift_atol(draft.outputs)
     else:
         ref = reference_backend(Path(reference), draft.inputs, draft.outputs)
-        results = ref.run(samples)
+        results = run_rows(ref, samples)
         input_sets = [samples]
         if validation_inputs is not None:
             if len(validation_inputs) != len(draft.inputs):

@@ -23,7 +23,7 @@ import numpy as np
 from edge_runtime.atomic import fsync_dir
 from edge_runtime.exceptions import InputError, UsageError
 from edge_runtime.inference.base import Backend
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.inference.tensors import TensorSpec, fits, numpy_dtype
 from edge_runtime.text import ProgressLine
 
 INPUT_FORMATS = (".npy", ".npz", ".csv", ".jsonl")
@@ -33,10 +33,24 @@ Progress = Callable[[int, int | None], None]
 
 
 def _sample_shape(spec: TensorSpec) -> tuple[int, ...]:
-    shape = spec.shape[1:] if spec.has_batch_dim or (spec.shape and spec.shape[0] == 1) else spec.shape
-    if any(d < 0 for d in shape):
-        raise UsageError(f"input '{spec.name}' has dynamic dimensions {list(spec.shape)}; file scoring needs fixed sample shapes")
-    return tuple(shape)
+    """The shape of one row of ``spec``; -1 where the model takes any size (the file says which)."""
+    return tuple(spec.shape[1:] if spec.has_batch_dim or (spec.shape and spec.shape[0] == 1) else spec.shape)
+
+
+def _row_shape(want: tuple[int, ...], values: int, where: str) -> tuple[int, ...]:
+    """``want`` with its one dynamic dimension (if any) taken from a flat row of ``values`` numbers."""
+    dynamic = [i for i, d in enumerate(want) if d < 0]
+    fixed = math.prod(d for d in want if d >= 0)
+    if not dynamic:
+        if values != fixed:
+            raise InputError(f"{where}: expected {fixed} values, found {values}")
+        return want
+    if len(dynamic) > 1:
+        raise UsageError(f"rows of shape {list(want)} have {len(dynamic)} dynamic dimensions: a flat row cannot say "
+                         "them; use .npy/.npz or .jsonl with nested lists")
+    if values == 0 or values % fixed:
+        raise InputError(f"{where}: {values} values do not make rows of shape {list(want)}")
+    return tuple(values // fixed if d < 0 else d for d in want)
 
 
 def _check_batchable(specs: tuple[TensorSpec, ...]) -> None:
@@ -90,7 +104,7 @@ def _array_batches(
         if arr.ndim == len(want):  # a single sample without batch dimension
             arr = arr[None, ...]
             arrays[s.name] = arr
-        if tuple(arr.shape[1:]) != want:
+        if not fits(want, tuple(arr.shape[1:])):
             raise InputError(f"{label}: input '{s.name}' has rows of shape {list(arr.shape[1:])}, the model expects {list(want)}")
         if rows is not None and arr.shape[0] != rows:
             raise InputError(f"{label}: inputs have different row counts ({rows} and {arr.shape[0]})")
@@ -117,12 +131,15 @@ def _csv_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple
     if len(specs) != 1:
         raise UsageError(f"the model has {len(specs)} inputs; CSV holds one; use .npz or .jsonl")
     spec = specs[0]
-    shape = _sample_shape(spec)
-    width = math.prod(shape)
+    want = _sample_shape(spec)
+    dynamic = any(d < 0 for d in want)
+    width = math.prod(want) if not dynamic else None
+    _row_shape(want, math.prod(d for d in want if d >= 0), "header")  # more than one dynamic dimension: usage error
     dtype = numpy_dtype(spec.datatype)
 
     def gen() -> Iterator[Batch]:
         rows: list[list[float]] = []
+        row_shape = want
         seen = 0
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
@@ -133,19 +150,22 @@ def _csv_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tuple
                 # A first row without a single number is a header; any other row is data.
                 if header is None and line_no == 1 and not any(_is_number(c) for c in cells):
                     header = [c.strip() for c in cells]
-                    if len(header) != width:
+                    if width is not None and len(header) != width:
                         raise InputError(f"header of {path.name} has {len(header)} columns, the model expects {width}")
                     continue
-                if len(cells) != width:
-                    raise InputError(f"row {line_no}: expected {width} values, found {len(cells)}")
-                names = header or [f"column {i + 1}" for i in range(width)]
+                shape = _row_shape(want, len(cells), f"row {line_no}")
+                if rows and shape != row_shape:  # rows of another length: a call of their own
+                    yield [np.asarray(rows, dtype=dtype).reshape((-1, *row_shape))]
+                    rows = []
+                row_shape = shape
+                names = header if header and len(header) == len(cells) else [f"column {i + 1}" for i in range(len(cells))]
                 rows.append([_parse_float(c, line_no, names[i]) for i, c in enumerate(cells)])
                 seen += 1
                 if len(rows) == batch:
-                    yield [np.asarray(rows, dtype=dtype).reshape((-1, *shape))]
+                    yield [np.asarray(rows, dtype=dtype).reshape((-1, *row_shape))]
                     rows = []
         if rows:
-            yield [np.asarray(rows, dtype=dtype).reshape((-1, *shape))]
+            yield [np.asarray(rows, dtype=dtype).reshape((-1, *row_shape))]
         elif seen == 0:
             raise InputError(f"{path.name}: the file holds no rows")
 
@@ -188,9 +208,10 @@ def _jsonl_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tup
                 a = np.asarray(obj[s.name], dtype=dt)
             except (TypeError, ValueError, OverflowError):
                 raise InputError(f"line {line_no}, field {s.name!r}: not numeric data of type {s.datatype}") from None
-            if a.size != math.prod(shape):
-                raise InputError(f"line {line_no}, field {s.name!r}: expected {math.prod(shape)} values, found {a.size}")
-            out.append(a.reshape(shape))
+            if fits(shape, a.shape):  # nested lists give the row's own shape (dynamic dimensions too)
+                out.append(a)
+                continue
+            out.append(a.reshape(_row_shape(shape, a.size, f"line {line_no}, field {s.name!r}")))
         return out
 
     def gen() -> Iterator[Batch]:
@@ -204,7 +225,11 @@ def _jsonl_batches(path: Path, specs: tuple[TensorSpec, ...], batch: int) -> tup
                     obj = json.loads(line)
                 except ValueError as exc:
                     raise InputError(f"line {line_no}: not JSON ({exc})") from None
-                pending.append(row_arrays(obj, line_no))
+                arrays = row_arrays(obj, line_no)
+                if pending and [a.shape for a in arrays] != [a.shape for a in pending[0]]:
+                    yield [np.stack([r[i] for r in pending]) for i in range(len(specs))]  # rows of another shape
+                    pending = []
+                pending.append(arrays)
                 seen += 1
                 if len(pending) == batch:
                     yield [np.stack([r[i] for r in pending]) for i in range(len(specs))]
@@ -268,6 +293,11 @@ class OutputWriter:
             if not self._shapes:
                 self._shapes = [tuple(o.shape[1:]) for o in outputs]
                 self._dtypes = [o.dtype for o in outputs]
+            for spec, shape, o in zip(self.specs, self._shapes, outputs):
+                if tuple(o.shape[1:]) != shape:  # rows of another length (a dynamic dimension)
+                    raise InputError(f"output '{spec.name}' has rows of shape {list(o.shape[1:])} after rows of "
+                                     f"shape {list(shape)}: {self.kind} holds one shape; write .jsonl for rows "
+                                     "of different lengths")
             for fh, o in zip(self._raw, outputs):
                 fh.write(np.ascontiguousarray(o).tobytes())
         elif self.kind == ".jsonl":

@@ -39,6 +39,7 @@ MAX_FEATURES = 512
 PIXELS_PER_ROW = 1024  # values of one row read per channel (a fixed stride over the image)
 BINS = 10  # decile bins; fewer when the reference has ties
 MIN_ROWS = 2  # a profile of fewer rows says nothing
+RECOMMENDED_ROWS = 200  # fewer: the profile is marked weak (drift alarms allow for more sampling noise)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Feature:
     edges: tuple[float, ...]
     reference: tuple[float, ...]  # share of reference values per bin, sums to 1
     classes: int = 0
+    degenerate: bool = False  # one value only in the reference data (a constant feature): said in the document
 
     @property
     def bins(self) -> int:
@@ -146,6 +148,8 @@ class Feature:
         }
         if self.classes:
             out["classes"] = self.classes
+        if self.degenerate:
+            out["constant"] = True
         return out
 
 
@@ -166,7 +170,16 @@ class Profile:
 
     def to_json(self) -> dict[str, Any]:
         """The ``profile.json`` document."""
-        return {"_type": PROFILE_TYPE, "rows": self.rows, "bins": BINS, "features": [f.to_json() for f in self.features]}
+        doc: dict[str, Any] = {"_type": PROFILE_TYPE, "rows": self.rows, "bins": BINS,
+                               "features": [f.to_json() for f in self.features]}
+        if self.weak:
+            doc["weak"] = True
+        return doc
+
+    @property
+    def weak(self) -> bool:
+        """Made from fewer than :data:`RECOMMENDED_ROWS` rows."""
+        return self.rows < RECOMMENDED_ROWS
 
     def to_bytes(self) -> bytes:
         """Canonical JSON bytes, as stored in the bundle."""
@@ -189,7 +202,10 @@ def _edges(values: np.ndarray) -> tuple[float, ...]:
         edges = [e for i, e in enumerate(edges) if i == 0 or e > edges[0]]
     elif not edges:
         edges = [float(np.nextafter(lo, np.inf))]
-    return tuple(float(e) for e in edges)
+    # The document keeps 6 significant digits: edges that round to the same number are one edge
+    # (a near-constant feature), and the shares are computed on the edges the device will read.
+    rounded = sorted({float(_num(e)) for e in edges})
+    return tuple(rounded)
 
 
 def bin_shares(values: np.ndarray, edges: Sequence[float]) -> tuple[float, ...]:
@@ -228,8 +244,11 @@ def build_profile(
             for i, name in enumerate(_feature_names(spec, lay)):
                 col = m[:, i]
                 col = col[np.isfinite(col)]
+                if col.size == 0:  # no finite value at all: nothing to compare traffic with
+                    continue
                 edges = _edges(col)
-                features.append(Feature(name, side, t, i, edges, bin_shares(col, edges)))
+                degenerate = bool(np.all(col == col[0]))
+                features.append(Feature(name, side, t, i, edges, bin_shares(col, edges), degenerate=degenerate))
             if side == "output":
                 classes = [c for c in (class_vector(a, lay) for a in arrays) if c is not None]
                 if classes:

@@ -50,7 +50,13 @@ class Interface:
         self.output_meta = [(s.name, s.datatype) for s in self.outputs]
         # Numbers one request carries: exactly this many without a batch dimension, this many
         # per row with one (bounds the JSON a request may hold before it is parsed).
-        self.values_per_request = sum(_product(s.shape[1:] if self.batchable else s.shape) for s in self.inputs)
+        # A dynamic dimension past the batch has no size to count: such a model is bounded by
+        # max_json_values alone (None), never by a product that counts the dimension as 1.
+        dims = [d for s in self.inputs for d in (s.shape[1:] if self.batchable else s.shape)]
+        self.values_per_request: int | None = (
+            None if any(d < 0 for d in dims)
+            else sum(_product(s.shape[1:] if self.batchable else s.shape) for s in self.inputs)
+        )
         # What callers see of the inputs: equal signatures accept the same requests.
         self.input_signature = tuple((s.name, s.datatype, s.shape) for s in self.inputs)
 
@@ -92,7 +98,7 @@ def json_values_problem(body: bytes | bytearray, json_length: int | None, iface:
     """
     end = len(body) if json_length is None else json_length
     allowed = max_values
-    if not iface.batchable:
+    if not iface.batchable and iface.values_per_request is not None:
         allowed = min(max_values, iface.values_per_request)
     allowed += JSON_SLACK_VALUES * max(1, len(iface.inputs))
     bound = body.count(b",", 0, end) + 1
