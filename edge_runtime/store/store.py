@@ -6,7 +6,10 @@ Installs are verified before anything is written, written to a temporary directo
 new one. A version at or below ``highest_seen`` is refused unless it is the very same
 bundle. Start-up (:meth:`ModelStore.resolve`) re-verifies what it is about to load and
 falls back from the active version to the last known good, then to the factory bundle,
-recording each step and its reason in the model's history.
+recording each step and its reason in the model's history. Tentative activation (a version
+is ``trying`` until it loads in a serving process) is described in :mod:`.state`; retention
+(``keep_versions``, :meth:`ModelStore.remove`) in :mod:`.retention`; factory bundles are known
+by their verified manifests (:mod:`.factory`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import logging
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +30,8 @@ from edge_runtime.atomic import atomic_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
+from edge_runtime.store.factory import FACTORY_SUFFIX, FactoryBundle, FactoryDir
+from edge_runtime.store.retention import Pins, expired
 from edge_runtime.store.state import ModelState, read_state, write_state
 from edge_runtime.trust.root import TrustRoot
 
@@ -33,7 +39,7 @@ log = logging.getLogger("edge_runtime.store")
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-FACTORY_SUFFIX = ".bundle"
+__all__ = ["FACTORY_SUFFIX", "InstallResult", "ModelStore", "Resolved"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class ModelStore:
         factory: Path | None = None,
         limits: BundleLimits | None = None,
         bundle_check: Callable[[Bundle], None] | None = None,
+        keep_versions: int | None = None,
+        pins: Pins | None = None,
     ) -> None:
         self.path = Path(path)
         # Run on every bundle before it is installed; raises (e.g. AcceleratorError: it needs a
@@ -87,6 +95,11 @@ class ModelStore:
         self.factory = Path(factory) if factory else None
         self.limits = limits or BundleLimits()
         self.write_fault: str | None = None  # the last thing the daemon could not record, and why
+        # Retention after each activation (None: keep everything); ``pins`` names the versions
+        # the serving config asks for, which are kept too (store/retention.py).
+        self.keep_versions = keep_versions
+        self.pins = pins
+        self.factory_dir = FactoryDir(self.factory, lambda: self.root, self.limits)
 
     # -- paths and locking -------------------------------------------------------------
 
@@ -170,19 +183,19 @@ class ModelStore:
         )
 
     def factory_bundle(self, name: str) -> Path | None:
-        """The factory bundle for ``name``, if one is shipped."""
-        if self.factory is None:
-            return None
-        p = self.factory / f"{name}{FACTORY_SUFFIX}"
-        return p if p.is_file() else None
+        """The verified factory bundle whose manifest names ``name``, if one is shipped."""
+        return self.factory_dir.bundles().get(name)
+
+    def factory_refused(self) -> list[FactoryBundle]:
+        """Factory bundles that failed verification, each with its reason."""
+        return self.factory_dir.refused()
 
     def models(self) -> list[str]:
-        """Every model name in the store or the factory directory."""
+        """Every model name in the store or named by a verified factory bundle's manifest."""
         names: set[str] = set()
         if self.path.is_dir():
             names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
-        if self.factory is not None and self.factory.is_dir():
-            names |= {p.name[: -len(FACTORY_SUFFIX)] for p in self.factory.glob(f"*{FACTORY_SUFFIX}")}
+        names |= set(self.factory_dir.bundles())
         return sorted(names)
 
     def verify_version(self, name: str, version: int) -> Manifest:
@@ -234,7 +247,12 @@ class ModelStore:
         """Verify the factory bundle of ``name`` and describe it for loading."""
         path = self.factory_bundle(name)
         if path is None:
-            raise NotFoundError(f"no factory bundle for model {name!r}")
+            for fb in self.factory_refused():
+                if fb.claimed == name or fb.path.name == f"{name}{FACTORY_SUFFIX}":
+                    path = fb.path  # opened below to raise why it was refused, with the error's own type
+                    break
+            else:
+                raise NotFoundError(f"no factory bundle for model {name!r}")
         with open_bundle(path, self.root, self.limits) as bundle:
             if bundle.manifest.name != name:
                 raise StoreError(f"factory bundle {path.name} holds model {bundle.manifest.name!r}")
@@ -385,7 +403,97 @@ class ModelStore:
                 return state
             self._write_state(name, state)
         log.info("activated %s v%d", name, version, extra={"model": name, "version": version})
+        if self.keep_versions is not None:
+            with self._recording(name, "retention"):
+                self.prune(name, self.keep_versions)
         return state
+
+    # -- tentative activation (state.py's module docstring) ----------------------------
+
+    def begin_trying(self, name: str, version: int) -> None:
+        """Persist that a serving process is about to create an interpreter for ``version``
+        (unless it is confirmed); call before loading it."""
+        with self._recording(name, f"trying v{version}"), self.lock():
+            state = self.state(name)
+            if state.begin_trying(version):
+                self._write_state(name, state)
+
+    def end_trying(self, name: str, version: int, *, confirmed: bool) -> None:
+        """``version`` loaded and passed its self-test in this serving process (``confirmed``),
+        or its load raised (the caller records why)."""
+        with self._recording(name, f"the outcome of trying v{version}"), self.lock():
+            state = self.state(name)
+            if state.end_trying(version, confirmed=confirmed):
+                self._write_state(name, state)
+
+    def recover_trying(self, name: str) -> int | None:
+        """Start of a serving process: a ``trying`` marker left by a dead one fails that version
+        (never retried) and reverts to the previous one. Returns the failed version, if any."""
+        failed: int | None = None
+        with self._recording(name, "a version tried by a process that died"), self.lock():
+            if not (self._model_dir(name) / STATE_FILE).is_file():
+                return None
+            state = self.state(name)
+            failed = state.crashed_while_trying(self.versions(name))
+            if failed is not None:
+                self._write_state(name, state)
+        if failed is not None:
+            log.error(
+                "%s: the serving process died while trying v%d: recorded as failed, not retried; serving %s",
+                name, failed, f"v{state.active}" if state.active is not None else "the factory bundle",
+                extra={"model": name, "version": failed, "reason": state.failed.get(failed, "")},
+            )
+        return failed
+
+    # -- retention and removal (retention.py) -------------------------------------------
+
+    def prune(self, name: str, keep_versions: int) -> list[int]:
+        """Delete versions beyond the ``keep_versions`` newest, except protected and pinned ones."""
+        pinned = self.pins(name) if self.pins is not None else set()
+        with self.lock():
+            state = self.state(name)
+            doomed = expired(self.versions(name), keep_versions, state.protected() | pinned)
+            trash = [self._to_trash(name, v, state, f"retention: keep_versions = {keep_versions}") for v in doomed]
+            if doomed:
+                self._write_state(name, state)
+        self._empty_trash(trash)
+        if doomed:
+            log.info("%s: removed %s (keep_versions = %d)", name, ", ".join(f"v{v}" for v in doomed), keep_versions,
+                     extra={"model": name})
+        return doomed
+
+    def remove(self, name: str, version: int) -> ModelState:
+        """Delete an installed version (the operator's ``models remove``); StoreError for the
+        active, the last known good, a version being tried or served, or one the config pins."""
+        pinned = self.pins(name) if self.pins is not None else set()
+        with self.lock():
+            if version not in self.versions(name):
+                raise NotFoundError(f"{name} v{version} is not installed (installed: {self.versions(name)})")
+            state = self.state(name)
+            if version in pinned and version not in state.protected():
+                raise StoreError(f"{name} v{version} is named by [models.{name}] (traffic, shadow or versions): "
+                                 "it cannot be removed while the config serves it")
+            try:
+                trash = self._to_trash(name, version, state, "removed by the operator")
+            except StoreError as exc:
+                raise StoreError(f"{name} {exc}") from exc
+            self._write_state(name, state)
+        self._empty_trash([trash])
+        log.info("%s: v%d removed", name, version, extra={"model": name, "version": version})
+        return state
+
+    def _to_trash(self, name: str, version: int, state: ModelState, why: str) -> Path:
+        """Record the removal in ``state`` (raises when it must stay), then rename the version
+        directory to a ``.trash-*`` one (caller holds the lock and writes ``state``): a crash
+        leaves either the version or a trash directory that ``cleanup_partial`` removes."""
+        state.remove(version, why)
+        trash = self._model_dir(name) / f".trash-{version}-{uuid.uuid4().hex[:8]}"
+        os.rename(self.version_dir(name, version), trash)
+        return trash
+
+    def _empty_trash(self, trash: list[Path]) -> None:
+        for t in trash:
+            shutil.rmtree(t, ignore_errors=True)
 
     def record_failure(self, name: str, version: int, reason: str, revert_to: int | None = None) -> ModelState:
         """Record that ``version`` failed (e.g. its self-test); optionally make ``revert_to`` active again."""
