@@ -113,11 +113,12 @@ def _refuse_duplicates(bundles: list[FactoryBundle]) -> list[FactoryBundle]:
     first: dict[str, Path] = {}
     out: list[FactoryBundle] = []
     for fb in bundles:
-        if fb.name is not None and fb.problem is None:
-            if fb.name in first:
-                fb = FactoryBundle(fb.path, problem=f"holds model {fb.name!r}, already provided by {first[fb.name].name}",
-                                   claimed=fb.name)
+        name = fb.name
+        if name is not None and fb.problem is None:
+            if name in first:
+                fb = FactoryBundle(fb.path, problem=f"holds model {name!r}, already provided by {first[name].name}",
+                                   claimed=name)
             else:
-                first[fb.name] = fb.path
+                first[name] = fb.path
         out.append(fb)
     return out

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from serving.support import Env, infer_json
+
 from harness.bundles import rebuilt_bundle
 from harness.wait import wait_until
-from serving.support import Env, infer_json
 
 SRC = Path(__file__).resolve().parent / "delegate_src" / "crash_delegate.c"
 
