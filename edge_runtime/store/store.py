@@ -19,8 +19,6 @@ import fcntl
 import io
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +28,9 @@ from edge_runtime.atomic import atomic_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
+from edge_runtime.store import lifecycle
 from edge_runtime.store.factory import FACTORY_SUFFIX, FactoryBundle, FactoryDir
-from edge_runtime.store.retention import Pins, expired
+from edge_runtime.store.retention import Pins
 from edge_runtime.store.state import ModelState, read_state, write_state
 from edge_runtime.trust.root import TrustRoot
 
@@ -103,14 +102,15 @@ class ModelStore:
 
     # -- paths and locking -------------------------------------------------------------
 
-    def _model_dir(self, name: str) -> Path:
+    def model_dir(self, name: str) -> Path:
+        """``<store>/<name>``; NotFoundError for a name a manifest could not have."""
         if not NAME_RE.fullmatch(name):
             raise NotFoundError(f"invalid model name {name!r}")
         return self.path / name
 
     def version_dir(self, name: str, version: int) -> Path:
         """Where version ``version`` of ``name`` lives."""
-        return self._model_dir(name) / str(version)
+        return self.model_dir(name) / str(version)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -131,7 +131,7 @@ class ModelStore:
 
     def state(self, name: str) -> ModelState:
         """The recorded state of ``name`` (empty when never installed); StoreError when unreadable."""
-        return read_state(self._model_dir(name) / STATE_FILE)
+        return read_state(self.model_dir(name) / STATE_FILE)
 
     def readable_state(self, name: str) -> ModelState:
         """:meth:`state`, or an empty state (nothing active) when the file cannot be read: the
@@ -152,14 +152,14 @@ class ModelStore:
             entries.append(None)
         for name in sorted(names):
             try:
-                st = os.stat(self._model_dir(name) / STATE_FILE)
+                st = os.stat(self.model_dir(name) / STATE_FILE)
                 entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
             except (OSError, NotFoundError):
                 entries.append((name, None))
         return tuple(entries)
 
     @contextlib.contextmanager
-    def _recording(self, name: str, what: str) -> Iterator[None]:
+    def recording(self, name: str, what: str) -> Iterator[None]:
         """Record something the daemon does; a store that cannot be written (read-only, full,
         unreadable state) is logged and reported, never raised: serving goes on without it."""
         try:
@@ -169,12 +169,13 @@ class ModelStore:
             self.write_fault = f"cannot record {what} of {name}: {reason}"
             log.error("%s", self.write_fault, extra={"model": name, "reason": str(exc)})
 
-    def _write_state(self, name: str, state: ModelState) -> None:
-        write_state(self._model_dir(name) / STATE_FILE, state)
+    def write_state(self, name: str, state: ModelState) -> None:
+        """Atomically write the state of ``name`` (the caller holds the lock)."""
+        write_state(self.model_dir(name) / STATE_FILE, state)
 
     def versions(self, name: str) -> list[int]:
         """Installed version numbers of ``name``, ascending."""
-        d = self._model_dir(name)
+        d = self.model_dir(name)
         if not d.is_dir():
             return []
         # Only canonical names ("7", not "007"): version_dir() must find what this lists.
@@ -294,7 +295,7 @@ class ModelStore:
                 if repair is None:
                     # Renamed into place, then killed before state.json was updated: record it now.
                     if state.raise_floor(m.version):
-                        self._write_state(m.name, state)
+                        self.write_state(m.name, state)
                     return InstallResult(m.name, m.version, already_installed=True)
                 # The same signed manifest over a damaged or quarantined copy: rewrite it.
             elif m.version <= floor:
@@ -304,7 +305,7 @@ class ModelStore:
             self._write_version(bundle, target)
             state = self.state(m.name)
             state.record_install(m.version, repair)
-            self._write_state(m.name, state)
+            self.write_state(m.name, state)
         log.info("installed %s v%d", m.name, m.version, extra={"model": m.name, "version": m.version})
         return InstallResult(m.name, m.version, already_installed=False)
 
@@ -327,51 +328,9 @@ class ModelStore:
                     bundle.copy_artifact(art, fh)
 
     def cleanup_partial(self) -> list[Path]:
-        """Repair what interrupted installs left (call at start-up); returns the paths removed.
-
-        Removes ``.install-*`` and ``.trash-*`` directories, and raises ``highest_seen`` of a
-        model to its highest installed version when an install was killed between the rename
-        of its directory and the update of ``state.json`` (recorded as a recovered
-        ``installed`` event). Takes the store lock, so it must not be called while holding it:
-        an install in progress in another process holds the lock while its ``.install-*``
-        directory exists, so only dead leftovers are removed.
-        """
-        removed: list[Path] = []
-        if not self.path.is_dir():
-            return removed
-        with self.lock():
-            for d in sorted(self.path.iterdir()):
-                if not d.is_dir() or not NAME_RE.fullmatch(d.name):
-                    continue
-                for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p)
-                    log.info("removed %s, left by an interrupted install", p, extra={"model": d.name})
-                self._reconcile_floor(d.name)
-        return removed
-
-    def _reconcile_floor(self, name: str) -> None:
-        """Raise ``highest_seen`` to the highest installed version (caller holds the lock)."""
-        installed = self.versions(name)
-        if not installed:
-            return
-        try:
-            state = self.state(name)
-        except StoreError as exc:
-            log.error("%s: cannot reconcile the anti-rollback floor: %s", name, exc, extra={"model": name})
-            return
-        top = installed[-1]
-        if not state.raise_floor(top):
-            return
-        try:
-            self._write_state(name, state)
-        except OSError as exc:  # e.g. a full disk: the floor still holds (it counts directories)
-            log.error("%s: cannot record v%d as installed: %s", name, top, exc, extra={"model": name, "version": top})
-            return
-        log.warning(
-            "%s: v%d was installed but not recorded (interrupted install): anti-rollback floor raised to v%d",
-            name, top, top, extra={"model": name, "version": top},
-        )
+        """Repair what interrupted installs and removals left (call at start-up, not holding
+        the lock); returns the paths removed. See :func:`.lifecycle.cleanup_partial`."""
+        return lifecycle.cleanup_partial(self)
 
     # -- activation and rollback ------------------------------------------------------
 
@@ -401,107 +360,46 @@ class ModelStore:
                 log.info("%s v%d not activated: v%d is already active", name, version, state.active,
                          extra={"model": name, "version": version})
                 return state
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.info("activated %s v%d", name, version, extra={"model": name, "version": version})
         if self.keep_versions is not None:
-            with self._recording(name, "retention"):
+            with self.recording(name, "retention"):
                 self.prune(name, self.keep_versions)
         return state
 
-    # -- tentative activation (state.py's module docstring) ----------------------------
+    # -- tentative activation and removal: the doing lives in lifecycle.py ---------------
 
     def begin_trying(self, name: str, version: int) -> None:
         """Persist that a serving process is about to create an interpreter for ``version``
         (unless it is confirmed); call before loading it."""
-        with self._recording(name, f"trying v{version}"), self.lock():
-            state = self.state(name)
-            if state.begin_trying(version):
-                self._write_state(name, state)
+        lifecycle.begin_trying(self, name, version)
 
     def end_trying(self, name: str, version: int, *, confirmed: bool) -> None:
         """``version`` loaded and passed its self-test in this serving process (``confirmed``),
         or its load raised (the caller records why)."""
-        with self._recording(name, f"the outcome of trying v{version}"), self.lock():
-            state = self.state(name)
-            if state.end_trying(version, confirmed=confirmed):
-                self._write_state(name, state)
+        lifecycle.end_trying(self, name, version, confirmed=confirmed)
 
     def recover_trying(self, name: str) -> int | None:
         """Start of a serving process: a ``trying`` marker left by a dead one fails that version
         (never retried) and reverts to the previous one. Returns the failed version, if any."""
-        failed: int | None = None
-        with self._recording(name, "a version tried by a process that died"), self.lock():
-            if not (self._model_dir(name) / STATE_FILE).is_file():
-                return None
-            state = self.state(name)
-            failed = state.crashed_while_trying(self.versions(name))
-            if failed is not None:
-                self._write_state(name, state)
-        if failed is not None:
-            log.error(
-                "%s: the serving process died while trying v%d: recorded as failed, not retried; serving %s",
-                name, failed, f"v{state.active}" if state.active is not None else "the factory bundle",
-                extra={"model": name, "version": failed, "reason": state.failed.get(failed, "")},
-            )
-        return failed
-
-    # -- retention and removal (retention.py) -------------------------------------------
+        return lifecycle.recover_trying(self, name)
 
     def prune(self, name: str, keep_versions: int) -> list[int]:
         """Delete versions beyond the ``keep_versions`` newest, except protected and pinned ones."""
-        pinned = self.pins(name) if self.pins is not None else set()
-        with self.lock():
-            state = self.state(name)
-            doomed = expired(self.versions(name), keep_versions, state.protected() | pinned)
-            trash = [self._to_trash(name, v, state, f"retention: keep_versions = {keep_versions}") for v in doomed]
-            if doomed:
-                self._write_state(name, state)
-        self._empty_trash(trash)
-        if doomed:
-            log.info("%s: removed %s (keep_versions = %d)", name, ", ".join(f"v{v}" for v in doomed), keep_versions,
-                     extra={"model": name})
-        return doomed
+        return lifecycle.prune(self, name, keep_versions)
 
     def remove(self, name: str, version: int) -> ModelState:
-        """Delete an installed version (the operator's ``models remove``); StoreError for the
-        active, the last known good, a version being tried or served, or one the config pins."""
-        pinned = self.pins(name) if self.pins is not None else set()
-        with self.lock():
-            if version not in self.versions(name):
-                raise NotFoundError(f"{name} v{version} is not installed (installed: {self.versions(name)})")
-            state = self.state(name)
-            if version in pinned and version not in state.protected():
-                raise StoreError(f"{name} v{version} is named by [models.{name}] (traffic, shadow or versions): "
-                                 "it cannot be removed while the config serves it")
-            try:
-                trash = self._to_trash(name, version, state, "removed by the operator")
-            except StoreError as exc:
-                raise StoreError(f"{name} {exc}") from exc
-            self._write_state(name, state)
-        self._empty_trash([trash])
-        log.info("%s: v%d removed", name, version, extra={"model": name, "version": version})
-        return state
-
-    def _to_trash(self, name: str, version: int, state: ModelState, why: str) -> Path:
-        """Record the removal in ``state`` (raises when it must stay), then rename the version
-        directory to a ``.trash-*`` one (caller holds the lock and writes ``state``): a crash
-        leaves either the version or a trash directory that ``cleanup_partial`` removes."""
-        state.remove(version, why)
-        trash = self._model_dir(name) / f".trash-{version}-{uuid.uuid4().hex[:8]}"
-        os.rename(self.version_dir(name, version), trash)
-        return trash
-
-    def _empty_trash(self, trash: list[Path]) -> None:
-        for t in trash:
-            shutil.rmtree(t, ignore_errors=True)
+        """Delete an installed version (``models remove``); StoreError for the active one, the last
+        known good, one being tried or served, or one the config pins; NotFoundError when absent."""
+        return lifecycle.remove(self, name, version)
 
     def record_failure(self, name: str, version: int, reason: str, revert_to: int | None = None) -> ModelState:
         """Record that ``version`` failed (e.g. its self-test); optionally make ``revert_to`` active again."""
         state = ModelState(failed={version: reason})
-        with self._recording(name, f"the failure of v{version}"), self.lock():
+        with self.recording(name, f"the failure of v{version}"), self.lock():
             state = self.state(name)
             state.fail(version, reason, self.versions(name), revert_to)
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.warning("%s v%d failed: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
         return state
 
@@ -509,10 +407,10 @@ class ModelStore:
         """Record the version the daemon now answers with (after its self-test passed) and what
         runs it (``{"delegate": ..., "skipped": [...]}``)."""
         state = ModelState(serving=version)
-        with self._recording(name, f"serving v{version}"), self.lock():
+        with self.recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
-            if state.set_serving(version, delegate) and self._model_dir(name).is_dir():
-                self._write_state(name, state)
+            if state.set_serving(version, delegate) and self.model_dir(name).is_dir():
+                self.write_state(name, state)
         return state
 
     def rollback(self, name: str) -> ModelState:
@@ -523,16 +421,16 @@ class ModelStore:
                 raise StoreError(f"{name}: no last known good version to roll back to")
             self.verify_version(name, state.last_known_good)
             target = state.rollback(self.versions(name))
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.warning("rolled back %s to v%d", name, target, extra={"model": name, "version": target})
         return state
 
     def quarantine(self, name: str, version: int, reason: str) -> None:
         """Mark a version that failed verification so it is never loaded again."""
-        with self._recording(name, f"the quarantine of v{version}"), self.lock():
+        with self.recording(name, f"the quarantine of v{version}"), self.lock():
             state = self.state(name)
             state.quarantine(version, reason)
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.error("quarantined %s v%d: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
 
     # -- start-up resolution -----------------------------------------------------------
@@ -583,13 +481,13 @@ class ModelStore:
             level, "%s: falling back to %s: %s", name, target, reason,
             extra={"model": name, "version": to_version, "reason": reason},
         )
-        if not self._model_dir(name).is_dir():
+        if not self.model_dir(name).is_dir():
             return  # nothing installed: nothing to record, and no store directory to create
         try:
             with self.lock():
                 state = self.state(name)
                 state.fall_back(from_version, to_version, reason, self.versions(name))
-                self._write_state(name, state)
+                self.write_state(name, state)
         except (OSError, StoreError) as exc:
             # Serving the fallback matters more than recording it (e.g. a read-only user running `score`).
             log.error("%s: cannot record the fallback: %s", name, exc, extra={"model": name, "reason": str(exc)})

@@ -11,6 +11,7 @@ import pytest
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import parse_config
 from edge_runtime.exceptions import NotFoundError, StoreError
+from edge_runtime.store import lifecycle
 from edge_runtime.store.retention import config_pins, expired
 from edge_runtime.store.store import ModelStore
 
@@ -107,7 +108,7 @@ def test_a_removal_killed_after_the_rename_leaves_a_trash_dir_that_start_up_remo
     def killed(paths: list[Path]) -> None:
         raise KeyboardInterrupt  # the process dies between the rename and the delete
 
-    monkeypatch.setattr(store, "_empty_trash", killed)
+    monkeypatch.setattr(lifecycle, "empty_trash", killed)
     with pytest.raises(KeyboardInterrupt):
         store.remove("fraud", 1)
     assert _installed(store) == [2, 3]  # never half a version: it is gone from the listing
