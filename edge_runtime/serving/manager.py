@@ -153,7 +153,12 @@ class ModelManager:
 
     def problems(self) -> dict[str, str]:
         """Models that are not being served and why."""
-        return {n: sm.problem for n, sm in self.served.copy().items() if sm.routing is None and sm.problem}
+        out = {n: sm.problem for n, sm in self.served.copy().items() if sm.routing is None and sm.problem}
+        for fb in self.store.factory_refused(rescan=False):  # a refused factory bundle serves nothing
+            name = fb.claimed or fb.path.name
+            if name not in self._default.copy():
+                out.setdefault(name, f"factory bundle {fb.path.name} refused: {fb.problem}")
+        return out
 
     # -- the manager thread ------------------------------------------------------------
 

@@ -67,6 +67,7 @@ class FactoryDir:
         self._root = root  # read at each scan: the update client may rotate the store's root
         self.limits = limits
         self._seen: dict[Path, tuple[tuple[int, int, int, int], FactoryBundle]] = {}
+        self.last_scan: list[FactoryBundle] = []  # read without scanning (e.g. on the event loop)
 
     def scan(self) -> list[FactoryBundle]:
         """Every ``*.bundle`` file, verified (cached while the file and root are unchanged), by file name."""
@@ -96,15 +97,17 @@ class FactoryDir:
             seen[p] = (key, fb)
             out.append(fb)
         self._seen = seen
-        return _refuse_duplicates(out)
+        self.last_scan = _refuse_duplicates(out)
+        return self.last_scan
 
     def bundles(self) -> dict[str, Path]:
         """Verified model name -> its factory bundle."""
         return {fb.name: fb.path for fb in self.scan() if fb.name is not None and fb.problem is None}
 
-    def refused(self) -> list[FactoryBundle]:
-        """The factory bundles that failed verification, each with its reason."""
-        return [fb for fb in self.scan() if fb.problem is not None]
+    def refused(self, rescan: bool = True) -> list[FactoryBundle]:
+        """The factory bundles that failed verification, each with its reason (``rescan=False``:
+        as of the last scan, which costs nothing)."""
+        return [fb for fb in (self.scan() if rescan else self.last_scan) if fb.problem is not None]
 
 
 def _refuse_duplicates(bundles: list[FactoryBundle]) -> list[FactoryBundle]:

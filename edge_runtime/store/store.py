@@ -187,9 +187,10 @@ class ModelStore:
         """The verified factory bundle whose manifest names ``name``, if one is shipped."""
         return self.factory_dir.bundles().get(name)
 
-    def factory_refused(self) -> list[FactoryBundle]:
-        """Factory bundles that failed verification, each with its reason."""
-        return self.factory_dir.refused()
+    def factory_refused(self, rescan: bool = True) -> list[FactoryBundle]:
+        """Factory bundles that failed verification, each with its reason (``rescan=False``: as
+        of the last :meth:`models` call, without touching the disk)."""
+        return self.factory_dir.refused(rescan)
 
     def models(self) -> list[str]:
         """Every model name in the store or named by a verified factory bundle's manifest."""

@@ -1,4 +1,5 @@
-"""Tentative activation against a real daemon and a real crash (issue 22, finding 6).
+"""Tentative activation against a real daemon and a real crash (issue 22, finding 6), and a
+refused factory bundle named in the daemon's log (issue 21).
 
 A version whose manifest names a delegate library whose create function segfaults is
 activated the way the update client activates (``store.activate`` without a self-test; the
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving.support import Env, infer_json
+from serving.support import Env, infer_json, request
 
 from harness.bundles import rebuilt_bundle
 from harness.wait import wait_until
@@ -60,5 +61,20 @@ def test_a_version_whose_load_kills_the_daemon_is_failed_at_the_next_start(
         assert any("the serving process died while trying v3" in line for line in second.lines)
         status, body = infer_json(second.port, "fraud", sample_x[:1])
         assert status == 200 and body["model_version"] == "2"
+    finally:
+        env.close()
+
+
+def test_a_refused_factory_bundle_keeps_the_daemon_unready_and_says_why(
+    tmp_path: Path, keys: Any, make_bundle: Any
+) -> None:
+    env = Env(tmp_path, keys, make_bundle(1, keys=[keys.stranger]))
+    try:
+        d = env.start(wait=False)
+        wait_until(lambda: any(" ready: " in line for line in d.lines), "the daemon to finish loading")
+        refused = [line for line in d.lines if "factory bundle" in line and "refused" in line]
+        assert refused and "fraud.bundle" in refused[0] and "is not trusted" in refused[0]
+        status, _ = request(d.port, "GET", "/v2/health/ready")
+        assert status == 503  # not ready, and (before) no log line said why
     finally:
         env.close()
