@@ -1,7 +1,7 @@
 /* A TFLite external delegate whose create function crashes the process (issue 22, finding 6):
  * it dereferences a null pointer, so the process that loads it dies with SIGSEGV. Used by
- * tests/store/test_tentative_daemon.py to show that the daemon, restarted, serves the previous
- * version and records the crashing one as failed. */
+ * tests/updates/integration/test_tentative_activation.py to show that the daemon, restarted,
+ * serves the previous version and records the crashing one as failed. */
 #include <stddef.h>
 
 void* tflite_plugin_create_delegate(char** keys, char** values, size_t num_options,
