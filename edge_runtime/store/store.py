@@ -38,7 +38,6 @@ log = logging.getLogger("edge_runtime.store")
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-__all__ = ["FACTORY_SUFFIX", "InstallResult", "ModelStore", "Resolved"]
 
 
 @dataclass(frozen=True)
