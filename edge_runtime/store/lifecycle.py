@@ -101,15 +101,15 @@ def end_trying(store: ModelStore, name: str, version: int, *, confirmed: bool) -
 
 def recover_trying(store: ModelStore, name: str) -> int | None:
     """Fail the version a dead serving process left ``trying`` and revert to the previous one."""
-    failed: int | None = None
-    state = ModelState()
-    with store.recording(name, "a version tried by a process that died"), store.lock():
-        if not (store.model_dir(name) / "state.json").is_file():
-            return None
-        state = store.state(name)
+    with store.lock():
+        try:
+            state = store.state(name)
+        except (StoreError, OSError):
+            return None  # resolve() serves the factory bundle and reports the unreadable state
         failed = state.crashed_while_trying(store.versions(name))
         if failed is not None:
-            store.write_state(name, state)
+            with store.recording(name, f"the failure of v{failed}"):
+                store.write_state(name, state)
     if failed is not None:
         log.error(
             "%s: the serving process died while trying v%d: recorded as failed, not retried; serving %s",
