@@ -179,3 +179,16 @@ def test_list_says_a_factory_bundle_signed_by_an_untrusted_key_is_refused(device
     (line,) = [x for x in r.out.splitlines() if x.split()[:2] == ["fraud", "factory"]]
     assert "REFUSED: " in line and "fraud.bundle: manifest: " in line and "is not trusted" in line
     assert "active (fallback)" not in r.out
+
+
+def test_list_shows_a_version_the_daemon_is_trying_and_remove_refuses_it(device: Any, make_bundle: Any) -> None:
+    store = device.store()
+    for v in (1, 2):
+        store.install(make_bundle(v))
+    store.activate("fraud", 1)
+    store.begin_trying("fraud", 2)  # what the daemon writes before its first interpreter of v2
+    r = device.cli("models", "list")
+    (row,) = [x for x in r.out.splitlines() if x.split()[:2] == ["fraud", "2"]]
+    assert "trying (not yet loaded by the daemon)" in row
+    r = device.cli("models", "remove", "fraud", "2")
+    assert (r.code, r.err_lines) == (1, ["edge-runtime: fraud v2 is being tried: it cannot be removed"])
