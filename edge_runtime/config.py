@@ -37,6 +37,9 @@ class StoreConfig:
     path: str = "/var/lib/edge-runtime/models"
     factory: str = "/usr/share/edge-runtime/factory"
     max_bundle_bytes: int = 1024 * 1024 * 1024
+    # Installed versions kept after an activation (the newest N; never the active one, the last
+    # known good, one being tried or served, or one the serving config names). See docs/store-and-bundles.md.
+    keep_versions: int = 3
 
 
 @dataclass(frozen=True)
@@ -368,6 +371,8 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         check_mqtt_config(cfg.mqtt)
     if cfg.store.max_bundle_bytes < 1:
         raise ConfigError(f"store.max_bundle_bytes: expected an integer >= 1, found {cfg.store.max_bundle_bytes}")
+    if cfg.store.keep_versions < 1:
+        raise ConfigError(f"store.keep_versions: expected an integer >= 1, found {cfg.store.keep_versions}")
     if not 0 <= cfg.server.port <= 65535 or not -1 <= cfg.server.grpc_port <= 65535:
         raise ConfigError("server.port and server.grpc_port must be in [0, 65535] (grpc_port -1: any free port)")
     srv = cfg.server

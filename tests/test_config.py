@@ -46,7 +46,8 @@ def test_a_file_sets_values_and_ints_are_accepted_for_floats(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("[store]\nmax_bundle_byte = 5\n", r"store: unknown key\(s\) 'max_bundle_byte'; known: factory, max_bundle_bytes"),
+        ("[store]\nmax_bundle_byte = 5\n", r"store: unknown key\(s\) 'max_bundle_byte'; known: factory, keep_versions, max_bundle_bytes"),
+        ("[store]\nkeep_versions = 0\n", r"store\.keep_versions: expected an integer >= 1, found 0"),
         ("[stor]\npath = '/x'\n", r"unknown table\(s\) 'stor'"),
         ("[server]\nport = '8000'\n", r"server\.port: expected int, found str '8000'"),
         ("[server]\nport = true\n", r"server\.port: expected int, found bool True"),

@@ -9,6 +9,7 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.config import Config, load_config
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.delegates import InstallCheck
+from edge_runtime.store.retention import config_pins
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot, verify_root
 
@@ -55,5 +56,6 @@ def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStor
     root = load_trust_root(load_root_file(args.root or Path(cfg.trust.root)), updates_state_dir(cfg.mqtt, store_path))
     factory = args.factory if args.factory is not None else Path(cfg.store.factory)
     return ModelStore(
-        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models)
+        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models),
+        keep_versions=cfg.store.keep_versions, pins=config_pins(cfg.models),
     )

@@ -1,4 +1,4 @@
-"""``edge-runtime models list|install|activate|rollback|verify``."""
+"""``edge-runtime models list|install|activate|rollback|remove|verify``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def register(sub: Any) -> None:
     rb = ms.add_parser("rollback", parents=parents, help="make the last known good version active")
     rb.add_argument("name")
     rb.set_defaults(func=cmd_rollback)
+    rm = ms.add_parser("remove", parents=parents,
+                       help="delete an installed version (never the active one or the last known good)")
+    rm.add_argument("name")
+    rm.add_argument("version", type=positive_int)
+    rm.set_defaults(func=cmd_remove)
     ver = ms.add_parser("verify", parents=parents, help="re-hash every installed version")
     ver.set_defaults(func=cmd_verify)
 
@@ -86,11 +91,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remove(args: argparse.Namespace) -> int:
+    """Delete an installed version; exit 1 for the active one, the last known good, one being
+    tried or served, one the config serves, or one that is not installed."""
+    store = open_store(args)
+    store.remove(args.name, args.version)
+    print(f"{args.name} v{args.version} removed")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """Print every model and version with its status and recent history."""
     store = open_store(args)
     names = store.models()
-    if not names:
+    refused = store.factory_refused()
+    if not names and not refused:
         print(f"no models in {store.path}")
         return 0
     rows = [["MODEL", "VERSION", "STATUS"]]
@@ -106,6 +121,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 tags.append(f"quarantined: {state.quarantined[v]}")
             if v in state.failed:
                 tags.append(f"failed: {state.failed[v]}")
+            if v == state.trying:
+                tags.append("trying (not yet loaded by the daemon)")
             report = state.serving_delegate if v == state.serving and not state.serving_factory else None
             if report is not None:
                 tags.append(f"serving on {report['delegate']}")
@@ -117,10 +134,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         if factory is not None:
             tag = "active (fallback)" if state.serving_factory or state.active is None else "standby"
             rows.append([name, "factory", f"{tag}: {factory}"])
+        for fb in refused:
+            if fb.claimed == name:
+                rows.append([name, "factory", f"REFUSED: {fb.path}: {fb.problem}"])
         rows.append(["", f"highest seen: v{state.highest_seen}"])
         for entry in state.history[-args.history :] if args.history > 0 else []:
             detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("time", "event") and v is not None)
             rows.append(["", f"{entry.get('time', '')} {entry.get('event')}: {detail}"])
+    for fb in refused:  # a refused bundle for a model the store does not have
+        if fb.claimed not in names:
+            rows.append([fb.claimed or "?", "factory", f"REFUSED: {fb.path}: {fb.problem}"])
     print(format_table(rows, min_widths=(15, 7)))
     return 0
 

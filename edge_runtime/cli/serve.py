@@ -13,6 +13,7 @@ from edge_runtime.cli.common import common_options, load_root_file, store_option
 from edge_runtime.config import Config, load_config
 from edge_runtime.exceptions import EdgeRuntimeError, UsageError
 from edge_runtime.logs import setup_logging
+from edge_runtime.store.retention import config_pins
 from edge_runtime.store.store import ModelStore
 
 log = logging.getLogger("edge_runtime.serve")
@@ -63,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Path(cfg.store.factory) if cfg.store.factory else None,
         BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes),
         InstallCheck(cfg.models),  # the update client installs through this store
+        keep_versions=cfg.store.keep_versions,
+        pins=config_pins(cfg.models),
     )
     # Before the daemon starts (cleanup_partial takes the store lock): remove what installs
     # killed part-way left behind and record installs killed before their state update.

@@ -16,6 +16,10 @@ It runs on its own thread (``edge-model-manager``) and never blocks the event lo
   CPU last) that loads, allocates, passes the golden self-test and runs a sample; the
   others are skipped with their reasons, logged, recorded in the store beside ``serving``
   and shown in metrics and metadata.
+* Tentative activation: before the first interpreter of a store version that has never
+  loaded in a serving process is created, the store records it as ``trying``; once it has
+  loaded and passed its self-test it is confirmed. Start-up first fails a version a dead
+  process left ``trying`` (a delegate that segfaults), so the previous one is served.
 * Reload (SIGHUP): batching parameters apply to running executors at once; a change of
   ``instances``, ``num_threads``, ``delegates``, ``execution`` or ``inline_max_us`` rebuilds the
   versions concerned and swaps them in the same way; traffic, shadow and version policy
@@ -97,8 +101,10 @@ class ModelManager:
     def start(self) -> None:
         """Load every model now (blocking), then keep watching the store on a thread."""
         with self._busy:
-            self._signature = self._store_signature()
             names = self.store.models()
+            for name in names:  # before anything loads: a version that killed the last process
+                self.store.recover_trying(name)
+            self._signature = self._store_signature()
 
             def placeholders() -> None:  # known names answer 503 "loading", not 404, meanwhile
                 for name in names:
@@ -147,7 +153,12 @@ class ModelManager:
 
     def problems(self) -> dict[str, str]:
         """Models that are not being served and why."""
-        return {n: sm.problem for n, sm in self.served.copy().items() if sm.routing is None and sm.problem}
+        out = {n: sm.problem for n, sm in self.served.copy().items() if sm.routing is None and sm.problem}
+        for fb in self.store.factory_refused(rescan=False):  # a refused factory bundle serves nothing
+            name = fb.claimed or fb.path.name
+            if name not in self._default.copy():
+                out.setdefault(name, f"factory bundle {fb.path.name} refused: {fb.problem}")
+        return out
 
     # -- the manager thread ------------------------------------------------------------
 
@@ -364,6 +375,19 @@ class ModelManager:
     # -- loading -----------------------------------------------------------------------
 
     def _load(self, resolved: Resolved, mcfg: ModelConfig) -> LoadedVersion:
+        """:meth:`_build` a version; a store version is ``trying`` (persisted) until it is built."""
+        if resolved.source != "store":
+            return self._build(resolved, mcfg)
+        self.store.begin_trying(resolved.name, resolved.version)  # before any interpreter exists
+        try:
+            lv = self._build(resolved, mcfg)
+        except BaseException:
+            self.store.end_trying(resolved.name, resolved.version, confirmed=False)
+            raise
+        self.store.end_trying(resolved.name, resolved.version, confirmed=True)
+        return lv
+
+    def _build(self, resolved: Resolved, mcfg: ModelConfig) -> LoadedVersion:
         """Load, self-test, warm up and time a verified version; pick inline or threaded execution."""
         manifest = resolved.manifest
         t0 = time.perf_counter()

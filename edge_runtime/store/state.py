@@ -1,5 +1,14 @@
 """``<store>/<name>/state.json``: active, last known good, anti-rollback floor and history.
 
+Tentative activation, as A/B bootloaders count boots: a version that has never loaded and
+passed its self-test in a serving process is not *confirmed*. Before the daemon creates an
+interpreter for it, ``trying`` names it (written atomically); once it is loaded and
+self-tested, it is confirmed and ``trying`` is cleared. A serving process that dies in
+between (a delegate whose create segfaults) leaves ``trying`` set, and the next start
+(:meth:`ModelState.crashed_while_trying`) records that version failed and reverts to the
+previous one. A confirmed version is never marked this way: a power cut while it loads
+does not demote it.
+
 :class:`ModelState` owns its transitions (:meth:`~ModelState.activate`, :meth:`~ModelState.fail`,
 :meth:`~ModelState.rollback`, :meth:`~ModelState.fall_back` ...): pure methods that take what
 they need to know about the disk (the installed versions) as arguments. The store does
@@ -19,6 +28,7 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.exceptions import StoreError
 
 MAX_HISTORY = 50
+MAX_CONFIRMED = 64  # the newest confirmed versions remembered; retention keeps far fewer installed
 MAX_VERSION = 2**63 - 1
 
 
@@ -71,6 +81,10 @@ class ModelState:
     history: list[dict[str, Any]] = field(default_factory=list)
     # What runs the serving version: {"delegate": NAME, "skipped": [{"delegate", "kind", "reason"}]}.
     serving_delegate: dict[str, Any] | None = None
+    # Tentative activation (see the module docstring): the version a serving process is loading
+    # for the first time, and the versions that have loaded and passed their self-test in one.
+    trying: int | None = None
+    confirmed: set[int] = field(default_factory=set)
 
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Append a history entry (bounded) and return it."""
@@ -84,6 +98,11 @@ class ModelState:
     def usable(self, version: int | None) -> bool:
         """True when ``version`` may be loaded: neither recorded as failed nor quarantined."""
         return version is not None and version not in self.failed and version not in self.quarantined
+
+    def protected(self) -> set[int]:
+        """Versions that must stay installed: active, last known good, the one being tried and
+        the one the daemon answers with."""
+        return {v for v in (self.active, self.last_known_good, self.trying, self.serving) if v is not None}
 
     def older_good(self, below: int, installed: Iterable[int]) -> int | None:
         """The newest usable installed version below ``below`` (the next last known good)."""
@@ -135,6 +154,8 @@ class ModelState:
     def fail(self, version: int, reason: str, installed: Iterable[int], revert_to: int | None = None) -> None:
         """Record that ``version`` failed; if it is active and ``revert_to`` is given, revert to that."""
         self.failed[version] = reason
+        if self.trying == version:
+            self.trying = None
         if revert_to is not None and self.active == version:
             self.active = revert_to
             if self.last_known_good == revert_to:
@@ -167,6 +188,8 @@ class ModelState:
     def quarantine(self, version: int, reason: str) -> None:
         """Mark ``version`` as failing verification: it is never loaded again until re-verified."""
         self.quarantined[version] = reason
+        if self.trying == version:
+            self.trying = None
         self.event("quarantined", version=version, reason=reason)
 
     def fall_back(
@@ -187,6 +210,63 @@ class ModelState:
         target = "factory" if to_version is None else f"v{to_version}"
         self.event("fallback", previous=from_version, to=target, reason=reason)
 
+    def begin_trying(self, version: int) -> bool:
+        """A serving process is about to load ``version``: mark it ``trying`` unless it is
+        confirmed; False when no marker is needed (nothing to write)."""
+        if version in self.confirmed:
+            return False
+        self.trying = version
+        self.event("trying", version=version)
+        return True
+
+    def end_trying(self, version: int, *, confirmed: bool) -> bool:
+        """The load of ``version`` ended in this process: loaded and self-tested (``confirmed``)
+        or raised (the caller records why). False when nothing changed."""
+        changed = self.trying == version
+        if changed:
+            self.trying = None
+        if confirmed and version not in self.confirmed:
+            self.confirmed.add(version)
+            while len(self.confirmed) > MAX_CONFIRMED:
+                self.confirmed.discard(min(self.confirmed))
+            self.event("confirmed", version=version)
+            changed = True
+        return changed
+
+    def crashed_while_trying(self, installed: Iterable[int]) -> int | None:
+        """Start-up: a ``trying`` marker left means the previous serving process died while it
+        loaded that version. Record it failed (never retried); when it is active, revert to the
+        last known good, else the newest older usable version (None: the factory). Returns the
+        failed version, or None when no marker was left."""
+        version = self.trying
+        if version is None:
+            return None
+        self.trying = None
+        installed = list(installed)
+        revert: int | None = None
+        if self.active == version:
+            lkg = self.last_known_good
+            revert = lkg if lkg != version and self.usable(lkg) and lkg in installed else None
+            if revert is None:
+                revert = self.older_good(version, installed)
+        self.fail(version, f"the serving process died while trying v{version}", installed, revert)
+        if self.active == version:  # nothing older to serve: the factory bundle is next
+            self.active = None
+            self.serving_factory = True
+        return version
+
+    def remove(self, version: int, why: str) -> None:
+        """``version`` is being deleted from the store (``why``: retention or the operator);
+        StoreError when it must stay (active, last known good, being tried, serving)."""
+        roles = [
+            role for role, v in (("active", self.active), ("the last known good", self.last_known_good),
+                                 ("being tried", self.trying), ("serving", self.serving)) if v == version
+        ]
+        if roles:
+            raise StoreError(f"v{version} is {' and '.join(dict.fromkeys(roles))}: it cannot be removed")
+        self.confirmed.discard(version)
+        self.event("removed", version=version, reason=why)
+
     # -- the on-disk form ---------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -201,6 +281,8 @@ class ModelState:
             "failed": {str(k): v for k, v in sorted(self.failed.items())},
             "history": self.history,
             "serving_delegate": self.serving_delegate,
+            "trying": self.trying,
+            "confirmed": sorted(self.confirmed),
         }
 
     @classmethod
@@ -211,16 +293,28 @@ class ModelState:
         history = obj.get("history", [])
         if not isinstance(history, list):
             raise StoreError(f"{where}: unreadable state (history must be a list)")
+        active = _version(obj.get("active"), "active", where)
+        lkg = _version(obj.get("last_known_good"), "last_known_good", where)
+        serving = _version(obj.get("serving"), "serving", where)
+        if "confirmed" in obj:
+            listed = obj["confirmed"]
+            if not isinstance(listed, list):
+                raise StoreError(f"{where}: unreadable state (confirmed must be a list)")
+            confirmed = {v for v in (_version(x, "confirmed", where, allow_none=False) for x in listed) if v is not None}
+        else:  # written before tentative activation: what it served was confirmed then
+            confirmed = {v for v in (active, lkg, serving) if v is not None}
         return cls(
-            active=_version(obj.get("active"), "active", where),
-            last_known_good=_version(obj.get("last_known_good"), "last_known_good", where),
+            active=active,
+            last_known_good=lkg,
             highest_seen=_version(obj.get("highest_seen", 0), "highest_seen", where, allow_none=False) or 0,
             serving_factory=obj.get("serving_factory", False) is True,
-            serving=_version(obj.get("serving"), "serving", where),
+            serving=serving,
             quarantined=_versions(obj.get("quarantined", {}), "quarantined", where),
             failed=_versions(obj.get("failed", {}), "failed", where),
             history=history[-MAX_HISTORY:],
             serving_delegate=_delegate_report(obj.get("serving_delegate"), where),
+            trying=_version(obj.get("trying"), "trying", where),
+            confirmed=set(sorted(confirmed)[-MAX_CONFIRMED:]),
         )
 
 

@@ -6,7 +6,10 @@ Installs are verified before anything is written, written to a temporary directo
 new one. A version at or below ``highest_seen`` is refused unless it is the very same
 bundle. Start-up (:meth:`ModelStore.resolve`) re-verifies what it is about to load and
 falls back from the active version to the last known good, then to the factory bundle,
-recording each step and its reason in the model's history.
+recording each step and its reason in the model's history. Tentative activation (a version
+is ``trying`` until it loads in a serving process) is described in :mod:`.state`; retention
+(``keep_versions``, :meth:`ModelStore.remove`) in :mod:`.retention`; factory bundles are known
+by their verified manifests (:mod:`.factory`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import fcntl
 import io
 import logging
 import os
-import shutil
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,9 @@ from edge_runtime.atomic import atomic_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
+from edge_runtime.store import lifecycle
+from edge_runtime.store.factory import FACTORY_SUFFIX, FactoryBundle, FactoryDir
+from edge_runtime.store.retention import Pins
 from edge_runtime.store.state import ModelState, read_state, write_state
 from edge_runtime.trust.root import TrustRoot
 
@@ -33,7 +38,6 @@ log = logging.getLogger("edge_runtime.store")
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-FACTORY_SUFFIX = ".bundle"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class ModelStore:
         factory: Path | None = None,
         limits: BundleLimits | None = None,
         bundle_check: Callable[[Bundle], None] | None = None,
+        keep_versions: int | None = None,
+        pins: Pins | None = None,
     ) -> None:
         self.path = Path(path)
         # Run on every bundle before it is installed; raises (e.g. AcceleratorError: it needs a
@@ -87,17 +93,23 @@ class ModelStore:
         self.factory = Path(factory) if factory else None
         self.limits = limits or BundleLimits()
         self.write_fault: str | None = None  # the last thing the daemon could not record, and why
+        # Retention after each activation (None: keep everything); ``pins`` names the versions
+        # the serving config asks for, which are kept too (store/retention.py).
+        self.keep_versions = keep_versions
+        self.pins = pins
+        self.factory_dir = FactoryDir(self.factory, lambda: self.root, self.limits)
 
     # -- paths and locking -------------------------------------------------------------
 
-    def _model_dir(self, name: str) -> Path:
+    def model_dir(self, name: str) -> Path:
+        """``<store>/<name>``; NotFoundError for a name a manifest could not have."""
         if not NAME_RE.fullmatch(name):
             raise NotFoundError(f"invalid model name {name!r}")
         return self.path / name
 
     def version_dir(self, name: str, version: int) -> Path:
         """Where version ``version`` of ``name`` lives."""
-        return self._model_dir(name) / str(version)
+        return self.model_dir(name) / str(version)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -118,7 +130,7 @@ class ModelStore:
 
     def state(self, name: str) -> ModelState:
         """The recorded state of ``name`` (empty when never installed); StoreError when unreadable."""
-        return read_state(self._model_dir(name) / STATE_FILE)
+        return read_state(self.model_dir(name) / STATE_FILE)
 
     def readable_state(self, name: str) -> ModelState:
         """:meth:`state`, or an empty state (nothing active) when the file cannot be read: the
@@ -139,14 +151,14 @@ class ModelStore:
             entries.append(None)
         for name in sorted(names):
             try:
-                st = os.stat(self._model_dir(name) / STATE_FILE)
+                st = os.stat(self.model_dir(name) / STATE_FILE)
                 entries.append((name, st.st_ino, st.st_mtime_ns, st.st_size))
             except (OSError, NotFoundError):
                 entries.append((name, None))
         return tuple(entries)
 
     @contextlib.contextmanager
-    def _recording(self, name: str, what: str) -> Iterator[None]:
+    def recording(self, name: str, what: str) -> Iterator[None]:
         """Record something the daemon does; a store that cannot be written (read-only, full,
         unreadable state) is logged and reported, never raised: serving goes on without it."""
         try:
@@ -156,12 +168,13 @@ class ModelStore:
             self.write_fault = f"cannot record {what} of {name}: {reason}"
             log.error("%s", self.write_fault, extra={"model": name, "reason": str(exc)})
 
-    def _write_state(self, name: str, state: ModelState) -> None:
-        write_state(self._model_dir(name) / STATE_FILE, state)
+    def write_state(self, name: str, state: ModelState) -> None:
+        """Atomically write the state of ``name`` (the caller holds the lock)."""
+        write_state(self.model_dir(name) / STATE_FILE, state)
 
     def versions(self, name: str) -> list[int]:
         """Installed version numbers of ``name``, ascending."""
-        d = self._model_dir(name)
+        d = self.model_dir(name)
         if not d.is_dir():
             return []
         # Only canonical names ("7", not "007"): version_dir() must find what this lists.
@@ -170,19 +183,20 @@ class ModelStore:
         )
 
     def factory_bundle(self, name: str) -> Path | None:
-        """The factory bundle for ``name``, if one is shipped."""
-        if self.factory is None:
-            return None
-        p = self.factory / f"{name}{FACTORY_SUFFIX}"
-        return p if p.is_file() else None
+        """The verified factory bundle whose manifest names ``name``, if one is shipped."""
+        return self.factory_dir.bundles().get(name)
+
+    def factory_refused(self, rescan: bool = True) -> list[FactoryBundle]:
+        """Factory bundles that failed verification, each with its reason (``rescan=False``: as
+        of the last :meth:`models` call, without touching the disk)."""
+        return self.factory_dir.refused(rescan)
 
     def models(self) -> list[str]:
-        """Every model name in the store or the factory directory."""
+        """Every model name in the store or named by a verified factory bundle's manifest."""
         names: set[str] = set()
         if self.path.is_dir():
             names |= {p.name for p in self.path.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name)}
-        if self.factory is not None and self.factory.is_dir():
-            names |= {p.name[: -len(FACTORY_SUFFIX)] for p in self.factory.glob(f"*{FACTORY_SUFFIX}")}
+        names |= set(self.factory_dir.bundles())
         return sorted(names)
 
     def verify_version(self, name: str, version: int) -> Manifest:
@@ -234,7 +248,12 @@ class ModelStore:
         """Verify the factory bundle of ``name`` and describe it for loading."""
         path = self.factory_bundle(name)
         if path is None:
-            raise NotFoundError(f"no factory bundle for model {name!r}")
+            for fb in self.factory_refused():
+                if fb.claimed == name or fb.path.name == f"{name}{FACTORY_SUFFIX}":
+                    path = fb.path  # opened below to raise why it was refused, with the error's own type
+                    break
+            else:
+                raise NotFoundError(f"no factory bundle for model {name!r}")
         with open_bundle(path, self.root, self.limits) as bundle:
             if bundle.manifest.name != name:
                 raise StoreError(f"factory bundle {path.name} holds model {bundle.manifest.name!r}")
@@ -276,7 +295,7 @@ class ModelStore:
                 if repair is None:
                     # Renamed into place, then killed before state.json was updated: record it now.
                     if state.raise_floor(m.version):
-                        self._write_state(m.name, state)
+                        self.write_state(m.name, state)
                     return InstallResult(m.name, m.version, already_installed=True)
                 # The same signed manifest over a damaged or quarantined copy: rewrite it.
             elif m.version <= floor:
@@ -286,7 +305,7 @@ class ModelStore:
             self._write_version(bundle, target)
             state = self.state(m.name)
             state.record_install(m.version, repair)
-            self._write_state(m.name, state)
+            self.write_state(m.name, state)
         log.info("installed %s v%d", m.name, m.version, extra={"model": m.name, "version": m.version})
         return InstallResult(m.name, m.version, already_installed=False)
 
@@ -309,51 +328,9 @@ class ModelStore:
                     bundle.copy_artifact(art, fh)
 
     def cleanup_partial(self) -> list[Path]:
-        """Repair what interrupted installs left (call at start-up); returns the paths removed.
-
-        Removes ``.install-*`` and ``.trash-*`` directories, and raises ``highest_seen`` of a
-        model to its highest installed version when an install was killed between the rename
-        of its directory and the update of ``state.json`` (recorded as a recovered
-        ``installed`` event). Takes the store lock, so it must not be called while holding it:
-        an install in progress in another process holds the lock while its ``.install-*``
-        directory exists, so only dead leftovers are removed.
-        """
-        removed: list[Path] = []
-        if not self.path.is_dir():
-            return removed
-        with self.lock():
-            for d in sorted(self.path.iterdir()):
-                if not d.is_dir() or not NAME_RE.fullmatch(d.name):
-                    continue
-                for p in [*d.glob(".install-*"), *d.glob(".trash-*")]:
-                    shutil.rmtree(p, ignore_errors=True)
-                    removed.append(p)
-                    log.info("removed %s, left by an interrupted install", p, extra={"model": d.name})
-                self._reconcile_floor(d.name)
-        return removed
-
-    def _reconcile_floor(self, name: str) -> None:
-        """Raise ``highest_seen`` to the highest installed version (caller holds the lock)."""
-        installed = self.versions(name)
-        if not installed:
-            return
-        try:
-            state = self.state(name)
-        except StoreError as exc:
-            log.error("%s: cannot reconcile the anti-rollback floor: %s", name, exc, extra={"model": name})
-            return
-        top = installed[-1]
-        if not state.raise_floor(top):
-            return
-        try:
-            self._write_state(name, state)
-        except OSError as exc:  # e.g. a full disk: the floor still holds (it counts directories)
-            log.error("%s: cannot record v%d as installed: %s", name, top, exc, extra={"model": name, "version": top})
-            return
-        log.warning(
-            "%s: v%d was installed but not recorded (interrupted install): anti-rollback floor raised to v%d",
-            name, top, top, extra={"model": name, "version": top},
-        )
+        """Repair what interrupted installs and removals left (call at start-up, not holding
+        the lock); returns the paths removed. See :func:`.lifecycle.cleanup_partial`."""
+        return lifecycle.cleanup_partial(self)
 
     # -- activation and rollback ------------------------------------------------------
 
@@ -383,17 +360,46 @@ class ModelStore:
                 log.info("%s v%d not activated: v%d is already active", name, version, state.active,
                          extra={"model": name, "version": version})
                 return state
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.info("activated %s v%d", name, version, extra={"model": name, "version": version})
+        if self.keep_versions is not None:
+            with self.recording(name, "retention"):
+                self.prune(name, self.keep_versions)
         return state
+
+    # -- tentative activation and removal: the doing lives in lifecycle.py ---------------
+
+    def begin_trying(self, name: str, version: int) -> None:
+        """Persist that a serving process is about to create an interpreter for ``version``
+        (unless it is confirmed); call before loading it."""
+        lifecycle.begin_trying(self, name, version)
+
+    def end_trying(self, name: str, version: int, *, confirmed: bool) -> None:
+        """``version`` loaded and passed its self-test in this serving process (``confirmed``),
+        or its load raised (the caller records why)."""
+        lifecycle.end_trying(self, name, version, confirmed=confirmed)
+
+    def recover_trying(self, name: str) -> int | None:
+        """Start of a serving process: a ``trying`` marker left by a dead one fails that version
+        (never retried) and reverts to the previous one. Returns the failed version, if any."""
+        return lifecycle.recover_trying(self, name)
+
+    def prune(self, name: str, keep_versions: int) -> list[int]:
+        """Delete versions beyond the ``keep_versions`` newest, except protected and pinned ones."""
+        return lifecycle.prune(self, name, keep_versions)
+
+    def remove(self, name: str, version: int) -> ModelState:
+        """Delete an installed version (``models remove``); StoreError for the active one, the last
+        known good, one being tried or served, or one the config pins; NotFoundError when absent."""
+        return lifecycle.remove(self, name, version)
 
     def record_failure(self, name: str, version: int, reason: str, revert_to: int | None = None) -> ModelState:
         """Record that ``version`` failed (e.g. its self-test); optionally make ``revert_to`` active again."""
         state = ModelState(failed={version: reason})
-        with self._recording(name, f"the failure of v{version}"), self.lock():
+        with self.recording(name, f"the failure of v{version}"), self.lock():
             state = self.state(name)
             state.fail(version, reason, self.versions(name), revert_to)
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.warning("%s v%d failed: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
         return state
 
@@ -401,10 +407,10 @@ class ModelStore:
         """Record the version the daemon now answers with (after its self-test passed) and what
         runs it (``{"delegate": ..., "skipped": [...]}``)."""
         state = ModelState(serving=version)
-        with self._recording(name, f"serving v{version}"), self.lock():
+        with self.recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
-            if state.set_serving(version, delegate) and self._model_dir(name).is_dir():
-                self._write_state(name, state)
+            if state.set_serving(version, delegate) and self.model_dir(name).is_dir():
+                self.write_state(name, state)
         return state
 
     def rollback(self, name: str) -> ModelState:
@@ -415,16 +421,16 @@ class ModelStore:
                 raise StoreError(f"{name}: no last known good version to roll back to")
             self.verify_version(name, state.last_known_good)
             target = state.rollback(self.versions(name))
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.warning("rolled back %s to v%d", name, target, extra={"model": name, "version": target})
         return state
 
     def quarantine(self, name: str, version: int, reason: str) -> None:
         """Mark a version that failed verification so it is never loaded again."""
-        with self._recording(name, f"the quarantine of v{version}"), self.lock():
+        with self.recording(name, f"the quarantine of v{version}"), self.lock():
             state = self.state(name)
             state.quarantine(version, reason)
-            self._write_state(name, state)
+            self.write_state(name, state)
         log.error("quarantined %s v%d: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
 
     # -- start-up resolution -----------------------------------------------------------
@@ -475,13 +481,13 @@ class ModelStore:
             level, "%s: falling back to %s: %s", name, target, reason,
             extra={"model": name, "version": to_version, "reason": reason},
         )
-        if not self._model_dir(name).is_dir():
+        if not self.model_dir(name).is_dir():
             return  # nothing installed: nothing to record, and no store directory to create
         try:
             with self.lock():
                 state = self.state(name)
                 state.fall_back(from_version, to_version, reason, self.versions(name))
-                self._write_state(name, state)
+                self.write_state(name, state)
         except (OSError, StoreError) as exc:
             # Serving the fallback matters more than recording it (e.g. a read-only user running `score`).
             log.error("%s: cannot record the fallback: %s", name, exc, extra={"model": name, "reason": str(exc)})

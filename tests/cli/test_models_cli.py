@@ -1,4 +1,5 @@
-"""``edge-runtime models list|install|activate|rollback|verify`` and acceptance 4: a corrupted
+"""``edge-runtime models list|install|activate|rollback|remove|verify``, ``[store] keep_versions``,
+factory bundles named by their manifests (or refused, with why), and acceptance 4: a corrupted
 active model makes start-up fall back to the last known good, then to the factory bundle, and
 ``models list`` shows why."""
 
@@ -126,3 +127,68 @@ def test_list_on_an_empty_device(tmp_path: Path, cli: Any, keys: Any) -> None:
     cfg.write_text(f'[store]\npath = "{tmp_path / "s"}"\nfactory = "{tmp_path / "none"}"\n[trust]\nroot = "{keys.root_path}"\n')
     r = cli(["models", "list", "--config", cfg])
     assert r.code == 0 and r.out.strip() == f"no models in {tmp_path / 's'}"
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines()]
+
+
+def test_keep_versions_and_models_remove(device: Any, make_bundle: Any) -> None:
+    text = device.config.read_text(encoding="utf-8")
+    device.config.write_text(text.replace("[store]\n", "[store]\nkeep_versions = 2\n"), encoding="utf-8")
+    for v in (1, 2, 3, 4):
+        r = device.cli("models", "install", make_bundle(v))
+        assert r.code == 0, r.err
+    assert device.store().versions("fraud") == [3, 4]  # v1 and v2 deleted after the activations
+    for version, why in (("4", "fraud v4 is active: it cannot be removed"),
+                         ("3", "fraud v3 is the last known good: it cannot be removed"),
+                         ("9", "fraud v9 is not installed (installed: [3, 4])")):
+        r = device.cli("models", "remove", "fraud", version)
+        assert (r.code, r.err_lines) == (1, [f"edge-runtime: {why}"])
+    assert device.cli("models", "install", "--no-activate", make_bundle(5)).code == 0
+    r = device.cli("models", "remove", "fraud", "5")
+    assert (r.code, r.out.strip()) == (0, "fraud v5 removed")
+    assert device.store().versions("fraud") == [3, 4]
+    listing = device.cli("models", "list", "--history", "20").out
+    assert any(row[:2] == ["fraud", "4"] for row in _rows(listing))
+    assert not any(row[:2] in (["fraud", "1"], ["fraud", "2"], ["fraud", "5"]) for row in _rows(listing))
+    assert "removed: reason=removed by the operator, version=5" in listing
+
+
+def test_keep_versions_below_one_is_a_config_error(device: Any) -> None:
+    text = device.config.read_text(encoding="utf-8")
+    device.config.write_text(text.replace("[store]\n", "[store]\nkeep_versions = 0\n"), encoding="utf-8")
+    r = device.cli("models", "list")
+    assert r.code != 0 and "store.keep_versions: expected an integer >= 1, found 0" in r.err
+
+
+def test_list_names_a_factory_model_by_its_manifest(device: Any, make_bundle: Any) -> None:
+    (device.factory / "fraud.bundle").unlink()
+    shutil.copyfile(make_bundle(1, name="wine"), device.factory / "wine-1.bundle")
+    r = device.cli("models", "list")
+    assert r.code == 0, r.err
+    rows = _rows(r.out)
+    assert ["wine", "factory", "active", "(fallback):", str(device.factory / "wine-1.bundle")] in rows
+    assert not any(row and row[0] == "wine-1" for row in rows)
+
+
+def test_list_says_a_factory_bundle_signed_by_an_untrusted_key_is_refused(device: Any, make_bundle: Any) -> None:
+    shutil.copyfile(make_bundle(1, keys=[device.keys.stranger]), device.factory / "fraud.bundle")
+    r = device.cli("models", "list")
+    assert r.code == 0, r.err
+    (line,) = [x for x in r.out.splitlines() if x.split()[:2] == ["fraud", "factory"]]
+    assert "REFUSED: " in line and "fraud.bundle: manifest: " in line and "is not trusted" in line
+    assert "active (fallback)" not in r.out
+
+
+def test_list_shows_a_version_the_daemon_is_trying_and_remove_refuses_it(device: Any, make_bundle: Any) -> None:
+    store = device.store()
+    for v in (1, 2):
+        store.install(make_bundle(v))
+    store.activate("fraud", 1)
+    store.begin_trying("fraud", 2)  # what the daemon writes before its first interpreter of v2
+    r = device.cli("models", "list")
+    (row,) = [x for x in r.out.splitlines() if x.split()[:2] == ["fraud", "2"]]
+    assert "trying (not yet loaded by the daemon)" in row
+    r = device.cli("models", "remove", "fraud", "2")
+    assert (r.code, r.err_lines) == (1, ["edge-runtime: fraud v2 is being tried: it cannot be removed"])

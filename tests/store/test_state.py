@@ -209,3 +209,97 @@ def test_json_round_trip_after_transitions() -> None:
 def test_from_json_refuses_other_shapes(bad: object) -> None:
     with pytest.raises(StoreError, match="unreadable state"):
         ModelState.from_json(bad, "test")
+
+
+# -- tentative activation ------------------------------------------------------------------
+
+
+def test_begin_trying_marks_an_unconfirmed_version_only() -> None:
+    s = ModelState(active=3, last_known_good=2, confirmed={2})
+    assert s.begin_trying(3)
+    assert s.trying == 3 and events(s)[-1] == "trying"
+    assert not ModelState(confirmed={2}).begin_trying(2)  # confirmed: no marker, nothing to write
+
+
+def test_end_trying_confirms_and_clears_the_marker() -> None:
+    s = ModelState(active=3, trying=3)
+    assert s.end_trying(3, confirmed=True)
+    assert s.trying is None and 3 in s.confirmed and events(s)[-1] == "confirmed"
+    assert not s.end_trying(3, confirmed=True)  # already confirmed: nothing changed
+
+
+def test_end_trying_after_an_error_clears_without_confirming() -> None:
+    s = ModelState(active=3, trying=3)
+    assert s.end_trying(3, confirmed=False)
+    assert s.trying is None and 3 not in s.confirmed
+
+
+def test_a_process_dying_while_trying_fails_the_version_and_reverts_to_the_previous() -> None:
+    s = ModelState(active=3, last_known_good=2, trying=3, confirmed={1, 2})
+    assert s.crashed_while_trying([1, 2, 3]) == 3
+    assert s.failed == {3: "the serving process died while trying v3"}
+    assert s.active == 2 and s.last_known_good == 1 and s.trying is None
+    assert not s.usable(3)  # never retried
+    assert s.history[-1]["event"] == "failed" and s.history[-1]["reverted_to"] == 2
+
+
+def test_a_crash_with_no_previous_version_falls_back_to_the_factory() -> None:
+    s = ModelState(active=1, trying=1)
+    assert s.crashed_while_trying([1]) == 1
+    assert s.active is None and s.serving_factory and s.failed[1].endswith("while trying v1")
+
+
+def test_a_crash_while_trying_an_extra_version_leaves_the_active_one() -> None:
+    s = ModelState(active=3, last_known_good=2, trying=4, confirmed={2, 3})  # e.g. traffic to v4
+    assert s.crashed_while_trying([2, 3, 4]) == 4
+    assert s.active == 3 and s.last_known_good == 2 and 4 in s.failed
+
+
+def test_no_marker_left_means_nothing_to_recover() -> None:
+    s = ModelState(active=3, last_known_good=2)
+    assert s.crashed_while_trying([2, 3]) is None
+    assert s == ModelState(active=3, last_known_good=2)
+
+
+def test_fail_and_quarantine_clear_the_marker() -> None:
+    s = ModelState(active=3, trying=3)
+    s.fail(3, "self-test", [3])
+    assert s.trying is None
+    q = ModelState(trying=4)
+    q.quarantine(4, "hash")
+    assert q.trying is None
+
+
+def test_state_written_before_tentative_activation_counts_what_it_served_as_confirmed() -> None:
+    s = ModelState.from_json({"active": 3, "last_known_good": 2, "serving": 3, "highest_seen": 4}, "old")
+    assert s.confirmed == {2, 3} and s.trying is None
+    assert s.begin_trying(4) and not s.begin_trying(3)
+
+
+def test_tentative_fields_round_trip_and_refuse_other_shapes() -> None:
+    s = ModelState(active=3, trying=3, confirmed={1, 2})
+    assert ModelState.from_json(s.to_json(), "x") == s
+    for bad in ({"trying": "3"}, {"confirmed": {"1": 1}}, {"confirmed": [-1]}):
+        with pytest.raises(StoreError, match="unreadable state"):
+            ModelState.from_json(bad, "x")
+
+
+# -- removal -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "role"),
+    [(5, "active"), (4, "the last known good"), (6, "being tried"), (3, "serving")],
+)
+def test_remove_refuses_a_protected_version(version: int, role: str) -> None:
+    s = ModelState(active=5, last_known_good=4, trying=6, serving=3)
+    before = s.to_json()
+    with pytest.raises(StoreError, match=f"v{version} is {role}"):
+        s.remove(version, "operator")
+    assert s.to_json() == before
+
+
+def test_remove_records_the_removal() -> None:
+    s = ModelState(active=5, last_known_good=4, confirmed={2, 4, 5})
+    s.remove(2, "retention")
+    assert 2 not in s.confirmed and s.history[-1] == {**s.history[-1], "event": "removed", "version": 2}
