@@ -348,7 +348,7 @@ class CapturePull:
 
     def _skip(self, name: str, reason: str) -> None:
         s = Skipped(repr(name), reason)
-        log.warning("capture pull skipped %s", s)
+        log.debug("capture pull skipped %s", s)  # the CLI names it once, on stderr
         self.skipped.setdefault(str(s), s)
 
 

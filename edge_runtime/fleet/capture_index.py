@@ -26,6 +26,7 @@ from edge_runtime.updates.verify import echo
 
 DEFAULT_MAX_FILES = 1000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+MAX_PULL_BYTES = 2**40
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a sealed segment is about 1 MiB (monitoring/capture.py)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
@@ -40,8 +41,8 @@ class PullLimits:
     def __post_init__(self) -> None:
         if not 1 <= self.max_files <= MAX_NEED_FILES:
             raise ValueError(f"max_files: expected 1 to {MAX_NEED_FILES}, found {self.max_files}")
-        if self.max_bytes < 1:
-            raise ValueError(f"max_bytes: expected at least 1, found {self.max_bytes}")
+        if not 1 <= self.max_bytes <= MAX_PULL_BYTES:
+            raise ValueError(f"max_bytes: expected 1 to {MAX_PULL_BYTES}, found {self.max_bytes}")
 
     def index_bytes(self) -> int:
         """The largest index a truthful device sends for these limits: per file its entry and a

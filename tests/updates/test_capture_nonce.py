@@ -89,7 +89,7 @@ def _responder(fleet_keys: FleetKeys, tmp_path: Path, link: FakeLink, events: li
 
 
 def test_a_replayed_request_is_refused_with_an_event_also_after_a_restart(fleet_keys: FleetKeys, tmp_path: Path) -> None:
-    link, events = FakeLink(), []
+    link, events = FakeLink(), list[Any]()
     device = _responder(fleet_keys, tmp_path, link, events)
     msg = capture_request_message(TOPICS, "pi-1", "0123abcd0123abcd", [fleet_keys.models_key])
     device.on_request(msg)
@@ -109,7 +109,7 @@ def test_a_replayed_request_is_refused_with_an_event_also_after_a_restart(fleet_
 
 
 def test_the_answer_keeps_to_the_request_limits(fleet_keys: FleetKeys, tmp_path: Path) -> None:
-    link, events = FakeLink(), []
+    link, events = FakeLink(), list[Any]()
     device = _responder(fleet_keys, tmp_path, link, events)
     device.on_request(capture_request_message(TOPICS, "pi-1", "0123abcd0123abcd", [fleet_keys.models_key],
                                               limits=PullLimits(max_files=2, max_bytes=10_000)))
