@@ -10,12 +10,16 @@ components under a base directory and makes sure the resolved result is still in
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from edge_runtime.exceptions import BadDataError
 
 MAX_COMPONENT_CHARS = 128
 _FORBIDDEN = frozenset("/\\\x00")
+# Control, format (bidi overrides, zero-width), surrogate, private-use, unassigned, line and
+# paragraph separators: none belongs in a file name, and each can disguise one when printed.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 class UnsafeNameError(BadDataError):
@@ -27,7 +31,8 @@ def safe_component(text: object, what: str = "name") -> str:
 
     Refused: a non-string, empty, longer than :data:`MAX_COMPONENT_CHARS`, ``.``/``..`` or any
     leading dot (hidden files, the pull's own ``.pull-*`` work directories), ``/``, ``\\``, NUL
-    and any control character (C0, DEL, C1: they rewrite the operator's terminal when echoed).
+    and any control or format character (C0, DEL, C1 rewrite the operator's terminal when
+    echoed; bidi overrides and zero-width characters disguise a name).
     """
     if not isinstance(text, str):
         raise UnsafeNameError(f"{what}: expected a string, found {type(text).__name__}")
@@ -38,9 +43,10 @@ def safe_component(text: object, what: str = "name") -> str:
         raise UnsafeNameError(f"{what}: expected at most {MAX_COMPONENT_CHARS} characters, found {len(text)} ({shown})")
     if text.startswith("."):
         raise UnsafeNameError(f"{what}: expected a name not starting with '.', found {shown}")
-    bad = next((c for c in text if c in _FORBIDDEN or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    bad = next((c for c in text if c in _FORBIDDEN or unicodedata.category(c) in _BAD_CATEGORIES), None)
     if bad is not None:
-        raise UnsafeNameError(f"{what}: expected no path separator, NUL or control character, found {bad!r} in {shown}")
+        raise UnsafeNameError(f"{what}: expected no path separator, NUL, control or format character, "
+                              f"found {bad!r} in {shown}")
     return text
 
 

@@ -21,6 +21,7 @@ from edge_runtime.updates.capture import CHUNK_SIZE
 
 @pytest.mark.parametrize("name", [
     "..", ".", ".hidden", "", "a/b", "/etc", "a\\b", "a\x00b", "a\nb", "a\x1bb", "a\x7fb", "a\x9bb",
+    "a\u202eb", "a\u200bb", "a\u2028b",
     "x" * (MAX_COMPONENT_CHARS + 1), 7, None,
 ])
 def test_safe_component_refuses_what_is_not_one_plain_name(name: Any) -> None:
