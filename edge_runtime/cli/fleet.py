@@ -37,6 +37,7 @@ from edge_runtime.cli.common import common_options, config_from_args, load_root_
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import BadDataError, UsageError
 from edge_runtime.fleet.capture import CapturePull
+from edge_runtime.fleet.capture_index import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, PullLimits
 from edge_runtime.fleet.operator_config import BROKER_ENV, CONFIG_ENV, FLEET_ENV, load_operator_config, resolve
 from edge_runtime.fleet.prune import prune_releases
 from edge_runtime.fleet.publish import publish_release
@@ -56,6 +57,7 @@ from edge_runtime.updates.verify import verify_desired
 
 log = logging.getLogger("edge_runtime.fleet")
 PASSWORD_ENV = "EDGE_MQTT_PASSWORD"
+MAX_LISTED = 20  # skipped or missing files named one per line; the rest counted
 
 
 def _percent(text: str) -> int:
@@ -76,6 +78,17 @@ def _seq(text: str) -> int:
     if not 1 <= value <= MAX_SEQ:
         raise argparse.ArgumentTypeError(f"expected an integer in [1, {MAX_SEQ}] (64 bits)")
     return value
+
+
+def _size(text: str) -> int:
+    """A byte count: ``1048576``, ``512K``, ``256M``, ``2G`` (powers of 1024)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 15 or int(digits) * scale < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive byte count such as 256M, found {text!r}")
+    return int(digits) * scale
 
 
 def _fleet_root(args: argparse.Namespace) -> TrustRoot | None:
@@ -211,6 +224,11 @@ def register(sub: Any) -> None:
     pull.add_argument("--stall", type=float, default=20.0, help="seconds without data before asking again for what is missing")
     pull.add_argument("--wait", type=float, default=600.0, help="give up after this many seconds (the request stays "
                       "retained until then, so an offline device answers when it connects)")
+    pull.add_argument("--max-files", type=int, default=DEFAULT_MAX_FILES,
+                      help=f"take at most this many files (default {DEFAULT_MAX_FILES}; the request says so too)")
+    pull.add_argument("--max-bytes", type=_size, default=DEFAULT_MAX_BYTES,
+                      help=f"take at most this many bytes of segments, e.g. 256M (default {DEFAULT_MAX_BYTES // 2**20}M; "
+                      "also at most a third of the free space under --out)")
     pull.set_defaults(func=cmd_capture_pull)
     co = fs.add_parser("console", parents=parents, help="a web page of the fleet, its rollouts and their history (read-only)")
     co.add_argument("--db", type=Path, default=None, help="the SQLite record (default: ./edge-console-FLEET.sqlite)")
@@ -446,19 +464,30 @@ def cmd_capture_pull(args: argparse.Namespace) -> int:
             raise UsageError(f"--since: expected an ISO 8601 time, found {args.since!r}") from None
         if when.tzinfo is None:
             raise UsageError(f"--since: needs a time zone (e.g. a trailing Z), found {args.since!r}")
+    try:
+        limits = PullLimits(max_files=args.max_files, max_bytes=args.max_bytes)
+    except ValueError as exc:
+        raise UsageError(f"--max-files/--max-bytes: {exc}") from None
     keys = load_keys(args.sign_key)
     line = ProgressLine(sys.stderr, "chunks", label="capture", width=25) if sys.stderr.isatty() else None
     pull = CapturePull(_broker_options(args), Topics(args.prefix, args.fleet), args.device, keys, args.out, model=args.model,
-                       since=args.since, stall_s=args.stall, progress=line, timeout_s=args.timeout)
+                       since=args.since, stall_s=args.stall, progress=line, timeout_s=args.timeout, limits=limits)
     result = pull.run(args.wait)
     print(f"pulled {result.records} record(s) in {result.files} file(s), {result.bytes} bytes, from {args.device} "
           f"({result.attempts} request(s))")
     for path in result.written:
         print(f"wrote {path}")
     if result.missing:
-        print(f"the device no longer had {len(result.missing)} file(s) (dropped by its ring): "
-              f"{', '.join(result.missing)}", file=sys.stderr)
-    return 0
+        shown = ", ".join(result.missing[:MAX_LISTED]) + (" ..." if len(result.missing) > MAX_LISTED else "")
+        print(f"the device no longer had {len(result.missing)} file(s) (dropped by its ring): {shown}", file=sys.stderr)
+    for skipped in result.skipped[:MAX_LISTED]:
+        print(f"skipped {skipped}", file=sys.stderr)
+    if len(result.skipped) > MAX_LISTED:
+        print(f"skipped {len(result.skipped) - MAX_LISTED} more", file=sys.stderr)
+    if result.truncated:
+        print(f"the device held {result.truncated} more file(s) past --max-files/--max-bytes: pull again "
+              f"(e.g. with --since) for them", file=sys.stderr)
+    return 0 if result.complete else 1
 
 
 def cmd_console(args: argparse.Namespace) -> int:

@@ -8,6 +8,12 @@ pull is a new signed request with the same request id and ``need`` naming the ch
 missing; the device sends only those. Sealed segments never change, so a file name names
 its bytes for as long as the ring keeps it (docs/monitoring.md).
 
+Every request carries a fresh ``nonce``; the device answers a nonce once and remembers it
+until the request expires (:mod:`edge_runtime.updates.nonces`, kept across restarts), so a
+copy of a signed request sent again within its hour is refused with a ``capture_refused``
+event (reason ``replay``). The request's ``max_files`` and ``max_bytes`` bound the answer;
+the index says how many files were left out (``truncated``).
+
 :func:`parse_capture_request` is pure; :class:`CaptureResponder` does the I/O.
 """
 
@@ -29,14 +35,17 @@ from edge_runtime.exceptions import EdgeRuntimeError, TransportError
 from edge_runtime.monitoring.capture import SEGMENT_RE
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.exceptions import UpdateMessageError
+from edge_runtime.updates.nonces import MAX_NONCES, NONCE_RE, load_book, save_book
 from edge_runtime.updates.protocol import CAPTURE_TYPE, REQUEST_ID_RE, Topics
 from edge_runtime.updates.verify import echo, open_signed_document, parse_utc_time
 
 log = logging.getLogger("edge_runtime.updates")
 
-CAPTURE_FIELDS = frozenset({"_type", "fleet", "device", "request", "attempt", "model", "since", "need", "expires"})
+CAPTURE_FIELDS = frozenset({"_type", "fleet", "device", "request", "attempt", "model", "since", "need", "expires",
+                            "nonce", "max_files", "max_bytes"})
 CHUNK_SIZE = 32 * 1024
 MAX_NEED_FILES = 10_000
+MAX_REQUEST_BYTES = 2**62
 ACK_TIMEOUT_S = 30.0
 
 
@@ -50,6 +59,9 @@ class CaptureRequest:
     since: _dt.datetime | None
     need: dict[str, tuple[int, ...]] | None  # file -> chunk indices still missing; None = everything
     expires: _dt.datetime
+    nonce: str = ""
+    max_files: int = MAX_NEED_FILES
+    max_bytes: int = MAX_REQUEST_BYTES
 
 
 def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device: str) -> CaptureRequest:
@@ -80,7 +92,18 @@ def parse_capture_request(message: bytes, root: TrustRoot, *, fleet: str, device
                 raise UpdateMessageError(f"{what}: 'need' entry {echo(name)} must be a capture file and chunk numbers")
             need[name] = tuple(sorted(set(chunks)))
     expires = parse_utc_time(doc.get("expires"), what)
-    return CaptureRequest(request, attempt, model, since, need, expires)
+    nonce = doc.get("nonce")
+    if not isinstance(nonce, str) or not NONCE_RE.match(nonce):
+        raise UpdateMessageError(f"{what}: 'nonce' must be 32 lower-case hex digits, found {echo(nonce)}")
+    max_files = _bound(doc.get("max_files", MAX_NEED_FILES), MAX_NEED_FILES, what, "max_files")
+    max_bytes = _bound(doc.get("max_bytes", MAX_REQUEST_BYTES), MAX_REQUEST_BYTES, what, "max_bytes")
+    return CaptureRequest(request, attempt, model, since, need, expires, nonce, max_files, max_bytes)
+
+
+def _bound(value: Any, high: int, what: str, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+        raise UpdateMessageError(f"{what}: {name!r} must be an integer in [1, {high}], found {echo(value)}")
+    return value
 
 
 def capture_file_name_ok(name: str) -> bool:
@@ -115,6 +138,7 @@ def describe_file(name: str, path: Path) -> CaptureFile:
 class _Plan:
     files: list[CaptureFile]
     missing: list[str] = field(default_factory=list)
+    truncated: int = 0  # files left out by the request's max_files / max_bytes
 
 
 class CaptureResponder:
@@ -133,6 +157,7 @@ class CaptureResponder:
         max_kbps: float = 256.0,
         clock_trusted: Callable[[], bool] = lambda: False,
         on_done: Callable[[str, dict[str, Any]], None] = lambda kind, fields: None,
+        nonce_file: Path | None = None,
     ) -> None:
         self.topics = topics
         self.device_id = device_id
@@ -143,28 +168,34 @@ class CaptureResponder:
         self.max_kbps = max_kbps
         self.clock_trusted = clock_trusted
         self.on_done = on_done
-        self._handled: list[str] = []  # digests of the request messages already answered
         self._plans: dict[str, _Plan] = {}
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
         self.sent_chunks = 0
+        self.nonce_file = nonce_file
+        self._nonces = load_book(nonce_file)
+        self._replays_reported: set[str] = set()
 
     def on_request(self, message: bytes) -> None:
         """A message on ``capture/request`` (the updates thread): verify it and start the answer."""
         if not message:
             return  # the operator cleared its retained request
-        digest = hashlib.sha256(message).hexdigest()
-        if digest in self._handled:
-            return  # the retained request delivered again after a reconnect: answered already
         try:
             req = parse_capture_request(message, self.root(), fleet=self.topics.fleet, device=self.device_id)
         except EdgeRuntimeError as exc:
             log.warning("capture request rejected: %s", exc)
             return
-        if self.clock_trusted() and req.expires <= _dt.datetime.now(_dt.UTC):
+        now = _dt.datetime.now(_dt.UTC) if self.clock_trusted() else None
+        if now is not None and req.expires <= now:
             log.warning("capture request %s rejected: it expired at %s", req.request, req.expires.isoformat())
             return
-        self._handled = [*self._handled[-31:], digest]
+        if not self._nonces.admit(req.nonce, req.expires, now):
+            self._refuse_replay(req)
+            return
+        try:
+            save_book(self.nonce_file, self._nonces)
+        except OSError as exc:  # answered anyway; a restart before the next save forgets this nonce
+            log.warning("capture nonces not saved (%s)", exc)
         plan = self._plans.get(req.request) if req.need is not None else None
         if plan is None:
             plan = self._plan(req)
@@ -175,6 +206,15 @@ class CaptureResponder:
         self._thread = threading.Thread(target=self._send, args=(req, plan, self._cancel), name="edge-capture-send",
                                         daemon=True)
         self._thread.start()
+
+    def _refuse_replay(self, req: CaptureRequest) -> None:
+        """A nonce answered before: a copy of an earlier request (one event per nonce per run)."""
+        log.warning("capture request %s refused: its nonce was answered before (a replay)", req.request)
+        if req.nonce not in self._replays_reported:
+            if len(self._replays_reported) >= MAX_NONCES:
+                self._replays_reported.clear()
+            self._replays_reported.add(req.nonce)
+            self.on_done("capture_refused", {"request": req.request, "reason": "replay"})
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Cancel the answer being sent and wait up to ``timeout_s`` for its thread (shutdown)."""
@@ -192,6 +232,7 @@ class CaptureResponder:
         if base is None or not base.is_dir():
             return plan
         since = req.since.timestamp() if req.since is not None else None
+        nbytes = 0
         for model_dir in sorted(p for p in base.iterdir() if p.is_dir() and NAME_RE.match(p.name)):
             if req.model is not None and model_dir.name != req.model:
                 continue
@@ -199,9 +240,14 @@ class CaptureResponder:
                 if not SEGMENT_RE.match(seg.name):
                     continue
                 try:
-                    if since is not None and seg.stat().st_mtime < since:
+                    st = seg.stat()
+                    if since is not None and st.st_mtime < since:
+                        continue
+                    if len(plan.files) >= req.max_files or nbytes + st.st_size > req.max_bytes:
+                        plan.truncated += 1  # past the operator's limits: named by count in the index
                         continue
                     plan.files.append(describe_file(f"{model_dir.name}/{seg.name}", seg))
+                    nbytes += plan.files[-1].length
                 except OSError:
                     continue  # dropped by the ring meanwhile
         return plan
@@ -214,7 +260,7 @@ class CaptureResponder:
             missing += sorted(n for n in req.need if n not in known)
         index = {
             "request": req.request, "attempt": req.attempt, "device": self.device_id,
-            "files": [f.to_json() for f in files], "missing": missing,
+            "files": [f.to_json() for f in files], "missing": missing, "truncated": plan.truncated,
         }
         sent = 0
         nbytes = 0

@@ -52,6 +52,7 @@ EVENTS = (
     "drift",
     "drift_cleared",
     "capture_sent",
+    "capture_refused",
 )
 CAPTURE_TYPE = "capture-request"
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{8,32}\Z")

@@ -30,6 +30,7 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
+from edge_runtime.updates.nonces import NONCES_FILE
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
@@ -122,6 +123,7 @@ class UpdateService:
             max_kbps=cfg.monitoring.capture_max_kbps,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
             on_done=lambda kind, fields: self._queue.put(("event", (kind, None, None, fields))),
+            nonce_file=state_dir / NONCES_FILE,
         )
         if monitoring is not None:
             monitoring.subscribe(lambda kind, name, version, fields: self._queue.put(("event", (kind, name, version, fields))))
