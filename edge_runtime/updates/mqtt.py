@@ -10,6 +10,12 @@ Subscriptions are acknowledged, not fire-and-forget: each SUBSCRIBE is kept by i
 id until its SUBACK arrives (as aiomqtt does). :meth:`MqttLink.subscribe` returns a
 :class:`Subscription` to wait on, and a filter the broker refuses (reason code >= 0x80,
 e.g. an ACL) is reported the moment the SUBACK says so, to ``on_refused``.
+
+Message size: with ``max_message_bytes`` set, an MQTT 5 link tells the broker in its CONNECT
+(Maximum Packet Size) never to send a larger packet, so the broker drops it and nothing is
+buffered here. MQTT 3.1.1 has no such property: paho reads the packet whole, and the link
+discards it at once, before it is copied or handed on, acknowledges it (so it is not sent
+again) and reports it to ``on_dropped``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ log = logging.getLogger("edge_runtime.updates.mqtt")
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
 RefusedFn = Callable[[tuple[str, ...], str], None]  # on_refused(filters, reason), on the network thread
+DroppedFn = Callable[[str, int], None]  # on_dropped(topic, payload bytes), on the network thread
+# Room for the fixed header, topic and properties of a packet around the largest payload.
+PACKET_OVERHEAD_BYTES = 1024
+MQTT_MAX_PACKET_BYTES = 268_435_455 + 5  # the protocol's own limit
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class LinkSettings:
     receive_maximum: int = 0  # MQTT 5; 0 = the broker's default
     will_topic: str = ""
     will_payload: bytes = b""
+    max_message_bytes: int = 0  # payloads above this are dropped (see the module docstring); 0 = no cap
 
     @property
     def safe_url(self) -> str:
@@ -164,7 +175,8 @@ class MqttLink:
     """One MQTT connection. ``on_message`` and ``on_refused`` run on the thread that calls :meth:`run`."""
 
     def __init__(
-        self, settings: LinkSettings, on_message: Callable[[Message], None], on_refused: RefusedFn | None = None
+        self, settings: LinkSettings, on_message: Callable[[Message], None], on_refused: RefusedFn | None = None,
+        on_dropped: DroppedFn | None = None,
     ) -> None:
         broker = settings.broker
         if broker.protocol not in PROTOCOLS:
@@ -210,6 +222,8 @@ class MqttLink:
         self._client.on_message = self._message_cb
         self._client.on_subscribe = self._subscribed_cb
         self._on_refused = on_refused
+        self._on_dropped = on_dropped
+        self.dropped = 0  # messages over max_message_bytes discarded here
         # SUBSCRIBEs waiting for their SUBACK, by message id; the lock makes registering a mid
         # and its SUBACK (on the network thread) happen in that order.
         self._subacks: dict[int, tuple[list[str], Subscription]] = {}
@@ -278,15 +292,32 @@ class MqttLink:
                 self._pending.clear()
                 return rc if rc != paho.MQTT_ERR_SUCCESS else paho.MQTT_ERR_CONN_LOST
             msg = self._pending.popleft()
-            try:
-                self._on_message(Message(msg.topic, bytes(msg.payload), bool(msg.retain), bool(msg.dup)))
-            except Exception:  # a handler bug must not kill the network thread
-                log.exception("message handler failed for %s", msg.topic)
+            cap = self.settings.max_message_bytes
+            if cap and len(msg.payload) > cap:
+                self._drop(msg, cap)
+            else:
+                try:
+                    self._on_message(Message(msg.topic, bytes(msg.payload), bool(msg.retain), bool(msg.dup)))
+                except Exception:  # a handler bug must not kill the network thread
+                    log.exception("message handler failed for %s", msg.topic)
+            msg.payload = b""  # the payload goes now, not when the next message replaces this one
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
                 if client.want_write():
                     rc = client.loop_write()
         return rc
+
+    def _drop(self, msg: paho.MQTTMessage, cap: int) -> None:
+        """Discard a message over the cap (acknowledged by the caller like any other)."""
+        self.dropped += 1
+        size = len(msg.payload)
+        topic = msg.topic[:200]
+        log.warning("dropped a %d-byte message on %r: larger than max_message_bytes %d", size, topic, cap)
+        if self._on_dropped is not None:
+            try:
+                self._on_dropped(topic, size)
+            except Exception:  # a handler bug must not kill the network thread
+                log.exception("dropped-message handler failed")
 
     @staticmethod
     def _readable_now(sock: socket.socket | ssl.SSLSocket | Any) -> bool:
@@ -320,6 +351,9 @@ class MqttLink:
                 # Messages the broker may have in flight to us: each one in a socket buffer when the
                 # connection drops is sent again after the reconnect, so this bounds the duplicates.
                 props.ReceiveMaximum = s.receive_maximum
+            if s.max_message_bytes:
+                # The broker never sends a larger packet (it drops it): nothing is buffered here.
+                props.MaximumPacketSize = min(s.max_message_bytes + PACKET_OVERHEAD_BYTES, MQTT_MAX_PACKET_BYTES)
             kwargs = {"clean_start": not s.persistent, "properties": props}
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=s.keepalive_s, **kwargs)  # type: ignore[arg-type]
@@ -469,6 +503,7 @@ class MqttLink:
 __all__ = [
     "Backoff",
     "BrokerAddress",
+    "DroppedFn",
     "BrokerOptions",
     "LinkSettings",
     "Message",
