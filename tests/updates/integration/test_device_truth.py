@@ -18,6 +18,7 @@ the daemon listens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -30,14 +31,17 @@ import paho.mqtt.client as paho
 import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
+from edge_runtime.config import MonitoringConfig
+from edge_runtime.health import FIRMWARE_THROTTLED
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.service import UpdateService
 from harness.daemon import EDGE, Daemon, clean_env
 from harness.http import request
 from harness.wait import wait_until
 
 from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, free_port, publish, start_device
+from .conftest import Mosquitto, Observer, device_config, free_port, publish, start_device
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("edge_runtime.daemon")
@@ -64,12 +68,15 @@ def watcher(broker: Mosquitto) -> Iterator[Observer]:
 
 
 def _config(base: Path, keys: FleetKeys, device: str, mqtt_url: str | None, extra: str = "") -> Path:
+    """A daemon config; with ``[mqtt]`` the periodic state refresh is an hour away, so only an
+    event-driven publish can show a change."""
     text = (
         f'[device]\nid = "{device}"\n[store]\npath = "{base / "store"}"\nfactory = "{base / "factory"}"\n'
         f'[server]\nport = 0\nswap_poll_ms = 200\n[trust]\nroot = "{keys.path("root.json")}"\n{extra}'
     )
     if mqtt_url is not None:
-        text += f'[mqtt]\nurl = "{mqtt_url}"\nfleet = "{FLEET}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n'
+        text += (f'[mqtt]\nurl = "{mqtt_url}"\nfleet = "{FLEET}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n'
+                 '[monitoring]\nstate_interval_s = 3600.0\n')
     path = base / "config.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -160,8 +167,10 @@ def test_oversized_message_is_dropped_and_serving_goes_on(truth: Daemon, broker:
     client.connect("127.0.0.1", broker.port)
     client.loop_start()
     try:
-        for payload in (b"x" * (8 * 1024 * 1024), b"{}"):  # the big one, then a small one behind it
-            info = client.publish(f"edge/{FLEET}/devices/{TRUTH}/desired", payload, qos=1)
+        # The big one, then a small one behind it (on the fleet's topic: the big one's is not overwritten).
+        for topic, payload in ((f"edge/{FLEET}/devices/{TRUTH}/desired", b"x" * (8 * 1024 * 1024)),
+                               (f"edge/{FLEET}/desired", b"{}")):
+            info = client.publish(topic, payload, qos=1)
             info.wait_for_publish(30)
             assert info.is_published()
     finally:
@@ -231,11 +240,37 @@ def test_oversized_message_over_mqtt_311_is_discarded_counted_and_reported(
 
 @pytest.mark.parametrize(("table", "key"), [('[device]\nid = "bad/id"\n', "device.id"),
                                             ('[mqtt]\nfleet = "a+b"\n', "mqtt.fleet")])
-def test_bad_identity_is_refused_before_listening(tmp_path: Path, table: str, key: str) -> None:
+def test_bad_identity_is_refused_before_listening(tmp_path: Path, table: str, key: str, fleet_keys: FleetKeys) -> None:
     port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f'{table}[server]\nport = {port}\n[store]\npath = "{tmp_path / "store"}"\n', encoding="utf-8")
+    config.write_text(f'{table}[server]\nport = {port}\n[store]\npath = "{tmp_path / "store"}"\n'
+                      f'[trust]\nroot = "{fleet_keys.path("root.json")}"\n', encoding="utf-8")
     proc = subprocess.run([str(EDGE), "serve", "--config", str(config)], capture_output=True, text=True,
                           env=clean_env(), timeout=60, check=False)
     assert proc.returncode in (1, 2), proc.stderr
     assert key in proc.stderr and "listening" not in proc.stderr, proc.stderr
+
+
+def test_throttling_that_starts_raises_a_health_alert(
+    tmp_path: Path, broker: Mosquitto, watcher: Observer, fleet_keys: FleetKeys, releases: Releases
+) -> None:
+    root = tmp_path / "sysroot"
+    flags = root / FIRMWARE_THROTTLED
+    flags.parent.mkdir(parents=True)
+    flags.write_text("0\n")
+    cfg = device_config(tmp_path, broker.url, "pi-hot", fleet_keys)
+    cfg = dataclasses.replace(cfg, monitoring=MonitoringConfig(health_interval_s=0.05))
+    store = ModelStore(Path(cfg.store.path), fleet_keys.root, None, BundleLimits())
+    store.install(releases.bundle(1))
+    store.activate("fraud", 1)
+    svc = UpdateService(cfg, store, "pi-hot", selftest_in_process=True)
+    svc.health_root = root
+    svc.start()
+    try:
+        wait_until(lambda: (watcher.state("pi-hot").get("health") or {}).get("throttled") is False, "a calm state")
+        flags.write_text("50005\n")  # throttled and under-voltage now
+        alert = wait_until(lambda: watcher.of("pi-hot", "health_alert"), "the health_alert event")[0]
+        assert alert["started"] == ["throttled", "under_voltage"] and alert["throttle_flags"] == "0x50005"
+        wait_until(lambda: (watcher.state("pi-hot").get("health") or {}).get("throttled") is True, "the state to say so")
+    finally:
+        svc.stop()
