@@ -13,9 +13,11 @@ e.g. an ACL) is reported the moment the SUBACK says so, to ``on_refused``.
 
 Message size: with ``max_message_bytes`` set, an MQTT 5 link tells the broker in its CONNECT
 (Maximum Packet Size) never to send a larger packet, so the broker drops it and nothing is
-buffered here. MQTT 3.1.1 has no such property: paho reads the packet whole, and the link
-discards it at once, before it is copied or handed on, acknowledges it (so it is not sent
-again) and reports it to ``on_dropped``.
+buffered here. MQTT 3.1.1 has no such property, and paho would buffer the packet whole (three
+copies of the payload at its peak): :class:`_BoundedClient` keeps only the head of an
+oversized PUBLISH (its topic and packet id) while paho reads the rest from the socket, and the
+link then discards the message, acknowledges it (so it is not sent again) and reports it to
+``on_dropped``. Memory stays at the head plus one read, whatever the size.
 """
 
 from __future__ import annotations
@@ -81,6 +83,43 @@ class Message:
     payload: bytes
     retain: bool
     duplicate: bool
+
+
+# What is kept of an oversized PUBLISH: the topic (at most 65,535 bytes plus its length) and the
+# packet id; the rest is read from the socket and thrown away.
+OVERSIZED_HEAD_BYTES = 2 + 65535 + 2
+OVERSIZED_READ_BYTES = 64 * 1024  # bytes asked of the socket at a time while discarding
+
+
+class _BoundedClient(paho.Client):
+    """paho's client, keeping only the head of a PUBLISH over ``packet_cap`` bytes.
+
+    paho reads a packet's body into one buffer before handling it. This hooks the one place
+    it reads from the socket: while the packet being read is an oversized PUBLISH, the
+    buffer is cut back to its head before each read and each read is small. paho then hands
+    on a message whose payload is cut short; :meth:`take_oversized` says it was, and how big
+    it really was. Relies on paho's ``_in_packet`` (2.x); without it nothing is cut.
+    """
+
+    packet_cap = 0  # 0: no cap
+    _oversized = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        cap = self.packet_cap
+        packet = getattr(self, "_in_packet", None)
+        if cap and isinstance(packet, dict) and packet.get("have_remaining") and (packet.get("command", 0) & 0xF0) == 0x30:
+            size = packet.get("remaining_length", 0)
+            body = packet.get("packet")
+            if size > cap and isinstance(body, bytearray):
+                self._oversized = size
+                del body[OVERSIZED_HEAD_BYTES:]
+                bufsize = min(bufsize, OVERSIZED_READ_BYTES)
+        return super()._sock_recv(bufsize)
+
+    def take_oversized(self) -> int:
+        """The size of the PUBLISH just handed on if it was cut short (then forgotten), else 0."""
+        size, self._oversized = self._oversized, 0
+        return size
 
 
 class Backoff:
@@ -188,7 +227,7 @@ class MqttLink:
         kwargs: dict[str, object] = {}
         if not self._v5:
             kwargs["clean_session"] = not settings.persistent
-        self._client = paho.Client(
+        self._client = _BoundedClient(
             paho.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=PROTOCOLS[broker.protocol],
@@ -216,6 +255,8 @@ class MqttLink:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        if settings.max_message_bytes:
+            self._client.packet_cap = settings.max_message_bytes + PACKET_OVERHEAD_BYTES
         self._client.on_socket_register_write = lambda client, userdata, sock: self._wake()
         self._client.on_connect = self._connected_cb
         self._client.on_disconnect = self._disconnected_cb
@@ -232,6 +273,7 @@ class MqttLink:
         self._connected = False
         self._lost_reason = ""
         self._pending: collections.deque[paho.MQTTMessage] = collections.deque()
+        self._oversized: dict[int, int] = {}  # id() of a pending message cut short -> its real size
 
     # -- paho callbacks (network thread) ----------------------------------------------------
 
@@ -270,6 +312,9 @@ class MqttLink:
 
     def _message_cb(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         # Only collected here: handling happens in _dispatch, outside paho's callback lock.
+        size = self._client.take_oversized()
+        if size:
+            self._oversized[id(msg)] = size
         self._pending.append(msg)
 
     def _dispatch(self) -> paho.MQTTErrorCode:
@@ -290,11 +335,13 @@ class MqttLink:
             if rc != paho.MQTT_ERR_SUCCESS or not self._connected:
                 log.debug("connection lost: dropping %d unacknowledged messages", len(self._pending))
                 self._pending.clear()
+                self._oversized.clear()
                 return rc if rc != paho.MQTT_ERR_SUCCESS else paho.MQTT_ERR_CONN_LOST
             msg = self._pending.popleft()
             cap = self.settings.max_message_bytes
-            if cap and len(msg.payload) > cap:
-                self._drop(msg, cap)
+            cut = self._oversized.pop(id(msg), 0)
+            if cut or (cap and len(msg.payload) > cap):
+                self._drop(msg, cap, cut)
             else:
                 try:
                     self._on_message(Message(msg.topic, bytes(msg.payload), bool(msg.retain), bool(msg.dup)))
@@ -307,10 +354,11 @@ class MqttLink:
                     rc = client.loop_write()
         return rc
 
-    def _drop(self, msg: paho.MQTTMessage, cap: int) -> None:
-        """Discard a message over the cap (acknowledged by the caller like any other)."""
+    def _drop(self, msg: paho.MQTTMessage, cap: int, size: int = 0) -> None:
+        """Discard a message over the cap (acknowledged by the caller like any other); ``size``:
+        its packet size when paho was made to cut it short."""
         self.dropped += 1
-        size = len(msg.payload)
+        size = size or len(msg.payload)
         topic = msg.topic[:200]
         log.warning("dropped a %d-byte message on %r: larger than max_message_bytes %d", size, topic, cap)
         if self._on_dropped is not None:
@@ -341,6 +389,8 @@ class MqttLink:
         s = self.settings
         self._connack = None
         self._pending.clear()  # unacknowledged leftovers of an old connection come again
+        self._oversized.clear()
+        self._client.take_oversized()  # a packet cut short when the old connection died
         self._drop_subacks("reconnecting")
         kwargs: dict[str, object] = {}
         if self._v5:

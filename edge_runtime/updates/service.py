@@ -160,6 +160,7 @@ class UpdateService:
         self._dropped_lock = threading.Lock()
         self._dropped_total = 0
         self._dropped_unreported = 0
+        self._dropped_last_bytes = 0
         self._updates_thread = threading.Thread(target=self._updates_main, name="edge-updates", daemon=True)
         self._network_thread = threading.Thread(target=self._network_main, name="edge-mqtt", daemon=True)
         self.loaded = threading.Event()
@@ -248,10 +249,10 @@ class UpdateService:
         elif kind == "dropped":
             with self._dropped_lock:
                 count, self._dropped_unreported = self._dropped_unreported, 0
-                total = self._dropped_total
+                total, size = self._dropped_total, self._dropped_last_bytes
             assert self.cfg.mqtt is not None
             self.updater.reporter.event(
-                "message_dropped", None, None, topic=value, count=count, total=total,
+                "message_dropped", None, None, topic=value, count=count, total=total, bytes=size,
                 reason=f"larger than [mqtt] max_message_bytes ({self.cfg.mqtt.max_message_bytes})",
             )
         elif kind == "event":
@@ -300,6 +301,7 @@ class UpdateService:
         with self._dropped_lock:
             self._dropped_total += 1
             self._dropped_unreported += 1
+            self._dropped_last_bytes = size
             first = self._dropped_unreported == 1
         if first:  # one event carries every drop until it is handled: a flood is one event
             self._queue.put(("dropped", topic[:MAX_TOPIC_SHOWN]))

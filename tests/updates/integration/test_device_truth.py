@@ -232,6 +232,7 @@ def test_oversized_message_over_mqtt_311_is_discarded_counted_and_reported(
             client.loop_stop()
         event = wait_until(lambda: watcher.of("pi-311", "message_dropped"), "the message_dropped event")[0]
         assert event["topic"] == f"edge/{FLEET}/devices/pi-311/desired" and event["count"] == 1
+        assert event["bytes"] > 1024 * 1024  # the size paho was reading, though only its head was kept
         assert svc.dropped_messages == 1 and svc.link.connected
         wait_until(lambda: watcher.state("pi-311").get("dropped_messages") == 1, "the count in the state")
     finally:
