@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_runtime.config import Config, ModelConfig
-from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, StoreError
+from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, NotFoundError, StoreError
 from edge_runtime.inference import delegates
 from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.selftest import load_golden, run_selftest
@@ -265,7 +265,7 @@ class ModelManager:
                 if r.source == "store" and ((r.source, r.version) in tried or r.version in state.failed):
                     r = self.store.resolved_factory(name, f"v{r.version} failed before")
             except EdgeRuntimeError as exc:
-                problem = str(exc)
+                problem = unservable_reason(self.store, name, exc)
                 break
             if (r.source, r.version) in tried:
                 break
@@ -515,3 +515,18 @@ class ModelManager:
             if sm.routing is not None:
                 for v, role in sm.routing.roles():
                     yield name, v, role
+
+
+def unservable_reason(store: ModelStore, name: str, exc: EdgeRuntimeError) -> str:
+    """Why no version of ``name`` can be resolved, as readiness and the ``ready:`` line show it.
+
+    The store falls back to the factory bundle last, so an error from resolving is the factory
+    bundle's own unless there is none: say which file was refused, the reason an operator acts on.
+    """
+    try:
+        factory = store.factory_bundle(name)
+    except (EdgeRuntimeError, OSError):
+        factory = None
+    if factory is not None and not isinstance(exc, NotFoundError):
+        return f"factory bundle {factory.name} refused: {exc}"
+    return str(exc)

@@ -195,7 +195,8 @@ def test_readiness_names_the_model_and_why(refused: Daemon) -> None:
     status, body = request(refused.port, "GET", "/v2/health/ready")
     message = json.loads(body)["error"]
     assert status == 503 and "fraud: " in message and "loading models" not in message, message
-    assert "signature" in message or "trusted" in message or "key" in message, message
+    assert "fraud: factory bundle fraud.bundle refused: " in message and "not trusted" in message, message
+    assert "fraud: factory bundle fraud.bundle refused: " in line, line
 
 
 def test_sighup_warns_about_each_key_that_needs_a_restart(refused: Daemon, broker: Mosquitto) -> None:
