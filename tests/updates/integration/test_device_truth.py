@@ -109,7 +109,7 @@ def refused(tmp_path_factory: pytest.TempPathFactory, fleet_keys: FleetKeys, rel
     base = tmp_path_factory.mktemp("refused")
     (base / "factory").mkdir()
     shutil.copy(releases.bundle(1, signers=[fleet_keys.stranger]), base / "factory" / "fraud.bundle")
-    d = Daemon(_config(base, fleet_keys, REFUSED, None))
+    d = Daemon(_config(base, fleet_keys, REFUSED, None, extra="[models.wine]\nmax_batch_size = 2\n"))
     try:
         assert d.wait_line("ready: ") is not None, d.log()
         yield d
@@ -191,6 +191,7 @@ def _answers(d: Daemon) -> bool:
 
 def test_readiness_names_the_model_and_why(refused: Daemon) -> None:
     line = refused.lines[refused.wait_line("ready: ") or 0]
+    assert refused.wait_line("[models.wine]: no model 'wine' is installed", timeout=0) is not None, refused.log()
     assert "0 model(s) served" in line and "fraud:" in line and "loading" not in line, line
     status, body = request(refused.port, "GET", "/v2/health/ready")
     message = json.loads(body)["error"]
