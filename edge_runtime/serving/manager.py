@@ -87,6 +87,7 @@ class ModelManager:
         self._busy = threading.Lock()
         self._thread: threading.Thread | None = None
         self._signature: Any = None
+        self._notified_problems: dict[str, str] = {}
         self.initial_done = threading.Event()
         metrics.queue_depths = self._queue_depths
         metrics.loaded_roles = self._roles
@@ -175,7 +176,7 @@ class ModelManager:
                         if self._stop.is_set():
                             return
                         changed |= self._reconcile(name)
-                if changed:
+                if changed or self.problems() != self._notified_problems:  # a model that newly cannot serve
                     self._notify_serving()
             except Exception:  # keep watching; the next change retries
                 log.exception("model manager: reconcile failed")
@@ -490,6 +491,7 @@ class ModelManager:
         self._on_loop(install)
 
     def _notify_serving(self) -> None:
+        self._notified_problems = self.problems()
         if self.on_serving_change is not None:
             try:
                 self.on_serving_change(self.serving())
