@@ -20,6 +20,9 @@ from edge_runtime.inference.delegate_spec import MAX_THREADS, parse_delegates
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
 MAX_TIMEOUT_S = 86400.0  # a day: every time limit is finite (asyncio and sockets refuse inf)
 MAX_INT = 2**63 - 1
+DEFAULT_MAX_MESSAGE_BYTES = 6 * 1024 * 1024  # [mqtt] max_message_bytes: 1.5 x the 4 MiB manifest limit
+MIN_MESSAGE_BYTES = 64 * 1024  # a manifest of a small model, a trust root, a desired state
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # MQTT's own packet limit, rounded down
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -108,6 +111,10 @@ class MqttConfig(BrokerOptions):
     max_download_bytes_per_s: int = 0  # 0 = unlimited
     receive_maximum: int = 2  # MQTT 5: messages in flight to the device (bounds re-sent chunks after a drop)
     activation_timeout_s: float = 120.0  # how long to wait for the daemon to confirm a swap
+    # Largest MQTT message payload the device takes; larger ones are dropped on arrival (MQTT 5:
+    # by the broker, never sent). The default fits the largest manifest message (a 4 MiB
+    # manifest, JSON-escaped) and chunks of up to 6 MiB; a release with larger chunks needs more.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -143,7 +150,8 @@ class MonitoringConfig:
     capture_dir: str = ""  # empty: <store>/.capture
     capture_max_kbps: float = 256.0  # upload cap of ``fleet capture pull`` answers (kilobits per second)
     min_free_mb: float = 64.0  # capture stops writing while the file system has less free
-    state_interval_s: float = 60.0  # how often drift figures refresh the retained device state
+    state_interval_s: float = 60.0  # how often drift figures and health refresh the retained device state
+    health_interval_s: float = 5.0  # how often the device health is read (throttling alerts)
 
 
 @dataclass(frozen=True)
@@ -335,6 +343,32 @@ def check_mqtt_config(m: MqttConfig) -> None:
         raise ConfigError("mqtt.max_download_bytes_per_s must be >= 0 and mqtt.session_expiry_s in [0, 2^32-1]")
     if bool(m.cert_file) != bool(m.key_file):
         raise ConfigError("mqtt.cert_file and mqtt.key_file go together (TLS client authentication)")
+    if not MIN_MESSAGE_BYTES <= m.max_message_bytes <= MAX_MESSAGE_BYTES:
+        raise ConfigError(f"mqtt.max_message_bytes: expected {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}, "
+                          f"found {m.max_message_bytes}")
+    check_topic_level(m.fleet, "mqtt.fleet")
+    from edge_runtime.updates.protocol import PREFIX_RE  # pure
+
+    if not PREFIX_RE.match(m.prefix):
+        raise ConfigError(f"mqtt.prefix: expected topic levels of [A-Za-z0-9_.:-] joined by '/' "
+                          f"(no '+', '#', empty levels or a leading '/'), found {m.prefix[:80]!r}")
+
+
+def check_topic_level(value: str, key: str) -> None:
+    """Raise ConfigError naming ``key`` unless ``value`` can be one MQTT topic level (a fleet or device id)."""
+    from edge_runtime.updates.protocol import ID_RE  # pure: the one rule for fleet and device ids
+
+    if not ID_RE.match(value):
+        raise ConfigError(f"{key}: expected 1 to 128 of [A-Za-z0-9_.:-], starting with a letter or digit "
+                          f"(one MQTT topic level: no '/', '+' or '#'), found {value[:80]!r}")
+
+
+def check_identity(cfg: Config) -> None:
+    """Raise ConfigError naming ``device.id`` when it cannot be one topic level (checked when the
+    config is loaded, so a bad id stops the daemon before anything listens). Empty means
+    /etc/machine-id, checked by :func:`device_id` users at start-up."""
+    if cfg.device.id:
+        check_topic_level(cfg.device.id, "device.id")
 
 
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
@@ -361,12 +395,14 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         source=source,
     )
     mon = cfg.monitoring
-    if mon.capture_max_kbps <= 0 or mon.min_free_mb < 0 or mon.state_interval_s <= 0:
-        raise ConfigError("monitoring: capture_max_kbps and state_interval_s must be > 0, min_free_mb >= 0")
+    if mon.capture_max_kbps <= 0 or mon.min_free_mb < 0 or mon.state_interval_s <= 0 or mon.health_interval_s <= 0:
+        raise ConfigError("monitoring: capture_max_kbps, state_interval_s and health_interval_s must be > 0, "
+                          "min_free_mb >= 0")
     if cfg.logging.format not in ("text", "json"):
         raise ConfigError(f"logging.format: expected 'text' or 'json', found {cfg.logging.format!r}")
     if cfg.logging.level.lower() not in LOG_LEVELS:
         raise ConfigError(f"logging.level: expected one of {', '.join(LOG_LEVELS)}, found {cfg.logging.level!r}")
+    check_identity(cfg)
     if cfg.mqtt is not None:
         check_mqtt_config(cfg.mqtt)
     if cfg.store.max_bundle_bytes < 1:

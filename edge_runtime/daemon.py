@@ -9,8 +9,13 @@ Signals:
 * SIGTERM / SIGINT: ``STOPPING=1``, stop accepting connections, let in-flight requests
   finish (up to ``[server] drain_timeout_s``), drain the model queues, exit 0.
 * SIGHUP: re-read the config file and apply the serving part (batching, traffic, shadow,
-  version policy, instances) without dropping a request. Host, port, store and trust
-  settings need a restart; a config that does not parse is logged and ignored.
+  version policy, instances) and ``[monitoring] state_interval_s``/``health_interval_s``
+  without dropping a request. Every other changed key (host, port, store, trust, ``[mqtt]``,
+  ...) needs a restart, and a warning names each one (:mod:`edge_runtime.reload`); a config
+  that does not parse is logged and ignored.
+
+Every serving change (start-up, swap, fallback, a failed version) is handed to the update
+client at once (``state_changed``), so the retained device state follows within a second.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_runtime import systemd
-from edge_runtime.config import Config, device_id
+from edge_runtime import health, systemd
+from edge_runtime.config import Config, check_topic_level, device_id
 from edge_runtime.exceptions import ConfigError
 from edge_runtime.monitoring.hub import Monitoring
+from edge_runtime.reload import applied_live, restart_needed, unknown_models
 from edge_runtime.serving.app import App, ServingState
 from edge_runtime.serving.hooks import warn_if_enabled
 from edge_runtime.serving.manager import ModelManager
@@ -135,11 +141,13 @@ class Daemon:
         self.monitoring = Monitoring(Path(mon.capture_dir) if mon.capture_dir else store.path / ".capture",
                                      min_free_bytes=int(mon.min_free_mb * 1024 * 1024))
         self.metrics.monitoring = self.monitoring
+        self.metrics.health = lambda: health.read_health(store.path)
         self.state = ServingState()
         self.address: tuple[str, int] | None = None
         self.grpc_address: tuple[str, int] | None = None  # set when the gRPC endpoint listens
         self.ready_event = threading.Event()
         self.manager: ModelManager | None = None
+        self.updates: Any = None  # the UpdateService once started ([mqtt] set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
@@ -169,13 +177,26 @@ class Daemon:
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
             return
-        for key in ("host", "port", "grpc_port", "max_request_bytes", "max_header_bytes", "request_header_timeout_s",
-                    "keep_alive_s", "max_json_values", "request_body_timeout_s", "max_connections"):
-            if getattr(cfg.server, key) != getattr(self.cfg.server, key):
-                log.warning("SIGHUP: [server] %s changed; it takes effect after a restart", key)
+        for key in restart_needed(self.cfg, cfg):
+            log.warning("SIGHUP: %s; it takes effect after a restart", key)
+        live = applied_live(self.cfg, cfg)
+        if self.updates is not None:
+            self.updates.reconfigure(cfg)
         self.cfg = cfg
         self.manager.reload(cfg)
-        log.info("SIGHUP: serving config reloaded from %s", cfg.source or "defaults")
+        self._warn_unknown_models()
+        log.info("SIGHUP: serving config reloaded from %s%s", cfg.source or "defaults",
+                 f" (applied: {', '.join(live)})" if live else "")
+
+    def _warn_unknown_models(self) -> None:
+        """A ``[models.X]`` table for a model that is not installed is most likely a typo."""
+        try:
+            installed = self.store.models()
+        except OSError:
+            return
+        for name in unknown_models(self.cfg, installed):
+            log.warning("[models.%s]: no model %r is installed or in the factory directory; its settings "
+                        "apply once it is installed", name, name)
 
     @property
     def url(self) -> str:
@@ -191,6 +212,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop = asyncio.Event()
+        if self.cfg.mqtt is not None:  # the id from /etc/machine-id, before anything listens
+            check_topic_level(device_id(self.cfg), "device.id (from /etc/machine-id)")
         sock = sock or bind_socket(self.cfg.server.host, self.cfg.server.port)
         self.address = tuple(sock.getsockname()[:2])  # type: ignore[assignment]
         self.manager = manager = ModelManager(self.store, self.cfg, self.metrics, loop, self._serving_changed,
@@ -213,15 +236,19 @@ class Daemon:
             grpc_endpoint = await self._start_grpc(app)
             await loop.run_in_executor(None, manager.start)
             self._serving_changed(manager.serving())
+            self._warn_unknown_models()
             _tune_gc()
             systemd.ready(self._status_text())
             watchdog = self._start_watchdog(loop)
-            updates = self._start_updates()
+            updates = self.updates = self._start_updates()
             self.ready_event.set()
             since = _seconds_since_process_start()
-            log.info(
-                "ready: %d model(s) served%s", sum(v is not None for v in manager.serving().values()),
+            problems = self.state.reasons
+            log.log(
+                logging.WARNING if problems else logging.INFO,
+                "ready: %d model(s) served%s%s", sum(v is not None for v in manager.serving().values()),
                 "" if since is None else f", {since:.3f} s after the process started",
+                "; not serving: " + "; ".join(f"{n}: {p}" for n, p in sorted(problems.items())) if problems else "",
             )
             await self._stop.wait()
         finally:
@@ -260,9 +287,16 @@ class Daemon:
         manager = self.manager
         ready = manager is not None and manager.initial_done.is_set() and not manager.problems()
         ready = ready and all(v is not None for v in serving.values())
+        loading = manager is None or not manager.initial_done.is_set()
+        reasons = {} if manager is None else manager.problems()
+        if not loading:
+            reasons.update({n: "no version loaded" for n, v in serving.items() if v is None and n not in reasons})
+        self.state.reasons = reasons
         self.state.ready = ready
         if self.ready_event.is_set():
             systemd.status(self._status_text())
+        if self.updates is not None:
+            self.updates.state_changed()
 
     def _status_text(self) -> str:
         assert self.manager is not None

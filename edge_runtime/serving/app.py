@@ -92,6 +92,9 @@ class ServingState:
     def __init__(self) -> None:
         self.ready = False
         self.draining = False
+        # Models not served and why (set by the daemon at every serving change); empty while
+        # the first load runs.
+        self.reasons: dict[str, str] = {}
 
     @property
     def answering(self) -> bool:
@@ -99,8 +102,13 @@ class ServingState:
         return self.ready and not self.draining
 
     def not_ready_reason(self) -> str:
-        """Why the server is not ready."""
-        return "shutting down" if self.draining else "loading models"
+        """Why the server is not ready: shutting down, each model not served with its reason, or loading."""
+        if self.draining:
+            return "shutting down"
+        reasons = self.reasons
+        if reasons:
+            return "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
+        return "loading models"
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT_KINDS = frozenset("fiu")
 _INT_KINDS = frozenset("iu")
+_FLOAT_LIMITS = {2: float(np.finfo(np.float16).max), 4: float(np.finfo(np.float32).max)}  # by item size
 
 
 class Interface:
@@ -151,13 +152,15 @@ def _json_array(data: Any, spec: TensorSpec, dtype: np.dtype[Any], shape: list[i
     kind = arr.dtype.kind
     target = dtype.kind
     if kind == "f" and target == "f" and arr.size == count:  # the common case, checked cheaply
-        return arr.astype(dtype).reshape(shape)
+        return _finite(dtype, spec, arr).reshape(shape)
     if kind not in "biuf":
         raise InputError(f"input '{spec.name}': expected {spec.datatype} values in 'data', found non-numeric values")
     if arr.size != count:
         raise InputError(f"input '{spec.name}': shape {shape} needs {count} values, 'data' has {arr.size}")
     if target == "f":
-        ok = kind in _FLOAT_KINDS
+        if kind in _FLOAT_KINDS:
+            return _finite(dtype, spec, arr).reshape(shape)
+        ok = False
     elif target == "b":
         ok = kind == "b"
     else:
@@ -170,9 +173,30 @@ def _json_array(data: Any, spec: TensorSpec, dtype: np.dtype[Any], shape: list[i
                     f"found [{arr.min()}, {arr.max()}]"
                 )
     if not ok:
+        if kind == "f" and target in _INT_KINDS and bool(np.all(np.floor(arr) == arr)):
+            # Integers beyond 64 bits reach here as floats (the JSON parser's choice).
+            info = np.iinfo(dtype)
+            raise InputError(
+                f"input '{spec.name}': {spec.datatype} values must lie in [{info.min}, {info.max}], "
+                f"found [{arr.min():.6g}, {arr.max():.6g}]"
+            )
         found = "booleans" if kind == "b" else "non-integer numbers"
         raise InputError(f"input '{spec.name}': expected {spec.datatype} values in 'data', found {found}")
     return arr.astype(dtype, copy=False).reshape(shape)
+
+
+def _finite(converted_dtype: np.dtype[Any], spec: TensorSpec, source: np.ndarray) -> np.ndarray:
+    """``source`` as ``converted_dtype``, refusing values the float type cannot hold (they would
+    become inf and answer null). Checked before the cast, so numpy warns of nothing."""
+    if converted_dtype.itemsize < 8 and source.size:
+        limit = _FLOAT_LIMITS[converted_dtype.itemsize]
+        high, low = source.max(), source.min()
+        if high > limit or low < -limit:
+            worst = high if high > limit else low
+            raise InputError(
+                f"input '{spec.name}': {spec.datatype} values must lie within ±{limit:.6g}, found {float(worst):.6g}"
+            )
+    return source.astype(converted_dtype)
 
 
 def batch_rows(name: str, shape: list[int], rows: int) -> int:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_runtime.config import Config, ModelConfig
-from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, StoreError
+from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, InferenceError, NotFoundError, StoreError
 from edge_runtime.inference import delegates
 from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.selftest import load_golden, run_selftest
@@ -91,6 +91,7 @@ class ModelManager:
         self._busy = threading.Lock()
         self._thread: threading.Thread | None = None
         self._signature: Any = None
+        self._notified_problems: dict[str, str] = {}
         self.initial_done = threading.Event()
         metrics.queue_depths = self._queue_depths
         metrics.loaded_roles = self._roles
@@ -186,7 +187,7 @@ class ModelManager:
                         if self._stop.is_set():
                             return
                         changed |= self._reconcile(name)
-                if changed:
+                if changed or self.problems() != self._notified_problems:  # a model that newly cannot serve
                     self._notify_serving()
             except Exception:  # keep watching; the next change retries
                 log.exception("model manager: reconcile failed")
@@ -276,7 +277,7 @@ class ModelManager:
                 if r.source == "store" and ((r.source, r.version) in tried or r.version in state.failed):
                     r = self.store.resolved_factory(name, f"v{r.version} failed before")
             except EdgeRuntimeError as exc:
-                problem = str(exc)
+                problem = unservable_reason(self.store, name, exc)
                 break
             if (r.source, r.version) in tried:
                 break
@@ -514,6 +515,7 @@ class ModelManager:
         self._on_loop(install)
 
     def _notify_serving(self) -> None:
+        self._notified_problems = self.problems()
         if self.on_serving_change is not None:
             try:
                 self.on_serving_change(self.serving())
@@ -539,3 +541,18 @@ class ModelManager:
             if sm.routing is not None:
                 for v, role in sm.routing.roles():
                     yield name, v, role
+
+
+def unservable_reason(store: ModelStore, name: str, exc: EdgeRuntimeError) -> str:
+    """Why no version of ``name`` can be resolved, as readiness and the ``ready:`` line show it.
+
+    The store falls back to the factory bundle last, so an error from resolving is the factory
+    bundle's own unless there is none: say which file was refused, the reason an operator acts on.
+    """
+    try:
+        factory = store.factory_bundle(name)
+    except (EdgeRuntimeError, OSError):
+        factory = None
+    if factory is not None and not isinstance(exc, NotFoundError):
+        return f"factory bundle {factory.name} refused: {exc}"
+    return str(exc)

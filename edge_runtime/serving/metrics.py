@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from edge_runtime.health import Health
 from edge_runtime.monitoring.hub import Monitoring
 
 TIME_BUCKETS_S = (
@@ -240,6 +241,7 @@ class Metrics:
         self.delegates: Callable[[], Iterator[tuple[str, int, str, Any]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
         self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
+        self.health: Callable[[], Health] | None = None  # device health, read at each scrape
 
     def version(self, model: str, version: int) -> VersionStats:
         """The statistics of one version (created on first use, kept for the process's life)."""
@@ -358,6 +360,28 @@ class _Collector:
         yield from (cmp_, top1, dropped, err, worst)
         if m.monitoring is not None:
             yield from _drift_families(m.monitoring)
+        if m.health is not None:
+            yield from _health_families(m.health())
+
+
+def _health_families(h: Health) -> Iterator[Any]:
+    """``edge_cpu_temperature_celsius``, ``edge_throttled``, ``edge_under_voltage``, ``edge_store_free_bytes``
+    and the memory gauges; a figure the board does not report is left out."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    for name, doc, value in (
+        ("edge_cpu_temperature_celsius", "CPU temperature (the cpu-thermal zone).", h.cpu_temp_c),
+        ("edge_throttled", "1 while the firmware throttles the CPU (Raspberry Pi get_throttled bit 2).",
+         None if h.throttled is None else int(h.throttled)),
+        ("edge_under_voltage", "1 while the supply is under-voltage (get_throttled bit 0).",
+         None if h.under_voltage is None else int(h.under_voltage)),
+        ("edge_store_free_bytes", "Free bytes on the model store's file system.", h.store_free_bytes),
+        ("edge_memory_available_bytes", "MemAvailable of /proc/meminfo.", h.mem_available_bytes),
+    ):
+        family = GaugeMetricFamily(name, doc)
+        if value is not None:
+            family.add_metric([], value)
+            yield family
 
 
 def _drift_families(mon: Monitoring) -> Iterator[Any]:

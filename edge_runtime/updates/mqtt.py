@@ -10,6 +10,14 @@ Subscriptions are acknowledged, not fire-and-forget: each SUBSCRIBE is kept by i
 id until its SUBACK arrives (as aiomqtt does). :meth:`MqttLink.subscribe` returns a
 :class:`Subscription` to wait on, and a filter the broker refuses (reason code >= 0x80,
 e.g. an ACL) is reported the moment the SUBACK says so, to ``on_refused``.
+
+Message size: with ``max_message_bytes`` set, an MQTT 5 link tells the broker in its CONNECT
+(Maximum Packet Size) never to send a larger packet, so the broker drops it and nothing is
+buffered here. MQTT 3.1.1 has no such property, and paho would buffer the packet whole (three
+copies of the payload at its peak): :class:`_BoundedClient` keeps only the head of an
+oversized PUBLISH (its topic and packet id) while paho reads the rest from the socket, and the
+link then discards the message, acknowledges it (so it is not sent again) and reports it to
+``on_dropped``. Memory stays at the head plus one read, whatever the size.
 """
 
 from __future__ import annotations
@@ -40,6 +48,10 @@ log = logging.getLogger("edge_runtime.updates.mqtt")
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
 RefusedFn = Callable[[tuple[str, ...], str], None]  # on_refused(filters, reason), on the network thread
+DroppedFn = Callable[[str, int], None]  # on_dropped(topic, payload bytes), on the network thread
+# Room for the fixed header, topic and properties of a packet around the largest payload.
+PACKET_OVERHEAD_BYTES = 1024
+MQTT_MAX_PACKET_BYTES = 268_435_455 + 5  # the protocol's own limit
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class LinkSettings:
     receive_maximum: int = 0  # MQTT 5; 0 = the broker's default
     will_topic: str = ""
     will_payload: bytes = b""
+    max_message_bytes: int = 0  # payloads above this are dropped (see the module docstring); 0 = no cap
 
     @property
     def safe_url(self) -> str:
@@ -70,6 +83,43 @@ class Message:
     payload: bytes
     retain: bool
     duplicate: bool
+
+
+# What is kept of an oversized PUBLISH: the topic (at most 65,535 bytes plus its length) and the
+# packet id; the rest is read from the socket and thrown away.
+OVERSIZED_HEAD_BYTES = 2 + 65535 + 2
+OVERSIZED_READ_BYTES = 64 * 1024  # bytes asked of the socket at a time while discarding
+
+
+class _BoundedClient(paho.Client):
+    """paho's client, keeping only the head of a PUBLISH over ``packet_cap`` bytes.
+
+    paho reads a packet's body into one buffer before handling it. This hooks the one place
+    it reads from the socket: while the packet being read is an oversized PUBLISH, the
+    buffer is cut back to its head before each read and each read is small. paho then hands
+    on a message whose payload is cut short; :meth:`take_oversized` says it was, and how big
+    it really was. Relies on paho's ``_in_packet`` (2.x); without it nothing is cut.
+    """
+
+    packet_cap = 0  # 0: no cap
+    _oversized = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        cap = self.packet_cap
+        packet = getattr(self, "_in_packet", None)
+        if cap and isinstance(packet, dict) and packet.get("have_remaining") and (packet.get("command", 0) & 0xF0) == 0x30:
+            size = packet.get("remaining_length", 0)
+            body = packet.get("packet")
+            if size > cap and isinstance(body, bytearray):
+                self._oversized = size
+                del body[OVERSIZED_HEAD_BYTES:]
+                bufsize = min(bufsize, OVERSIZED_READ_BYTES)
+        return super()._sock_recv(bufsize)
+
+    def take_oversized(self) -> int:
+        """The size of the PUBLISH just handed on if it was cut short (then forgotten), else 0."""
+        size, self._oversized = self._oversized, 0
+        return size
 
 
 class Backoff:
@@ -164,7 +214,8 @@ class MqttLink:
     """One MQTT connection. ``on_message`` and ``on_refused`` run on the thread that calls :meth:`run`."""
 
     def __init__(
-        self, settings: LinkSettings, on_message: Callable[[Message], None], on_refused: RefusedFn | None = None
+        self, settings: LinkSettings, on_message: Callable[[Message], None], on_refused: RefusedFn | None = None,
+        on_dropped: DroppedFn | None = None,
     ) -> None:
         broker = settings.broker
         if broker.protocol not in PROTOCOLS:
@@ -176,7 +227,7 @@ class MqttLink:
         kwargs: dict[str, object] = {}
         if not self._v5:
             kwargs["clean_session"] = not settings.persistent
-        self._client = paho.Client(
+        self._client = _BoundedClient(
             paho.CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=PROTOCOLS[broker.protocol],
@@ -204,12 +255,16 @@ class MqttLink:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        if settings.max_message_bytes:
+            self._client.packet_cap = settings.max_message_bytes + PACKET_OVERHEAD_BYTES
         self._client.on_socket_register_write = lambda client, userdata, sock: self._wake()
         self._client.on_connect = self._connected_cb
         self._client.on_disconnect = self._disconnected_cb
         self._client.on_message = self._message_cb
         self._client.on_subscribe = self._subscribed_cb
         self._on_refused = on_refused
+        self._on_dropped = on_dropped
+        self.dropped = 0  # messages over max_message_bytes discarded here
         # SUBSCRIBEs waiting for their SUBACK, by message id; the lock makes registering a mid
         # and its SUBACK (on the network thread) happen in that order.
         self._subacks: dict[int, tuple[list[str], Subscription]] = {}
@@ -218,6 +273,7 @@ class MqttLink:
         self._connected = False
         self._lost_reason = ""
         self._pending: collections.deque[paho.MQTTMessage] = collections.deque()
+        self._oversized: dict[int, int] = {}  # id() of a pending message cut short -> its real size
 
     # -- paho callbacks (network thread) ----------------------------------------------------
 
@@ -256,6 +312,9 @@ class MqttLink:
 
     def _message_cb(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         # Only collected here: handling happens in _dispatch, outside paho's callback lock.
+        size = self._client.take_oversized()
+        if size:
+            self._oversized[id(msg)] = size
         self._pending.append(msg)
 
     def _dispatch(self) -> paho.MQTTErrorCode:
@@ -276,17 +335,37 @@ class MqttLink:
             if rc != paho.MQTT_ERR_SUCCESS or not self._connected:
                 log.debug("connection lost: dropping %d unacknowledged messages", len(self._pending))
                 self._pending.clear()
+                self._oversized.clear()
                 return rc if rc != paho.MQTT_ERR_SUCCESS else paho.MQTT_ERR_CONN_LOST
             msg = self._pending.popleft()
-            try:
-                self._on_message(Message(msg.topic, bytes(msg.payload), bool(msg.retain), bool(msg.dup)))
-            except Exception:  # a handler bug must not kill the network thread
-                log.exception("message handler failed for %s", msg.topic)
+            cap = self.settings.max_message_bytes
+            cut = self._oversized.pop(id(msg), 0)
+            if cut or (cap and len(msg.payload) > cap):
+                self._drop(msg, cap, cut)
+            else:
+                try:
+                    self._on_message(Message(msg.topic, bytes(msg.payload), bool(msg.retain), bool(msg.dup)))
+                except Exception:  # a handler bug must not kill the network thread
+                    log.exception("message handler failed for %s", msg.topic)
+            msg.payload = b""  # the payload goes now, not when the next message replaces this one
             if msg.qos > 0:
                 client.ack(msg.mid, msg.qos)
                 if client.want_write():
                     rc = client.loop_write()
         return rc
+
+    def _drop(self, msg: paho.MQTTMessage, cap: int, size: int = 0) -> None:
+        """Discard a message over the cap (acknowledged by the caller like any other); ``size``:
+        its packet size when paho was made to cut it short."""
+        self.dropped += 1
+        size = size or len(msg.payload)
+        topic = msg.topic[:200]
+        log.warning("dropped a %d-byte message on %r: larger than max_message_bytes %d", size, topic, cap)
+        if self._on_dropped is not None:
+            try:
+                self._on_dropped(topic, size)
+            except Exception:  # a handler bug must not kill the network thread
+                log.exception("dropped-message handler failed")
 
     @staticmethod
     def _readable_now(sock: socket.socket | ssl.SSLSocket | Any) -> bool:
@@ -310,6 +389,8 @@ class MqttLink:
         s = self.settings
         self._connack = None
         self._pending.clear()  # unacknowledged leftovers of an old connection come again
+        self._oversized.clear()
+        self._client.take_oversized()  # a packet cut short when the old connection died
         self._drop_subacks("reconnecting")
         kwargs: dict[str, object] = {}
         if self._v5:
@@ -320,6 +401,9 @@ class MqttLink:
                 # Messages the broker may have in flight to us: each one in a socket buffer when the
                 # connection drops is sent again after the reconnect, so this bounds the duplicates.
                 props.ReceiveMaximum = s.receive_maximum
+            if s.max_message_bytes:
+                # The broker never sends a larger packet (it drops it): nothing is buffered here.
+                props.MaximumPacketSize = min(s.max_message_bytes + PACKET_OVERHEAD_BYTES, MQTT_MAX_PACKET_BYTES)
             kwargs = {"clean_start": not s.persistent, "properties": props}
         try:
             self._client.connect(self.address.host, self.address.port, keepalive=s.keepalive_s, **kwargs)  # type: ignore[arg-type]
@@ -469,6 +553,7 @@ class MqttLink:
 __all__ = [
     "Backoff",
     "BrokerAddress",
+    "DroppedFn",
     "BrokerOptions",
     "LinkSettings",
     "Message",

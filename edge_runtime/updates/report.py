@@ -3,7 +3,9 @@
 Events go out when connected; while offline they wait in a bounded queue (the oldest are
 dropped first, and the next flushed event says how many were lost) and are flushed on
 reconnect. The state is retained, so only the newest matters: it is re-published after
-every change and on every reconnect.
+every change and on every reconnect. The device republishes it whenever what it serves or
+what its store records changes (the update service's store watch and the daemon's serving
+callback), and ``last_error`` is left out once :func:`error_is_stale` says it is.
 
 Events and state are published at QoS 0. With QoS 1 publishes from the device in flight,
 mosquitto 2.0 was seen sending a device more unacknowledged chunks than its MQTT 5
@@ -133,4 +135,44 @@ class Reporter:
                 log.debug("online flag not published: %s", exc)
 
 
-__all__ = ["Reporter", "Transport", "utc_now_iso"]
+def error_is_stale(
+    last_error: dict[str, Any] | None, models: dict[str, Any], serving_at_error: dict[str, int | None]
+) -> bool:
+    """Whether ``last_error`` no longer describes the device: its model now serves a newer version.
+
+    Newer means above both the version the error names and the version that served when the
+    error was first seen (``serving_at_error``). An error that names no model (a refused desired
+    state or trust root) goes once any model serves a newer version than it did then. The
+    history stays in the events. Pure.
+    """
+    if not isinstance(last_error, dict):
+        return False
+
+    def serving(name: str) -> int | None:
+        entry = models.get(name)
+        value = entry.get("serving") if isinstance(entry, dict) else None
+        return value if type(value) is int else None
+
+    def newer(name: str, floor: int | None) -> bool:
+        now = serving(name)
+        before = serving_at_error.get(name)
+        floors = [v for v in (floor, before) if type(v) is int]
+        return now is not None and (not floors or now > max(floors)) and now != before
+
+    model = last_error.get("model")
+    version = last_error.get("version")
+    if isinstance(model, str):
+        return newer(model, version if type(version) is int else None)
+    return any(newer(name, None) for name in models)
+
+
+def serving_versions(models: dict[str, Any]) -> dict[str, int | None]:
+    """``{model: serving version}`` of a state document's ``models``."""
+    out: dict[str, int | None] = {}
+    for name, entry in models.items():
+        value = entry.get("serving") if isinstance(entry, dict) else None
+        out[name] = value if type(value) is int else None
+    return out
+
+
+__all__ = ["Reporter", "Transport", "error_is_stale", "serving_versions", "utc_now_iso"]

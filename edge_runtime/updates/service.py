@@ -6,6 +6,14 @@ acknowledged); every other message is queued for ``edge-updates``, which runs th
 :class:`~edge_runtime.updates.updater.Updater` and its timers. Serving never waits on
 either thread: the daemon learns about a new version only through the store and ``wake``.
 
+The retained state tells the truth within about a second: the daemon calls
+:meth:`UpdateService.state_changed` whenever what it serves changes, and ``edge-updates``
+looks at the store's change signature every :data:`STORE_POLL_S` (a few ``stat`` calls), so a
+change made by another process (``edge-runtime models rollback`` run by hand) is published too.
+The state also carries the device's health (:mod:`edge_runtime.health`), read every
+``[monitoring] health_interval_s``; throttling or under-voltage that starts raises a
+``health_alert`` event.
+
 The daemon calls :func:`start_updates` and ``stop()``; the fleet simulator and
 ``edge-runtime fleet agent`` build an :class:`UpdateService` with
 ``selftest_in_process=True`` because no daemon is there to run the self-test.
@@ -22,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import health
 from edge_runtime.config import Config, check_mqtt_config
 from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.inference.selftest import selftest_version
@@ -32,12 +41,15 @@ from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.nonces import NONCES_FILE
 from edge_runtime.updates.protocol import Topics, check_id
+from edge_runtime.updates.report import error_is_stale, serving_versions
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
 
 log = logging.getLogger("edge_runtime.updates")
 
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
+STORE_POLL_S = 0.5  # how often the store's change signature is compared (changes by another process)
+MAX_TOPIC_SHOWN = 200  # characters of a dropped message's topic put in the event
 
 
 def clock_is_trusted(setting: str) -> bool:
@@ -101,9 +113,11 @@ class UpdateService:
                 receive_maximum=m.receive_maximum,
                 will_topic=self.topics.online(device_id),
                 will_payload=b"false",
+                max_message_bytes=m.max_message_bytes,
             ),
             self._on_message,
             on_refused=lambda filters, reason: self._queue.put(("updater", SubscriptionRefused(filters, reason))),
+            on_dropped=self._on_dropped,
         )
         self.updater = Updater(
             self.settings,
@@ -128,8 +142,27 @@ class UpdateService:
         if monitoring is not None:
             monitoring.subscribe(lambda kind, name, version, fields: self._queue.put(("event", (kind, name, version, fields))))
         self._state_interval_s = cfg.monitoring.state_interval_s
+        self._health_interval_s = cfg.monitoring.health_interval_s
         self._next_state = 0.0
         self._last_drift: Any = None
+        # Republishing: a change the daemon reported, or a store signature other than the one
+        # the last published document was built from.
+        self._publish_due = threading.Event()
+        self._published_signature: Any = None
+        self._next_store_poll = 0.0
+        # last_error: the serving versions when it was first published (see error_is_stale).
+        self._error_seen: tuple[Any, dict[str, int | None]] | None = None
+        # Health: the newest reading and when to read again.
+        self.health_root = Path("/")
+        self._vcgencmd = health.default_vcgencmd()
+        self._health: health.Health | None = None
+        self._published_health: health.Health | None = None
+        self._next_health = 0.0
+        # Oversized MQTT messages dropped (counted on the network thread, reported as events).
+        self._dropped_lock = threading.Lock()
+        self._dropped_total = 0
+        self._dropped_unreported = 0
+        self._dropped_last_bytes = 0
         self._updates_thread = threading.Thread(target=self._updates_main, name="edge-updates", daemon=True)
         self._network_thread = threading.Thread(target=self._network_main, name="edge-mqtt", daemon=True)
         self.loaded = threading.Event()
@@ -150,6 +183,25 @@ class UpdateService:
         for t in (self._updates_thread, self._network_thread):
             if t.is_alive():
                 t.join(timeout_s)
+
+    def state_changed(self) -> None:
+        """Something the state shows changed (the daemon's serving callback): republish now."""
+        self._publish_due.set()
+        self._queue.put(("publish", None))
+
+    def reconfigure(self, cfg: Config) -> None:
+        """SIGHUP: apply what applies live (``[monitoring] state_interval_s`` and ``health_interval_s``)."""
+        self._state_interval_s = cfg.monitoring.state_interval_s
+        self._health_interval_s = cfg.monitoring.health_interval_s
+        self._next_state = 0.0
+        self._next_health = 0.0
+        self._queue.put(("publish", None))
+
+    @property
+    def dropped_messages(self) -> int:
+        """Messages over ``[mqtt] max_message_bytes`` discarded on arrival so far."""
+        with self._dropped_lock:
+            return self._dropped_total
 
     # -- threads -------------------------------------------------------------------------
 
@@ -174,6 +226,7 @@ class UpdateService:
                     self._dispatch(item)
                 self.updater.tick()
                 self._refresh_drift()
+                self._watch()
             except TransportError as exc:
                 log.info("update step deferred, broker unavailable: %s", exc)
             except Exception:
@@ -195,6 +248,15 @@ class UpdateService:
                     self.capture.on_request(payload)
             else:
                 self.updater.on_message(ref, payload)
+        elif kind == "dropped":
+            with self._dropped_lock:
+                count, self._dropped_unreported = self._dropped_unreported, 0
+                total, size = self._dropped_total, self._dropped_last_bytes
+            assert self.cfg.mqtt is not None
+            self.updater.reporter.event(
+                "message_dropped", None, None, topic=value, count=count, total=total, bytes=size,
+                reason=f"larger than [mqtt] max_message_bytes ({self.cfg.mqtt.max_message_bytes})",
+            )
         elif kind == "event":
             ev_kind, name, version, fields = value
             self.updater.reporter.event(ev_kind, name, version, **fields)
@@ -202,9 +264,60 @@ class UpdateService:
                 self.updater.publish_state()
         elif kind == "updater":  # every UpdaterEvent (a dropped DownloadFailed would leave the job stalled)
             self.updater.on_internal(value)
+        elif kind == "publish":
+            self._publish_due.set()  # handled by _watch, once however many were queued
+
+    def _watch(self) -> None:
+        """Republish the state when the daemon said so or the store changed; read the health when due."""
+        now = time.monotonic()
+        if now >= self._next_health:
+            self._next_health = now + self._health_interval_s
+            self._sample_health()
+        if now >= self._next_store_poll:
+            self._next_store_poll = now + STORE_POLL_S
+            if self._store_signature() != self._published_signature:
+                self._publish_due.set()
+        if self._publish_due.is_set() and self.link.connected:
+            self._publish_due.clear()
+            self.updater.publish_state()
+
+    def _store_signature(self) -> Any:
+        try:
+            return self.store.signature(self.store.models())
+        except Exception:  # an unreadable store: the state document says so; keep watching
+            return None
+
+    def _sample_health(self) -> None:
+        reading = health.read_health(self.store.path, self.health_root, self._vcgencmd)
+        started = health.alert_started(self._health, reading)
+        self._health = reading
+        if started:
+            self.updater.reporter.event(
+                "health_alert", None, None, started=started, throttle_flags=reading.throttle_flags,
+                cpu_temp_c=reading.cpu_temp_c,
+            )
+            self._publish_due.set()
+
+    def _on_dropped(self, topic: str, size: int) -> None:
+        """A message over the size cap was discarded (network thread): count it, report it once queued."""
+        with self._dropped_lock:
+            self._dropped_total += 1
+            self._dropped_unreported += 1
+            self._dropped_last_bytes = size
+            first = self._dropped_unreported == 1
+        if first:  # one event carries every drop until it is handled: a flood is one event
+            self._queue.put(("dropped", topic[:MAX_TOPIC_SHOWN]))
 
     def _amend_state(self, doc: dict[str, Any]) -> None:
-        """Each model's drift (and capture ring) in the state document."""
+        """Health, the stale-error rule, dropped messages and each model's drift in the state document."""
+        self._published_signature = self._store_signature()
+        if self._health is None:
+            self._sample_health()
+        assert self._health is not None
+        self._published_health = self._health
+        doc["health"] = self._health.to_json()
+        doc["dropped_messages"] = self.dropped_messages
+        self._clear_stale_error(doc)
         if self.monitoring is None:
             return
         models = doc.setdefault("models", {})
@@ -216,14 +329,34 @@ class UpdateService:
             if isinstance(entry, dict):
                 entry["drift"] = drift
 
+    def _clear_stale_error(self, doc: dict[str, Any]) -> None:
+        """Leave ``last_error`` out once its model serves a newer version (docs/updates.md)."""
+        last = doc.get("last_error")
+        models = doc.get("models") if isinstance(doc.get("models"), dict) else {}
+        assert isinstance(models, dict)
+        if not isinstance(last, dict):
+            self._error_seen = None
+            return
+        key = (last.get("time"), last.get("model"), last.get("version"), last.get("reason"))
+        if self._error_seen is None or self._error_seen[0] != key:
+            self._error_seen = (key, serving_versions(models))
+        if error_is_stale(last, models, self._error_seen[1]):
+            doc["last_error"] = None
+            if self.updater.last_error is last:
+                self.updater.last_error = None
+            self._error_seen = None
+
     def _refresh_drift(self) -> None:
-        """Re-publish the state every ``state_interval_s`` while the drift figures change."""
-        if self.monitoring is None or time.monotonic() < self._next_state:
+        """Re-publish the state every ``state_interval_s`` while the drift figures or the health change."""
+        if time.monotonic() < self._next_state:
             return
         self._next_state = time.monotonic() + self._state_interval_s
-        current = {k: (v.get("score"), v.get("alert")) for k, v in self.monitoring.summary().items()}
-        if current != self._last_drift:
-            self.updater.publish_state()
+        if self.monitoring is not None:
+            current = {k: (v.get("score"), v.get("alert")) for k, v in self.monitoring.summary().items()}
+            if current != self._last_drift:
+                self._publish_due.set()
+        if self._health != self._published_health:
+            self._publish_due.set()
 
     def _on_message(self, msg: Message) -> None:
         ref = self.topics.parse(msg.topic)
