@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 
 def _activate(store: ModelStore, name: str, version: int, cfg: Config, only_if_newer: bool = False) -> None:
     try:
-        state = store.activate(name, version, selftest=lambda r: selftest_version(r, cfg.model(r.name)),
+        state = store.activate(name, version, selftest=lambda r: selftest_version(r, cfg.model(r.name), cfg.inference),
                                only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.

@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         root,
         Path(cfg.store.factory) if cfg.store.factory else None,
         BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes),
-        InstallCheck(cfg.models),  # the update client installs through this store
+        InstallCheck(cfg.models, cfg.inference),  # the update client installs through this store
     )
     # Before the daemon starts (cleanup_partial takes the store lock): remove what installs
     # killed part-way left behind and record installs killed before their state update.
