@@ -173,8 +173,8 @@ def parse_request(value: Any, where: str) -> DelegateSpec:
     if isinstance(value, dict):
         if "library" in value:
             raise ValueError(
-                f"{where}.library: a bundle cannot name a delegate library (found {str(value['library'])[:80]!r}); "
-                "it asks by 'name' and the device's config ([inference] delegate_libraries) maps names to libraries"
+                f"{where}.library: a bundle asks for a delegate by name and cannot name its library (found "
+                f"{str(value['library'])[:80]!r}); the device's config ([inference] delegate_libraries) maps names to libraries"
             )
         unknown = sorted(set(value) - {"name", "options"})
         if unknown:
