@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.exceptions import ConfigError, UsageError
-from edge_runtime.inference.delegate_spec import MAX_THREADS, parse_delegates
+from edge_runtime.inference.delegate_spec import MAX_THREADS, check_library_map, parse_delegates
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
 MAX_TIMEOUT_S = 86400.0  # a day: every time limit is finite (asyncio and sockets refuse inf)
@@ -177,6 +177,27 @@ class ModelConfig:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
 
+# Where Debian/Raspberry Pi OS packages put delegate libraries (libedgetpu1-std: the multiarch dir).
+DEFAULT_DELEGATE_DIRS = (
+    "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf", "/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr/local/lib",
+)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """``[inference]``: which delegate libraries a bundle may ask for by name (docs/accelerators.md).
+
+    A bundle's ``runtime.delegates`` holds names only; a name loads the file
+    ``delegate_libraries[name]`` (or a well-known one: ``edgetpu`` -> ``libedgetpu.so.1``)
+    found in one of ``delegate_dirs``, and nothing else.
+    """
+
+    delegate_dirs: list[str] = field(default_factory=lambda: list(DEFAULT_DELEGATE_DIRS))
+    delegate_libraries: dict[str, str] = field(default_factory=dict)  # name -> library file name
+    # How long the install-time delegate probe (a child process) may take before it counts as failed.
+    delegate_probe_timeout_s: float = 120.0
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     """``[logging]``."""
@@ -197,6 +218,7 @@ class Config:
     models: dict[str, ModelConfig] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     source: str = ""
 
     def model(self, name: str) -> ModelConfig:
@@ -304,6 +326,20 @@ def _validate_model(name: str, m: ModelConfig) -> None:
         raise ConfigError(f"{where}.capture: rate must be in [0, 1] and max_mb >= 0, found {c.rate} and {c.max_mb}")
 
 
+def check_inference_config(inf: InferenceConfig) -> None:
+    """Raise ConfigError naming the first bad ``[inference]`` value."""
+    for d in inf.delegate_dirs:
+        if not d.startswith("/") or "\x00" in d:
+            raise ConfigError(f"inference.delegate_dirs: expected absolute directory paths, found {d!r}")
+    try:
+        check_library_map(inf.delegate_libraries, "inference.delegate_libraries")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not 0 < inf.delegate_probe_timeout_s <= MAX_TIMEOUT_S:
+        raise ConfigError(f"inference.delegate_probe_timeout_s: expected (0, {MAX_TIMEOUT_S:g}], "
+                          f"found {inf.delegate_probe_timeout_s}")
+
+
 MQTT_PROTOCOLS = ("5", "3.1.1")
 
 
@@ -373,7 +409,7 @@ def check_identity(cfg: Config) -> None:
 
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
     """Build a Config from a parsed TOML document."""
-    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring"}
+    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring", "inference"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
@@ -392,8 +428,10 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         models=models,
         logging=_build(LoggingConfig, data.get("logging", {}), "logging"),
         monitoring=_build(MonitoringConfig, data.get("monitoring", {}), "monitoring"),
+        inference=_build(InferenceConfig, data.get("inference", {}), "inference"),
         source=source,
     )
+    check_inference_config(cfg.inference)
     mon = cfg.monitoring
     if mon.capture_max_kbps <= 0 or mon.min_free_mb < 0 or mon.state_interval_s <= 0 or mon.health_interval_s <= 0:
         raise ConfigError("monitoring: capture_max_kbps, state_interval_s and health_interval_s must be > 0, "

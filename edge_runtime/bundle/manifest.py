@@ -35,6 +35,9 @@ TARGET_MANIFEST_BYTES = 64 * 1024
 # Golden data inline in the manifest at most this many bytes of JSON; beyond, it goes to golden.npz.
 MAX_INLINE_GOLDEN_BYTES = 16 * 1024
 MAX_GOLDEN_BYTES = 32 * 1024 * 1024
+# What golden.npz may hold once read: the total of its arrays (edge_runtime.bundle.npz checks the
+# sizes it declares before inflating anything, whatever the file's own length).
+MAX_GOLDEN_ARRAY_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")

@@ -56,6 +56,6 @@ def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStor
     root = load_trust_root(load_root_file(args.root or Path(cfg.trust.root)), updates_state_dir(cfg.mqtt, store_path))
     factory = args.factory if args.factory is not None else Path(cfg.store.factory)
     return ModelStore(
-        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models),
+        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models, cfg.inference),
         keep_versions=cfg.store.keep_versions, pins=config_pins(cfg.models),
     )

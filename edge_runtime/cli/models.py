@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_runtime.cli.common import common_options, config_from_args, open_store, store_options
 from edge_runtime.config import Config
-from edge_runtime.exceptions import EdgeRuntimeError, StoreError
+from edge_runtime.exceptions import DelegateError, EdgeRuntimeError, StoreError
 from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.options import positive_int
 from edge_runtime.store.store import ModelStore
@@ -45,13 +45,14 @@ def register(sub: Any) -> None:
 
 def _activate(store: ModelStore, name: str, version: int, cfg: Config, only_if_newer: bool = False) -> None:
     try:
-        state = store.activate(name, version, selftest=lambda r: selftest_version(r, cfg.model(r.name)),
+        state = store.activate(name, version, selftest=lambda r: selftest_version(r, cfg.model(r.name), cfg.inference),
                                only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.
         if str(exc).startswith(f"{name} v"):
             raise
-        raise type(exc)(f"{name} v{version}: {exc}") from exc
+        prefixed = f"{name} v{version}: {exc}"
+        raise (DelegateError(prefixed, exc.kind) if isinstance(exc, DelegateError) else type(exc)(prefixed)) from exc
     if state.active != version:
         print(f"{name} v{version} passed its self-test; the newer v{state.active} is already active and stays so")
         return

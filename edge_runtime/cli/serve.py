@@ -63,7 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         root,
         Path(cfg.store.factory) if cfg.store.factory else None,
         BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes),
-        InstallCheck(cfg.models),  # the update client installs through this store
+        InstallCheck(cfg.models, cfg.inference),  # the update client installs through this store
         keep_versions=cfg.store.keep_versions,
         pins=config_pins(cfg.models),
     )

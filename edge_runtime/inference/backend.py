@@ -32,6 +32,7 @@ def load_backend(
     check: Check | None = None,
     *,
     fallback: bool = True,
+    on_try: Callable[[DelegateSpec], object] | None = None,
 ) -> Backend:
     """Load ``model`` (a verified model file, or its bytes) with the backend for its format.
 
@@ -39,6 +40,8 @@ def load_backend(
     delegate, refuses the model, fails to allocate or run it, or fails ``check`` is skipped
     with its reason (``backend.skipped``). With ``fallback``, the CPU (XNNPACK) is the last
     resort when the list names no built-in. ``backend.delegate`` says what runs the model.
+    ``on_try`` hears of each delegate before it is loaded (the probe process reports it, so
+    that a crash names its delegate).
     """
     if manifest.format == "onnx":
         from edge_runtime.inference.onnx import OnnxBackend
@@ -67,6 +70,8 @@ def load_backend(
     for i, spec in enumerate(candidates):
         last = i == len(candidates) - 1
         backend: Backend | None = None
+        if on_try is not None:
+            on_try(spec)
         try:
             backend = LiteRTBackend(manifest, model, num_threads, spec)
             if check is not None:

@@ -13,6 +13,13 @@ A delegate is written as a string or a table::
 * any other string, or a table's ``library``: an external delegate (a shared library with
   ``tflite_plugin_create_delegate``/``tflite_plugin_destroy_delegate``), named in reports by
   the table's ``name`` or by the library's file name (``libedgetpu.so.1`` -> ``edgetpu``).
+
+That is the device config's form. A bundle's ``runtime.delegates`` is signed by the model
+publisher, not by whoever runs the device, so it only *asks for a delegate by name*
+(``"edgetpu"``, ``{ name = "npu", options = {...} }``), never names a library: which file a
+name loads is the device config's decision (``[inference]``: :func:`parse_requests` here,
+the lookup in :func:`edge_runtime.inference.delegates.resolve`). Otherwise a signed bundle
+could make ``models install`` dlopen any file, running its constructor as the installer.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ MAX_OPTIONS = 32
 MAX_TEXT = 256
 MAX_THREADS = 64
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# What a bundle may ask for: a plain name (no dots, so never a file name or a path).
+REQUEST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -41,17 +50,26 @@ class DelegateSpec:
     name: str
     library: str | None = None
     options: tuple[tuple[str, str], ...] = ()
+    # A bundle's request by name that the device config could not resolve to a library: why.
+    unavailable: str = ""
 
     @property
     def builtin(self) -> bool:
         """True for ``xnnpack`` and ``cpu`` (no library to load)."""
-        return self.library is None
+        return self.library is None and self.name in BUILTINS
+
+    @property
+    def requested(self) -> bool:
+        """True for a bundle's request by name not (yet) resolved to a library."""
+        return self.library is None and self.name not in BUILTINS
 
     def to_json(self) -> str | dict[str, Any]:
         """The config/manifest form."""
-        if self.library is None:
+        if self.library is None and not self.options:
             return self.name
-        out: dict[str, Any] = {"name": self.name, "library": self.library}
+        out: dict[str, Any] = {"name": self.name}
+        if self.library is not None:
+            out["library"] = self.library
         if self.options:
             out["options"] = dict(self.options)
         return out
@@ -136,6 +154,66 @@ def parse_delegates(value: Any, where: str) -> tuple[DelegateSpec, ...]:
     return specs
 
 
+def _request_name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: expected a delegate name such as 'edgetpu', found {type(value).__name__}")
+    if "/" in value or "\\" in value or ".." in value or "\x00" in value:
+        raise ValueError(
+            f"{where}: {value[:80]!r} is a library path; a bundle asks for a delegate by name (e.g. 'edgetpu') "
+            "and the device's config ([inference] delegate_libraries, delegate_dirs) decides which library that loads"
+        )
+    if not REQUEST_RE.match(value):
+        raise ValueError(f"{where}: expected a delegate name matching {REQUEST_RE.pattern}, found {value[:80]!r}")
+    return value
+
+
+def parse_request(value: Any, where: str) -> DelegateSpec:
+    """One entry of a bundle's ``runtime.delegates``: a name, or ``{name, options}``; never a
+    library (ValueError naming ``where`` otherwise). Not resolved: ``library`` stays None."""
+    if isinstance(value, dict):
+        if "library" in value:
+            raise ValueError(
+                f"{where}.library: a bundle asks for a delegate by name and cannot name its library (found "
+                f"{str(value['library'])[:80]!r}); the device's config ([inference] delegate_libraries) maps names to libraries"
+            )
+        unknown = sorted(set(value) - {"name", "options"})
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: name, options")
+        if "name" not in value:
+            raise ValueError(f"{where}: a delegate table needs 'name'")
+        name = _request_name(value["name"], f"{where}.name")
+        options = value.get("options", {})
+        if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
+            raise ValueError(f"{where}.options: expected a table of at most {MAX_OPTIONS} entries")
+        if name in BUILTINS and options:
+            raise ValueError(f"{where}.options: the built-in '{name}' takes no options")
+        opts = tuple((_text(k, f"{where}.options key"), _text(v, f"{where}.options.{k}")) for k, v in options.items())
+        return DelegateSpec(name, None, opts)
+    return DelegateSpec(_request_name(value, where))
+
+
+def parse_requests(value: Any, where: str) -> tuple[DelegateSpec, ...]:
+    """A bundle's ordered ``runtime.delegates`` (names only, see the module docstring)."""
+    if not isinstance(value, list) or len(value) > MAX_DELEGATES:
+        raise ValueError(f"{where}: expected a list of at most {MAX_DELEGATES} delegates")
+    specs = tuple(parse_request(v, f"{where}[{i}]") for i, v in enumerate(value))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: delegate names must be unique, found {names}")
+    return specs
+
+
+def check_library_map(value: dict[str, str], where: str) -> None:
+    """The device config's ``delegate_libraries``: request names to library *file names*
+    (looked up in ``delegate_dirs``); ValueError naming the entry otherwise."""
+    for name, file in value.items():
+        _request_name(name, f"{where} key")
+        if name in BUILTINS:
+            raise ValueError(f"{where}: {name!r} is built in; it maps to no library")
+        if not file or "/" in file or file in (".", "..") or "\x00" in file or len(file) > MAX_TEXT:
+            raise ValueError(f"{where}.{name}: expected a library file name (found in delegate_dirs), found {file[:80]!r}")
+
+
 def parse_threads(value: Any, where: str) -> int:
     """A thread count in [1, MAX_THREADS]."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_THREADS:
@@ -151,7 +229,7 @@ def parse_runtime(obj: Any) -> RuntimeHints:
     if unknown:
         raise ValueError(f"runtime: unknown field(s) {unknown}; known: delegates, requires_delegate, threads")
     threads = parse_threads(obj["threads"], "runtime.threads") if "threads" in obj else None
-    delegates = parse_delegates(obj["delegates"], "runtime.delegates") if "delegates" in obj else ()
+    delegates = parse_requests(obj["delegates"], "runtime.delegates") if "delegates" in obj else ()
     required = obj.get("requires_delegate")
     if required is not None and (not isinstance(required, str) or not NAME_RE.match(required) or required in BUILTINS):
         raise ValueError(f"runtime.requires_delegate: expected a delegate name such as 'edgetpu', found {required!r}")

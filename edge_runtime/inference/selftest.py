@@ -8,16 +8,16 @@ against the manifest (:attr:`edge_runtime.store.Resolved.golden_bytes`).
 from __future__ import annotations
 
 import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from edge_runtime.bundle.manifest import GOLDEN_FILE, Golden, Manifest
-from edge_runtime.config import ModelConfig
-from edge_runtime.exceptions import SelfTestError
+from edge_runtime.bundle.manifest import GOLDEN_FILE, MAX_GOLDEN_ARRAY_BYTES, Golden, Manifest
+from edge_runtime.bundle.npz import ArrayExpectation, read_npz
+from edge_runtime.config import InferenceConfig, ModelConfig
+from edge_runtime.exceptions import BundleError, SelfTestError
 from edge_runtime.inference.base import Backend
 from edge_runtime.inference.rows import run_rows
 from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
@@ -51,28 +51,26 @@ def golden_npz(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def golden_expectations(manifest: Manifest) -> list[ArrayExpectation]:
+    """The arrays ``golden.npz`` must hold: ``input_<i>``/``output_<i>`` with the dtype and
+    rank of the manifest's tensor ``i``."""
+    return [
+        ArrayExpectation(f"{prefix}_{i}", numpy_dtype(spec.datatype), len(spec.shape))
+        for prefix, specs in (("input", manifest.inputs), ("output", manifest.outputs))
+        for i, spec in enumerate(specs)
+    ]
+
+
 def _read_npz(manifest: Manifest, data: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The golden arrays, read in bounded memory (:func:`edge_runtime.bundle.npz.read_npz`)."""
     what = f"{manifest.name} v{manifest.version}: {GOLDEN_FILE}"
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            sides = []
-            for prefix, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
-                arrays = []
-                for i, spec in enumerate(specs):
-                    key = f"{prefix}_{i}"
-                    if key not in npz.files:
-                        raise SelfTestError(f"{what} has no array {key!r} ({prefix} '{spec.name}')")
-                    arr = npz[key]
-                    if arr.dtype != numpy_dtype(spec.datatype) or arr.ndim != len(spec.shape):
-                        raise SelfTestError(
-                            f"{what}: {key} is {arr.dtype} {list(arr.shape)}, {prefix} '{spec.name}' is "
-                            f"{spec.datatype} {list(spec.shape)}"
-                        )
-                    arrays.append(arr)
-                sides.append(arrays)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise SelfTestError(f"{what} is not a readable .npz file: {exc}") from exc
-    return sides[0], sides[1]
+        arrays = read_npz(data, golden_expectations(manifest), MAX_GOLDEN_ARRAY_BYTES, what)
+    except BundleError as exc:
+        raise SelfTestError(str(exc)) from exc
+    inputs = [arrays[f"input_{i}"] for i in range(len(manifest.inputs))]
+    outputs = [arrays[f"output_{i}"] for i in range(len(manifest.outputs))]
+    return inputs, outputs
 
 
 def load_golden(manifest: Manifest, golden_bytes: bytes | None = None) -> GoldenSet | None:
@@ -104,16 +102,30 @@ class Testable(Protocol):
     def golden_bytes(self) -> bytes | None: ...
 
 
-def selftest_version(version: Testable, mcfg: ModelConfig | None = None) -> None:
+def selftest_version(version: Testable, mcfg: ModelConfig | None = None, inference: InferenceConfig | None = None) -> None:
     """Load a version on its delegates (as the daemon would, with ``[models.NAME]`` ``mcfg``),
     run its golden self-test there and close it again: the self-test wherever no daemon runs
-    it (``models install|activate``, a device updating without a daemon)."""
+    it (``models install|activate``, a device updating without a daemon).
+
+    When the plan loads a delegate library, all of it runs in a child process
+    (:func:`edge_runtime.inference.probe.selftest_isolated`): a delegate that crashes fails
+    the self-test (DelegateError, kind ``crashed``) instead of killing the caller.
+    """
     from edge_runtime.inference import delegates
     from edge_runtime.inference.backend import load_backend
+    from edge_runtime.inference.probe import selftest_isolated
 
     manifest = version.manifest
     mcfg = mcfg or ModelConfig()
-    backend = load_backend(manifest, version.model, delegates.threads(mcfg, manifest), delegates.plan(mcfg, manifest),
+    inf = inference or InferenceConfig()
+    threads = delegates.threads(mcfg, manifest)
+    plan = delegates.plan(mcfg, manifest, inf)
+    if manifest.format == "tflite" and delegates.external(plan):
+        load_golden(manifest, version.golden_bytes)  # bounded: a bad golden.npz never reaches the child
+        selftest_isolated(manifest.canonical(), version.model, version.golden_bytes, threads, plan,
+                          inf.delegate_probe_timeout_s, f"{manifest.name} v{manifest.version}")
+        return
+    backend = load_backend(manifest, version.model, threads, plan,
                            lambda b: run_selftest(b, manifest, version.golden_bytes))
     backend.close()
 

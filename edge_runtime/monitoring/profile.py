@@ -40,6 +40,9 @@ PIXELS_PER_ROW = 1024  # values of one row read per channel (a fixed stride over
 BINS = 10  # decile bins; fewer when the reference has ties
 MIN_ROWS = 2  # a profile of fewer rows says nothing
 RECOMMENDED_ROWS = 200  # fewer: the profile is marked weak (drift alarms allow for more sampling noise)
+# Integers a profile may hold (its writer emits integers below 2**53 only): a larger one would
+# overflow float() in the drift code and in metrics.
+MAX_PROFILE_INT = 2**53
 
 
 @dataclass(frozen=True)
@@ -276,8 +279,8 @@ def parse_profile(data: bytes, inputs: Sequence[TensorSpec], outputs: Sequence[T
         raise _bad(f"'_type' must be {PROFILE_TYPE!r}")
     rows = doc.get("rows")
     raw = doc.get("features")
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < MIN_ROWS:
-        raise _bad(f"'rows' must be an integer >= {MIN_ROWS}")
+    if not isinstance(rows, int) or isinstance(rows, bool) or not MIN_ROWS <= rows <= MAX_PROFILE_INT:
+        raise _bad(f"'rows' must be an integer from {MIN_ROWS} to {MAX_PROFILE_INT}")
     if not isinstance(raw, list) or len(raw) > MAX_FEATURES:
         raise _bad(f"'features' must be a list of at most {MAX_FEATURES}")
     in_layouts = tuple(layout_of(s) for s in inputs)
@@ -294,7 +297,7 @@ def _parse_feature(f: Any, n: int, in_layouts: tuple[Layout, ...], out_layouts: 
         raise _bad(f"{where} must be an object")
     name, side, tensor, index = f.get("name"), f.get("side"), f.get("tensor", -1), f.get("index", -2)
     edges, ref, classes = f.get("edges"), f.get("reference"), f.get("classes", 0)
-    if not _is_int(tensor) or not _is_int(index) or not _is_int(classes):
+    if not all(_is_int(x) and abs(x) <= MAX_PROFILE_INT for x in (tensor, index, classes)):
         raise _bad(f"{where}: 'tensor', 'index' and 'classes' must be integers")
     tensor, index, classes = int(tensor), int(index), int(classes)
     if not isinstance(name, str) or not 0 < len(name) <= 200:
@@ -305,8 +308,12 @@ def _parse_feature(f: Any, n: int, in_layouts: tuple[Layout, ...], out_layouts: 
     if not 0 <= tensor < len(layouts):
         raise _bad(f"{where}: 'tensor' must index the model's {side}s")
     lay = layouts[tensor]
-    if not isinstance(edges, list) or not isinstance(ref, list) or not all(_is_num(x) for x in edges + ref):
-        raise _bad(f"{where}: 'edges' and 'reference' must be lists of numbers")
+    if not isinstance(edges, list) or not isinstance(ref, list) or len(edges) > 4 * BINS or len(ref) > max(
+            4 * BINS + 1, MAX_CLASSES):
+        raise _bad(f"{where}: 'edges' and 'reference' must be lists of at most {4 * BINS} and "
+                   f"{max(4 * BINS + 1, MAX_CLASSES)} numbers")
+    if not all(_is_num(x) for x in edges + ref):
+        raise _bad(f"{where}: 'edges' and 'reference' must hold finite numbers (integers below {MAX_PROFILE_INT})")
     if classes:
         if index != -1 or edges or classes != lay.count or lay.kind != "columns" or len(ref) != classes:
             raise _bad(f"{where}: a class feature needs index -1, no edges and one share per class of a vector output")
@@ -327,7 +334,11 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int):  # math.isfinite(10**400) raises OverflowError
+        return abs(x) <= MAX_PROFILE_INT
+    return isinstance(x, float) and math.isfinite(x)
 
 
 __all__ = [

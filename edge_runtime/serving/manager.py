@@ -393,7 +393,7 @@ class ModelManager:
         manifest = resolved.manifest
         t0 = time.perf_counter()
         threads = delegates.threads(mcfg, manifest)
-        plan = delegates.plan(mcfg, manifest)
+        plan = delegates.plan(mcfg, manifest, self.cfg.inference)
         golden = load_golden(manifest, resolved.golden_bytes)
 
         def check(candidate: Backend) -> None:  # the self-test runs on the delegate that will serve

@@ -3,11 +3,16 @@ test delegates compiled from tests/inference/delegate_src."""
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import tarfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from numpy.lib import format as npy_format
 
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 
@@ -36,3 +41,45 @@ class DelegateLibs:
     stub: Path
     no_entry_points: Path
     missing: Path
+
+
+def resigned_with_artifacts(src: Path, out: Path, key: Any, version: int, artifacts: dict[str, bytes],
+                            **fields_update: Any) -> Path:
+    """``src`` re-signed with ``key`` as ``version``, with extra artifacts and manifest fields."""
+    with tarfile.open(src) as tar:
+        m_fh, model_fh = tar.extractfile("manifest.json"), tar.extractfile("model.tflite")
+        assert m_fh is not None and model_fh is not None
+        fields, model = json.loads(m_fh.read()), model_fh.read()
+    fields["version"] = version
+    for name, data in artifacts.items():
+        fields["artifacts"][name] = hash_artifact(name, data).to_json()
+    fields.update(fields_update)
+    write_bundle(out, build_manifest(fields), {"model.tflite": model, **artifacts}, [key])
+    return out
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buf = io.BytesIO()
+    npy_format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@functools.lru_cache(maxsize=2)
+def golden_bomb(zero_bytes: int) -> bytes:
+    """A golden.npz for the demo model whose ``input_0`` is ``zero_bytes`` of float32 zeros,
+    deflated (~1000x): written in pieces, never held whole (built once per session)."""
+    rows = zero_bytes // (30 * 4)
+    header = _npy_header((rows, 30))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        info = zipfile.ZipInfo("input_0.npy")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.file_size = len(header) + rows * 30 * 4
+        with zf.open(info, "w") as fh:
+            fh.write(header)
+            zeros = bytes(30 * 4 * 65536)
+            for _ in range(rows // 65536):
+                fh.write(zeros)
+            fh.write(bytes(30 * 4 * (rows % 65536)))
+        zf.writestr("output_0.npy", _npy_header((5, 1)) + bytes(20))
+    return buf.getvalue()

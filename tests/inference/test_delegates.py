@@ -5,6 +5,7 @@ and manifest fields, and the install check that refuses a bundle needing an abse
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,76 @@ def test_store_refuses_a_bundle_that_needs_an_absent_delegate_and_keeps_the_old_
         {"fraud": ModelConfig(delegates=[{"library": str(delegate_libs.no_entry_points), "name": "npu"}])})
     with pytest.raises(AcceleratorError, match="not a TFLite external delegate"):
         broken(open_bundle(named, keys.root, BundleLimits()))
+
+
+# -- a bundle asks by name; the device config picks the file; loading runs in a probe ---------
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("/usr/lib/libevil.so", "'/usr/lib/libevil.so' is a library path; a bundle asks for a delegate by name"),
+        ("../../tmp/libevil.so", "is a library path"),
+        ("npu\x00x", "is a library path"),
+        ("libedgetpu.so.1", "expected a delegate name matching"),
+        ({"library": "libedgetpu.so.1", "name": "edgetpu"}, r"delegates\[0\].library: a bundle asks for a delegate by name"),
+        ({"name": "../x"}, r"delegates\[0\].name: '../x' is a library path"),
+        ({"options": {}}, "needs 'name'"),
+        ({"name": "xnnpack", "options": {"k": "v"}}, "takes no options"),
+    ],
+)
+def test_a_manifest_names_delegates_never_libraries(entry: Any, says: str, make_bundle: Any, keys: Any) -> None:
+    obj = _manifest_and_model(make_bundle(1), keys.root)[0].to_json()
+    obj["runtime"] = {"delegates": [entry]}
+    with pytest.raises(ManifestError, match=says):
+        manifest_from_json(obj)
+
+
+def test_a_requested_name_resolves_only_to_the_file_the_config_maps_in_its_dirs(tmp_path: Path) -> None:
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    (libdir / "libnpu_delegate.so").write_bytes(b"")
+    inf = parse_config({"inference": {"delegate_dirs": [str(tmp_path / "empty"), str(libdir)],
+                                      "delegate_libraries": {"npu": "libnpu_delegate.so"}}}).inference
+    assert delegates.resolve(DelegateSpec("npu", None, (("k", "v"),)), inf) == DelegateSpec(
+        "npu", str(libdir / "libnpu_delegate.so"), (("k", "v"),))
+    unmapped = delegates.resolve(DelegateSpec("gpu"), inf)
+    assert unmapped.library is None and "maps no library to it" in unmapped.unavailable
+    absent = delegates.resolve(DelegateSpec("edgetpu"), inf)  # a well-known name, not in these dirs
+    assert absent.library is None and "cannot load libedgetpu.so.1: not in [inference] delegate_dirs" in absent.unavailable
+    assert delegates.resolve(DelegateSpec("xnnpack"), inf).builtin
+    with pytest.raises(DelegateError, match="maps no library") as err:
+        delegates.probe_library(unmapped)
+    assert err.value.kind == "missing"
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ({"delegate_dirs": ["lib"]}, "absolute directory paths"),
+        ({"delegate_libraries": {"npu": "/opt/npu/libnpu.so"}}, "expected a library file name"),
+        ({"delegate_libraries": {"npu": ".."}}, "expected a library file name"),
+        ({"delegate_libraries": {"xnnpack": "libx.so"}}, "is built in"),
+        ({"delegate_libraries": {"a.b": "libx.so"}}, "expected a delegate name"),
+        ({"delegate_probe_timeout_s": 0}, "delegate_probe_timeout_s"),
+        ({"delegates": []}, "unknown key"),
+    ],
+)
+def test_bad_inference_config_names_the_key(table: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        parse_config({"inference": table})
+
+
+def test_the_install_check_survives_a_library_whose_constructor_crashes(
+    make_bundle: Any, keys: Any, tmp_path: Path
+) -> None:
+    src = tmp_path / "crash.c"
+    src.write_text("#include <signal.h>\n__attribute__((constructor)) static void boom(void) { raise(SIGSEGV); }\n")
+    lib = tmp_path / "libcrash.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True, capture_output=True, timeout=120)
+    named = rebuilt_bundle(make_bundle(1), tmp_path / "named.bundle", keys, 3, runtime={"requires_delegate": "npu"})
+    check = delegates.InstallCheck({}, parse_config({"inference": {
+        "delegate_dirs": [str(tmp_path)], "delegate_libraries": {"npu": lib.name}}}).inference)
+    with pytest.raises(AcceleratorError, match=r"this device cannot load it: delegate 'npu' crashed the probe "
+                                               r"process \(signal 11, SIGSEGV\)"):
+        check(open_bundle(named, keys.root, BundleLimits()))

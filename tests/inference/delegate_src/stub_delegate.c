@@ -7,7 +7,9 @@
  *   record=PATH        append every option it received, one "key=value" line each, to PATH
  *   refuse=1           tflite_plugin_create_delegate reports an error and returns NULL
  *   fail_prepare=1     Prepare returns kTfLiteError (the delegate refuses the graph)
+ *   crash=1            tflite_plugin_create_delegate dies of SIGSEGV (a vendor library's bug)
  */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +60,7 @@ TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** values, size_t
         if (strcmp(keys[i], "record") == 0) record = values[i];
         if (strcmp(keys[i], "refuse") == 0) refuse = strcmp(values[i], "1") == 0;
         if (strcmp(keys[i], "fail_prepare") == 0) data->fail_prepare = strcmp(values[i], "1") == 0;
+        if (strcmp(keys[i], "crash") == 0 && strcmp(values[i], "1") == 0) raise(SIGSEGV);
     }
     if (record != NULL) {
         FILE* fh = fopen(record, "a");

@@ -51,7 +51,9 @@ def device_dir(tmp_path: Path, mosquitto: Mosquitto, fleet_keys: FleetKeys, rele
     (tmp_path / "config.toml").write_text(
         f'[device]\nid = "pi-crash"\n[store]\npath = "{tmp_path / "store"}"\nfactory = "{tmp_path / "factory"}"\n'
         f'[server]\nport = 0\nswap_poll_ms = 100\n[trust]\nroot = "{fleet_keys.path("root.json")}"\n'
-        f'[mqtt]\nurl = "{mosquitto.url}"\nfleet = "{FLEET}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n',
+        f'[mqtt]\nurl = "{mosquitto.url}"\nfleet = "{FLEET}"\nreconnect_min_s = 0.05\nreconnect_max_s = 0.5\n'
+        # the manifest asks for "crashy" by name; the device's config says which library that is
+        f'[inference]\ndelegate_dirs = ["{tmp_path}"]\ndelegate_libraries = {{ crashy = "libcrash_delegate.so" }}\n',
         encoding="utf-8",
     )
     yield tmp_path
@@ -68,7 +70,7 @@ def test_a_release_whose_delegate_segfaults_kills_the_daemon_once_then_v1_serves
         wait_until(lambda: observer.state("pi-crash"), "the update client to report")
         signer = SimpleNamespace(key=fleet_keys.models_key)
         crashing = rebuilt_bundle(releases.bundle(1), device_dir / "crash.bundle", signer, 2,
-                                  runtime={"delegates": [str(crash_library)]})
+                                  runtime={"delegates": ["crashy"]})
         publish(mosquitto.url, crashing, fleet_keys.models_key)
         wait_until(lambda: first.proc.poll() is not None, "the daemon to die loading v2")
         assert first.proc.returncode < 0, first.log()  # killed by SIGSEGV
