@@ -17,8 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 
 MIB = 1024 * 1024
-# Oldest rows go first, a quarter of a table per pass; the tables in the order they give way
-# under the size limit: the timeline and drift points before versions and failures.
+# Over the size limit, the oldest quarter of each of these goes, pass after pass.
 PRUNED_TABLES = ("timeline", "drift", "versions", "failures")
 MAX_PRUNE_PASSES = 40
 
@@ -91,25 +90,31 @@ def prune_by_age(db: sqlite3.Connection, before: float) -> int:
 
 
 def prune_by_size(db: sqlite3.Connection, max_bytes: int) -> int:
-    """Delete the oldest rows until the pages in use fit ``max_bytes``. Returns rows deleted."""
+    """Delete the oldest quarter of every history table, again, until the pages in use fit
+    ``max_bytes`` (the newest rows of each table stay; so does the newest version row of each
+    device and model). Returns rows deleted."""
     n = 0
-    for table in PRUNED_TABLES:
-        for _ in range(MAX_PRUNE_PASSES):
-            if used_bytes(db) <= max_bytes:
-                return n
-            count = int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])  # noqa: S608 - a constant name
-            if count == 0:
-                break
-            cut = db.execute(
-                f"SELECT rowid FROM {table} ORDER BY time, rowid LIMIT 1 OFFSET ?", (max(0, count // 4 - 1),)  # noqa: S608
-            ).fetchone()
-            if cut is None:
-                break
-            row = db.execute(f"SELECT time FROM {table} WHERE rowid = ?", (cut[0],)).fetchone()  # noqa: S608
-            n += db.execute(
-                f"DELETE FROM {table} WHERE time < ? OR (time = ? AND rowid <= ?)", (row[0], row[0], cut[0])  # noqa: S608
-            ).rowcount
+    for _ in range(MAX_PRUNE_PASSES):
+        if used_bytes(db) <= max_bytes:
+            break
+        deleted = sum(_delete_oldest_quarter(db, table) for table in PRUNED_TABLES)
+        if deleted == 0:
+            break
+        n += deleted
     return n
+
+
+def _delete_oldest_quarter(db: sqlite3.Connection, table: str) -> int:
+    keep = " AND rowid NOT IN (SELECT MAX(rowid) FROM versions GROUP BY device, model)" if table == "versions" else ""
+    count = int(db.execute(f"SELECT COUNT(*) FROM {table} WHERE 1{keep}").fetchone()[0])  # noqa: S608 - constant names
+    if count == 0:
+        return 0
+    row = db.execute(
+        f"SELECT time, rowid FROM {table} WHERE 1{keep} ORDER BY time, rowid LIMIT 1 OFFSET ?", (max(0, count // 4 - 1),)  # noqa: S608
+    ).fetchone()
+    return int(db.execute(
+        f"DELETE FROM {table} WHERE (time < ? OR (time = ? AND rowid <= ?)){keep}", (row[0], row[0], row[1])  # noqa: S608
+    ).rowcount)
 
 
 __all__ = ["MIB", "ConsoleLimits", "TokenBucket", "prune_by_age", "prune_by_size", "used_bytes"]
