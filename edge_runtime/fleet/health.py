@@ -96,7 +96,7 @@ def size_text(n: int | None) -> str:
     value = float(n)
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
         if value < 1000 or unit == "PB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KB", "MB") or value >= 100 else f"{value:.1f} {unit}"
+            return f"{value:.1f} {unit}" if unit != "B" and value < 10 else f"{value:.0f} {unit}"
         value /= 1000
     return "-"  # unreachable
 

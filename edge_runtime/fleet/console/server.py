@@ -44,6 +44,7 @@ class _BoundedServer(ThreadingHTTPServer):
     """A :class:`ThreadingHTTPServer` that serves at most ``max_connections`` at once."""
 
     daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connections is accepted (and refused) at once, not after SYN retries
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
