@@ -169,6 +169,8 @@ def register(sub: Any) -> None:
                     help="messages a second each device may send on average, bursts of 120 pass (default 5); "
                          "events over it are dropped and counted, states wait")
     co.add_argument("--max-connections", type=int, default=64, help="HTTP connections served at once; more are refused (default 64)")
+    co.add_argument("--read-timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="close an HTTP connection that sends nothing for this long (default 5)")
     co.set_defaults(func=cmd_console)
     ag = fs.add_parser("agent", parents=[common_options(), store_options()], help="follow updates without serving (self-test in-process)")
     ag.add_argument("--device-id", default=None, help="overrides [device] id")
@@ -356,13 +358,14 @@ def cmd_console(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-failures: expected a percentage in [0, 100], found {args.max_failures:g}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port: expected 0-65535, found {args.port}")
-    for flag, value in (("--retain-days", args.retain_days), ("--max-db-mb", args.max_db_mb), ("--device-rate", args.device_rate)):
+    for flag, value in (("--retain-days", args.retain_days), ("--max-db-mb", args.max_db_mb), ("--device-rate", args.device_rate),
+                        ("--read-timeout", args.read_timeout)):
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{flag}: expected a positive number, found {value:g}")
     if not 1 <= args.max_connections <= 10_000:
         raise UsageError(f"--max-connections: expected 1-10000, found {args.max_connections}")
     limits = ConsoleLimits(retain_days=args.retain_days, max_db_mb=args.max_db_mb, device_messages_per_s=args.device_rate,
-                           max_connections=args.max_connections)
+                           max_connections=args.max_connections, read_timeout_s=args.read_timeout)
     topics = Topics(args.prefix, args.fleet)
     options = _broker_options(args)
     verifier = None
