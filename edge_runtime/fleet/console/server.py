@@ -9,15 +9,19 @@ live updates (to print it, or to take a screenshot).
 
 A stdlib server keeps the console free of web-framework dependencies; the pages are small
 and the request rate is one operator's browser. Its bounds: at most ``max_connections``
-connections are served at once (one more is answered 503 and closed at once, without a
-thread), and a connection that sends nothing for ``read_timeout_s`` (before or between
-requests) is closed, so idle sockets cannot hold threads or file descriptors.
+connections are served at once, and a connection that sends nothing for ``read_timeout_s``
+(before or between requests) is closed. When every slot is taken, a new connection takes the
+slot of the one that has waited longest without sending a request (an idle socket, an idle
+keep-alive), as nginx reuses idle keep-alive connections; only when every slot is busy with a
+request is the new one answered 503 and closed, without a thread. So idle sockets can hold
+neither threads nor file descriptors, nor keep the operator's browser out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -37,6 +41,7 @@ log = logging.getLogger("edge_runtime.fleet.console")
 STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 MAX_PATH_CHARS = 2000
+EVICT_WAIT_S = 2.0
 BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 5\r\n\r\n"
 
 
@@ -48,11 +53,35 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._idle_lock = threading.Lock()
+        self._idle: dict[socket.socket, float] = {}  # connections waiting for a request line -> since (monotonic)
         self.refused = 0
+        self.evicted = 0
         super().__init__(address, handler)
 
+    def mark_idle(self, conn: socket.socket, idle: bool) -> None:
+        """A handler waits for (``True``) or has begun (``False``) a request on ``conn``."""
+        with self._idle_lock:
+            if idle:
+                self._idle[conn] = time.monotonic()
+            else:
+                self._idle.pop(conn, None)
+
+    def _evict_idle(self) -> bool:
+        with self._idle_lock:
+            if not self._idle:
+                return False
+            conn = min(self._idle, key=self._idle.__getitem__)
+            del self._idle[conn]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # its handler reads the end of the stream and frees the slot
+        except OSError:
+            pass
+        self.evicted += 1
+        return True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
+        if not self._slots.acquire(blocking=False) and not (self._evict_idle() and self._slots.acquire(timeout=EVICT_WAIT_S)):
             self.refused += 1
             try:
                 request.settimeout(0.5)
@@ -133,6 +162,7 @@ class ConsoleServer:
             "lost": self.record.lost,
             "pruned_rows": self.record.pruned,
             "http_refused": self._httpd.refused,
+            "http_idle_closed": self._httpd.evicted,
         }
 
     @property
@@ -186,6 +216,21 @@ def _handler(console: ConsoleServer) -> type[BaseHTTPRequestHandler]:
         server_version = "edge-runtime-console"
         protocol_version = "HTTP/1.1"
         timeout = console.limits.read_timeout_s  # StreamRequestHandler: the socket's timeout, so an idle client is closed
+
+        def handle_one_request(self) -> None:
+            # Wait for the request's first byte as an idle connection, which a newcomer may evict.
+            server = console._httpd
+            server.mark_idle(self.connection, True)
+            try:
+                first = self.rfile.peek(1)  # type: ignore[attr-defined]  # a BufferedReader (rbufsize -1)
+            except OSError:  # the read timeout, or a reset
+                first = b""
+            finally:
+                server.mark_idle(self.connection, False)
+            if not first:
+                self.close_connection = True
+                return
+            super().handle_one_request()
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             log.debug("%s %s", self.address_string(), format % args)
