@@ -5,6 +5,7 @@ free space, memory, under-voltage and throttling) and a rejected desired state a
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,7 @@ from edge_runtime.updates.protocol import Topics
 
 TOPICS = Topics("edge", "shop-7")
 HUGE = 10**400
+EXAMPLES = 3000 if os.environ.get("EDGE_TEST_LONG") == "1" else 200  # make test-long: many more
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10**400), max_value=10**400),
     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20), st.sampled_from([HUGE, "0x50005", "rejected", 2**64]),
@@ -44,7 +46,7 @@ def view(*states: tuple[str, bytes], desired: dict[str, Any] | None = None) -> F
     return FleetView(ds.devices(), desired or {})
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(STATES, min_size=1, max_size=3), st.sampled_from([0, 0, 1, 900]))
 def test_any_state_lists_and_counts(states: list[Any], nesting: int) -> None:
     payloads = [("[" * nesting + json.dumps(s, allow_nan=True) + "]" * nesting).encode() for s in states]

@@ -6,6 +6,7 @@ JSON, and the pages that show it render."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ from edge_runtime.fleet.console.overview import compute, device_table
 from edge_runtime.fleet.console.record import DeviceNow, FleetNow, describe_change
 from edge_runtime.updates.protocol import EVENTS
 
-EXAMPLES = 150
+EXAMPLES = 3000 if os.environ.get("EDGE_TEST_LONG") == "1" else 150  # make test-long: many more
 HUGE = st.integers(min_value=-(10**400), max_value=10**400)
 SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(), HUGE, st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
