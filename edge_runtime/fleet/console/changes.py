@@ -36,12 +36,15 @@ def describe_change(prev: StateDigest | None, new: StateDigest) -> str:
         parts.insert(0, "well-formed again")
     if new.desired_seq != (prev.desired_seq if prev else None) and new.desired_seq is not None:
         parts.append(f"took desired seq {new.desired_seq}")
-    old_alerts = set(prev.alerts) if prev else set()
-    for alert in new.alerts:
-        if alert not in old_alerts:
-            parts.append(new.desired.describe() if alert == "desired rejected" and new.desired else alert.upper())
-    for alert in sorted(old_alerts - set(new.alerts)):
-        parts.append(f"no longer {alert}")
+    old_health = set(prev.health.alerts) if prev and prev.health else set()
+    new_health = set(new.health.alerts) if new.health else set()
+    parts += [a.upper() for a in sorted(new_health - old_health)]
+    parts += [f"no longer {a}" for a in sorted(old_health - new_health)]
+    old_desired = prev.desired if prev else None
+    if new.desired is not None and new.desired.rejected and new.desired != old_desired:
+        parts.append(new.desired.describe())
+    elif old_desired is not None and old_desired.rejected and not (new.desired and new.desired.rejected):
+        parts.append(new.desired.describe() if new.desired else "no longer reports a rejected desired state")
     return cut("; ".join(parts) or "state republished", 1000)
 
 

@@ -193,7 +193,8 @@ def overview_main(ov: Overview, devices: list[DeviceNow], args: dict[str, str], 
         f'<div class="counts"><div><b id="n-devices">{ov.devices}</b> devices</div>'
         f'<div><b id="n-online">{ov.online}</b> online</div><div><b id="n-offline">{ov.offline}</b> offline</div>'
         f"<div><b>{ov.unknown}</b> unknown</div><div><b>{ov.updating}</b> updating</div>"
-        f"<div><b>{ov.errors}</b> with a last error</div><div><b>{ov.malformed}</b> malformed</div></div>"
+        f"<div><b>{ov.errors}</b> with a last error</div><div><b>{ov.malformed}</b> malformed</div>"
+        f'<div><b id="n-alerts">{ov.alerting}</b> alerts</div></div>'
     )
     releases = "".join(release_card(r, ov.max_failures) for r in ov.releases) or '<p class="muted">no rollout seen yet</p>'
     return (

@@ -64,6 +64,9 @@ def test_a_rejected_desired_state_is_shown(record: Record) -> None:
     assert "desired seq 41 rejected: signature does not verify" in main and "DESIRED REJECTED" in main
     assert "desired seq 41 rejected" in render(record, "/device/pi-1").main
     assert "desired seq 41 rejected: signature does not verify" in record.history("pi-1").timeline[0][2]
+    feed(record, (TOPICS.state("pi-1"), state("pi-1", 1, desired_report={"seq": 42, "status": "applied"})))
+    assert record.history("pi-1").timeline[0][2] == "desired seq 42 applied"
+    assert "DESIRED REJECTED" not in render(record, "/").main
 
 
 def test_idle_connections_give_way_to_a_request_and_are_closed_at_the_read_timeout(record: Record) -> None:
