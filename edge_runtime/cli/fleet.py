@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -239,6 +240,16 @@ def register(sub: Any) -> None:
         help="show each rollout's failure share against this limit (as publish --max-failures counts it)",
     )
     co.add_argument("--root", type=Path, default=None, help="mark desired states that do not verify against this trust root")
+    co.add_argument("--retain-days", type=float, default=30.0, metavar="D",
+                    help="delete history (timeline, drift, versions, failures) older than D days (default 30)")
+    co.add_argument("--max-db-mb", type=float, default=256.0, metavar="M",
+                    help="keep the record under M MB: the oldest history goes first (default 256)")
+    co.add_argument("--device-rate", type=float, default=5.0, metavar="PER_S",
+                    help="messages a second each device may send on average, bursts of 120 pass (default 5); "
+                         "events over it are dropped and counted, states wait")
+    co.add_argument("--max-connections", type=int, default=64, help="HTTP connections served at once; more are refused (default 64)")
+    co.add_argument("--read-timeout", type=float, default=5.0, metavar="SECONDS",
+                    help="close an HTTP connection that sends nothing for this long (default 5)")
     co.set_defaults(func=cmd_console)
     fleet_root.register(fs, parents, _session)
     pv = fs.add_parser(
@@ -493,6 +504,7 @@ def cmd_capture_pull(args: argparse.Namespace) -> int:
 def cmd_console(args: argparse.Namespace) -> int:
     """Record the fleet in SQLite and serve its pages until SIGTERM or SIGINT. Never loads a signing key."""
     # Imported here: only this command needs the web server and the record.
+    from edge_runtime.fleet.console.limits import ConsoleLimits
     from edge_runtime.fleet.console.record import Record
     from edge_runtime.fleet.console.server import ConsoleServer
     from edge_runtime.fleet.console.service import ConsoleWatcher
@@ -501,6 +513,14 @@ def cmd_console(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-failures: expected a percentage in [0, 100], found {args.max_failures:g}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port: expected 0-65535, found {args.port}")
+    for flag, value in (("--retain-days", args.retain_days), ("--max-db-mb", args.max_db_mb), ("--device-rate", args.device_rate),
+                        ("--read-timeout", args.read_timeout)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag}: expected a positive number, found {value:g}")
+    if not 1 <= args.max_connections <= 10_000:
+        raise UsageError(f"--max-connections: expected 1-10000, found {args.max_connections}")
+    limits = ConsoleLimits(retain_days=args.retain_days, max_db_mb=args.max_db_mb, device_messages_per_s=args.device_rate,
+                           max_connections=args.max_connections, read_timeout_s=args.read_timeout)
     topics = Topics(args.prefix, args.fleet)
     options = _broker_options(args)
     verifier = None
@@ -515,9 +535,9 @@ def cmd_console(args: argparse.Namespace) -> int:
             return True
 
     db = args.db if args.db is not None else Path(f"edge-console-{args.fleet}.sqlite")
-    record = Record(db, topics, verifier=verifier).start()
+    record = Record(db, topics, verifier=verifier, limits=limits).start()
     try:
-        server = ConsoleServer(record, args.fleet, args.host, args.port, max_failures=args.max_failures)
+        server = ConsoleServer(record, args.fleet, args.host, args.port, max_failures=args.max_failures, limits=limits)
     except OSError as exc:
         record.close()
         raise UsageError(f"cannot serve on {args.host}:{args.port}: {exc}") from exc

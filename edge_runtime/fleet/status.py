@@ -4,12 +4,19 @@
 a live :meth:`~edge_runtime.fleet.session.FleetSession.watch` for a staged rollout).
 :func:`summary_lines` counts the fleet: devices online, versions running, failures, and for
 each model of the fleet's desired state where its release stands (:mod:`.rollout`).
+
+Every state is a device's word, so nothing in one may stop the listing: a document that
+cannot be read is a ``BAD STATE`` row, a field of the wrong type shows as unknown, and a row
+that still fails to render (a case not foreseen) becomes a ``BAD STATE`` row with the reason.
+The health columns (temperature, free space, memory, alerts: :mod:`.health`) appear when at
+least one device reports health.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +24,7 @@ from typing import Any
 
 from edge_runtime import text
 from edge_runtime.exceptions import BadDataError
+from edge_runtime.fleet.health import desired_report_of, health_of
 from edge_runtime.fleet.publish import read_desired_models
 from edge_runtime.fleet.rollout import Tally, tally
 from edge_runtime.fleet.session import FleetSession
@@ -120,7 +128,7 @@ def collect_fleet(session: FleetSession) -> FleetView:
     message = retained.get(topics.desired)
     try:
         seq, models = read_desired_models(message)
-    except BadDataError as exc:
+    except (BadDataError, ValueError, TypeError, RecursionError) as exc:
         return FleetView(states.devices(), desired_error=str(exc))
     return FleetView(states.devices(), models, seq if message else None)
 
@@ -165,6 +173,10 @@ def drift_of(m: Any) -> dict[str, Any] | None:
     score = d.get("score")
     if score is not None and (not isinstance(score, (int, float)) or isinstance(score, bool)):
         return None
+    if isinstance(score, int) and abs(score) > 2**53:
+        return None  # float() of a 400-digit int raises
+    if isinstance(score, float) and not math.isfinite(score):
+        return None
     return d
 
 
@@ -179,23 +191,64 @@ def _drift_cell(state: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
-def status_rows(devices: list[dict[str, Any]]) -> list[list[str]]:
-    """Table cells: device, online, active versions, update in progress, drift, last error."""
+HEALTH_HEADS = ["TEMP", "FREE", "MEMORY", "ALERTS"]
+
+
+def health_cells(state: dict[str, Any]) -> list[str]:
+    """Temperature, free space in the store, memory available/total, alerts (``UNDER-VOLTAGE``,
+    ``THROTTLED``, ``DESIRED REJECTED``)."""
+    h = health_of(state)
+    alerts = [a.upper() for a in (h.alerts if h else ())]
+    if h is not None and alerts and h.throttle_flags:
+        alerts[-1] += f" ({h.throttle_flags})"
+    report = desired_report_of(state)
+    if report is not None and report.rejected:
+        alerts.append(f"DESIRED {report.seq if report.seq is not None else '?'} REJECTED")
+    if h is None:
+        return ["-", "-", "-", ",".join(alerts) or "-"]
+    return [h.temp_text(), h.free_text(), h.memory_text(), ",".join(alerts) or "-"]
+
+
+def _error_or_rejection(state: dict[str, Any]) -> str:
+    error = _error_cell(state)
+    report = desired_report_of(state)
+    if error == "-" and report is not None and report.rejected:
+        text = report.describe()
+        return text if len(text) <= 60 else text[:59] + "…"
+    return error
+
+
+def _has_health(devices: list[dict[str, Any]]) -> bool:
+    return any(health_of(d.get("state")) is not None or desired_report_of(d.get("state")) is not None for d in devices)
+
+
+def status_rows(devices: list[dict[str, Any]], health: bool | None = None) -> list[list[str]]:
+    """Table cells: device, online, active versions, update in progress, drift, [temperature, free space,
+    memory, alerts,] last error. ``health``: with the health cells (None: when some device reports health)."""
+    health = _has_health(devices) if health is None else health
     rows = []
     for d in devices:
         state = d.get("state") or {}
-        online = {True: "yes", False: "no", None: "?"}[d.get("online")]
+        online = {True: "yes", False: "no"}.get(d.get("online"), "?")  # type: ignore[arg-type]
         if d.get("problem"):
-            rows.append([d["device"], online, "BAD STATE", "-", "-", str(d["problem"])[:MAX_PROBLEM_CHARS]])
+            rows.append([str(d["device"]), online, "BAD STATE", "-", "-", *(["-"] * 4 if health else []),
+                         str(d["problem"])[:MAX_PROBLEM_CHARS]])
             continue
-        rows.append([d["device"], online, _models_cell(state), _update_cell(state), _drift_cell(state),
-                     _error_cell(state)])
+        try:
+            cells = [_models_cell(state), _update_cell(state), _drift_cell(state)]
+            cells += health_cells(state) if health else []
+            rows.append([str(d["device"]), online, *cells, _error_or_rejection(state)])
+        except Exception as exc:  # a case the checks did not foresee: this row is bad, the listing goes on
+            rows.append([str(d["device"]), online, "BAD STATE", "-", "-", *(["-"] * 4 if health else []),
+                         f"state could not be shown ({type(exc).__name__})"])
     return rows
 
 
 def format_table(devices: list[dict[str, Any]]) -> str:
     """A plain-text table for a terminal."""
-    return text.format_table([["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", "LAST ERROR"], *status_rows(devices)])
+    health = _has_health(devices)
+    heads = ["DEVICE", "ONLINE", "MODELS", "UPDATE", "DRIFT", *(HEALTH_HEADS if health else []), "LAST ERROR"]
+    return text.format_table([heads, *status_rows(devices, health)])
 
 
 def _version_key(v: Any) -> tuple[int, str]:
@@ -226,9 +279,15 @@ def summary_lines(view: FleetView) -> list[str]:
     updating = sum(1 for s in states if isinstance(s.get("update"), dict))
     errors = sum(1 for s in states if isinstance(s.get("last_error"), dict))
     bad = sum(1 for d in devices if d.get("problem"))
+    healths = [h for h in (health_of(s) for s in states) if h is not None]
+    under_voltage = sum(1 for h in healths if h.under_voltage is True)
+    throttled = sum(1 for h in healths if h.throttled is True)
+    rejected = sum(1 for s in states if (r := desired_report_of(s)) is not None and r.rejected)
     lines = [
         f"{len(devices)} devices: {online} online, {offline} offline, {len(devices) - online - offline} unknown; "
         f"{updating} updating; {errors} reporting a last error" + (f"; {bad} with a malformed state" if bad else "")
+        + (f"; {under_voltage} under-voltage" if under_voltage else "") + (f"; {throttled} throttled" if throttled else "")
+        + (f"; {rejected} rejected their desired state" if rejected else "")
     ]
     running: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     failed: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -270,6 +329,7 @@ __all__ = [
     "desired_tallies",
     "drift_of",
     "format_table",
+    "health_cells",
     "state_problem",
     "status_rows",
     "summary_lines",

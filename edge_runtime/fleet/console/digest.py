@@ -4,6 +4,13 @@ Devices are not trusted. Every field a device sends is checked for its type and 
 bound before it is stored or shown; a document that cannot be read at all (not JSON, not an
 object, too big, the wrong shape) becomes a digest with ``problem`` set, which the record
 stores and the page shows as malformed, and nothing else about the device changes.
+
+The digest functions never raise, whatever the payload holds (a 400-digit number, NaN,
+nesting a thousand deep, invalid UTF-8, a list where an object belongs): a value of the wrong
+type is treated as absent, and anything the checks did not foresee becomes a ``problem``
+instead of an exception, because an exception here would stop the console's writer.
+A digest is bounded (:data:`MAX_DIGEST_CHARS`): that, not the 256 KB a state may have, is
+what the console keeps of a device in memory.
 """
 
 from __future__ import annotations
@@ -13,6 +20,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edge_runtime.fleet.health import (
+    DesiredReport,
+    Health,
+    desired_report_from_dict,
+    desired_report_of,
+    health_from_dict,
+    health_of,
+)
 from edge_runtime.fleet.status import state_problem
 from edge_runtime.updates.protocol import EVENTS
 
@@ -23,13 +38,23 @@ MAX_TEXT_CHARS = 300  # reasons, errors, feature names: cut with an ellipsis
 MAX_NAME_CHARS = 64
 MAX_MODELS = 32  # per device; more are dropped from the digest (the raw state keeps them)
 MAX_FAILED_PER_MODEL = 32
+MAX_FAILED_PER_DEVICE = 64  # over all its models: bounds the digest
+# What one device's digest can weigh as JSON at most (models, failed reasons, texts): the tests
+# hold the worst case to it. The console keeps this per device, never the raw document.
+MAX_DIGEST_CHARS = 64 * 1024
 MAX_RAW_CHARS = 2000  # of a malformed payload, kept to show what arrived
 MAX_VERSION = 2**63 - 1
 
 
 def cut(value: Any, limit: int = MAX_TEXT_CHARS) -> str:
-    """``value`` as text of at most ``limit`` characters (an ellipsis marks a cut)."""
-    text = value if isinstance(value, str) else json.dumps(value, default=str)[: limit + 1]
+    """``value`` as text of at most ``limit`` characters (an ellipsis marks a cut); never raises."""
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = json.dumps(value, default=str)[: limit + 1]
+        except (ValueError, RecursionError, OverflowError, TypeError):
+            text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -45,10 +70,23 @@ def as_version(value: Any) -> int | None:
     return None
 
 
+MAX_FLOAT_INT = 2**53  # an int beyond is no reading; float() of a 400-digit one would raise
+
+
 def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int):
+        return float(value) if -MAX_FLOAT_INT <= value <= MAX_FLOAT_INT else None
+    return value if math.isfinite(value) else None
+
+
+def _number_text(value: Any) -> str | None:
+    """An event's figure as text (ints exactly: ``20250101``, not ``2.02501e+07``); None: not a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if abs(value) <= MAX_VERSION else None
+    f = _finite(value)
+    return None if f is None else f"{f:g}"
 
 
 def parse_payload(payload: bytes, limit: int, what: str, size: int | None = None) -> tuple[Any, str | None]:
@@ -114,6 +152,8 @@ class StateDigest:
     desired_seq: int | None = None
     runtime: str = ""
     device_time: str = ""
+    health: Health | None = None
+    desired: DesiredReport | None = None  # the device's answer to its last desired state
 
     @property
     def status(self) -> str:
@@ -129,10 +169,19 @@ class StateDigest:
         return {m.name: m.active for m in self.models if not m.error}
 
     def change_key(self) -> str:
-        """Everything but the device's clock: two states with the same key are the same state."""
+        """Everything but the device's clock and its health figures (a temperature moves at every
+        publish; only a new alert is a change): two states with the same key are the same state."""
         d = asdict(self)
         d.pop("device_time")
+        d.pop("health")
+        d["alerts"] = list(self.alerts)
         return json.dumps(d, sort_keys=True)
+
+    @property
+    def alerts(self) -> tuple[str, ...]:
+        """``under-voltage``, ``throttled``, ``desired rejected``: what needs the operator's eye."""
+        health = self.health.alerts if self.health else ()
+        return health + (("desired rejected",) if self.desired is not None and self.desired.rejected else ())
 
     def to_json(self) -> str:
         """For the record."""
@@ -140,36 +189,61 @@ class StateDigest:
 
     @staticmethod
     def from_json(text: str) -> StateDigest:
-        """Back from the record."""
+        """Back from the record (one written before a field existed reads with its default)."""
         d = json.loads(text)
         models = []
         for m in d.pop("models"):
             drift = Drift(**m.pop("drift")) if m.get("drift") else None
             m.pop("drift", None)
             models.append(ModelDigest(drift=drift, **m))
-        return StateDigest(models=tuple(models), **d)
+        health, desired = health_from_dict(d.pop("health", None)), desired_report_from_dict(d.pop("desired", None))
+        return StateDigest(models=tuple(models), health=health, desired=desired, **d)
+
+    def tally_state(self) -> dict[str, Any] | None:
+        """The few fields :func:`edge_runtime.fleet.rollout.tally` reads, rebuilt from the digest
+        (None for a malformed state): rollout progress without keeping the device's document."""
+        if self.problem:
+            return None
+        return {
+            "models": {
+                m.name: {"active": m.active, "failed": dict.fromkeys(m.failed, "")} for m in self.models if not m.error
+            },
+            "update": {"model": self.update_model, "version": self.update_version} if self.update else None,
+            "last_error": {"model": self.error_model, "version": self.error_version} if self.last_error else None,
+        }
 
 
-def _model_digest(name: str, m: dict[str, Any]) -> ModelDigest:
+def _model_digest(name: str, m: dict[str, Any], failed_left: int) -> ModelDigest:
     if "error" in m and "active" not in m:
         return ModelDigest(name, None, error=cut(m.get("error")))
     failed = {
         cut(v, 20): cut(reason)
-        for v, reason in sorted((m.get("failed") or {}).items())[:MAX_FAILED_PER_MODEL]
+        for v, reason in sorted((m.get("failed") or {}).items())[: min(MAX_FAILED_PER_MODEL, failed_left)]
     }
     return ModelDigest(name, as_version(m.get("active")), failed, drift_of(m.get("drift")))
 
 
 def digest_state(payload: bytes, size: int | None = None) -> StateDigest:
     """The digest of one ``devices/<id>/state`` payload; never raises."""
+    try:
+        return _digest_state(payload, size)
+    except Exception as exc:  # a case the checks did not foresee: the state is malformed, the console goes on
+        return StateDigest(problem=cut(f"state could not be read ({type(exc).__name__})"))
+
+
+def _digest_state(payload: bytes, size: int | None) -> StateDigest:
     doc, problem = parse_payload(payload, MAX_STATE_BYTES, "state", size)
     if problem is None:
         problem = state_problem(doc)
     if problem is not None:
         return StateDigest(problem=cut(problem))
-    models = tuple(
-        _model_digest(cut(name, MAX_NAME_CHARS), m) for name, m in sorted((doc.get("models") or {}).items())[:MAX_MODELS]
-    )
+    models_list: list[ModelDigest] = []
+    failed_left = MAX_FAILED_PER_DEVICE
+    for name, m in sorted((doc.get("models") or {}).items())[:MAX_MODELS]:
+        md = _model_digest(cut(name, MAX_NAME_CHARS), m, failed_left)
+        failed_left -= len(md.failed)
+        models_list.append(md)
+    models = tuple(models_list)
     update, u_model, u_version = "", "", None
     u = doc.get("update")
     if isinstance(u, dict):
@@ -194,6 +268,8 @@ def digest_state(payload: bytes, size: int | None = None) -> StateDigest:
         desired_seq=desired,
         runtime=cut(doc.get("runtime") or "", 40),
         device_time=cut(doc.get("time") or "", 40),
+        health=health_of(doc),
+        desired=desired_report_of(doc),
     )
 
 
@@ -208,6 +284,7 @@ class EventDigest:
     detail: str = ""  # percent, previous version...
     device_time: str = ""
     problem: str = ""
+    from_version: int | None = None  # rolled_back: the version that failed (a typed field: never read back from text)
 
     def summary(self) -> str:
         """One line for the timeline."""
@@ -224,6 +301,13 @@ class EventDigest:
 
 def digest_event(payload: bytes, size: int | None = None) -> EventDigest:
     """The digest of one event payload; never raises."""
+    try:
+        return _digest_event(payload, size)
+    except Exception as exc:  # a case the checks did not foresee: the event is malformed, the console goes on
+        return EventDigest(problem=cut(f"event could not be read ({type(exc).__name__})"))
+
+
+def _digest_event(payload: bytes, size: int | None) -> EventDigest:
     doc, problem = parse_payload(payload, MAX_EVENT_BYTES, "event", size)
     if problem is None and not isinstance(doc, dict):
         problem = f"event is {type(doc).__name__}, not an object"
@@ -233,8 +317,9 @@ def digest_event(payload: bytes, size: int | None = None) -> EventDigest:
         return EventDigest(problem=problem)
     details = []
     for key in ("percent", "previous", "from_version", "root_version", "dropped_before"):
-        if key in doc and (isinstance(doc[key], int | float) and not isinstance(doc[key], bool)):
-            details.append(f"{key} {doc[key]:g}")
+        figure = _number_text(doc.get(key))
+        if figure is not None:
+            details.append(f"{key} {figure}")
     return EventDigest(
         kind=str(doc["event"]),
         model=name_of(doc.get("model")),
@@ -242,6 +327,7 @@ def digest_event(payload: bytes, size: int | None = None) -> EventDigest:
         reason=cut(doc.get("reason") or ""),
         detail=", ".join(details),
         device_time=cut(doc.get("time") or "", 40),
+        from_version=as_version(doc.get("from_version")),
     )
 
 
@@ -266,6 +352,13 @@ class DesiredDigest:
 
 def digest_desired(payload: bytes, size: int | None = None) -> DesiredDigest:
     """The seq and the model targets of a desired-state message, unverified; never raises."""
+    try:
+        return _digest_desired(payload, size)
+    except Exception as exc:  # a case the checks did not foresee: unreadable, the console goes on
+        return DesiredDigest(problem=cut(f"desired state could not be read ({type(exc).__name__})"))
+
+
+def _digest_desired(payload: bytes, size: int | None) -> DesiredDigest:
     outer, problem = parse_payload(payload, MAX_DESIRED_BYTES, "desired state", size)
     doc: Any = None
     if problem is None:

@@ -15,7 +15,7 @@ from edge_runtime.fleet.console.record import DeviceNow, FleetNow
 from edge_runtime.fleet.rollout import Tally, over_limit, tally
 
 PAGE_ROWS = 100
-SORT_KEYS = ("device", "online", "models", "status", "seen", "drift", "error")
+SORT_KEYS = ("device", "online", "models", "status", "seen", "drift", "health", "error")
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Overview:
     desired_problem: str
     desired_verified: bool | None
     change: int = 0
+    alerting: int = 0  # devices reporting under-voltage, throttling or a rejected desired state
 
     def as_json(self) -> dict[str, Any]:
         """For ``/api/overview``."""
@@ -56,6 +57,7 @@ class Overview:
             "devices": {
                 "total": self.devices, "online": self.online, "offline": self.offline, "unknown": self.unknown,
                 "malformed": self.malformed, "updating": self.updating, "errors": self.errors,
+                "alerts": self.alerting,
             },
             "versions": {m: dict(v) for m, v in self.versions.items()},
             "desired": {"seq": self.desired_seq, "problem": self.desired_problem, "verified": self.desired_verified},
@@ -117,6 +119,7 @@ def compute(now: FleetNow, max_failures: float | None) -> Overview:
         desired_problem=desired.problem if desired else "",
         desired_verified=now.desired_verified,
         change=now.change,
+        alerting=sum(1 for d in devices if alerts_of(d)),
     )
 
 
@@ -153,6 +156,11 @@ def error_text(d: DeviceNow) -> str:
     return f"{where}{e.last_error}" if e.last_error else ""
 
 
+def alerts_of(d: DeviceNow) -> tuple[str, ...]:
+    """``under-voltage``, ``throttled``, ``desired rejected`` as the device's state reports them."""
+    return d.digest.alerts if d.digest is not None and not d.digest.problem else ()
+
+
 def _sort_value(d: DeviceNow, key: str) -> Any:
     if key == "online":
         return {True: 0, False: 1, None: 2}[d.online]
@@ -167,6 +175,10 @@ def _sort_value(d: DeviceNow, key: str) -> Any:
         return -score[0] if score else float("inf")
     if key == "error":
         return (not error_text(d), error_text(d))
+    if key == "health":  # devices with an alert first, then the hottest
+        h = d.digest.health if d.digest is not None else None
+        temp = h.cpu_temp_c if h is not None and h.cpu_temp_c is not None else float("-inf")
+        return (not alerts_of(d), -temp)
     return d.device
 
 
@@ -177,6 +189,7 @@ def device_table(devices: list[DeviceNow], query: str, sort: str, desc: bool, pa
         devices = [
             d for d in devices
             if q in d.device.lower() or q in models_text(d).lower() or q in d.status or q in error_text(d).lower()
+            or any(q in a for a in alerts_of(d))
         ]
     key = sort if sort in SORT_KEYS else "device"
     rows = sorted(devices, key=lambda d: (_sort_value(d, key), d.device), reverse=desc)
@@ -185,6 +198,6 @@ def device_table(devices: list[DeviceNow], query: str, sort: str, desc: bool, pa
 
 
 __all__ = [
-    "PAGE_ROWS", "SORT_KEYS", "Overview", "ReleaseProgress", "compute", "device_table", "drift_score", "error_text",
+    "PAGE_ROWS", "SORT_KEYS", "Overview", "ReleaseProgress", "alerts_of", "compute", "device_table", "drift_score", "error_text",
     "models_text", "version_label",
 ]

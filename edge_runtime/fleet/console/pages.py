@@ -18,6 +18,7 @@ from typing import Any
 
 from edge_runtime.fleet.console.digest import StateDigest
 from edge_runtime.fleet.console.history import DeviceHistory, ReleaseHistory
+from edge_runtime.fleet.console.inbox import InboxCounts
 from edge_runtime.fleet.console.overview import (
     PAGE_ROWS,
     Overview,
@@ -130,22 +131,74 @@ def release_card(r: ReleaseProgress, max_failures: float | None) -> str:
 <p class="steps">steps: {_steps(r.steps)}</p></div>"""
 
 
-def overview_main(ov: Overview, devices: list[DeviceNow], args: dict[str, str], now: float) -> str:
+def health_text(d: DeviceNow) -> str:
+    """``61.2 C, 1.2 GB free, mem 310 MB/1.9 GB`` from the device's health report, or ``""``."""
+    h = d.digest.health if d.digest is not None and not d.digest.problem else None
+    if h is None:
+        return ""
+    parts = [h.temp_text(), f"{h.free_text()} free", f"mem {h.memory_text()}"]
+    return ", ".join(p for p in parts if not p.startswith("-"))
+
+
+def alert_badges(d: DeviceNow) -> str:
+    """Red badges for under-voltage, throttling and a rejected desired state."""
+    alerts = d.digest.alerts if d.digest is not None and not d.digest.problem else ()
+    return "".join(f' <span class="badge s-error alert">{e(a.upper())}</span>' for a in alerts)
+
+
+def alerts_section(devices: list[DeviceNow]) -> str:
+    """The devices that report under-voltage, throttling or a rejected desired state."""
+    rows = []
+    for d in sorted(devices, key=lambda d: d.device):
+        dg = d.digest
+        if dg is None or dg.problem or not dg.alerts:
+            continue
+        why = []
+        if dg.health is not None and dg.health.alerts:
+            flags = f" (flags {dg.health.throttle_flags})" if dg.health.throttle_flags else ""
+            why.append(", ".join(dg.health.alerts) + flags)
+        if dg.desired is not None and dg.desired.rejected:
+            why.append(dg.desired.describe())
+        rows.append(f'<li data-device="{e(d.device)}"><a href="/device/{q(d.device)}">{e(d.device)}</a>: {e("; ".join(why))}</li>')
+        if len(rows) >= MAX_LISTED:
+            break
+    if not rows:
+        return ""
+    return f'<section id="alerts" class="alerts"><h2>Alerts ({len(rows)})</h2><ul>{"".join(rows)}</ul></section>'
+
+
+def dropped_note(counts: InboxCounts | None) -> str:
+    """What the record dropped (queue full, devices over their rate, at the last stop), if anything."""
+    if counts is None:
+        return ""
+    rate = sum(counts.dropped_rate.values())
+    if not (counts.dropped_full or rate):
+        return ""
+    worst = sorted(counts.dropped_rate.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    who = ", ".join(f"{dev} {n}" for dev, n in worst)
+    return (
+        f'<p class="dropped error">the record dropped {counts.dropped_full} messages (queue full) and '
+        f"{rate} events of devices over their rate{e(f' ({who})') if who else ''}</p>"
+    )
+
+
+def overview_main(ov: Overview, devices: list[DeviceNow], args: dict[str, str], now: float, counts: InboxCounts | None = None) -> str:
     """The front page: counts, versions, rollouts, the device table."""
     desired = "no desired state yet" if ov.desired_seq is None and not ov.desired_problem else (
         f"unreadable desired state: {e(ov.desired_problem)}" if ov.desired_problem else f"desired seq {ov.desired_seq}"
     )
     if ov.desired_verified is not None:
         desired += " (verified against --root)" if ov.desired_verified else ' <span class="badge s-error">DOES NOT VERIFY against --root</span>'
-    counts = (
+    tiles = (
         f'<div class="counts"><div><b id="n-devices">{ov.devices}</b> devices</div>'
         f'<div><b id="n-online">{ov.online}</b> online</div><div><b id="n-offline">{ov.offline}</b> offline</div>'
         f"<div><b>{ov.unknown}</b> unknown</div><div><b>{ov.updating}</b> updating</div>"
-        f"<div><b>{ov.errors}</b> with a last error</div><div><b>{ov.malformed}</b> malformed</div></div>"
+        f"<div><b>{ov.errors}</b> with a last error</div><div><b>{ov.malformed}</b> malformed</div>"
+        f'<div><b id="n-alerts">{ov.alerting}</b> alerts</div></div>'
     )
     releases = "".join(release_card(r, ov.max_failures) for r in ov.releases) or '<p class="muted">no rollout seen yet</p>'
     return (
-        f"<h1>Fleet overview</h1><p class=\"muted\">{desired}</p>{counts}"
+        f"<h1>Fleet overview</h1><p class=\"muted\">{desired}</p>{tiles}{dropped_note(counts)}{alerts_section(devices)}"
         f'<section><h2>Versions in service</h2>{version_bars(ov)}</section>'
         f'<section id="rollouts"><h2>Rollouts</h2>{releases}</section>'
         f'<section id="devices"><h2>Devices</h2>{devices_table(devices, args, now)}</section>'
@@ -165,7 +218,7 @@ def devices_table(devices: list[DeviceNow], args: dict[str, str], now: float) ->
         params = {"q": query, "sort": sort, "desc": "1" if desc else "", "page": str(page), **over}
         return "/?" + urllib.parse.urlencode({k: v for k, v in params.items() if v and v != "0"}) + "#devices"
 
-    heads = [("device", "device"), ("online", "online"), ("models", "model versions"), ("status", "state"), ("seen", "last seen"), ("drift", "drift"), ("error", "last error")]
+    heads = [("device", "device"), ("online", "online"), ("models", "model versions"), ("status", "state"), ("seen", "last seen"), ("drift", "drift"), ("health", "health"), ("error", "last error")]
     th = "".join(
         f'<th><a href="{e(link(sort=k, desc="" if (sort == k and desc) else ("1" if sort == k else ""), page="0"))}">{e(label)}'
         f'{(" ▼" if desc else " ▲") if sort == k else ""}</a></th>'
@@ -179,7 +232,7 @@ def devices_table(devices: list[DeviceNow], args: dict[str, str], now: float) ->
             f'<tr data-device="{e(d.device)}" class="st-{e(d.status.replace(" ", "-"))}"><td><a href="/device/{q(d.device)}">{e(d.device)}</a></td>'
             f"<td>{_online(d.online)}</td><td>{e(models_text(d)) or '-'}</td><td>{_status_badge(d.status)}</td>"
             f'<td title="{e(when(d.last_seen))}">{e(ago(d.last_seen, now))}</td><td class="drift">{drift}</td>'
-            f'<td class="error">{e(error_text(d))}</td></tr>'
+            f'<td class="health">{e(health_text(d)) or "-"}{alert_badges(d)}</td><td class="error">{e(error_text(d))}</td></tr>'
         )
     pages = (total + PAGE_ROWS - 1) // PAGE_ROWS
     nav = ""
@@ -233,7 +286,7 @@ def _thresholds(digest: StateDigest | None) -> dict[str, float | None]:
     return {m.name: m.drift.threshold for m in (digest.models if digest else ()) if m.drift is not None}
 
 
-def device_main(d: DeviceNow, hist: DeviceHistory, now: float) -> str:
+def device_main(d: DeviceNow, hist: DeviceHistory, now: float, dropped: int = 0) -> str:
     """A device: what it runs now, versions over time, drift charts, failures, the timeline."""
     dg = d.digest
     facts = [
@@ -245,6 +298,10 @@ def device_main(d: DeviceNow, hist: DeviceHistory, now: float) -> str:
         ("last error", f'<span class="error">{e(error_text(d))}</span>' if error_text(d) else "-"),
         ("runtime", e(dg.runtime) if dg and dg.runtime else "-"),
         ("desired seq taken", e(dg.desired_seq) if dg and dg.desired_seq is not None else "-"),
+        ("desired state", e(dg.desired.describe()) if dg and dg.desired else "-"),
+        ("health", (e(health_text(d)) or "-") + alert_badges(d)),
+        ("throttle flags", e(dg.health.throttle_flags) if dg and dg.health and dg.health.throttle_flags else "-"),
+        ("events dropped (over its rate)", str(dropped)),
     ]
     score = drift_score(d)
     facts.append(("drift", "n/a" if score is None else f"{score[0]:.3g} ({e(score[1])})"))

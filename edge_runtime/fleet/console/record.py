@@ -1,9 +1,14 @@
 """The console's record: every device state change and event of one fleet, in SQLite.
 
-Messages arrive on the MQTT thread and go into a queue (:meth:`Record.submit`); one writer
-thread (``console-record``) applies what has queued up in one transaction, so 10,000
-retained states at start-up cost a handful of commits, not 10,000. The database runs in WAL
-mode: the web pages read history over their own connections while the writer writes.
+Messages arrive on the MQTT thread and go into a bounded queue (:meth:`Record.submit`,
+:mod:`.inbox`: per-device rate, latest-wins states, drop and count); one writer thread
+(``console-record``) applies what has queued up in one transaction, so 10,000 retained states
+at start-up cost a handful of commits, not 10,000. The database runs in WAL mode: the web
+pages read history over their own connections while the writer writes. The writer prunes
+the history by age and by size (:mod:`.limits`).
+
+No one message can stop the writer: each is applied inside its own savepoint, and one that
+raises anything but a database error is rolled back and recorded as malformed instead.
 
 What is current (each device's newest state digest, online flag, last seen, the fleet's
 desired state) is also kept in memory, loaded from the database at start: the overview is
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.fleet.console.changes import describe_change
 from edge_runtime.fleet.console.digest import (
     MAX_DESIRED_BYTES,
     MAX_EVENT_BYTES,
@@ -31,7 +36,6 @@ from edge_runtime.fleet.console.digest import (
     DesiredDigest,
     StateDigest,
     Target,
-    cut,
     digest_desired,
     digest_event,
     digest_state,
@@ -39,6 +43,8 @@ from edge_runtime.fleet.console.digest import (
     raw_text,
 )
 from edge_runtime.fleet.console.history import DeviceHistory, ReleaseHistory, device_history, release_history
+from edge_runtime.fleet.console.inbox import Inbox, InboxCounts, Incoming
+from edge_runtime.fleet.console.limits import MIB, ConsoleLimits, prune_by_age, prune_by_size, used_bytes
 from edge_runtime.fleet.console.schema import migrate
 from edge_runtime.updates.protocol import Topics
 
@@ -51,16 +57,7 @@ MAX_BATCH = 5000
 MAX_QUEUED_BYTES = max(MAX_STATE_BYTES, MAX_EVENT_BYTES, MAX_DESIRED_BYTES) + 1
 
 DesiredVerifier = Callable[[bytes, str | None], bool]  # (message, device or None) -> verified
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One message as received: topic, payload (cut to :data:`MAX_QUEUED_BYTES`), its full size, when."""
-
-    topic: str
-    payload: bytes
-    size: int
-    time: float
+SIZE_CHECK_S = 1.0
 
 
 @dataclass
@@ -72,7 +69,7 @@ class DeviceNow:
     last_seen: float | None = None
     state_time: float | None = None
     digest: StateDigest | None = None
-    state: dict[str, Any] | None = None  # the well-formed raw document, for rollout tallies
+    state: dict[str, Any] | None = None  # the digest's few fields rollout tallies read (never the raw document)
 
     @property
     def status(self) -> str:
@@ -92,40 +89,6 @@ class FleetNow:
     change: int = 0
 
 
-def describe_change(prev: StateDigest | None, new: StateDigest) -> str:
-    """What changed from ``prev`` to ``new``, in one line for the timeline."""
-    if new.problem:
-        return f"malformed state: {new.problem}"
-    parts: list[str] = []
-    before = {m.name: m for m in (prev.models if prev and not prev.problem else ())}
-    for m in new.models:
-        old = before.get(m.name)
-        if m.error:
-            if old is None or old.error != m.error:
-                parts.append(f"{m.name}: unreadable on the device ({m.error})")
-            continue
-        running = "factory" if m.active is None else f"v{m.active}"
-        if old is None or old.active != m.active or old.error:
-            parts.append(f"{m.name} {running}" if old is None else f"{m.name} {'factory' if old.active is None else f'v{old.active}'} → {running}")
-        for v, reason in m.failed.items():
-            if old is None or v not in old.failed:
-                parts.append(f"{m.name} v{v} failed: {reason}")
-        if m.drift is not None and (old is None or old.drift is None or old.drift.score != m.drift.score or old.drift.alert != m.drift.alert):
-            parts.append(f"{m.name} drift {m.drift.score:.3g}" + (" ALERT" if m.drift.alert else ""))
-    old_update = prev.update if prev else ""
-    if new.update != old_update:
-        parts.append(f"update {new.update}" if new.update else "no update in progress")
-    if new.last_error != (prev.last_error if prev else "") and new.last_error:
-        where = f"{new.error_model} v{new.error_version}: " if new.error_model else ""
-        where = "" if new.last_error.startswith(where) else where  # self-test reasons already name the version
-        parts.append(f"last error {where}{new.last_error}")
-    if prev is not None and prev.problem:
-        parts.insert(0, "well-formed again")
-    if new.desired_seq != (prev.desired_seq if prev else None) and new.desired_seq is not None:
-        parts.append(f"took desired seq {new.desired_seq}")
-    return cut("; ".join(parts) or "state republished", 1000)
-
-
 class Record:
     """The fleet's record in SQLite at ``path`` (created, or migrated, on open)."""
 
@@ -136,8 +99,10 @@ class Record:
         *,
         clock: Callable[[], float] = time.time,
         verifier: DesiredVerifier | None = None,
+        limits: ConsoleLimits | None = None,
     ) -> None:
         self.path = path
+        self.limits = limits or ConsoleLimits()
         self.topics = topics
         self.clock = clock
         self.verifier = verifier
@@ -146,6 +111,7 @@ class Record:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = NORMAL")  # WAL: a power cut may lose the last commits, never corrupts
         self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute(f"PRAGMA journal_size_limit = {16 * MIB}")  # the WAL shrinks back after a checkpoint
         migrate(self._db)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -153,7 +119,12 @@ class Record:
         self._devices: dict[str, DeviceNow] = {}
         self._desired: DesiredDigest | None = None
         self._desired_verified: bool | None = None
-        self._queue: queue.Queue[Incoming | None] = queue.Queue()
+        self._inbox = Inbox(self.limits)
+        self.unreadable = 0  # messages whose recording raised (recorded as malformed instead)
+        self.lost = 0  # messages of batches the database refused (logged)
+        self.pruned = 0
+        self._last_prune = float("-inf")
+        self._last_size_check = float("-inf")
         self._writer: threading.Thread | None = None
         self._may_write = threading.Event()
         self._may_write.set()
@@ -162,16 +133,16 @@ class Record:
     # ---- start-up and shutdown
 
     def _load(self) -> None:
-        for device, online, last_seen, state_time, digest, state in self._db.execute(
-            "SELECT device, online, last_seen, state_time, digest, state FROM devices"
+        for device, online, last_seen, state_time, digest in self._db.execute(
+            "SELECT device, online, last_seen, state_time, digest FROM devices"
         ):
+            try:
+                dg = StateDigest.from_json(digest) if digest else None
+            except (ValueError, TypeError, KeyError):
+                dg = None  # not written by this code: the next state from the device replaces it
+            # the tally fields come from the digest: the state column of an older console held the raw document
             self._devices[device] = DeviceNow(
-                device,
-                None if online is None else bool(online),
-                last_seen,
-                state_time,
-                StateDigest.from_json(digest) if digest else None,
-                json.loads(state) if state else None,
+                device, None if online is None else bool(online), last_seen, state_time, dg, dg.tally_state() if dg else None
             )
         row = self._db.execute("SELECT digest, verified FROM desired WHERE scope = ?", (FLEET_SCOPE,)).fetchone()
         if row:
@@ -185,16 +156,23 @@ class Record:
         return self
 
     def close(self) -> None:
-        """Apply what is queued, stop the writer, close the database."""
+        """Apply what is queued within the close budget (the rest is dropped and counted), stop the writer,
+        close the database: a SIGTERM is answered in seconds whatever the devices sent."""
         self._may_write.set()
+        self._inbox.close(self.limits.close_budget_s)
         if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join(30.0)
+            self._writer.join(self.limits.close_budget_s + 30.0)
         self._db.close()
 
-    def submit(self, topic: str, payload: bytes) -> None:
-        """Queue one message (any thread)."""
-        self._queue.put(Incoming(topic, payload[:MAX_QUEUED_BYTES], len(payload), self.clock()))
+    def submit(self, topic: str, payload: bytes) -> bool:
+        """Queue one message (any thread; never blocks); False when it was dropped (rate, queue full)."""
+        ref = self.topics.parse(topic)
+        msg = Incoming(topic, payload[:MAX_QUEUED_BYTES], len(payload), self.clock())
+        return self._inbox.put(msg, ref.kind if ref else None, ref.device if ref else "")
+
+    def counts(self) -> InboxCounts:
+        """What the queue dropped, merged and holds."""
+        return self._inbox.counts()
 
     def pause(self) -> None:
         """Queue messages without applying them, until :meth:`resume`.
@@ -211,23 +189,51 @@ class Record:
 
     def _write_loop(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is not None:
-                self._may_write.wait()
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            items = [m for m in batch if m is not None]
+            self._may_write.wait()
+            items = self._inbox.take(MAX_BATCH, min(1.0, self.limits.prune_interval_s))
+            if items is None:
+                return
             if items:
                 try:
                     self.apply(items)
-                except sqlite3.Error:
+                except Exception:  # the database refused the batch (disk full...): log, count, go on
+                    self.lost += len(items)
                     log.exception("the console could not record %d messages", len(items))
-            if None in batch:
-                return
+            try:
+                self.prune()
+            except Exception:
+                log.exception("the console could not prune its record")
+
+    def prune(self, force: bool = False) -> int:
+        """Delete history past ``retain_days`` (every ``prune_interval_s``) and the oldest rows while the
+        database is over ``max_db_mb`` (checked every second); returns rows deleted."""
+        now = time.monotonic()
+        n = 0
+        if force or now - self._last_prune >= self.limits.prune_interval_s:
+            self._last_prune = now
+            n += self._in_transaction(lambda: prune_by_age(self._db, self.clock() - self.limits.retain_days * 86400.0))
+        if force or now - self._last_size_check >= SIZE_CHECK_S:
+            self._last_size_check = now
+            max_bytes = int(self.limits.max_db_mb * MIB)
+            if used_bytes(self._db) > max_bytes:
+                n += self._in_transaction(lambda: prune_by_size(self._db, max_bytes))
+        self.pruned += n
+        return n
+
+    def _in_transaction(self, work: Callable[[], int]) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            n = work()
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return n
+
+    def db_bytes(self) -> int:
+        """The database's pages in use."""
+        with self.reader() as db:
+            return used_bytes(db)
 
     # ---- writing
 
@@ -238,7 +244,15 @@ class Record:
         db.execute("BEGIN IMMEDIATE")
         try:
             for msg in messages:
-                changed += self._apply_one(msg)
+                db.execute("SAVEPOINT one")
+                try:
+                    changed += self._apply_one(msg)
+                except sqlite3.Error:
+                    raise  # the database itself: the batch fails
+                except Exception as exc:  # this message: rolled back, recorded as malformed, the rest goes on
+                    db.execute("ROLLBACK TO one")
+                    changed += self._unreadable(msg, exc)
+                db.execute("RELEASE one")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -272,6 +286,15 @@ class Record:
             return cur.rowcount
         return 0
 
+    def _unreadable(self, msg: Incoming, exc: Exception) -> int:
+        self.unreadable += 1
+        log.warning("the console could not record a message on %s (%s); recorded as malformed", msg.topic[:200], type(exc).__name__)
+        ref = self.topics.parse(msg.topic)
+        if ref is None or not ref.device:
+            return 0
+        self._timeline(ref.device, msg.time, "malformed", f"the console could not record this message ({type(exc).__name__})", raw_text(msg.payload))
+        return 1
+
     def _device(self, device: str) -> DeviceNow:
         with self._lock:
             return self._devices.setdefault(device, DeviceNow(device))
@@ -285,7 +308,7 @@ class Record:
                 d.last_seen,
                 d.state_time,
                 d.digest.to_json() if d.digest else None,
-                json.dumps(d.state) if d.state is not None else None,
+                json.dumps(d.state) if d.state is not None else None,  # bounded: built from the digest
             ),
         )
 
@@ -317,7 +340,7 @@ class Record:
                 if changed:
                     self._timeline(device, msg.time, "malformed", describe_change(d.digest, new_digest), raw_text(payload))
             else:
-                new_state = parse_payload(payload, MAX_STATE_BYTES, "state")[0]
+                new_state = new_digest.tally_state()
                 if changed:
                     self._timeline(device, msg.time, "state", describe_change(d.digest, new_digest))
                     self._history(device, d.digest, new_digest, msg.time)
@@ -365,12 +388,7 @@ class Record:
         e = digest_event(payload, msg.size)
         self._timeline(device, msg.time, "malformed" if e.problem else "event", e.summary(), raw_text(payload) if e.problem else None)
         if e.kind in ("failed", "rejected", "rolled_back"):
-            version = e.version
-            if e.kind == "rolled_back":
-                try:
-                    version = int(e.detail.split("from_version ")[1].split(",")[0]) if "from_version " in e.detail else None
-                except ValueError:
-                    version = None
+            version = e.from_version if e.kind == "rolled_back" else e.version
             self._failure(device, e.model, version, f"event.{e.kind}", e.reason, msg.time)
         d = self._device(device)
         with self._lock:

@@ -8,13 +8,20 @@ live update of ``console.js``) and ``/api/health``. ``?live=0`` on a page leaves
 live updates (to print it, or to take a screenshot).
 
 A stdlib server keeps the console free of web-framework dependencies; the pages are small
-and the request rate is one operator's browser.
+and the request rate is one operator's browser. Its bounds: at most ``max_connections``
+connections are served at once, and a connection that sends nothing for ``read_timeout_s``
+(before or between requests) is closed. When every slot is taken, a new connection takes the
+slot of the one that has waited longest without sending a request (an idle socket, an idle
+keep-alive), as nginx reuses idle keep-alive connections; only when every slot is busy with a
+request is the new one answered 503 and closed, without a thread. So idle sockets can hold
+neither threads nor file descriptors, nor keep the operator's browser out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.parse
@@ -25,6 +32,7 @@ from importlib import resources
 from typing import Any
 
 from edge_runtime.fleet.console import pages
+from edge_runtime.fleet.console.limits import ConsoleLimits
 from edge_runtime.fleet.console.overview import compute
 from edge_runtime.fleet.console.record import Record
 
@@ -33,6 +41,66 @@ log = logging.getLogger("edge_runtime.fleet.console")
 STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 MAX_PATH_CHARS = 2000
+EVICT_WAIT_S = 2.0
+BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 5\r\n\r\n"
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A :class:`ThreadingHTTPServer` that serves at most ``max_connections`` at once."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: a burst of connections is accepted (and refused) at once, not after SYN retries
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._idle_lock = threading.Lock()
+        self._idle: dict[socket.socket, float] = {}  # connections waiting for a request line -> since (monotonic)
+        self.refused = 0
+        self.evicted = 0
+        super().__init__(address, handler)
+
+    def mark_idle(self, conn: socket.socket, idle: bool) -> None:
+        """A handler waits for (``True``) or has begun (``False``) a request on ``conn``."""
+        with self._idle_lock:
+            if idle:
+                self._idle[conn] = time.monotonic()
+            else:
+                self._idle.pop(conn, None)
+
+    def _evict_idle(self) -> bool:
+        with self._idle_lock:
+            if not self._idle:
+                return False
+            conn = min(self._idle, key=self._idle.__getitem__)
+            del self._idle[conn]
+        try:
+            conn.shutdown(socket.SHUT_RDWR)  # its handler reads the end of the stream and frees the slot
+        except OSError:
+            pass
+        self.evicted += 1
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False) and not (self._evict_idle() and self._slots.acquire(timeout=EVICT_WAIT_S)):
+            self.refused += 1
+            try:
+                request.settimeout(0.5)
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True)
@@ -50,14 +118,14 @@ class ConsoleServer:
 
     def __init__(
         self, record: Record, fleet: str, host: str = "127.0.0.1", port: int = 8080, *,
-        max_failures: float | None = None, hold_s: float = 20.0,
+        max_failures: float | None = None, hold_s: float = 20.0, limits: ConsoleLimits | None = None,
     ) -> None:
         self.record = record
         self.fleet = fleet
         self.max_failures = max_failures
         self.hold_s = hold_s
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self._httpd.daemon_threads = True
+        self.limits = limits or record.limits
+        self._httpd = _BoundedServer((host, port), _handler(self), self.limits.max_connections)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="console-http", daemon=True)
         self._waiting_lock = threading.Lock()
         self._waiting: dict[int, int] = {}  # change a held /api/page request waits to pass -> how many
@@ -76,6 +144,26 @@ class ConsoleServer:
         finally:
             with self._waiting_lock:
                 self._waiting[after] -= 1
+
+    def health(self) -> dict[str, Any]:
+        """``/api/health``: the change counter, the held requests, what the record and the server dropped."""
+        c = self.record.counts()
+        top = sorted(c.dropped_rate.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+        return {
+            "change": self.record.change,
+            "waiting": {str(k): v for k, v in self.waiting().items()},
+            "queue": {"messages": c.queued, "bytes": c.queued_bytes, "held": c.held},
+            "dropped": {
+                "queue_full": c.dropped_full, "rate_limited": sum(c.dropped_rate.values()), "at_close": c.dropped_at_close,
+                "rate_limited_by_device": dict(top),
+            },
+            "replaced": c.replaced,
+            "unreadable": self.record.unreadable,
+            "lost": self.record.lost,
+            "pruned_rows": self.record.pruned,
+            "http_refused": self._httpd.refused,
+            "http_idle_closed": self._httpd.evicted,
+        }
 
     @property
     def url(self) -> str:
@@ -104,12 +192,13 @@ class ConsoleServer:
         clock = time.time()
         if not parts:
             ov = compute(now, self.max_failures)
-            return Rendered(200, "overview", pages.overview_main(ov, now.devices, args, clock), now.change)
+            return Rendered(200, "overview", pages.overview_main(ov, now.devices, args, clock, self.record.counts()), now.change)
         if len(parts) == 2 and parts[0] == "device":
             d = self.record.device(parts[1])
             if d is None:
                 return Rendered(404, "not found", pages.not_found_main(f"no device {parts[1]!r} has reported"), now.change)
-            return Rendered(200, f"device {d.device}", pages.device_main(d, self.record.history(d.device), clock), now.change)
+            dropped = self.record.counts().dropped_rate.get(d.device, 0)
+            return Rendered(200, f"device {d.device}", pages.device_main(d, self.record.history(d.device), clock, dropped), now.change)
         if len(parts) == 3 and parts[0] == "release" and parts[2].isdigit() and len(parts[2]) <= 19:
             model, version = parts[1], int(parts[2])
             ov = compute(now, self.max_failures)
@@ -126,6 +215,22 @@ def _handler(console: ConsoleServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "edge-runtime-console"
         protocol_version = "HTTP/1.1"
+        timeout = console.limits.read_timeout_s  # StreamRequestHandler: the socket's timeout, so an idle client is closed
+
+        def handle_one_request(self) -> None:
+            # Wait for the request's first byte as an idle connection, which a newcomer may evict.
+            server = console._httpd
+            server.mark_idle(self.connection, True)
+            try:
+                first = self.rfile.peek(1)  # type: ignore[attr-defined]  # a BufferedReader (rbufsize -1)
+            except OSError:  # the read timeout, or a reset
+                first = b""
+            finally:
+                server.mark_idle(self.connection, False)
+            if not first:
+                self.close_connection = True
+                return
+            super().handle_one_request()
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
             log.debug("%s %s", self.address_string(), format % args)
@@ -156,7 +261,7 @@ def _handler(console: ConsoleServer) -> type[BaseHTTPRequestHandler]:
                 if parsed.path.startswith("/static/"):
                     self._static(parsed.path[len("/static/") :])
                 elif parsed.path == "/api/health":
-                    self._json(200, {"change": console.record.change, "waiting": {str(k): v for k, v in console.waiting().items()}})
+                    self._json(200, console.health())
                 elif parsed.path == "/api/overview":
                     self._json(200, compute(console.record.now(), console.max_failures).as_json())
                 elif parsed.path == "/api/page":

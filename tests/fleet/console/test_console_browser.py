@@ -25,7 +25,7 @@ from harness.wait import wait_until
 
 from ..conftest import TOPICS, FleetKeys, Mosquitto, Releases, SimulateFn
 from .conftest import Browser, ConsoleProcess
-from .helpers import state
+from .helpers import HEALTHY, state
 
 pytestmark = pytest.mark.integration
 
@@ -134,12 +134,18 @@ def test_rollout_appears_and_progresses_live_failures_show_and_history_survives_
     # Drift figures (the field-monitoring fields of the state) from a lighter publisher: a chart in a real browser.
     drifting = "pi-drift"
     for k, score in enumerate((0.05, 0.12, 0.2, 0.35, 0.52)):
-        doc = state(drifting, 2, drift={"score": score, "worst_feature": "v14", "alert": score > 0.3, "threshold": 0.3, "rows": 500, "version": 2})
+        health = {**HEALTHY, "cpu_temp_c": 58.0 + 3 * k}
+        if k == 4:  # its power supply sags: the firmware reports under-voltage and throttles the CPU
+            health.update(under_voltage=True, throttled=True, throttle_flags="0x50005")
+        doc = state(drifting, 2, drift={"score": score, "worst_feature": "v14", "alert": score > 0.3, "threshold": 0.3, "rows": 500, "version": 2},
+                    health=health)
         publish_retained(mosquitto.url, TOPICS.state(drifting), doc)
         wait_until(lambda k=k: drift_points(c, drifting) == k + 1, f"drift point {k + 1}")
     chart = browser.dom(f"{c.base}/device/{drifting}?live=0", 300)
     assert '<figure class="chart" data-model="fraud">' in chart and chart.count("<circle") == 5, chart[:3000]
     assert 'stroke-dasharray="4 3"' in chart and "threshold 0.3" in chart  # the device's threshold line
+    alerts = browser.dom(f"{c.base}/?live=0", 300).split('<section id="alerts"', 1)[-1].split("</section>", 1)[0]
+    assert f'data-device="{drifting}"' in alerts and "under-voltage, throttled (flags 0x50005)" in alerts, alerts[:2000]
 
     browser.screenshot(f"{c.base}/?live=0", screenshots / "overview.png", "1280,1300")
     browser.screenshot(f"{c.base}/release/fraud/2?live=0", screenshots / "release.png", "1280,1000")
