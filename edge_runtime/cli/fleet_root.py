@@ -28,13 +28,20 @@ def register(fs: Any, parents: list[argparse.ArgumentParser], session: SessionFn
     p = fs.add_parser("root", help="the fleet's trust root: publish a new version, show the retained chain")
     rs = p.add_subparsers(dest="root_command", required=True, parser_class=type(p))
     pub = rs.add_parser("publish", parents=parents, help="publish a signed root version (retained trust/root/N)")
-    pub.add_argument("root", type=Path, help="the new root.json, signed (edge-runtime keys root sign)")
+    pub.add_argument("new_root", metavar="ROOT", type=Path, help="the new root.json, signed (edge-runtime keys root sign)")
     pub.add_argument("--previous", type=Path, default=None,
-                     help="a root you hold that devices chain from (default: the broker's lowest retained root)")
-    pub.set_defaults(func=lambda a: cmd_publish(a, session))
+                     help="a root you hold that devices chain from (default: the operator file's root, else the "
+                     "broker's lowest retained root)")
+    # root=None: the operator file's `root` (docs/operations.md) fills it in, as for --root elsewhere
+    pub.set_defaults(func=lambda a: cmd_publish(a, session), root=None)
     show = rs.add_parser("show", parents=parents, help="the retained root versions and where their chain ends")
-    show.add_argument("--previous", type=Path, default=None, help="follow the chain from this root")
-    show.set_defaults(func=lambda a: cmd_show(a, session))
+    show.add_argument("--previous", type=Path, default=None,
+                      help="follow the chain from this root (default: the operator file's root)")
+    show.set_defaults(func=lambda a: cmd_show(a, session), root=None)
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _anchor(path: Path | None) -> TrustRoot | None:
@@ -43,8 +50,8 @@ def _anchor(path: Path | None) -> TrustRoot | None:
 
 def cmd_publish(args: argparse.Namespace, session: SessionFn) -> int:
     """Verify the root chains from the fleet's current one, then publish it retained."""
-    data = read_file(args.root, "root")
-    anchor = _anchor(args.previous)
+    data = read_file(args.new_root, "root")
+    anchor = _anchor(args.previous or _path(args.root))
     with session(args) as s:
         plan = publish_root(s, data, anchor, _dt.datetime.now(_dt.UTC))
     for note in plan.notes:
@@ -59,7 +66,7 @@ def cmd_publish(args: argparse.Namespace, session: SessionFn) -> int:
 
 def cmd_show(args: argparse.Namespace, session: SessionFn) -> int:
     """Print the chain of retained roots and the newest one's roles and expiry."""
-    anchor = _anchor(args.previous)
+    anchor = _anchor(args.previous or _path(args.root))
     with session(args) as s:
         chain = read_chain(s, anchor)
     for note in chain.problems:

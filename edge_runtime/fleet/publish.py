@@ -271,7 +271,12 @@ def publish_release(
         check_id(device, "device id")
     if seq is not None and not 1 <= seq <= MAX_SEQ:
         raise UsageError(f"--seq must be an integer in [1, {MAX_SEQ}], found {seq}")
-    with open_bundle(Path(bundle_path), root) as bundle:
+    # The root the fleet holds now: --root moved forward through the rotations retained on the
+    # broker (a release signed by a models key added in a later root verifies against that one).
+    roots = session.snapshot([topics.roots_filter])
+    current, _ = signing_root(session, root, roots)
+    fleet_root = current if current is not None else root
+    with open_bundle(Path(bundle_path), fleet_root) as bundle:
         m = bundle.manifest
         signatures = json.loads(bundle.signature_bytes)["signatures"]
         parse_signature_file(bundle.signature_bytes)
@@ -287,7 +292,7 @@ def publish_release(
         manifest_bytes = bundle.manifest_bytes
     desired_topic = topics.device_desired(device) if device else topics.desired
     manifest_topic = topics.manifest(m.name, m.version)
-    retained = session.snapshot([manifest_topic, desired_topic, topics.roots_filter])
+    retained = {**session.snapshot([manifest_topic, desired_topic]), **roots}
     verify_keys_for_fleet(session, root, keys, retained)  # before a single message is published
     existing = retained.get(manifest_topic)
     already = False
@@ -308,7 +313,7 @@ def publish_release(
     session.publish(manifest_topic, manifest_msg).wait(session.timeout_s)
     base = baseline(
         retained.get(desired_topic),
-        root if root is not None else signing_keys_root(keys),
+        fleet_root if fleet_root is not None else signing_keys_root(keys),
         fleet=topics.fleet,
         device=device,
         topic=desired_topic,

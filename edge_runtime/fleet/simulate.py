@@ -115,6 +115,10 @@ class SimSettings:
     mqtt: Mapping[str, Any] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
     log_level: str = "warning"
+    # Per-device [mqtt] keys over ``mqtt`` (each device's own TLS client certificate, as
+    # ``fleet provision`` writes them) and [store] keys (e.g. keep_versions).
+    device_mqtt: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    store: Mapping[str, Any] = field(default_factory=dict)
 
     def store_dir(self, device: str) -> Path:
         """Where ``device`` keeps its store (and, under ``.updates``, its update state)."""
@@ -140,7 +144,7 @@ class DeviceGroup:
 
     def _service(self, device: str) -> UpdateService:
         s = self.settings
-        store_table = {"path": str(s.store_dir(device))}
+        store_table: dict[str, Any] = {"path": str(s.store_dir(device)), **dict(s.store)}
         if s.factory_dir is not None:
             store_table["factory"] = str(s.factory_dir)
         cfg = parse_config(
@@ -148,11 +152,13 @@ class DeviceGroup:
                 "device": {"id": device},
                 "store": store_table,
                 "trust": {"root": str(s.root_file)},
-                "mqtt": {"url": s.url, "fleet": s.fleet, "prefix": s.prefix, **DEFAULT_MQTT, **dict(s.mqtt)},
+                "mqtt": {"url": s.url, "fleet": s.fleet, "prefix": s.prefix, **DEFAULT_MQTT, **dict(s.mqtt),
+                         **dict(s.device_mqtt.get(device, {}))},
             },
             source=f"simulated device {device}",
         )
-        store = ModelStore(Path(cfg.store.path), self.root, s.factory_dir, BundleLimits())
+        store = ModelStore(Path(cfg.store.path), self.root, s.factory_dir, BundleLimits(),
+                           keep_versions=cfg.store.keep_versions)
         svc = UpdateService(cfg, store, device, selftest_in_process=True)
         # The service wires the plain in-process self-test into its updater; a faulty device
         # gets the same self-test with its fault applied.

@@ -254,8 +254,9 @@ class ModelManager:
             # the old version is drained and reported unloaded: a reader of the log never finds
             # state.json behind it.
             changed = previous is None or previous is not default
-            if changed and default.source == "store":
-                self.store.record_serving(name, default.version, default.delegate_report())
+            if changed:
+                self.store.record_serving(name, default.version, default.delegate_report(),
+                                          factory=default.source == "factory")
             if previous is not None and previous.version != default.version:
                 self.metrics.swap(name, "success")
                 log.info(

@@ -162,13 +162,14 @@ class ModelState:
                 self.last_known_good = self.older_good(revert_to, installed)
         self.event("failed", version=version, reason=reason, reverted_to=revert_to)
 
-    def set_serving(self, version: int | None, delegate: dict[str, Any] | None = None) -> bool:
-        """Record the version the daemon answers with and what runs it (``{"delegate": ...,
-        "skipped": [...]}``); False when both already were."""
-        if self.serving == version and self.serving_delegate == delegate:
+    def set_serving(self, version: int | None, delegate: dict[str, Any] | None = None, factory: bool = False) -> bool:
+        """Record the version the daemon answers with, what runs it (``{"delegate": ...,
+        "skipped": [...]}``) and whether it is the factory bundle's; False when all already were."""
+        if self.serving == version and self.serving_delegate == delegate and self.serving_factory == factory:
             return False
         self.serving = version
         self.serving_delegate = delegate
+        self.serving_factory = factory
         self.event("serving", version=version, delegate=delegate["delegate"] if delegate else None)
         return True
 

@@ -403,13 +403,17 @@ class ModelStore:
         log.warning("%s v%d failed: %s", name, version, reason, extra={"model": name, "version": version, "reason": reason})
         return state
 
-    def record_serving(self, name: str, version: int | None, delegate: dict[str, Any] | None = None) -> ModelState:
-        """Record the version the daemon now answers with (after its self-test passed) and what
-        runs it (``{"delegate": ..., "skipped": [...]}``)."""
+    def record_serving(self, name: str, version: int | None, delegate: dict[str, Any] | None = None,
+                       factory: bool = False) -> ModelState:
+        """Record the version the daemon now answers with (after its self-test passed), what runs
+        it (``{"delegate": ..., "skipped": [...]}``) and whether it is the factory bundle's. A model
+        served only from the factory gets its ``state.json`` here, so the state the device reports
+        says what it serves."""
         state = ModelState(serving=version)
         with self.recording(name, f"serving v{version}"), self.lock():
             state = self.state(name)
-            if state.set_serving(version, delegate) and self.model_dir(name).is_dir():
+            if state.set_serving(version, delegate, factory):
+                self.model_dir(name).mkdir(parents=True, exist_ok=True)
                 self.write_state(name, state)
         return state
 
