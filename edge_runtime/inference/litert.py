@@ -67,10 +67,22 @@ def make_interpreter(model: Path | bytes, num_threads: int = 1, delegate: Delega
         return interp
     try:
         interp = cls(**kwargs)
-        interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise InferenceError(f"LiteRT cannot load {what}: {exc}") from exc
+    try:
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        if not has_dynamic_inputs(interp):
+            raise InferenceError(f"LiteRT cannot load {what}: {exc}") from exc
+        # Allocation happens at the default shape, 1 for each dynamic dimension, which some graphs
+        # refuse (a constant reshape into 4-sample frames: "XNNPack delegate failed to reshape").
+        # LiteRTBackend resizes to the data's shape and allocates at its first call instead.
     return interp
+
+
+def has_dynamic_inputs(interp: Any) -> bool:
+    """Whether any input has a dynamic dimension (-1 in its shape signature)."""
+    return any(-1 in [int(v) for v in d.get("shape_signature", ())] for d in interp.get_input_details())
 
 
 def _clean_name(name: str) -> str:
@@ -141,6 +153,10 @@ class LiteRTBackend(Backend):
         self._in_idx = [d["index"] for d in ins]
         self._out_idx = [d["index"] for d in outs]
         self._shapes = [tuple(int(v) for v in d["shape"]) for d in ins]  # ints: numpy scalars compare slowly
+        if has_dynamic_inputs(self._interp):
+            # Never allocated for real data yet (make_interpreter may have deferred it): the first
+            # call resizes every input to its array's shape and allocates.
+            self._shapes = [(-2,) for _ in ins]
 
     def _invoke(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         interp = self._interp

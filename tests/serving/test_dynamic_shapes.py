@@ -138,3 +138,38 @@ def test_rows_of_another_output_shape_cannot_go_into_one_npy(tmp_path: Path) -> 
         writer.write([np.zeros((1, 4), np.float32)])
     writer.close(success=False)
     assert not (tmp_path / "out.npy").exists()
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_dynamic_input_tflite_packs_and_serves(tmp_path: Path, keys: Any, cli: Callable[..., Any]) -> None:
+    """``frames4.tflite`` (data/make_frames4.py) takes x [1, -1] and reshapes it into 4-sample
+    frames: allocated at its default shape [1, 1] it fails ("XNNPack delegate failed to reshape").
+    The interpreter is resized to the data's shape before it is allocated, so it packs and serves."""
+    golden = np.arange(16, dtype=np.float32).reshape(1, 16)
+    np.save(tmp_path / "golden.npy", golden)
+    r = cli(["bundle", "create", DATA / "frames4.tflite", "--name", "frames", "--version", "1", "--sign-key",
+             keys.key_path, "--golden-inputs", tmp_path / "golden.npy", "-o", tmp_path / "frames.bundle"])
+    assert r.code == 0, r.err
+    store, factory = tmp_path / "store", tmp_path / "factory"
+    factory.mkdir()
+    assert cli(["models", "install", tmp_path / "frames.bundle", "--store", store, "--root", keys.root_path,
+                "--factory", factory]).code == 0
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
+                      "[server]\nport = 0\n", encoding="utf-8")
+    daemon = Daemon(config)
+    try:
+        daemon.wait_ready()
+        answers = []
+        for length in (24, 8, 400):
+            x = np.linspace(-1, 1, length, dtype=np.float32).reshape(1, length)
+            body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, length],
+                                           "data": x.ravel().tolist()}]}).encode()
+            status, raw = request(daemon.port, "POST", "/v2/models/frames/infer", body)
+            assert status == 200, (length, raw)
+            answers.append(json.loads(raw)["outputs"][0]["shape"])
+        assert answers == [[1, 2]] * 3
+    finally:
+        assert daemon.stop() == 0, daemon.log()
