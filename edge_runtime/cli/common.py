@@ -10,6 +10,7 @@ from edge_runtime.config import Config, load_config
 from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.store.store import ModelStore
+from edge_runtime.trust.device_keys import DeviceKey, read_device_key
 from edge_runtime.trust.root import TrustRoot, verify_root
 
 
@@ -55,5 +56,11 @@ def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStor
     root = load_trust_root(load_root_file(args.root or Path(cfg.trust.root)), updates_state_dir(cfg.mqtt, store_path))
     factory = args.factory if args.factory is not None else Path(cfg.store.factory)
     return ModelStore(
-        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models)
+        store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models),
+        device_key=device_key(cfg),
     )
+
+
+def device_key(cfg: Config) -> DeviceKey | None:
+    """The device's decryption key named by ``[trust] device_key``, or None when there is none."""
+    return read_device_key(Path(cfg.trust.device_key)) if cfg.trust.device_key else None

@@ -106,7 +106,8 @@ class InstallCheck:
         """Raise AcceleratorError naming the missing delegate; return when the device has it."""
         manifest = bundle.manifest
         edgetpu_op = False
-        if manifest.format == "tflite":
+        # An encrypted model cannot be scanned before install: its runtime.requires_delegate decides.
+        if manifest.format == "tflite" and manifest.model_file in manifest.artifacts:
             scanner = CustomOpScanner()
             bundle.copy_artifact(manifest.model_file, cast(BinaryIO, scanner))
             edgetpu_op = scanner.found
