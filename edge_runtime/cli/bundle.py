@@ -13,11 +13,11 @@ from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.cli.common import common_options, load_root_file
-from edge_runtime.exceptions import ManifestError, TrustError, UsageError
+from edge_runtime.exceptions import ManifestError, UsageError
 from edge_runtime.monitoring.profile import parse_profile
-from edge_runtime.options import chunk_size, load_keys, positive_int
+from edge_runtime.options import chunk_size, load_keys, load_recipients, positive_int
 from edge_runtime.packaging import describe_model, pack_model, profile_batches
-from edge_runtime.trust.device_keys import DevicePublicKey, read_public_keys
+from edge_runtime.trust.root import TrustRoot
 
 
 def _names(text: str | None) -> list[str]:
@@ -145,28 +145,29 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def recipients_from(paths: list[Path]) -> list[DevicePublicKey]:
-    """Every public key the ``--to``/``--encrypt-to`` paths name (files, or directories of *.pub)."""
-    keys: list[DevicePublicKey] = []
-    for p in paths:
-        try:
-            keys += read_public_keys(p)
-        except TrustError as exc:
-            raise UsageError(str(exc)) from exc
-    return keys
-
-
 def cmd_encrypt(args: argparse.Namespace) -> int:
     """Write the bundle with every artifact encrypted to the recipients, signed again."""
     if not args.bundle.is_file():
         raise UsageError(f"{args.bundle}: no such file")
-    recipients = recipients_from(args.to)
+    recipients = load_recipients(args.to)
     root = load_root_file(args.root) if args.root else None
     m = encrypt_bundle(args.bundle, recipients, load_keys(args.sign_key), args.out, root=root)
     assert m.encryption is not None
     print(f"wrote {args.out}: {m.name} v{m.version} encrypted to {len(m.encryption.recipients)} devices "
           f"({', '.join(m.encryption.keyids()[:4])}{', ...' if len(recipients) > 4 else ''})")
     return 0
+
+
+def encrypt_beside(bundle: Path, to: list[Path], keys: list[Any], root: TrustRoot | None) -> Path:
+    """``fleet publish --encrypt-to``: encrypt ``bundle`` to ``to`` into ``NAME.encrypted.bundle``
+    beside it and return that path. Each encryption draws a new content key, so the manifest
+    differs every time: raise the rollout of the same release by publishing that file again."""
+    out = bundle.with_name(bundle.name.removesuffix(".bundle") + ".encrypted.bundle")
+    m = encrypt_bundle(bundle, load_recipients(to), keys, out, root=root)
+    assert m.encryption is not None
+    print(f"encrypted {m.name} v{m.version} to {len(m.encryption.recipients)} devices: {out} "
+          "(publish this file to change the rollout of this release)")
+    return out
 
 
 def _describe(args: argparse.Namespace, verified: bool) -> int:
