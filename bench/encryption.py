@@ -336,6 +336,12 @@ def report(serve: dict[str, Any], big: dict[str, Any]) -> str:
                  "decrypting in memory) |")
     lines += [
         "",
+        "Why the encrypted daemon is smaller: it hands LiteRT the decrypted model as one buffer (`model_content`) that "
+        "all of the version's interpreters share, while a plaintext version is loaded by path. Measured with bare LiteRT "
+        "on this model, three interpreters: 94.4 / 135.0 / 175.7 MB by path, 94.4 / 114.8 / 135.2 MB from one shared "
+        "buffer; one interpreter costs the same either way. Load time is the part encryption adds: verifying the "
+        "ciphertext, then AES-GCM and the plaintext sha256 in memory.",
+        "",
         f"## {big['recipients']:,} recipients in one release",
         "",
         "The fraud demo model; one in-process update client (the last-listed recipient) on a loopback mosquitto. "
