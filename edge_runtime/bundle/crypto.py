@@ -135,7 +135,8 @@ def parse_encryption(obj: Any, artifact_lengths: Mapping[str, int], plaintext_na
     if set(obj) != {"scheme", "chunk_size", "recipients", "files"}:
         raise ManifestError(f"{what}: expected the fields chunk_size, files, recipients, scheme; found {sorted(obj)}")
     if obj["scheme"] != SCHEME:
-        raise ManifestError(f"{what}: scheme {str(obj['scheme'])[:64]!r} is not {SCHEME!r}")
+        found = obj["scheme"][:64] if isinstance(obj["scheme"], str) else type(obj["scheme"]).__name__
+        raise ManifestError(f"{what}: scheme {found!r} is not {SCHEME!r}")
     chunk_size = _field(obj, "chunk_size", int, what)
     if not MIN_CRYPT_CHUNK_BYTES <= chunk_size <= MAX_CRYPT_CHUNK_BYTES:
         raise ManifestError(f"{what}: chunk_size must be in [{MIN_CRYPT_CHUNK_BYTES}, {MAX_CRYPT_CHUNK_BYTES}], found {chunk_size}")

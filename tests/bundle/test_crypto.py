@@ -28,6 +28,8 @@ from edge_runtime.bundle.writer import build_manifest, write_bundle
 from edge_runtime.exceptions import BundleError, DecryptionError, ManifestError, TrustError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.monitoring.profile import parse_profile
+from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.device_keys import (
     device_key_id,
@@ -37,6 +39,7 @@ from edge_runtime.trust.device_keys import (
 )
 
 WINDOW = 64
+FACTORY = Path(__file__).parents[2] / "device" / "factory"
 
 
 def plaintext_windows(data: bytes, count: int = 8) -> list[bytes]:
@@ -66,8 +69,16 @@ def devices() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def plain(make_bundle: Any) -> Path:
-    return make_bundle(1, golden_inputs=[np.load(Path(__file__).parents[2] / "device/factory/golden.npy")] * 1)
+def plain(keys: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fraud v1 with every kind of artifact: the model, golden.npz (too many rows to go inline)
+    and a reference profile."""
+    out = tmp_path_factory.mktemp("plain") / "fraud-v1.bundle"
+    calib = np.load(FACTORY / "calibration.npy").astype(np.float32)
+    m = pack_model(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[keys.key], out=out,
+                   input_names=["input_0"], output_names=["output_0"], golden_inputs=[calib[:200]],
+                   profile_calls=[[calib[i:i + 50]] for i in range(0, len(calib), 50)])
+    assert set(m.artifacts) == {"model.tflite", "golden.npz", "profile.json"}
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -182,20 +193,24 @@ def test_store_keeps_ciphertext_and_serves_the_plaintext_from_memory(
 ) -> None:
     with open_bundle(plain, keys.root) as b:
         model = b.read_artifact(b.manifest.model_file)
-        golden = b.read_artifact("golden.npz") if "golden.npz" in b.manifest.artifacts else None
+        golden = b.read_artifact("golden.npz")
+        profile = b.read_artifact("profile.json")
     store = ModelStore(tmp_path / "store", keys.root, None, BundleLimits(), device_key=devices["a"])
     store.install(sealed)
     store.activate("fraud", 1)
     resolved = store.resolve("fraud")
     assert resolved.model == model and resolved.model_path is None
-    assert resolved.golden_bytes == golden
+    assert resolved.golden_bytes == golden and resolved.profile_bytes == profile
+    assert parse_profile(resolved.profile_bytes, resolved.manifest.inputs, resolved.manifest.outputs).rows == 200
     backend = load_backend(resolved.manifest, resolved.model)
     try:
         run_selftest(backend, resolved.manifest, resolved.golden_bytes)
     finally:
         backend.close()
     on_disk = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
-    assert on_disk and not any(w in on_disk for w in plaintext_windows(model))
+    assert on_disk and not any(w in on_disk for data in (model, golden, profile) for w in plaintext_windows(data))
+    assert sorted(p.name for p in (tmp_path / "store" / "fraud" / "1").iterdir()) == [
+        "golden.npz.enc", "manifest.json", "manifest.sig", "model.tflite.enc", "profile.json.enc"]
 
 
 def test_a_non_recipient_store_refuses_at_install_and_writes_nothing(
@@ -249,7 +264,36 @@ def test_cli_keys_device_bundle_encrypt_inspect_and_score(
         f'[store]\npath = "{tmp_path / "store"}"\nfactory = "{factory}"\n'
         f'[trust]\nroot = "{keys.root_path}"\ndevice_key = "{tmp_path / "dev/device.key"}"\n', encoding="utf-8"
     )
-    np.save(tmp_path / "rows.npy", np.load(Path(__file__).parents[2] / "device/factory/sample.npy"))
+    np.save(tmp_path / "rows.npy", np.load(FACTORY / "sample.npy"))
     scored = cli(["score", "--model", "fraud", tmp_path / "rows.npy", "-o", tmp_path / "out.npy", "--config", config])
     assert scored.code == 0, scored.err
     assert np.load(tmp_path / "out.npy").shape[0] == np.load(tmp_path / "rows.npy").shape[0]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda e: e.update(scheme=10**30),
+        lambda e: e.update(chunk_size=True),
+        lambda e: e.update(chunk_size=10**12),
+        lambda e: e.update(recipients=[]),
+        lambda e: e.update(recipients=[e["recipients"][0]] * 2),
+        lambda e: e["recipients"][0].update(keyid="X" * 16),
+        lambda e: e["recipients"][0].update(wrapped="!" * 108),
+        lambda e: e["recipients"][0].update(wrapped=["a"]),
+        lambda e: e["recipients"][0].update(extra=1),
+        lambda e: e.update(files={}),
+        lambda e: e.update(files={"../model.tflite": {}}),
+        lambda e: next(iter(e["files"].values())).update(length=-1),
+        lambda e: next(iter(e["files"].values())).update(length=next(iter(e["files"].values()))["length"] + 1),
+        lambda e: next(iter(e["files"].values())).update(nonce="00"),
+        lambda e: e.pop("files"),
+        lambda e: e.update(more=1),
+    ],
+)
+def test_hostile_encryption_fields_are_manifest_errors(sealed: Path, edit: Any) -> None:
+    fields = json.loads(members(sealed)["manifest.json"])
+    edit(fields["encryption"])
+    with pytest.raises(ManifestError) as info:
+        manifest_mod.manifest_from_json(fields)
+    assert "\n" not in str(info.value)
