@@ -297,3 +297,23 @@ def test_hostile_encryption_fields_are_manifest_errors(sealed: Path, edit: Any) 
     with pytest.raises(ManifestError) as info:
         manifest_mod.manifest_from_json(fields)
     assert "\n" not in str(info.value)
+
+
+def test_a_damaged_encrypted_version_falls_back_to_the_last_known_good_one(
+    sealed: Path, make_bundle: Any, keys: Any, devices: dict[str, Any], tmp_path: Path
+) -> None:
+    v2 = tmp_path / "fraud-v2.enc.bundle"
+    encrypt_bundle(make_bundle(2), [devices["a"].public_key()], [keys.key], v2)
+    store = ModelStore(tmp_path / "store", keys.root, None, BundleLimits(), device_key=devices["a"])
+    for b in (sealed, v2):
+        store.install(b)
+    store.activate("fraud", 1)
+    store.activate("fraud", 2)
+    assert store.resolve("fraud").version == 2
+    damaged = tmp_path / "store" / "fraud" / "2" / "model.tflite.enc"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    resolved = store.resolve("fraud")
+    assert resolved.version == 1 and isinstance(resolved.model, bytes)
+    assert 2 in store.state("fraud").quarantined

@@ -45,8 +45,8 @@ LEFT_OUT = "pi-x"
 
 class PlaintextScan:
     """Looks for windows of a plaintext in files: the stores, new files under /tmp and
-    /dev/shm, and every regular file a process holds open (through /proc/PID/fd, so a deleted
-    or memfd file is read too). Runs in a thread while an update goes on, and once more at the end."""
+    /dev/shm, every regular file a process holds open (through /proc/PID/fd, so a deleted
+    or memfd file is read too) and every file it maps from tmpfs, a memfd or the test's tree. Runs in a thread while an update goes on, and once more at the end."""
 
     def __init__(self, plaintext: bytes, stores: list[Path], pid: int, exclude: Path) -> None:
         unique = plaintext[len((FACTORY / "fraud.tflite").read_bytes()):]  # v1 (plaintext) shares the head
@@ -85,8 +85,17 @@ class PlaintextScan:
 
     def scan(self, everything: bool) -> None:
         """One pass; ``everything`` adds /tmp (slow: every file written since the test began)."""
-        for fd in Path(f"/proc/{self.pid}/fd").iterdir() if Path(f"/proc/{self.pid}").exists() else []:
+        proc = Path(f"/proc/{self.pid}")
+        for fd in (proc / "fd").iterdir() if proc.exists() else []:
             self._check(fd, f"daemon fd {fd.name} -> {os.readlink(fd) if fd.is_symlink() else '?'}")
+        try:  # file-backed mappings outside the system's own files (a memfd, tmpfs, a store file)
+            maps = (proc / "maps").read_text().splitlines()
+        except OSError:
+            maps = []
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith(("/tmp", "/dev/shm", "/memfd:", str(self.stores[0].parent))):
+                self._check(proc / "map_files" / parts[0], f"daemon mapping {parts[5]}")
         for top in [*self.stores, Path("/dev/shm"), *([Path("/tmp")] if everything else [])]:
             for p in self._new_files(top) if top.is_dir() else []:
                 self._check(p, str(p))
