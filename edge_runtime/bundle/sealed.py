@@ -144,4 +144,4 @@ def encrypt_bundle(
     return manifest
 
 
-__all__ = ["Opened", "Opener", "content_key", "encrypt_bundle", "open_sealed", "release_name"]
+__all__ = ["DecryptionError", "Opened", "Opener", "content_key", "encrypt_bundle", "open_sealed", "release_name"]

@@ -4,7 +4,8 @@ One real daemon (``edge-runtime serve``) and three in-process update clients eac
 v1 in plaintext. ``fleet publish --encrypt-to`` (the real CLI) sends v2 encrypted to the
 daemon and two of the clients: those three install and activate it (the daemon after its
 self-test, hot swapped, serving with drift and capture on the release's encrypted profile);
-the fourth refuses it at install, naming its key id and the recipients', and keeps v1.
+the fourth refuses it as soon as the signed manifest arrives (no chunk fetched; install would
+refuse it too), naming its key id and the recipients', and keeps v1.
 While the update runs and after it, no 64-byte window of the v2 model's plaintext is in any
 store, in /tmp or /dev/shm, or in a file the daemon holds open.
 """
@@ -200,7 +201,9 @@ def test_encrypted_release_to_three_of_four_devices(
         rejected = wait_until(lambda: observer.of(LEFT_OUT, "rejected"), "the left-out device to refuse v2")[0]
         wait_until(lambda: _infer(daemon.port, calib[:1])["model_version"] == "2", "the daemon to serve v2")
         wait_until(lambda: scan.scans >= 3, "a few scans while v2 is loaded")
-    # The left-out device: refused at install, one line naming its key id and the recipients'.
+    # The left-out device: refused as soon as the signed manifest arrived (no chunk fetched),
+    # one line naming its key id and the recipients'.
+    assert [e for e in observer.of(LEFT_OUT) if e.get("version") == 2 and e["event"] == "downloading"] == []
     reason = str(rejected["reason"])
     assert rejected["version"] == 2 and "\n" not in reason
     assert device_key_id(keys[LEFT_OUT]) in reason
