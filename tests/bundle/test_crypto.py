@@ -317,3 +317,18 @@ def test_a_damaged_encrypted_version_falls_back_to_the_last_known_good_one(
     resolved = store.resolve("fraud")
     assert resolved.version == 1 and isinstance(resolved.model, bytes)
     assert 2 in store.state("fraud").quarantined
+
+
+def test_cli_keys_device_in_bulk_collects_the_public_keys(cli: Any, plain: Path, keys: Any, tmp_path: Path) -> None:
+    made = cli(["keys", "device", "--out", tmp_path / "prov", "--device", "pi-1", "--device", "pi-2"])
+    assert made.code == 0, made.err
+    assert sorted(p.name for p in (tmp_path / "prov/recipients").iterdir()) == ["pi-1.pub", "pi-2.pub"]
+    assert all((tmp_path / f"prov/{d}/device.key").stat().st_mode & 0o777 == 0o600 for d in ("pi-1", "pi-2"))
+    again = cli(["keys", "device", "--out", tmp_path / "prov", "--device", "pi-3", "--device", "pi-1"])
+    assert again.code == 2 and not (tmp_path / "prov/pi-3").exists()  # nothing written when one exists
+    out = tmp_path / "enc.bundle"
+    enc = cli(["bundle", "encrypt", plain, "--to", tmp_path / "prov/recipients", "--sign-key", keys.key_path, "-o", out])
+    assert enc.code == 0 and "encrypted to 2 devices" in enc.out, enc.err
+    pi2 = read_device_key(tmp_path / "prov/pi-2/device.key")
+    with open_bundle(out, keys.root) as b:
+        assert len(content_key(b.manifest, pi2)) == 32
