@@ -332,3 +332,20 @@ def test_cli_keys_device_in_bulk_collects_the_public_keys(cli: Any, plain: Path,
     pi2 = read_device_key(tmp_path / "prov/pi-2/device.key")
     with open_bundle(out, keys.root) as b:
         assert len(content_key(b.manifest, pi2)) == 32
+
+
+def test_without_its_key_a_device_falls_back_and_reactivates_once_the_key_is_back(
+    sealed: Path, make_bundle: Any, keys: Any, devices: dict[str, Any], tmp_path: Path
+) -> None:
+    factory = tmp_path / "factory"
+    factory.mkdir()
+    (factory / "fraud.bundle").write_bytes(make_bundle(1).read_bytes())
+    with_key = ModelStore(tmp_path / "store", keys.root, factory, BundleLimits(), device_key=devices["a"])
+    with_key.install(sealed)
+    with_key.activate("fraud", 1)
+    keyless = ModelStore(tmp_path / "store", keys.root, factory, BundleLimits())
+    assert keyless.resolve("fraud").source == "factory"
+    assert "device_key" in keyless.state("fraud").quarantined[1]
+    with_key.activate("fraud", 1)
+    resolved = with_key.resolve("fraud")
+    assert resolved.source == "store" and resolved.version == 1
