@@ -349,3 +349,20 @@ def test_without_its_key_a_device_falls_back_and_reactivates_once_the_key_is_bac
     with_key.activate("fraud", 1)
     resolved = with_key.resolve("fraud")
     assert resolved.source == "store" and resolved.version == 1
+
+
+def test_an_encrypted_onnx_model_loads_from_memory(make_bundle: Any, keys: Any, devices: dict[str, Any], tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    sealed_onnx = tmp_path / "fraud-onnx.enc.bundle"
+    encrypt_bundle(make_bundle(1, model="fraud.onnx"), [devices["b"].public_key()], [keys.key], sealed_onnx)
+    store = ModelStore(tmp_path / "store", keys.root, None, BundleLimits(), device_key=devices["b"])
+    store.install(sealed_onnx)
+    store.activate("fraud", 1)
+    resolved = store.resolve("fraud")
+    assert resolved.manifest.format == "onnx" and isinstance(resolved.model, bytes)
+    backend = load_backend(resolved.manifest, resolved.model)
+    try:
+        run_selftest(backend, resolved.manifest, resolved.golden_bytes)
+        assert backend.run([np.load(FACTORY / "sample.npy").astype(np.float32)])[0].shape[1] == 1
+    finally:
+        backend.close()
