@@ -220,7 +220,10 @@ class ModelStore:
         manifest = self.verify_version(name, version)
         if manifest.encryption is not None:  # ciphertext at rest: decrypted into memory, never to a file
             d = self.version_dir(name, version)
-            opened = open_sealed(manifest, self.device_key, lambda f: open(d / f, "rb"))
+            try:
+                opened = open_sealed(manifest, self.device_key, lambda f: open(d / f, "rb"))
+            except OSError as exc:
+                raise StoreError(f"{name} v{version}: cannot read {Path(exc.filename or d).name}: {exc.strerror}") from exc
             return Resolved(name, version, manifest, "store", model_bytes=opened.model, fallback_reason=reason,
                             golden_bytes=opened.golden, profile_bytes=opened.profile)
         path = self.version_dir(name, version) / manifest.model_file
