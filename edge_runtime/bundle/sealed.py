@@ -65,7 +65,7 @@ def content_key(manifest: Manifest, key: DeviceKey | None) -> bytes:
     enc = _encryption(manifest)
     if key is None:
         raise DecryptionError(
-            f"{release_name(manifest)} is encrypted for {len(enc.recipients)} devices and this device has no "
+            f"{release_name(manifest)} is encrypted for {len(enc.recipients)} device(s) and this device has no "
             "key: set [trust] device_key (edge-runtime keys device)"
         )
     return unwrap_key(enc, key, release_name(manifest))

@@ -145,6 +145,11 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 device``, ``3 devices``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def cmd_encrypt(args: argparse.Namespace) -> int:
     """Write the bundle with every artifact encrypted to the recipients, signed again."""
     if not args.bundle.is_file():
@@ -153,7 +158,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
     root = load_root_file(args.root) if args.root else None
     m = encrypt_bundle(args.bundle, recipients, load_keys(args.sign_key), args.out, root=root)
     assert m.encryption is not None
-    print(f"wrote {args.out}: {m.name} v{m.version} encrypted to {len(m.encryption.recipients)} devices "
+    print(f"wrote {args.out}: {m.name} v{m.version} encrypted to {plural(len(m.encryption.recipients), 'device')} "
           f"({', '.join(m.encryption.keyids()[:4])}{', ...' if len(recipients) > 4 else ''})")
     return 0
 
@@ -165,7 +170,7 @@ def encrypt_beside(bundle: Path, to: list[Path], keys: list[Any], root: TrustRoo
     out = bundle.with_name(bundle.name.removesuffix(".bundle") + ".encrypted.bundle")
     m = encrypt_bundle(bundle, load_recipients(to), keys, out, root=root)
     assert m.encryption is not None
-    print(f"encrypted {m.name} v{m.version} to {len(m.encryption.recipients)} devices: {out} "
+    print(f"encrypted {m.name} v{m.version} to {plural(len(m.encryption.recipients), 'device')}: {out} "
           "(publish this file to change the rollout of this release)")
     return out
 
@@ -196,7 +201,7 @@ def _describe(args: argparse.Namespace, verified: bool) -> int:
             )
         if m.encryption is not None:
             ids = m.encryption.keyids()
-            print(f"encrypted ({len(ids)} recipients: {', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''}); "
+            print(f"encrypted ({plural(len(ids), 'recipient')}: {', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''}); "
                   + ", ".join(f"{f.name} {f.length} bytes" for f in m.encryption.files.values()))
         if m.golden is not None:
             print(f"golden self-test: atol {m.golden.atol:g}, rtol {m.golden.rtol:g}")

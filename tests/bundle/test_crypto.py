@@ -255,7 +255,7 @@ def test_cli_keys_device_bundle_encrypt_inspect_and_score(
     enc = cli(["bundle", "encrypt", plain, "--to", tmp_path / "dev", "--sign-key", keys.key_path, "-o", out])
     assert enc.code == 0, enc.err
     shown = cli(["bundle", "inspect", out, "--root", keys.root_path])
-    assert "encrypted (1 recipients" in shown.out and shown.code == 0
+    assert "encrypted (1 recipient:" in shown.out and shown.code == 0
     factory = tmp_path / "factory"
     factory.mkdir()
     (factory / "fraud.bundle").write_bytes(out.read_bytes())
