@@ -24,8 +24,9 @@ from converter.onnx2tf_runner import DEFAULT_TIMEOUT_S
 from converter.shapes import parse_input_shape
 from converter.validate import Thresholds
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
+from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.exceptions import EdgeRuntimeError, UsageError
-from edge_runtime.options import chunk_size, load_keys, positive_int
+from edge_runtime.options import chunk_size, load_keys, load_recipients, positive_int
 
 SIGN_KEY_ENV = "EDGE_CONVERT_SIGN_KEY"
 
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"classifier decision agreement (default {Thresholds.min_agreement})")
     p.add_argument("--max-metric-drop", type=_fraction, default=Thresholds.max_metric_drop,
                    help=f"accuracy/AUC drop allowed with labels (default {Thresholds.max_metric_drop})")
+    p.add_argument("--encrypt-to", type=Path, action="append", default=[], metavar="PUB",
+                   help="encrypt the bundle to this device.pub or directory of *.pub files (repeatable; docs/security.md)")
     p.add_argument("--chunk-size", type=chunk_size, default=DEFAULT_CHUNK_SIZE, help="bundle chunk size")
     p.add_argument("--architectures", default="any", help="comma-separated CPU architectures, or 'any'")
     p.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="onnx2tf time limit in seconds")
@@ -237,15 +240,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         opts = _options(args)
+        recipients = load_recipients(args.encrypt_to)  # before converting: a bad key file fails fast
         progress = TerminalProgress(sys.stderr, live=sys.stderr.isatty())
         result = convert(opts, progress)
+        encrypted = encrypt_bundle(opts.out, recipients, opts.keys, opts.out).encryption if recipients else None
         ok = True
         progress.close(ok)
         _emit_warnings(result, sys.stderr)
+        recipient_ids = encrypted.keyids() if encrypted is not None else []
         if args.json:
-            print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+            print(json.dumps({**result.to_json(), "encrypted_to": recipient_ids}, indent=2, sort_keys=True))
         else:
             print(_summary(result))
+            if recipient_ids:
+                print(f"  encrypted to {len(recipient_ids)} device(s): {', '.join(recipient_ids[:8])}"
+                      f"{', ...' if len(recipient_ids) > 8 else ''} (sizes above are of the plaintext)")
         return 0
     except UsageError as exc:
         if debug:

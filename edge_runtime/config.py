@@ -67,9 +67,11 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class TrustConfig:
-    """``[trust]``: the pinned trust root."""
+    """``[trust]``: the pinned trust root, and the device's own decryption key (if any)."""
 
     root: str = "/etc/edge-runtime/root.json"
+    # X25519 private key (edge-runtime keys device) that opens encrypted releases; "" = none.
+    device_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@
     │   ├── BundleError            a bundle whose tar layout, sizes or hashes are wrong
     │   ├── RollbackError          a version at or below the anti-rollback floor
     │   ├── AcceleratorError       a bundle that needs a delegate (accelerator) this device lacks
+    │   ├── DecryptionError        an encrypted bundle this device cannot open: not a recipient,
+    │   │                          a wrapped key or ciphertext that does not authenticate
     │   └── InputError             a tensor or file row that does not fit the model
     ├── StoreError                 the device store cannot do what was asked
     │   └── NotFoundError          unknown model or version
@@ -81,6 +83,10 @@ class AcceleratorError(BadDataError):
     """A bundle that needs a delegate (e.g. an Edge-TPU-compiled model) this device cannot load."""
 
 
+class DecryptionError(BadDataError):
+    """An encrypted bundle this device cannot open (not a recipient, or bytes that do not authenticate)."""
+
+
 class InputError(BadDataError):
     """Input tensors or rows that do not fit the model's interface."""
 
@@ -132,6 +138,7 @@ __all__ = [
     "BundleError",
     "CanonicalJSONError",
     "ConfigError",
+    "DecryptionError",
     "DelegateError",
     "EdgeRuntimeError",
     "InferenceError",

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundle.manifest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
-from edge_runtime.exceptions import UsageError
+from edge_runtime.exceptions import TrustError, UsageError
+from edge_runtime.trust.device_keys import DevicePublicKey, read_public_keys
 from edge_runtime.trust.keys import load_private_key_pem
 
 
@@ -48,4 +49,15 @@ def load_keys(paths: list[Path]) -> list[Any]:
     return keys
 
 
-__all__ = ["chunk_size", "load_keys", "positive_int"]
+def load_recipients(paths: list[Path]) -> list[DevicePublicKey]:
+    """Device public keys for ``--to``/``--encrypt-to``: files, or directories of ``*.pub`` files."""
+    found: list[DevicePublicKey] = []
+    for p in paths:
+        try:
+            found += read_public_keys(p)
+        except TrustError as exc:
+            raise UsageError(str(exc)) from exc
+    return found
+
+
+__all__ = ["chunk_size", "load_keys", "load_recipients", "positive_int"]

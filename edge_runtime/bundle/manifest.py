@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_runtime.bundle.crypto import ENC_SUFFIX, Encryption, parse_encryption
 from edge_runtime.exceptions import CanonicalJSONError, ManifestError
 from edge_runtime.inference.delegate_spec import RuntimeHints, parse_runtime
 from edge_runtime.inference.tensors import TensorSpec, parse_tensor_spec
@@ -23,7 +24,10 @@ GOLDEN_FILE = "golden.npz"
 # The reference profile of the validation data, what drift is measured against (docs/monitoring.md).
 PROFILE_FILE = "profile.json"
 MAX_PROFILE_BYTES = 1024 * 1024
-ALLOWED_ARTIFACTS = frozenset({*ARTIFACT_FILES.values(), GOLDEN_FILE, PROFILE_FILE})
+PLAINTEXT_ARTIFACTS = frozenset({*ARTIFACT_FILES.values(), GOLDEN_FILE, PROFILE_FILE})
+# An encrypted bundle carries ``<name>.enc`` instead (bundle/crypto.py): names a runtime without
+# encryption refuses at install, before anything is written, instead of loading ciphertext.
+ALLOWED_ARTIFACTS = PLAINTEXT_ARTIFACTS | frozenset(n + ENC_SUFFIX for n in PLAINTEXT_ARTIFACTS)
 FORMATS = frozenset(ARTIFACT_FILES)
 DEFAULT_CHUNK_SIZE = 256 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
@@ -114,6 +118,8 @@ class Manifest:
     # The optional ``runtime`` object (threads, delegates, requires_delegate), validated; its
     # JSON form stays in ``extra`` so that to_json() gives back what was signed.
     runtime: RuntimeHints = field(default_factory=RuntimeHints)
+    # The optional ``encryption`` object (bundle/crypto.py), validated; its JSON stays in ``extra``.
+    encryption: Encryption | None = None
 
     @property
     def model_file(self) -> str:
@@ -123,7 +129,8 @@ class Manifest:
     @property
     def profile_file(self) -> str | None:
         """The reference-profile artifact, when the bundle has one."""
-        return PROFILE_FILE if PROFILE_FILE in self.artifacts else None
+        sealed = self.encryption.files if self.encryption is not None else {}
+        return PROFILE_FILE if PROFILE_FILE in self.artifacts or PROFILE_FILE in sealed else None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON-able dict."""
@@ -185,7 +192,7 @@ def _parse_artifact(file: str, obj: Any) -> Artifact:
 
 
 def _parse_golden(obj: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-                  artifacts: dict[str, Artifact]) -> Golden:
+                  artifacts: dict[str, Any]) -> Golden:
     if not isinstance(obj, dict):
         raise ManifestError("manifest: 'golden' must be an object")
     atol = _require(obj, "atol", (int, float), "manifest golden")
@@ -234,7 +241,15 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
         raise ManifestError(f"manifest: format {fmt!r} is not one of {sorted(FORMATS)}")
     raw_artifacts = _require(obj, "artifacts", dict)
     artifacts = {f: _parse_artifact(f, a) for f, a in raw_artifacts.items()}
-    if ARTIFACT_FILES[fmt] not in artifacts:
+    encryption: Encryption | None = None
+    # What the checks below see: the plaintext files (of an encrypted bundle, as it lists them).
+    present: dict[str, Any] = {f: a for f, a in artifacts.items() if f in PLAINTEXT_ARTIFACTS}
+    if obj.get("encryption") is not None:
+        encryption = parse_encryption(obj["encryption"], {f: a.length for f, a in artifacts.items()}, PLAINTEXT_ARTIFACTS)
+        present = dict(encryption.files)
+    elif len(present) != len(artifacts):
+        raise ManifestError(f"manifest: artifacts {sorted(set(artifacts) - set(present))} need an 'encryption' field")
+    if ARTIFACT_FILES[fmt] not in present:
         raise ManifestError(f"manifest: format {fmt!r} needs the artifact {ARTIFACT_FILES[fmt]!r}")
     raw_inputs = _require(obj, "inputs", list)
     raw_outputs = _require(obj, "outputs", list)
@@ -249,21 +264,21 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
     quantization = obj.get("quantization", {"mode": "none"})
     if not isinstance(quantization, dict):
         raise ManifestError("manifest: 'quantization' must be an object")
-    golden = _parse_golden(obj["golden"], inputs, outputs, artifacts) if obj.get("golden") is not None else None
-    if GOLDEN_FILE in artifacts:
+    golden = _parse_golden(obj["golden"], inputs, outputs, present) if obj.get("golden") is not None else None
+    if GOLDEN_FILE in present:
         if golden is None or golden.file != GOLDEN_FILE:
             raise ManifestError(f"manifest: artifact {GOLDEN_FILE!r} is listed but 'golden' does not name it")
-        if artifacts[GOLDEN_FILE].length > MAX_GOLDEN_BYTES:
+        if present[GOLDEN_FILE].length > MAX_GOLDEN_BYTES:
             raise ManifestError(
-                f"manifest: {GOLDEN_FILE} is {artifacts[GOLDEN_FILE].length} bytes, the limit is {MAX_GOLDEN_BYTES}"
+                f"manifest: {GOLDEN_FILE} is {present[GOLDEN_FILE].length} bytes, the limit is {MAX_GOLDEN_BYTES}"
             )
     profile = obj.get("profile")
-    if profile is not None or PROFILE_FILE in artifacts:
-        if profile != {"file": PROFILE_FILE} or PROFILE_FILE not in artifacts:
+    if profile is not None or PROFILE_FILE in present:
+        if profile != {"file": PROFILE_FILE} or PROFILE_FILE not in present:
             raise ManifestError(f"manifest: 'profile' must be {{\"file\": \"{PROFILE_FILE}\"}}, with that artifact listed")
-        if artifacts[PROFILE_FILE].length > MAX_PROFILE_BYTES:
+        if present[PROFILE_FILE].length > MAX_PROFILE_BYTES:
             raise ManifestError(
-                f"manifest: {PROFILE_FILE} is {artifacts[PROFILE_FILE].length} bytes, the limit is {MAX_PROFILE_BYTES}"
+                f"manifest: {PROFILE_FILE} is {present[PROFILE_FILE].length} bytes, the limit is {MAX_PROFILE_BYTES}"
             )
     compatible = _require(obj, "compatible", dict)
     runtime_major = compatible.get("runtime_major")
@@ -281,7 +296,8 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
     known = {"name", "version", "created", "format", "artifacts", "inputs", "outputs", "quantization", "golden", "compatible"}
     extra = {k: v for k, v in obj.items() if k not in known}
     return Manifest(
-        name, version, created, fmt, artifacts, inputs, outputs, quantization, golden, compatible, extra, runtime
+        name, version, created, fmt, artifacts, inputs, outputs, quantization, golden, compatible, extra, runtime,
+        encryption,
     )
 
 

@@ -1,4 +1,4 @@
-"""``edge-runtime bundle create|inspect|verify``."""
+"""``edge-runtime bundle create|encrypt|inspect|verify``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ import numpy as np
 
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
 from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.cli.common import common_options, load_root_file
 from edge_runtime.exceptions import ManifestError, UsageError
 from edge_runtime.monitoring.profile import parse_profile
-from edge_runtime.options import chunk_size, load_keys, positive_int
+from edge_runtime.options import chunk_size, load_keys, load_recipients, positive_int
 from edge_runtime.packaging import describe_model, pack_model, profile_batches
+from edge_runtime.trust.root import TrustRoot
 
 
 def _names(text: str | None) -> list[str]:
@@ -54,6 +56,14 @@ def register(sub: Any) -> None:
         "against (default: the --validation rows, else no profile; docs/monitoring.md)",
     )
     c.set_defaults(func=cmd_create)
+    e = bs.add_parser("encrypt", parents=[common_options()], help="encrypt a bundle to devices' keys (docs/security.md)")
+    e.add_argument("bundle", type=Path)
+    e.add_argument("--to", type=Path, action="append", required=True,
+                   help="a device.pub, or a directory of *.pub files; repeat for more recipients")
+    e.add_argument("--sign-key", type=Path, action="append", required=True, help="models key(s) to sign the new manifest")
+    e.add_argument("--root", type=Path, default=None, help="verify the input bundle against this trust root first")
+    e.add_argument("-o", "--out", type=Path, required=True)
+    e.set_defaults(func=cmd_encrypt)
     for name, fn in (("inspect", cmd_inspect), ("verify", cmd_verify)):
         q = bs.add_parser(name, parents=[common_options()], help=f"{name} a bundle")
         q.add_argument("bundle", type=Path)
@@ -135,6 +145,36 @@ def cmd_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 device``, ``3 devices``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    """Write the bundle with every artifact encrypted to the recipients, signed again."""
+    if not args.bundle.is_file():
+        raise UsageError(f"{args.bundle}: no such file")
+    recipients = load_recipients(args.to)
+    root = load_root_file(args.root) if args.root else None
+    m = encrypt_bundle(args.bundle, recipients, load_keys(args.sign_key), args.out, root=root)
+    assert m.encryption is not None
+    print(f"wrote {args.out}: {m.name} v{m.version} encrypted to {plural(len(m.encryption.recipients), 'device')} "
+          f"({', '.join(m.encryption.keyids()[:4])}{', ...' if len(recipients) > 4 else ''})")
+    return 0
+
+
+def encrypt_beside(bundle: Path, to: list[Path], keys: list[Any], root: TrustRoot | None) -> Path:
+    """``fleet publish --encrypt-to``: encrypt ``bundle`` to ``to`` into ``NAME.encrypted.bundle``
+    beside it and return that path. Each encryption draws a new content key, so the manifest
+    differs every time: raise the rollout of the same release by publishing that file again."""
+    out = bundle.with_name(bundle.name.removesuffix(".bundle") + ".encrypted.bundle")
+    m = encrypt_bundle(bundle, load_recipients(to), keys, out, root=root)
+    assert m.encryption is not None
+    print(f"encrypted {m.name} v{m.version} to {plural(len(m.encryption.recipients), 'device')}: {out} "
+          "(publish this file to change the rollout of this release)")
+    return out
+
+
 def _describe(args: argparse.Namespace, verified: bool) -> int:
     root = load_root_file(args.root) if args.root else None
     with open_bundle(args.bundle, root) as b:
@@ -159,9 +199,15 @@ def _describe(args: argparse.Namespace, verified: bool) -> int:
                 f"accuracy against {ref_file}: max abs error {accuracy.get('max_abs_error')} "
                 f"on {accuracy.get('rows')} rows (atol {accuracy.get('atol')})"
             )
+        if m.encryption is not None:
+            ids = m.encryption.keyids()
+            print(f"encrypted ({plural(len(ids), 'recipient')}: {', '.join(ids[:8])}{', ...' if len(ids) > 8 else ''}); "
+                  + ", ".join(f"{f.name} {f.length} bytes" for f in m.encryption.files.values()))
         if m.golden is not None:
             print(f"golden self-test: atol {m.golden.atol:g}, rtol {m.golden.rtol:g}")
-        if m.profile_file:
+        if m.profile_file and m.encryption is not None:
+            print("reference profile: encrypted (only a recipient device reads it)")
+        elif m.profile_file:
             try:
                 prof = parse_profile(b.read_artifact(m.profile_file), m.inputs, m.outputs)
                 print(f"reference profile: {prof.rows} rows, {len(prof.features)} features (drift, docs/monitoring.md)")

@@ -11,6 +11,7 @@ from edge_runtime.exceptions import UsageError
 from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.store.retention import config_pins
 from edge_runtime.store.store import ModelStore
+from edge_runtime.trust.device_keys import DeviceKey, read_device_key
 from edge_runtime.trust.root import TrustRoot, verify_root
 
 
@@ -57,5 +58,10 @@ def open_store(args: argparse.Namespace, cfg: Config | None = None) -> ModelStor
     factory = args.factory if args.factory is not None else Path(cfg.store.factory)
     return ModelStore(
         store_path, root, factory, BundleLimits(max_bundle_bytes=cfg.store.max_bundle_bytes), InstallCheck(cfg.models, cfg.inference),
-        keep_versions=cfg.store.keep_versions, pins=config_pins(cfg.models),
+        keep_versions=cfg.store.keep_versions, pins=config_pins(cfg.models), device_key=device_key(cfg),
     )
+
+
+def device_key(cfg: Config) -> DeviceKey | None:
+    """The device's decryption key named by ``[trust] device_key``, or None when there is none."""
+    return read_device_key(Path(cfg.trust.device_key)) if cfg.trust.device_key else None

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.cli import fleet_root
+from edge_runtime.cli.bundle import encrypt_beside
 from edge_runtime.cli.common import common_options, config_from_args, load_root_file, open_store, store_options
 from edge_runtime.config import device_id, load_config
 from edge_runtime.exceptions import BadDataError, UsageError
@@ -195,6 +196,11 @@ def register(sub: Any) -> None:
     pub.add_argument("--seq", type=_seq, default=None, help="desired-state seq (default: max(retained + 1, Unix time))")
     pub.add_argument("--expires-in-hours", type=float, default=None, help="devices with a trusted clock ignore it after this")
     pub.add_argument("--force-chunks", action="store_true", help="send the chunks even if the release is already published")
+    pub.add_argument(
+        "--encrypt-to", type=Path, action="append", default=[], metavar="FILE_OR_DIR",
+        help="encrypt the bundle to these devices' public keys (a device.pub or a directory of *.pub) and publish "
+        "that, written beside it as NAME.encrypted.bundle; devices left out cannot read it (docs/security.md)",
+    )
     pub.set_defaults(func=cmd_publish)
     rb = fs.add_parser("rollback", parents=parents, help="point the fleet back at an earlier release that is still retained")
     rb.add_argument("name", help="the model")
@@ -368,6 +374,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     keys = load_keys(args.sign_key)
     root = _fleet_root(args)
     refuse_expired_root(root, datetime.datetime.now(datetime.UTC))  # devices would refuse it: say so first
+    if args.encrypt_to:
+        args.bundle = encrypt_beside(args.bundle, args.encrypt_to, keys, root)
     expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
     if steps is not None:
         with _session(args) as session:

@@ -1,4 +1,5 @@
-"""``edge-runtime keys generate|new-key|show`` and ``keys root ...`` (cli/keys_root.py).
+"""``edge-runtime keys generate|new-key|show``, ``keys root ...`` (cli/keys_root.py) and
+``keys device`` (cli/keys_device.py).
 
 ``generate`` is the quick start: one key for both roles, threshold 1. A fleet keeps the
 roles apart: ``keys root init`` makes offline root keys (a threshold of them signs each
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.atomic import write_bytes_atomic
-from edge_runtime.cli import keys_root
+from edge_runtime.cli import keys_device, keys_root
 from edge_runtime.cli.common import common_options
 from edge_runtime.cli.keys_root import describe_root, expires_at, expires_option, read_file, write_private_key
 from edge_runtime.exceptions import TrustError, UsageError
@@ -40,6 +41,7 @@ def register(sub: Any) -> None:
     s.add_argument("--previous", type=Path, default=None, help="count a draft's signatures against this previous root too")
     s.set_defaults(func=cmd_show)
     keys_root.register(ks)
+    keys_device.register(ks)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.bundle.reader import BundleLimits
-from edge_runtime.cli.common import common_options, load_root_file, store_options
+from edge_runtime.cli.common import common_options, device_key, load_root_file, store_options
 from edge_runtime.config import Config, load_config
 from edge_runtime.exceptions import EdgeRuntimeError, UsageError
 from edge_runtime.logs import setup_logging
@@ -66,6 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         InstallCheck(cfg.models, cfg.inference),  # the update client installs through this store
         keep_versions=cfg.store.keep_versions,
         pins=config_pins(cfg.models),
+        device_key=device_key(cfg),
     )
     # Before the daemon starts (cleanup_partial takes the store lock): remove what installs
     # killed part-way left behind and record installs killed before their state update.

@@ -148,7 +148,8 @@ class InstallCheck:
         manifest = bundle.manifest
         check_artifacts(bundle)
         edgetpu_op = False
-        if manifest.format == "tflite":
+        # An encrypted model cannot be scanned before install: its runtime.requires_delegate decides.
+        if manifest.format == "tflite" and manifest.model_file in manifest.artifacts:
             scanner = CustomOpScanner()
             bundle.copy_artifact(manifest.model_file, cast(BinaryIO, scanner))
             edgetpu_op = scanner.found

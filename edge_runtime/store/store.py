@@ -27,11 +27,13 @@ from typing import Any
 from edge_runtime.atomic import atomic_dir
 from edge_runtime.bundle.manifest import MANIFEST_FILE, NAME_RE, SIGNATURE_FILE, Manifest, parse_manifest
 from edge_runtime.bundle.reader import Bundle, BundleLimits, open_bundle, stream_verify, verify_manifest_signature
+from edge_runtime.bundle.sealed import content_key, open_sealed
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, NotFoundError, RollbackError, StoreError
 from edge_runtime.store import lifecycle
 from edge_runtime.store.factory import FACTORY_SUFFIX, FactoryBundle, FactoryDir
 from edge_runtime.store.retention import Pins
 from edge_runtime.store.state import ModelState, read_state, write_state
+from edge_runtime.trust.device_keys import DeviceKey
 from edge_runtime.trust.root import TrustRoot
 
 log = logging.getLogger("edge_runtime.store")
@@ -84,6 +86,8 @@ class ModelStore:
         bundle_check: Callable[[Bundle], None] | None = None,
         keep_versions: int | None = None,
         pins: Pins | None = None,
+        *,
+        device_key: DeviceKey | None = None,
     ) -> None:
         self.path = Path(path)
         # Run on every bundle before it is installed; raises (e.g. AcceleratorError: it needs a
@@ -98,6 +102,8 @@ class ModelStore:
         self.keep_versions = keep_versions
         self.pins = pins
         self.factory_dir = FactoryDir(self.factory, lambda: self.root, self.limits)
+        # ``[trust] device_key``: opens encrypted releases (bundle/sealed.py), in memory only.
+        self.device_key = device_key
 
     # -- paths and locking -------------------------------------------------------------
 
@@ -226,6 +232,14 @@ class ModelStore:
     def resolved_version(self, name: str, version: int, reason: str | None = None) -> Resolved:
         """Verify an installed version and describe it for loading."""
         manifest = self.verify_version(name, version)
+        if manifest.encryption is not None:  # ciphertext at rest: decrypted into memory, never to a file
+            d = self.version_dir(name, version)
+            try:
+                opened = open_sealed(manifest, self.device_key, lambda f: open(d / f, "rb"))
+            except OSError as exc:
+                raise StoreError(f"{name} v{version}: cannot read {Path(exc.filename or d).name}: {exc.strerror}") from exc
+            return Resolved(name, version, manifest, "store", model_bytes=opened.model, fallback_reason=reason,
+                            golden_bytes=opened.golden, profile_bytes=opened.profile)
         path = self.version_dir(name, version) / manifest.model_file
         golden = self._read_artifact(name, version, manifest, manifest.golden.file if manifest.golden else None)
         profile = self._read_artifact(name, version, manifest, manifest.profile_file)
@@ -257,6 +271,10 @@ class ModelStore:
         with open_bundle(path, self.root, self.limits) as bundle:
             if bundle.manifest.name != name:
                 raise StoreError(f"factory bundle {path.name} holds model {bundle.manifest.name!r}")
+            if bundle.manifest.encryption is not None:
+                opened = open_sealed(bundle.manifest, self.device_key, lambda f: io.BytesIO(bundle.read_artifact(f)))
+                return Resolved(name, bundle.manifest.version, bundle.manifest, "factory", model_bytes=opened.model,
+                                fallback_reason=reason, golden_bytes=opened.golden, profile_bytes=opened.profile)
             data = bundle.read_artifact(bundle.manifest.model_file)
             manifest = bundle.manifest
             golden = bundle.read_artifact(manifest.golden.file) if manifest.golden and manifest.golden.file else None
@@ -274,6 +292,8 @@ class ModelStore:
     def install_bundle(self, bundle: Bundle) -> InstallResult:
         """Install an opened, verified bundle."""
         m = bundle.manifest
+        if m.encryption is not None:
+            content_key(m, self.device_key)  # not a recipient: refused before anything is written
         if self.bundle_check is not None:
             self.bundle_check(bundle)  # before anything is written or locked
         with self.lock():

@@ -29,6 +29,7 @@ from typing import Any
 from edge_runtime import __version__
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.reader import verify_manifest_signature
+from edge_runtime.bundle.sealed import DecryptionError, content_key
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, RollbackError, StoreError, TransportError
 from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.trust.root import check_root_expiry
@@ -329,9 +330,11 @@ class Updater:
             release = verify_manifest_message(payload, self.store.root, name=name, version=version)
             installed = self._installed_manifest(name, version)
             check_release(release, self._view(name), installed, **self._limits())
+            if release.manifest.encryption is not None:  # not a recipient: refused before any chunk
+                content_key(release.manifest, self.store.device_key)
         except (RollbackError, BadDataError) as exc:
             self._reject(name, version, str(exc))
-            if isinstance(exc, (RollbackError, IncompatibleError)):
+            if isinstance(exc, (RollbackError, IncompatibleError, DecryptionError)):
                 self._drop(job, refuse=True)  # a valid release this device must never take
             return  # bad bytes: keep waiting, a corrected manifest may be republished
         self.transport.unsubscribe([self.topics.manifest(name, version)])

@@ -1,4 +1,6 @@
-import numpy as np, tensorflow as tf
+import numpy as np
+import tensorflow as tf
+
 w = tf.constant(np.random.default_rng(0).normal(size=(4, 2)).astype(np.float32))
 @tf.function(input_signature=[tf.TensorSpec([1, None], tf.float32)])
 def f(x):
