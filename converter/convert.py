@@ -30,6 +30,7 @@ from converter.exceptions import (
     InterfaceError,
     NetworkAccessError,
     Onnx2tfCrash,
+    Onnx2tfTimeout,
     UnsupportedOperatorError,
 )
 from converter.interface import Matched, match_interface
@@ -403,7 +404,7 @@ class _Pipeline:
         """New pins with every dynamic batch set to 1, when onnx2tf failed in a way a static batch can cure
         (real exports: "Dimension -1 must be >= 0", shape errors in ConvTranspose/Add/Conv) and the user
         did not choose the batch; else None."""
-        if isinstance(exc, (UnsupportedOperatorError, NetworkAccessError)) or "did not finish within" in str(exc):
+        if isinstance(exc, (UnsupportedOperatorError, NetworkAccessError, Onnx2tfTimeout)):
             return None  # a batch of 1 changes none of these
         pins = {}
         for s in source.inputs:

@@ -6,6 +6,7 @@
         ├── ConversionError                onnx2tf failed; ``log_path`` holds its output
         │   ├── UnsupportedOperatorError   an operator onnx2tf has no converter for
         │   ├── NetworkAccessError         onnx2tf tried to reach the network
+        │   ├── Onnx2tfTimeout             onnx2tf did not finish within --timeout-s
         │   └── Onnx2tfCrash               onnx2tf died from a signal (segfault, abort, kill)
         ├── InterfaceError                 the TFLite inputs/outputs do not match the ONNX ones
         └── AccuracyError                  a variant failed the validation thresholds
@@ -48,6 +49,10 @@ class NetworkAccessError(ConversionError):
     """onnx2tf tried to download something; the converter never lets it."""
 
 
+class Onnx2tfTimeout(ConversionError):
+    """onnx2tf ran past ``--timeout-s`` and was stopped."""
+
+
 class Onnx2tfCrash(ConversionError):
     """onnx2tf died from a signal; ``signal_name`` says which (SIGSEGV, SIGABRT, SIGKILL ...)."""
 
@@ -75,6 +80,7 @@ __all__ = [
     "InterfaceError",
     "NetworkAccessError",
     "Onnx2tfCrash",
+    "Onnx2tfTimeout",
     "UnsupportedOperatorError",
     "UsageError",
 ]

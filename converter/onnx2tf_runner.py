@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from converter.exceptions import ConversionError, NetworkAccessError, Onnx2tfCrash, UnsupportedOperatorError
+from converter.exceptions import (
+    ConversionError,
+    NetworkAccessError,
+    Onnx2tfCrash,
+    Onnx2tfTimeout,
+    UnsupportedOperatorError,
+)
 from converter.source import SourceModel
 
 MODEL_STEM = "model"
@@ -116,7 +122,7 @@ def run_onnx2tf(job: Onnx2tfJob, workdir: Path, log_path: Path, source: SourceMo
                 stdin=subprocess.DEVNULL, timeout=timeout_s, check=False,
             )
         except subprocess.TimeoutExpired as exc:
-            raise ConversionError(f"onnx2tf did not finish within {timeout_s:.0f} s", shown) from exc
+            raise Onnx2tfTimeout(f"onnx2tf did not finish within {timeout_s:.0f} s", shown) from exc
     text = read_log(log_path)
     if proc.returncode != 0:
         ooms_after = oom_kills()

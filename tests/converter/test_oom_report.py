@@ -45,3 +45,15 @@ def test_a_sigkill_with_no_rise_is_not_called_memory(tmp_path: Path, monkeypatch
     monkeypatch.setattr(runner.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, -9))
     with pytest.raises(Onnx2tfCrash, match="something outside"):
         runner.run_onnx2tf(runner.Onnx2tfJob(tmp_path / "model.onnx"), tmp_path, tmp_path / "log")
+
+
+def test_a_timeout_is_its_own_error_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline decides by this type, never by message text, that a batch of 1 cures nothing."""
+    from converter.exceptions import Onnx2tfTimeout
+
+    def too_slow(cmd: Any, **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        raise subprocess.TimeoutExpired(cmd, 1.0)
+
+    monkeypatch.setattr(runner.subprocess, "run", too_slow)
+    with pytest.raises(Onnx2tfTimeout, match="did not finish within 1 s"):
+        runner.run_onnx2tf(runner.Onnx2tfJob(tmp_path / "model.onnx"), tmp_path, tmp_path / "log", timeout_s=1.0)
