@@ -288,3 +288,22 @@ def test_every_config_key_is_in_the_configuration_reference() -> None:
             if f"`{field.name}`" not in text:
                 missing.append(f"{cls.__name__}.{field.name}")
     assert not missing, "config keys docs/configuration.md does not list: " + ", ".join(missing)
+
+
+def test_the_architecture_tree_names_every_module() -> None:
+    """docs/architecture.md's tree lists every module and package under edge_runtime/ (cli/ as one)."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tree = text.split("```", 2)[1]
+    missing = []
+    package = ROOT / "edge_runtime"
+    for path in sorted(package.rglob("*")):
+        relative = path.relative_to(package)
+        if relative.parts[0] in {"cli", "__pycache__"} or "grpc_proto" in relative.parts[:-1] or "static" in relative.parts[:-1]:
+            continue
+        if "__pycache__" in relative.parts or path.name in {"__init__.py", "__main__.py"}:
+            continue
+        if path.is_dir() or path.suffix == ".py":
+            name = path.name + ("/" if path.is_dir() else "")
+            if name not in tree:
+                missing.append(str(relative))
+    assert not missing, "docs/architecture.md's tree does not name: " + ", ".join(missing)
