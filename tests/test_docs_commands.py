@@ -42,6 +42,7 @@ class Command:
     line: int
     text: str
     words: tuple[str, ...]
+    inline: bool = False  # a code span in prose may name a group (`keys root`) rather than a command
 
     def where(self) -> str:
         return f"{self.path.relative_to(ROOT)}:{self.line}: {self.text}"
@@ -128,11 +129,13 @@ def _inline_commands(path: Path) -> Iterator[tuple[int, str]]:
 def doc_commands() -> list[Command]:
     found = []
     for path in DOCS:
-        for number, text in [*_shell_lines(path), *_inline_commands(path)]:
+        lines = [(n, text, False) for n, text in _shell_lines(path)]
+        lines += [(n, text, True) for n, text in _inline_commands(path)]
+        for number, text, inline in lines:
             for segment in _segments(text):
                 words = _command(segment)
-                if words and not (len(words) == 2 and words[1] in RUNTIME_COMMANDS):
-                    found.append(Command(path, number, text, tuple(words)))
+                if words:
+                    found.append(Command(path, number, text, tuple(words), inline))
     return found
 
 
@@ -214,7 +217,11 @@ def test_the_docs_show_commands() -> None:
 
 
 def test_every_documented_command_line_names_real_subcommands_and_options() -> None:
-    problems = [f"{c.where()}\n    -> {why}" for c in COMMANDS if (why := check(c.words))]
+    problems = [
+        f"{c.where()}\n    -> {why}"
+        for c in COMMANDS
+        if (why := check(c.words)) and not (c.inline and why.endswith("needs a subcommand"))
+    ]
     assert not problems, "commands in the docs that the CLI does not have:\n" + "\n".join(problems)
 
 
