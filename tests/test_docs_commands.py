@@ -314,3 +314,10 @@ def test_the_architecture_tree_names_every_module() -> None:
             if name not in tree:
                 missing.append(str(relative))
     assert not missing, "docs/architecture.md's tree does not name: " + ", ".join(missing)
+
+
+def test_the_readme_lists_every_doc() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
+    missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"(docs/{p.name})" not in table]
+    assert not missing, "docs missing from the README's Documentation table: " + ", ".join(missing)
