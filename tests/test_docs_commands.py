@@ -256,15 +256,30 @@ def _links(path: Path) -> Iterator[tuple[int, str]]:
             yield number, match.group(1) or match.group(2)
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    anchors = set()
+    in_block = False
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(raw):
+            in_block = not in_block
+        elif not in_block and raw.startswith("#"):
+            title = raw.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
+
+
 def test_every_relative_link_in_the_docs_points_at_a_file() -> None:
     broken = []
     for path in DOCS:
         for number, target in _links(path):
             if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
                 continue
-            file = target.split("#", 1)[0]
+            file, _, anchor = target.partition("#")
             if not (path.parent / file).exists():
                 broken.append(f"{path.relative_to(ROOT)}:{number}: {target}")
+            elif anchor and file.endswith(".md") and anchor not in _anchors(path.parent / file):
+                broken.append(f"{path.relative_to(ROOT)}:{number}: {target} (no such heading)")
     assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
 
 
