@@ -1,10 +1,13 @@
-"""The documentation only shows commands and links that exist.
+"""The documentation only shows commands, links and names that exist.
 
 Every ``edge-runtime ...`` and ``edge-convert ...`` line in a shell code block of README.md and
-docs/*.md, and every code span in their prose that is a command (``fleet rollback NAME --to V``), is walked through the real argparse parsers (built in-process, never run): each
-subcommand must exist and each ``--option`` must belong to the subcommand it is given to. Every
-relative markdown link must point at a file that exists. Docs rot silently when the CLI moves;
-this keeps them honest at the cost of a few milliseconds.
+docs/*.md, and every code span in their prose that is a command (``fleet rollback NAME --to V``),
+is walked through the real argparse parsers (built in-process, never run): each subcommand must
+exist and each option must belong to the subcommand it is given to. Every relative markdown
+link must point at a file (and heading) that exists, and so must every ``docs/X.md`` the code
+names. docs/configuration.md must list every config key, docs/architecture.md's tree every
+module, and the README every doc. Docs rot silently when the code moves; this keeps them honest
+for about a second of CPU.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_LANGS = {"", "sh", "bash", "console", "shell", "shell-session", "zsh"}
 PROGRAMS = {"edge-runtime", "edge-convert"}
-# Words that may precede the program on a command line without being the program.
 SEPARATORS = {"|", "||", "&&", "&", ";", "|&"}
+# Words that may precede the program on a command line without being the program.
 PREFIXES = {"sudo", "exec", "time", "nohup", "env", "command"}
 FENCE = re.compile(r"^\s*(```|~~~)\s*([\w+-]*)")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|!\[[^\]]*\]\(([^)\s]+)\)")
@@ -192,11 +195,7 @@ def check(words: tuple[str, ...]) -> str | None:
         if subs is not None:
             # Prose writes "models install|activate": every alternative must exist; walk the first.
             alternatives = word.split("|")
-            missing = [name for name in alternatives if name not in subs]
-            if missing:
-                word = missing[0]
-            else:
-                word = alternatives[0]
+            word = next((name for name in alternatives if name not in subs), alternatives[0])
             if word not in subs:
                 return f"{' '.join(path)} has no subcommand {word!r} (has {', '.join(sorted(subs))})"
             parser = subs[word]
