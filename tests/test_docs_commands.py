@@ -230,6 +230,7 @@ def test_every_documented_command_line_names_real_subcommands_and_options() -> N
         ("edge-runtime fleet publish --nope x", "has no option --nope"),
         ("edge-runtime fleet nosuch", "has no subcommand 'nosuch'"),
         ("edge-runtime keys", "needs a subcommand"),
+        ("edge-runtime models install|nosuch", "has no subcommand 'nosuch'"),
         ("edge-convert model.onnx --name m --version 2 -o m.bundle --no-such-flag", "has no option --no-such-flag"),
     ],
 )
@@ -335,3 +336,20 @@ def test_the_readme_lists_every_doc() -> None:
     table = readme.split("## Documentation", 1)[1].split("\n## ", 1)[0]
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"(docs/{p.name})" not in table]
     assert not missing, "docs missing from the README's Documentation table: " + ", ".join(missing)
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """security.md and reliability.md cite a test per finding: each file and test name must exist."""
+    defined = set()
+    for source in (ROOT / "tests").rglob("*.py"):
+        defined.update(re.findall(r"^\s*(?:async\s+)?def (test_\w+)", source.read_text(encoding="utf-8"), re.MULTILINE))
+    missing = []
+    for path in DOCS:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            for file in re.findall(r"\btests/[\w/]+\.py\b", line):
+                if not (ROOT / file).exists():
+                    missing.append(f"{path.relative_to(ROOT)}:{number}: {file}")
+            for name, glob in re.findall(r"::(test_\w+)(\*?)", line):
+                if name not in defined and not (glob and any(d.startswith(name) for d in defined)):
+                    missing.append(f"{path.relative_to(ROOT)}:{number}: ::{name}")
+    assert not missing, "tests the docs cite that do not exist:\n" + "\n".join(missing)
