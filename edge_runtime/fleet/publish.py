@@ -120,6 +120,10 @@ def _models_document(desired: Desired) -> dict[str, Any]:
             entry["rollout"] = {"percent": target.rollout.percent, "salt": target.rollout.salt}
         if target.rollback:
             entry["rollback"] = True  # an operator-ordered rollback stays one while other models change
+        if target.deltas:
+            entry["deltas"] = list(target.deltas)
+        if target.window is not None:
+            entry["window"] = target.window.to_json()
         out[name] = entry
     return out
 

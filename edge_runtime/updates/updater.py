@@ -28,10 +28,12 @@ from typing import Any
 
 from edge_runtime import __version__
 from edge_runtime.atomic import write_bytes_atomic
+from edge_runtime.bundle.manifest import parse_manifest
 from edge_runtime.bundle.reader import verify_manifest_signature
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, RollbackError, StoreError, TransportError
 from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.trust.root import check_root_expiry
+from edge_runtime.updates.delta import DeltaError, DeltaIndex, check_bases, choose_base, verify_delta_message
 from edge_runtime.updates.download import (
     Download,
     Throttle,
@@ -56,12 +58,16 @@ from edge_runtime.updates.job import (
     model_view,
     models_summary,
 )
+from edge_runtime.updates.policy import Verdict, Window, all_open, next_all_open
 from edge_runtime.updates.protocol import TopicRef
 from edge_runtime.updates.report import Reporter, Transport
 from edge_runtime.updates.roots import PendingRoots, save_root
+from edge_runtime.updates.traffic import TRAFFIC_FILE, Traffic
 from edge_runtime.updates.verify import (
     Desired,
+    ModelTarget,
     ModelView,
+    Release,
     SeqFloor,
     check_expiry,
     check_release,
@@ -134,6 +140,7 @@ class Updater:
         clock_trusted: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
         post: Callable[[UpdaterEvent], None] | None = None,
+        wall: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.UTC),
     ) -> None:
         self.settings = settings
         self.store = store
@@ -160,6 +167,8 @@ class Updater:
         self._job: Job | None = None
         self._job_lock = threading.Lock()
         self._throttle = Throttle(settings.max_download_bytes_per_s, monotonic)
+        self.wall = wall  # windows and budgets: injected by tests and the simulator
+        self.traffic = Traffic(settings.state_dir / TRAFFIC_FILE, settings.nm_metered_file)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -182,17 +191,32 @@ class Updater:
                 try:
                     release = verify_manifest_message(message, self.store.root, name=name, version=version)
                     check_release(release, self._view(name), self._installed_manifest(name, version), **self._limits())
-                    download = Download.open(self.settings.staging_dir, release, message)
+                    delta = self._staged_delta(release, name, version)
+                    download = Download.open(self.settings.staging_dir, release, message, delta)
                 except (BadDataError, StoreError, OSError) as exc:
                     log.warning("discarding staged %s v%d: %s", name, version, exc)
                 else:
                     now = self.monotonic()
-                    job = Job(name, version, Phase.DOWNLOADING, now, download=download, message=message, last_progress=now)
+                    job = Job(name, version, Phase.DOWNLOADING, now, download=download, message=message, last_progress=now,
+                              release=release, delta_base=download.base)
                     self._set_job(job)
                     self._set_window(job, download.filters)
                     log.info("resuming %s v%d at %d%%", name, version, download.progress().percent)
                     continue
             remove_dir(release_dir(self.settings.staging_dir, name, version))
+
+    def _staged_delta(self, release: Release, name: str, version: int) -> DeltaIndex | None:
+        """The verified delta index of an interrupted delta download; None: resume in full."""
+        raw = Download.staged_delta(release_dir(self.settings.staging_dir, name, version))
+        if raw is None:
+            return None
+        try:
+            outer = json.loads(json.loads(raw)["delta"])
+            base = int(outer["base"])
+            return verify_delta_message(raw, self.store.root, release.manifest, base, self._limits()["max_bytes"])
+        except (BadDataError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s v%d: staged delta unusable (%s), the full artifact is fetched", name, version, exc)
+            return None
 
     def _save(self) -> None:
         doc = {"floors": {k: {"seq": f.seq, "digest": f.digest} for k, f in self.floors.items()}, "last_error": self.last_error}
@@ -232,6 +256,8 @@ class Updater:
                 self._evaluate()
         elif ref.kind == "manifest":
             self._on_manifest(ref.name, ref.version, payload)
+        elif ref.kind == "delta_index":
+            self._on_delta_index(ref, payload)
 
     def _on_root(self, version: int, payload: bytes) -> None:
         rotated, problems = self._pending_roots.offer(self.store.root, version, payload)
@@ -336,10 +362,37 @@ class Updater:
             return  # bad bytes: keep waiting, a corrected manifest may be republished
         self.transport.unsubscribe([self.topics.manifest(name, version)])
         if installed is not None and version not in self.store.state(name).quarantined:
-            self._activate(job)  # already here (installed, never activated): nothing to fetch
+            self._activate_in_window(job)  # already here (installed, never activated): nothing to fetch
+            return
+        job.release, job.message = release, payload
+        base = self._delta_base(job)
+        if base:  # a delta from a version this device has: its signed index first (updates/delta.py)
+            with self._job_lock:
+                job.delta_base, job.phase = base, Phase.DELTA_INDEX
+            job.last_progress = self.monotonic()
+            self.transport.subscribe([self.topics.delta_index(name, version, base)])
+            self.publish_state()
+            return
+        self._start_download(job, None)
+
+    def _start_download(self, job: Job, delta: DeltaIndex | None) -> None:
+        """Open the download of the full release or of ``delta``, unless the budget defers it."""
+        name, version, release, payload = job.name, job.version, job.release, job.message
+        need = delta.total_bytes if delta is not None else sum(a.length for a in release.manifest.artifacts.values())
+        now = self.wall()
+        decision = self.traffic.decide(need, self.settings.budget, window_open=self._windows_open(job, now), now=now)
+        if decision.verdict != Verdict.GO:
+            first = job.phase != Phase.DEFERRED or job.waiting_reason != decision.reason
+            with self._job_lock:
+                job.phase, job.delta = Phase.DEFERRED, delta
+            job.waiting_reason = decision.reason
+            job.waiting_until = decision.until.isoformat() if decision.until else ""
+            if first:
+                self.reporter.event("deferred", name, version, reason=decision.reason, until=job.waiting_until or None)
+                self.publish_state()
             return
         try:
-            download = Download.open(self.settings.staging_dir, release, payload)
+            download = Download.open(self.settings.staging_dir, release, payload, delta)
         except OSError as exc:
             remove_dir(release_dir(self.settings.staging_dir, name, version))
             self._reject(name, version, f"download failed: {exc}")
@@ -352,10 +405,80 @@ class Updater:
             self._drop(job, refuse=True)
             return
         with self._job_lock:
-            job.download, job.message, job.phase = download, payload, Phase.DOWNLOADING
+            job.download, job.phase, job.delta = download, Phase.DOWNLOADING, None
+        job.waiting_reason = job.waiting_until = ""
         job.last_progress = self.monotonic()
         if self._replan(job, unsubscribe=False):
             self._progress(job)
+
+    # -- deltas, windows, budgets (decisions in updates/delta.py and updates/policy.py) ----------
+
+    def _target(self, job: Job) -> ModelTarget | None:
+        entries = target_entries(self.device_id, self.desired["desired"], self.desired["device_desired"])
+        target = entries.get(job.name)
+        return target if target is not None and target.version == job.version else None
+
+    def _delta_base(self, job: Job) -> int:
+        target = self._target(job)
+        if target is None or not target.deltas or job.delta_failed:
+            return 0
+        view = self._view(job.name)
+        return choose_base(target.deltas, view.installed, view.active, view.quarantined | view.failed) or 0
+
+    def _on_delta_index(self, ref: TopicRef, payload: bytes) -> None:
+        job = self._job
+        if job is None or job.phase != Phase.DELTA_INDEX or (ref.name, ref.version, ref.base) != (job.name, job.version, job.delta_base):
+            return
+        try:
+            index = verify_delta_message(payload, self.store.root, job.release.manifest, job.delta_base,
+                                         self._limits()["max_bytes"])
+            base_manifest = self._installed_manifest(job.name, job.delta_base)
+            if base_manifest is None:
+                raise DeltaError(f"v{job.delta_base} is no longer installed")
+            check_bases(index, parse_manifest(base_manifest))
+        except BadDataError as exc:
+            self._delta_fallback(job, str(exc))
+            return
+        self.transport.unsubscribe([self.topics.delta_index(job.name, job.version, job.delta_base)])
+        self._start_download(job, index)
+
+    def _delta_fallback(self, job: Job, reason: str) -> None:
+        """Any trouble with a delta: fetch the full artifact instead (never retry the delta)."""
+        reason = bounded_reason(reason)
+        log.warning("%s v%d: delta from v%d not used, fetching the full artifact: %s", job.name, job.version,
+                    job.delta_base, reason)
+        with contextlib.suppress(TransportError):
+            self.transport.unsubscribe([self.topics.delta_index(job.name, job.version, job.delta_base)])
+            if job.download is not None and job.download.filters:
+                self.transport.unsubscribe(job.download.filters)
+        if job.download is not None:
+            job.download.remove()
+        self.reporter.event("delta_fallback", job.name, job.version, base=job.delta_base, reason=reason)
+        with self._job_lock:
+            job.download, job.delta, job.window = None, None, set()
+            job.delta_failed, job.delta_base = reason, 0
+        self._start_download(job, None)
+
+    def _windows(self, job: Job) -> list[Window | None]:
+        target = self._target(job)
+        return [target.window if target is not None else None, self.settings.local_window]
+
+    def _windows_open(self, job: Job, now: _dt.datetime) -> bool:
+        return all_open(self._windows(job), now)
+
+    def _activate_in_window(self, job: Job) -> None:
+        """Activate now if every window is open, else wait for it (checked by :meth:`tick`)."""
+        now = self.wall()
+        if self._windows_open(job, now):
+            self._activate(job)
+            return
+        opens = next_all_open(self._windows(job), now)
+        with self._job_lock:
+            job.phase, job.download = Phase.WAITING_WINDOW, None
+        job.waiting_until = opens.isoformat() if opens is not None else ""
+        job.waiting_reason = "downloaded, waiting for the maintenance window"
+        self.reporter.event("waiting_window", job.name, job.version, until=job.waiting_until or None)
+        self.publish_state()
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -364,8 +487,9 @@ class Updater:
         with self._job_lock:
             job = self._job
             download = job.download if job is not None and job.phase == Phase.DOWNLOADING else None
-        if job is None or download is None or (ref.name, ref.version) != (job.name, job.version):
+        if job is None or download is None or (ref.name, ref.version, ref.base) != (job.name, job.version, download.base):
             return
+        self.traffic.add(job.name, job.version, len(payload), self.wall())
         try:
             written = download.offer(ref.file, ref.index, payload)
         except ChunkError as exc:
@@ -392,6 +516,9 @@ class Updater:
         """Results handed over from the network thread."""
         if isinstance(event, ChunkRejected):
             job = event.job
+            if job is self._job and job.phase == Phase.DOWNLOADING and job.download is not None and job.download.base:
+                self._delta_fallback(job, f"delta chunk dropped: {event.reason}")
+                return
             self._reject(job.name, job.version, f"chunk dropped: {event.reason}", dedupe=False, persist=False)
         elif isinstance(event, DownloadFailed):
             if event.job is self._job and event.job.phase == Phase.DOWNLOADING:
@@ -463,6 +590,14 @@ class Updater:
             self.transport.unsubscribe(download.filters)
             with contextlib.suppress(OSError):  # only a hint for a restart; the directory goes soon
                 download.set_filters([])
+        self.traffic.save()
+        if download.delta is not None:
+            try:  # the deltas' own hashes, then the rebuilt artifacts against the signed full hashes
+                download.verify_complete()
+                download.rebuild(self.store.version_dir(job.name, download.base))
+            except (BadDataError, OSError) as exc:
+                self._delta_fallback(job, str(exc))
+                return
         try:
             download.verify_complete()
             verify_manifest_signature(self.store.root, download.release.manifest_bytes, download.release.signature_bytes)
@@ -495,7 +630,7 @@ class Updater:
             return
         download.remove()
         self.reporter.event("installed", job.name, job.version)
-        self._activate(job)
+        self._activate_in_window(job)
 
     def _activate(self, job: Job) -> None:
         name, version = job.name, job.version
@@ -539,6 +674,13 @@ class Updater:
         if job.phase == Phase.DOWNLOADING and job.download is not None and job.download.complete:
             self._finish(job)  # e.g. a resumed download that had every chunk already
             return
+        if job.phase == Phase.WAITING_WINDOW:
+            if self._windows_open(job, self.wall()):
+                self._activate(job)
+            return
+        if job.phase == Phase.DEFERRED:
+            self._start_download(job, job.delta)  # decides again: a new day, an unmetered link, the window
+            return
         if job.phase == Phase.ACTIVATING:
             state = self.store.state(job.name)
             if state.serving == job.version:
@@ -560,6 +702,8 @@ class Updater:
                 topic = self.topics.manifest(job.name, job.version)
                 self.transport.unsubscribe([topic])
                 self.transport.subscribe([topic])
+            elif job.phase == Phase.DELTA_INDEX:  # no index in time: the full artifact
+                self._delta_fallback(job, f"no delta index within {self.settings.stall_s:g} s")
             elif job.download is not None:
                 log.info("%s v%d stalled: re-requesting %d chunks", job.name, job.version, len(job.download.missing()))
                 self._replan(job, unsubscribe=True)
@@ -599,6 +743,8 @@ class Updater:
         try:
             if job.phase == Phase.MANIFEST:
                 self.transport.unsubscribe([self.topics.manifest(job.name, job.version)])
+            elif job.phase == Phase.DELTA_INDEX:
+                self.transport.unsubscribe([self.topics.delta_index(job.name, job.version, job.delta_base)])
             elif job.download is not None and job.download.filters:
                 self.transport.unsubscribe(job.download.filters)
         except TransportError:
@@ -667,6 +813,7 @@ class Updater:
             "update": job_summary(self._job),
             "last_error": self.last_error,
             "store_fault": self.store.write_fault,
+            "downloaded_bytes": self.traffic.summary(),  # per model and version, every byte received
         }
         if self.amend_state is not None:  # field monitoring adds each model's drift (docs/monitoring.md)
             self.amend_state(doc)
