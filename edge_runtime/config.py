@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.exceptions import ConfigError, UsageError
+from edge_runtime.exceptions import BadDataError, ConfigError, UsageError
 from edge_runtime.inference.delegate_spec import MAX_THREADS, parse_delegates
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
@@ -175,6 +175,19 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class UpdatesConfig:
+    """``[updates]``: when this device downloads and activates (docs/updates.md)."""
+
+    window: str = ""  # cron of the device's own maintenance window ("" = none); always honoured
+    window_minutes: int = 60
+    window_tz: str = "UTC"
+    daily_budget_bytes: int = 0  # update bytes per UTC day (0 = unlimited)
+    metered: bool = False  # a metered link: downloads above metered_max_bytes wait for the window
+    metered_max_bytes: int = 0
+    nm_metered_file: str = ""  # a file holding NetworkManager's metered flag (yes/no/1..4), when exposed
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -187,6 +200,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     source: str = ""
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
 
     def model(self, name: str) -> ModelConfig:
         """Serving config of ``name`` (defaults when not configured)."""
@@ -336,7 +350,7 @@ def check_mqtt_config(m: MqttConfig) -> None:
 
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
     """Build a Config from a parsed TOML document."""
-    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring"}
+    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring", "updates"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
@@ -356,7 +370,18 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         logging=_build(LoggingConfig, data.get("logging", {}), "logging"),
         monitoring=_build(MonitoringConfig, data.get("monitoring", {}), "monitoring"),
         source=source,
+        updates=_build(UpdatesConfig, data.get("updates", {}), "updates"),
     )
+    up = cfg.updates
+    if up.daily_budget_bytes < 0 or up.metered_max_bytes < 0:
+        raise ConfigError("updates: daily_budget_bytes and metered_max_bytes must be >= 0")
+    if up.window:
+        from edge_runtime.updates.policy import parse_window  # pure, stdlib only
+
+        try:
+            parse_window(up.window, up.window_minutes, up.window_tz, "updates.window")
+        except BadDataError as exc:
+            raise ConfigError(str(exc)) from exc
     mon = cfg.monitoring
     if mon.capture_max_kbps <= 0 or mon.min_free_mb < 0 or mon.state_interval_s <= 0:
         raise ConfigError("monitoring: capture_max_kbps and state_interval_s must be > 0, min_free_mb >= 0")

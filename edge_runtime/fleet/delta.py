@@ -9,13 +9,14 @@ devices fetch the full release, which costs about the same and needs no patching
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_runtime.bundle.manifest import Artifact, Manifest
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.exceptions import UsageError
+from edge_runtime.fleet.session import FleetSession
 from edge_runtime.trust.keys import PrivateKey
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.delta import SKIP_RATIO, delta_artifact, delta_document, make_delta, sign_delta_index
@@ -75,4 +76,37 @@ def plan_delta(topics: Topics, new: tuple[Manifest, dict[str, bytes]], old: tupl
     return DeltaPlan(om.version, size, full, messages)
 
 
-__all__ = ["DeltaPlan", "plan_delta", "read_artifacts"]
+
+
+def publish_deltas(session: FleetSession, new_bundle: Path, old_bundles: Sequence[Path], keys: Collection[PrivateKey],
+                   root: TrustRoot | None, reuse: bool) -> tuple[list[int], list[str]]:
+    """Publish the delta of ``new_bundle`` from each of ``old_bundles`` (chunks, then the signed
+    index); returns the bases published (for the desired state's ``deltas``) and notes on those
+    skipped. ``reuse``: the release is already published, so a retained delta index is kept as is."""
+    if not old_bundles:
+        return [], []
+    topics = session.topics
+    new = read_artifacts(new_bundle, root)
+    olds = [read_artifacts(p, root) for p in old_bundles]
+    index_topics = {o[0].version: topics.delta_index(new[0].name, new[0].version, o[0].version) for o in olds}
+    retained = session.snapshot(list(index_topics.values())) if reuse else {}
+    bases: list[int] = []
+    notes: list[str] = []
+    for old in olds:
+        base = old[0].version
+        if index_topics[base] in retained:
+            bases.append(base)
+            continue
+        plan = plan_delta(topics, new, old, keys)
+        if plan.skipped:
+            notes.append(f"no delta published: {plan.skipped}")
+            continue
+        index = plan.messages.pop(index_topics[base])
+        session.publish_all(list(plan.messages.items()), None)
+        session.publish(index_topics[base], index).wait(session.timeout_s)  # the index last: its chunks are there
+        bases.append(base)
+        notes.append(f"delta from v{base}: {plan.delta_bytes} bytes, {100 * plan.ratio:.1f} % of the full {plan.full_bytes}")
+    return sorted(bases), notes
+
+
+__all__ = ["DeltaPlan", "plan_delta", "publish_deltas", "read_artifacts"]

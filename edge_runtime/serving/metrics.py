@@ -240,6 +240,8 @@ class Metrics:
         self.delegates: Callable[[], Iterator[tuple[str, int, str, Any]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
         self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
+        # Update bytes received per (model, version), set by the daemon when updates run.
+        self.update_traffic: Callable[[], dict[tuple[str, int], int]] | None = None
 
     def version(self, model: str, version: int) -> VersionStats:
         """The statistics of one version (created on first use, kept for the process's life)."""
@@ -358,6 +360,12 @@ class _Collector:
         yield from (cmp_, top1, dropped, err, worst)
         if m.monitoring is not None:
             yield from _drift_families(m.monitoring)
+        if m.update_traffic is not None:
+            got = CounterMetricFamily("edge_update_downloaded_bytes", "Update bytes received per release "
+                                      "(full chunks and deltas, duplicates included).", labels=["model", "version"])
+            for (model, version), n in sorted(m.update_traffic().items()):
+                got.add_metric([model, str(version)], n)
+            yield got
 
 
 def _drift_families(mon: Monitoring) -> Iterator[Any]:

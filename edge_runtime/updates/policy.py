@@ -241,6 +241,17 @@ def read_nm_metered(path: Path | None) -> bool | None:
     return None
 
 
+def policy_settings(cfg: Any) -> dict[str, Any]:
+    """The :class:`~edge_runtime.updates.job.UpdaterSettings` fields of an ``[updates]`` table
+    (already validated by the config loader)."""
+    window = parse_window(cfg.window, cfg.window_minutes, cfg.window_tz, "updates.window") if cfg.window else None
+    return {
+        "budget": Budget(cfg.daily_budget_bytes, cfg.metered, cfg.metered_max_bytes),
+        "local_window": window,
+        "nm_metered_file": Path(cfg.nm_metered_file) if cfg.nm_metered_file else None,
+    }
+
+
 __all__ = [
     "Budget",
     "Cron",
@@ -252,6 +263,7 @@ __all__ = [
     "next_all_open",
     "next_utc_day",
     "parse_window",
+    "policy_settings",
     "read_nm_metered",
     "window_from_json",
 ]

@@ -30,6 +30,7 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
+from edge_runtime.updates.policy import policy_settings
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
@@ -83,6 +84,7 @@ class UpdateService:
             activation_timeout_s=m.activation_timeout_s,
             max_download_bytes_per_s=m.max_download_bytes_per_s,
             max_events=m.max_event_queue,
+            **policy_settings(cfg.updates),
         )
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         # Control messages waiting for edge-updates, newest per topic: a flood on one topic
