@@ -170,3 +170,23 @@ def test_make_delta_round_trip_and_no_base() -> None:
     assert patch(base, make_delta(base, new)) == new
     assert len(make_delta(base, new)) < len(new) // 50
     assert patch(None, make_delta(None, new)) == new
+
+
+def test_segmented_delta_streams_through_apply_delta(tmp_path: Path) -> None:
+    # Several frames (one per segment), each matching against the whole base: patched as a stream,
+    # and the result is checked against the signed artifact before it is kept.
+    from edge_runtime.bundle.writer import hash_artifact
+    from edge_runtime.updates.delta import DeltaError, apply_delta
+
+    rng = __import__("numpy").random.default_rng(0)
+    base = rng.integers(0, 256, 300_000, dtype="uint8").tobytes()
+    new = base[:200_000] + b"tuned" * 100 + base[200_500:]
+    delta = make_delta(base, new, segment_bytes=64 * 1024)
+    assert len(delta) < len(new) // 20
+    (tmp_path / "base").write_bytes(base)
+    (tmp_path / "delta").write_bytes(delta)
+    apply_delta(tmp_path / "base", tmp_path / "delta", tmp_path / "out", hash_artifact("model.tflite", new))
+    assert (tmp_path / "out").read_bytes() == new
+    with pytest.raises(DeltaError):
+        apply_delta(tmp_path / "base", tmp_path / "delta", tmp_path / "out", hash_artifact("model.tflite", new + b"x"))
+    assert not (tmp_path / "out").exists(), "a rebuilt file that does not match is not kept"
