@@ -115,6 +115,8 @@ class SimSettings:
     mqtt: Mapping[str, Any] = field(default_factory=dict)
     faults: tuple[Fault, ...] = ()
     log_level: str = "warning"
+    # ``[updates]`` tables (windows, budgets) by device id, "*" for every other device.
+    updates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def store_dir(self, device: str) -> Path:
         """Where ``device`` keeps its store (and, under ``.updates``, its update state)."""
@@ -143,15 +145,16 @@ class DeviceGroup:
         store_table = {"path": str(s.store_dir(device))}
         if s.factory_dir is not None:
             store_table["factory"] = str(s.factory_dir)
-        cfg = parse_config(
-            {
-                "device": {"id": device},
-                "store": store_table,
-                "trust": {"root": str(s.root_file)},
-                "mqtt": {"url": s.url, "fleet": s.fleet, "prefix": s.prefix, **DEFAULT_MQTT, **dict(s.mqtt)},
-            },
-            source=f"simulated device {device}",
-        )
+        doc: dict[str, Any] = {
+            "device": {"id": device},
+            "store": store_table,
+            "trust": {"root": str(s.root_file)},
+            "mqtt": {"url": s.url, "fleet": s.fleet, "prefix": s.prefix, **DEFAULT_MQTT, **dict(s.mqtt)},
+        }
+        updates = s.updates.get(device, s.updates.get("*"))
+        if updates is not None:
+            doc["updates"] = dict(updates)
+        cfg = parse_config(doc, source=f"simulated device {device}")
         store = ModelStore(Path(cfg.store.path), self.root, s.factory_dir, BundleLimits())
         svc = UpdateService(cfg, store, device, selftest_in_process=True)
         # The service wires the plain in-process self-test into its updater; a faulty device

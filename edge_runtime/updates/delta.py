@@ -23,8 +23,9 @@ download reuses the per-chunk checks and resume of full downloads. Nothing in it
 the result: the rebuilt artifact must match the *release manifest's* signed sha256 before it is
 installed, and any failure (index, chunk, patch, hash) makes the device fetch the full artifact.
 
-Memory while patching: the base artifact (read whole, it is the dictionary), a window of at most
-:data:`SEGMENT_BYTES` and 1 MiB buffers; the output is streamed to disk and hashed afterwards.
+Memory while patching: the base artifact (read whole, it is the dictionary, handed to the
+decoder by reference), a window of at most :data:`SEGMENT_BYTES` and 1 MiB buffers; the output
+is streamed to disk and hashed afterwards.
 """
 
 from __future__ import annotations
@@ -108,9 +109,21 @@ def make_delta(base: bytes | None, new: bytes, level: int = 19, segment_bytes: i
     return b"".join(compressor.compress(new[i : i + segment_bytes]) for i in range(0, max(len(new), 1), segment_bytes))
 
 
-def _decompressor(base: bytes | None) -> Any:
-    import zstandard as zstd
+def _zstd_for_patching() -> Any:
+    """python-zstandard's CFFI backend when it is there: it hands the base to the decoder by
+    reference, where the C backend copies it (measured: 1.2x against 2.2x the artifact)."""
+    try:
+        from zstandard import backend_cffi
 
+        return backend_cffi
+    except ImportError:  # no cffi: the C backend, one more copy of the base while patching
+        import zstandard
+
+        return zstandard
+
+
+def _decompressor(base: bytes | None) -> Any:
+    zstd = _zstd_for_patching()
     kwargs: dict[str, Any] = {"max_window_size": 1 << MAX_WINDOW_LOG}
     if base:
         kwargs["dict_data"] = zstd.ZstdCompressionDict(base, dict_type=zstd.DICT_TYPE_RAWCONTENT)
@@ -219,14 +232,14 @@ def apply_delta(base: Path | None, delta: Path, out: Path, expected: Artifact) -
     """Rebuild ``out`` from ``base`` and ``delta``, streaming; then check it against ``expected``
     (the signed artifact of the release) before anything else sees it. DeltaError on any failure;
     ``out`` is then removed."""
-    import zstandard as zstd
-
+    zstd = _zstd_for_patching()
     try:
         decompressor = _decompressor(base.read_bytes() if base is not None else None)
         written = 0
+        step = max(4096, min(READ_BYTES, expected.length))  # small models: small buffers
         with open(delta, "rb") as src, open(out, "wb") as dst:
-            reader = decompressor.stream_reader(src, read_size=READ_BYTES, read_across_frames=True)
-            while piece := reader.read(READ_BYTES):
+            reader = decompressor.stream_reader(src, read_size=step, read_across_frames=True)
+            while piece := reader.read(step):
                 written += len(piece)
                 if written > expected.length:
                     raise DeltaError(f"{expected.file}: the patched file grows past the {expected.length} signed bytes")
