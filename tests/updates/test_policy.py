@@ -212,3 +212,14 @@ def test_metered_link_waits_for_the_window_then_downloads(make_device: DeviceFac
 def test_window_round_trips_through_the_desired_state() -> None:
     w = Window(Cron.parse("0 2 * * *"), 60, "Europe/Berlin")
     assert parse_window(**{k if k != "tz" else "tz": v for k, v in w.to_json().items()}) == w
+
+
+def test_metrics_expose_downloaded_bytes_per_release(tmp_path: Path) -> None:
+    from edge_runtime.serving.metrics import Metrics
+
+    traffic = Traffic(tmp_path / "traffic.json")
+    traffic.add("fraud", 2, 1234, at("2026-01-10T12:00"))
+    metrics = Metrics()
+    metrics.update_traffic = traffic.releases
+    text = metrics.exposition().decode()
+    assert 'edge_update_downloaded_bytes_total{model="fraud",version="2"} 1234.0' in text
