@@ -190,3 +190,55 @@ def test_segmented_delta_streams_through_apply_delta(tmp_path: Path) -> None:
     with pytest.raises(DeltaError):
         apply_delta(tmp_path / "base", tmp_path / "delta", tmp_path / "out", hash_artifact("model.tflite", new + b"x"))
     assert not (tmp_path / "out").exists(), "a rebuilt file that does not match is not kept"
+
+
+def _random_bundle(directory: Path, version: int, tail: bytes, keys: FleetKeys) -> Path:
+    import numpy as np
+
+    from edge_runtime.packaging import pack_model
+
+    from .conftest import FACTORY
+
+    model = directory / f"model-{version}.tflite"
+    model.write_bytes((FACTORY / "fraud.tflite").read_bytes() + tail)
+    out = directory / f"fraud-v{version}-random.bundle"
+    pack_model(model, name="fraud", version=version, keys=[keys.models_key], out=out, chunk_size=1024,
+               input_names=["input_0"], output_names=["output_0"], golden_inputs=[np.load(FACTORY / "golden.npy")])
+    return out
+
+
+def test_interrupted_delta_download_resumes_as_a_delta(tmp_path: Path, make_device: DeviceFactory, repo: Repo,
+                                                        topics: Topics, fleet_keys: FleetKeys) -> None:
+    import os
+
+    from edge_runtime.updates.updater import Updater
+
+    from .conftest import FakeBroker
+
+    v1 = _random_bundle(tmp_path, 1, os.urandom(8192), fleet_keys)
+    v2 = _random_bundle(tmp_path, 2, os.urandom(8192), fleet_keys)  # a delta of several 1 KiB chunks
+    dev = make_device(installed=[v1])
+    plan = plan_delta(topics, read_artifacts(v2, None), read_artifacts(v1, None), [fleet_keys.models_key])
+    delta_chunks = sorted(t for t in plan.messages if "/chunks/" in t)
+    assert len(delta_chunks) > 3
+    withheld = delta_chunks[-1]
+    everything = {**repo.release(v2), **plan.messages,
+                  topics.desired: desired(fleet_keys, topics, "fraud", 2, 1, deltas=[1])}
+    dev.broker.put({t: p for t, p in everything.items() if t != withheld})
+    dev.sync()
+    job = dev.updater.job
+    assert job is not None and job.download is not None and job.download.base == 1 and not job.download.complete
+    job.download.close()  # the process dies here
+    broker = FakeBroker(topics)
+    broker.put(everything)
+    updater = Updater(dev.updater.settings, dev.store, broker, monotonic=dev.clock)
+    broker.updater = updater
+    updater.load()
+    assert updater.job is not None and updater.job.download is not None and updater.job.download.base == 1
+    updater.on_connect(False)
+    broker.pump()
+    updater.tick()
+    broker.pump()
+    assert dev.store.state("fraud").active == 2 and artifact_sha(dev, 2) == signed_sha(v2)
+    fetched = [t for t in broker.delivered if "/chunks/" in t]
+    assert fetched == [withheld], fetched
