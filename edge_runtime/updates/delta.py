@@ -24,7 +24,7 @@ the result: the rebuilt artifact must match the *release manifest's* signed sha2
 installed, and any failure (index, chunk, patch, hash) makes the device fetch the full artifact.
 
 Memory while patching: the base artifact (read whole, it is the dictionary, handed to the
-decoder by reference), a window of at most :data:`SEGMENT_BYTES` and 1 MiB buffers; the output
+decoder by reference), a window of at most :data:`SEGMENT_BYTES` and 64 KiB buffers; the output
 is streamed to disk and hashed afterwards.
 """
 
@@ -56,7 +56,7 @@ FILE_FIELDS = frozenset({"base_sha256", "length", "sha256", "chunk_size", "chunk
 # whole artifact costs about the same and needs no patching.
 SKIP_RATIO = 0.9
 MAX_WINDOW_LOG = 27  # zstd decoders accept windows up to 128 MiB without extra flags
-READ_BYTES = 1024 * 1024
+READ_BYTES = 64 * 1024  # decoder input and output steps: small against any model
 SEGMENT_BYTES = 2 * 1024 * 1024  # new-file bytes per zstd frame: bounds the decoder's window
 
 
@@ -236,7 +236,7 @@ def apply_delta(base: Path | None, delta: Path, out: Path, expected: Artifact) -
     try:
         decompressor = _decompressor(base.read_bytes() if base is not None else None)
         written = 0
-        step = max(4096, min(READ_BYTES, expected.length))  # small models: small buffers
+        step = READ_BYTES
         with open(delta, "rb") as src, open(out, "wb") as dst:
             reader = decompressor.stream_reader(src, read_size=step, read_across_frames=True)
             while piece := reader.read(step):
