@@ -71,6 +71,7 @@ class Job:
     delta_failed: str = ""  # why the delta was given up (then the full artifact is fetched)
     waiting_until: str = ""  # ISO time: when the window opens / the deferral ends ("" unknown)
     waiting_reason: str = ""
+    checked_minute: Any = None  # the wall-clock minute windows and budgets were last decided in
 
 
 @dataclass(frozen=True)

@@ -674,12 +674,15 @@ class Updater:
         if job.phase == Phase.DOWNLOADING and job.download is not None and job.download.complete:
             self._finish(job)  # e.g. a resumed download that had every chunk already
             return
-        if job.phase == Phase.WAITING_WINDOW:
-            if self._windows_open(job, self.wall()):
+        if job.phase in (Phase.WAITING_WINDOW, Phase.DEFERRED):
+            minute = self.wall().replace(second=0, microsecond=0)
+            if minute == job.checked_minute:
+                return  # windows and budgets change by the minute: decide once a minute, not every tick
+            job.checked_minute = minute
+            if job.phase == Phase.DEFERRED:
+                self._start_download(job, job.delta)  # decides again: a new day, an unmetered link, the window
+            elif self._windows_open(job, minute):
                 self._activate(job)
-            return
-        if job.phase == Phase.DEFERRED:
-            self._start_download(job, job.delta)  # decides again: a new day, an unmetered link, the window
             return
         if job.phase == Phase.ACTIVATING:
             state = self.store.state(job.name)
