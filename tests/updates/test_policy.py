@@ -223,3 +223,21 @@ def test_metrics_expose_downloaded_bytes_per_release(tmp_path: Path) -> None:
     metrics.update_traffic = traffic.releases
     text = metrics.exposition().decode()
     assert 'edge_update_downloaded_bytes_total{model="fraud",version="2"} 1234.0' in text
+
+
+def test_publish_window_options_are_checked_before_anything_is_published() -> None:
+    import argparse
+
+    from edge_runtime.cli.fleet import _window
+    from edge_runtime.exceptions import UsageError
+
+    def ns(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**{"window": None, "window_minutes": None, "window_tz": "UTC", **kw})
+
+    assert _window(ns()) is None
+    w = _window(ns(window="30 1 * * 1-5", window_minutes=90, window_tz="Europe/Berlin"))
+    assert w is not None and w.to_json() == {"cron": "30 1 * * 1-5", "minutes": 90, "tz": "Europe/Berlin"}
+    for bad in (ns(window="0 2 * * *"), ns(window_minutes=5), ns(window="0 2 * *", window_minutes=5),
+                ns(window="0 2 * * *", window_minutes=5, window_tz="Nowhere/Land")):
+        with pytest.raises(UsageError):
+            _window(bad)
