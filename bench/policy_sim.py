@@ -84,6 +84,8 @@ def main() -> int:
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--stall-s", type=float, default=60.0,
+                   help="[mqtt] download_stall_s of the devices: a thousand devices on two cores answer slowly")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="policy-sim-"))
     try:
@@ -115,7 +117,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         elif g == "tight":
             tables[d] = {"daily_budget_bytes": budget_tight}
     broker = Broker(work)
-    settings = SimSettings(url=broker.url, fleet=FLEET, root_file=root_file, work_dir=work / "devices", updates=tables)
+    settings = SimSettings(url=broker.url, fleet=FLEET, root_file=root_file, work_dir=work / "devices", updates=tables,
+                           mqtt={"download_stall_s": args.stall_s})
     t0 = time.monotonic()
     for d in ids:  # v1 installed and active, as after an earlier update
         store = ModelStore(settings.store_dir(d), root, None, BundleLimits())

@@ -69,6 +69,7 @@ class Job:
     release: Any = None  # the verified Release while the delta index or a budget is awaited
     delta_base: int = 0  # the version a delta is being fetched from (0: the full artifact)
     delta_failed: str = ""  # why the delta was given up (then the full artifact is fetched)
+    index_asked_again: bool = False  # the delta index was re-requested once after a stall
     waiting_until: str = ""  # ISO time: when the window opens / the deferral ends ("" unknown)
     waiting_reason: str = ""
     checked_minute: Any = None  # the wall-clock minute windows and budgets were last decided in

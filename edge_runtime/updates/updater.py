@@ -578,6 +578,7 @@ class Updater:
         if step > job.reported_percent:
             job.reported_percent = step
             self.reporter.event("downloading", job.name, job.version, percent=p.percent, have_bytes=p.have_bytes, total_bytes=p.total_bytes)
+            self.traffic.save()  # every 10 %: a restart keeps (almost) all of the day's bytes
             self.publish_state()
 
     # -- completion --------------------------------------------------------------------------
@@ -705,8 +706,13 @@ class Updater:
                 topic = self.topics.manifest(job.name, job.version)
                 self.transport.unsubscribe([topic])
                 self.transport.subscribe([topic])
-            elif job.phase == Phase.DELTA_INDEX:  # no index in time: the full artifact
-                self._delta_fallback(job, f"no delta index within {self.settings.stall_s:g} s")
+            elif job.phase == Phase.DELTA_INDEX and not job.index_asked_again:  # ask once more, as for a manifest
+                job.index_asked_again = True
+                topic = self.topics.delta_index(job.name, job.version, job.delta_base)
+                self.transport.unsubscribe([topic])
+                self.transport.subscribe([topic])
+            elif job.phase == Phase.DELTA_INDEX:  # still no index: the full artifact
+                self._delta_fallback(job, f"no delta index within {2 * self.settings.stall_s:g} s")
             elif job.download is not None:
                 log.info("%s v%d stalled: re-requesting %d chunks", job.name, job.version, len(job.download.missing()))
                 self._replan(job, unsubscribe=True)

@@ -125,6 +125,9 @@ def test_missing_delta_index_falls_back_after_the_stall_time(make_device: Device
     dev.sync()
     assert dev.store.state("fraud").active == 1 and dev.broker.state()["update"]["phase"] == "delta_index"
     dev.clock.now += 10
+    dev.sync()  # the first stall asks for the index once more
+    assert dev.store.state("fraud").active == 1 and not dev.broker.events("delta_fallback")
+    dev.clock.now += 10
     dev.sync()
     dev.sync()
     assert dev.store.state("fraud").active == 2
