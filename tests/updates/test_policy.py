@@ -241,3 +241,21 @@ def test_publish_window_options_are_checked_before_anything_is_published() -> No
                 ns(window="0 2 * * *", window_minutes=5, window_tz="Nowhere/Land")):
         with pytest.raises(UsageError):
             _window(bad)
+
+
+def test_next_all_open_agrees_with_a_minute_by_minute_search() -> None:
+    import itertools
+
+    pairs = [("0 2 * * *", "30 1 * * 1-5"), ("*/20 9-17 * * *", "0 2 * * *"), ("15 3 * * 0", "0 4 * * *")]
+    now = at("2026-03-27T18:07")  # DST in Europe/Berlin starts on the 29th
+    for (a, b), minutes in itertools.product(pairs, (180,)):
+        ws = [parse_window(a, minutes, "Europe/Berlin"), parse_window(b, 90, "UTC")]
+        got = next_all_open(ws, now)
+        t, want = now.replace(second=0), None
+        for _ in range(9 * 24 * 60):
+            t += _dt.timedelta(minutes=1)
+            if all(w.is_open(t) for w in ws):
+                want = t
+                break
+        if want is not None and want - now <= _dt.timedelta(days=8):
+            assert got == want, (a, b, minutes)
