@@ -14,7 +14,7 @@ Checks, from each device's retained state and its store on disk: no device of ``
 ``tight`` runs v2; every ``closed`` device reports ``waiting_window``; every ``tight`` device
 ``deferred`` with 0 bytes; the bytes each device received are within its budget.
 
-    .venv/bin/python bench/policy_sim.py [--devices 1000] [--processes 2]
+    .venv/bin/python bench/policy_sim.py [--devices 1000] [--processes 10] [--stall-s 60]
 
 Writes bench/results/policy.md.
 """
@@ -82,7 +82,7 @@ def closed_now_window(now: _dt.datetime) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--processes", type=int, default=10, help="worker processes (100 devices each by default)")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--stall-s", type=float, default=60.0,
                    help="[mqtt] download_stall_s of the devices: a thousand devices on two cores answer slowly")
