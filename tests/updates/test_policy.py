@@ -259,3 +259,20 @@ def test_next_all_open_agrees_with_a_minute_by_minute_search() -> None:
                 break
         if want is not None and want - now <= _dt.timedelta(days=8):
             assert got == want, (a, b, minutes)
+
+
+def test_a_step_counts_a_device_waiting_for_its_window_as_pending(make_device: DeviceFactory, releases: Releases,
+                                                                    repo: Repo, topics: Topics,
+                                                                    fleet_keys: FleetKeys) -> None:
+    from edge_runtime.fleet.rollout import outcome
+
+    dev = make_device()
+    wall = Wall("2026-01-10T12:00")
+    dev.updater.wall = wall
+    dev.broker.put(repo.release(releases.bundle(2)))
+    dev.broker.put({topics.desired: desired(fleet_keys, topics, "fraud", 2, 1, window=WINDOW)})
+    dev.sync()
+    assert outcome("dev-1", dev.broker.state(), "fraud", 2, 100, "fraud-2") == "pending", "downloaded is not updated"
+    wall.now = at("2026-01-11T02:01")
+    dev.sync()
+    assert outcome("dev-1", dev.broker.state(), "fraud", 2, 100, "fraud-2") == "updated"
