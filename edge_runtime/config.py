@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.exceptions import ConfigError, UsageError
+from edge_runtime.exceptions import BadDataError, ConfigError, UsageError
 from edge_runtime.inference.delegate_spec import MAX_THREADS, check_library_map, parse_delegates
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
@@ -209,6 +209,19 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class UpdatesConfig:
+    """``[updates]``: when this device downloads and activates (docs/updates.md)."""
+
+    window: str = ""  # cron of the device's own maintenance window ("" = none); always honoured
+    window_minutes: int = 60
+    window_tz: str = "UTC"
+    daily_budget_bytes: int = 0  # update bytes per UTC day (0 = unlimited)
+    metered: bool = False  # a metered link: downloads above metered_max_bytes wait for the window
+    metered_max_bytes: int = 0
+    nm_metered_file: str = ""  # a file holding NetworkManager's metered flag (yes/no/1..4), when exposed
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -222,6 +235,7 @@ class Config:
     monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     source: str = ""
+    updates: UpdatesConfig = field(default_factory=UpdatesConfig)
 
     def model(self, name: str) -> ModelConfig:
         """Serving config of ``name`` (defaults when not configured)."""
@@ -411,7 +425,7 @@ def check_identity(cfg: Config) -> None:
 
 def parse_config(data: dict[str, Any], source: str = "") -> Config:
     """Build a Config from a parsed TOML document."""
-    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring", "inference"}
+    known = {"device", "store", "server", "trust", "mqtt", "models", "logging", "monitoring", "inference", "updates"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown table(s) {', '.join(repr(k) for k in unknown)}; known: {', '.join(sorted(known))}")
@@ -432,8 +446,19 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
         monitoring=_build(MonitoringConfig, data.get("monitoring", {}), "monitoring"),
         inference=_build(InferenceConfig, data.get("inference", {}), "inference"),
         source=source,
+        updates=_build(UpdatesConfig, data.get("updates", {}), "updates"),
     )
     check_inference_config(cfg.inference)
+    up = cfg.updates
+    if up.daily_budget_bytes < 0 or up.metered_max_bytes < 0:
+        raise ConfigError("updates: daily_budget_bytes and metered_max_bytes must be >= 0")
+    if up.window:
+        from edge_runtime.updates.policy import parse_window  # pure, stdlib only
+
+        try:
+            parse_window(up.window, up.window_minutes, up.window_tz, "updates.window")
+        except BadDataError as exc:
+            raise ConfigError(str(exc)) from exc
     mon = cfg.monitoring
     if mon.capture_max_kbps <= 0 or mon.min_free_mb < 0 or mon.state_interval_s <= 0 or mon.health_interval_s <= 0:
         raise ConfigError("monitoring: capture_max_kbps, state_interval_s and health_interval_s must be > 0, "

@@ -241,6 +241,8 @@ class Daemon:
             systemd.ready(self._status_text())
             watchdog = self._start_watchdog(loop)
             updates = self.updates = self._start_updates()
+            if updates is not None and getattr(updates, "updater", None) is not None:
+                self.metrics.update_traffic = updates.updater.traffic.releases  # edge_update_downloaded_bytes_total
             self.ready_event.set()
             since = _seconds_since_process_start()
             problems = self.state.reasons

@@ -53,6 +53,7 @@ from edge_runtime.options import load_keys
 from edge_runtime.text import ProgressLine
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.mqtt import redact_url
+from edge_runtime.updates.policy import Window, parse_window
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
 from edge_runtime.updates.verify import verify_desired
@@ -201,6 +202,15 @@ def register(sub: Any) -> None:
         help="encrypt the bundle to these devices' public keys (a device.pub or a directory of *.pub) and publish "
         "that, written beside it as NAME.encrypted.bundle; devices left out cannot read it (docs/security.md)",
     )
+    pub.add_argument(
+        "--delta-from", type=Path, action="append", default=[], metavar="OLD.bundle",
+        help="also publish a binary delta from this earlier release (repeatable); devices that have it fetch the delta, "
+        "others the full release; a delta of 90 %% or more of the full size is skipped (docs/updates.md)",
+    )
+    pub.add_argument("--window", default=None, metavar="CRON",
+                     help="maintenance window: devices download at once but activate only inside it, e.g. '0 2 * * *'")
+    pub.add_argument("--window-minutes", type=int, default=None, metavar="M", help="length of the window (1..1440)")
+    pub.add_argument("--window-tz", default="UTC", metavar="TZ", help="IANA time zone the cron is read in (default UTC)")
     pub.set_defaults(func=cmd_publish)
     rb = fs.add_parser("rollback", parents=parents, help="point the fleet back at an earlier release that is still retained")
     rb.add_argument("name", help="the model")
@@ -377,6 +387,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.encrypt_to:
         args.bundle = encrypt_beside(args.bundle, args.encrypt_to, keys, root)
     expires = args.expires_in_hours * 3600 if args.expires_in_hours is not None else None
+    window = _window(args)
+    for old in args.delta_from:
+        if not old.is_file():
+            raise UsageError(f"--delta-from {old}: no such file")
     if steps is not None:
         with _session(args) as session:
             staged = staged_rollout(
@@ -392,6 +406,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                 expires_in_s=expires,
                 force_chunks=args.force_chunks,
                 progress=_bar(),
+                delta_from=args.delta_from,
+                window=window,
                 on_step=_print_step,
                 on_bake=lambda percent, t: print(f"baking step {percent}% for {args.bake:g} s: its devices "
                                                  f"finished ({t.updated} updated)", flush=True),
@@ -413,10 +429,28 @@ def cmd_publish(args: argparse.Namespace) -> int:
             expires_in_s=expires,
             force_chunks=args.force_chunks,
             progress=_bar(),
+            delta_from=args.delta_from,
+            window=window,
         )
     chunks = "chunks already published" if r.chunks_already_published and not r.chunks_sent else f"{r.chunks_sent} chunks ({r.bytes_sent} bytes)"
     print(f"published {r.name} v{r.version}: {chunks}; desired seq {r.seq} at {r.percent}% on {r.desired_topic}")
+    for line in r.deltas:
+        print(line)
     return 0
+
+
+def _window(args: argparse.Namespace) -> Window | None:
+    """The rollout's maintenance window from --window/--window-minutes/--window-tz."""
+    if args.window is None:
+        if args.window_minutes is not None:
+            raise UsageError("--window-minutes needs --window CRON")
+        return None
+    if args.window_minutes is None:
+        raise UsageError("--window needs --window-minutes M")
+    try:
+        return parse_window(args.window, args.window_minutes, args.window_tz, "--window")
+    except BadDataError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

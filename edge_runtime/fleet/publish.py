@@ -35,10 +35,12 @@ from typing import Any
 
 from edge_runtime.bundle.reader import open_bundle, parse_signature_file
 from edge_runtime.exceptions import BadDataError, RollbackError, SignatureError, TrustError, UsageError
+from edge_runtime.fleet.delta import publish_deltas
 from edge_runtime.fleet.session import FleetSession, ProgressFn
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 from edge_runtime.trust.keys import PrivateKey, key_id, sign
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, untrusted_signers, update_root, verify_root
+from edge_runtime.updates.policy import Window
 from edge_runtime.updates.protocol import (
     MAX_SEQ,
     Topics,
@@ -68,6 +70,7 @@ class PublishResult:
     chunks_already_published: bool
     warnings: tuple[str, ...] = ()
     desired_sha256: str = ""  # of the exact desired-state message: devices report it back (accepted or rejected)
+    deltas: tuple[str, ...] = ()  # one line per --delta-from: its size and ratio, or why it was skipped
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,10 @@ def _models_document(desired: Desired) -> dict[str, Any]:
             entry["rollout"] = {"percent": target.rollout.percent, "salt": target.rollout.salt}
         if target.rollback:
             entry["rollback"] = True  # an operator-ordered rollback stays one while other models change
+        if target.deltas:
+            entry["deltas"] = list(target.deltas)
+        if target.window is not None:
+            entry["window"] = target.window.to_json()
         out[name] = entry
     return out
 
@@ -256,6 +263,8 @@ def publish_release(
     expires_in_s: float | None = None,
     force_chunks: bool = False,
     progress: ProgressFn | None = None,
+    delta_from: Sequence[Path] = (),
+    window: Window | None = None,
 ) -> PublishResult:
     """Publish a bundle to the fleet of ``session`` and point the desired state at it.
 
@@ -310,6 +319,10 @@ def publish_release(
     sent = 0
     if not already or force_chunks:
         sent = session.publish_all(chunks, progress)
+    # Deltas before the manifest and the desired state: a device asks for them only after both.
+    bases, notes = publish_deltas(session, Path(bundle_path), delta_from, keys, root, reuse=already and not force_chunks)
+    for note in notes:
+        log.info("%s", note)
     session.publish(manifest_topic, manifest_msg).wait(session.timeout_s)
     base = baseline(
         retained.get(desired_topic),
@@ -322,6 +335,10 @@ def publish_release(
         log.warning("%s", base.warning)
     old_seq, models = base.seq, dict(base.models)
     models[m.name] = {"version": m.version, "rollout": {"percent": percent, "salt": rollout_salt(m.name, m.version)}}
+    if bases:
+        models[m.name]["deltas"] = bases
+    if window is not None:
+        models[m.name]["window"] = window.to_json()
     new_seq = seq if seq is not None else next_seq(old_seq)
     if new_seq <= old_seq:
         raise UsageError(f"--seq {new_seq} must be above the retained seq {old_seq}")
@@ -342,6 +359,7 @@ def publish_release(
         already,
         (base.warning,) if base.warning else (),
         hashlib.sha256(message).hexdigest(),
+        tuple(notes),
     )
 
 

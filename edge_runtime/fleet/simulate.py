@@ -119,6 +119,8 @@ class SimSettings:
     # ``fleet provision`` writes them) and [store] keys (e.g. keep_versions).
     device_mqtt: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     store: Mapping[str, Any] = field(default_factory=dict)
+    # ``[updates]`` tables (windows, budgets) by device id, "*" for every other device.
+    updates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def store_dir(self, device: str) -> Path:
         """Where ``device`` keeps its store (and, under ``.updates``, its update state)."""
@@ -147,16 +149,17 @@ class DeviceGroup:
         store_table: dict[str, Any] = {"path": str(s.store_dir(device)), **dict(s.store)}
         if s.factory_dir is not None:
             store_table["factory"] = str(s.factory_dir)
-        cfg = parse_config(
-            {
-                "device": {"id": device},
-                "store": store_table,
-                "trust": {"root": str(s.root_file)},
-                "mqtt": {"url": s.url, "fleet": s.fleet, "prefix": s.prefix, **DEFAULT_MQTT, **dict(s.mqtt),
-                         **dict(s.device_mqtt.get(device, {}))},
-            },
-            source=f"simulated device {device}",
-        )
+        doc: dict[str, Any] = {
+            "device": {"id": device},
+            "store": store_table,
+            "trust": {"root": str(s.root_file)},
+            "mqtt": {"url": s.url, "fleet": s.fleet, "prefix": s.prefix, **DEFAULT_MQTT, **dict(s.mqtt),
+                     **dict(s.device_mqtt.get(device, {}))},
+        }
+        updates = s.updates.get(device, s.updates.get("*"))
+        if updates is not None:
+            doc["updates"] = dict(updates)
+        cfg = parse_config(doc, source=f"simulated device {device}")
         store = ModelStore(Path(cfg.store.path), self.root, s.factory_dir, BundleLimits(),
                            keep_versions=cfg.store.keep_versions)
         svc = UpdateService(cfg, store, device, selftest_in_process=True)

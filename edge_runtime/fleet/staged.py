@@ -41,6 +41,7 @@ from edge_runtime.fleet.session import FleetSession, ProgressFn
 from edge_runtime.fleet.status import DeviceStates
 from edge_runtime.trust.keys import PrivateKey
 from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.policy import Window
 from edge_runtime.updates.protocol import rollout_salt
 
 POLL_S = 0.2
@@ -163,6 +164,8 @@ def staged_rollout(
     on_bake: Callable[[int, Tally], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    delta_from: Sequence[Path] = (),
+    window: Window | None = None,
 ) -> StagedResult:
     """Publish ``bundle_path`` to the fleet in ``steps`` (percentages), halting on failures."""
     if not steps or list(steps) != sorted(set(steps)) or not all(1 <= s <= 100 for s in steps):
@@ -190,6 +193,8 @@ def staged_rollout(
             expires_in_s=expires_in_s,
             force_chunks=force_chunks and i == 0,
             progress=progress if i == 0 else None,
+            delta_from=delta_from,  # made once: later steps find the retained delta index
+            window=window,
         )
         published_shas.append(published.desired_sha256)
 

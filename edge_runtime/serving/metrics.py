@@ -242,6 +242,8 @@ class Metrics:
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
         self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
         self.health: Callable[[], Health] | None = None  # device health, read at each scrape
+        # Update bytes received per (model, version), set by the daemon when updates run.
+        self.update_traffic: Callable[[], dict[tuple[str, int], int]] | None = None
 
     def version(self, model: str, version: int) -> VersionStats:
         """The statistics of one version (created on first use, kept for the process's life)."""
@@ -362,6 +364,13 @@ class _Collector:
             yield from _drift_families(m.monitoring)
         if m.health is not None:
             yield from _health_families(m.health())
+
+        if m.update_traffic is not None:
+            got = CounterMetricFamily("edge_update_downloaded_bytes", "Update bytes received per release "
+                                      "(full chunks and deltas, duplicates included).", labels=["model", "version"])
+            for (model, version), n in sorted(m.update_traffic().items()):
+                got.add_metric([model, str(version)], n)
+            yield got
 
 
 def _health_families(h: Health) -> Iterator[Any]:

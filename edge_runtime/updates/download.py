@@ -8,6 +8,9 @@ One directory per release under the staging root::
                                     u64) then one byte per chunk: 1 = written and hash-checked
     <name>-<version>/filters.json   the chunk subscriptions in force (so a restarted process
                                     with a persistent session knows what the broker still sends)
+    <name>-<version>/delta.msg      only for a delta download: the signed delta index as received;
+                                    the ``.part`` files then hold the deltas, and
+                                    :meth:`Download.rebuild` writes the artifacts to ``<file>.full``
 
 A chunk is written, then its have byte, with ``pwrite`` and no fsync: a killed process keeps
 both in the page cache, and after a power cut :meth:`Download.open` re-hashes every chunk the
@@ -46,12 +49,14 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import NAME_RE, Artifact, manifest_from_json
 from edge_runtime.bundle.reader import Bundle, stream_verify
 from edge_runtime.trust.canonical import parse_json_object
+from edge_runtime.updates.delta import DeltaIndex, apply_delta
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import Release, check_chunk
 
 log = logging.getLogger("edge_runtime.updates")
 
 MESSAGE_FILE = "manifest.msg"
+DELTA_FILE = "delta.msg"
 HAVE_FILE = "have.bin"
 FILTERS_FILE = "filters.json"
 HEADER = struct.Struct("<QQ")
@@ -173,12 +178,14 @@ class StagedBundle(Bundle):
 class Download:
     """The transfer of one release's artifacts. Thread-safe: chunks arrive on the network thread."""
 
-    def __init__(self, directory: Path, release: Release) -> None:
+    def __init__(self, directory: Path, release: Release, delta: DeltaIndex | None = None) -> None:
         self.dir = Path(directory)
         self.release = release
         self.name = release.manifest.name
         self.version = release.manifest.version
-        self.artifacts: dict[str, Artifact] = dict(release.manifest.artifacts)
+        self.delta = delta  # set: the chunks are those of this delta, rebuilt by rebuild()
+        self.base = delta.base if delta is not None else 0
+        self.artifacts: dict[str, Artifact] = dict(delta.artifacts if delta is not None else release.manifest.artifacts)
         self._files = sorted(self.artifacts)
         self._offsets: dict[str, int] = {}
         offset = HEADER.size
@@ -200,17 +207,21 @@ class Download:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, staging_root: Path, release: Release, message: bytes) -> Download:
-        """Resume the download of ``release`` if its directory matches, else start afresh."""
+    def open(cls, staging_root: Path, release: Release, message: bytes, delta: DeltaIndex | None = None) -> Download:
+        """Resume the download of ``release`` (of its ``delta`` when given) if its directory
+        matches, else start afresh."""
         directory = release_dir(staging_root, release.manifest.name, release.manifest.version)
-        self = cls(directory, release)
+        self = cls(directory, release, delta)
         try:
             same = (directory / MESSAGE_FILE).read_bytes() == message
+            same = same and cls.staged_delta(directory) == (delta.message if delta is not None else None)
         except OSError:
             same = False
         if not same:
             remove_dir(directory)
             directory.mkdir(parents=True, exist_ok=True)
+            if delta is not None:
+                write_bytes_atomic(directory / DELTA_FILE, delta.message)
             write_bytes_atomic(directory / MESSAGE_FILE, message)
         self._open_files(resume=same)
         return self
@@ -251,6 +262,14 @@ class Download:
         art = self.artifacts[file]
         data = os.pread(self._fds[file], art.chunk_length(index), index * art.chunk_size)
         return hashlib.sha256(data).hexdigest() == art.chunk_sha256[index]
+
+    @staticmethod
+    def staged_delta(directory: Path) -> bytes | None:
+        """The delta index message a staging directory was downloading, None for a full download."""
+        try:
+            return (Path(directory) / DELTA_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def pending(staging_root: Path) -> list[tuple[str, int, bytes]]:
@@ -364,9 +383,18 @@ class Download:
             with open(self.dir / f"{f}.part", "rb") as fh:
                 stream_verify(self.artifacts[f], fh)
 
+    def rebuild(self, base_dir: Path) -> None:
+        """Patch each delta against the base version's artifact in ``base_dir`` into ``<file>.full``
+        and check it against the release's signed artifact (DeltaError on any failure)."""
+        assert self.delta is not None
+        for f in self._files:
+            base = base_dir / f if self.delta.base_sha256[f] else None
+            apply_delta(base, self.dir / f"{f}.part", self.dir / f"{f}.full", self.release.manifest.artifacts[f])
+
     def bundle(self) -> StagedBundle:
         """The staged release as a bundle for :meth:`ModelStore.install_bundle`."""
-        return StagedBundle(self.release, {f: self.dir / f"{f}.part" for f in self._files})
+        suffix = ".full" if self.delta is not None else ".part"
+        return StagedBundle(self.release, {f: self.dir / f"{f}{suffix}" for f in self._files})
 
     def close(self) -> None:
         """Close the files (the directory stays for a later resume)."""
@@ -414,7 +442,9 @@ def plan_filters(topics: Topics, download: Download, window: int) -> list[str]:
     if not missing:
         return []
     if len(missing) == download.chunk_count() and len(missing) <= window:
-        return [topics.chunks_filter(download.name, download.version, f) for f in sorted(download.artifacts)]
+        return [topics.chunks_filter(download.name, download.version, f, download.base) for f in sorted(download.artifacts)]
+    if download.base:
+        return [topics.delta_chunk(download.name, download.version, download.base, f, i) for f, i in missing[:window]]
     return [topics.chunk(download.name, download.version, f, i) for f, i in missing[:window]]
 
 

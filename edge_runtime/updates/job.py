@@ -13,6 +13,7 @@ from edge_runtime.bundle.manifest import MANIFEST_FILE
 from edge_runtime.exceptions import StoreError
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.download import Download
+from edge_runtime.updates.policy import Budget, Window
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import ModelView
 
@@ -33,13 +34,19 @@ class UpdaterSettings:
     activation_timeout_s: float = 120.0
     max_download_bytes_per_s: int = 0
     max_events: int = 1000
+    budget: Budget = Budget()  # daily byte budget and metered link ([updates])
+    local_window: Window | None = None  # the device's own maintenance window ([updates] window)
+    nm_metered_file: Path | None = None  # NetworkManager's metered flag, when exposed
 
 
 class Phase(enum.StrEnum):
     """Where the update in progress is; the value is what the state document reports."""
 
     MANIFEST = "manifest"  # notified: waiting for the signed manifest
+    DELTA_INDEX = "delta_index"  # the manifest verified: waiting for the signed delta index
+    DEFERRED = "deferred"  # the manifest verified: the download waits for a budget or link
     DOWNLOADING = "downloading"  # the manifest verified: collecting chunks
+    WAITING_WINDOW = "waiting_window"  # downloaded and installed: activation waits for the window
     ACTIVATING = "activating"  # installed and activated: waiting for the daemon to serve it
 
 
@@ -58,6 +65,14 @@ class Job:
     reported_percent: int = -1
     window: set[tuple[str, int]] = field(default_factory=set)
     deadline: float = 0.0
+    delta: Any = None  # a verified DeltaIndex while a budget defers its download
+    release: Any = None  # the verified Release while the delta index or a budget is awaited
+    delta_base: int = 0  # the version a delta is being fetched from (0: the full artifact)
+    delta_failed: str = ""  # why the delta was given up (then the full artifact is fetched)
+    index_asked_again: bool = False  # the delta index was re-requested once after a stall
+    waiting_until: str = ""  # ISO time: when the window opens / the deferral ends ("" unknown)
+    waiting_reason: str = ""
+    checked_minute: Any = None  # the wall-clock minute windows and budgets were last decided in
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,14 @@ def job_summary(job: Job | None) -> dict[str, Any] | None:
     if job.download is not None:
         p = job.download.progress()
         update.update(percent=p.percent, have_bytes=p.have_bytes, total_bytes=p.total_bytes, received_bytes=p.received_bytes)
+    if job.delta_base:
+        update["delta_from"] = job.delta_base
+    if job.delta_failed:
+        update["delta_failed"] = job.delta_failed
+    if job.phase in (Phase.WAITING_WINDOW, Phase.DEFERRED):
+        # "downloaded, waiting for window until T" / "deferred: <why> until T"
+        update["until"] = job.waiting_until or None
+        update["reason"] = job.waiting_reason
     return update
 
 

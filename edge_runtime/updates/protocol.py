@@ -6,6 +6,8 @@ Everything under ``<prefix>/<fleet>/``::
     devices/<id>/desired                      retained, signed per-device override
     models/<name>/<version>/manifest          retained, {"manifest": TEXT, "signatures": [...]}
     models/<name>/<version>/chunks/<file>/<i> retained QoS 1, raw bytes of chunk i
+    models/<name>/<version>/delta/<base>/index               retained, signed delta index (updates/delta.py)
+    models/<name>/<version>/delta/<base>/chunks/<file>/<i>   retained QoS 1, chunk i of a delta
     trust/root/<N>                            retained, root.json version N
     devices/<id>/state                        retained, published by the device
     devices/<id>/events                       one JSON object per update step
@@ -53,6 +55,9 @@ EVENTS = (
     "drift_cleared",
     "capture_sent",
     "capture_refused",
+    "delta_fallback",  # a delta could not be used: the full artifact is fetched instead
+    "deferred",  # a download waits for a budget, an unmetered link or the window
+    "waiting_window",  # downloaded and installed: activation waits for the maintenance window
 )
 CAPTURE_TYPE = "capture-request"
 REQUEST_ID_RE = re.compile(r"^[0-9a-f]{8,32}\Z")
@@ -76,6 +81,7 @@ class TopicRef:
     index: int = -1
     device: str = ""
     root_version: int = 0
+    base: int = 0  # a delta's from-version (kinds ``delta_index`` and ``chunk``); 0 = the full artifact
 
 
 @dataclass(frozen=True)
@@ -112,9 +118,19 @@ class Topics:
         """Chunk ``index`` of artifact ``file``."""
         return f"{self.base}/models/{name}/{version}/chunks/{file}/{index}"
 
-    def chunks_filter(self, name: str, version: int, file: str) -> str:
-        """Every chunk of an artifact (a fresh download subscribes to this)."""
+    def chunks_filter(self, name: str, version: int, file: str, base: int = 0) -> str:
+        """Every chunk of an artifact (a fresh download subscribes to this); of its delta from ``base``."""
+        if base:
+            return f"{self.base}/models/{name}/{version}/delta/{base}/chunks/{file}/+"
         return f"{self.base}/models/{name}/{version}/chunks/{file}/+"
+
+    def delta_index(self, name: str, version: int, base: int) -> str:
+        """The signed delta index of a release from version ``base``."""
+        return f"{self.base}/models/{name}/{version}/delta/{base}/index"
+
+    def delta_chunk(self, name: str, version: int, base: int, file: str, index: int) -> str:
+        """Chunk ``index`` of the delta of artifact ``file`` from version ``base``."""
+        return f"{self.base}/models/{name}/{version}/delta/{base}/chunks/{file}/{index}"
 
     @property
     def manifests_filter(self) -> str:
@@ -191,6 +207,13 @@ class Topics:
                     return TopicRef("manifest", name=name, version=version)
                 if len(parts) == 6 and parts[3] == "chunks" and _is_number(parts[5]):
                     return TopicRef("chunk", name=name, version=version, file=parts[4], index=int(parts[5]))
+                if len(parts) >= 6 and parts[3] == "delta" and _is_number(parts[4]) and int(parts[4]) > 0:
+                    base = int(parts[4])
+                    if parts[5:] == ["index"]:
+                        return TopicRef("delta_index", name=name, version=version, base=base)
+                    if len(parts) == 8 and parts[5] == "chunks" and _is_number(parts[7]):
+                        return TopicRef("chunk", name=name, version=version, file=parts[6], index=int(parts[7]),
+                                        base=base)
         except ValueError:
             return None
         return None

@@ -40,6 +40,7 @@ from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.nonces import NONCES_FILE
+from edge_runtime.updates.policy import policy_settings
 from edge_runtime.updates.protocol import Topics, check_id
 from edge_runtime.updates.report import error_is_stale, serving_versions
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
@@ -96,6 +97,7 @@ class UpdateService:
             activation_timeout_s=m.activation_timeout_s,
             max_download_bytes_per_s=m.max_download_bytes_per_s,
             max_events=m.max_event_queue,
+            **policy_settings(cfg.updates),
         )
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
         # Control messages waiting for edge-updates, newest per topic: a flood on one topic

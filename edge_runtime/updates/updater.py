@@ -39,7 +39,6 @@ from edge_runtime.updates.download import (
     plan_filters,
     release_dir,
     remove_dir,
-    space_problem,
     sweep_staging,
 )
 from edge_runtime.updates.exceptions import ChunkError, IncompatibleError
@@ -57,9 +56,11 @@ from edge_runtime.updates.job import (
     model_view,
     models_summary,
 )
+from edge_runtime.updates.policy_steps import PolicySteps
 from edge_runtime.updates.protocol import TopicRef
 from edge_runtime.updates.report import Reporter, Transport
 from edge_runtime.updates.roots import PendingRoots, save_root
+from edge_runtime.updates.traffic import TRAFFIC_FILE, Traffic
 from edge_runtime.updates.verify import (
     Desired,
     ModelView,
@@ -121,7 +122,7 @@ class ReportedOnce:
         self._keys.clear()
 
 
-class Updater:
+class Updater(PolicySteps):
     """One device's update logic. Call :meth:`load` once, then feed it connection events and messages."""
 
     def __init__(
@@ -135,6 +136,7 @@ class Updater:
         clock_trusted: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
         post: Callable[[UpdaterEvent], None] | None = None,
+        wall: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.UTC),
     ) -> None:
         self.settings = settings
         self.store = store
@@ -161,6 +163,8 @@ class Updater:
         self._job: Job | None = None
         self._job_lock = threading.Lock()
         self._throttle = Throttle(settings.max_download_bytes_per_s, monotonic)
+        self.wall = wall  # windows and budgets: injected by tests and the simulator
+        self.traffic = Traffic(settings.state_dir / TRAFFIC_FILE, settings.nm_metered_file)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -183,12 +187,14 @@ class Updater:
                 try:
                     release = verify_manifest_message(message, self.store.root, name=name, version=version)
                     check_release(release, self._view(name), self._installed_manifest(name, version), **self._limits())
-                    download = Download.open(self.settings.staging_dir, release, message)
+                    delta = self._staged_delta(release, name, version)
+                    download = Download.open(self.settings.staging_dir, release, message, delta)
                 except (BadDataError, StoreError, OSError) as exc:
                     log.warning("discarding staged %s v%d: %s", name, version, exc)
                 else:
                     now = self.monotonic()
-                    job = Job(name, version, Phase.DOWNLOADING, now, download=download, message=message, last_progress=now)
+                    job = Job(name, version, Phase.DOWNLOADING, now, download=download, message=message, last_progress=now,
+                              release=release, delta_base=download.base)
                     self._set_job(job)
                     self._set_window(job, download.filters)
                     log.info("resuming %s v%d at %d%%", name, version, download.progress().percent)
@@ -233,6 +239,8 @@ class Updater:
                 self._evaluate()
         elif ref.kind == "manifest":
             self._on_manifest(ref.name, ref.version, payload)
+        elif ref.kind == "delta_index":
+            self._on_delta_index(ref, payload)
 
     def _on_root(self, version: int, payload: bytes) -> None:
         rotated, problems = self._pending_roots.offer(self.store.root, version, payload)
@@ -339,26 +347,18 @@ class Updater:
             return  # bad bytes: keep waiting, a corrected manifest may be republished
         self.transport.unsubscribe([self.topics.manifest(name, version)])
         if installed is not None and version not in self.store.state(name).quarantined:
-            self._activate(job)  # already here (installed, never activated): nothing to fetch
+            self._activate_in_window(job)  # already here (installed, never activated): nothing to fetch
             return
-        try:
-            download = Download.open(self.settings.staging_dir, release, payload)
-        except OSError as exc:
-            remove_dir(release_dir(self.settings.staging_dir, name, version))
-            self._reject(name, version, f"download failed: {exc}")
-            self._drop(job, refuse=True)
+        job.release, job.message = release, payload
+        base = self._delta_base(job)
+        if base:  # a delta from a version this device has: its signed index first (updates/delta.py)
+            with self._job_lock:
+                job.delta_base, job.phase = base, Phase.DELTA_INDEX
+            job.last_progress = self.monotonic()
+            self.transport.subscribe([self.topics.delta_index(name, version, base)])
+            self.publish_state()
             return
-        problem = space_problem(self.settings.staging_dir, download.total_bytes - download.progress().have_bytes)
-        if problem is not None:
-            download.remove()
-            self._reject(name, version, f"download refused: {problem}")
-            self._drop(job, refuse=True)
-            return
-        with self._job_lock:
-            job.download, job.message, job.phase = download, payload, Phase.DOWNLOADING
-        job.last_progress = self.monotonic()
-        if self._replan(job, unsubscribe=False):
-            self._progress(job)
+        self._start_download(job, None)
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -367,8 +367,9 @@ class Updater:
         with self._job_lock:
             job = self._job
             download = job.download if job is not None and job.phase == Phase.DOWNLOADING else None
-        if job is None or download is None or (ref.name, ref.version) != (job.name, job.version):
+        if job is None or download is None or (ref.name, ref.version, ref.base) != (job.name, job.version, download.base):
             return
+        self.traffic.add(job.name, job.version, len(payload), self.wall())
         try:
             written = download.offer(ref.file, ref.index, payload)
         except ChunkError as exc:
@@ -395,6 +396,9 @@ class Updater:
         """Results handed over from the network thread."""
         if isinstance(event, ChunkRejected):
             job = event.job
+            if job is self._job and job.phase == Phase.DOWNLOADING and job.download is not None and job.download.base:
+                self._delta_fallback(job, f"delta chunk dropped: {event.reason}")
+                return
             self._reject(job.name, job.version, f"chunk dropped: {event.reason}", dedupe=False, persist=False)
         elif isinstance(event, DownloadFailed):
             if event.job is self._job and event.job.phase == Phase.DOWNLOADING:
@@ -454,6 +458,7 @@ class Updater:
         if step > job.reported_percent:
             job.reported_percent = step
             self.reporter.event("downloading", job.name, job.version, percent=p.percent, have_bytes=p.have_bytes, total_bytes=p.total_bytes)
+            self.traffic.save()  # every 10 %: a restart keeps (almost) all of the day's bytes
             self.publish_state()
 
     # -- completion --------------------------------------------------------------------------
@@ -466,6 +471,14 @@ class Updater:
             self.transport.unsubscribe(download.filters)
             with contextlib.suppress(OSError):  # only a hint for a restart; the directory goes soon
                 download.set_filters([])
+        self.traffic.save()
+        if download.delta is not None:
+            try:  # the deltas' own hashes, then the rebuilt artifacts against the signed full hashes
+                download.verify_complete()
+                download.rebuild(self.store.version_dir(job.name, download.base))
+            except (BadDataError, OSError) as exc:
+                self._delta_fallback(job, str(exc))
+                return
         try:
             download.verify_complete()
             verify_manifest_signature(self.store.root, download.release.manifest_bytes, download.release.signature_bytes)
@@ -498,7 +511,7 @@ class Updater:
             return
         download.remove()
         self.reporter.event("installed", job.name, job.version)
-        self._activate(job)
+        self._activate_in_window(job)
 
     def _activate(self, job: Job) -> None:
         name, version = job.name, job.version
@@ -542,6 +555,16 @@ class Updater:
         if job.phase == Phase.DOWNLOADING and job.download is not None and job.download.complete:
             self._finish(job)  # e.g. a resumed download that had every chunk already
             return
+        if job.phase in (Phase.WAITING_WINDOW, Phase.DEFERRED):
+            minute = self.wall().replace(second=0, microsecond=0)
+            if minute == job.checked_minute:
+                return  # windows and budgets change by the minute: decide once a minute, not every tick
+            job.checked_minute = minute
+            if job.phase == Phase.DEFERRED:
+                self._start_download(job, job.delta)  # decides again: a new day, an unmetered link, the window
+            elif self._windows_open(job, minute):
+                self._activate(job)
+            return
         if job.phase == Phase.ACTIVATING:
             state = self.store.state(job.name)
             if state.serving == job.version:
@@ -563,6 +586,13 @@ class Updater:
                 topic = self.topics.manifest(job.name, job.version)
                 self.transport.unsubscribe([topic])
                 self.transport.subscribe([topic])
+            elif job.phase == Phase.DELTA_INDEX and not job.index_asked_again:  # ask once more, as for a manifest
+                job.index_asked_again = True
+                topic = self.topics.delta_index(job.name, job.version, job.delta_base)
+                self.transport.unsubscribe([topic])
+                self.transport.subscribe([topic])
+            elif job.phase == Phase.DELTA_INDEX:  # still no index: the full artifact
+                self._delta_fallback(job, f"no delta index within {2 * self.settings.stall_s:g} s")
             elif job.download is not None:
                 log.info("%s v%d stalled: re-requesting %d chunks", job.name, job.version, len(job.download.missing()))
                 self._replan(job, unsubscribe=True)
@@ -602,6 +632,8 @@ class Updater:
         try:
             if job.phase == Phase.MANIFEST:
                 self.transport.unsubscribe([self.topics.manifest(job.name, job.version)])
+            elif job.phase == Phase.DELTA_INDEX:
+                self.transport.unsubscribe([self.topics.delta_index(job.name, job.version, job.delta_base)])
             elif job.download is not None and job.download.filters:
                 self.transport.unsubscribe(job.download.filters)
         except TransportError:
@@ -670,6 +702,7 @@ class Updater:
             "update": job_summary(self._job),
             "last_error": self.last_error,
             "store_fault": self.store.write_fault,
+            "downloaded_bytes": self.traffic.summary(),  # per model and version, every byte received
         }
         if self.amend_state is not None:  # field monitoring adds each model's drift (docs/monitoring.md)
             self.amend_state(doc)

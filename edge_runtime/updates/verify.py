@@ -34,10 +34,13 @@ from edge_runtime.updates.exceptions import (
     ReplayError,
     UpdateMessageError,
 )
+from edge_runtime.updates.policy import Window, window_from_json
 from edge_runtime.updates.protocol import DESIRED_TYPE, MAX_SEQ
 
 MAX_SALT_CHARS = 128
 MAX_MODELS = 256
+MAX_DELTA_BASES = 16  # from-versions one entry may offer deltas for
+TARGET_FIELDS = frozenset({"version", "rollout", "rollback", "deltas", "window"})
 DESIRED_FIELDS = frozenset({"_type", "fleet", "device", "seq", "models", "expires"})
 
 
@@ -58,6 +61,8 @@ class ModelTarget:
     version: int
     rollout: Rollout | None
     rollback: bool = False
+    deltas: tuple[int, ...] = ()  # from-versions with a published delta (updates/delta.py)
+    window: Window | None = None  # the rollout's maintenance window (updates/policy.py)
 
 
 @dataclass(frozen=True)
@@ -174,22 +179,27 @@ def _parse_target(name: Any, entry: Any, what: str) -> ModelTarget:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UpdateMessageError(f"{what}: model name {echo(name)} must match {NAME_RE.pattern}")
     where = f"{what} model {name!r}"
-    if not isinstance(entry, dict) or not set(entry) <= {"version", "rollout", "rollback"}:
-        raise UpdateMessageError(f"{where}: expected {{version, rollout, rollback}}, found {echo(entry)}")
+    if not isinstance(entry, dict) or not set(entry) <= TARGET_FIELDS:
+        raise UpdateMessageError(f"{where}: expected {{version, rollout, rollback, deltas, window}}, found {echo(entry)}")
     version = _int(entry.get("version"), f"{where} version", 1)
     rollback = entry.get("rollback", False)
     if rollback is not True and rollback is not False:
         raise UpdateMessageError(f"{where}: rollback must be true or false, found {echo(rollback)}")
+    deltas = entry.get("deltas", [])
+    if not isinstance(deltas, list) or len(deltas) > MAX_DELTA_BASES:
+        raise UpdateMessageError(f"{where}: deltas must be a list of at most {MAX_DELTA_BASES} versions")
+    bases = tuple(_int(b, f"{where} delta base", 1, version - 1) for b in deltas)
+    window = window_from_json(entry["window"], f"{where} window") if "window" in entry else None
     raw = entry.get("rollout")
     if raw is None:
-        return ModelTarget(version, None, rollback)
+        return ModelTarget(version, None, rollback, bases, window)
     if not isinstance(raw, dict) or set(raw) != {"percent", "salt"}:
         raise UpdateMessageError(f"{where}: rollout must be {{percent, salt}}, found {echo(raw)}")
     percent = _int(raw["percent"], f"{where} rollout percent", 0, 100)
     salt = raw["salt"]
     if not isinstance(salt, str) or not 0 < len(salt) <= MAX_SALT_CHARS:
         raise UpdateMessageError(f"{where}: rollout salt must be a string of 1 to {MAX_SALT_CHARS} characters")
-    return ModelTarget(version, Rollout(percent, salt), rollback)
+    return ModelTarget(version, Rollout(percent, salt), rollback, bases, window)
 
 
 def verify_desired(message: bytes, root: TrustRoot, *, fleet: str, device: str | None) -> Desired:

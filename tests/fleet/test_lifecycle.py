@@ -167,7 +167,11 @@ def test_1_provisioned_devices_serve_the_operators_factory_model(fleet: Fleet, r
                        key_file=str(fleet.prov / "operator" / "operator.key"))
     fleet.session = FleetSession(op, TOPICS, timeout_s=30).__enter__()
     fleet.session.watch([TOPICS.devices_filter("state"), TOPICS.devices_filter("online")], fleet.states.on_message)
-    wait_until(lambda: all(fleet.state(d) for d in fleet.ids), "every device to report over TLS", timeout=WAIT_S)
+    try:
+        wait_until(lambda: all(fleet.state(d) for d in fleet.ids), "every device to report over TLS", timeout=WAIT_S)
+    except AssertionError:
+        raise AssertionError(f"silent: {[d for d in fleet.ids if not fleet.state(d)]}; " + "\n".join(
+            d.log()[-3000:] for d in fleet.daemons.values())) from None
     for device, d in fleet.daemons.items():  # the daemons serve the operator's factory model, and say so
         status, body = request(d.port, "GET", f"/v2/models/{MODEL}/ready")
         assert status == 200, (device, body)
