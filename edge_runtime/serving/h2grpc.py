@@ -497,17 +497,18 @@ class Connection(asyncio.Protocol):
     def _close(self) -> None:
         if self.closed:
             return
-        self._flush()
+        self.flush()
         self.closed = True
         self.transport.close()
 
     def _write(self, data: bytes) -> None:
         # Everything written in one turn of the loop leaves in one writelines (one writev).
         if not self._out:
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self.flush)
         self._out.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what this turn of the loop queued, in one writelines."""
         out = self._out
         if out and not self.closed:
             self.transport.writelines(out)

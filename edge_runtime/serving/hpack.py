@@ -109,10 +109,10 @@ def _integer(data: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
         pos += 1
         value += (byte & 0x7F) << shift
         shift += 7
+        if value > 1 << 28 or (shift > 28 and byte & 0x80):
+            raise HpackError("header block: integer too large")
         if not byte & 0x80:
             return value, pos
-        if shift > 28:
-            raise HpackError("header block: integer too large")
 
 
 def _string(data: bytes, pos: int) -> tuple[bytes, int]:
