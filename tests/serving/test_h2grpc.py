@@ -282,3 +282,23 @@ async def test_goaway_refuses_new_calls_and_closes_once_the_open_ones_are_answer
     await asyncio.sleep(0)  # the close is scheduled after the answer's write
     assert peer.transport.closed and peer.endpoint.idle.is_set()
     assert [f[0] for f in frames(peer.transport.out)] == [HEADERS, DATA, HEADERS]
+
+
+def test_the_protocol_adapters_share_the_cycle_and_never_import_each_other() -> None:
+    import ast
+    from pathlib import Path
+
+    import edge_runtime.serving.app as app_module
+
+    serving = Path(app_module.__file__).parent
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((serving / f"{module}.py").read_text(encoding="utf-8"))
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+
+    grpc_side, http_side = imported("grpc_server") | imported("h2grpc"), imported("app")
+    assert "edge_runtime.serving.cycle" in grpc_side and "edge_runtime.serving.cycle" in http_side
+    assert "edge_runtime.serving.app" not in grpc_side and "edge_runtime.serving.grpc_server" not in http_side
+    assert not any(m == "grpc" or m.startswith("grpc.") for m in grpc_side)  # grpcio is not used by the server
