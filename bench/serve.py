@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Start to ready and RSS with only the demo model, in this venv and in the device venv.
         (tmp / "demo").mkdir()
-        demo_store, demo_root = make_device(tmp / "demo", None)
+        demo_store, demo_root = make_device(tmp / "demo", None, demo_only=True)
         startup: dict[str, tuple[list[float], tuple[float, float]]] = {}
         venvs = [("test venv", EDGE)] + ([("device venv", device_venv / "bin" / "edge-runtime")] if device_venv else [])
         for label, edge in venvs:

@@ -110,6 +110,7 @@ def _uvicorn_server(app: App, cfg: Config) -> Any:
         http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s,
                            cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections)),
         lifespan="off",
+        ws="none",  # no websockets: uvicorn would otherwise import websockets/wsproto to probe for them
         access_log=False,
         log_config=None,
         log_level="warning",
