@@ -296,7 +296,8 @@ class Daemon:
                 port, exc,
             )
             return None
-        endpoint = GrpcEndpoint(app.cycle, self.state, self.cfg.server.max_request_bytes, self.cfg.server.max_header_bytes)
+        endpoint = GrpcEndpoint(app.cycle, self.state, self.cfg.server.max_request_bytes, self.cfg.server.max_header_bytes,
+                                connection_cap(self.cfg.server.max_connections))
         bound = await endpoint.start(self.cfg.server.host, port)
         host = self.cfg.server.host
         self.grpc_address = (host, bound)

@@ -368,9 +368,10 @@ def _simple(method: Callable[[memoryview], Message]) -> Handler:
 class GrpcEndpoint:
     """The gRPC server of one daemon, running on the daemon's event loop."""
 
-    def __init__(self, cycle: InferCycle, state: Readiness, max_message_bytes: int, max_header_bytes: int) -> None:
+    def __init__(self, cycle: InferCycle, state: Readiness, max_message_bytes: int, max_header_bytes: int,
+                 max_connections: int = 256) -> None:
         self.service = InferenceService(cycle, state)
-        self.endpoint = Endpoint(self.service.dispatch, max_message_bytes, max_header_bytes)
+        self.endpoint = Endpoint(self.service.dispatch, max_message_bytes, max_header_bytes, max_connections)
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
 

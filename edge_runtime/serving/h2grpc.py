@@ -13,7 +13,8 @@ A :data:`Dispatch` is called once per complete request with ``(path, message, re
 and calls ``reply(status, text, answer)`` once, at once or later from the loop thread.
 
 Bounded, for hostile clients: frame size (:data:`MAX_FRAME_BYTES`), the header block of a
-request (``max_header_bytes``), concurrent streams (:data:`MAX_STREAMS`), the request
+request (``max_header_bytes``), connections (``max_connections``, refused with GOAWAY past
+it), concurrent streams per connection (:data:`MAX_STREAMS`), the request
 message (``max_message_bytes``: RESOURCE_EXHAUSTED as soon as its length prefix says it is
 larger, before the body is read), and the flow-control windows we grant. A peer that
 breaks the protocol gets GOAWAY and the connection is closed.
@@ -40,6 +41,7 @@ PADDED = 0x8
 PRIORITY_FLAG = 0x20
 
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, REFUSED_STREAM, COMPRESSION_ERROR = 0, 1, 3, 6, 7, 9
+ENHANCE_YOUR_CALM = 0xB
 
 MAX_FRAME_BYTES = 1 << 20  # SETTINGS_MAX_FRAME_SIZE we accept: fewer frames per image request
 MAX_STREAMS = 128  # SETTINGS_MAX_CONCURRENT_STREAMS
@@ -111,8 +113,10 @@ class Stream:
 class Endpoint:
     """What connections share: the dispatcher, the limits and the set of live connections."""
 
-    def __init__(self, dispatch: Dispatch, max_message_bytes: int, max_header_bytes: int) -> None:
+    def __init__(self, dispatch: Dispatch, max_message_bytes: int, max_header_bytes: int,
+                 max_connections: int = 256) -> None:
         self.dispatch = dispatch
+        self.max_connections = max_connections
         self.max_message_bytes = max_message_bytes
         self.max_header_bytes = max_header_bytes
         self.stream_window = min(MAX_WINDOW, max(DEFAULT_WINDOW, max_message_bytes + 5))
@@ -156,6 +160,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if len(self.ep.connections) >= self.ep.max_connections:
+            # Past [server] max_connections, as for HTTP: refused at once, so that idle
+            # connections cannot take every file descriptor the process has.
+            self._write(frame(GOAWAY, 0, 0, struct.pack(">II", 0, ENHANCE_YOUR_CALM) + b"too many connections"))
+            self._close()
+            return
         self.ep.connections.add(self)
         settings = struct.pack(">HIHIHIHI", 0x3, MAX_STREAMS, 0x4, self.ep.stream_window, 0x5, MAX_FRAME_BYTES,
                                0x6, self.ep.max_header_bytes)

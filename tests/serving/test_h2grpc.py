@@ -302,3 +302,15 @@ def test_the_protocol_adapters_share_the_cycle_and_never_import_each_other() -> 
     assert "edge_runtime.serving.cycle" in grpc_side and "edge_runtime.serving.cycle" in http_side
     assert "edge_runtime.serving.app" not in grpc_side and "edge_runtime.serving.grpc_server" not in http_side
     assert not any(m == "grpc" or m.startswith("grpc.") for m in grpc_side)  # grpcio is not used by the server
+
+
+@in_loop
+async def test_connections_past_max_connections_are_refused_at_once() -> None:
+    first = Peer()
+    first.endpoint.max_connections = 1
+    extra = h2grpc.Connection(first.endpoint)
+    transport = FakeTransport()
+    extra.connection_made(transport)
+    [(kind, _, _, payload)] = frames(transport.out)
+    assert kind == GOAWAY and struct.unpack(">I", payload[4:8])[0] == h2grpc.ENHANCE_YOUR_CALM and transport.closed
+    assert first.endpoint.connections == {first.conn}
