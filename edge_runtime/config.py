@@ -175,6 +175,7 @@ class ModelConfig:
     execution: str = "auto"  # auto | inline (on the event loop) | threads (queue + worker threads)
     inline_max_us: int = 100  # auto: run on the event loop when one batch-1 invoke takes at most this
     idle_inline_max_us: int = 2000  # threads: a request alone in the server runs on the loop if a run takes at most this; 0 = never
+    stack_max_us: int = 100  # threads: a merged batch is one stacked invoke if a batch-1 invoke takes at most this, else run request by request
     drift: DriftConfig = field(default_factory=DriftConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
 
@@ -327,8 +328,8 @@ def _validate_model(name: str, m: ModelConfig) -> None:
         raise ConfigError(f"{where}.traffic: weights must not all be 0")
     if m.execution not in ("auto", "inline", "threads"):
         raise ConfigError(f"{where}.execution: expected 'auto', 'inline' or 'threads', found {m.execution!r}")
-    if m.inline_max_us < 0 or m.idle_inline_max_us < 0 or m.shadow < 0:
-        raise ConfigError(f"{where}: inline_max_us, idle_inline_max_us and shadow must be >= 0")
+    if m.inline_max_us < 0 or m.idle_inline_max_us < 0 or m.shadow < 0 or m.stack_max_us < 0:
+        raise ConfigError(f"{where}: inline_max_us, idle_inline_max_us, stack_max_us and shadow must be >= 0")
     if any(b < 1 or (m.max_batch_size and b > m.max_batch_size) for b in m.preferred_batch_sizes):
         raise ConfigError(f"{where}.preferred_batch_sizes: each must be in [1, max_batch_size]")
     d, c = m.drift, m.capture

@@ -116,6 +116,7 @@ def _uvicorn_server(app: App, cfg: Config) -> Any:
         http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s,
                            cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections)),
         lifespan="off",
+        ws="none",  # no websockets: uvicorn would otherwise import websockets/wsproto to probe for them
         access_log=False,
         log_config=None,
         log_level="warning",
@@ -331,7 +332,8 @@ class Daemon:
                 port, exc,
             )
             return None
-        endpoint = GrpcEndpoint(app, self.cfg.server.max_request_bytes)
+        endpoint = GrpcEndpoint(app.cycle, self.state, self.cfg.server.max_request_bytes, self.cfg.server.max_header_bytes,
+                                connection_cap(self.cfg.server.max_connections))
         bound = await endpoint.start(self.cfg.server.host, port)
         host = self.cfg.server.host
         self.grpc_address = (host, bound)

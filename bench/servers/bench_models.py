@@ -76,8 +76,11 @@ def cnn_models() -> tuple[Path, Path]:
     return onnx_path, tflite_path
 
 
-def make_device(base: Path, cnn_tflite: Path | None) -> tuple[Path, Path]:
-    """A store with the demo model (and CNN variants) installed; returns (store dir, root file)."""
+def make_device(base: Path, cnn_tflite: Path | None, demo_only: bool = False) -> tuple[Path, Path]:
+    """A store with the demo model, its serving variants (and the CNN's) installed; returns (store dir, root file).
+
+    ``demo_only``: the demo model alone, as a device that runs the README tour holds it.
+    """
     from edge_runtime.packaging import pack_model
     from edge_runtime.store.store import ModelStore
     from edge_runtime.trust.keys import generate_private_key
@@ -90,13 +93,13 @@ def make_device(base: Path, cnn_tflite: Path | None) -> tuple[Path, Path]:
     golden = np.load(FACTORY / "golden.npy")
     models: list[tuple[str, Path, list[str], list[str], Any]] = [
         (n, FACTORY / "fraud.tflite", ["input_0"], ["output_0"], [golden])
-        for n in ("fraud", "fraud_threads", "fraud_nobatch")
+        for n in (("fraud",) if demo_only else ("fraud", "fraud_threads", "fraud_nobatch"))
     ]
     if cnn_tflite is not None:
         img = [np.random.default_rng(1).random((2, 3, 96, 96), dtype=np.float32)]
         models += [(n, cnn_tflite, ["image"], ["probs"], img) for n in ("cnn", "cnn_nobatch", "cnn_single")]
     # The same MLP with a reference profile: drift sketches on (and capture, by config).
-    models += [(n, FACTORY / "fraud.tflite", ["input_0"], ["output_0"], [golden]) for n in MONITORED]
+    models += [(n, FACTORY / "fraud.tflite", ["input_0"], ["output_0"], [golden]) for n in MONITORED if not demo_only]
     calib = np.load(FACTORY / "calibration.npy").astype(np.float32)
     for name, path, ins, outs, sample in models:
         bundle = base / f"{name}.bundle"

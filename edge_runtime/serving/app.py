@@ -17,9 +17,9 @@ its executor, so a hot swap never sends work to a version already retired.
 
 The steps every protocol shares (finding the model, picking its version, running the
 request on the version's executor, recording statistics, shadow scoring, metadata) are
-public methods of :class:`App`; the KServe v2 gRPC endpoint
-(:mod:`edge_runtime.serving.grpc_server`) calls the same methods, so both protocols use
-one set of models, queues, versions, A/B weights, shadows and metrics.
+those of :class:`~edge_runtime.serving.cycle.InferCycle` (``App.cycle``); the KServe v2
+gRPC endpoint adapts the same cycle, so both protocols use one set of models, queues,
+versions, A/B weights, shadows and metrics.
 """
 
 from __future__ import annotations
@@ -27,29 +27,25 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import orjson
 
-from edge_runtime import __version__
 from edge_runtime.config import ServerConfig
-from edge_runtime.exceptions import EdgeRuntimeError, InferenceError, InputError, NotFoundError, UnavailableError
+from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
 from edge_runtime.monitoring.drift import worst_features
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.codec import (
-    InferRequest,
     decode_request,
     encode_response,
     error_body,
     header_length,
     json_values_problem,
 )
+from edge_runtime.serving.cycle import PLATFORMS, InferCycle, RequestTimes
 from edge_runtime.serving.manager import ModelManager
 from edge_runtime.serving.metrics import Metrics
-from edge_runtime.serving.models import LoadedVersion, Routing, ServedModel, disagreement
-from edge_runtime.serving.workers import InlineExecutor
+from edge_runtime.serving.models import LoadedVersion
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -58,9 +54,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
 OCTET = b"application/octet-stream"
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_repository", "model_configuration"]
 INFLATE_PIECE_BYTES = 1024 * 1024
-PLATFORMS = {"tflite": "litert_tflite", "onnx": "onnxruntime_onnx"}
 
 
 # The one map from the project's errors to HTTP statuses (the first match wins, so
@@ -111,26 +105,6 @@ class ServingState:
         return "loading models"
 
 
-@dataclass(slots=True)
-class RequestTimes:
-    """Where one request was when (``time.perf_counter_ns``)."""
-
-    arrived_ns: int
-    decoded_ns: int
-    executed_ns: int
-    answered_ns: int
-
-
-@dataclass(slots=True)
-class Executed:
-    """A request run by its version's executor: outputs and where the time went."""
-
-    outs: list[np.ndarray]
-    queue_ns: int
-    infer_ns: int
-    inline: bool  # ran on the event loop (no queue)
-
-
 class App:
     """The ASGI application."""
 
@@ -148,7 +122,7 @@ class App:
         self.state = state
         self.max_request_bytes = max_request_bytes
         self.max_json_values = max_json_values
-        self.in_flight = 0  # infer requests being handled (the loop runs one at a time; others await)
+        self.cycle = InferCycle(manager, metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI entry point."""
@@ -162,11 +136,11 @@ class App:
             if path.endswith("/infer") and path.startswith("/v2/models/"):
                 if method != "POST":
                     raise HTTPError(405, f"{path} takes POST, found {method}")
-                self.in_flight += 1
+                self.cycle.in_flight += 1
                 try:
                     await self._infer(scope, receive, send, path[11:-6])
                 finally:
-                    self.in_flight -= 1
+                    self.cycle.in_flight -= 1
                 return
             status, body, ctype = await self._route(method, path, scope, receive)
         except HTTPError as exc:
@@ -183,7 +157,7 @@ class App:
             name, version = _model_target(target)
         else:
             name, version = target, None
-        sm = self.served_model(name)
+        sm = self.cycle.served_model(name)
         json_length = encoding = accept = declared = None
         for key, value in scope["headers"]:
             if key == b"content-length":
@@ -197,7 +171,7 @@ class App:
         body = await self._body(receive, declared, encoding)
         # From here to the hand-over to the executor: no await (see the module docstring).
         routing = sm.routing
-        lv = self.pick(sm, version)
+        lv = self.cycle.pick(sm, version)
         try:
             header_len = None if json_length is None else header_length(json_length, len(body))
             too_many = json_values_problem(body, header_len, lv.iface, self.max_json_values)
@@ -209,7 +183,7 @@ class App:
             lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
             raise
         t1 = time.perf_counter_ns()
-        done = await self.execute(lv, request, t0)
+        done = await self.cycle.execute(lv, request, t0)
         t2 = time.perf_counter_ns()
         payload, json_len = encode_response(name, lv.version_str, request, lv.iface, done.outs)
         if json_len is None:
@@ -224,118 +198,7 @@ class App:
         headers.append((b"content-length", b"%d" % len(payload)))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
-        self.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
-
-    # -- shared by every protocol (HTTP here, gRPC in grpc_server.py) --------------------
-
-    def served_model(self, name: str) -> ServedModel:
-        """The model called ``name``; NotFoundError (counted) when it is not served."""
-        try:
-            return self._model(name)
-        except NotFoundError:
-            self.metrics.not_found_requests += 1
-            raise
-
-    def _model(self, name: str) -> ServedModel:
-        """The model called ``name``; NotFoundError (not counted: not a request) when it is not served."""
-        sm = self.manager.served.get(name)
-        if sm is None:
-            raise NotFoundError(f"unknown model {name!r}; served: {sorted(self.manager.served)}")
-        return sm
-
-    def pick(self, sm: ServedModel, version: int | None) -> LoadedVersion:
-        """The version that answers a request (A/B weights when ``version`` is None); errors are counted.
-
-        NotFoundError for a version that is not loaded, UnavailableError while nothing is.
-        Call :meth:`execute` without awaiting anything in between (see the module docstring).
-        """
-        try:
-            return sm.route(version)
-        except NotFoundError:
-            self.metrics.not_found_requests += 1
-            raise
-        except UnavailableError:
-            self.metrics.not_ready(sm.name)
-            raise
-
-    async def execute(self, lv: LoadedVersion, request: InferRequest, t0: int) -> Executed:
-        """Run a decoded request on ``lv``: on the event loop when the executor allows, else queued.
-
-        The hand-over happens before the first await. A failure is recorded in the
-        version's statistics (``t0``: when the request arrived) and re-raised:
-        InputError (bad input found by the backend), UnavailableError (queue full,
-        version unloading), InferenceError (the backend failed, named in the message).
-        """
-        executor = lv.executor
-        try:
-            if isinstance(executor, InlineExecutor):
-                outs, infer_ns = executor.run(request.arrays)
-                return Executed(outs, 0, infer_ns, True)
-            here = executor.run_here(request.arrays) if self.in_flight == 1 else None
-            if here is not None:
-                return Executed(here[0], 0, here[1], True)
-            outs, queue_ns, infer_ns, _ = await executor.submit(request.arrays, request.rows)
-            return Executed(outs, queue_ns, infer_ns, False)
-        except InputError:
-            lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
-            raise
-        except UnavailableError:
-            lv.stats.failed("unavailable", time.perf_counter_ns() - t0)
-            raise
-        except EdgeRuntimeError as exc:
-            lv.stats.failed("error", time.perf_counter_ns() - t0)
-            raise InferenceError(f"{lv.name} v{lv.version}: inference failed: {exc}") from exc
-
-    def answered(
-        self,
-        lv: LoadedVersion,
-        routing: Routing | None,
-        version: int | None,
-        request: InferRequest,
-        done: Executed,
-        times: RequestTimes,
-    ) -> None:
-        """Record a request answered by ``lv`` and shadow it when the routing has a shadow.
-
-        ``routing`` is the one the version was picked from. Versioned requests are not shadowed.
-        """
-        total_ns = times.answered_ns - times.arrived_ns
-        decode_ns = times.decoded_ns - times.arrived_ns
-        encode_ns = times.answered_ns - times.executed_ns
-        if done.inline:
-            lv.stats.answered_inline(request.rows, total_ns, decode_ns, done.infer_ns, encode_ns)
-        else:
-            lv.stats.answered(request.rows, total_ns, done.queue_ns, decode_ns, done.infer_ns, encode_ns)
-        monitor = lv.monitor
-        if monitor is not None:
-            monitor.observe(request.arrays, done.outs)
-        if routing is not None and routing.shadow is not None and version is None and routing.shadow is not lv:
-            self._shadow(routing.shadow, lv, request, done.outs)
-
-    def server_metadata(self) -> dict[str, Any]:
-        """The KServe server metadata: ``name``, ``version``, ``extensions``."""
-        return {"name": "edge-runtime", "version": __version__, "extensions": EXTENSIONS}
-
-    def model_ready(self, name: str, version: int | None) -> bool:
-        """True when ``name`` (and ``version``, when given) can answer now; NotFoundError when unknown."""
-        sm = self._model(name)
-        if sm.routing is None:
-            return False
-        sm.route(version)  # NotFoundError for a version that is not loaded
-        return True
-
-    def model_metadata(self, name: str, version: int | None) -> dict[str, Any]:
-        """The KServe model metadata; NotFoundError (unknown model or version), UnavailableError (not loaded)."""
-        sm = self._model(name)
-        lv = sm.route(version)
-        return {
-            "name": name,
-            "versions": [str(v) for v in sm.known_versions] if version is None else [str(version)],
-            "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
-            **lv.iface.metadata(),
-            # Not in KServe's metadata schema, which clients ignore beyond: what runs this version.
-            "parameters": {"delegate": lv.delegate, "skipped_delegates": [s.to_json() for s in lv.skipped]},
-        }
+        self.cycle.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
 
     async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes | bytearray:
         limit = self.max_request_bytes
@@ -358,37 +221,6 @@ class App:
                 body = _decompress(body, coding, limit)
         return body
 
-    def _shadow(self, shadow: LoadedVersion, answered: LoadedVersion, request: InferRequest, outs: list[Any]) -> None:
-        """Score a copy of the request with the shadow version, off the answer path, and compare."""
-        st = self.metrics.shadow(answered.name, answered.version, shadow.version)
-        if shadow.closed or shadow.iface.input_signature != answered.iface.input_signature:
-            st.dropped += 1
-            return
-        arrays, rows = request.arrays, request.rows
-        executor = shadow.executor
-        if isinstance(executor, InlineExecutor):
-            try:
-                theirs, infer_ns = executor.run(arrays)
-                shadow.stats.executed(rows, infer_ns)
-            except EdgeRuntimeError:
-                st.failed += 1
-                return
-            _compared(st, answered, shadow, arrays, outs, theirs, rows)
-            return
-        try:
-            fut = executor.submit(arrays, rows)
-        except UnavailableError:
-            st.dropped += 1
-            return
-
-        def done(f: Any) -> None:
-            if f.cancelled() or f.exception() is not None:
-                st.failed += 1
-                return
-            _compared(st, answered, shadow, arrays, outs, f.result()[0], rows)
-
-        fut.add_done_callback(done)
-
     # -- everything else ------------------------------------------------------------------
 
     async def _route(self, method: str, path: str, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
@@ -404,7 +236,7 @@ class App:
                 return 200, b"", JSON
             return 503, error_body(f"server not ready: {self.state.not_ready_reason()}"), JSON
         if path == "/v2":
-            return 200, orjson.dumps(self.server_metadata()), JSON
+            return 200, orjson.dumps(self.cycle.server_metadata()), JSON
         if path == "/metrics":
             return 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
         if path == "/v2/models/stats":
@@ -420,7 +252,7 @@ class App:
                 target, action = target[: -len(suffix)], suffix[1:]
                 break
         name, version = _model_target(target)
-        sm = self._model(name)
+        sm = self.cycle.model(name)
         if action == "stats":
             if version is not None and version not in sm.known_versions:
                 raise NotFoundError(f"model {name!r} has no version {version} loaded")
@@ -432,7 +264,7 @@ class App:
             return 200, b"", JSON
         if action == "config":
             return 200, orjson.dumps(self._config(sm.route(version))), JSON
-        return 200, orjson.dumps(self.model_metadata(name, version)), JSON
+        return 200, orjson.dumps(self.cycle.model_metadata(name, version)), JSON
 
     def _config(self, lv: LoadedVersion) -> dict[str, Any]:
         cfg = lv.config
@@ -492,15 +324,6 @@ def drift_stats(vm: VersionMonitor) -> dict[str, Any]:
     if vm.ring is not None:
         out["capture"] = vm.ring.stats()
     return out
-
-
-def _compared(st: Any, answered: LoadedVersion, shadow: LoadedVersion, arrays: list[Any], outs: list[Any],
-              theirs: list[Any], rows: int) -> None:
-    """Count a shadow comparison; a request the two versions answered differently is captured."""
-    worst, differ, _ = disagreement(outs, theirs)
-    st.compared(worst, differ, rows)
-    if differ and answered.monitor is not None:
-        answered.monitor.shadow_disagreed(arrays, outs, shadow.version, theirs, differ)
 
 
 def _model_target(target: str) -> tuple[str, int | None]:

@@ -1,23 +1,25 @@
 """The KServe v2 / Open Inference Protocol gRPC endpoint (``inference.GRPCInferenceService``).
 
-It runs with ``grpc.aio`` on the daemon's own event loop, next to the HTTP server, and
-calls the same :class:`~edge_runtime.serving.app.App` methods as the HTTP infer path: the
-same loaded versions, routing (``model_version``, A/B weights, shadow), executors and
-batching queues, statistics and Prometheus metrics. Cheap models therefore still run
-inline on the loop, and a request never waits between picking its version and being
-handed to that version's executor.
+It runs on the daemon's own event loop, next to the HTTP server, over this package's own
+HTTP/2 transport (:mod:`edge_runtime.serving.h2grpc`; grpcio is not used), and adapts the
+same :class:`~edge_runtime.serving.cycle.InferCycle` as HTTP: the same loaded versions,
+routing (``model_version``, A/B weights, shadow), executors and batching queues,
+statistics and Prometheus metrics. Cheap models therefore still run inline on the loop,
+and a request never waits between picking its version and being handed to that
+version's executor. Nothing here creates a task: an inline model is answered while its
+request is being read, a queued one from its future's callback.
 
 RPCs: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer;
-any other method of the service answers UNIMPLEMENTED. Requests arrive as bytes and are
-parsed here, so a malformed message is INVALID_ARGUMENT rather than grpc's own INTERNAL.
+any other method of the service answers UNIMPLEMENTED. A malformed message is
+INVALID_ARGUMENT.
 
 Status codes: INVALID_ARGUMENT for a request that does not fit the model (the same
 messages as HTTP 400), NOT_FOUND for an unknown model or a version not loaded,
 UNAVAILABLE for a full queue, a model with no version loaded or a version being
 unloaded; INTERNAL only when a backend fails on a request that passed every check.
 Handlers raise the project's errors; :data:`GRPC_STATUS` turns them into codes once, in
-the wrapper every RPC goes through.
-A message over ``[server] max_request_bytes`` is refused by grpc with RESOURCE_EXHAUSTED.
+:meth:`InferenceService.dispatch`. A message over ``[server] max_request_bytes`` is
+RESOURCE_EXHAUSTED.
 
 Tensors: ``raw_input_contents`` (one little-endian, row-major buffer per input, in the
 order of ``inputs``) or the typed ``contents`` fields, never both. Outputs are
@@ -28,19 +30,21 @@ always raw). See docs/grpc.md.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
-from edge_runtime.serving.app import App, RequestTimes
 from edge_runtime.serving.codec import InferRequest, Interface, batch_rows, check_all_given
+from edge_runtime.serving.cycle import Executed, InferCycle, RequestTimes
 from edge_runtime.serving.grpc_proto import grpc_predict_v2_pb2 as pb
+from edge_runtime.serving.h2grpc import Connection, Endpoint, Reply, Status
+from edge_runtime.serving.models import LoadedVersion, Routing
 
 log = logging.getLogger("edge_runtime.serving")
 
@@ -208,164 +212,201 @@ def encode_infer(
 
 
 # The one map from the project's errors to gRPC status codes (the first match wins, so
-# subclasses come before their bases); applied once per call in _unary.
-GRPC_STATUS: tuple[tuple[type[EdgeRuntimeError], grpc.StatusCode], ...] = (
-    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (EdgeRuntimeError, grpc.StatusCode.INTERNAL),
+# subclasses come before their bases); applied once per call in InferenceService.dispatch.
+GRPC_STATUS: tuple[tuple[type[EdgeRuntimeError], Status], ...] = (
+    (InputError, Status.INVALID_ARGUMENT),
+    (NotFoundError, Status.NOT_FOUND),
+    (UnavailableError, Status.UNAVAILABLE),
+    (EdgeRuntimeError, Status.INTERNAL),
 )
 
 
-def grpc_status(exc: EdgeRuntimeError) -> grpc.StatusCode:
+def grpc_status(exc: EdgeRuntimeError) -> Status:
     """The gRPC status code that answers ``exc`` (see :data:`GRPC_STATUS`)."""
     return next(code for cls, code in GRPC_STATUS if isinstance(exc, cls))
 
 
-def _parse(cls: Any, data: bytes) -> Any:
+def _parse(cls: Any, data: memoryview) -> Any:
     try:
         return cls.FromString(data)
     except DecodeError as exc:
         raise InputError(f"request is not a valid {cls.DESCRIPTOR.name}: {exc}") from None
 
 
+class Readiness(Protocol):
+    """What ServerReady reports (the daemon's serving state)."""
+
+    @property
+    def answering(self) -> bool:
+        """True when every model is in and the server is not shutting down."""
+
+
+Handler = Callable[[memoryview, Reply], None]
+
+
 class InferenceService:
-    """The six KServe v2 RPCs, answered from an :class:`App`'s models, queues and metrics."""
+    """The six KServe v2 RPCs, answered from an :class:`InferCycle`'s models, queues and metrics."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, cycle: InferCycle, state: Readiness) -> None:
+        self.cycle = cycle
+        self.state = state
+        prefix = f"/{SERVICE}/"
+        self.handlers: dict[bytes, Handler] = {
+            (prefix + name).encode(): handler
+            for name, handler in (
+                ("ServerLive", _simple(self.server_live)),
+                ("ServerReady", _simple(self.server_ready)),
+                ("ModelReady", _simple(self.model_ready)),
+                ("ServerMetadata", _simple(self.server_metadata)),
+                ("ModelMetadata", _simple(self.model_metadata)),
+                ("ModelInfer", self.model_infer),
+            )
+        }
 
-    async def server_live(self, data: bytes) -> Message:
+    def dispatch(self, path: bytes, data: memoryview, reply: Reply) -> None:
+        """Answer one call; errors become status codes here, once."""
+        handler = self.handlers.get(path)
+        if handler is None:
+            reply(Status.UNIMPLEMENTED, f"method {path[:200].decode(errors='replace')} is not implemented", b"")
+            return
+        try:
+            handler(data, reply)
+        except EdgeRuntimeError as exc:
+            reply(grpc_status(exc), str(exc), b"")
+
+    def server_live(self, data: memoryview) -> Message:
         """Always live once the endpoint answers."""
         _parse(pb.ServerLiveRequest, data)
         return pb.ServerLiveResponse(live=True)
 
-    async def server_ready(self, data: bytes) -> Message:
+    def server_ready(self, data: memoryview) -> Message:
         """Ready once every model is loaded, until shutdown starts (as ``/v2/health/ready``)."""
         _parse(pb.ServerReadyRequest, data)
-        return pb.ServerReadyResponse(ready=self.app.state.answering)
+        return pb.ServerReadyResponse(ready=self.state.answering)
 
-    async def model_ready(self, data: bytes) -> Message:
+    def model_ready(self, data: memoryview) -> Message:
         """``ready`` false for an unknown, unloaded or malformed model/version, as Triton answers."""
         req = _parse(pb.ModelReadyRequest, data)
         try:
-            ready = self.app.model_ready(req.name, parse_version(req.version))
+            ready = self.cycle.model_ready(req.name, parse_version(req.version))
         except (NotFoundError, InputError):
             ready = False
         return pb.ModelReadyResponse(ready=ready)
 
-    async def server_metadata(self, data: bytes) -> Message:
+    def server_metadata(self, data: memoryview) -> Message:
         """Name, version and extensions (the same as ``GET /v2``)."""
         _parse(pb.ServerMetadataRequest, data)
-        return pb.ServerMetadataResponse(**self.app.server_metadata())
+        return pb.ServerMetadataResponse(**self.cycle.server_metadata())
 
-    async def model_metadata(self, data: bytes) -> Message:
+    def model_metadata(self, data: memoryview) -> Message:
         """Versions, platform, inputs and outputs (the same as ``GET /v2/models/{m}``)."""
         req = _parse(pb.ModelMetadataRequest, data)
-        meta = self.app.model_metadata(req.name, parse_version(req.version))
+        meta = self.cycle.model_metadata(req.name, parse_version(req.version))
         meta.pop("parameters", None)  # the delegate report: not a field of the gRPC message
         return pb.ModelMetadataResponse(**meta)
 
-    async def model_infer(self, data: bytes) -> Message:
-        """One inference, through the same path as ``POST /v2/models/{m}/infer``."""
+    def model_infer(self, data: memoryview, reply: Reply) -> None:
+        """One inference, through the same cycle as ``POST /v2/models/{m}/infer``."""
         t0 = time.perf_counter_ns()
         req = _parse(pb.ModelInferRequest, data)
-        app = self.app
-        app.in_flight += 1
+        cycle = self.cycle
+        version = parse_version(req.model_version)
+        name = req.model_name
+        # From here to the hand-over to the executor: no await (see serving/cycle.py).
+        sm = cycle.served_model(name)
+        routing = sm.routing
+        lv = cycle.pick(sm, version)
         try:
-            version = parse_version(req.model_version)
-            name = req.model_name
-            # From here to the hand-over to the executor: no await (see serving/app.py).
-            sm = app.served_model(name)
-            routing = sm.routing
-            lv = app.pick(sm, version)
+            request = decode_infer(req, lv.iface)
+        except InputError:
+            lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
+            raise
+        t1 = time.perf_counter_ns()
+        cycle.in_flight += 1
+        try:
+            started = cycle.begin(lv, request, t0)
+        except EdgeRuntimeError:
+            cycle.in_flight -= 1
+            raise
+        if isinstance(started, Executed):
+            cycle.in_flight -= 1
+            reply(Status.OK, "", self._answer(lv, routing, version, request, started, t0, t1))
+            return
+
+        def done(fut: asyncio.Future[Any]) -> None:
+            cycle.in_flight -= 1
+            if fut.cancelled():
+                reply(Status.UNAVAILABLE, f"{lv.name} v{lv.version}: the request was cancelled", b"")
+                return
             try:
-                request = decode_infer(req, lv.iface)
-            except InputError:
-                lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
-                raise
-            t1 = time.perf_counter_ns()
-            done = await app.execute(lv, request, t0)
-            t2 = time.perf_counter_ns()
-            response = encode_infer(name, lv.version_str, request, lv.iface, done.outs)
-            app.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
-            return response
-        finally:
-            app.in_flight -= 1
+                executed = cycle.settle(lv, fut, t0)
+                answer = self._answer(lv, routing, version, request, executed, t0, t1)
+            except EdgeRuntimeError as exc:
+                reply(grpc_status(exc), str(exc), b"")
+                return
+            reply(Status.OK, "", answer)
+
+        started.add_done_callback(done)
+
+    def _answer(self, lv: LoadedVersion, routing: Routing | None, version: int | None, request: InferRequest,
+                done: Executed, t0: int, t1: int) -> bytes:
+        t2 = time.perf_counter_ns()
+        answer = encode_infer(lv.name, lv.version_str, request, lv.iface, done.outs).SerializeToString()
+        self.cycle.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
+        return bytes(answer)
 
 
-Handler = Callable[[bytes], Awaitable[Message]]
+def _simple(method: Callable[[memoryview], Message]) -> Handler:
+    """A handler that answers at once with ``method``'s message."""
 
+    def handler(data: memoryview, reply: Reply) -> None:
+        reply(Status.OK, "", method(data).SerializeToString())
 
-def _unary(handler: Handler) -> Any:
-    """A grpc method handler taking the request as bytes (parsed by ``handler``)."""
-
-    async def call(data: bytes, context: Any) -> Message:
-        try:
-            return await handler(data)
-        except EdgeRuntimeError as exc:
-            await context.abort(grpc_status(exc), str(exc))
-            raise  # not reached: abort raises
-
-    return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None, response_serializer=_serialize)
-
-
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
-def service_handler(service: InferenceService) -> Any:
-    """The generic handler of ``inference.GRPCInferenceService``; unknown methods get UNIMPLEMENTED."""
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "ServerLive": _unary(service.server_live),
-            "ServerReady": _unary(service.server_ready),
-            "ModelReady": _unary(service.model_ready),
-            "ServerMetadata": _unary(service.server_metadata),
-            "ModelMetadata": _unary(service.model_metadata),
-            "ModelInfer": _unary(service.model_infer),
-        },
-    )
+    return handler
 
 
 class GrpcEndpoint:
     """The gRPC server of one daemon, running on the daemon's event loop."""
 
-    def __init__(self, app: App, max_message_bytes: int) -> None:
-        self.app = app
-        self.max_message_bytes = max_message_bytes
+    def __init__(self, cycle: InferCycle, state: Readiness, max_message_bytes: int, max_header_bytes: int,
+                 max_connections: int = 256) -> None:
+        self.service = InferenceService(cycle, state)
+        self.endpoint = Endpoint(self.service.dispatch, max_message_bytes, max_header_bytes, max_connections)
         self.port = 0
-        self._server: Any = None
+        self._server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (``-1`` or ``0``: a free port) and return the bound port.
 
-        Raises OSError when the port cannot be bound. SO_REUSEPORT is off, so a port
-        another process listens on is an error rather than shared traffic.
+        Raises OSError when the port cannot be bound (a port another process listens on
+        is an error: SO_REUSEPORT is not set).
         """
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        server.add_generic_rpc_handlers((service_handler(InferenceService(self.app)),))
+        loop = asyncio.get_running_loop()
+        endpoint = self.endpoint
         address = f"[{host}]:{max(port, 0)}" if ":" in host else f"{host}:{max(port, 0)}"
         try:
-            bound = server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"gRPC: cannot listen on {address}: {exc}") from None
-        if not bound:
-            raise OSError(f"gRPC: cannot listen on {address}: the port is in use or not allowed")
-        await server.start()
+            server = await loop.create_server(lambda: Connection(endpoint), host, max(port, 0), reuse_port=False)
+        except OSError as exc:
+            raise OSError(f"gRPC: cannot listen on {address}: {exc.strerror or exc}") from None
         self._server = server
-        self.port = bound
-        return int(bound)
+        self.port = int(server.sockets[0].getsockname()[1])
+        return self.port
 
     async def stop(self, grace_s: float) -> None:
-        """Refuse new RPCs and give running ones ``grace_s`` seconds to finish."""
-        if self._server is not None:
-            await self._server.stop(grace_s)
-            self._server = None
+        """Refuse new RPCs (GOAWAY) and give running ones ``grace_s`` seconds to finish."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._server = None
+        ep = self.endpoint
+        ep.draining = True
+        for conn in list(ep.connections):
+            conn.goaway()
+        ep.busy_changed()
+        try:
+            await asyncio.wait_for(ep.idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("gRPC: %d call(s) still running after %.1f s; closing", sum(len(c.streams) for c in ep.connections),
+                        grace_s)
+        for conn in list(ep.connections):
+            conn.close_now()

@@ -49,7 +49,7 @@ from edge_runtime.store.store import ModelStore, Resolved
 
 log = logging.getLogger("edge_runtime.serving")
 
-BUILD_KEYS = ("instances", "num_threads", "delegates", "execution", "inline_max_us", "idle_inline_max_us")
+BUILD_KEYS = ("instances", "num_threads", "delegates", "execution", "inline_max_us", "idle_inline_max_us", "stack_max_us")
 
 # Start-up tries the store's choice, then (each failure recorded, so the store resolves further
 # down) the last known good, older good versions and the factory bundle. Each attempt loads a
@@ -433,7 +433,8 @@ class ModelManager:
                 policy = batch_policy(mcfg, iface.batchable)
                 workers = [b for b in backends if b is not loop_backend]
                 executor = ThreadedExecutor(
-                    workers, policy, stats, self.loop, f"{resolved.name}-v{resolved.version}", loop_backend
+                    workers, policy, stats, self.loop, f"{resolved.name}-v{resolved.version}", loop_backend,
+                    stack=invoke_us <= mcfg.stack_max_us,
                 )
         except BaseException:
             for b in backends:

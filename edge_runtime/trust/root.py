@@ -24,17 +24,18 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.exceptions import CanonicalJSONError, RootExpiredError, RootUpdateError, SignatureError, TrustError
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
-from edge_runtime.trust.keys import key_id, public_key_hex, sign
+from edge_runtime.trust.ed25519 import VerifyKey
 from edge_runtime.trust.points import weak_public_key
+
+if TYPE_CHECKING:  # making roots (operator side) needs cryptography; verifying them does not (ed25519.py)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ROLES = ("root", "models")
 MAX_EXPIRES_CHARS = 40  # "2027-12-04T20:00:00.000000+00:00" and a little slack
@@ -53,7 +54,7 @@ class TrustRoot:
     """A verified trust root."""
 
     version: int
-    keys: dict[str, Ed25519PublicKey]
+    keys: dict[str, VerifyKey]
     roles: dict[str, Role]
     signed: dict[str, Any]
     raw: bytes
@@ -92,7 +93,7 @@ def parse_expires(value: Any) -> _dt.datetime:
     return when.astimezone(_dt.UTC)
 
 
-def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], dict[str, Role]]:
+def _parse_signed_root(signed: Any) -> tuple[int, dict[str, VerifyKey], dict[str, Role]]:
     _expect(isinstance(signed, dict), f"root: 'signed' must be an object, found {type(signed).__name__}")
     _expect(signed.get("_type") == "root", f"root: '_type' must be 'root', found {signed.get('_type')!r}")
     version = signed.get("version")
@@ -102,19 +103,20 @@ def _parse_signed_root(signed: Any) -> tuple[int, dict[str, Ed25519PublicKey], d
     )
     raw_keys = signed.get("keys")
     _expect(isinstance(raw_keys, dict) and bool(raw_keys), "root: 'keys' must be a non-empty object")
-    keys: dict[str, Ed25519PublicKey] = {}
+    keys: dict[str, VerifyKey] = {}
     for kid, entry in raw_keys.items():
         _expect(isinstance(entry, dict), f"root: key {kid!r} must be an object, found {type(entry).__name__}")
         _expect(entry.get("keytype") == "ed25519", f"root: key {kid!r} has keytype {entry.get('keytype')!r}, expected 'ed25519'")
         public = entry.get("public")
         _expect(isinstance(public, str), f"root: key {kid!r} 'public' must be a hex string")
         try:
-            pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
+            pub = VerifyKey(bytes.fromhex(public))
         except ValueError as exc:
             raise TrustError(f"root: key {kid!r} is not a 32-byte Ed25519 public key in hex") from exc
-        weak = weak_public_key(bytes.fromhex(public))
+        weak = weak_public_key(pub.raw)
         _expect(weak is None, f"root: key {kid!r} is {weak}")
-        _expect(key_id(pub) == kid, f"root: key id {kid!r} does not match its public key (expected {key_id(pub)})")
+        expected = hashlib.sha256(pub.raw).hexdigest()  # keys.key_id, without loading cryptography
+        _expect(expected == kid, f"root: key id {kid!r} does not match its public key (expected {expected})")
         keys[kid] = pub
     raw_roles = signed.get("roles")
     _expect(isinstance(raw_roles, dict), "root: 'roles' must be an object")
@@ -162,7 +164,7 @@ def parse_signatures(value: Any, what: str) -> list[tuple[str, bytes]]:
 
 
 def _count_valid(
-    keys: dict[str, Ed25519PublicKey], role: Role, payload: bytes, signatures: Iterable[tuple[str, bytes]]
+    keys: dict[str, VerifyKey], role: Role, payload: bytes, signatures: Iterable[tuple[str, bytes]]
 ) -> tuple[int, list[str]]:
     valid: set[str] = set()
     problems: list[str] = []
@@ -170,9 +172,7 @@ def _count_valid(
         if kid not in role.keyids or kid not in keys:
             problems.append(f"key {kid[:12]} is not trusted for this role")
             continue
-        try:
-            keys[kid].verify(raw, payload)
-        except InvalidSignature:
+        if not keys[kid].verify(raw, payload):
             problems.append(f"bad signature by key {kid[:12]}")
             continue
         valid.add(kid)
@@ -265,6 +265,8 @@ def make_root(
     expires: _dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The ``signed`` part of a root naming these keys (``expires=None``: a root that never expires)."""
+    from edge_runtime.trust.keys import key_id, public_key_hex
+
     keys = {key_id(k): {"keytype": "ed25519", "public": public_key_hex(k)} for k in [*root_keys, *model_keys]}
     signed: dict[str, Any] = {
         "_type": "root",
@@ -294,5 +296,7 @@ def check_root_expiry(root: TrustRoot, now: _dt.datetime | None) -> None:
 
 def sign_root(signed: dict[str, Any], signers: list[Ed25519PrivateKey]) -> bytes:
     """A complete root.json document (canonical bytes) signed by ``signers``."""
+    from edge_runtime.trust.keys import sign
+
     payload = canonical_json(signed)
     return canonical_json({"signed": signed, "signatures": [sign(k, payload) for k in signers]})

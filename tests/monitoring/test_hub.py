@@ -14,7 +14,8 @@ from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.monitoring.capture import decode_array, read_records
 from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.monitoring.profile import build_profile
-from edge_runtime.serving.app import _compared, drift_stats
+from edge_runtime.serving.app import drift_stats
+from edge_runtime.serving.cycle import _compared
 from edge_runtime.serving.metrics import ShadowStats
 
 X = TensorSpec("input_0", "FP32", (-1, 4))

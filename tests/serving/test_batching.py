@@ -35,6 +35,7 @@ def test_concurrent_clients_are_batched_and_answers_stay_per_request(
     env.install(bundle)
     d = env.start(
         '[models.slow]\nexecution = "threads"\ninstances = 1\nmax_batch_size = 8\nmax_queue_delay_us = 2000\n'
+        "stack_max_us = 1000000\n"
         "idle_inline_max_us = 0\n",
         env_extra=hold_env(env.base),
     )

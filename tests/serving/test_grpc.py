@@ -478,9 +478,10 @@ def test_a_grpc_port_in_use_stops_start_up(env: Env) -> None:
 
 
 def test_without_the_grpc_extra_the_daemon_serves_http_only(env: Env, tmp_path: Path) -> None:
-    hidden = tmp_path / "no-grpc" / "grpc"
+    # The endpoint needs only protobuf (the grpc extra); grpcio is not used by the daemon.
+    hidden = tmp_path / "no-grpc" / "google"
     hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text('raise ImportError("No module named \'grpc\' (hidden by the test)")\n')
+    (hidden / "__init__.py").write_text('raise ImportError("No module named \'google.protobuf\' (hidden by the test)")\n')
     config = env.base / "no-grpc.toml"
     config.write_text(env.config_text(server_toml="grpc_port = -1\n"), encoding="utf-8")
     pythonpath = os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")]))
