@@ -28,16 +28,15 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO
-
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from edge_runtime.exceptions import DecryptionError, ManifestError
 from edge_runtime.trust.device_keys import KEY_ID_HEX, device_key_id, raw_public
+
+# The AEAD and key agreement come from ``cryptography``, imported by the functions that encrypt
+# or decrypt: parsing a manifest (every daemon) never loads it (docs/serving.md, memory).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 SCHEME = "x25519-hkdf-sha256-aes256gcm-v1"
 ENC_SUFFIX = ".enc"
@@ -195,17 +194,23 @@ def parse_encryption(obj: Any, artifact_lengths: Mapping[str, int], plaintext_na
 
 
 def _kek(shared: bytes, ephemeral: bytes, recipient: bytes) -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     okm = HKDF(hashes.SHA256(), KEY_BYTES + 12, salt=None, info=_WRAP_INFO + ephemeral + recipient).derive(shared)
     return okm[:KEY_BYTES], okm[KEY_BYTES:]
 
 
 def new_content_key() -> bytes:
     """A fresh random content key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     return AESGCM.generate_key(bit_length=256)
 
 
 def wrap_key(content_key: bytes, recipient: X25519PublicKey) -> Recipient:
     """The content key wrapped for ``recipient`` (80 bytes), listed under its key id."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     ephemeral = X25519PrivateKey.generate()
     eph_raw = raw_public(ephemeral)
     kek, nonce = _kek(ephemeral.exchange(recipient), eph_raw, raw_public(recipient))
@@ -226,6 +231,9 @@ def find_recipient(encryption: Encryption, keyid: str, release: str) -> Recipien
 def unwrap_key(encryption: Encryption, key: X25519PrivateKey, release: str) -> bytes:
     """The content key from this device's recipient entry; DecryptionError when there is none
     or it does not authenticate (wrapped for another key, or altered)."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     keyid = device_key_id(key)
     entry = find_recipient(encryption, keyid, release)
     eph_raw, sealed = entry.wrapped[:32], entry.wrapped[32:]
@@ -247,6 +255,7 @@ def _aad(name: str, index: int, final: bool) -> bytes:
 
 def seal_file(content_key: bytes, name: str, data: bytes, chunk_size: int = DEFAULT_CRYPT_CHUNK_BYTES) -> tuple[SealedFile, bytes]:
     """Encrypt one artifact: its manifest entry and its ciphertext."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     if not data:
         raise ValueError(f"{name}: an artifact has at least one byte")
     prefix = os.urandom(PREFIX_BYTES)
@@ -264,6 +273,8 @@ def open_file(content_key: bytes, sealed: SealedFile, chunk_size: int, src: IO[b
 
     ``dst`` is memory (an ``io.BytesIO``) on a device: nothing decrypted is ever written to a file.
     """
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     aead = AESGCM(content_key)
     count = -(-sealed.length // chunk_size)
     whole = hashlib.sha256()

@@ -13,7 +13,7 @@ import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from edge_runtime.bundle.crypto import (
     DEFAULT_CRYPT_CHUNK_BYTES,
@@ -27,11 +27,12 @@ from edge_runtime.bundle.crypto import (
 )
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
-from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.exceptions import DecryptionError, UsageError
 from edge_runtime.trust.device_keys import DeviceKey, DevicePublicKey, device_key_id
-from edge_runtime.trust.keys import PrivateKey
 from edge_runtime.trust.root import TrustRoot
+
+if TYPE_CHECKING:
+    from edge_runtime.trust.keys import PrivateKey
 
 Opener = Callable[[str], IO[bytes]]
 
@@ -108,6 +109,9 @@ def encrypt_bundle(
     artifacts become the ciphertexts (hashed in the same transfer chunks as before) and it
     gains the ``encryption`` field. ``src`` is verified first (against ``root`` when given).
     """
+    # the writer (and cryptography, to sign) only where a bundle is made, never on a serving device
+    from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
+
     keys = list(keys)
     if not keys:
         raise UsageError("at least one --sign-key is needed: encrypting changes the manifest, which must be signed again")

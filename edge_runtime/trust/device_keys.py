@@ -14,15 +14,20 @@ import hashlib
 import os
 import stat
 from pathlib import Path
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.exceptions import TrustError
 
-DeviceKey = X25519PrivateKey
-DevicePublicKey = X25519PublicKey
+# ``cryptography`` is imported where a key is made or read, not with this module: a daemon that
+# serves no encrypted model never loads it (about 10 MB of memory, docs/serving.md).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    DeviceKey = X25519PrivateKey
+    DevicePublicKey = X25519PublicKey
+else:
+    DeviceKey = Any
+    DevicePublicKey = Any
 KEY_ID_HEX = 16
 MAX_KEY_FILE_BYTES = 16 * 1024
 PRIVATE_FILE = "device.key"
@@ -31,11 +36,16 @@ PUBLIC_FILE = "device.pub"
 
 def generate_device_key() -> X25519PrivateKey:
     """A fresh X25519 key pair."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     return X25519PrivateKey.generate()
 
 
 def raw_public(key: X25519PrivateKey | X25519PublicKey) -> bytes:
     """The 32-byte raw public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -47,17 +57,26 @@ def device_key_id(key: X25519PrivateKey | X25519PublicKey) -> str:
 
 def private_pem(key: X25519PrivateKey) -> bytes:
     """The private key as unencrypted PKCS#8 PEM."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def public_pem(key: X25519PrivateKey | X25519PublicKey) -> bytes:
     """The public key as PEM (SubjectPublicKeyInfo)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
     return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_device_key_pem(data: bytes, what: str = "device key") -> X25519PrivateKey:
     """Parse a PKCS#8 PEM X25519 private key."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -72,6 +91,10 @@ def load_device_public(data: bytes, what: str = "device public key") -> X25519Pu
 
     A private key is refused: the operator's machine should never hold one.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
     text = bytes(data).strip()
     if b"PRIVATE KEY" in text:
         raise TrustError(f"{what}: this is a private key; pass the device's public key (device.pub)")
