@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,11 +28,19 @@ import pytest
 from edge_runtime.monitoring.capture import capture_record, record_line
 from edge_runtime.updates.capture import CHUNK_SIZE
 
-from .conftest import EDGE, FLEET, TOPICS, FleetKeys, Mosquitto
+from .conftest import FLEET, TOPICS, FleetKeys, Mosquitto
 
 pytestmark = pytest.mark.integration
 
 GIB = 1024**3
+# Runs the CLI; at exit (also after SystemExit) writes /proc/self/status, whose VmHWM is the peak.
+HWM_WRAPPER = (
+    "import atexit, shutil, sys\n"
+    "out = sys.argv[1]\n"
+    "atexit.register(lambda: shutil.copyfile('/proc/self/status', out))\n"
+    "from edge_runtime.cli import main\n"
+    "sys.exit(main(sys.argv[2:]))\n"
+)
 RSS_BOUND_KB = 300 * 1024  # generous: the CLI's own imports are ~100 MB
 ZERO_CHUNK_SHA = hashlib.sha256(bytes(CHUNK_SIZE)).hexdigest()
 
@@ -113,8 +123,11 @@ class Pulled:
 
 def _pull(broker: Mosquitto, keys: FleetKeys, device: str, out: Path, *extra: str, timeout_s: float = 120,
           run: int = 0) -> Pulled:
-    """Run the CLI and measure its peak RSS (wait4's rusage of that one child)."""
-    args = [str(EDGE), "fleet", "capture", "pull", "--fleet", FLEET, "--broker", broker.url, "--device", device,
+    """Run the CLI and measure its peak RSS: VmHWM of its own address space, written at exit.
+    (Not wait4's ru_maxrss: Linux carries the forking parent's RSS into it across exec, so a
+    child of a big pytest process reports the parent's size.)"""
+    hwm = out.parent / f"{device}-{run}.hwm"
+    args = [sys.executable, "-c", HWM_WRAPPER, str(hwm), "fleet", "capture", "pull", "--fleet", FLEET, "--broker", broker.url, "--device", device,
             "--out", str(out), "--sign-key", str(keys.path("signing.key")), "--wait", "30", "--stall", "60", *extra]
     so, se = out.parent / f"{device}-{run}.stdout", out.parent / f"{device}-{run}.stderr"
     with open(so, "wb") as fo, open(se, "wb") as fe:
@@ -126,7 +139,10 @@ def _pull(broker: Mosquitto, keys: FleetKeys, device: str, out: Path, *extra: st
         finally:
             killer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return Pulled(proc.returncode, so.read_text(), se.read_text(), usage.ru_maxrss)
+    del usage
+    peak = re.search(r"^VmHWM:\s+(\d+) kB", hwm.read_text(), re.M) if hwm.exists() else None
+    assert peak is not None, se.read_text()
+    return Pulled(proc.returncode, so.read_text(), se.read_text(), int(peak.group(1)))
 
 
 def _files_under(root: Path) -> list[Path]:
