@@ -9,6 +9,7 @@ measure; pick; pack and sign. The onnx2tf log is kept beside the bundle.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -270,6 +271,8 @@ class _Pipeline:
         self.tabular = TabularPlan()
         self.profile_rows: cal.Dataset | None = None
         self.original_model = opts.model
+        self._logs: list[str] = []  # every onnx2tf run's log, a batch-pinned second run's after the first's
+        self.retried_pinned = ""  # why the dynamic-batch conversion failed, once one was retried pinned
 
     def stage(self, key: str, message: str) -> Callable[[], None]:
         self.progress(message)
@@ -369,7 +372,6 @@ class _Pipeline:
         )
         pristine = self.workdir / "model.pristine.onnx"
         shutil.copyfile(job.model, pristine)  # onnx2tf rewrites its input in place
-        self._logs: list[str] = []
         try:
             try:
                 return self._attempt(job, source), source
@@ -405,11 +407,48 @@ class _Pipeline:
         did not choose the batch; else None."""
         if isinstance(exc, (UnsupportedOperatorError, NetworkAccessError)) or "did not finish within" in str(exc):
             return None  # a batch of 1 changes none of these
+        return self._unpinned_batch(source)
+
+    def _unpinned_batch(self, source: SourceModel) -> dict[str, tuple[int, ...]] | None:
+        """Pins setting each dynamic batch the user did not choose to 1; None when there is none (already
+        pinned, static, or chosen with --input-shape)."""
         pins = {}
         for s in source.inputs:
             if s.has_batch_dim and s.name not in self.opts.input_shapes:
                 pins[s.name] = (1, *s.shape[1:])
         return pins or None
+
+    def retry_collapsed(self, evaluated: list[_Evaluated], source: SourceModel, data: _Data,
+                        reference: list[np.ndarray], modes: list[str]
+                        ) -> tuple[Onnx2tfResult, SourceModel, list[_Evaluated]] | None:
+        """A float variant that fails validation with a dynamic batch is often onnx2tf's batch handling
+        gone wrong (real exports: correlation 0.26, agreement 0), which no --quantize mode cures: convert
+        again with the batch pinned to 1 and validate again before advising anything. Returns the new
+        run when it was made (passing or not), None when there is nothing to retry."""
+        floats = [e for e in evaluated if e.candidate.mode in ("fp32", "fp16")]
+        if not floats or any(e.candidate.passed for e in evaluated) or data.validation.feeds is not None:
+            return None
+        pins = self._unpinned_batch(source)
+        if pins is None:
+            return None
+        failed = floats[0].candidate
+        why = failed.error or "; ".join(failed.failures)
+        before = copy.deepcopy(self.shapes)
+        self.shapes.pin(pins, "batch pinned to 1: the dynamic-batch conversion failed validation")
+        try:
+            pinned = self._with_observed_outputs(prepare_copy(self.opts.model, self.workdir / "model.onnx",
+                                                              self.shapes.pins))
+            result, pinned = self.run_onnx2tf(pinned, data)
+        except ConversionError as exc:
+            self.shapes = before
+            self.warnings.append(f"{failed.mode} failed validation with a dynamic batch ({why}); converting again "
+                                 f"with the batch pinned to 1 failed too: {exc.reason}")
+            return None
+        self.warnings.append(f"{failed.mode} failed validation with a dynamic batch ({why}); converted again with "
+                             "the batch pinned to 1 (the scorer splits larger batches)")
+        self.retried_pinned = f"{failed.mode} also failed with the dynamic batch: {why}"
+        return result, pinned, [self.evaluate(m, result, pinned, data, reference, measure=self.opts.quantize == "auto")
+                                for m in modes]
 
     def _attempt(self, job: Onnx2tfJob, source: SourceModel) -> Onnx2tfResult:
         done = self.stage("onnx2tf", f"converting with onnx2tf {onnx2tf_version()} ({', '.join(job.variants())})")
@@ -565,6 +604,9 @@ class _Pipeline:
         if opts.quantize == "auto" and data.calibration is None:
             modes.remove("int8")
         evaluated = [self.evaluate(m, result, source, data, reference, measure=opts.quantize == "auto") for m in modes]
+        retried = self.retry_collapsed(evaluated, source, data, reference, modes)
+        if retried is not None:
+            result, source, evaluated = retried
         candidates = [e.candidate for e in evaluated]
         accepted: list[str] = []
         if opts.quantize == "auto":
@@ -614,6 +656,8 @@ class _Pipeline:
 
     def _fail(self, why: str, hints: str, data: _Data, source: SourceModel, candidates: list[Candidate],
               report: dict[str, Any] | None, table: str) -> ConvertResult:
+        if self.retried_pinned:  # the advice below is for the batch-pinned conversion
+            why += f" (with the batch pinned to 1; {self.retried_pinned})"
         if self.opts.fallback_onnx:
             result = self.fallback(why, source, data, report, candidates)
             result.table = table
