@@ -1,10 +1,13 @@
-"""A conversion that collapses with a dynamic batch is converted again with the batch pinned to 1
-before any advice is given (issue: real models, round 2).
+"""Before advising anything or falling back, the converter tries what can cure a failed conversion
+(issue: real models, round 2): a conversion that collapses with a dynamic batch is converted again
+with the batch pinned to 1; one that LiteRT needs TensorFlow (Flex) ops for is converted again with
+onnx2tf's Flex-free replacements (-rtpo for the model's operators, -eru for recurrent layers).
 
-onnx2tf and validation are faked (a subclass of the pipeline records each onnx2tf run's input
-shapes and fails float variants while the batch is dynamic, as real exports did: correlation 0.26,
-agreement 0); everything else, from reading the ONNX file to the pins written for the second run,
-is the converter's own code.
+onnx2tf and validation are faked (a subclass of the pipeline records each onnx2tf run's arguments
+and input shapes, and fails float variants while the batch is dynamic, as real exports did:
+correlation 0.26, agreement 0, or with LiteRT's Flex error until the replacements are asked for);
+everything else, from reading the ONNX file to the job's arguments and the pins written for the
+second run, is the converter's own code.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from onnx import TensorProto, helper
 from converter.auto import Candidate
 from converter.exceptions import AccuracyError
 from converter.interface import Matched
-from converter.onnx2tf_runner import Onnx2tfResult
+from converter.onnx2tf_runner import Onnx2tfJob, Onnx2tfResult
 from converter.source import SourceModel
 from edge_runtime.inference.tensors import TensorSpec
 
@@ -31,7 +34,7 @@ COLLAPSE = ["correlation 0.26 < 0.99", "agreement 0.000 < 0.98"]
 
 def _model(path: Path) -> Path:
     w = helper.make_tensor("w", TensorProto.FLOAT, (4, 1), np.ones(4, np.float32))
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+    graph = helper.make_graph([helper.make_node("Abs", ["x"], ["a"]), helper.make_node("MatMul", ["a", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
@@ -39,27 +42,34 @@ def _model(path: Path) -> Path:
 
 
 class FakePipeline(conv._Pipeline):
-    """onnx2tf and validation replaced: float variants collapse unless the batch is 1; with
-    ``always_fail`` they collapse pinned too."""
+    """onnx2tf and validation replaced. ``failure``: "batch" (float variants collapse unless the batch
+    is 1), "flex" (LiteRT needs Flex ops unless onnx2tf was given -rtpo) or "always"."""
 
-    always_fail = False
+    failure = "batch"
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.onnx2tf_shapes: list[tuple[int, ...]] = []
+        self.onnx2tf_args: list[list[str]] = []
         self.pinned_on_disk: list[list[Any]] = []
 
-    def run_onnx2tf(self, source: SourceModel, data: conv._Data) -> tuple[Onnx2tfResult, SourceModel]:
+    def _attempt(self, job: Onnx2tfJob, source: SourceModel) -> Onnx2tfResult:
         self.onnx2tf_shapes.append(source.inputs[0].shape)
-        copy = onnx.load(str(self.workdir / "model.onnx"))  # what onnx2tf would read
+        self.onnx2tf_args.append(job.args())
+        copy = onnx.load(str(job.model))  # what onnx2tf would read
         dims = copy.graph.input[0].type.tensor_type.shape.dim
         self.pinned_on_disk.append([d.dim_value or d.dim_param for d in dims])
-        return Onnx2tfResult({"fp16": self.workdir / "fake.tflite"}, ["onnx2tf"], []), source
+        return Onnx2tfResult({"fp16": self.workdir / "fake.tflite"}, ["onnx2tf", *job.args()], [])
 
     def evaluate(self, mode: str, result: Onnx2tfResult, source: SourceModel, data: conv._Data,
                  reference: list[np.ndarray], measure: bool) -> conv._Evaluated:
-        batch_1 = source.inputs[0].shape[0] == 1
-        cand = Candidate(mode, mode, size_bytes=8, failures=[] if batch_1 and not self.always_fail else list(COLLAPSE))
+        cand = Candidate(mode, mode, size_bytes=8)
+        if self.failure == "flex" and "-rtpo" not in self.onnx2tf_args[-1]:
+            cand.error = ("LiteRT cannot load the converted model: it needs TensorFlow (Flex) ops, which LiteRT on "
+                          "a device does not have")
+            return conv._Evaluated(cand)
+        if self.failure == "always" or (self.failure == "batch" and source.inputs[0].shape[0] != 1):
+            cand.failures = list(COLLAPSE)
         return conv._Evaluated(cand, Matched(b"tflite", source.inputs, source.outputs, "names", False))
 
     def quantization_field(self, *args: Any) -> dict[str, Any]:
@@ -98,7 +108,7 @@ def test_when_the_pinned_conversion_collapses_too_the_error_says_both_were_tried
     tmp_path: Path, keys: Any, packed: list[dict[str, Any]],
 ) -> None:
     p = _pipeline(tmp_path, keys)
-    p.always_fail = True
+    p.failure = "always"
     with pytest.raises(AccuracyError) as exc:
         p.run()
     assert p.onnx2tf_shapes == [(-1, 4), (1, 4)] and not packed
@@ -123,3 +133,23 @@ def test_a_quantized_failure_alone_is_not_retried(tmp_path: Path, keys: Any, pac
                          ("x",), ("y",))
     assert p.retry_collapsed([failed], source, data, [], ["int8"]) is None
     assert p.onnx2tf_shapes == []
+
+
+def test_flex_ops_are_replaced_by_onnx2tfs_builtin_compositions_before_falling_back(
+    tmp_path: Path, keys: Any, packed: list[dict[str, Any]],
+) -> None:
+    p = _pipeline(tmp_path, keys)
+    p.failure = "flex"
+    result = p.run()
+    assert len(p.onnx2tf_args) == 2 and "-rtpo" not in p.onnx2tf_args[0]
+    assert p.onnx2tf_args[1][-2:] == ["-rtpo", "abs"]  # the model's Abs, as onnx2tf spells it
+    assert result.mode == "fp16" and len(packed) == 1 and result.fallback_reason is None
+    assert any("TensorFlow (Flex) ops" in w and "-rtpo abs" in w for w in result.warnings)
+
+
+def test_flex_free_arguments_name_only_the_models_replaceable_operators() -> None:
+    assert conv.flex_free_args({"Erf": ["e"], "MatMul": ["m"], "LSTM": ["l"], "Pow": ["p"]}) == (
+        "-rtpo", "erf", "pow", "-eru")
+    assert conv.flex_free_args({"MatMul": ["m"], "Conv": ["c"]}) == ()
+    job = conv._ExtraArgsJob(Path("model.onnx"), dynamic_range=True, extra=("-rtpo", "erf"))
+    assert job.args()[-3:] == ["-odrqt", "-rtpo", "erf"]
