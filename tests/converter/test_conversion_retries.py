@@ -153,3 +153,27 @@ def test_flex_free_arguments_name_only_the_models_replaceable_operators() -> Non
     assert conv.flex_free_args({"MatMul": ["m"], "Conv": ["c"]}) == ()
     job = conv._ExtraArgsJob(Path("model.onnx"), dynamic_range=True, extra=("-rtpo", "erf"))
     assert job.args()[-3:] == ["-odrqt", "-rtpo", "erf"]
+
+
+@pytest.mark.corpus  # two real onnx2tf runs: in make test-corpus, not make test
+def test_a_real_erf_model_needs_flex_and_ends_as_tflite_with_the_replacement(tmp_path: Path, keys: Any) -> None:
+    """onnx2tf 1.29 writes ONNX Erf as a Flex op by default; with -rtpo erf the fp16 .tflite loads
+    in LiteRT without Flex and matches onnxruntime."""
+    import json
+
+    from conversion_support import run_convert
+
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, (8, 4), rng.normal(size=32).astype(np.float32))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Erf", ["h"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
+              str(tmp_path / "erf.onnx"))
+    np.save(tmp_path / "rows.npy", rng.normal(size=(64, 8)).astype(np.float32))
+    c = run_convert([tmp_path / "erf.onnx", "--name", "erf", "--version", "1", "--sign-key", keys.key_path,
+                     "--quantize", "fp16", "--validation", tmp_path / "rows.npy", "--json"], tmp_path / "erf.bundle")
+    assert c.code == 0, c.err
+    report = json.loads(c.out)
+    assert report["format"] == "tflite" and report["mode"] == "fp16"
+    assert "converted again with onnx2tf's replacements (-rtpo erf)" in c.err
