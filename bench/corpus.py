@@ -222,7 +222,8 @@ def cells(r: dict[str, Any]) -> dict[str, str]:
     alone = r.get("alone")
     earlier_alone = (r.get("earlier") or {}).get("onnx2tf alone")
     if alone is None:
-        alone_cell = f"{earlier_alone} (earlier run)" if earlier_alone and earlier_alone != "-" else "-"
+        kept = (earlier_alone or "-").removesuffix(" (earlier run)")
+        alone_cell = f"{kept} (earlier run)" if kept != "-" else "-"
     else:
         alone_cell = "converted" if alone["ok"] else "failed: " + alone["reason"][:60]
     conv = r.get("convert") or {}
