@@ -42,6 +42,7 @@ $(DEVICE_VENV)/.stamp: pyproject.toml
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-long: deps
 	EDGE_TEST_LONG=1 $(VENV)/bin/pytest -m "not arm"
