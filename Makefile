@@ -85,4 +85,4 @@ factory: $(VENV)/.stamp
 	    --log .edge/fraud.onnx2tf.log -o device/factory/fraud.bundle
 
 clean:
-	rm -rf .edge .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .edge .pytest_cache .mypy_cache .ruff_cache .grimp_cache .import_linter_cache
