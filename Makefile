@@ -42,6 +42,7 @@ $(DEVICE_VENV)/.stamp: pyproject.toml
 lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test-long: deps
 	EDGE_TEST_LONG=1 $(VENV)/bin/pytest -m "not arm"
@@ -84,4 +85,4 @@ factory: $(VENV)/.stamp
 	    --log .edge/fraud.onnx2tf.log -o device/factory/fraud.bundle
 
 clean:
-	rm -rf .edge .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .edge .pytest_cache .mypy_cache .ruff_cache .grimp_cache .import_linter_cache

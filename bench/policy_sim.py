@@ -45,10 +45,10 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
 from edge_runtime.fleet.simulate import SimSettings, SimulatedFleet, device_ids  # noqa: E402
 from edge_runtime.fleet.status import DeviceStates  # noqa: E402
 from edge_runtime.packaging import pack_model  # noqa: E402
+from edge_runtime.spec.window import parse_window  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
 from edge_runtime.trust.keys import generate_private_key  # noqa: E402
 from edge_runtime.trust.root import make_root, sign_root, verify_root  # noqa: E402
-from edge_runtime.updates.policy import parse_window  # noqa: E402
 from edge_runtime.updates.protocol import Topics  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "policy.md"

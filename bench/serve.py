@@ -76,10 +76,10 @@ def monitoring_cost_us(calls: int = 200_000) -> dict[str, float]:
     pacing the calls at about 15,000 a second as a loaded daemon would see them."""
     import resource
 
+    from edge_runtime.bundle.profile import build_profile
     from edge_runtime.config import CaptureConfig, DriftConfig
-    from edge_runtime.inference.tensors import TensorSpec
     from edge_runtime.monitoring.hub import Monitoring
-    from edge_runtime.monitoring.profile import build_profile
+    from edge_runtime.spec.tensors import TensorSpec
 
     def cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)

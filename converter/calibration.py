@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
 from edge_runtime.packaging import random_tensor
+from edge_runtime.spec.tensors import TensorSpec, numpy_dtype
 
 LABEL_KEYS = ("label", "labels", "y", "target")
 MAX_CALIBRATION_ROWS = 1000

@@ -52,10 +52,10 @@ from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, ru
 from converter.validate import Thresholds, compare, failures, worst_error
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
+from edge_runtime.bundle.profile import RECOMMENDED_ROWS
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec, fits
-from edge_runtime.monitoring.profile import RECOMMENDED_ROWS
 from edge_runtime.packaging import profile_batches
+from edge_runtime.spec.tensors import TensorSpec, fits
 from edge_runtime.trust.keys import PrivateKey
 
 MODES = ("fp32", "fp16", "dynamic", "int8")

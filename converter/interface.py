@@ -26,7 +26,7 @@ import numpy as np
 from converter.exceptions import InterfaceError
 from converter.tflite_run import make_interpreter, quantization_of
 from edge_runtime.exceptions import InferenceError
-from edge_runtime.inference.tensors import TensorSpec, kserve_datatype, numpy_dtype, restore_shape, unit_axes_only
+from edge_runtime.spec.tensors import TensorSpec, kserve_datatype, numpy_dtype, restore_shape, unit_axes_only
 
 MAX_CANDIDATES = 120
 TIE_RATIO = 0.5  # another pairing must halve the proposal's error to replace it

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
-from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.packaging import DEFAULT_ATOL, pack_model, round_up
+from edge_runtime.spec.tensors import TensorSpec
 from edge_runtime.trust.keys import PrivateKey
 
 GOLDEN_ROWS = 4

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 Pins = dict[str, tuple[int, ...]]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from converter.exceptions import ConverterError
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 SCOPE_NAME_RE = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")
 _BAD_CHARS_RE = re.compile(r"[^A-Za-z0-9_.\-/]")

@@ -17,7 +17,7 @@ import numpy as np
 
 from converter.exceptions import ConverterError
 from edge_runtime.exceptions import InferenceError
-from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, restore_shape
+from edge_runtime.spec.tensors import Quantization, TensorSpec, kserve_datatype, restore_shape
 
 Runner = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.exceptions import BadDataError, ConfigError, UsageError
-from edge_runtime.inference.delegate_spec import MAX_THREADS, check_library_map, parse_delegates
+from edge_runtime.spec.delegates import MAX_THREADS, check_library_map, parse_delegates
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-runtime/config.toml")
 MAX_TIMEOUT_S = 86400.0  # a day: every time limit is finite (asyncio and sockets refuse inf)
@@ -363,7 +363,7 @@ MQTT_PROTOCOLS = ("5", "3.1.1")
 def check_mqtt_config(m: MqttConfig) -> None:
     """Raise ConfigError naming the first ``[mqtt]`` key with a bad value (run by
     :func:`parse_config`, so a bad ``[mqtt]`` stops start-up and a SIGHUP reload alike)."""
-    from edge_runtime.updates.broker_url import parse_broker_url  # pure; no paho-mqtt
+    from edge_runtime.spec.broker_url import parse_broker_url  # pure; no paho-mqtt
 
     try:
         parse_broker_url(m.url)
@@ -400,7 +400,7 @@ def check_mqtt_config(m: MqttConfig) -> None:
         raise ConfigError(f"mqtt.max_message_bytes: expected {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}, "
                           f"found {m.max_message_bytes}")
     check_topic_level(m.fleet, "mqtt.fleet")
-    from edge_runtime.updates.protocol import PREFIX_RE  # pure
+    from edge_runtime.spec.topics import PREFIX_RE
 
     if not PREFIX_RE.match(m.prefix):
         raise ConfigError(f"mqtt.prefix: expected topic levels of [A-Za-z0-9_.:-] joined by '/' "
@@ -409,7 +409,7 @@ def check_mqtt_config(m: MqttConfig) -> None:
 
 def check_topic_level(value: str, key: str) -> None:
     """Raise ConfigError naming ``key`` unless ``value`` can be one MQTT topic level (a fleet or device id)."""
-    from edge_runtime.updates.protocol import ID_RE  # pure: the one rule for fleet and device ids
+    from edge_runtime.spec.topics import ID_RE  # the one rule for fleet and device ids
 
     if not ID_RE.match(value):
         raise ConfigError(f"{key}: expected 1 to 128 of [A-Za-z0-9_.:-], starting with a letter or digit "
@@ -454,7 +454,7 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
     if up.daily_budget_bytes < 0 or up.metered_max_bytes < 0:
         raise ConfigError("updates: daily_budget_bytes and metered_max_bytes must be >= 0")
     if up.window:
-        from edge_runtime.updates.policy import parse_window  # pure, stdlib only
+        from edge_runtime.spec.window import parse_window  # pure, stdlib only
 
         try:
             parse_window(up.window, up.window_minutes, up.window_tz, "updates.window")

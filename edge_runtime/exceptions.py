@@ -15,7 +15,9 @@
     │   ├── AcceleratorError       a bundle that needs a delegate (accelerator) this device lacks
     │   ├── DecryptionError        an encrypted bundle this device cannot open: not a recipient,
     │   │                          a wrapped key or ciphertext that does not authenticate
-    │   └── InputError             a tensor or file row that does not fit the model
+    │   ├── InputError             a tensor or file row that does not fit the model
+    │   └── UpdateMessageError     an update message (or a window) that does not parse: the
+    │                              rest of the update protocol's errors are in updates/exceptions.py
     ├── StoreError                 the device store cannot do what was asked
     │   └── NotFoundError          unknown model or version
     ├── InferenceError             a backend failed to load or run a model
@@ -91,6 +93,11 @@ class InputError(BadDataError):
     """Input tensors or rows that do not fit the model's interface."""
 
 
+class UpdateMessageError(BadDataError):
+    """An update message that is not what the protocol expects (here rather than in
+    ``updates/exceptions.py`` because the window grammar in ``spec/window.py`` raises it)."""
+
+
 class StoreError(EdgeRuntimeError):
     """The device store cannot carry out the request."""
 
@@ -154,5 +161,6 @@ __all__ = [
     "TransportError",
     "TrustError",
     "UnavailableError",
+    "UpdateMessageError",
     "UsageError",
 ]

@@ -39,13 +39,13 @@ from edge_runtime.bundle.manifest import (
     Golden,
     Manifest,
 )
+from edge_runtime.bundle.profile import build_profile, parse_profile
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
 from edge_runtime.exceptions import BundleError, EdgeRuntimeError, SelfTestError, UsageError
 from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.rows import run_rows
 from edge_runtime.inference.selftest import golden_npz, run_selftest
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
-from edge_runtime.monitoring.profile import build_profile, parse_profile
+from edge_runtime.spec.tensors import TensorSpec, numpy_dtype
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey
 

@@ -23,7 +23,7 @@ import numpy as np
 from edge_runtime.atomic import fsync_dir
 from edge_runtime.exceptions import InputError, UsageError
 from edge_runtime.inference.base import Backend
-from edge_runtime.inference.tensors import TensorSpec, fits, numpy_dtype
+from edge_runtime.spec.tensors import TensorSpec, fits, numpy_dtype
 from edge_runtime.text import ProgressLine
 
 INPUT_FORMATS = (".npy", ".npz", ".csv", ".jsonl")

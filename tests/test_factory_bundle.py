@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge_runtime.bundle.profile import RECOMMENDED_ROWS, parse_profile
 from edge_runtime.bundle.reader import open_bundle
-from edge_runtime.monitoring.profile import RECOMMENDED_ROWS, parse_profile
 from edge_runtime.trust.root import verify_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ import pytest
 
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.packaging import describe_model, pack_model, random_inputs, round_up
+from edge_runtime.spec.tensors import TensorSpec
 
 FACTORY = Path(__file__).resolve().parents[1] / "device" / "factory"
 

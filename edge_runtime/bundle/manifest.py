@@ -12,8 +12,8 @@ from typing import Any
 
 from edge_runtime.bundle.crypto import ENC_SUFFIX, Encryption, parse_encryption
 from edge_runtime.exceptions import CanonicalJSONError, ManifestError
-from edge_runtime.inference.delegate_spec import RuntimeHints, parse_runtime
-from edge_runtime.inference.tensors import TensorSpec, parse_tensor_spec
+from edge_runtime.spec.delegates import RuntimeHints, parse_runtime
+from edge_runtime.spec.tensors import TensorSpec, parse_tensor_spec
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 
 MANIFEST_FILE = "manifest.json"

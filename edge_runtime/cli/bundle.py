@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
+from edge_runtime.bundle.profile import parse_profile
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.cli.common import common_options, load_root_file
 from edge_runtime.exceptions import ManifestError, UsageError
-from edge_runtime.monitoring.profile import parse_profile
 from edge_runtime.options import chunk_size, load_keys, load_recipients, positive_int
 from edge_runtime.packaging import describe_model, pack_model, profile_batches
 from edge_runtime.trust.root import TrustRoot

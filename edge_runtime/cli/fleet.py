@@ -50,10 +50,10 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.staged import StagedResult, StepResult, staged_rollout
 from edge_runtime.fleet.status import DeviceStates, collect_fleet, format_table, summary_lines
 from edge_runtime.options import load_keys
+from edge_runtime.spec.window import Window, parse_window
 from edge_runtime.text import ProgressLine
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.mqtt import redact_url
-from edge_runtime.updates.policy import Window, parse_window
 from edge_runtime.updates.protocol import MAX_SEQ, Topics
 from edge_runtime.updates.service import UpdateService
 from edge_runtime.updates.verify import verify_desired

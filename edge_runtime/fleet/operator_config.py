@@ -115,7 +115,7 @@ def parse_operator_config(data: dict[str, Any], base_dir: Path, source: str = ""
     if broker.get("protocol") and broker["protocol"] not in PROTOCOLS:
         raise ConfigError(f"broker.protocol: expected one of {list(PROTOCOLS)}, found {broker['protocol']!r}")
     if broker.get("url"):
-        from edge_runtime.updates.broker_url import parse_broker_url  # pure; no paho-mqtt
+        from edge_runtime.spec.broker_url import parse_broker_url  # pure; no paho-mqtt
 
         try:
             parse_broker_url(broker["url"])

@@ -42,8 +42,8 @@ from edge_runtime.fleet.pki import (
     make_ca,
     new_key,
 )
+from edge_runtime.spec.broker_url import parse_broker_url
 from edge_runtime.trust.root import verify_root
-from edge_runtime.updates.broker_url import parse_broker_url
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a topic level and a certificate CN alike
 MAX_DEVICES = 100_000

@@ -37,10 +37,10 @@ from edge_runtime.bundle.reader import open_bundle, parse_signature_file
 from edge_runtime.exceptions import BadDataError, RollbackError, SignatureError, TrustError, UsageError
 from edge_runtime.fleet.delta import publish_deltas
 from edge_runtime.fleet.session import FleetSession, ProgressFn
+from edge_runtime.spec.window import Window
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 from edge_runtime.trust.keys import PrivateKey, key_id, sign
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, untrusted_signers, update_root, verify_root
-from edge_runtime.updates.policy import Window
 from edge_runtime.updates.protocol import (
     MAX_SEQ,
     Topics,

@@ -39,9 +39,9 @@ from edge_runtime.fleet.publish import PublishResult, publish_release
 from edge_runtime.fleet.rollout import Tally, over_limit, step_passes, surely_over_limit, tally
 from edge_runtime.fleet.session import FleetSession, ProgressFn
 from edge_runtime.fleet.status import DeviceStates
+from edge_runtime.spec.window import Window
 from edge_runtime.trust.keys import PrivateKey
 from edge_runtime.trust.root import TrustRoot
-from edge_runtime.updates.policy import Window
 from edge_runtime.updates.protocol import rollout_salt
 
 POLL_S = 0.2

@@ -4,7 +4,7 @@ Both are signed and hashed, but a signature says who made a file, not that readi
 cheap: a 1 MB ``golden.npz`` can inflate to a gigabyte, and a ``profile.json`` can hold
 numbers no float holds. So an install reads them exactly as the daemon will, within the
 limits the readers enforce (:mod:`edge_runtime.bundle.npz`, the size and count checks of
-:func:`edge_runtime.monitoring.profile.parse_profile`), and refuses the bundle before
+:func:`edge_runtime.bundle.profile.parse_profile`), and refuses the bundle before
 anything is written when they do not read.
 """
 
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 def check_artifacts(bundle: Bundle) -> None:
     """Raise BundleError (golden.npz) or ManifestError (profile.json) unless both read within
     their limits and match the manifest's inputs and outputs."""
+    from edge_runtime.bundle.profile import parse_profile
     from edge_runtime.inference.selftest import load_golden
-    from edge_runtime.monitoring.profile import parse_profile
 
     manifest = bundle.manifest
     if manifest.encryption is not None:

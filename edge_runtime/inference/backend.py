@@ -12,8 +12,8 @@ from pathlib import Path
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import DelegateError, InferenceError, SelfTestError
 from edge_runtime.inference.base import Backend
-from edge_runtime.inference.delegate_spec import DelegateSpec, Skipped
 from edge_runtime.inference.delegates import XNNPACK
+from edge_runtime.spec.delegates import DelegateSpec, Skipped
 
 # A check run on each candidate before it is accepted (the golden self-test and one run):
 # raising SelfTestError or InferenceError skips that delegate.

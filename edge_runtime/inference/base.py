@@ -15,8 +15,8 @@ import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InputError
-from edge_runtime.inference.delegate_spec import Skipped
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype, restore_shape
+from edge_runtime.spec.delegates import Skipped
+from edge_runtime.spec.tensors import TensorSpec, numpy_dtype, restore_shape
 
 
 class Backend(abc.ABC):

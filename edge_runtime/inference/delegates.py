@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from edge_runtime.config import InferenceConfig, ModelConfig
 from edge_runtime.exceptions import AcceleratorError, DelegateError, InferenceError
-from edge_runtime.inference.delegate_spec import (
+from edge_runtime.spec.delegates import (
     KNOWN_LIBRARIES,
     CustomOpScanner,
     DelegateSpec,

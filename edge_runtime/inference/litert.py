@@ -12,8 +12,8 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import DelegateError, InferenceError
 from edge_runtime.inference.base import Backend
-from edge_runtime.inference.delegate_spec import DelegateSpec
-from edge_runtime.inference.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype, unit_axes_only
+from edge_runtime.spec.delegates import DelegateSpec
+from edge_runtime.spec.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype, unit_axes_only
 
 
 def interpreter_class() -> Any:

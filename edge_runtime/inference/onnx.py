@@ -11,7 +11,7 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InferenceError
 from edge_runtime.inference.base import Backend
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 
 class OnnxBackend(Backend):

@@ -35,7 +35,7 @@ from edge_runtime.exceptions import (
     ManifestError,
     SelfTestError,
 )
-from edge_runtime.inference.delegate_spec import DelegateSpec
+from edge_runtime.spec.delegates import DelegateSpec
 
 MAX_PROBE_OUTPUT_BYTES = 256 * 1024  # what is kept of the child's stdout/stderr
 _ERRORS: dict[str, type[EdgeRuntimeError]] = {

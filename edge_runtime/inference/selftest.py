@@ -20,7 +20,7 @@ from edge_runtime.config import InferenceConfig, ModelConfig
 from edge_runtime.exceptions import BundleError, SelfTestError
 from edge_runtime.inference.base import Backend
 from edge_runtime.inference.rows import run_rows
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.spec.tensors import TensorSpec, numpy_dtype
 
 
 @dataclass(frozen=True)

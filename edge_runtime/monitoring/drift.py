@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bundle.profile import Profile, class_vector, feature_matrix
 from edge_runtime.config import DriftConfig
-from edge_runtime.monitoring.profile import Profile, class_vector, feature_matrix
 
 FLUSH_REQUESTS = 64  # requests buffered before they are binned
 FLUSH_VALUES = 1 << 18  # ... or once they hold this many input values (the buffer keeps requests alive)

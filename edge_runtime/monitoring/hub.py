@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bundle.profile import Profile, parse_profile
 from edge_runtime.config import CaptureConfig, DriftConfig
 from edge_runtime.exceptions import ManifestError
 from edge_runtime.monitoring.capture import CaptureRing, CaptureWriter, capture_record, encode_array, record_line
 from edge_runtime.monitoring.drift import DriftReport, DriftTracker
-from edge_runtime.monitoring.profile import Profile, parse_profile
 
 log = logging.getLogger("edge_runtime.monitoring")
 

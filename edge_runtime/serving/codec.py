@@ -22,7 +22,7 @@ import orjson
 
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InputError
-from edge_runtime.inference.tensors import TensorSpec, numpy_dtype
+from edge_runtime.spec.tensors import TensorSpec, numpy_dtype
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT_KINDS = frozenset("fiu")

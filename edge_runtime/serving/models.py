@@ -20,12 +20,12 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.config import ModelConfig
 from edge_runtime.exceptions import NotFoundError, UnavailableError
-from edge_runtime.inference.delegate_spec import Skipped
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.batcher import BatchPolicy
 from edge_runtime.serving.codec import Interface
 from edge_runtime.serving.metrics import VersionStats
 from edge_runtime.serving.workers import Executor
+from edge_runtime.spec.delegates import Skipped
 
 
 @dataclass(eq=False)

@@ -267,7 +267,7 @@ Executor = InlineExecutor | ThreadedExecutor
 
 def sample_inputs(backend: Backend, golden: GoldenSet | None) -> list[np.ndarray]:
     """One batch-1 input set: the first golden row when there is one, else zeros."""
-    from edge_runtime.inference.tensors import numpy_dtype
+    from edge_runtime.spec.tensors import numpy_dtype
 
     if golden is not None:
         arrays = golden.inputs

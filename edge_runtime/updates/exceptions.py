@@ -2,6 +2,7 @@
 
     BadDataError (edge_runtime.exceptions)
     ├── UpdateMessageError        a desired state, manifest or root message that does not parse
+    │                             (defined in edge_runtime/exceptions.py, below spec/window.py)
     ├── ReplayError               (RollbackError) a desired state whose seq is not newer
     ├── ExpiredError              a desired state past its expiry (only with a trusted clock)
     ├── IncompatibleError         a release built for another runtime major or CPU
@@ -16,11 +17,7 @@ bad data: never retried with the same bytes.
 
 from __future__ import annotations
 
-from edge_runtime.exceptions import BadDataError, BundleError, RollbackError
-
-
-class UpdateMessageError(BadDataError):
-    """An update message that is not what the protocol expects."""
+from edge_runtime.exceptions import BadDataError, BundleError, RollbackError, UpdateMessageError
 
 
 class ReplayError(RollbackError):

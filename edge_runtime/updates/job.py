@@ -11,9 +11,10 @@ from typing import Any
 from edge_runtime import RUNTIME_MAJOR
 from edge_runtime.bundle.manifest import MANIFEST_FILE
 from edge_runtime.exceptions import StoreError
+from edge_runtime.spec.window import Window
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.download import Download
-from edge_runtime.updates.policy import Budget, Window
+from edge_runtime.updates.policy import Budget
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import ModelView
 

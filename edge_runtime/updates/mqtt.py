@@ -41,7 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_runtime.config import BrokerOptions
 from edge_runtime.exceptions import SubscriptionRefusedError, TransportError, UsageError
-from edge_runtime.updates.broker_url import BrokerAddress, parse_broker_url, redact_url
+from edge_runtime.spec.broker_url import BrokerAddress, parse_broker_url, redact_url
 
 log = logging.getLogger("edge_runtime.updates.mqtt")
 

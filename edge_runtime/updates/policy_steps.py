@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundle.manifest import parse_manifest
 from edge_runtime.exceptions import BadDataError, TransportError
+from edge_runtime.spec.window import Window, all_open, next_all_open
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.delta import DeltaError, DeltaIndex, check_bases, choose_base, verify_delta_message
 from edge_runtime.updates.download import Download, release_dir, remove_dir, space_problem
 from edge_runtime.updates.job import Job, Phase, UpdaterSettings
-from edge_runtime.updates.policy import Verdict, Window, all_open, next_all_open
+from edge_runtime.updates.policy import Verdict
 from edge_runtime.updates.protocol import TopicRef, Topics
 from edge_runtime.updates.report import Reporter, Transport
 from edge_runtime.updates.traffic import Traffic

@@ -29,12 +29,10 @@ from typing import Any
 
 from edge_runtime.bundle.manifest import NAME_RE
 from edge_runtime.exceptions import UsageError
+from edge_runtime.spec.topics import ID_RE, PREFIX_RE
 from edge_runtime.trust.canonical import canonical_json
 
 DESIRED_TYPE = "desired"
-# \Z, not $: "$" also matches before a trailing newline, so "pi-1\n" would pass.
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]+(/[A-Za-z0-9_.:-]+)*\Z")
 QOS = 1
 # A desired state's seq is a 64-bit signed integer on the device and the operator alike: a
 # larger one would be a floor no later state could ever pass (a frozen fleet).

@@ -25,6 +25,7 @@ from edge_runtime.exceptions import (
     RollbackError,
     RootUpdateError,
 )
+from edge_runtime.spec.window import Window, window_from_json
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 from edge_runtime.trust.root import TrustRoot, parse_signatures, update_root, verify_signed
 from edge_runtime.updates.exceptions import (
@@ -34,7 +35,6 @@ from edge_runtime.updates.exceptions import (
     ReplayError,
     UpdateMessageError,
 )
-from edge_runtime.updates.policy import Window, window_from_json
 from edge_runtime.updates.protocol import DESIRED_TYPE, MAX_SEQ
 
 MAX_SALT_CHARS = 128

@@ -22,13 +22,13 @@ from edge_runtime.bundle.crypto import (
     seal_file,
 )
 from edge_runtime.bundle.manifest import PLAINTEXT_ARTIFACTS, parse_manifest
+from edge_runtime.bundle.profile import parse_profile
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.bundle.sealed import content_key, encrypt_bundle, open_sealed
 from edge_runtime.bundle.writer import build_manifest, write_bundle
 from edge_runtime.exceptions import BundleError, DecryptionError, ManifestError, TrustError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
-from edge_runtime.monitoring.profile import parse_profile
 from edge_runtime.packaging import pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.device_keys import (

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from edge_runtime.bundle.profile import MAX_PROFILE_INT, parse_profile
 from edge_runtime.exceptions import ManifestError
-from edge_runtime.inference.tensors import TensorSpec
-from edge_runtime.monitoring.profile import MAX_PROFILE_INT, parse_profile
+from edge_runtime.spec.tensors import TensorSpec
 from edge_runtime.trust.canonical import canonical_json
 
 INPUTS = (TensorSpec("x", "FP32", (-1, 3)),)

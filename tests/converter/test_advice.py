@@ -11,7 +11,7 @@ from converter import calibration as cal
 from converter.auto import Candidate
 from converter.convert import ConvertOptions, _Data, _Pipeline
 from converter.source import SourceModel
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 X = TensorSpec("x", "FP32", (-1, 4))
 SOURCE = SourceModel(Path("m.onnx"), (X,), (TensorSpec("y", "FP32", (-1, 1)),), ("in_000",), ("out_000",))

@@ -14,7 +14,7 @@ from conversion_support import ConversionCache, ModelFiles
 
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.inference.backend import load_backend
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 pytestmark = pytest.mark.integration
 # Started ahead, two at a time, by the _prefetch fixture (slowest first where order does not matter).

@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 from conversion_support import FACTORY_SRC, ConversionCache, ModelFiles
 
+from edge_runtime.bundle.profile import parse_profile
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
-from edge_runtime.monitoring.profile import parse_profile
 from edge_runtime.store.store import ModelStore
 from harness.daemon import EDGE
 

@@ -31,7 +31,7 @@ from converter.package import GOLDEN_INPUT_BYTES, golden_inputs
 from converter.source import SCOPE_NAME_RE, prepare_copy
 from converter.validate import Thresholds, compare, failures, output_metrics, roc_auc
 from edge_runtime.exceptions import UsageError
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 # -- the onnx2tf copy ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from edge_runtime.inference.backend import Backend, load_backend
 from edge_runtime.inference.litert import describe
 from edge_runtime.inference.onnx import describe_onnx
 from edge_runtime.inference.selftest import run_selftest
-from edge_runtime.inference.tensors import Quantization, kserve_datatype, numpy_dtype
+from edge_runtime.spec.tensors import Quantization, kserve_datatype, numpy_dtype
 
 FACTORY = Path(__file__).resolve().parents[2] / "device" / "factory"
 DEMO = json.loads((FACTORY / "demo_model.json").read_text())

@@ -19,8 +19,8 @@ from edge_runtime.exceptions import AcceleratorError, ConfigError, DelegateError
 from edge_runtime.inference import delegates
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.base import Backend
-from edge_runtime.inference.delegate_spec import CustomOpScanner, DelegateSpec, parse_delegate, parse_delegates
 from edge_runtime.inference.selftest import run_selftest
+from edge_runtime.spec.delegates import CustomOpScanner, DelegateSpec, parse_delegate, parse_delegates
 from edge_runtime.store.store import ModelStore
 from harness.bundles import DelegateLibs, rebuilt_bundle
 

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_runtime.bundle.profile import build_profile, parse_profile
 from edge_runtime.config import DriftConfig
-from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.monitoring.drift import DriftTracker, noise_allowance
-from edge_runtime.monitoring.profile import build_profile, parse_profile
+from edge_runtime.spec.tensors import TensorSpec
 
 X = TensorSpec("x", "FP32", (-1, 30))
 Y = TensorSpec("y", "FP32", (-1, 1))

@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bundle.profile import build_profile
 from edge_runtime.config import CaptureConfig, DriftConfig
-from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.monitoring.capture import decode_array, read_records
 from edge_runtime.monitoring.hub import Monitoring
-from edge_runtime.monitoring.profile import build_profile
 from edge_runtime.serving.app import drift_stats
 from edge_runtime.serving.cycle import _compared
 from edge_runtime.serving.metrics import ShadowStats
+from edge_runtime.spec.tensors import TensorSpec
 
 X = TensorSpec("input_0", "FP32", (-1, 4))
 Y = TensorSpec("output_0", "FP32", (-1, 1))

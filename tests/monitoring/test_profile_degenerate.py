@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 
-from edge_runtime.inference.tensors import TensorSpec
-from edge_runtime.monitoring.profile import build_profile, parse_profile
+from edge_runtime.bundle.profile import build_profile, parse_profile
+from edge_runtime.spec.tensors import TensorSpec
 
 X = TensorSpec("x", "FP32", (-1, 3))
 LABEL = TensorSpec("label", "INT64", (-1,))

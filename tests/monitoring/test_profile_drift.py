@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_runtime.bundle.profile import build_profile, layout_of, parse_profile
 from edge_runtime.config import DriftConfig
 from edge_runtime.exceptions import ManifestError
-from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.monitoring.drift import BUCKETS, FLUSH_REQUESTS, FLUSH_VALUES, DriftTracker, psi, worst_features
-from edge_runtime.monitoring.profile import build_profile, layout_of, parse_profile
+from edge_runtime.spec.tensors import TensorSpec
 from edge_runtime.trust.canonical import canonical_json
 
 X = TensorSpec("x", "FP32", (-1, 6))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.exceptions import InputError
-from edge_runtime.inference.tensors import TensorSpec
 from edge_runtime.serving.codec import Interface, decode_request
+from edge_runtime.spec.tensors import TensorSpec
 
 
 class _Manifest:

@@ -129,8 +129,8 @@ def test_score_takes_each_rows_shape_from_the_file(dyn: dict[str, Path], cli: Ca
 
 def test_rows_of_another_output_shape_cannot_go_into_one_npy(tmp_path: Path) -> None:
     from edge_runtime.exceptions import InputError
-    from edge_runtime.inference.tensors import TensorSpec
     from edge_runtime.scoring import OutputWriter
+    from edge_runtime.spec.tensors import TensorSpec
 
     writer = OutputWriter(tmp_path / "out.npy", (TensorSpec("y", "FP32", (-1, -1)),))
     writer.write([np.zeros((2, 3), np.float32)])

@@ -10,16 +10,8 @@ import pytest
 
 from edge_runtime.config import parse_config
 from edge_runtime.exceptions import BadDataError, ConfigError
-from edge_runtime.updates.policy import (
-    Budget,
-    Cron,
-    Verdict,
-    Window,
-    download_decision,
-    next_all_open,
-    parse_window,
-    read_nm_metered,
-)
+from edge_runtime.spec.window import Cron, Window, next_all_open, parse_window
+from edge_runtime.updates.policy import Budget, Verdict, download_decision, read_nm_metered
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.traffic import Traffic, metrics_lines
 

@@ -82,7 +82,7 @@ def test_delta_fallback_and_window(tmp_path: Path, mosquitto: Mosquitto, observe
         assert "sha256" in fallback[0]["reason"]
 
         # 3. v4 with a window that is closed at the device's (injected) time: downloaded, v3 serves.
-        from edge_runtime.updates.policy import parse_window
+        from edge_runtime.spec.window import parse_window
 
         publish(mosquitto.url, v4, fleet_keys.models_key, delta_from=[v3], window=parse_window("0 2 * * *", 60))
         state = wait_until(lambda: (s := observer.state("pi-fallback")) and (s.get("update") or {}).get("phase")

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_runtime.bundle.manifest import MAX_PROFILE_BYTES, PROFILE_FILE
 from edge_runtime.exceptions import CanonicalJSONError, ManifestError
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 from edge_runtime.trust.canonical import canonical_json, parse_json_object
 
 PROFILE_TYPE = "edge-runtime/profile"
