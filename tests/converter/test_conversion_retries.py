@@ -26,7 +26,7 @@ from converter.exceptions import AccuracyError
 from converter.interface import Matched
 from converter.onnx2tf_runner import Onnx2tfJob, Onnx2tfResult
 from converter.source import SourceModel
-from edge_runtime.inference.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec
 
 conv = importlib.import_module("converter.convert")  # converter/__init__ exports the function of that name
 COLLAPSE = ["correlation 0.26 < 0.99", "agreement 0.000 < 0.98"]
