@@ -76,6 +76,9 @@ class Attack:
     installed: Callable[[Releases], list[Path]] = field(default=lambda rel: [rel.bundle(1)])
     active: int = 1
     root: Callable[[FleetKeys], TrustRoot] | None = None
+    # The device must have taken this fleet seq before the next batch goes out: a later retained
+    # desired state may otherwise overtake an earlier one the device has not handled yet.
+    settle_seq: int | None = None
 
 
 ATTACKS = {
@@ -99,6 +102,7 @@ ATTACKS = {
         "seq 3 is older than the seq 5 already followed",
         lambda r, rel, k: [{r.topics.desired: r.desired({"fraud": 1}, 5)}, r.release(rel.bundle(2)),
                            {r.topics.desired: r.desired({"fraud": 2}, 3)}],
+        settle_seq=5,
     ),
     "older model version": Attack(
         "fraud v1 is older than the active v2",
@@ -161,8 +165,13 @@ def test_attack_is_rejected_and_changes_nothing(
     try:
         wait_until(lambda: observer.state(DEV), "the device to connect")
         with FleetSession(BrokerOptions(url=mosquitto.url), topics) as session:
+            settle = attack.settle_seq
             for batch in attack.batches(Repo(topics, fleet_keys), releases, fleet_keys):
                 session.publish_all(list(batch.items()))
+                if settle is not None and topics.desired in batch:
+                    wait_until(lambda want=settle: (observer.state(DEV).get("desired_seq") or {}).get("desired") == want,
+                               f"the device to take desired seq {settle}")
+                    settle = None
         wait_until(lambda: any(attack.reason in e.get("reason", "") for e in observer.of(DEV, "rejected")), f"a rejection naming {attack.reason!r}; got {[e.get('reason') for e in observer.of(DEV, 'rejected')]}")
         state = wait_until(lambda: (s := observer.state(DEV)).get("last_error") and s, "last_error in state")
         assert state["models"]["fraud"]["active"] == attack.active
