@@ -58,9 +58,7 @@ def _want(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def dyn(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> dict[str, Path]:
-    from edge_runtime.cli import main
-
+def dyn(tmp_path_factory: pytest.TempPathFactory, keys: Any, cli: Callable[..., Any]) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("dyn")
     _sum_and_scale(d / "dyn.onnx")
     _with_gain(d / "dyn.onnx")
@@ -68,9 +66,9 @@ def dyn(tmp_path_factory: pytest.TempPathFactory, keys: Any) -> dict[str, Path]:
     factory.mkdir()
     common = ["--store", str(store), "--root", str(keys.root_path), "--factory", str(factory)]
     for name in ("dyn", "gain"):
-        assert main(["bundle", "create", str(d / f"{name}.onnx"), "--name", name, "--version", "1",
-                     "--sign-key", str(keys.key_path), "-o", str(d / f"{name}.bundle")]) == 0
-        assert main(["models", "install", str(d / f"{name}.bundle"), *common]) == 0
+        assert cli(["bundle", "create", d / f"{name}.onnx", "--name", name, "--version", "1",
+                    "--sign-key", keys.key_path, "-o", d / f"{name}.bundle"]).code == 0
+        assert cli(["models", "install", d / f"{name}.bundle", *common]).code == 0
     config = d / "serve.toml"
     config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
                       "[server]\nport = 0\n", encoding="utf-8")
