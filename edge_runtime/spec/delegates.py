@@ -25,6 +25,7 @@ could make ``models install`` dlopen any file, running its constructor as the in
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,21 +138,30 @@ def parse_delegate(value: Any, where: str) -> DelegateSpec:
     if not isinstance(name, str) or not NAME_RE.match(name) or name in BUILTINS:
         raise ValueError(f"{where}.name: expected a name matching {NAME_RE.pattern} other than {BUILTINS}, found {name!r}")
     options = value.get("options", {})
+    return DelegateSpec(name, library, _options(options, where))
+
+
+def _options(options: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """A delegate's ``options`` table as (key, value) text pairs; ValueError naming ``where``."""
     if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
         raise ValueError(f"{where}.options: expected a table of at most {MAX_OPTIONS} entries")
-    opts = tuple((_text(k, f"{where}.options key"), _text(v, f"{where}.options.{k}")) for k, v in options.items())
-    return DelegateSpec(name, library, opts)
+    return tuple((_text(k, f"{where}.options key"), _text(v, f"{where}.options.{k}")) for k, v in options.items())
 
 
-def parse_delegates(value: Any, where: str) -> tuple[DelegateSpec, ...]:
-    """An ordered delegate list; ValueError naming ``where`` when it is not one."""
+def _parse_list(value: Any, where: str, parse_one: Callable[[Any, str], DelegateSpec]) -> tuple[DelegateSpec, ...]:
+    """An ordered list of at most MAX_DELEGATES entries, each read by ``parse_one``, names unique."""
     if not isinstance(value, list) or len(value) > MAX_DELEGATES:
         raise ValueError(f"{where}: expected a list of at most {MAX_DELEGATES} delegates")
-    specs = tuple(parse_delegate(v, f"{where}[{i}]") for i, v in enumerate(value))
+    specs = tuple(parse_one(v, f"{where}[{i}]") for i, v in enumerate(value))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: delegate names must be unique, found {names}")
     return specs
+
+
+def parse_delegates(value: Any, where: str) -> tuple[DelegateSpec, ...]:
+    """An ordered delegate list; ValueError naming ``where`` when it is not one."""
+    return _parse_list(value, where, parse_delegate)
 
 
 def _request_name(value: Any, where: str) -> str:
@@ -182,25 +192,16 @@ def parse_request(value: Any, where: str) -> DelegateSpec:
         if "name" not in value:
             raise ValueError(f"{where}: a delegate table needs 'name'")
         name = _request_name(value["name"], f"{where}.name")
-        options = value.get("options", {})
-        if not isinstance(options, dict) or len(options) > MAX_OPTIONS:
-            raise ValueError(f"{where}.options: expected a table of at most {MAX_OPTIONS} entries")
-        if name in BUILTINS and options:
+        opts = _options(value.get("options", {}), where)
+        if name in BUILTINS and opts:
             raise ValueError(f"{where}.options: the built-in '{name}' takes no options")
-        opts = tuple((_text(k, f"{where}.options key"), _text(v, f"{where}.options.{k}")) for k, v in options.items())
         return DelegateSpec(name, None, opts)
     return DelegateSpec(_request_name(value, where))
 
 
 def parse_requests(value: Any, where: str) -> tuple[DelegateSpec, ...]:
     """A bundle's ordered ``runtime.delegates`` (names only, see the module docstring)."""
-    if not isinstance(value, list) or len(value) > MAX_DELEGATES:
-        raise ValueError(f"{where}: expected a list of at most {MAX_DELEGATES} delegates")
-    specs = tuple(parse_request(v, f"{where}[{i}]") for i, v in enumerate(value))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: delegate names must be unique, found {names}")
-    return specs
+    return _parse_list(value, where, parse_request)
 
 
 def check_library_map(value: dict[str, str], where: str) -> None:
