@@ -178,6 +178,7 @@ class ModelConfig:
     stack_max_us: int = 100  # threads: a merged batch is one stacked invoke if a batch-1 invoke takes at most this, else run request by request
     drift: DriftConfig = field(default_factory=DriftConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    variant: str = ""  # pin one of a bundle's variants by name ("" = the device times them and serves the fastest)
 
 
 # Where Debian/Raspberry Pi OS packages put delegate libraries (libedgetpu1-std: the multiarch dir).
@@ -199,6 +200,10 @@ class InferenceConfig:
     delegate_libraries: dict[str, str] = field(default_factory=dict)  # name -> library file name
     # How long the install-time delegate probe (a child process) may take before it counts as failed.
     delegate_probe_timeout_s: float = 120.0
+    # Choosing among a bundle's variants (docs/store-and-bundles.md): how long each is timed, and how
+    # much slower than the fastest a variant listed earlier in the bundle may be and still be kept.
+    variant_timing_ms: int = 300
+    variant_tie_pct: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -355,6 +360,8 @@ def check_inference_config(inf: InferenceConfig) -> None:
     if not 0 < inf.delegate_probe_timeout_s <= MAX_TIMEOUT_S:
         raise ConfigError(f"inference.delegate_probe_timeout_s: expected (0, {MAX_TIMEOUT_S:g}], "
                           f"found {inf.delegate_probe_timeout_s}")
+    if not 1 <= inf.variant_timing_ms <= 60_000 or not 0 <= inf.variant_tie_pct <= 100:
+        raise ConfigError("inference: variant_timing_ms must be in [1, 60000] and variant_tie_pct in [0, 100]")
 
 
 MQTT_PROTOCOLS = ("5", "3.1.1")

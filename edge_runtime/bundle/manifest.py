@@ -6,6 +6,7 @@ Pure code: bytes in, a :class:`Manifest` or a :class:`ManifestError` out.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,14 @@ MAX_GOLDEN_BYTES = 32 * 1024 * 1024
 MAX_GOLDEN_ARRAY_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Faithful variants of one model (docs/store-and-bundles.md "Variants"): each further variant's
+# model file and golden file have these names, so that the artifact check stays a closed rule.
+VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+VARIANT_FILE_RE = re.compile(
+    r"^(?:model-[a-z0-9][a-z0-9-]{0,31}\.(?:tflite|onnx)|golden-[a-z0-9][a-z0-9-]{0,31}\.npz)$"
+)
+MAX_VARIANTS = 8
+QUANTIZE_MODES = ("fp32", "fp16", "dynamic", "int8")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -101,8 +110,49 @@ class Golden:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One faithful variant of the model: its format, model file, quantization report and golden
+    self-test. Every variant shares the manifest's interface (inputs and outputs)."""
+
+    name: str
+    format: str
+    file: str
+    quantization: dict[str, Any]
+    golden: Golden | None
+
+    @property
+    def max_abs_error(self) -> float | None:
+        """The converter's measured error against the reference (onnxruntime), when it recorded one."""
+        for key in ("accuracy", "report"):
+            section = self.quantization.get(key)
+            if isinstance(section, dict):
+                value = section.get("max_abs_error")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return float(value)
+        return None
+
+
+def primary_variant_name(obj: dict[str, Any]) -> str:
+    """The name of the manifest's own (top-level) variant: its ``variant`` field, else one made of
+    the format and the quantization mode (``tflite-fp16``), else the format (``onnx``)."""
+    name = obj.get("variant")
+    if isinstance(name, str):
+        return name
+    q = obj.get("quantization")
+    mode = q.get("mode") if isinstance(q, dict) else None
+    fmt = str(obj.get("format"))
+    return f"{fmt}-{mode}" if fmt == "tflite" and mode in QUANTIZE_MODES else fmt
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A validated manifest."""
+    """A validated manifest.
+
+    ``variants`` lists every faithful variant, the top-level one first (a manifest without a
+    ``variants`` field has just that one). :meth:`for_variant` gives the view a backend loads:
+    the same manifest with the variant's format, model file, quantization and golden data; its
+    JSON stays the signed manifest's.
+    """
 
     name: str
     version: int
@@ -120,11 +170,33 @@ class Manifest:
     runtime: RuntimeHints = field(default_factory=RuntimeHints)
     # The optional ``encryption`` object (bundle/crypto.py), validated; its JSON stays in ``extra``.
     encryption: Encryption | None = None
+    variants: tuple[Variant, ...] = ()
+    # Set on a view of one variant (for_variant): its name, and the signed manifest it came from.
+    variant: str | None = None
+    base: Manifest | None = None
+    # The largest error against the reference any variant may have to be served (``accuracy_budget``).
+    budget_max_abs_error: float | None = None
 
     @property
     def model_file(self) -> str:
         """The artifact the backend loads."""
+        if self.variant is not None:
+            return next(v.file for v in self.variants if v.name == self.variant)
         return ARTIFACT_FILES[self.format]
+
+    @property
+    def variant_name(self) -> str:
+        """The name of the variant this manifest (or view) loads."""
+        return self.variant if self.variant is not None else self.variants[0].name if self.variants else self.format
+
+    def for_variant(self, name: str) -> Manifest:
+        """The view of variant ``name``: what the backend, the self-test and serving read."""
+        signed = self.base or self
+        for v in signed.variants:
+            if v.name == name:
+                return dataclasses.replace(signed, format=v.format, quantization=v.quantization, golden=v.golden,
+                                           variant=v.name, base=signed)
+        raise ManifestError(f"{self.name} v{self.version} has no variant {name!r} ({[v.name for v in signed.variants]})")
 
     @property
     def profile_file(self) -> str | None:
@@ -133,7 +205,9 @@ class Manifest:
         return PROFILE_FILE if PROFILE_FILE in self.artifacts or PROFILE_FILE in sealed else None
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest as a JSON-able dict."""
+        """The manifest as a JSON-able dict (of a variant's view, the signed manifest's)."""
+        if self.base is not None:
+            return self.base.to_json()
         out: dict[str, Any] = copy.deepcopy(self.extra)
         out.update(
             {
@@ -167,9 +241,14 @@ def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], what:
     return value
 
 
+def _variant_file(file: str) -> bool:
+    plain = file[: -len(ENC_SUFFIX)] if file.endswith(ENC_SUFFIX) else file
+    return VARIANT_FILE_RE.match(plain) is not None
+
+
 def _parse_artifact(file: str, obj: Any) -> Artifact:
     what = f"manifest artifact '{file}'"
-    if file not in ALLOWED_ARTIFACTS:
+    if file not in ALLOWED_ARTIFACTS and not _variant_file(file):
         raise ManifestError(f"manifest: artifact {file!r} is not one of {sorted(ALLOWED_ARTIFACTS)}")
     if not isinstance(obj, dict):
         raise ManifestError(f"{what}: expected an object")
@@ -192,7 +271,7 @@ def _parse_artifact(file: str, obj: Any) -> Artifact:
 
 
 def _parse_golden(obj: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-                  artifacts: dict[str, Any]) -> Golden:
+                  artifacts: dict[str, Any], golden_file: str = GOLDEN_FILE) -> Golden:
     if not isinstance(obj, dict):
         raise ManifestError("manifest: 'golden' must be an object")
     atol = _require(obj, "atol", (int, float), "manifest golden")
@@ -202,9 +281,11 @@ def _parse_golden(obj: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[Tenso
     if "file" in obj:
         if set(obj) != {"file", "atol", "rtol"}:
             raise ManifestError("manifest golden: a golden 'file' carries no inline inputs/outputs")
-        if obj["file"] != GOLDEN_FILE or GOLDEN_FILE not in artifacts:
-            raise ManifestError(f"manifest golden: 'file' must be {GOLDEN_FILE!r}, listed in artifacts")
-        return Golden({}, {}, float(atol), float(rtol), GOLDEN_FILE)
+        if obj["file"] != golden_file or golden_file not in artifacts:
+            raise ManifestError(f"manifest golden: 'file' must be {golden_file!r}, listed in artifacts")
+        if artifacts[golden_file].length > MAX_GOLDEN_BYTES:
+            raise ManifestError(f"manifest: {golden_file} is {artifacts[golden_file].length} bytes, the limit is {MAX_GOLDEN_BYTES}")
+        return Golden({}, {}, float(atol), float(rtol), golden_file)
     sides: list[dict[str, dict[str, Any]]] = []
     for side, specs in (("inputs", inputs), ("outputs", outputs)):
         tensors = _require(obj, side, dict, "manifest golden")
@@ -243,9 +324,10 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
     artifacts = {f: _parse_artifact(f, a) for f, a in raw_artifacts.items()}
     encryption: Encryption | None = None
     # What the checks below see: the plaintext files (of an encrypted bundle, as it lists them).
-    present: dict[str, Any] = {f: a for f, a in artifacts.items() if f in PLAINTEXT_ARTIFACTS}
+    plaintext = PLAINTEXT_ARTIFACTS | frozenset(f.removesuffix(ENC_SUFFIX) for f in artifacts if _variant_file(f))
+    present: dict[str, Any] = {f: a for f, a in artifacts.items() if f in plaintext}
     if obj.get("encryption") is not None:
-        encryption = parse_encryption(obj["encryption"], {f: a.length for f, a in artifacts.items()}, PLAINTEXT_ARTIFACTS)
+        encryption = parse_encryption(obj["encryption"], {f: a.length for f, a in artifacts.items()}, plaintext)
         present = dict(encryption.files)
     elif len(present) != len(artifacts):
         raise ManifestError(f"manifest: artifacts {sorted(set(artifacts) - set(present))} need an 'encryption' field")
@@ -293,12 +375,69 @@ def manifest_from_json(obj: dict[str, Any]) -> Manifest:
             runtime = parse_runtime(obj["runtime"])
         except ValueError as exc:
             raise ManifestError(f"manifest: {exc}") from exc
+    variants = _parse_variants(obj, fmt, quantization, golden, inputs, outputs, present)
+    budget = _parse_budget(obj.get("accuracy_budget"))
     known = {"name", "version", "created", "format", "artifacts", "inputs", "outputs", "quantization", "golden", "compatible"}
     extra = {k: v for k, v in obj.items() if k not in known}
     return Manifest(
         name, version, created, fmt, artifacts, inputs, outputs, quantization, golden, compatible, extra, runtime,
-        encryption,
+        encryption, variants, budget_max_abs_error=budget,
     )
+
+
+def _parse_budget(obj: Any) -> float | None:
+    """``accuracy_budget``: ``{"max_abs_error": X}``, the error against the reference no served variant may exceed."""
+    if obj is None:
+        return None
+    if not isinstance(obj, dict) or set(obj) != {"max_abs_error"}:
+        raise ManifestError("manifest: 'accuracy_budget' must be {\"max_abs_error\": number}")
+    value = obj["max_abs_error"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+        raise ManifestError("manifest: accuracy_budget.max_abs_error must be a finite number >= 0")
+    return float(value)
+
+
+def _parse_variants(obj: dict[str, Any], fmt: str, quantization: dict[str, Any], golden: Golden | None,
+                    inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
+                    present: dict[str, Any]) -> tuple[Variant, ...]:
+    """The top-level variant, then each of ``variants``: unique names, each model file of its format
+    and listed, no file shared, and no variant-named artifact that no variant uses."""
+    first = primary_variant_name(obj)
+    if not VARIANT_NAME_RE.match(first):
+        raise ManifestError(f"manifest: variant name {first[:40]!r} must match {VARIANT_NAME_RE.pattern}")
+    out = [Variant(first, fmt, ARTIFACT_FILES[fmt], quantization, golden)]
+    raw = obj.get("variants")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list) or len(raw) > MAX_VARIANTS:
+        raise ManifestError(f"manifest: 'variants' must be a list of at most {MAX_VARIANTS}")
+    used = {ARTIFACT_FILES[fmt], *([golden.file] if golden is not None and golden.file else [])}
+    for i, v in enumerate(raw):
+        what = f"manifest variant {i}"
+        if not isinstance(v, dict) or not {"name", "format", "file"} <= set(v) <= {
+                "name", "format", "file", "quantization", "golden"}:
+            raise ManifestError(f"{what}: expected {{name, format, file[, quantization, golden]}}")
+        name, vfmt, file = _require(v, "name", str, what), _require(v, "format", str, what), _require(v, "file", str, what)
+        if not VARIANT_NAME_RE.match(name) or name in {x.name for x in out}:
+            raise ManifestError(f"{what}: name {name[:40]!r} must be unique and match {VARIANT_NAME_RE.pattern}")
+        if vfmt not in FORMATS:
+            raise ManifestError(f"{what}: format {vfmt[:20]!r} is not one of {sorted(FORMATS)}")
+        ext = ARTIFACT_FILES[vfmt].rsplit(".", 1)[1]
+        if file not in (ARTIFACT_FILES[vfmt], f"model-{name}.{ext}") or file in used or file not in present:
+            raise ManifestError(f"{what}: file must be {ARTIFACT_FILES[vfmt]!r} or 'model-{name}.{ext}', "
+                                "listed in artifacts and used by no other variant")
+        vq = v.get("quantization", {"mode": "unknown"})
+        if not isinstance(vq, dict):
+            raise ManifestError(f"{what}: 'quantization' must be an object")
+        vgolden = None
+        if v.get("golden") is not None:
+            vgolden = _parse_golden(v["golden"], inputs, outputs, present, f"golden-{name}.npz")
+        used |= {file, *([vgolden.file] if vgolden is not None and vgolden.file else [])}
+        out.append(Variant(name, vfmt, file, vq, vgolden))
+    stray = sorted(f for f in present if VARIANT_FILE_RE.match(f) and f not in used)
+    if stray:
+        raise ManifestError(f"manifest: artifacts {stray} belong to no variant")
+    return tuple(out)
 
 
 def parse_manifest(data: bytes) -> Manifest:

@@ -101,6 +101,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _variant_rows(choice: dict[str, Any] | None) -> list[list[str]]:
+    """``variant NAME: chosen|slower|failed|..., ms/row, why`` per variant of a bundle with several."""
+    if not choice:
+        return []
+    rows = []
+    for v in choice["variants"]:
+        ms = "not timed" if v["ms_per_row"] is None else f"{v['ms_per_row']:.4g} ms/row"
+        rows.append(["", "", f"variant {v['variant']}: {v['outcome']}, {ms}: {v['reason']}"])
+    return rows
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """Print every model and version with its status and recent history."""
     store = open_store(args)
@@ -126,11 +137,14 @@ def cmd_list(args: argparse.Namespace) -> int:
                 tags.append("trying (not yet loaded by the daemon)")
             report = state.serving_delegate if v == state.serving and not state.serving_factory else None
             if report is not None:
-                tags.append(f"serving on {report['delegate']}")
+                variant = report.get("variant")
+                pinned = " (pinned)" if variant and variant["pinned"] else ""
+                tags.append(f"serving {'variant ' + variant['variant'] + pinned + ' ' if variant else ''}on {report['delegate']}")
             rows.append([name, str(v), ", ".join(tags) or "installed"])
             if report is not None:
                 for skip in report["skipped"]:
                     rows.append(["", "", f"delegate {skip['delegate']} skipped ({skip['kind']}): {skip['reason']}"])
+                rows += _variant_rows(report.get("variant"))
         factory = store.factory_bundle(name)
         if factory is not None:
             tag = "active (fallback)" if state.serving_factory or state.active is None else "standby"

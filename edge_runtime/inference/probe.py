@@ -113,7 +113,8 @@ def probe_library_isolated(spec: DelegateSpec, timeout_s: float) -> None:
 
 
 def selftest_isolated(manifest_bytes: bytes, model: Path | bytes, golden_bytes: bytes | None, threads: int,
-                      plan: tuple[DelegateSpec, ...], timeout_s: float, what: str) -> dict[str, Any]:
+                      plan: tuple[DelegateSpec, ...], timeout_s: float, what: str,
+                      variant: str | None = None) -> dict[str, Any]:
     """Load the model on ``plan`` and run its golden self-test in a child process; the delegate
     that serves it and those skipped (``{"delegate", "skipped"}``), or the child's error
     (SelfTestError, DelegateError, ...) raised here, a crash included."""
@@ -128,7 +129,7 @@ def selftest_isolated(manifest_bytes: bytes, model: Path | bytes, golden_bytes: 
             (d / "golden.npz").write_bytes(golden_bytes)
             golden = str(d / "golden.npz")
         request = {"mode": "selftest", "manifest": str(d / "manifest.json"), "model": str(model), "golden": golden,
-                   "threads": threads, "delegates": [_spec_json(s) for s in plan]}
+                   "threads": threads, "delegates": [_spec_json(s) for s in plan], "variant": variant}
         result = _run_child(request, timeout_s, what)
     _raise_from(result)
     return result
@@ -148,6 +149,8 @@ def _child_selftest(req: dict[str, Any]) -> dict[str, Any]:
     from edge_runtime.inference.selftest import run_selftest
 
     manifest = parse_manifest(Path(req["manifest"]).read_bytes())
+    if req.get("variant"):  # one of the bundle's variants: its format and golden data
+        manifest = manifest.for_variant(str(req["variant"]))
     golden = Path(req["golden"]).read_bytes() if req["golden"] else None
     plan = tuple(_spec_from_json(s) for s in req["delegates"])
     backend = load_backend(manifest, Path(req["model"]), int(req["threads"]), plan,

@@ -123,7 +123,7 @@ def selftest_version(version: Testable, mcfg: ModelConfig | None = None, inferen
     if manifest.format == "tflite" and delegates.external(plan):
         load_golden(manifest, version.golden_bytes)  # bounded: a bad golden.npz never reaches the child
         selftest_isolated(manifest.canonical(), version.model, version.golden_bytes, threads, plan,
-                          inf.delegate_probe_timeout_s, f"{manifest.name} v{manifest.version}")
+                          inf.delegate_probe_timeout_s, f"{manifest.name} v{manifest.version}", manifest.variant)
         return
     backend = load_backend(manifest, version.model, threads, plan,
                            lambda b: run_selftest(b, manifest, version.golden_bytes))

@@ -205,7 +205,8 @@ class InferCycle:
             "platform": PLATFORMS.get(lv.manifest.format, lv.manifest.format),
             **lv.iface.metadata(),
             # Not in KServe's metadata schema, which clients ignore beyond: what runs this version.
-            "parameters": {"delegate": lv.delegate, "skipped_delegates": [s.to_json() for s in lv.skipped]},
+            "parameters": {"delegate": lv.delegate, "skipped_delegates": [s.to_json() for s in lv.skipped],
+                           **({"variant": lv.variant.to_json()} if lv.variant is not None else {})},
         }
 
     def _shadow(self, shadow: LoadedVersion, answered: LoadedVersion, request: InferRequest, outs: list[Any]) -> None:

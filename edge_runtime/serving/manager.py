@@ -46,10 +46,12 @@ from edge_runtime.serving.metrics import Metrics
 from edge_runtime.serving.models import LoadedVersion, ServedModel, batch_policy, build_routing
 from edge_runtime.serving.workers import InlineExecutor, ThreadedExecutor, measure_invoke_us, sample_inputs
 from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.store.variants import select_variant
 
 log = logging.getLogger("edge_runtime.serving")
 
-BUILD_KEYS = ("instances", "num_threads", "delegates", "execution", "inline_max_us", "idle_inline_max_us", "stack_max_us")
+BUILD_KEYS = ("instances", "num_threads", "delegates", "execution", "inline_max_us", "idle_inline_max_us", "stack_max_us",
+              "variant")
 
 # Start-up tries the store's choice, then (each failure recorded, so the store resolves further
 # down) the last known good, older good versions and the factory bundle. Each attempt loads a
@@ -96,6 +98,7 @@ class ModelManager:
         metrics.queue_depths = self._queue_depths
         metrics.loaded_roles = self._roles
         metrics.delegates = self._delegates
+        metrics.variants = self._variants
 
     # -- public, thread-safe -----------------------------------------------------------
 
@@ -379,14 +382,24 @@ class ModelManager:
     def _load(self, resolved: Resolved, mcfg: ModelConfig) -> LoadedVersion:
         """:meth:`_build` a version; a store version is ``trying`` (persisted) until it is built."""
         if resolved.source != "store":
-            return self._build(resolved, mcfg)
+            return self._build_variant(resolved, mcfg)
         self.store.begin_trying(resolved.name, resolved.version)  # before any interpreter exists
         try:
-            lv = self._build(resolved, mcfg)
+            lv = self._build_variant(resolved, mcfg)
         except BaseException:
             self.store.end_trying(resolved.name, resolved.version, confirmed=False)
             raise
         self.store.end_trying(resolved.name, resolved.version, confirmed=True)
+        return lv
+
+    def _build_variant(self, resolved: Resolved, mcfg: ModelConfig) -> LoadedVersion:
+        """:meth:`_build` the variant this device serves when the bundle carries several (tried and
+        timed once per fingerprint, then chosen from the record: store/variants.py)."""
+        if len(resolved.manifest.variants) <= 1:
+            return self._build(resolved, mcfg)
+        view, choice = select_variant(self.store, resolved, mcfg, self.cfg.inference)
+        lv = self._build(view, mcfg)
+        lv.variant = choice
         return lv
 
     def _build(self, resolved: Resolved, mcfg: ModelConfig) -> LoadedVersion:
@@ -537,6 +550,13 @@ class ModelManager:
             if sm.routing is not None:
                 for v, lv in sm.routing.versions.items():
                     yield name, v, lv.delegate, lv.skipped
+
+    def _variants(self) -> Any:
+        for name, sm in list(self.served.items()):
+            if sm.routing is not None:
+                for v, lv in sm.routing.versions.items():
+                    if lv.variant is not None:
+                        yield name, v, lv.variant
 
     def _roles(self) -> Any:
         for name, sm in list(self.served.items()):

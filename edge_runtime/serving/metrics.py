@@ -239,6 +239,8 @@ class Metrics:
         self.loaded_roles: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
         # (model, version, delegate in use, skipped delegates) per loaded version
         self.delegates: Callable[[], Iterator[tuple[str, int, str, Any]]] = lambda: iter(())
+        # (model, version, the variant choice) per loaded version of a bundle with several variants
+        self.variants: Callable[[], Iterator[tuple[str, int, Any]]] = lambda: iter(())
         self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
         self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
         self.health: Callable[[], Health] | None = None  # device health, read at each scrape
@@ -338,6 +340,16 @@ class _Collector:
                 skipped.add_metric([model, str(version), skip.delegate, skip.kind], 1)
         yield used
         yield skipped
+        variants = GaugeMetricFamily(
+            "edge_model_variant_ms_per_row",
+            "Each variant of a loaded version as timed on this device (ms per row), by outcome (chosen, slower, failed, over-budget, not-pinned).",
+            labels=[*mv, "variant", "outcome"],
+        )
+        for model, version, choice in m.variants():
+            for v in choice.verdicts:
+                variants.add_metric([model, str(version), v.variant, v.outcome.value],
+                                    float("nan") if v.ms_per_row is None else v.ms_per_row)
+        yield variants
         swaps = CounterMetricFamily("edge_swaps", "Hot swaps by outcome (success, failed).", labels=["model", "outcome"])
         for (model, outcome), n in sorted(m.swaps.items()):
             swaps.add_metric([model, outcome], n)

@@ -20,6 +20,7 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.config import ModelConfig
 from edge_runtime.exceptions import NotFoundError, UnavailableError
+from edge_runtime.inference.variant_choice import Choice
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.batcher import BatchPolicy
 from edge_runtime.serving.codec import Interface
@@ -45,13 +46,17 @@ class LoadedVersion:
     monitor: VersionMonitor | None = None  # drift sketches and capture (docs/monitoring.md)
     delegate: str = "xnnpack"  # what runs it: xnnpack, cpu, onnxruntime or an external delegate's name
     skipped: tuple[Skipped, ...] = ()  # delegates tried first and why they were not used
+    variant: Choice | None = None  # of a bundle with several variants: the one served, each one's figure
 
     def __post_init__(self) -> None:
         self.version_str = str(self.version)
 
     def delegate_report(self) -> dict[str, Any]:
         """What runs this version and what was skipped: the store's, metadata's and fleet state's form."""
-        return {"delegate": self.delegate, "skipped": [s.to_json() for s in self.skipped]}
+        report: dict[str, Any] = {"delegate": self.delegate, "skipped": [s.to_json() for s in self.skipped]}
+        if self.variant is not None:
+            report["variant"] = self.variant.to_json()
+        return report
 
     @property
     def mode(self) -> str:

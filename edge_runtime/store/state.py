@@ -59,7 +59,22 @@ def _delegate_report(value: Any, where: str) -> dict[str, Any] | None:
         isinstance(s, dict) and all(isinstance(s.get(k), str) for k in ("delegate", "kind", "reason")) for s in skipped
     ):
         raise StoreError(f"{where}: unreadable state (serving_delegate must be {{delegate, skipped: [...]}})")
-    return {"delegate": value["delegate"], "skipped": [{k: s[k] for k in ("delegate", "kind", "reason")} for s in skipped]}
+    report = {"delegate": value["delegate"], "skipped": [{k: s[k] for k in ("delegate", "kind", "reason")} for s in skipped]}
+    if value.get("variant") is not None:
+        report["variant"] = _variant_report(value["variant"], where)
+    return report
+
+
+def _variant_report(value: Any, where: str) -> dict[str, Any]:
+    """The served variant and each variant's figure (inference/variant_choice.py ``Choice.to_json``)."""
+    rows = value.get("variants") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or not isinstance(value.get("variant"), str) or not isinstance(
+            value.get("pinned"), bool) or not isinstance(rows, list) or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("variant", "outcome", "reason"))
+            and (r.get("ms_per_row") is None or isinstance(r.get("ms_per_row"), (int, float))) for r in rows):
+        raise StoreError(f"{where}: unreadable state (serving_delegate.variant must be {{variant, pinned, variants}})")
+    return {"variant": value["variant"], "pinned": value["pinned"],
+            "variants": [{k: r.get(k) for k in ("variant", "ms_per_row", "outcome", "reason")} for r in rows]}
 
 
 def now_iso() -> str:

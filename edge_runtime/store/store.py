@@ -15,6 +15,7 @@ by their verified manifests (:mod:`.factory`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import logging
@@ -229,9 +230,12 @@ class ModelStore:
                 raise StoreError(f"{name} v{version}: cannot read {art.file}: {exc.strerror}") from exc
         return manifest
 
-    def resolved_version(self, name: str, version: int, reason: str | None = None) -> Resolved:
-        """Verify an installed version and describe it for loading."""
+    def resolved_version(self, name: str, version: int, reason: str | None = None, variant: str | None = None) -> Resolved:
+        """Verify an installed version and describe it for loading (its ``variant``, when named:
+        the view :meth:`Manifest.for_variant` gives, with that variant's model and golden data)."""
         manifest = self.verify_version(name, version)
+        if variant is not None:
+            manifest = manifest.for_variant(variant)
         if manifest.encryption is not None:  # ciphertext at rest: decrypted into memory, never to a file
             d = self.version_dir(name, version)
             try:
@@ -246,6 +250,17 @@ class ModelStore:
         return Resolved(name, version, manifest, "store", model_path=path, fallback_reason=reason, golden_bytes=golden,
                         profile_bytes=profile)
 
+    def variant_view(self, resolved: Resolved, variant: str) -> Resolved:
+        """``resolved`` as its variant ``variant`` (model file and golden data of that variant)."""
+        if resolved.source == "store" and resolved.manifest.encryption is None:
+            view = resolved.manifest.for_variant(variant)
+            golden = self._read_artifact(resolved.name, resolved.version, view, view.golden.file if view.golden else None)
+            path = self.version_dir(resolved.name, resolved.version) / view.model_file
+            return dataclasses.replace(resolved, manifest=view, model_path=path, model_bytes=None, golden_bytes=golden)
+        if resolved.source == "store":
+            return self.resolved_version(resolved.name, resolved.version, resolved.fallback_reason, variant)
+        return self.resolved_factory(resolved.name, resolved.fallback_reason, variant)
+
     def _read_artifact(self, name: str, version: int, manifest: Manifest, file: str | None) -> bytes | None:
         """A small artifact of an installed version, hashed again as it is read (None when ``file`` is)."""
         if file is None:
@@ -258,8 +273,9 @@ class ModelStore:
             raise StoreError(f"{name} v{version}: cannot read {file}: {exc.strerror}") from exc
         return buf.getvalue()
 
-    def resolved_factory(self, name: str, reason: str | None = None) -> Resolved:
-        """Verify the factory bundle of ``name`` and describe it for loading."""
+    def resolved_factory(self, name: str, reason: str | None = None, variant: str | None = None) -> Resolved:
+        """Verify the factory bundle of ``name`` and describe it for loading (``variant`` as in
+        :meth:`resolved_version`)."""
         path = self.factory_bundle(name)
         if path is None:
             for fb in self.factory_refused():
@@ -271,12 +287,12 @@ class ModelStore:
         with open_bundle(path, self.root, self.limits) as bundle:
             if bundle.manifest.name != name:
                 raise StoreError(f"factory bundle {path.name} holds model {bundle.manifest.name!r}")
-            if bundle.manifest.encryption is not None:
-                opened = open_sealed(bundle.manifest, self.device_key, lambda f: io.BytesIO(bundle.read_artifact(f)))
-                return Resolved(name, bundle.manifest.version, bundle.manifest, "factory", model_bytes=opened.model,
+            manifest = bundle.manifest if variant is None else bundle.manifest.for_variant(variant)
+            if manifest.encryption is not None:
+                opened = open_sealed(manifest, self.device_key, lambda f: io.BytesIO(bundle.read_artifact(f)))
+                return Resolved(name, manifest.version, manifest, "factory", model_bytes=opened.model,
                                 fallback_reason=reason, golden_bytes=opened.golden, profile_bytes=opened.profile)
-            data = bundle.read_artifact(bundle.manifest.model_file)
-            manifest = bundle.manifest
+            data = bundle.read_artifact(manifest.model_file)
             golden = bundle.read_artifact(manifest.golden.file) if manifest.golden and manifest.golden.file else None
             profile = bundle.read_artifact(manifest.profile_file) if manifest.profile_file else None
         return Resolved(name, manifest.version, manifest, "factory", model_bytes=data, fallback_reason=reason,
