@@ -52,7 +52,7 @@ from edge_runtime.config import parse_config  # noqa: E402
 from edge_runtime.fleet.publish import publish_release  # noqa: E402
 from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
 from edge_runtime.inference.backend import load_backend  # noqa: E402
-from edge_runtime.packaging import pack_model  # noqa: E402
+from edge_runtime.packaging import PackRequest, pack_model  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
 from edge_runtime.trust.device_keys import generate_device_key, private_pem, read_device_key  # noqa: E402
 from edge_runtime.trust.keys import generate_private_key, private_key_pem  # noqa: E402
@@ -190,7 +190,7 @@ def serving(work: Path, signer: Any, root: Any, root_path: Path) -> dict[str, An
     """Part 1: plaintext and encrypted, alternated, ROUNDS rounds."""
     model = build_mlp(MODEL, SIZES)
     plain = work / "mlp-plain.bundle"
-    pack_model(model, name="mlp", version=1, keys=[signer], out=plain, input_names=["input_0"], output_names=["output_0"])
+    pack_model(PackRequest(model, name="mlp", version=1, keys=[signer], out=plain, input_names=["input_0"], output_names=["output_0"]))
     dkey = generate_device_key()
     key_file = work / "device.key"
     key_file.write_bytes(private_pem(dkey))
@@ -268,8 +268,8 @@ def scale(work: Path, signer: Any, root: Any, root_path: Path) -> dict[str, Any]
                 ("plaintext", 1, None), ("encrypted to this device only", 2, []), (f"encrypted to {RECIPIENTS:,} devices", 3, others)]
             for label, version, extra in cases:
                 src = work / f"fraud-v{version}.bundle"
-                pack_model(FACTORY / "fraud.tflite", name="fraud", version=version, keys=[signer], out=src,
-                           input_names=["input_0"], output_names=["output_0"], golden_inputs=[golden])
+                pack_model(PackRequest(FACTORY / "fraud.tflite", name="fraud", version=version, keys=[signer], out=src,
+                           input_names=["input_0"], output_names=["output_0"], golden_inputs=[golden]))
                 row: dict[str, Any] = {"label": label}
                 if extra is not None:
                     t = time.perf_counter()

@@ -51,7 +51,7 @@ from edge_runtime.fleet.publish import publish_release  # noqa: E402
 from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
 from edge_runtime.fleet.simulate import Fault, SimSettings, SimulatedFleet, device_ids  # noqa: E402
 from edge_runtime.fleet.status import DeviceStates  # noqa: E402
-from edge_runtime.packaging import pack_model  # noqa: E402
+from edge_runtime.packaging import PackRequest, pack_model  # noqa: E402
 from edge_runtime.trust.keys import generate_private_key, private_key_pem  # noqa: E402
 from edge_runtime.trust.root import make_root, sign_root  # noqa: E402
 from edge_runtime.updates.protocol import Topics  # noqa: E402
@@ -276,8 +276,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     bundles = {}
     for v in (1, 2, 3, 4):
         bundles[v] = work / f"{NAME}-v{v}.bundle"
-        pack_model(model, name=NAME, version=v, keys=[key], out=bundles[v], chunk_size=args.chunk_kib * 1024,
-                   input_names=["input_0"], output_names=["output_0"])
+        pack_model(PackRequest(model, name=NAME, version=v, keys=[key], out=bundles[v], chunk_size=args.chunk_kib * 1024,
+                   input_names=["input_0"], output_names=["output_0"]))
     factory = work / "factory"
     factory.mkdir()
     shutil.copyfile(bundles[1], factory / f"{NAME}.bundle")

@@ -44,7 +44,7 @@ from edge_runtime.fleet.publish import publish_release  # noqa: E402
 from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
 from edge_runtime.fleet.simulate import SimSettings, SimulatedFleet, device_ids  # noqa: E402
 from edge_runtime.fleet.status import DeviceStates  # noqa: E402
-from edge_runtime.packaging import pack_model  # noqa: E402
+from edge_runtime.packaging import PackRequest, pack_model  # noqa: E402
 from edge_runtime.spec.window import parse_window  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
 from edge_runtime.trust.keys import generate_private_key  # noqa: E402
@@ -67,8 +67,8 @@ def bundles(work: Path, key: Any) -> tuple[Path, Path]:
         model = work / f"fraud-{version}.tflite"
         model.write_bytes((FACTORY / "fraud.tflite").read_bytes() + tail)
         bundle = work / f"fraud-v{version}.bundle"
-        pack_model(model, name="fraud", version=version, keys=[key], out=bundle, chunk_size=16_384,
-                   input_names=["input_0"], output_names=["output_0"], golden_inputs=[golden])
+        pack_model(PackRequest(model, name="fraud", version=version, keys=[key], out=bundle, chunk_size=16_384,
+                   input_names=["input_0"], output_names=["output_0"], golden_inputs=[golden]))
         out.append(bundle)
     return out[0], out[1]
 

@@ -49,7 +49,7 @@ from edge_runtime.bundle.reader import BundleLimits  # noqa: E402
 from edge_runtime.fleet.prune import prune_releases  # noqa: E402
 from edge_runtime.fleet.publish import publish_release  # noqa: E402
 from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
-from edge_runtime.packaging import pack_model  # noqa: E402
+from edge_runtime.packaging import PackRequest, pack_model  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
 from edge_runtime.trust.keys import generate_private_key, private_key_pem  # noqa: E402
 from edge_runtime.trust.root import make_root, sign_root, verify_root  # noqa: E402
@@ -231,7 +231,7 @@ def run(work: Path, model: Path) -> int:
     bundles = {}
     for v in versions:
         bundles[v] = work / f"mlp-v{v}.bundle"
-        pack_model(model, name="mlp", version=v, keys=[key], out=bundles[v], input_names=["input_0"], output_names=["output_0"])
+        pack_model(PackRequest(model, name="mlp", version=v, keys=[key], out=bundles[v], input_names=["input_0"], output_names=["output_0"]))
     size = model.stat().st_size
     store = ModelStore(work / "store", root, None, BundleLimits())
     store.install(bundles[1])

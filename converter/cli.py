@@ -23,6 +23,7 @@ from converter.exceptions import AccuracyError
 from converter.onnx2tf_runner import DEFAULT_TIMEOUT_S
 from converter.shapes import parse_input_shape
 from converter.validate import Thresholds
+from converter.variants import parse_variants
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
 from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.exceptions import EdgeRuntimeError, UsageError
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-io", action="store_true",
                    help="int8: integer input/output tensors (the device quantizes with the manifest's scale) "
                    "instead of float I/O with int8 inside")
+    p.add_argument("--variants", type=parse_variants, default=None, metavar="LIST",
+                   help="further variants to pack beside the chosen one, each validated with its own golden self-test; "
+                   "the device times them and serves the fastest (fp32,fp16,dynamic,int8,onnx; default: every "
+                   "passing variant with --quantize auto, none otherwise; docs/converter.md)")
+    p.add_argument("--accuracy-budget", type=float, default=None, metavar="MAX_ABS_ERROR",
+                   help="with --variants: the largest error against onnxruntime a variant may have to be served")
     p.add_argument("--allow-accuracy-drop", action="store_true", help="ship a variant that fails validation")
     fb = p.add_mutually_exclusive_group()
     fb.add_argument("--fallback-onnx", action="store_true",
@@ -185,6 +192,8 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
         keep_workdir=args.keep_workdir,
         timeout_s=args.timeout_s,
         log=args.log,
+        variants=args.variants,
+        accuracy_budget=args.accuracy_budget,
     )
 
 
@@ -210,6 +219,8 @@ def _summary(result: ConvertResult) -> str:
         else:
             where = f"{len(next(iter(m.golden.inputs.values()))['data'])} values in the manifest"
         lines.append(f"  golden self-test: {where}, atol {m.golden.atol:g}")
+    for v in m.variants[1:] if len(m.variants) > 1 else ():
+        lines.append(f"  variant {v.name}: {v.format}, {m.artifacts[v.file].length:,} bytes ({v.file})")
     lines.append(f"  manifest.json: {len(m.canonical()):,} bytes")
     if m.format == "onnx":
         lines.append("  NOTE: an ONNX bundle: the device needs onnxruntime (device/install.sh --with-onnx)")

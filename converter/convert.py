@@ -50,11 +50,12 @@ from converter.source import SourceModel, describe_source, prepare_copy
 from converter.tabular import TabularPlan, prepare_tabular
 from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, run_batched
 from converter.validate import Thresholds, compare, failures, worst_error
+from converter.variants import extra_tflite_modes, variant_name, wanted_variants
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
 from edge_runtime.bundle.profile import RECOMMENDED_ROWS
 from edge_runtime.exceptions import UsageError
-from edge_runtime.packaging import profile_batches
+from edge_runtime.packaging import VariantRequest, profile_batches
 from edge_runtime.spec.tensors import TensorSpec, fits
 from edge_runtime.trust.keys import PrivateKey
 
@@ -98,6 +99,8 @@ class ConvertOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     log: Path | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    variants: tuple[str, ...] | None = None  # further variants to pack (converter/variants.py); None = the default
+    accuracy_budget: float | None = None  # max abs error against onnxruntime any served variant may have
 
 
 @dataclass
@@ -129,6 +132,7 @@ class ConvertResult:
             "fallback_reason": self.fallback_reason,
             "candidates": [c.row() for c in self.candidates],
             "quantization": self.manifest.quantization,
+            "variants": [v.name for v in self.manifest.variants],
             "inputs": [s.to_json() for s in self.manifest.inputs],
             "outputs": [s.to_json() for s in self.manifest.outputs],
             "log": str(self.log_path) if self.log_path else None,
@@ -158,6 +162,8 @@ def check_options(opts: ConvertOptions) -> None:
             "--quantize int8 needs --calibration FILE (a few hundred representative input rows, .npy/.npz/.csv); "
             "the converter never falls back to onnx2tf's downloaded sample images"
         )
+    if "int8" in (opts.variants or ()) and opts.calibration is None:
+        raise UsageError("--variants int8 needs --calibration FILE")
     if opts.int8_io and opts.quantize not in ("int8", "auto"):
         raise UsageError("--int8-io applies to --quantize int8 or auto")
     if not opts.keys:
@@ -273,7 +279,8 @@ class _ExtraArgsJob(Onnx2tfJob):
 
 
 def _requested_modes(opts: ConvertOptions) -> list[str]:
-    return list(MODES) if opts.quantize == "auto" else [opts.quantize]
+    modes = list(MODES) if opts.quantize == "auto" else [opts.quantize]
+    return modes + [m for m in extra_tflite_modes(opts.variants) if m not in modes]
 
 
 def _variant_key(mode: str, int8_io: bool) -> str:
@@ -390,7 +397,7 @@ class _Pipeline:
         """Run onnx2tf; on a crash while quantizing, again for the float variants only; on a dynamic batch
         onnx2tf cannot handle, again with the batch pinned to 1. Returns the result and the interface used."""
         opts = self.opts
-        integer = opts.quantize == "int8" or (opts.quantize == "auto" and data.calibration is not None)
+        integer = "int8" in _requested_modes(opts) and (opts.quantize != "auto" or data.calibration is not None)
         calibration = None
         if integer:
             assert data.calibration is not None
@@ -401,7 +408,7 @@ class _Pipeline:
         job: Onnx2tfJob = _ExtraArgsJob(
             self.workdir / "model.onnx",
             keep_layout=source.layout_inputs,
-            dynamic_range=opts.quantize in ("dynamic", "auto"),
+            dynamic_range="dynamic" in _requested_modes(opts),
             integer=integer,
             calibration=calibration,
             extra=self.onnx2tf_extra,
@@ -699,6 +706,7 @@ class _Pipeline:
                 self.warnings.append(f"--allow-accuracy-drop: shipping {cand.mode} despite: {'; '.join(accepted)}")
             table = format_table([cand], cand, cand.report.get("labels", {}).get("onnxruntime"))
         assert chosen.matched is not None
+        variants = self.variant_requests(chosen, evaluated, result, source, data, reference, candidates)
         done = self.stage("pack", f"packing and signing {chosen.candidate.mode}")
         tflite = self.workdir / "bundle_model.tflite"
         tflite.write_bytes(chosen.matched.tflite)
@@ -713,10 +721,38 @@ class _Pipeline:
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
             profile_calls=self._profile(data, chosen.matched.inputs),
             rewrites=[r.note() for r in self.tabular.rewrites],
+            variant=variant_name(chosen.candidate.mode), variants=variants, accuracy_budget=opts.accuracy_budget,
         )
         done()
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,
                              self.workdir if opts.keep_workdir else None, None, self.warnings, self.stage_seconds)
+
+    def variant_requests(self, chosen: _Evaluated, evaluated: list[_Evaluated], result: Onnx2tfResult,
+                         source: SourceModel, data: _Data, reference: list[np.ndarray],
+                         candidates: list[Candidate]) -> list[VariantRequest]:
+        """The further variants to pack (converter/variants.py): each validated here like the chosen one;
+        one that fails, or whose interface differs from the chosen one's (int8 I/O), is left out with a warning."""
+        requests: list[VariantRequest] = []
+        for mode in wanted_variants(self.opts.variants, self.opts.quantize, chosen.candidate.mode, candidates):
+            if mode == "onnx":
+                requests.append(VariantRequest("onnx", self.opts.model, {"mode": "onnx", "reason": "packed as a variant"}))
+                continue
+            ev = next((e for e in evaluated if e.candidate.mode == mode), None)
+            if ev is None:
+                ev = self.evaluate(mode, result, source, data, reference, measure=False)
+            cand = ev.candidate
+            why = cand.error or "; ".join(cand.failures)
+            differs = ev.matched is not None and chosen.matched is not None and (
+                ev.matched.inputs, ev.matched.outputs) != (chosen.matched.inputs, chosen.matched.outputs)
+            if differs and not why:
+                why = "its tensors differ from the chosen variant's (int8 I/O); variants share one interface"
+            if why or ev.matched is None:
+                self.warnings.append(f"variant {mode} not packed: {why or 'not converted'}")
+                continue
+            path = self.workdir / f"variant_{mode}.tflite"
+            path.write_bytes(ev.matched.tflite)
+            requests.append(VariantRequest(variant_name(mode), path, self.quantization_field(ev, result, candidates, [])))
+        return requests
 
     def _fail(self, why: str, hints: str, data: _Data, source: SourceModel, candidates: list[Candidate],
               report: dict[str, Any] | None, table: str) -> ConvertResult:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.bundle.manifest import Manifest
-from edge_runtime.packaging import DEFAULT_ATOL, pack_model, round_up
+from edge_runtime.packaging import DEFAULT_ATOL, PackRequest, VariantRequest, pack_model, round_up
 from edge_runtime.spec.tensors import TensorSpec
 from edge_runtime.trust.keys import PrivateKey
 
@@ -76,8 +76,12 @@ def pack_tflite(
     pinned: dict[str, Any] | None = None,
     profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
     rewrites: Sequence[str] = (),
+    variant: str | None = None,
+    variants: Sequence[VariantRequest] = (),
+    accuracy_budget: float | None = None,
 ) -> Manifest:
-    """Pack a converted TFLite file with the ONNX interface and the converter's report.
+    """Pack a converted TFLite file with the ONNX interface and the converter's report (and
+    further ``variants``, each checked against ``source`` like the main file).
 
     The golden outputs are onnxruntime's (``source`` is the reference), so the device's
     self-test checks that it scores within the accepted error of the ONNX model. Models with
@@ -85,7 +89,7 @@ def pack_tflite(
     a fixed-batch model states the converter's own measurement.
     """
     dynamic = all(s.shape and s.shape[0] == -1 for s in inputs)
-    return pack_model(
+    return pack_model(PackRequest(
         tflite,
         name=name,
         version=version,
@@ -102,7 +106,10 @@ def pack_tflite(
         reference=source,
         validation_inputs=validation if dynamic and validation is not None else None,
         profile_calls=profile_calls,
-    )
+        variant=variant if variants else None,
+        variants=variants,
+        accuracy_budget=accuracy_budget if variants else None,
+    ))
 
 
 def pack_onnx(
@@ -127,7 +134,7 @@ def pack_onnx(
     quantization: dict[str, Any] = {"mode": "onnx-fallback", "reason": reason}
     if report:
         quantization["report"] = report
-    return pack_model(
+    return pack_model(PackRequest(
         model,
         name=name,
         version=version,
@@ -140,4 +147,4 @@ def pack_onnx(
         outputs=outputs,
         extra=source_fields(source or model, rewrites=rewrites),
         profile_calls=profile_calls,
-    )
+    ))

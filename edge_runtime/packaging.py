@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
@@ -168,29 +169,23 @@ def measure_error(
     return rows, worst, (total / count if count else 0.0)
 
 
-def pack_model(
-    model_path: Path,
-    *,
-    name: str,
-    version: int,
-    keys: Sequence[PrivateKey],
-    out: Path,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    input_names: Sequence[str] = (),
-    output_names: Sequence[str] = (),
-    inputs: Sequence[TensorSpec] | None = None,
-    outputs: Sequence[TensorSpec] | None = None,
-    golden_inputs: Sequence[np.ndarray] | None = None,
-    atol: float | None = None,
-    rtol: float = DEFAULT_RTOL,
-    quantization: dict[str, Any] | None = None,
-    architectures: Sequence[str] = ("any",),
-    extra: dict[str, Any] | None = None,
-    reference: Path | None = None,
-    validation_inputs: Sequence[np.ndarray] | None = None,
-    profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
-) -> Manifest:
-    """Pack ``model_path`` into a signed bundle at ``out`` and return its manifest.
+@dataclass(frozen=True)
+class VariantRequest:
+    """A further faithful variant of the packed model (docs/store-and-bundles.md "Variants").
+
+    ``model_path`` is another file of the same model (another quantization, or the ONNX model);
+    its golden outputs are the reference's (the request's ``reference``, else the main model),
+    and its tolerance covers its measured error against that reference, as for the main model.
+    """
+
+    name: str
+    model_path: Path
+    quantization: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PackRequest:
+    """What :func:`pack_model` packs.
 
     ``inputs``/``outputs`` override the specs read from the model (the converter passes
     the ONNX model's interface); golden outputs are computed by running the packed model,
@@ -199,84 +194,175 @@ def pack_model(
     inputs (see the module docstring). An explicit ``atol`` below that error is refused.
     ``profile_calls`` (model calls of reference data: batches of rows, see
     :func:`profile_batches`) become the bundle's reference profile for drift
-    (docs/monitoring.md), the outputs being the packed model's own.
+    (docs/monitoring.md), the outputs being the packed model's own. ``variants`` are packed
+    beside the model, each with its own golden self-test; ``variant`` names the main model's
+    variant and ``accuracy_budget`` is the error against the reference no variant may exceed
+    to be served.
     """
-    model_path = Path(model_path)
-    fmt, found_in, found_out = describe_model(model_path, input_names, output_names)
-    ins = list(inputs) if inputs is not None else found_in
-    outs = list(outputs) if outputs is not None else found_out
+
+    model_path: Path
+    name: str
+    version: int
+    keys: Sequence[PrivateKey]
+    out: Path
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    input_names: Sequence[str] = ()
+    output_names: Sequence[str] = ()
+    inputs: Sequence[TensorSpec] | None = None
+    outputs: Sequence[TensorSpec] | None = None
+    golden_inputs: Sequence[np.ndarray] | None = None
+    atol: float | None = None
+    rtol: float = DEFAULT_RTOL
+    quantization: dict[str, Any] | None = None
+    architectures: Sequence[str] = ("any",)
+    extra: dict[str, Any] | None = None
+    reference: Path | None = None
+    validation_inputs: Sequence[np.ndarray] | None = None
+    profile_calls: Sequence[Sequence[np.ndarray]] | None = None
+    variant: str | None = None
+    variants: Sequence[VariantRequest] = ()
+    accuracy_budget: float | None = None
+
+
+@dataclass
+class _Golden:
+    """A model's golden outputs and tolerance, and its accuracy against the reference when measured."""
+
+    results: list[np.ndarray]
+    atol: float
+    accuracy: dict[str, Any] | None
+
+
+def _golden_for(backend: Backend, draft: Manifest, samples: list[np.ndarray], req: PackRequest,
+                reference: Path | None, atol: float | None) -> _Golden:
+    """Golden outputs of ``samples``: the model's own, or the reference's with the measured error."""
+    if reference is None:
+        if req.validation_inputs is not None:
+            raise UsageError("validation inputs need a reference model to compare against")
+        return _Golden(run_rows(backend, samples), atol if atol is not None else _drift_atol(draft.outputs), None)
+    ref = reference_backend(Path(reference), draft.inputs, draft.outputs)
+    try:
+        results = run_rows(ref, samples)
+        input_sets = [samples]
+        if req.validation_inputs is not None:
+            if len(req.validation_inputs) != len(draft.inputs):
+                raise UsageError(
+                    f"{len(req.validation_inputs)} validation arrays given, the model has {len(draft.inputs)} inputs"
+                )
+            input_sets.append([np.asarray(a, dtype=numpy_dtype(s.datatype))
+                               for a, s in zip(req.validation_inputs, draft.inputs)])
+        rows, worst, mean = measure_error(backend, ref, input_sets)
+    finally:
+        ref.close()
+    stated = round_up(worst + _drift_atol(draft.outputs))
+    if atol is None:
+        atol = stated
+    elif atol < worst:
+        raise UsageError(f"atol {atol:g} is below the measured error {worst:.3g} against the reference")
+    ref_data = Path(reference).read_bytes()
+    accuracy = {
+        "reference": {
+            "file": Path(reference).name,
+            "format": FORMAT_BY_SUFFIX[Path(reference).suffix.lower()],
+            "sha256": hashlib.sha256(ref_data).hexdigest(),
+        },
+        "rows": rows,
+        "max_abs_error": worst,
+        "mean_abs_error": mean,
+        "atol": float(atol),
+    }
+    return _Golden(results, float(atol), accuracy)
+
+
+def pack_model(req: PackRequest) -> Manifest:
+    """Pack ``req.model_path`` (and its ``variants``) into a signed bundle at ``req.out``; its manifest."""
+    model_path = Path(req.model_path)
+    fmt, found_in, found_out = describe_model(model_path, req.input_names, req.output_names)
+    ins = list(req.inputs) if req.inputs is not None else found_in
+    outs = list(req.outputs) if req.outputs is not None else found_out
     data = model_path.read_bytes()
-    artifact = hash_artifact(ARTIFACT_FILES[fmt], data, chunk_size)
-    fields: dict[str, Any] = dict(extra or {})
+    artifact = hash_artifact(ARTIFACT_FILES[fmt], data, req.chunk_size)
+    fields: dict[str, Any] = dict(req.extra or {})
     fields.update(
         {
-            "name": name,
-            "version": version,
+            "name": req.name,
+            "version": req.version,
             "format": fmt,
             "artifacts": {artifact.file: artifact.to_json()},
             "inputs": [s.to_json() for s in ins],
             "outputs": [s.to_json() for s in outs],
-            "quantization": quantization or {"mode": "unknown"},
-            "compatible": {"runtime_major": RUNTIME_MAJOR, "architectures": list(architectures)},
+            "quantization": req.quantization or {"mode": "unknown"},
+            "compatible": {"runtime_major": RUNTIME_MAJOR, "architectures": list(req.architectures)},
         }
     )
     draft = build_manifest(fields)
     backend = load_backend(draft, data)
-    samples = list(golden_inputs) if golden_inputs is not None else random_inputs(draft.inputs)
+    samples = list(req.golden_inputs) if req.golden_inputs is not None else random_inputs(draft.inputs)
     if len(samples) != len(draft.inputs):
         raise UsageError(f"{len(samples)} golden input arrays given, the model has {len(draft.inputs)} inputs")
     samples = [np.asarray(a, dtype=numpy_dtype(s.datatype)) for a, s in zip(samples, draft.inputs)]
-    if reference is None:
-        if validation_inputs is not None:
-            raise UsageError("validation inputs need a reference model to compare against")
-        results = run_rows(backend, samples)
-        if atol is None:
-            atol = _drift_atol(draft.outputs)
-    else:
-        ref = reference_backend(Path(reference), draft.inputs, draft.outputs)
-        results = run_rows(ref, samples)
-        input_sets = [samples]
-        if validation_inputs is not None:
-            if len(validation_inputs) != len(draft.inputs):
-                raise UsageError(
-                    f"{len(validation_inputs)} validation arrays given, the model has {len(draft.inputs)} inputs"
-                )
-            input_sets.append([np.asarray(a, dtype=numpy_dtype(s.datatype)) for a, s in zip(validation_inputs, draft.inputs)])
-        rows, worst, mean = measure_error(backend, ref, input_sets)
-        stated = round_up(worst + _drift_atol(draft.outputs))
-        if atol is None:
-            atol = stated
-        elif atol < worst:
-            raise UsageError(f"atol {atol:g} is below the measured error {worst:.3g} against the reference")
-        ref_data = Path(reference).read_bytes()
-        fields["quantization"] = dict(fields["quantization"])
-        fields["quantization"]["accuracy"] = {
-            "reference": {
-                "file": Path(reference).name,
-                "format": FORMAT_BY_SUFFIX[Path(reference).suffix.lower()],
-                "sha256": hashlib.sha256(ref_data).hexdigest(),
-            },
-            "rows": rows,
-            "max_abs_error": worst,
-            "mean_abs_error": mean,
-            "atol": float(atol),
-        }
+    golden = _golden_for(backend, draft, samples, req, req.reference, req.atol)
+    if golden.accuracy is not None:
+        fields["quantization"] = {**fields["quantization"], "accuracy": golden.accuracy}
     artifacts = {artifact.file: data}
-    if profile_calls:
-        blob = reference_profile(backend, draft, profile_calls)
+    if req.profile_calls:
+        blob = reference_profile(backend, draft, req.profile_calls)
         if blob is not None:
             artifacts[PROFILE_FILE] = blob
-            fields["artifacts"] = {**fields["artifacts"], PROFILE_FILE: hash_artifact(PROFILE_FILE, blob, chunk_size).to_json()}
+            fields["artifacts"] = {**fields["artifacts"], PROFILE_FILE: hash_artifact(PROFILE_FILE, blob, req.chunk_size).to_json()}
             fields["profile"] = {"file": PROFILE_FILE}
-    fields["golden"] = _golden_field(draft, samples, results, float(atol), float(rtol), artifacts, fields, chunk_size)
+    fields["golden"] = _golden_field(draft, samples, golden.results, golden.atol, float(req.rtol), artifacts, fields,
+                                     req.chunk_size)
+    backends = {None: backend, **_pack_variants(req, draft, samples, artifacts, fields)}
     fields["created"] = draft.created
     manifest = build_manifest(fields)
     try:  # what a device runs on install: a bundle that fails it is never written
-        run_selftest(backend, manifest, artifacts.get(GOLDEN_FILE))
+        for name, b in backends.items():
+            view = manifest if name is None else manifest.for_variant(name)
+            run_selftest(b, view, artifacts.get(view.golden.file) if view.golden and view.golden.file else None)
     except SelfTestError as exc:
         raise BundleError(f"a device would refuse this bundle: {exc}") from exc
-    write_bundle(out, manifest, artifacts, keys)
+    finally:
+        for b in backends.values():
+            b.close()
+    write_bundle(req.out, manifest, artifacts, req.keys)
     return manifest
+
+
+def _pack_variants(req: PackRequest, draft: Manifest, samples: list[np.ndarray], artifacts: dict[str, bytes],
+                   fields: dict[str, Any]) -> dict[str | None, Backend]:
+    """Add ``req.variants`` to ``artifacts`` and ``fields``; each variant's loaded backend by name."""
+    if not req.variants:
+        return {}
+    reference = Path(req.reference) if req.reference is not None else Path(req.model_path)
+    if req.variant is not None:
+        fields["variant"] = req.variant
+    if req.accuracy_budget is not None:
+        fields["accuracy_budget"] = {"max_abs_error": float(req.accuracy_budget)}
+    backends: dict[str | None, Backend] = {}
+    entries = []
+    for vr in req.variants:
+        vfmt = FORMAT_BY_SUFFIX.get(Path(vr.model_path).suffix.lower())
+        if vfmt is None:
+            raise UsageError(f"variant {vr.name}: {Path(vr.model_path).name} is not a .tflite or .onnx file")
+        vdata = Path(vr.model_path).read_bytes()
+        plain = ARTIFACT_FILES[vfmt]
+        file = plain if plain not in artifacts else f"model-{vr.name}.{plain.rsplit('.', 1)[1]}"
+        vdraft = build_manifest({k: fields[k] for k in ("name", "version", "inputs", "outputs", "compatible")} | {
+            "format": vfmt, "created": draft.created, "artifacts": {plain: hash_artifact(plain, vdata).to_json()}})
+        vbackend = load_backend(vdraft, vdata)
+        backends[vr.name] = vbackend
+        golden = _golden_for(vbackend, vdraft, samples, req, reference, None)
+        quantization = dict(vr.quantization or {"mode": "unknown"})
+        if golden.accuracy is not None:
+            quantization["accuracy"] = golden.accuracy
+        artifacts[file] = vdata
+        fields["artifacts"] = {**fields["artifacts"], file: hash_artifact(file, vdata, req.chunk_size).to_json()}
+        vgolden = _golden_field(vdraft, samples, golden.results, golden.atol, float(req.rtol), artifacts, fields,
+                                req.chunk_size, f"golden-{vr.name}.npz")
+        entries.append({"name": vr.name, "format": vfmt, "file": file, "quantization": quantization, "golden": vgolden})
+    fields["variants"] = entries
+    return backends
 
 
 PROFILE_MAX_ROWS = 4096
@@ -314,7 +400,8 @@ def reference_profile(backend: Backend, draft: Manifest, calls: Sequence[Sequenc
 
 
 def _golden_field(draft: Manifest, samples: list[np.ndarray], results: Sequence[np.ndarray], atol: float, rtol: float,
-                  artifacts: dict[str, bytes], fields: dict[str, Any], chunk_size: int) -> dict[str, Any]:
+                  artifacts: dict[str, bytes], fields: dict[str, Any], chunk_size: int,
+                  golden_file: str = GOLDEN_FILE) -> dict[str, Any]:
     """The manifest's ``golden`` field: inline when small, else a ``golden.npz`` artifact added to
     ``artifacts`` and ``fields["artifacts"]`` (so the manifest stays small for any model)."""
     outputs = [np.asarray(r).astype(numpy_dtype(s.datatype), copy=False) for s, r in zip(draft.outputs, results)]
@@ -332,7 +419,7 @@ def _golden_field(draft: Manifest, samples: list[np.ndarray], results: Sequence[
             f"golden self-test data of {len(samples[0]) if samples and samples[0].ndim else 1} row(s) is {len(blob)} "
             f"bytes, the limit is {MAX_GOLDEN_BYTES}: pass fewer or smaller golden rows"
         )
-    art = hash_artifact(GOLDEN_FILE, blob, chunk_size)
-    artifacts[GOLDEN_FILE] = blob
-    fields["artifacts"] = {**fields["artifacts"], GOLDEN_FILE: art.to_json()}
-    return Golden({}, {}, atol, rtol, GOLDEN_FILE).to_json()
+    art = hash_artifact(golden_file, blob, chunk_size)
+    artifacts[golden_file] = blob
+    fields["artifacts"] = {**fields["artifacts"], golden_file: art.to_json()}
+    return Golden({}, {}, atol, rtol, golden_file).to_json()

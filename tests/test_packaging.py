@@ -13,7 +13,7 @@ import pytest
 
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.exceptions import UsageError
-from edge_runtime.packaging import describe_model, pack_model, random_inputs, round_up
+from edge_runtime.packaging import PackRequest, describe_model, pack_model, random_inputs, round_up
 from edge_runtime.spec.tensors import TensorSpec
 
 FACTORY = Path(__file__).resolve().parents[1] / "device" / "factory"
@@ -77,18 +77,18 @@ def test_without_a_reference_the_tolerance_is_only_a_drift_allowance(
 
 def test_explicit_atol_below_the_measured_error_is_refused(keys: Any, tmp_path: Path, holdout_x: np.ndarray) -> None:
     with pytest.raises(UsageError, match=r"atol 0.01 is below the measured error 0.1\d+ against the reference"):
-        pack_model(FACTORY / "fraud_int8io.tflite", name="fraud", version=2, keys=[keys.key], out=tmp_path / "x.bundle",
-                   atol=0.01, reference=FACTORY / "fraud.tflite", validation_inputs=[holdout_x])
+        pack_model(PackRequest(FACTORY / "fraud_int8io.tflite", name="fraud", version=2, keys=[keys.key], out=tmp_path / "x.bundle",
+                   atol=0.01, reference=FACTORY / "fraud.tflite", validation_inputs=[holdout_x]))
     assert not (tmp_path / "x.bundle").exists()
-    m = pack_model(FACTORY / "fraud_int8io.tflite", name="fraud", version=2, keys=[keys.key], out=tmp_path / "y.bundle",
-                   atol=0.5, reference=FACTORY / "fraud.tflite", validation_inputs=[holdout_x])
+    m = pack_model(PackRequest(FACTORY / "fraud_int8io.tflite", name="fraud", version=2, keys=[keys.key], out=tmp_path / "y.bundle",
+                   atol=0.5, reference=FACTORY / "fraud.tflite", validation_inputs=[holdout_x]))
     assert m.golden is not None and m.golden.atol == 0.5 and m.quantization["accuracy"]["atol"] == 0.5
 
 
 def test_float_model_against_its_onnx_reference(keys: Any, tmp_path: Path, holdout_x: np.ndarray) -> None:
-    m = pack_model(FACTORY / "fraud.tflite", name="fraud", version=3, keys=[keys.key], out=tmp_path / "f.bundle",
+    m = pack_model(PackRequest(FACTORY / "fraud.tflite", name="fraud", version=3, keys=[keys.key], out=tmp_path / "f.bundle",
                    input_names=["input_0"], output_names=["output_0"],
-                   reference=FACTORY / "fraud.onnx", validation_inputs=[holdout_x])
+                   reference=FACTORY / "fraud.onnx", validation_inputs=[holdout_x]))
     acc = m.quantization["accuracy"]
     assert acc["reference"]["format"] == "onnx" and acc["max_abs_error"] < 1e-5
     assert m.golden is not None and m.golden.atol == round_up(acc["max_abs_error"] + 1e-4)
@@ -97,9 +97,9 @@ def test_float_model_against_its_onnx_reference(keys: Any, tmp_path: Path, holdo
 def test_pack_model_argument_errors(keys: Any, tmp_path: Path) -> None:
     common: dict[str, Any] = {"name": "fraud", "version": 1, "keys": [keys.key], "out": tmp_path / "x.bundle"}
     with pytest.raises(UsageError, match="validation inputs need a reference model"):
-        pack_model(FACTORY / "fraud.tflite", validation_inputs=[np.zeros((2, 30))], **common)
+        pack_model(PackRequest(FACTORY / "fraud.tflite", validation_inputs=[np.zeros((2, 30))], **common))
     with pytest.raises(UsageError, match="2 golden input arrays given, the model has 1 inputs"):
-        pack_model(FACTORY / "fraud.tflite", golden_inputs=[np.zeros((2, 30))] * 2, **common)
+        pack_model(PackRequest(FACTORY / "fraud.tflite", golden_inputs=[np.zeros((2, 30))] * 2, **common))
     with pytest.raises(UsageError, match="sample.csv: expected a .tflite or .onnx file"):
         describe_model(FACTORY / "sample.csv")
     assert not (tmp_path / "x.bundle").exists()
@@ -108,8 +108,8 @@ def test_pack_model_argument_errors(keys: Any, tmp_path: Path) -> None:
 def test_pack_model_overrides_and_extra_fields(keys: Any, tmp_path: Path) -> None:
     ins = [TensorSpec("features", "FP32", (-1, 30))]
     outs = [TensorSpec("probability", "FP32", (-1, 1))]
-    m = pack_model(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[keys.key], out=tmp_path / "o.bundle",
-                   inputs=ins, outputs=outs, extra={"description": "demo"}, architectures=["aarch64", "x86_64"])
+    m = pack_model(PackRequest(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[keys.key], out=tmp_path / "o.bundle",
+                   inputs=ins, outputs=outs, extra={"description": "demo"}, architectures=["aarch64", "x86_64"]))
     assert [s.name for s in m.inputs] == ["features"] and [s.name for s in m.outputs] == ["probability"]
     assert m.extra == {"description": "demo"}
     assert m.compatible["architectures"] == ["aarch64", "x86_64"]
@@ -165,7 +165,7 @@ def test_large_golden_data_travels_as_a_signed_artifact_and_the_manifest_stays_s
 
     model = _big_image_onnx(tmp_path / "layout.onnx", (800, 608))
     rows = np.random.default_rng(0).random((1, 3, 800, 608), dtype=np.float32)
-    m = pack_model(model, name="layout", version=1, keys=[keys.key], out=tmp_path / "layout.bundle", golden_inputs=[rows])
+    m = pack_model(PackRequest(model, name="layout", version=1, keys=[keys.key], out=tmp_path / "layout.bundle", golden_inputs=[rows]))
     assert m.golden is not None and m.golden.file == GOLDEN_FILE and m.golden.inputs == {}
     assert len(m.canonical()) < TARGET_MANIFEST_BYTES and m.artifacts[GOLDEN_FILE].length > 2 * rows.nbytes
     store = ModelStore(tmp_path / "store", keys.root, None)

@@ -81,7 +81,7 @@ def make_device(base: Path, cnn_tflite: Path | None, demo_only: bool = False) ->
 
     ``demo_only``: the demo model alone, as a device that runs the README tour holds it.
     """
-    from edge_runtime.packaging import pack_model
+    from edge_runtime.packaging import PackRequest, pack_model
     from edge_runtime.store.store import ModelStore
     from edge_runtime.trust.keys import generate_private_key
     from edge_runtime.trust.root import make_root, sign_root, verify_root
@@ -104,8 +104,8 @@ def make_device(base: Path, cnn_tflite: Path | None, demo_only: bool = False) ->
     for name, path, ins, outs, sample in models:
         bundle = base / f"{name}.bundle"
         profile = [[calib[i:i + 50]] for i in range(0, len(calib), 50)] if name in MONITORED else None
-        pack_model(path, name=name, version=1, keys=[key], out=bundle, input_names=ins, output_names=outs,
-                   golden_inputs=sample, atol=1e-3, profile_calls=profile)
+        pack_model(PackRequest(path, name=name, version=1, keys=[key], out=bundle, input_names=ins, output_names=outs,
+                   golden_inputs=sample, atol=1e-3, profile_calls=profile))
         store.install(bundle)
         store.activate(name, 1)
     return base / "store", base / "root.json"

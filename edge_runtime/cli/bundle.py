@@ -16,7 +16,7 @@ from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.cli.common import common_options, load_root_file
 from edge_runtime.exceptions import ManifestError, UsageError
 from edge_runtime.options import chunk_size, load_keys, load_recipients, positive_int
-from edge_runtime.packaging import describe_model, pack_model, profile_batches
+from edge_runtime.packaging import PackRequest, describe_model, pack_model, profile_batches
 from edge_runtime.trust.root import TrustRoot
 
 
@@ -112,7 +112,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     input_names = [s.name for s in ins]
     validation = load_input_arrays(args.validation, input_names, "validation inputs")
     profile_rows = load_input_arrays(args.profile_data, input_names, "profile data") if args.profile_data else validation
-    manifest = pack_model(
+    manifest = pack_model(PackRequest(
         args.model,
         name=args.name,
         version=args.version,
@@ -129,7 +129,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         reference=args.reference,
         validation_inputs=validation,
         profile_calls=profile_batches(ins, profile_rows) if profile_rows is not None else None,
-    )
+    ))
     art = manifest.artifacts[manifest.model_file]
     print(f"wrote {args.out}: {manifest.name} v{manifest.version}, {manifest.format}, {art.length} bytes in {art.chunk_count} chunks")
     if manifest.profile_file:

@@ -124,13 +124,14 @@ def write_record(store: ModelStore, name: str, key: str, record: VariantRecord) 
 
 
 def select_variant(store: ModelStore, resolved: Resolved, mcfg: ModelConfig, inference: InferenceConfig,
-                   trial: TrialFn = trial_variant) -> tuple[Resolved, Choice]:
+                   trial: TrialFn | None = None) -> tuple[Resolved, Choice]:
     """The variant of ``resolved`` to serve, as its view, and the choice with every variant's figure.
 
     Raises InferenceError when no variant can serve (the caller fails the version as it would
     a failed self-test).
     """
     manifest = resolved.manifest.base or resolved.manifest
+    trial = trial or trial_variant  # looked up at each call: tests replace the module's trial_variant
     names = [v.name for v in manifest.variants]
     fp = fingerprint(resolved, mcfg, inference)
     key = record_key(resolved)

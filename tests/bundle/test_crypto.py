@@ -29,7 +29,7 @@ from edge_runtime.bundle.writer import build_manifest, write_bundle
 from edge_runtime.exceptions import BundleError, DecryptionError, ManifestError, TrustError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.device_keys import (
     device_key_id,
@@ -74,9 +74,9 @@ def plain(keys: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     and a reference profile."""
     out = tmp_path_factory.mktemp("plain") / "fraud-v1.bundle"
     calib = np.load(FACTORY / "calibration.npy").astype(np.float32)
-    m = pack_model(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[keys.key], out=out,
+    m = pack_model(PackRequest(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[keys.key], out=out,
                    input_names=["input_0"], output_names=["output_0"], golden_inputs=[calib[:200]],
-                   profile_calls=[[calib[i:i + 50]] for i in range(0, len(calib), 50)])
+                   profile_calls=[[calib[i:i + 50]] for i in range(0, len(calib), 50)]))
     assert set(m.artifacts) == {"model.tflite", "golden.npz", "profile.json"}
     return out
 

@@ -125,11 +125,11 @@ def test_a_model_wrong_on_every_delegate_is_refused(delegate_libs: DelegateLibs,
 
 def test_onnx_bundles_report_onnxruntime_and_skip_tflite_delegates(tmp_path: Path, keys: Any,
                                                                    delegate_libs: DelegateLibs) -> None:
-    from edge_runtime.packaging import pack_model
+    from edge_runtime.packaging import PackRequest, pack_model
 
     out = tmp_path / "fraud-onnx.bundle"
-    pack_model(FACTORY_SRC / "fraud.onnx", name="fraud", version=1, keys=[keys.key], out=out,
-               golden_inputs=[np.load(FACTORY_SRC / "golden.npy")])
+    pack_model(PackRequest(FACTORY_SRC / "fraud.onnx", name="fraud", version=1, keys=[keys.key], out=out,
+               golden_inputs=[np.load(FACTORY_SRC / "golden.npy")]))
     manifest, model = _manifest_and_model(out, keys.root)
     backend = load_backend(manifest, model, 1, [_spec(delegate_libs.stub)])
     assert backend.delegate == "onnxruntime"

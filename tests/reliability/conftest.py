@@ -28,7 +28,7 @@ from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.fleet.publish import PublishResult, publish_release
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.inference.backend import load_backend
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.protocol import Topics
 from harness.daemon import EDGE, Daemon
@@ -167,8 +167,8 @@ class Releases:
             seed = hashlib.sha256(f"{version}-{pad}".encode()).digest()
             src.write_bytes((FACTORY_SRC / model).read_bytes() + (seed * (pad // 32 + 1))[:pad])
             out = self.dir / f"fraud-v{version}-{len(self._cache)}.bundle"
-            pack_model(src, name="fraud", version=version, keys=[self.keys.key], out=out, chunk_size=chunk_size,
-                       input_names=["input_0"], output_names=["output_0"], golden_inputs=[self._golden])
+            pack_model(PackRequest(src, name="fraud", version=version, keys=[self.keys.key], out=out, chunk_size=chunk_size,
+                       input_names=["input_0"], output_names=["output_0"], golden_inputs=[self._golden]))
             self._cache[key] = out
         return self._cache[key]
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from edge_runtime.bundle.manifest import parse_manifest
 from edge_runtime.bundle.reader import open_bundle, parse_signature_file
 from edge_runtime.exceptions import EdgeRuntimeError
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import generate_private_key
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, update_root, verify_root
@@ -47,8 +47,8 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     key = generate_private_key()
     root_bytes = sign_root(make_root(1, [key], [key]), [key])
     out = tmp / "fraud.bundle"
-    pack_model(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[key], out=out, chunk_size=4096,
-               input_names=["input_0"], output_names=["output_0"])
+    pack_model(PackRequest(FACTORY / "fraud.tflite", name="fraud", version=1, keys=[key], out=out, chunk_size=4096,
+               input_names=["input_0"], output_names=["output_0"]))
     with tarfile.open(out) as tar:
         manifest_bytes = tar.extractfile("manifest.json").read()  # type: ignore[union-attr]
         sig_bytes = tar.extractfile("manifest.sig").read()  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ import orjson
 
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.inference.backend import load_backend
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.serving.hooks import HOLD_WORKERS_ENV
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.root import TrustRoot
@@ -115,7 +115,7 @@ class Env:
 
 def pack_onnx(model: Path, name: str, version: int, keys: Any, out: Path, golden: list[np.ndarray]) -> Path:
     """Pack an ONNX model (onnxruntime backend) into a signed bundle."""
-    pack_model(model, name=name, version=version, keys=[keys.key], out=out, golden_inputs=golden)
+    pack_model(PackRequest(model, name=name, version=version, keys=[keys.key], out=out, golden_inputs=golden))
     return out
 
 

@@ -23,7 +23,7 @@ import pytest
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.bundle.writer import build_manifest, write_bundle
 from edge_runtime.inference.selftest import selftest_version
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem, sign
@@ -99,10 +99,10 @@ class Releases:
         filler = (seed * (pad // len(seed) + 1))[:pad]
         model.write_bytes((FACTORY / "fraud.tflite").read_bytes() + filler)
         out = self.dir / f"{name}-v{version}-{len(self._cache)}.bundle"
-        pack_model(
+        pack_model(PackRequest(
             model, name=name, version=version, keys=signers, out=out, chunk_size=chunk_size,
             input_names=["input_0"], output_names=["output_0"], golden_inputs=[self._golden], architectures=arch,
-        )
+        ))
         if wrong_golden:
             with open_bundle(out, None) as b:
                 fields = b.manifest.to_json()

@@ -198,15 +198,15 @@ def test_segmented_delta_streams_through_apply_delta(tmp_path: Path) -> None:
 def _random_bundle(directory: Path, version: int, tail: bytes, keys: FleetKeys) -> Path:
     import numpy as np
 
-    from edge_runtime.packaging import pack_model
+    from edge_runtime.packaging import PackRequest, pack_model
 
     from .conftest import FACTORY
 
     model = directory / f"model-{version}.tflite"
     model.write_bytes((FACTORY / "fraud.tflite").read_bytes() + tail)
     out = directory / f"fraud-v{version}-random.bundle"
-    pack_model(model, name="fraud", version=version, keys=[keys.models_key], out=out, chunk_size=1024,
-               input_names=["input_0"], output_names=["output_0"], golden_inputs=[np.load(FACTORY / "golden.npy")])
+    pack_model(PackRequest(model, name="fraud", version=version, keys=[keys.models_key], out=out, chunk_size=1024,
+               input_names=["input_0"], output_names=["output_0"], golden_inputs=[np.load(FACTORY / "golden.npy")]))
     return out
 
 

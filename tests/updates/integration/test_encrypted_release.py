@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.device_keys import device_key_id, generate_device_key, private_pem, public_pem
 from harness.daemon import EDGE, Daemon
@@ -181,11 +181,11 @@ def test_encrypted_release_to_three_of_four_devices(
     model = (FACTORY / "fraud.tflite").read_bytes() + np.random.default_rng(24).bytes(300_000)
     (operator / "fraud-v2.tflite").write_bytes(model)
     calib = np.load(FACTORY / "calibration.npy").astype(np.float32)
-    pack_model(
+    pack_model(PackRequest(
         operator / "fraud-v2.tflite", name="fraud", version=2, keys=[fleet_keys.models_key], out=operator / "fraud-v2.bundle",
         input_names=["input_0"], output_names=["output_0"], golden_inputs=[np.load(FACTORY / "golden.npy")],
         profile_calls=[[calib[i:i + 50]] for i in range(0, len(calib), 50)], chunk_size=64 * 1024,
-    )
+    ))
     with PlaintextScan(model, list(stores.values()), daemon.proc.pid, operator) as scan:
         out = subprocess.run(
             [str(EDGE), "fleet", "publish", str(operator / "fraud-v2.bundle"), "--encrypt-to", str(fleet["pubs"]),

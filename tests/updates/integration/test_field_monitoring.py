@@ -26,7 +26,7 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.fleet.capture import CapturePull
 from edge_runtime.fleet.session import BrokerOptions
 from edge_runtime.monitoring.capture import OPEN_SUFFIX, decode_array, read_records
-from edge_runtime.packaging import pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.protocol import Topics
 from harness.daemon import Daemon
@@ -47,11 +47,11 @@ def profiled_bundle(tmp_path_factory: pytest.TempPathFactory, fleet_keys: FleetK
     """fraud v1 with a reference profile of its calibration rows."""
     out = tmp_path_factory.mktemp("profiled") / "fraud-v1.bundle"
     calib = np.load(FACTORY / "calibration.npy").astype(np.float32)
-    manifest = pack_model(
+    manifest = pack_model(PackRequest(
         FACTORY / "fraud.tflite", name="fraud", version=1, keys=[fleet_keys.models_key], out=out,
         input_names=["input_0"], output_names=["output_0"], golden_inputs=[np.load(FACTORY / "golden.npy")],
         profile_calls=[[calib[i:i + 50]] for i in range(0, len(calib), 50)],
-    )
+    ))
     assert manifest.profile_file == "profile.json"
     return out
 

@@ -1,0 +1,94 @@
+"""Manifests with several variants: each validated like the manifest's own model, and old
+single-variant manifests unchanged."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_runtime.bundle.manifest import manifest_from_json, parse_manifest
+from edge_runtime.bundle.reader import BundleLimits, open_bundle
+from edge_runtime.exceptions import ManifestError
+
+
+@pytest.fixture(scope="module")
+def variant_obj(variant_bundle: Callable[..., Path]) -> dict[str, Any]:
+    with tarfile.open(variant_bundle(1)) as tar:
+        fh = tar.extractfile("manifest.json")
+        assert fh is not None
+        return json.loads(fh.read())
+
+
+def test_a_bundle_carries_each_variant_with_its_own_golden_and_report(variant_bundle: Callable[..., Path],
+                                                                        keys: Any) -> None:
+    with open_bundle(variant_bundle(1), keys.root, BundleLimits()) as b:
+        m = b.manifest
+        assert [(v.name, v.format, v.file) for v in m.variants] == [
+            ("tflite-fp32", "tflite", "model.tflite"), ("onnx", "onnx", "model.onnx")]
+        onnx = m.for_variant("onnx")
+        assert (onnx.format, onnx.model_file, onnx.variant_name) == ("onnx", "model.onnx", "onnx")
+        assert onnx.golden is not None and onnx.golden != m.golden  # its own tolerance, from its measured error
+        assert onnx.quantization["accuracy"]["reference"]["file"] == "fraud.tflite"
+        assert onnx.canonical() == m.canonical() == b.manifest_bytes  # a view's JSON is the signed manifest
+        assert b.read_artifact("model.onnx")[:2] == (Path(__file__).parents[2] / "device/factory/fraud.onnx").read_bytes()[:2]
+
+
+def test_an_old_manifest_is_one_variant(make_bundle: Callable[..., Path], keys: Any) -> None:
+    with open_bundle(make_bundle(1), keys.root, BundleLimits()) as b:
+        m = b.manifest
+    assert [(v.name, v.file) for v in m.variants] == [("tflite", "model.tflite")]
+    assert m.variant is None and m.model_file == "model.tflite" and "variants" not in m.to_json()
+
+
+def _edit(obj: dict[str, Any], fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    obj = copy.deepcopy(obj)
+    fn(obj)
+    return obj
+
+
+def _art(obj: dict[str, Any], name: str) -> None:
+    obj["artifacts"][name] = obj["artifacts"]["model.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda o: o["variants"][0].update(name="tflite-fp32"), "must be unique"),
+        (lambda o: o["variants"][0].update(name="Bad Name"), "must be unique and match"),
+        (lambda o: o["variants"][0].update(format="pytorch"), "format 'pytorch' is not one of"),
+        (lambda o: o["variants"][0].update(file="model.tflite"), "file must be 'model.onnx' or 'model-onnx.onnx'"),
+        (lambda o: o["artifacts"].pop("model.onnx"), "listed in artifacts"),
+        (lambda o: o["variants"][0].update(extra=1), "expected {name, format, file"),
+        (lambda o: o.update(variants=[o["variants"][0]] * 9), "at most 8"),
+        (lambda o: _art(o, "model-ghost.tflite"), r"artifacts \['model-ghost.tflite'\] belong to no variant"),
+        (lambda o: _art(o, "model-../x.tflite"), "is not one of"),
+        (lambda o: o["variants"][0].update(golden={"file": "golden.npz", "atol": 0, "rtol": 0}),
+         "'file' must be 'golden-onnx.npz'"),
+        (lambda o: o.update(accuracy_budget={"max_abs_error": -1}), "accuracy_budget.max_abs_error"),
+        (lambda o: o.update(variant="UPPER"), "variant name 'UPPER' must match"),
+    ],
+)
+def test_variant_fields_are_validated(variant_obj: dict[str, Any], edit: Callable[[dict[str, Any]], None],
+                                      message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        manifest_from_json(_edit(variant_obj, edit))
+
+
+def test_a_budget_and_a_renamed_tflite_variant_parse(variant_obj: dict[str, Any]) -> None:
+    def second_tflite(o: dict[str, Any]) -> None:
+        o["artifacts"]["model-tflite-copy.tflite"] = o["artifacts"]["model.tflite"]
+        o["variants"].append({"name": "tflite-copy", "format": "tflite", "file": "model-tflite-copy.tflite"})
+        o["accuracy_budget"] = {"max_abs_error": 0.01}
+
+    m = manifest_from_json(_edit(variant_obj, second_tflite))
+    assert m.for_variant("tflite-copy").model_file == "model-tflite-copy.tflite"
+    assert m.budget_max_abs_error == 0.01
+    with pytest.raises(ManifestError, match="has no variant 'nope'"):
+        m.for_variant("nope")
+    assert parse_manifest(m.canonical()).variants == m.variants

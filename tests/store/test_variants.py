@@ -1,0 +1,97 @@
+"""The device's choice among a bundle's variants, with real bundles and backends: a variant that
+fails its self-test is never served, a pin is honoured, and the trials are recorded once per
+fingerprint (a restart reuses them; a change of threads or delegates times again)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_runtime.config import InferenceConfig, ModelConfig
+from edge_runtime.inference import selftest
+from edge_runtime.inference.backend import load_backend
+from edge_runtime.inference.variant_choice import Outcome, Trial
+from edge_runtime.inference.variant_trial import trial_variant
+from edge_runtime.store import variants
+from edge_runtime.store.store import ModelStore
+from edge_runtime.store.variants import RECORD_FILE, read_records, select_variant
+
+FAST = InferenceConfig(variant_timing_ms=10)
+
+
+class CountingTrial:
+    """The real trial, counted per variant."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, version: selftest.Testable, mcfg: ModelConfig, inference: InferenceConfig) -> Trial:
+        self.calls.append(version.manifest.variant_name)
+        return trial_variant(version, mcfg, inference)
+
+
+def _store(tmp_path: Path, keys: Any, bundle: Path) -> ModelStore:
+    store = ModelStore(tmp_path / "store", keys.root)
+    result = store.install(bundle)
+    store.activate(result.name, result.version)
+    return store
+
+
+def test_a_variant_that_fails_its_self_test_is_not_served(tmp_path: Path, keys: Any,
+                                                           variant_bundle: Callable[..., Path]) -> None:
+    store = _store(tmp_path, keys, variant_bundle(1, broken="tflite-fp32"))
+    view, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
+    assert choice.chosen == "onnx" and not choice.pinned
+    failed = next(v for v in choice.verdicts if v.variant == "tflite-fp32")
+    assert failed.outcome is Outcome.FAILED and "SelfTestError" in failed.reason and failed.ms_per_row is None
+    assert (view.manifest.format, view.model_path) == ("onnx", store.version_dir("fraud", 1) / "model.onnx")
+    backend = load_backend(view.manifest, view.model)  # what the daemon then loads: the ONNX model
+    assert backend.delegate == "onnxruntime"
+    assert backend.run([np.zeros((1, 30), np.float32)])[0].shape == (1, 1)
+    backend.close()
+    # The other way round: the ONNX variant broken, the TFLite one serves.
+    store2 = _store(tmp_path / "b", keys, variant_bundle(2, broken="onnx"))
+    _, choice2 = select_variant(store2, store2.resolved_version("fraud", 2), ModelConfig(), FAST)
+    assert choice2.chosen == "tflite-fp32"
+    assert [v.outcome for v in choice2.verdicts] == [Outcome.CHOSEN, Outcome.FAILED]
+
+
+def test_the_trials_survive_a_restart_and_a_pin_applies_without_timing_again(
+        tmp_path: Path, keys: Any, variant_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    trial = CountingTrial()
+    monkeypatch.setattr(variants, "trial_variant", trial)
+    store = _store(tmp_path, keys, variant_bundle(1))
+    _, first = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
+    assert trial.calls == ["tflite-fp32", "onnx"]
+    assert all(v.ms_per_row is not None and v.ms_per_row > 0 for v in first.verdicts)
+
+    restarted = ModelStore(tmp_path / "store", keys.root)  # a new process: only the files remain
+    _, again = select_variant(restarted, restarted.resolved_version("fraud", 1), ModelConfig(), FAST)
+    assert trial.calls == ["tflite-fp32", "onnx"], "the restart timed the variants again"
+    assert again == first
+
+    for pin in ("onnx", "tflite-fp32"):
+        view, pinned = select_variant(restarted, restarted.resolved_version("fraud", 1), ModelConfig(variant=pin), FAST)
+        assert (pinned.chosen, pinned.pinned, view.manifest.variant_name) == (pin, True, pin)
+        assert {v.outcome for v in pinned.verdicts if v.variant != pin} == {Outcome.NOT_PINNED}
+    assert len(trial.calls) == 2, "a pin needs no new timing"
+
+    # Different conditions (threads here; delegates and runtime alike) time every variant again.
+    select_variant(restarted, restarted.resolved_version("fraud", 1), ModelConfig(num_threads=2), FAST)
+    assert len(trial.calls) == 4
+    assert set(read_records(restarted, "fraud")) == {"1"}
+
+
+def test_an_unreadable_record_is_measured_again(tmp_path: Path, keys: Any, variant_bundle: Callable[..., Path],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _store(tmp_path, keys, variant_bundle(1))
+    (store.model_dir("fraud") / RECORD_FILE).write_text('{"1": {"fingerprint": "x", "trials": [{"variant": 5}]}}')
+    assert read_records(store, "fraud") == {}
+    monkeypatch.setattr(variants, "trial_variant", lambda v, m, i: Trial(v.manifest.variant_name, ms_per_row=1.0))
+    _, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
+    assert choice.chosen == "tflite-fp32"  # equal figures: the bundle's own variant, listed first
+    assert [t.variant for t in read_records(store, "fraud")["1"].trials] == ["tflite-fp32", "onnx"]
