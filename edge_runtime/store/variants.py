@@ -137,6 +137,8 @@ def select_variant(store: ModelStore, resolved: Resolved, mcfg: ModelConfig, inf
     key = record_key(resolved)
     record = read_records(store, resolved.name).get(key)
     if record is None or record.fingerprint != fp or [t.variant for t in record.trials] != names:
+        log.info("%s v%d: trying each variant on this device (%s)", resolved.name, resolved.version, ", ".join(names),
+                 extra={"model": resolved.name, "version": resolved.version})
         trials = []
         for v in names:
             trials.append(trial(store.variant_view(resolved, v), mcfg, inference))
