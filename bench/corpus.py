@@ -5,11 +5,14 @@ Per model, both offline (``unshare -n`` when available) on the same copy of the 
 
 * **onnx2tf alone**: ``onnx2tf -i model.onnx -o out`` with its default flags, as a new user
   would run it: converted (a float32 .tflite written) or the last error line;
-* **edge-convert** ``--quantize fp16 --fallback-onnx`` with the model's data: TFLite within the
+* **edge-convert** ``--quantize fp16 --variants fp32,dynamic,onnx --fallback-onnx`` with the model's data: TFLite within the
   thresholds, ONNX fallback (announced as such) or failed; bundle size, manifest.json size,
   conversion time; then the bundle is installed in a store (signature, hashes, golden self-test)
   and scores the data through the device backend: max error against onnxruntime on the same
-  inputs, and the median latency of one row (one call) against onnxruntime with one thread.
+  inputs, and the median latency of one row (one call) against onnxruntime with one thread;
+  the device's variant choice (docs/store-and-bundles.md section 2.5) times every variant of
+  the bundle on this machine: each one's ms/row, the one it chose (the latency columns are of
+  that one), and whether the choice is within the tie margin of the fastest.
 
 Each row says what the model ends as on the device (TFLite or ONNX), and the summary gives the
 share of the corpus's ONNX models that end as TFLite, overall and among those with only
@@ -48,15 +51,19 @@ from converter.tabular import unconvertible_ops  # noqa: E402
 from converter.tflite_run import OnnxRunner, median_latency_ms  # noqa: E402
 from edge_runtime.atomic import write_bytes_atomic  # noqa: E402
 from edge_runtime.cli.common import load_root_file  # noqa: E402
+from edge_runtime.config import InferenceConfig, ModelConfig  # noqa: E402
 from edge_runtime.inference.backend import load_backend  # noqa: E402
 from edge_runtime.inference.selftest import run_selftest  # noqa: E402
+from edge_runtime.inference.variant_choice import Choice  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
+from edge_runtime.store.variants import select_variant  # noqa: E402
 from tests.corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data  # noqa: E402
 from tests.corpus.tabular import as_tensor  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "corpus.md"
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 1800
+VARIANTS = "fp32,dynamic,onnx"  # beside fp16: what the device chooses among
 
 
 def _offline(cmd: list[str]) -> list[str]:
@@ -91,7 +98,7 @@ def onnx2tf_alone(model: Path, work: Path) -> dict[str, Any]:
 def edge_convert(m: CorpusModel, model: Path, data: Path, key: Path, work: Path) -> dict[str, Any]:
     out = work / f"{m.id}.bundle"
     cmd = [str(BIN / "edge-convert"), str(model), "--name", m.id, "--version", "1", "--sign-key", str(key),
-           "--quantize", "fp16", "--fallback-onnx", "--validation", str(data), "--json", "-o", str(out),
+           "--quantize", "fp16", "--variants", VARIANTS, "--fallback-onnx", "--validation", str(data), "--json", "-o", str(out),
            *m.convert_args]
     start = time.monotonic()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
@@ -110,7 +117,7 @@ def check_bundle(m: CorpusModel, model: Path, bundle: Path, root_path: Path, wor
     store.install(bundle)
     store.activate(m.id, 1, selftest=lambda r: run_selftest(load_backend(r.manifest, r.model), r.manifest,
                                                            r.golden_bytes) and None)
-    resolved = store.resolve(m.id)
+    resolved, choice = select_variant(store, store.resolve(m.id), ModelConfig(num_threads=1), InferenceConfig())
     manifest = resolved.manifest
     backend = load_backend(manifest, resolved.model)
     ref = OnnxRunner(model, num_threads=1)
@@ -136,7 +143,7 @@ def check_bundle(m: CorpusModel, model: Path, bundle: Path, root_path: Path, wor
     tol = (golden.atol, golden.rtol) if golden else (0.0, 0.0)
     manifest_bytes = len((store.version_dir(m.id, 1) / "manifest.json").read_bytes())
     return {"max_err": worst, "atol": tol[0], "rtol": tol[1], "ms": ours, "ort_ms": theirs,
-            "manifest_bytes": manifest_bytes, "format": manifest.format}
+            "manifest_bytes": manifest_bytes, "format": manifest.format, "choice": choice}
 
 
 def _kib(n: int) -> str:
@@ -213,7 +220,17 @@ def _outcome(row: dict[str, Any]) -> str:
 
 
 HEAD = ("model", "kind", "onnx2tf alone", "edge-convert", "ends as", "size", "manifest", "convert",
-        "max err (atol)", "ms / row", "onnxruntime ms", "ratio", "run")
+        "max err (atol)", "ms / row", "onnxruntime ms", "ratio", "variants ms / row", "device chose", "run")
+
+
+def _variant_cells(choice: Choice) -> tuple[str, str]:
+    """Each variant's figure (or why it cannot serve) and the chosen one, with its distance from the fastest."""
+    figures = ", ".join(f"{v.variant} {v.ms_per_row:.3f}" if v.ms_per_row is not None else f"{v.variant} failed"
+                        for v in choice.verdicts)
+    timed = [v.ms_per_row for v in choice.verdicts if v.ms_per_row is not None and v.outcome.value != "over-budget"]
+    chosen = choice.chosen_ms_per_row
+    off = f" (+{100 * (chosen / min(timed) - 1):.1f} % of the fastest)" if chosen and timed and chosen > min(timed) else ""
+    return figures, choice.chosen + off
 
 
 def cells(r: dict[str, Any]) -> dict[str, str]:
@@ -233,11 +250,13 @@ def cells(r: dict[str, Any]) -> dict[str, str]:
         "onnx2tf alone": alone_cell, "edge-convert": _outcome(r), "ends as": _ends_as(r),
         "size": _kib(conv["json"]["size_bytes"]) if conv.get("ok") else "-",
         "manifest": _kib(check["manifest_bytes"]) if check else "-", "convert": f"{conv.get('seconds', 0):.0f} s",
-        "max err (atol)": "-", "ms / row": "-", "onnxruntime ms": "-", "ratio": "-", "run": "this run",
+        "max err (atol)": "-", "ms / row": "-", "onnxruntime ms": "-", "ratio": "-", "variants ms / row": "-",
+        "device chose": "-", "run": "this run",
     }
     if check:
         out.update({"max err (atol)": f"{check['max_err']:.3g} ({check['atol']:.3g})", "ms / row": f"{check['ms']:.3f}",
                     "onnxruntime ms": f"{check['ort_ms']:.3f}", "ratio": f"{check['ms'] / check['ort_ms']:.2f}"})
+        out["variants ms / row"], out["device chose"] = _variant_cells(check["choice"])
     return out
 
 
@@ -333,10 +352,12 @@ def main() -> int:
             "## Real-model corpus: onnx2tf alone vs edge-convert\n\n"
             f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} CPUs, load "
             f"average {os.getloadavg()[0]:.2f} at the end, onnx2tf {onnx2tf_version()}, Python "
-            f"{platform.python_version()}. Both offline. edge-convert: `--quantize fp16 --fallback-onnx` with the "
+            f"{platform.python_version()}. Both offline. edge-convert: `--quantize fp16 --variants {VARIANTS} "
+            "--fallback-onnx` with the "
             "model's data (tests/corpus/models.py). Max error: the installed bundle through the device backend against "
             "onnxruntime on the same inputs, with the golden tolerance the bundle states. Latency: median of one row "
-            f"(one call for stateful models), one thread each. Total {time.monotonic() - start:.0f} s.{note}\n\n"
+            "(one call for stateful models), one thread each, of the variant the device chose after timing each "
+            f"variant of the bundle on this machine (variants ms / row; docs/store-and-bundles.md section 2.5). Total {time.monotonic() - start:.0f} s.{note}\n\n"
             + summary(table_rows, ml_ops) + "\n\n" + table(table_rows) + "\n"
         )
         if final:
