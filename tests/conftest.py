@@ -305,7 +305,7 @@ def holdout_x() -> np.ndarray:
 @pytest.fixture(scope="session")
 def variant_bundle(tmp_path_factory: pytest.TempPathFactory, keys: KeySet) -> Callable[..., Path]:
     """``variant_bundle(version, broken=None)``: fraud with two variants, ``tflite-fp32`` (the manifest's
-    own) and ``onnx``; ``broken`` names one whose golden outputs are made wrong, the bundle signed again
+    own) and ``onnx``; ``broken`` names those (comma-separated) whose golden outputs are made wrong, signed again
     correctly (its self-test fails on any device). Cached per arguments."""
     d = tmp_path_factory.mktemp("variants")
     cache: dict[tuple[int, str | None], Path] = {}
@@ -324,9 +324,10 @@ def variant_bundle(tmp_path_factory: pytest.TempPathFactory, keys: KeySet) -> Ca
                 with tarfile.open(out) as tar:
                     members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
                 fields = json.loads(members["manifest.json"])
-                target = fields if broken == "tflite-fp32" else next(v for v in fields["variants"] if v["name"] == broken)
-                for t in target["golden"]["outputs"].values():
-                    t["data"] = [v + 0.5 for v in t["data"]]
+                for name in broken.split(","):
+                    target = fields if name == "tflite-fp32" else next(v for v in fields["variants"] if v["name"] == name)
+                    for t in target["golden"]["outputs"].values():
+                        t["data"] = [v + 0.5 for v in t["data"]]
                 artifacts = {k: v for k, v in members.items() if k not in ("manifest.json", "manifest.sig")}
                 write_bundle(out, build_manifest(fields), artifacts, [keys.key])
             cache[(version, broken)] = out

@@ -19,6 +19,7 @@ from edge_runtime.bundle.manifest import (
     MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
     MAX_SIGNATURE_BYTES,
+    MAX_VARIANTS,
     SIGNATURE_FILE,
     Artifact,
     Manifest,
@@ -29,7 +30,8 @@ from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.trust.root import TrustRoot, parse_signatures, verify_signed
 
 DEFAULT_MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
-MAX_MEMBERS = 8
+# manifest.json, manifest.sig, profile.json, and a model file and a golden.npz per variant.
+MAX_MEMBERS = 3 + 2 * (1 + MAX_VARIANTS)
 # pax and GNU long-name headers are read whole by tarfile: cap them before it sees them.
 MAX_EXTENDED_HEADER_BYTES = 64 * 1024
 _EXTENDED_HEADERS = {b"x": "pax", b"g": "pax global", b"L": "GNU long name", b"K": "GNU long link name"}

@@ -9,9 +9,9 @@ from typing import Any
 from edge_runtime.cli.common import common_options, config_from_args, open_store, store_options
 from edge_runtime.config import Config
 from edge_runtime.exceptions import DelegateError, EdgeRuntimeError, StoreError
-from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.options import positive_int
 from edge_runtime.store.store import ModelStore
+from edge_runtime.store.variants import install_selftest
 from edge_runtime.text import format_table
 
 
@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
 
 def _activate(store: ModelStore, name: str, version: int, cfg: Config, only_if_newer: bool = False) -> None:
     try:
-        state = store.activate(name, version, selftest=lambda r: selftest_version(r, cfg.model(r.name), cfg.inference),
+        state = store.activate(name, version, selftest=install_selftest(store, cfg.model(name), cfg.inference),
                                only_if_newer=only_if_newer)
     except EdgeRuntimeError as exc:
         # Hash and signature errors name the file only; say which version they are about.

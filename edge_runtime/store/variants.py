@@ -21,6 +21,7 @@ import json
 import logging
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -29,6 +30,7 @@ from edge_runtime import __version__
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.config import InferenceConfig, ModelConfig
 from edge_runtime.inference import delegates
+from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.inference.variant_choice import Choice, Trial, choose_variant
 from edge_runtime.inference.variant_trial import TrialFn, trial_variant
 from edge_runtime.store.store import ModelStore, Resolved
@@ -154,4 +156,21 @@ def select_variant(store: ModelStore, resolved: Resolved, mcfg: ModelConfig, inf
     return store.variant_view(resolved, choice.chosen), choice
 
 
-__all__ = ["RECORD_FILE", "VariantRecord", "fingerprint", "read_records", "select_variant", "write_record"]
+def install_selftest(store: ModelStore, mcfg: ModelConfig | None = None,
+                     inference: InferenceConfig | None = None) -> Callable[[Resolved], None]:
+    """The self-test an activation runs (``models install|activate``, a device updating without a
+    daemon): the golden self-test of a one-variant version; for several variants, every one tried
+    and timed here (the record the daemon then reuses), failing only when none can serve."""
+    mcfg = mcfg or ModelConfig()
+    inference = inference or InferenceConfig()
+
+    def check(resolved: Resolved) -> None:
+        if len(resolved.manifest.variants) > 1:
+            select_variant(store, resolved, mcfg, inference)
+        else:
+            selftest_version(resolved, mcfg, inference)
+
+    return check
+
+
+__all__ = ["RECORD_FILE", "install_selftest", "VariantRecord", "fingerprint", "read_records", "select_variant", "write_record"]

@@ -33,9 +33,9 @@ from typing import Any
 from edge_runtime import health
 from edge_runtime.config import Config, check_mqtt_config
 from edge_runtime.exceptions import ConfigError, TransportError
-from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.store.store import ModelStore
+from edge_runtime.store.variants import install_selftest
 from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.job import SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
@@ -126,7 +126,7 @@ class UpdateService:
             store,
             self.link,
             wake=wake,
-            selftest=selftest_version if selftest_in_process else None,
+            selftest=install_selftest(store) if selftest_in_process else None,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
             post=lambda event: self._queue.put(("updater", event)),
         )

@@ -130,6 +130,10 @@ def pool(conv_dir: Path, keys: Any, fraud_files: ModelFiles, raw_fraud_files: Mo
         a += ["--int8-io"] if mode == "int8" else []
         a += ["--json"] if mode != "fp16" else []
         p.define(f"fraud:{mode}", a, conv_dir / f"fraud-{mode}.bundle")
+    # fp16 with further variants, int8 among them (onnx2tf then quantizes though --quantize does not ask).
+    p.define("fraud:variants", [fraud_files.onnx, "--name", "fraud", *sign, "--variants", "fp32,int8,onnx",
+                                "--validation", fraud_files.validation or "", "--calibration",
+                                fraud_files.calibration or "", "--json"], conv_dir / "fraud-variants.bundle")
     for mode in ("fp32", "fp16", "dynamic", "int8"):
         a = [cnn_files.onnx, "--name", "cnn", *sign, "--quantize", mode, "--validation", cnn_files.validation or "",
              "--json"]

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from edge_runtime.config import InferenceConfig, ModelConfig
+from edge_runtime.exceptions import InferenceError
 from edge_runtime.inference import selftest
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.variant_choice import Outcome, Trial
 from edge_runtime.inference.variant_trial import trial_variant
 from edge_runtime.store import variants
 from edge_runtime.store.store import ModelStore
-from edge_runtime.store.variants import RECORD_FILE, read_records, select_variant
+from edge_runtime.store.variants import RECORD_FILE, install_selftest, read_records, select_variant
 
 FAST = InferenceConfig(variant_timing_ms=10)
 
@@ -95,3 +96,16 @@ def test_an_unreadable_record_is_measured_again(tmp_path: Path, keys: Any, varia
     _, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
     assert choice.chosen == "tflite-fp32"  # equal figures: the bundle's own variant, listed first
     assert [t.variant for t in read_records(store, "fraud")["1"].trials] == ["tflite-fp32", "onnx"]
+
+
+def test_activation_tries_every_variant_and_fails_only_when_none_can_serve(
+        tmp_path: Path, keys: Any, variant_bundle: Callable[..., Path]) -> None:
+    store = ModelStore(tmp_path / "store", keys.root)
+    store.install(variant_bundle(3, broken="tflite-fp32"))
+    state = store.activate("fraud", 3, selftest=install_selftest(store, ModelConfig(), FAST))
+    assert state.active == 3
+    assert [t.variant for t in read_records(store, "fraud")["3"].trials] == ["tflite-fp32", "onnx"]  # the daemon reuses it
+    store.install(variant_bundle(4, broken="tflite-fp32,onnx"))
+    with pytest.raises(InferenceError, match="no variant can serve: tflite-fp32: SelfTestError.*; onnx: SelfTestError"):
+        store.activate("fraud", 4, selftest=install_selftest(store, ModelConfig(), FAST))
+    assert store.state("fraud").active == 3 and 4 in store.state("fraud").failed
