@@ -4,7 +4,7 @@
 record of this version was measured under the same conditions (the :func:`fingerprint` of
 runtime version, machine, Python, backend libraries, threads and delegate plan) it reuses
 the recorded trials; otherwise it tries every variant
-(:func:`edge_runtime.inference.variant_trial.trial_variant`) and records the figures,
+(:func:`edge_runtime.inference.variant_trial.trial_variants`) and records the figures,
 atomically. The decision itself is the pure
 :func:`edge_runtime.inference.variant_choice.choose_variant`, applied to the trials at every
 load, so that a new pin (``[models.NAME] variant``) applies without timing anything again,
@@ -32,7 +32,7 @@ from edge_runtime.config import InferenceConfig, ModelConfig
 from edge_runtime.inference import delegates
 from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.inference.variant_choice import Choice, Trial, choose_variant
-from edge_runtime.inference.variant_trial import TrialFn, trial_variant
+from edge_runtime.inference.variant_trial import TrialFn, trial_variants
 from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.trust.canonical import canonical_json
 
@@ -133,7 +133,7 @@ def select_variant(store: ModelStore, resolved: Resolved, mcfg: ModelConfig, inf
     a failed self-test).
     """
     manifest = resolved.manifest.base or resolved.manifest
-    trial = trial or trial_variant  # looked up at each call: tests replace the module's trial_variant
+    trial = trial or trial_variants  # looked up at each call: tests replace the module's trial_variants
     names = [v.name for v in manifest.variants]
     fp = fingerprint(resolved, mcfg, inference)
     key = record_key(resolved)
@@ -141,9 +141,7 @@ def select_variant(store: ModelStore, resolved: Resolved, mcfg: ModelConfig, inf
     if record is None or record.fingerprint != fp or [t.variant for t in record.trials] != names:
         log.info("%s v%d: trying each variant on this device (%s)", resolved.name, resolved.version, ", ".join(names),
                  extra={"model": resolved.name, "version": resolved.version})
-        trials = []
-        for v in names:
-            trials.append(trial(store.variant_view(resolved, v), mcfg, inference))
+        trials = trial([store.variant_view(resolved, v) for v in names], mcfg, inference)
         record = VariantRecord(fp, tuple(trials))
         try:
             write_record(store, resolved.name, key, record)

@@ -4,7 +4,7 @@ fingerprint (a restart reuses them; a change of threads or delegates times again
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from edge_runtime.exceptions import InferenceError
 from edge_runtime.inference import selftest
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.variant_choice import Outcome, Trial
-from edge_runtime.inference.variant_trial import trial_variant
+from edge_runtime.inference.variant_trial import trial_variants
 from edge_runtime.store import variants
 from edge_runtime.store.store import ModelStore
 from edge_runtime.store.variants import RECORD_FILE, install_selftest, read_records, select_variant
@@ -30,9 +30,9 @@ class CountingTrial:
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def __call__(self, version: selftest.Testable, mcfg: ModelConfig, inference: InferenceConfig) -> Trial:
-        self.calls.append(version.manifest.variant_name)
-        return trial_variant(version, mcfg, inference)
+    def __call__(self, versions: Sequence[selftest.Testable], mcfg: ModelConfig, inference: InferenceConfig) -> list[Trial]:
+        self.calls += [v.manifest.variant_name for v in versions]
+        return trial_variants(versions, mcfg, inference)
 
 
 def _store(tmp_path: Path, keys: Any, bundle: Path) -> ModelStore:
@@ -64,7 +64,7 @@ def test_a_variant_that_fails_its_self_test_is_not_served(tmp_path: Path, keys: 
 def test_the_trials_survive_a_restart_and_a_pin_applies_without_timing_again(
         tmp_path: Path, keys: Any, variant_bundle: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
     trial = CountingTrial()
-    monkeypatch.setattr(variants, "trial_variant", trial)
+    monkeypatch.setattr(variants, "trial_variants", trial)
     store = _store(tmp_path, keys, variant_bundle(1))
     _, first = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
     assert trial.calls == ["tflite-fp32", "onnx"]
@@ -92,7 +92,8 @@ def test_an_unreadable_record_is_measured_again(tmp_path: Path, keys: Any, varia
     store = _store(tmp_path, keys, variant_bundle(1))
     (store.model_dir("fraud") / RECORD_FILE).write_text('{"1": {"fingerprint": "x", "trials": [{"variant": 5}]}}')
     assert read_records(store, "fraud") == {}
-    monkeypatch.setattr(variants, "trial_variant", lambda v, m, i: Trial(v.manifest.variant_name, ms_per_row=1.0))
+    monkeypatch.setattr(variants, "trial_variants",
+                        lambda views, m, i: [Trial(v.manifest.variant_name, ms_per_row=1.0) for v in views])
     _, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
     assert choice.chosen == "tflite-fp32"  # equal figures: the bundle's own variant, listed first
     assert [t.variant for t in read_records(store, "fraud")["1"].trials] == ["tflite-fp32", "onnx"]
