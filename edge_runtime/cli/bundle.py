@@ -9,14 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
+from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, VARIANT_NAME_RE
 from edge_runtime.bundle.profile import parse_profile
 from edge_runtime.bundle.reader import open_bundle
 from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.cli.common import common_options, load_root_file
 from edge_runtime.exceptions import ManifestError, UsageError
 from edge_runtime.options import chunk_size, load_keys, load_recipients, positive_int
-from edge_runtime.packaging import PackRequest, describe_model, pack_model, profile_batches
+from edge_runtime.packaging import PackRequest, VariantRequest, describe_model, pack_model, profile_batches
 from edge_runtime.trust.root import TrustRoot
 
 
@@ -55,6 +55,14 @@ def register(sub: Any) -> None:
         help=".npy/.npz rows the model was validated on: recorded as the reference profile drift is measured "
         "against (default: the --validation rows, else no profile; docs/monitoring.md)",
     )
+    c.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=FILE",
+        help="a further faithful variant of the model (another .tflite or the .onnx), repeatable: packed with its "
+        "own golden self-test against --reference (else the model); the device times them and serves the fastest "
+        "(docs/store-and-bundles.md section 2.5)",
+    )
+    c.add_argument("--accuracy-budget", type=float, default=None, metavar="MAX_ABS_ERROR",
+                   help="with --variant: the largest error against the reference a variant may have to be served")
     c.set_defaults(func=cmd_create)
     e = bs.add_parser("encrypt", parents=[common_options()], help="encrypt a bundle to devices' keys (docs/security.md)")
     e.add_argument("bundle", type=Path)
@@ -99,6 +107,14 @@ def load_input_arrays(path: Path | None, input_names: list[str], what: str) -> l
     return arrays
 
 
+def _variant_request(text: str) -> VariantRequest:
+    name, sep, file = text.partition("=")
+    if not sep or not VARIANT_NAME_RE.match(name) or not Path(file).is_file():
+        raise UsageError(f"--variant {text!r}: expected NAME=FILE with NAME matching {VARIANT_NAME_RE.pattern} "
+                         "and FILE an existing .tflite or .onnx")
+    return VariantRequest(name, Path(file), {"mode": "as-is"})
+
+
 def cmd_create(args: argparse.Namespace) -> int:
     """Pack a model into a bundle."""
     if not args.model.is_file():
@@ -129,6 +145,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         reference=args.reference,
         validation_inputs=validation,
         profile_calls=profile_batches(ins, profile_rows) if profile_rows is not None else None,
+        variants=[_variant_request(text) for text in args.variant],
+        accuracy_budget=args.accuracy_budget,
     ))
     art = manifest.artifacts[manifest.model_file]
     print(f"wrote {args.out}: {manifest.name} v{manifest.version}, {manifest.format}, {art.length} bytes in {art.chunk_count} chunks")
@@ -205,6 +223,13 @@ def _describe(args: argparse.Namespace, verified: bool) -> int:
                   + ", ".join(f"{f.name} {f.length} bytes" for f in m.encryption.files.values()))
         if m.golden is not None:
             print(f"golden self-test: atol {m.golden.atol:g}, rtol {m.golden.rtol:g}")
+        for v in m.variants[1:]:
+            err = f", max abs error {v.max_abs_error:.3g} against the reference" if v.max_abs_error is not None else ""
+            tol = f", golden atol {v.golden.atol:g}" if v.golden is not None else ""
+            print(f"variant {v.name}: {v.format} ({v.file}), quantization {v.quantization.get('mode')}{err}{tol}")
+        if len(m.variants) > 1:
+            budget = f", accuracy budget {m.budget_max_abs_error:g}" if m.budget_max_abs_error is not None else ""
+            print(f"variants: {', '.join(v.name for v in m.variants)} (the device serves its fastest{budget})")
         if m.profile_file and m.encryption is not None:
             print("reference profile: encrypted (only a recipient device reads it)")
         elif m.profile_file:

@@ -92,3 +92,19 @@ def test_a_budget_and_a_renamed_tflite_variant_parse(variant_obj: dict[str, Any]
     with pytest.raises(ManifestError, match="has no variant 'nope'"):
         m.for_variant("nope")
     assert parse_manifest(m.canonical()).variants == m.variants
+
+
+def test_bundle_create_packs_variants_and_inspect_lists_them(cli: Callable[..., Any], keys: Any, tmp_path: Path) -> None:
+    factory = Path(__file__).parents[2] / "device" / "factory"
+    out = tmp_path / "v.bundle"
+    made = cli(["bundle", "create", factory / "fraud.tflite", "--name", "fraud", "--version", "1", "--sign-key",
+                keys.key_path, "--input-names", "input_0", "--output-names", "output_0", "--variant",
+                f"onnx={factory / 'fraud.onnx'}", "--accuracy-budget", "0.01", "-o", out])
+    assert made.code == 0, made.err
+    shown = cli(["bundle", "inspect", out, "--root", keys.root_path])
+    assert shown.code == 0, shown.err
+    assert "variant onnx: onnx (model.onnx), quantization as-is, max abs error" in shown.out
+    assert "variants: tflite, onnx (the device serves its fastest, accuracy budget 0.01)" in shown.out
+    bad = cli(["bundle", "create", factory / "fraud.tflite", "--name", "fraud", "--version", "1", "--sign-key",
+               keys.key_path, "--variant", "Bad=x", "-o", tmp_path / "w.bundle"])
+    assert bad.code == 2 and "expected NAME=FILE" in bad.err
