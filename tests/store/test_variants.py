@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge_runtime.bundle.reader import BundleLimits
+from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.config import InferenceConfig, ModelConfig
 from edge_runtime.exceptions import InferenceError
 from edge_runtime.inference import selftest
@@ -20,6 +22,7 @@ from edge_runtime.inference.variant_trial import trial_variants
 from edge_runtime.store import variants
 from edge_runtime.store.store import ModelStore
 from edge_runtime.store.variants import RECORD_FILE, install_selftest, read_records, select_variant
+from edge_runtime.trust.device_keys import generate_device_key
 
 FAST = InferenceConfig(variant_timing_ms=10)
 
@@ -110,3 +113,17 @@ def test_activation_tries_every_variant_and_fails_only_when_none_can_serve(
     with pytest.raises(InferenceError, match="no variant can serve: tflite-fp32: SelfTestError.*; onnx: SelfTestError"):
         store.activate("fraud", 4, selftest=install_selftest(store, ModelConfig(), FAST))
     assert store.state("fraud").active == 3 and 4 in store.state("fraud").failed
+
+
+def test_an_encrypted_bundle_encrypts_each_variant_and_the_device_chooses_from_memory(
+        tmp_path: Path, keys: Any, variant_bundle: Callable[..., Path]) -> None:
+    device = generate_device_key()
+    sealed = tmp_path / "sealed.bundle"
+    encrypt_bundle(variant_bundle(1, broken="tflite-fp32"), [device.public_key()], [keys.key], sealed)
+    store = ModelStore(tmp_path / "store", keys.root, None, BundleLimits(), device_key=device)
+    store.install(sealed)
+    assert sorted(p.name for p in store.version_dir("fraud", 1).iterdir()) == [
+        "manifest.json", "manifest.sig", "model.onnx.enc", "model.tflite.enc"]
+    view, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
+    assert choice.chosen == "onnx" and view.manifest.format == "onnx" and isinstance(view.model, bytes)
+    assert view.model == (Path(__file__).parents[2] / "device/factory/fraud.onnx").read_bytes()
