@@ -345,7 +345,8 @@ def main() -> int:
         kept = [m.id for m in CORPUS if m.id not in measured and m.id in earlier] if args.keep_earlier else []
         table_rows = [measured.get(m.id) or earlier[m.id] for m in CORPUS if m.id in measured or m.id in kept]
         note = (f" Rows whose run column says earlier are from the run of {stamp} and were not re-run; an onnx2tf "
-                "alone cell marked earlier run is from that run too." if kept or args.skip_onnx2tf else "")
+                "alone cell marked earlier run is from that run too; a '-' in the variant columns is a row from a run "
+                "before they existed." if kept or args.skip_onnx2tf else "")
         if not final:
             note += f" Partial: {len(rows)} of {len(models)} models measured so far."
         text = (
