@@ -15,6 +15,9 @@ import pytest
 from edge_runtime.bundle.manifest import manifest_from_json, parse_manifest
 from edge_runtime.bundle.reader import BundleLimits, open_bundle
 from edge_runtime.exceptions import ManifestError
+from edge_runtime.fleet.delta import plan_delta, read_artifacts
+from edge_runtime.updates.delta import verify_delta_message
+from edge_runtime.updates.protocol import Topics
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +111,13 @@ def test_bundle_create_packs_variants_and_inspect_lists_them(cli: Callable[..., 
     bad = cli(["bundle", "create", factory / "fraud.tflite", "--name", "fraud", "--version", "1", "--sign-key",
                keys.key_path, "--variant", "Bad=x", "-o", tmp_path / "w.bundle"])
     assert bad.code == 2 and "expected NAME=FILE" in bad.err
+
+
+def test_a_delta_covers_every_variants_artifact(variant_bundle: Callable[..., Path], keys: Any) -> None:
+    topics = Topics("edge", "f")
+    new, old = read_artifacts(variant_bundle(2), keys.root), read_artifacts(variant_bundle(1), keys.root)
+    plan = plan_delta(topics, new, old, [keys.key], skip_ratio=10.0)
+    chunked = {t.split("/chunks/")[1].rsplit("/", 1)[0] for t in plan.messages if "/chunks/" in t}
+    assert chunked == {"model.tflite", "model.onnx"}
+    index = verify_delta_message(plan.messages[topics.delta_index("fraud", 2, 1)], keys.root, new[0], 1, 1 << 30)
+    assert set(index.artifacts) == {"model.tflite", "model.onnx"}
