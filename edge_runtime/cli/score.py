@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.cli.common import common_options, open_store, store_options
+from edge_runtime.cli.common import common_options, config_from_args, open_store, store_options
 from edge_runtime.exceptions import NotFoundError, UsageError
 from edge_runtime.inference.backend import load_backend
 from edge_runtime.inference.selftest import run_selftest
 from edge_runtime.options import positive_int
 from edge_runtime.scoring import score_file, terminal_progress
 from edge_runtime.store.store import ModelStore, Resolved
+from edge_runtime.store.variants import select_variant
 
 
 def register(sub: Any) -> None:
@@ -45,8 +47,13 @@ def resolve(store: ModelStore, spec: str) -> Resolved:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Score every row of the input file."""
-    store = open_store(args)
+    cfg = config_from_args(args)
+    store = open_store(args, cfg)
     resolved = resolve(store, args.model)
+    if len(resolved.manifest.variants) > 1:  # the device's choice (recorded, else timed now), the pin honoured
+        mcfg = dataclasses.replace(cfg.model(resolved.name), num_threads=args.threads)
+        resolved, choice = select_variant(store, resolved, mcfg, cfg.inference)
+        print(f"{resolved.name} v{resolved.version}: variant {choice.chosen}", file=sys.stderr)
     backend = load_backend(resolved.manifest, resolved.model, args.threads)
     run_selftest(backend, resolved.manifest, resolved.golden_bytes)
     progress = terminal_progress(sys.stderr) if sys.stderr.isatty() else None

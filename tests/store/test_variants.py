@@ -127,3 +127,16 @@ def test_an_encrypted_bundle_encrypts_each_variant_and_the_device_chooses_from_m
     view, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
     assert choice.chosen == "onnx" and view.manifest.format == "onnx" and isinstance(view.model, bytes)
     assert view.model == (Path(__file__).parents[2] / "device/factory/fraud.onnx").read_bytes()
+
+
+def test_offline_scoring_uses_the_devices_choice(tmp_path: Path, keys: Any, cli: Callable[..., Any],
+                                                             variant_bundle: Callable[..., Path]) -> None:
+    store = _store(tmp_path, keys, variant_bundle(1, broken="tflite-fp32"))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\npath = "{store.path}"\n[trust]\nroot = "{keys.root_path}"\n'
+                      '[inference]\nvariant_timing_ms = 10\n', encoding="utf-8")
+    sample = Path(__file__).parents[2] / "device" / "factory" / "sample.npy"
+    scored = cli(["score", "--model", "fraud", sample, "-o", tmp_path / "y.npy", "--config", config])
+    assert scored.code == 0, scored.err
+    assert "fraud v1: variant onnx" in scored.err  # the TFLite variant fails its self-test here
+    assert np.load(tmp_path / "y.npy").shape[0] == np.load(sample).shape[0]
