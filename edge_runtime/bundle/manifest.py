@@ -403,8 +403,8 @@ def _parse_variants(obj: dict[str, Any], fmt: str, quantization: dict[str, Any],
     """The top-level variant, then each of ``variants``: unique names, each model file of its format
     and listed, no file shared, and no variant-named artifact that no variant uses."""
     first = primary_variant_name(obj)
-    if not VARIANT_NAME_RE.match(first):
-        raise ManifestError(f"manifest: variant name {first[:40]!r} must match {VARIANT_NAME_RE.pattern}")
+    if "variant" in obj and not isinstance(obj["variant"], str) or not VARIANT_NAME_RE.match(first):
+        raise ManifestError(f"manifest: variant name {str(obj.get('variant', first))[:40]!r} must match {VARIANT_NAME_RE.pattern}")
     out = [Variant(first, fmt, ARTIFACT_FILES[fmt], quantization, golden)]
     raw = obj.get("variants")
     if raw is None:

@@ -75,6 +75,7 @@ def _art(obj: dict[str, Any], name: str) -> None:
          "'file' must be 'golden-onnx.npz'"),
         (lambda o: o.update(accuracy_budget={"max_abs_error": -1}), "accuracy_budget.max_abs_error"),
         (lambda o: o.update(variant="UPPER"), "variant name 'UPPER' must match"),
+        (lambda o: o.update(variant=7), "variant name '7' must match"),
     ],
 )
 def test_variant_fields_are_validated(variant_obj: dict[str, Any], edit: Callable[[dict[str, Any]], None],

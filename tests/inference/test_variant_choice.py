@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edge_runtime.exceptions import InferenceError
+from edge_runtime.config import parse_config
+from edge_runtime.exceptions import ConfigError, InferenceError
 from edge_runtime.inference.variant_choice import Choice, Outcome, Trial, choose_variant
 
 
@@ -80,3 +81,11 @@ def test_trials_round_trip_and_hostile_records_are_refused() -> None:
                 {"variant": "a", "error": 5}, "x"):
         with pytest.raises(ValueError):
             Trial.from_json(bad)
+
+
+def test_the_pin_and_the_timing_limits_are_typed_config() -> None:
+    cfg = parse_config({"inference": {"variant_tie_pct": 2, "variant_timing_ms": 50}, "models": {"fraud": {"variant": "onnx"}}})
+    assert (cfg.inference.variant_tie_pct, cfg.inference.variant_timing_ms, cfg.model("fraud").variant) == (2.0, 50, "onnx")
+    for bad in ({"variant_timing_ms": 0}, {"variant_tie_pct": 101}, {"variant_timing_ms": 60_001}):
+        with pytest.raises(ConfigError, match="variant_timing_ms must be in"):
+            parse_config({"inference": bad})
