@@ -1,0 +1,341 @@
+"""The update machine as tables: a sequence of (event, what the driver sees) -> the effects it
+must return, with no store, file or broker. Each effect is written as a short phrase
+(:func:`phrase`) so a table reads like the protocol it checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_runtime.bundle.reader import open_bundle
+from edge_runtime.updates.effects import (
+    Activate,
+    Activated,
+    Announce,
+    ChunkRejected,
+    ChunkWritten,
+    ClearChunkFilters,
+    Connected,
+    DesiredReceived,
+    DownloadFacts,
+    DownloadFailed,
+    DownloadOpened,
+    DownloadVerified,
+    DropDownload,
+    Effect,
+    Event,
+    FailureRecorded,
+    Install,
+    Installed,
+    ManifestReceived,
+    Now,
+    OpenDownload,
+    Phase,
+    PublishState,
+    RecordFailure,
+    Report,
+    RequestChunks,
+    SaveRoot,
+    SaveState,
+    SaveTraffic,
+    ServingObserved,
+    StaticFacts,
+    Subscribe,
+    SubscriptionRefused,
+    Tick,
+    Unsubscribe,
+    UpdaterSettings,
+    VerifyDownload,
+    View,
+)
+from edge_runtime.updates.exceptions import ImpossibleEventError
+from edge_runtime.updates.machine import UpdateMachine
+from edge_runtime.updates.policy import Budget
+from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.verify import ModelView
+
+from .conftest import DEVICE, FleetKeys, Releases, Repo
+
+T0 = _dt.datetime(2026, 3, 2, 12, 0, tzinfo=_dt.UTC)
+ACTIVE_1 = ModelView(active=1, highest_seen=1, installed=frozenset({1}), failed=frozenset(), quarantined=frozenset())
+ACTIVE_2 = StaticFacts(models={"fraud": ModelView(2, 2, frozenset({1, 2}), frozenset(), frozenset())})
+FILTERS = ("edge/f1/models/fraud/2/chunks/model.tflite/+",)
+
+
+def dl(percent: int, *, complete: bool = False, filters: tuple[str, ...] = FILTERS, **kw: Any) -> DownloadFacts:
+    """The open download as the driver would describe it."""
+    return DownloadFacts(base=0, filters=filters, complete=complete, percent=percent, have_bytes=percent,
+                         total_bytes=100, received_bytes=percent, rejected_bytes=0, **kw)
+
+
+def phrase(effect: Effect, topics: Topics) -> str:
+    """One effect as a short phrase (topics without the fleet prefix)."""
+    def short(filters: tuple[str, ...]) -> str:
+        return " ".join(f.removeprefix(topics.base + "/") for f in filters)
+
+    match effect:
+        case Subscribe(filters=f):
+            return f"subscribe {short(f)}"
+        case Unsubscribe(filters=f):
+            return f"unsubscribe {short(f)}"
+        case Announce():
+            return "announce"
+        case Report(kind=kind, name=None):
+            return f"report {kind}"
+        case Report(kind=kind, name=name, version=version):
+            return f"report {kind} {name} v{version}"
+        case PublishState():
+            return "publish"
+        case SaveState():
+            return "save"
+        case SaveRoot(root=root):
+            return f"save root v{root.version}"
+        case SaveTraffic():
+            return "save traffic"
+        case OpenDownload(release=release):
+            return f"open {release.manifest.name} v{release.manifest.version}"
+        case RequestChunks(unsubscribe=again):
+            return "request chunks again" if again else "request chunks"
+        case ClearChunkFilters():
+            return "clear filters"
+        case DropDownload(remove=remove):
+            return "remove download" if remove else "close download"
+        case VerifyDownload():
+            return "verify"
+        case Install():
+            return "install"
+        case Activate(name=name, version=version):
+            return f"activate {name} v{version}"
+        case RecordFailure(name=name, version=version):
+            return f"record failure {name} v{version}"
+    raise AssertionError(effect)
+
+
+Step = tuple[Event, dict[str, Any], list[str]]  # event, View fields (and "t": seconds later), phrases
+
+
+@dataclasses.dataclass
+class Table:
+    """Runs steps against one machine and checks each step's effects."""
+
+    machine: UpdateMachine
+    view: View
+    topics: Topics
+
+    def run(self, steps: list[Step]) -> None:
+        for n, (event, change, want) in enumerate(steps):
+            change = dict(change)
+            t = change.pop("t", 0.0)
+            view = dataclasses.replace(self.view, **change)
+            now = Now(1000.0 + t, T0 + _dt.timedelta(seconds=t), "2026-03-02T12:00:00Z")
+            got = [phrase(e, self.topics) for e in self.machine.handle(event, view, now)]
+            assert got == want, f"step {n}: {type(event).__name__}"
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics("edge", "f1")
+
+
+@pytest.fixture
+def table(topics: Topics, fleet_keys: FleetKeys, tmp_path: Path) -> Table:
+    return make_table(topics, fleet_keys, tmp_path)
+
+
+def make_table(topics: Topics, keys: FleetKeys, tmp_path: Path, facts: StaticFacts | None = None, **settings: Any) -> Table:
+    s = UpdaterSettings(DEVICE, topics, tmp_path, tmp_path / "staging", machine="x86_64", stall_s=5.0,
+                        activation_timeout_s=30.0, **settings)
+    view = View(keys.root, facts or StaticFacts(models={"fraud": ACTIVE_1}))
+    return Table(UpdateMachine(s, max_bundle_bytes=10**9), view, topics)
+
+
+@pytest.fixture
+def manifest_v2(repo: Repo, releases: Releases) -> bytes:
+    return repo.manifest(releases.bundle(2))[1]
+
+
+@pytest.fixture
+def installed_2(releases: Releases) -> StaticFacts:
+    """v2 installed (never activated) beside the active v1."""
+    with open_bundle(releases.bundle(2), None) as b:
+        raw = b.manifest_bytes
+    model = ModelView(active=1, highest_seen=2, installed=frozenset({1, 2}), failed=frozenset(), quarantined=frozenset())
+    return StaticFacts(models={"fraud": model}, manifests={("fraud", 2): raw})
+
+
+CONNECT = ["subscribe trust/root/+", "subscribe desired devices/dev-1/desired", "announce", "publish"]
+NOTIFIED = ["save", "publish", "report notified fraud v2", "subscribe models/fraud/2/manifest", "publish"]
+MANIFEST_OK = ["unsubscribe models/fraud/2/manifest", "open fraud v2"]
+
+
+def test_a_full_update_step_by_step(table: Table, repo: Repo, manifest_v2: bytes) -> None:
+    table.run([
+        (Connected(False), {}, CONNECT),
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {}, MANIFEST_OK),
+        (DownloadOpened(1), {"download": dl(0, filters=())}, ["request chunks", "report downloading fraud v2", "save traffic", "publish"]),
+        (ChunkWritten(1), {"download": dl(5)}, []),  # under the next 10 %: nothing to say
+        (ChunkWritten(1), {"download": dl(55)}, ["report downloading fraud v2", "save traffic", "publish"]),
+        (ChunkWritten(1), {"download": dl(100, complete=True)}, [
+            "report downloading fraud v2", "save traffic", "publish",
+            "unsubscribe models/fraud/2/chunks/model.tflite/+", "clear filters", "save traffic", "verify"]),
+        (DownloadVerified(1), {"download": dl(100, complete=True)}, ["report verified fraud v2", "install"]),
+        (Installed(1), {"download": dl(100, complete=True)}, ["remove download", "report installed fraud v2", "activate fraud v2"]),
+        (Activated(1, previous=1), {}, ["publish"]),
+        (Tick(), {"t": 1}, []),  # the daemon has not swapped yet, the deadline is far
+        (ServingObserved("fraud", serving=2), {"t": 2, "facts": ACTIVE_2}, ["report activated fraud v2", "publish"]),
+    ])
+    assert table.machine.job is None and table.machine.floors["desired"].seq == 1
+
+
+def test_a_window_of_chunks_done_asks_for_the_next(table: Table, repo: Repo, manifest_v2: bytes) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {}, MANIFEST_OK),
+        (DownloadOpened(1), {"download": dl(0)}, ["request chunks", "report downloading fraud v2", "save traffic", "publish"]),
+        (ChunkWritten(1), {"download": dl(3, window_complete=True)}, ["request chunks again"]),
+        # A failed write being handed over: the next re-plan aborts instead.
+        (ChunkWritten(1), {"download": dl(4, window_complete=True, write_error="ENOSPC")}, [
+            "unsubscribe models/fraud/2/chunks/model.tflite/+", "remove download", "save",
+            "report rejected fraud v2", "publish", "publish"]),
+    ])
+    assert table.machine.job is None
+    assert table.machine.last_error is not None and "ENOSPC" in table.machine.last_error["reason"]
+
+
+def test_a_replayed_older_desired_state_changes_nothing(table: Table, repo: Repo) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 1}, seq=5)), {}, ["save", "publish"]),  # v1 is active: no job
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=3)), {}, ["save", "report rejected", "publish"]),
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=3)), {}, []),  # the same bytes: reported once
+    ])
+    assert table.machine.floors["desired"].seq == 5 and table.machine.job is None
+
+
+def test_a_manifest_signed_by_a_stranger_is_refused_and_the_job_waits(
+    table: Table, repo: Repo, releases: Releases, fleet_keys: FleetKeys
+) -> None:
+    forged = repo.manifest(releases.bundle(2), signers=[fleet_keys.stranger])[1]
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, forged), {}, ["save", "report rejected fraud v2", "publish"]),
+        (ManifestReceived("fraud", 3, forged), {}, []),  # not the manifest the job waits for
+    ])
+    job = table.machine.job
+    assert job is not None and job.phase == Phase.MANIFEST
+
+
+def test_a_desired_version_below_the_floor_is_refused_once(topics: Topics, fleet_keys: FleetKeys, tmp_path: Path, repo: Repo) -> None:
+    seen_3 = ModelView(active=3, highest_seen=3, installed=frozenset({3}), failed=frozenset(), quarantined=frozenset())
+    table = make_table(topics, fleet_keys, tmp_path, StaticFacts(models={"fraud": seen_3}))
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, ["save", "publish", "save", "report rejected fraud v2", "publish"]),
+        (Tick(), {}, []),
+    ])
+    assert table.machine.job is None
+
+
+def test_bad_chunks_are_reported_without_a_save_and_stale_results_are_ignored(table: Table, repo: Repo, manifest_v2: bytes) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {}, MANIFEST_OK),
+        (DownloadOpened(1), {"download": dl(0)}, ["request chunks", "report downloading fraud v2", "save traffic", "publish"]),
+        (ChunkRejected(1, "sha256"), {"download": dl(0)}, ["report rejected fraud v2", "publish"]),
+        (ChunkRejected(1, "sha256"), {"download": dl(0)}, ["report rejected fraud v2", "publish"]),  # counted each time
+        (ChunkWritten(7), {"download": dl(50)}, []),  # for a job that is not this one
+        (DownloadFailed(7, "disk full"), {"download": dl(50)}, []),
+    ])
+    assert table.machine.job is not None and table.machine.job.phase == Phase.DOWNLOADING
+
+
+def test_a_refused_subscription_is_reported_for_the_job_at_once(table: Table, repo: Repo) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (SubscriptionRefused(("edge/f1/models/fraud/2/manifest",), "not authorized"), {}, ["save", "report rejected fraud v2", "publish"]),
+        (SubscriptionRefused(("edge/f1/other",), "not authorized"), {}, ["save", "report rejected", "publish"]),
+    ])
+
+
+def test_a_stalled_manifest_is_asked_for_again(table: Table, repo: Repo) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (Tick(), {"t": 4}, []),
+        (Tick(), {"t": 6, "connected": False}, []),  # offline: nothing to ask
+        (Tick(), {"t": 6}, ["unsubscribe models/fraud/2/manifest", "subscribe models/fraud/2/manifest"]),
+    ])
+
+
+def test_no_confirmation_from_the_daemon_rolls_back(table: Table, repo: Repo, manifest_v2: bytes, installed_2: StaticFacts) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {"facts": installed_2}, NOTIFIED),
+        # Installed before, never activated: nothing to fetch once the manifest matches.
+        (ManifestReceived("fraud", 2, manifest_v2), {"facts": installed_2}, ["unsubscribe models/fraud/2/manifest", "activate fraud v2"]),
+        (Activated(1, previous=1), {}, ["publish"]),
+        (ServingObserved("fraud", serving=1), {"t": 10}, []),
+        (Tick(), {"t": 31}, ["record failure fraud v2"]),
+        (FailureRecorded(1, "no confirmation"), {}, [
+            "save", "report failed fraud v2", "report rolled_back fraud v1", "publish"]),
+    ])
+    assert table.machine.job is None
+
+
+def test_in_process_activation_ends_the_job_at_once(table: Table, repo: Repo, manifest_v2: bytes, installed_2: StaticFacts) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {"facts": installed_2}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {"facts": installed_2}, ["unsubscribe models/fraud/2/manifest", "activate fraud v2"]),
+        (Activated(1, previous=1), {"selftest_in_process": True, "facts": ACTIVE_2}, ["report activated fraud v2", "publish"]),
+    ])
+    assert table.machine.job is None
+
+
+def test_a_download_over_the_daily_budget_is_deferred_until_the_next_day(
+    topics: Topics, fleet_keys: FleetKeys, tmp_path: Path, repo: Repo, manifest_v2: bytes
+) -> None:
+    table = make_table(topics, fleet_keys, tmp_path, budget=Budget(daily_budget_bytes=10))
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {}, ["unsubscribe models/fraud/2/manifest", "report deferred fraud v2", "publish"]),
+        (Tick(), {"t": 61}, []),  # decided again each minute: the same reason is not reported again
+    ])
+    job = table.machine.job
+    assert job is not None and job.phase == Phase.DEFERRED and job.waiting_until == "2026-03-03T00:00:00+00:00"
+
+
+def test_a_newer_desired_state_abandons_the_download(table: Table, repo: Repo, manifest_v2: bytes) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {}, MANIFEST_OK),
+        (DownloadOpened(1), {"download": dl(0)}, ["request chunks", "report downloading fraud v2", "save traffic", "publish"]),
+        (DesiredReceived(repo.desired({"fraud": 1}, seq=2)), {"download": dl(30)}, [
+            "save", "publish", "unsubscribe models/fraud/2/chunks/model.tflite/+", "remove download"]),
+        (ChunkWritten(1), {}, []),  # the abandoned job's chunk, handed over late
+    ])
+    assert table.machine.job is None
+
+
+def test_a_download_that_cannot_open_is_refused(table: Table, repo: Repo, manifest_v2: bytes) -> None:
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {}, MANIFEST_OK),
+        (DownloadFailed(1, "download refused: 10 bytes free"), {}, ["save", "report rejected fraud v2", "publish", "publish"]),
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, []),  # the same state again: v2 stays refused
+    ])
+    assert table.machine.job is None
+
+
+@pytest.mark.parametrize("event", [DownloadOpened(1), Installed(1), DownloadVerified(1), FailureRecorded(1, "x")])
+def test_an_outcome_nobody_asked_for_raises(table: Table, event: Event) -> None:
+    with pytest.raises(ImpossibleEventError):
+        table.run([(event, {}, [])])
+
+
+def test_an_outcome_in_the_wrong_phase_raises(table: Table, repo: Repo) -> None:
+    """The job waits for its manifest: an install or an activation failure for it is a driver bug."""
+    table.run([(DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {}, NOTIFIED)])
+    for event in (Installed(1), DownloadOpened(1), FailureRecorded(1, "x"), DownloadVerified(2)):
+        with pytest.raises(ImpossibleEventError, match="phase manifest"):
+            table.machine.handle(event, table.view, Now(1000.0, T0, ""))
