@@ -4,6 +4,7 @@ must return, with no store, file or broker. Each effect is written as a short ph
 
 from __future__ import annotations
 
+import configparser
 import dataclasses
 import datetime as _dt
 from pathlib import Path
@@ -339,3 +340,15 @@ def test_an_outcome_in_the_wrong_phase_raises(table: Table, repo: Repo) -> None:
     for event in (Installed(1), DownloadOpened(1), FailureRecorded(1, "x"), DownloadVerified(2)):
         with pytest.raises(ImpossibleEventError, match="phase manifest"):
             table.machine.handle(event, table.view, Now(1000.0, T0, ""))
+
+
+def test_the_machine_is_held_to_no_io_by_an_import_contract() -> None:
+    """``tests/test_import_contracts.py`` runs the contracts; this one must keep covering the machine."""
+    parser = configparser.ConfigParser()
+    parser.read(Path(__file__).resolve().parents[2] / ".importlinter", encoding="utf-8")
+    contract = parser["importlinter:contract:update-machine"]
+    assert contract["type"] == "forbidden"
+    assert set(contract["source_modules"].split()) == {"edge_runtime.updates.machine", "edge_runtime.updates.effects"}
+    forbidden = set(contract["forbidden_modules"].split())
+    assert {"paho", "socket", "edge_runtime.atomic", "edge_runtime.store", "edge_runtime.updates.mqtt",
+            "edge_runtime.updates.download", "edge_runtime.updates.updater"} <= forbidden
