@@ -36,7 +36,7 @@ from edge_runtime.config import Config, check_mqtt_config
 from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.inference.selftest import selftest_version
 from edge_runtime.monitoring.hub import Monitoring
-from edge_runtime.store.store import ModelStore
+from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.effects import NetworkEvent, SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
@@ -129,6 +129,7 @@ class UpdateService:
         *,
         selftest_in_process: bool = False,
         monitoring: Monitoring | None = None,
+        selftest: Callable[[Resolved], None] | None = None,
     ) -> None:
         if cfg.mqtt is None:
             raise ConfigError("updates need an [mqtt] table in the configuration")
@@ -181,7 +182,8 @@ class UpdateService:
             store,
             self.link,
             wake=wake,
-            selftest=selftest_version if selftest_in_process else None,
+            # In-process: ``selftest`` (the simulator's, with a device's faults) or the real one.
+            selftest=(selftest or selftest_version) if selftest_in_process else None,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
             post=self._queue.put,
             amend_state=self._amend_state,

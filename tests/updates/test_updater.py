@@ -256,3 +256,14 @@ def test_network_thread_events_are_typed_and_a_failed_write_aborts(
     assert dev.updater.job is None
     assert any("No space left" in r for r in dev.reasons())
     assert dev.store.state("fraud").active == 1
+
+
+def test_the_state_hook_is_given_to_the_constructor(make_device: DeviceFactory) -> None:
+    """What another part adds to the state document (health, drift) is wired in when the updater
+    is made, never assigned afterwards (a document published in between would lack it)."""
+    dev = make_device()
+    updater = Updater(dev.updater.settings, dev.store, dev.broker, amend_state=lambda doc: doc.update(health={"ok": True}))
+    dev.broker.updater = updater
+    updater.load()
+    updater.on_connect(False)
+    assert dev.broker.state()["health"] == {"ok": True}
