@@ -133,6 +133,10 @@ class DeviceFacts(Protocol):
         """Whether the link is metered now."""
         ...
 
+    def clock_trusted(self) -> bool:
+        """Whether the wall clock can be trusted for expiry checks (it may be a ``stat``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class StaticFacts:
@@ -143,6 +147,7 @@ class StaticFacts:
     manifests: Mapping[tuple[str, int], bytes] = field(default_factory=dict)
     today_bytes: int = 0
     is_metered: bool = False
+    trusted_clock: bool = False
 
     def model(self, name: str) -> ModelView:
         """See :class:`DeviceFacts`."""
@@ -164,6 +169,10 @@ class StaticFacts:
         """See :class:`DeviceFacts`."""
         return self.is_metered
 
+    def clock_trusted(self) -> bool:
+        """See :class:`DeviceFacts`."""
+        return self.trusted_clock
+
 
 @dataclass(frozen=True)
 class View:
@@ -172,7 +181,6 @@ class View:
     root: TrustRoot
     facts: DeviceFacts
     connected: bool = True
-    clock_trusted: bool = False
     download: DownloadFacts | None = None
     selftest_in_process: bool = False  # no daemon: activation (and its self-test) is immediate
 

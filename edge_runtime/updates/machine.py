@@ -213,6 +213,13 @@ class UpdateMachine(TransferSteps):
         job.message, job.release, job.delta_base = message, release, base
         return job
 
+    def check_staged(self, name: str, version: int, message: bytes, view: View) -> Release:
+        """The release of a download an earlier process staged, checked as a new manifest would be
+        (BadDataError: the driver discards it)."""
+        release = verify_manifest_message(message, view.root, name=name, version=version)
+        check_release(release, view.facts.model(name), view.facts.installed_manifest(name, version), **self.limits())
+        return release
+
     def seqs(self) -> dict[str, int | None]:
         """The seq of each desired state followed (the state document's ``desired_seq``)."""
         return {k: (d.seq if d is not None else None) for k, d in self.desired.items()}
@@ -294,7 +301,7 @@ class UpdateMachine(TransferSteps):
         try:
             desired = verify_desired(payload, self._root, fleet=self.topics.fleet, device=device)
             fresh = check_seq(desired, self.floors.get(kind))
-            now = self._now.wall if self.view.clock_trusted else None
+            now = self._now.wall if self.view.facts.clock_trusted() else None
             check_expiry(desired, now)
             check_root_expiry(self._root, now)  # nothing new under an expired root; a rotation re-runs this
         except BadDataError as exc:

@@ -61,7 +61,7 @@ from edge_runtime.updates.protocol import (
 from edge_runtime.updates.report import Reporter, Transport
 from edge_runtime.updates.roots import save_root
 from edge_runtime.updates.traffic import TRAFFIC_FILE, Traffic
-from edge_runtime.updates.verify import ModelView, Release, SeqFloor, check_release, verify_manifest_message
+from edge_runtime.updates.verify import ModelView, Release, SeqFloor
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -74,8 +74,9 @@ UpdaterEvent = fx.NetworkEvent  # what the network thread hands over
 class StoreFacts:
     """:class:`~edge_runtime.updates.effects.DeviceFacts` read from the store and the byte counters."""
 
-    def __init__(self, store: ModelStore, traffic: Traffic, settings: UpdaterSettings) -> None:
-        self.store, self.traffic, self.settings = store, traffic, settings
+    def __init__(self, store: ModelStore, traffic: Traffic, settings: UpdaterSettings,
+                 clock_trusted: Callable[[], bool]) -> None:
+        self.store, self.traffic, self.settings, self._clock_trusted = store, traffic, settings, clock_trusted
 
     def model(self, name: str) -> ModelView:
         """See DeviceFacts."""
@@ -96,6 +97,10 @@ class StoreFacts:
     def metered(self) -> bool:
         """See DeviceFacts."""
         return self.traffic.metered(self.settings.budget)
+
+    def clock_trusted(self) -> bool:
+        """See DeviceFacts."""
+        return self._clock_trusted()
 
 
 def _check_bases(index: DeltaIndex, base_manifest: bytes | None) -> None:
@@ -141,7 +146,7 @@ class Updater:
             checks=Checks(recipient=self._recipient, verify_delta=verify_delta_message, check_bases=_check_bases,
                           choose_base=choose_base),
         )
-        self._facts = StoreFacts(store, self.traffic, settings)
+        self._facts = StoreFacts(store, self.traffic, settings, lambda: self.clock_trusted())
         self._throttle = Throttle(settings.max_download_bytes_per_s, monotonic)
         # The open download (the network thread writes its chunks), its job and the chunks its
         # current subscriptions name.
@@ -197,9 +202,7 @@ class Updater:
         for name, version, message in Download.pending(self.settings.staging_dir):
             if self.machine.job is None:
                 try:
-                    release = verify_manifest_message(message, self.store.root, name=name, version=version)
-                    check_release(release, model_view(self.store, name), installed_manifest(self.store, name, version),
-                                  **self.machine.limits())
+                    release = self.machine.check_staged(name, version, message, self._view())
                     delta = self._staged_delta(release, name, version)
                     download = Download.open(self.settings.staging_dir, release, message, delta)
                 except (BadDataError, StoreError, OSError) as exc:
@@ -332,8 +335,8 @@ class Updater:
                 rejected_bytes=p.rejected_bytes, write_error=download.write_error,
                 window_complete=bool(window) and all(download.has(f, i) for f, i in window),
             )
-        return fx.View(self.store.root, self._facts, connected=self.transport.connected,
-                       clock_trusted=self.clock_trusted(), download=facts, selftest_in_process=self.selftest is not None)
+        return fx.View(self.store.root, self._facts, connected=self.transport.connected, download=facts,
+                       selftest_in_process=self.selftest is not None)
 
     def _set_download(self, job_id: int, download: Download | None) -> None:
         with self._lock:

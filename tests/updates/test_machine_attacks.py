@@ -102,7 +102,7 @@ ATTACKS: dict[str, Attack] = {
         "seq 5 was already followed with different contents"),
     "expired desired state with a trusted clock": Attack(
         lambda c: [(DesiredReceived(c.repo.desired({"fraud": 2}, seq=1, expires="2001-01-01T00:00:00Z")),
-                    {"clock_trusted": True}, REJECTED)],
+                    {"facts": StaticFacts(trusted_clock=True)}, REJECTED)],
         "expired at 2001-01-01"),
     "older model version": Attack(
         lambda c: [(DesiredReceived(c.repo.desired({"fraud": 1}, seq=1)), {},
