@@ -196,7 +196,8 @@ class UpdateMachine(TransferSteps):
         handler(self, event)
         last = [i for i, e in enumerate(self._out) if isinstance(e, FINAL_EFFECTS)]
         if last and last != [len(self._out) - 1]:  # the driver stops at an outcome: nothing may follow one
-            raise ImpossibleEventError(f"an effect with an outcome must end its batch: {self._out!r}")
+            names = [type(e).__name__ for e in self._out]
+            raise ImpossibleEventError(f"an effect with an outcome must end its batch: {names}")
         return self._out
 
     def restore(self, floors: dict[str, SeqFloor], last_error: dict[str, Any] | None) -> None:
