@@ -53,7 +53,14 @@ from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey, sign
 from edge_runtime.updates.capture import CHUNK_SIZE
 from edge_runtime.updates.mqtt import Message
-from edge_runtime.updates.protocol import CAPTURE_TYPE, REQUEST_ID_RE, Topics, signed_message
+from edge_runtime.updates.protocol import (
+    CAPTURE_TYPE,
+    REQUEST_ID_RE,
+    CaptureChunkTopic,
+    CaptureIndexTopic,
+    Topics,
+    signed_message,
+)
 
 log = logging.getLogger("edge_runtime.fleet")
 
@@ -285,14 +292,14 @@ class CapturePull:
 
     def _handle(self, msg: Message) -> bool:
         ref = self.topics.parse(msg.topic)
-        if ref is None or ref.device != self.device or ref.name != self.request:
+        if not isinstance(ref, CaptureIndexTopic | CaptureChunkTopic) or ref.device != self.device or ref.request != self.request:
             return False
-        if ref.kind == "capture_index":
+        if isinstance(ref, CaptureIndexTopic):
             self._set_index(msg.payload)
             return True
-        if ref.kind != "capture_chunk" or self.files is None:
+        if self.files is None:
             return False
-        f = self._by_number.get(ref.version)
+        f = self._by_number.get(ref.file)
         if f is None or ref.index >= len(f.chunk_sha256) or ref.index in f.have:
             return f is not None
         if len(msg.payload) != f.chunk_length(ref.index) or \

@@ -20,6 +20,7 @@ from edge_runtime.exceptions import BadDataError
 from edge_runtime.fleet.session import FleetSession
 from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.trust.root import TrustRoot
+from edge_runtime.updates.protocol import DesiredTopic, DeviceTopic, ManifestTopic
 from edge_runtime.updates.verify import verify_desired
 
 log = logging.getLogger("edge_runtime.fleet")
@@ -57,11 +58,11 @@ def prune_releases(session: FleetSession, dry_run: bool = False, root: TrustRoot
     desired: list[bytes] = []
     for t, p in retained.items():
         ref = topics.parse(t)
-        if ref is None or ref.kind not in ("desired", "device_desired"):
+        if not isinstance(ref, DesiredTopic) and not (isinstance(ref, DeviceTopic) and ref.leaf == "desired"):
             continue
         if root is not None:
             try:
-                verify_desired(p, root, fleet=topics.fleet, device=ref.device if ref.kind == "device_desired" else None)
+                verify_desired(p, root, fleet=topics.fleet, device=ref.device if isinstance(ref, DeviceTopic) else None)
             except BadDataError as exc:
                 log.warning("ignoring the retained desired state on %s: it does not verify (%s)", t, str(exc)[:200])
                 continue
@@ -70,7 +71,7 @@ def prune_releases(session: FleetSession, dry_run: bool = False, root: TrustRoot
     out: list[Pruned] = []
     for topic, payload in sorted(retained.items()):
         ref = topics.parse(topic)
-        if ref is None or ref.kind != "manifest" or ref.name not in wanted:
+        if not isinstance(ref, ManifestTopic) or ref.name not in wanted:
             continue
         if ref.version >= min(wanted[ref.name]):
             continue

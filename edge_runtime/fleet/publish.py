@@ -43,6 +43,7 @@ from edge_runtime.trust.keys import PrivateKey, key_id, sign
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, untrusted_signers, update_root, verify_root
 from edge_runtime.updates.protocol import (
     MAX_SEQ,
+    RootTopic,
     Topics,
     check_id,
     desired_document,
@@ -135,8 +136,8 @@ def _root_versions(retained: dict[str, bytes], topics: Topics) -> dict[int, byte
     out: dict[int, bytes] = {}
     for topic, payload in retained.items():
         ref = topics.parse(topic)
-        if ref is not None and ref.kind == "root" and len(out) < MAX_RETAINED_ROOTS:
-            out[ref.root_version] = payload
+        if isinstance(ref, RootTopic) and len(out) < MAX_RETAINED_ROOTS:
+            out[ref.version] = payload
     return out
 
 

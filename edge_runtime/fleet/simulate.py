@@ -162,11 +162,8 @@ class DeviceGroup:
         cfg = parse_config(doc, source=f"simulated device {device}")
         store = ModelStore(Path(cfg.store.path), self.root, s.factory_dir, BundleLimits(),
                            keep_versions=cfg.store.keep_versions)
-        svc = UpdateService(cfg, store, device, selftest_in_process=True)
-        # The service wires the plain in-process self-test into its updater; a faulty device
-        # gets the same self-test with its fault applied.
-        svc.updater.selftest = device_selftest(device, s.faults)
-        return svc
+        # A faulty device runs the real in-process self-test with its fault applied.
+        return UpdateService(cfg, store, device, selftest_in_process=True, selftest=device_selftest(device, s.faults))
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> DeviceGroup:
         """Start every device; returns once each has loaded its saved update state."""

@@ -29,7 +29,7 @@ from edge_runtime.fleet.publish import read_desired_models
 from edge_runtime.fleet.rollout import Tally, tally
 from edge_runtime.fleet.session import FleetSession
 from edge_runtime.updates.mqtt import Message
-from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.protocol import DeviceTopic, Topics
 
 StateFn = Callable[[str, dict[str, Any]], None]  # on_state(device, state document)
 MAX_PROBLEM_CHARS = 60
@@ -75,7 +75,7 @@ class DeviceStates:
     def add(self, topic: str, payload: bytes) -> None:
         """Take one message by topic and payload; an empty payload (a cleared topic) forgets the value."""
         ref = self.topics.parse(topic)
-        if ref is None or ref.kind not in ("device_state", "device_online"):
+        if not isinstance(ref, DeviceTopic) or ref.leaf not in ("state", "online"):
             return
         unreadable = None
         try:
@@ -84,7 +84,7 @@ class DeviceStates:
             value, unreadable = None, "state is not JSON"
         with self._lock:
             row = self._rows.setdefault(ref.device, {"device": ref.device, "online": None, "state": None})
-            if ref.kind == "device_online":
+            if ref.leaf == "online":
                 row["online"] = value is True if value is not None else None
             else:
                 problem = unreadable if value is None else state_problem(value)
@@ -94,7 +94,7 @@ class DeviceStates:
                 else:
                     row["state"], row["problem"] = None, problem
                     value = None
-        if ref.kind == "device_state" and isinstance(value, dict) and self._on_state is not None:
+        if ref.leaf == "state" and isinstance(value, dict) and self._on_state is not None:
             self._on_state(ref.device, value)
 
     def devices(self) -> list[dict[str, Any]]:

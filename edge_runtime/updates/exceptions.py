@@ -8,6 +8,8 @@
     ├── IncompatibleError         a release built for another runtime major or CPU
     └── ChunkError                (BundleError) a chunk with a bad index, size or hash
 
+:class:`ImpossibleEventError` (a ``RuntimeError``) is a bug in the driver, never data.
+
 Signature problems stay :class:`~edge_runtime.exceptions.SignatureError`, rollbacks of
 model versions stay :class:`~edge_runtime.exceptions.RollbackError` and root rotations
 :class:`~edge_runtime.exceptions.RootUpdateError`. Broker trouble is
@@ -40,4 +42,9 @@ class ChunkError(BundleError):
         self.kind = kind
 
 
-__all__ = ["ChunkError", "ExpiredError", "IncompatibleError", "ReplayError", "UpdateMessageError"]
+class ImpossibleEventError(RuntimeError):
+    """The update machine was handed an outcome for an effect it never asked for (a driver bug,
+    not bad data: raised as python-tuf raises on an impossible update order)."""
+
+
+__all__ = ["ChunkError", "ImpossibleEventError", "ExpiredError", "IncompatibleError", "ReplayError", "UpdateMessageError"]

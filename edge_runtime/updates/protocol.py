@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from edge_runtime.bundle.manifest import NAME_RE
 from edge_runtime.exceptions import UsageError
@@ -68,18 +68,108 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class TopicRef:
-    """What a received topic names. ``kind`` is one of the keys of :meth:`Topics.parse`."""
+# What a received topic names: one small class per kind of topic, :data:`Topic` their union
+# (what :meth:`Topics.parse` returns). ``kind`` is a label for logs and queues, never a switch:
+# code tells topics apart with ``isinstance`` or ``match``.
 
-    kind: str
-    name: str = ""
-    version: int = 0
-    file: str = ""
-    index: int = -1
-    device: str = ""
-    root_version: int = 0
-    base: int = 0  # a delta's from-version (kinds ``delta_index`` and ``chunk``); 0 = the full artifact
+
+@dataclass(frozen=True)
+class DesiredTopic:
+    """``desired``: the fleet's desired state."""
+
+    kind: ClassVar[str] = "desired"
+
+
+@dataclass(frozen=True)
+class DeviceTopic:
+    """``devices/<device>/<leaf>`` with ``leaf`` one of desired, state, events, online."""
+
+    device: str
+    leaf: str
+
+    @property
+    def kind(self) -> str:
+        """``device_<leaf>``."""
+        return "device_" + self.leaf
+
+
+@dataclass(frozen=True)
+class CaptureRequestTopic:
+    """``devices/<device>/capture/request``."""
+
+    device: str
+    kind: ClassVar[str] = "capture_request"
+
+
+@dataclass(frozen=True)
+class CaptureIndexTopic:
+    """``devices/<device>/capture/<request>/index``."""
+
+    device: str
+    request: str
+    kind: ClassVar[str] = "capture_index"
+
+
+@dataclass(frozen=True)
+class CaptureChunkTopic:
+    """``devices/<device>/capture/<request>/chunk/<file>/<index>``: ``file`` is a file's number."""
+
+    device: str
+    request: str
+    file: int
+    index: int
+    kind: ClassVar[str] = "capture_chunk"
+
+
+@dataclass(frozen=True)
+class RootTopic:
+    """``trust/root/<version>``."""
+
+    version: int
+    kind: ClassVar[str] = "root"
+
+
+@dataclass(frozen=True)
+class ManifestTopic:
+    """``models/<name>/<version>/manifest``."""
+
+    name: str
+    version: int
+    kind: ClassVar[str] = "manifest"
+
+
+@dataclass(frozen=True)
+class DeltaIndexTopic:
+    """``models/<name>/<version>/delta/<base>/index``."""
+
+    name: str
+    version: int
+    base: int
+    kind: ClassVar[str] = "delta_index"
+
+
+@dataclass(frozen=True)
+class ChunkTopic:
+    """A chunk of a release's artifact, or of its delta from ``base`` (0: the full artifact)."""
+
+    name: str
+    version: int
+    file: str
+    index: int
+    base: int = 0
+    kind: ClassVar[str] = "chunk"
+
+
+Topic = (
+    DesiredTopic | DeviceTopic | CaptureRequestTopic | CaptureIndexTopic | CaptureChunkTopic | RootTopic | ManifestTopic
+    | DeltaIndexTopic | ChunkTopic
+)
+DEVICE_TOPICS = (DeviceTopic, CaptureRequestTopic, CaptureIndexTopic, CaptureChunkTopic)
+
+
+def device_of(ref: Topic | None) -> str:
+    """The device a topic is about; "" for fleet-wide topics."""
+    return ref.device if isinstance(ref, DEVICE_TOPICS) else ""
 
 
 @dataclass(frozen=True)
@@ -176,7 +266,7 @@ class Topics:
         """``devices/+/<leaf>``: one leaf of every device."""
         return f"{self.base}/devices/+/{leaf}"
 
-    def parse(self, topic: str) -> TopicRef | None:
+    def parse(self, topic: str) -> Topic | None:
         """Classify a topic of this fleet; None for anything else (including malformed levels)."""
         head = self.base + "/"
         if not topic.startswith(head):
@@ -184,34 +274,32 @@ class Topics:
         parts = topic[len(head) :].split("/")
         try:
             if parts == ["desired"]:
-                return TopicRef("desired")
+                return DesiredTopic()
             if len(parts) == 3 and parts[0] == "devices" and ID_RE.match(parts[1]):
                 if parts[2] in ("desired", "state", "events", "online"):
-                    return TopicRef("device_" + parts[2], device=parts[1])
+                    return DeviceTopic(parts[1], parts[2])
             if len(parts) >= 4 and parts[0] == "devices" and ID_RE.match(parts[1]) and parts[2] == "capture":
                 if parts[3:] == ["request"]:
-                    return TopicRef("capture_request", device=parts[1])
+                    return CaptureRequestTopic(parts[1])
                 if REQUEST_ID_RE.match(parts[3]):
                     if parts[4:] == ["index"]:
-                        return TopicRef("capture_index", name=parts[3], device=parts[1])
+                        return CaptureIndexTopic(parts[1], parts[3])
                     if len(parts) == 7 and parts[4] == "chunk" and _is_number(parts[5]) and _is_number(parts[6]):
-                        return TopicRef("capture_chunk", name=parts[3], device=parts[1], version=int(parts[5]),
-                                        index=int(parts[6]))
+                        return CaptureChunkTopic(parts[1], parts[3], int(parts[5]), int(parts[6]))
             if len(parts) == 3 and parts[:2] == ["trust", "root"] and _is_number(parts[2]):
-                return TopicRef("root", root_version=int(parts[2]))
+                return RootTopic(int(parts[2]))
             if len(parts) >= 4 and parts[0] == "models" and NAME_RE.fullmatch(parts[1]) and _is_number(parts[2]):
                 name, version = parts[1], int(parts[2])
                 if parts[3:] == ["manifest"]:
-                    return TopicRef("manifest", name=name, version=version)
+                    return ManifestTopic(name, version)
                 if len(parts) == 6 and parts[3] == "chunks" and _is_number(parts[5]):
-                    return TopicRef("chunk", name=name, version=version, file=parts[4], index=int(parts[5]))
+                    return ChunkTopic(name, version, parts[4], int(parts[5]))
                 if len(parts) >= 6 and parts[3] == "delta" and _is_number(parts[4]) and int(parts[4]) > 0:
                     base = int(parts[4])
                     if parts[5:] == ["index"]:
-                        return TopicRef("delta_index", name=name, version=version, base=base)
+                        return DeltaIndexTopic(name, version, base)
                     if len(parts) == 8 and parts[5] == "chunks" and _is_number(parts[7]):
-                        return TopicRef("chunk", name=name, version=version, file=parts[6], index=int(parts[7]),
-                                        base=base)
+                        return ChunkTopic(name, version, parts[6], int(parts[7]), base)
         except ValueError:
             return None
         return None
@@ -259,10 +347,21 @@ __all__ = [
     "DESIRED_TYPE",
     "EVENTS",
     "MAX_SEQ",
+    "DEVICE_TOPICS",
     "QOS",
-    "TopicRef",
+    "CaptureChunkTopic",
+    "CaptureIndexTopic",
+    "CaptureRequestTopic",
+    "ChunkTopic",
+    "DeltaIndexTopic",
+    "DesiredTopic",
+    "DeviceTopic",
+    "ManifestTopic",
+    "RootTopic",
+    "Topic",
     "Topics",
     "check_id",
+    "device_of",
     "desired_document",
     "manifest_message",
     "rollout_salt",

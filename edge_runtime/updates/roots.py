@@ -11,14 +11,13 @@ rotations after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.config import Config, MqttConfig
-from edge_runtime.exceptions import BadDataError, TrustError
+from edge_runtime.exceptions import TrustError
 from edge_runtime.trust.root import TrustRoot, format_time, update_root, verify_root
-from edge_runtime.updates.verify import verify_root_message
+from edge_runtime.updates.verify import PendingRoots
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -65,48 +64,6 @@ def load_trust_root(pinned: TrustRoot, state_dir: Path) -> TrustRoot:
         except TrustError as exc:
             log.error("ignoring saved trust root %s: %s", path, exc, extra={"reason": str(exc)})
             return current
-
-
-class PendingRoots:
-    """Root versions received but not applied: version N+2 waits for N+1 (retained messages
-    arrive in any order). Pure: the caller saves and installs what :meth:`offer` returns."""
-
-    def __init__(self, limit: int = 16) -> None:
-        self.limit = limit
-        self._waiting: dict[int, bytes] = {}
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def __iter__(self) -> Iterator[int]:
-        """The versions waiting."""
-        return iter(sorted(self._waiting))
-
-    def offer(self, current: TrustRoot, version: int, payload: bytes) -> tuple[list[TrustRoot], list[str]]:
-        """Take ``trust/root/<version>``; returns the roots that now chain from ``current``, in
-        order, and the reasons for what is refused (or still waiting for a missing version)."""
-        if version <= current.version:
-            return [], []
-        self._waiting[version] = payload
-        while len(self._waiting) > self.limit:
-            del self._waiting[max(self._waiting)]
-        rotated: list[TrustRoot] = []
-        problems: list[str] = []
-        while (data := self._waiting.pop(current.version + 1, None)) is not None:
-            try:
-                new = verify_root_message(current, current.version + 1, data)
-            except BadDataError as exc:  # never raised past here: the roots already popped would be lost
-                problems.append(f"trust root {current.version + 1}: {exc}")
-                break
-            assert new is not None  # a version above the current one always yields a root or an error
-            current = new
-            rotated.append(current)
-        for n in sorted(v for v in self._waiting if v > current.version + 1):
-            try:
-                verify_root_message(current, n, self._waiting[n])
-            except BadDataError as exc:  # always: "a skipped version"
-                problems.append(f"trust root {n}: {exc}")
-        return rotated, problems
 
 
 def trust_root_for(cfg: Config, store_path: Path | None = None) -> TrustRoot:

@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +35,14 @@ from edge_runtime import health
 from edge_runtime.config import Config, check_mqtt_config
 from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.monitoring.hub import Monitoring
-from edge_runtime.store.store import ModelStore
+from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.store.variants import install_selftest
 from edge_runtime.updates.capture import CaptureResponder
-from edge_runtime.updates.job import SubscriptionRefused
+from edge_runtime.updates.effects import NetworkEvent, SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
 from edge_runtime.updates.nonces import NONCES_FILE
 from edge_runtime.updates.policy import policy_settings
-from edge_runtime.updates.protocol import Topics, check_id
+from edge_runtime.updates.protocol import CaptureRequestTopic, ChunkTopic, Topic, Topics, check_id
 from edge_runtime.updates.report import error_is_stale, serving_versions
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
@@ -51,6 +52,60 @@ log = logging.getLogger("edge_runtime.updates")
 TIMESYNC_FLAG = Path("/run/systemd/timesync/synchronized")
 STORE_POLL_S = 0.5  # how often the store's change signature is compared (changes by another process)
 MAX_TOPIC_SHOWN = 200  # characters of a dropped message's topic put in the event
+
+
+# -- what the threads put on the edge-updates queue -------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """Connected; ``session_present``: the broker kept our session."""
+
+    session_present: bool
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """The connection was lost."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class MessageWaiting:
+    """A control message waits in ``_waiting`` under ``topic`` (newest per topic)."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
+class MessagesDropped:
+    """Oversized messages were dropped; ``topic`` is the first one's, cut short."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
+class ReportEvent:
+    """An event of another part (capture, monitoring) to publish on the device's event stream."""
+
+    kind: str
+    name: str | None = None
+    version: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PublishDue:
+    """Something the state shows changed: republish (once, however many were queued)."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The service is stopping."""
+
+
+QueueItem = LinkUp | LinkDown | MessageWaiting | MessagesDropped | ReportEvent | PublishDue | Stop | NetworkEvent
 
 
 def clock_is_trusted(setting: str) -> bool:
@@ -74,6 +129,7 @@ class UpdateService:
         *,
         selftest_in_process: bool = False,
         monitoring: Monitoring | None = None,
+        selftest: Callable[[Resolved], None] | None = None,
     ) -> None:
         if cfg.mqtt is None:
             raise ConfigError("updates need an [mqtt] table in the configuration")
@@ -99,10 +155,10 @@ class UpdateService:
             max_events=m.max_event_queue,
             **policy_settings(cfg.updates),
         )
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._queue: queue.Queue[QueueItem] = queue.Queue()
         # Control messages waiting for edge-updates, newest per topic: a flood on one topic
         # holds one payload, not every one the broker delivers faster than they are verified.
-        self._waiting: dict[str, tuple[Any, bytes]] = {}
+        self._waiting: dict[str, tuple[Topic, bytes]] = {}
         self._waiting_lock = threading.Lock()
         self._stop = threading.Event()
         self.link = MqttLink(
@@ -118,7 +174,7 @@ class UpdateService:
                 max_message_bytes=m.max_message_bytes,
             ),
             self._on_message,
-            on_refused=lambda filters, reason: self._queue.put(("updater", SubscriptionRefused(filters, reason))),
+            on_refused=lambda filters, reason: self._queue.put(SubscriptionRefused(filters, reason)),
             on_dropped=self._on_dropped,
         )
         self.updater = Updater(
@@ -126,23 +182,25 @@ class UpdateService:
             store,
             self.link,
             wake=wake,
-            selftest=install_selftest(store) if selftest_in_process else None,
+            # In-process: ``selftest`` (the simulator's, with a device's faults) or the real one
+            # (every variant of a several-variant version tried and timed, see store/variants.py).
+            selftest=(selftest or install_selftest(store)) if selftest_in_process else None,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
-            post=lambda event: self._queue.put(("updater", event)),
+            post=self._queue.put,
+            amend_state=self._amend_state,
         )
         self.monitoring = monitoring
-        self.updater.amend_state = self._amend_state
         self.capture = CaptureResponder(
             self.topics, device_id, lambda: self.store.root, self.link,
             capture_dir=monitoring.capture_dir if monitoring is not None else None,
             seal=monitoring.seal_all if monitoring is not None else (lambda: None),
             max_kbps=cfg.monitoring.capture_max_kbps,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
-            on_done=lambda kind, fields: self._queue.put(("event", (kind, None, None, fields))),
+            on_done=lambda kind, fields: self._queue.put(ReportEvent(kind, fields=fields)),
             nonce_file=state_dir / NONCES_FILE,
         )
         if monitoring is not None:
-            monitoring.subscribe(lambda kind, name, version, fields: self._queue.put(("event", (kind, name, version, fields))))
+            monitoring.subscribe(lambda kind, name, version, fields: self._queue.put(ReportEvent(kind, name, version, fields)))
         self._state_interval_s = cfg.monitoring.state_interval_s
         self._health_interval_s = cfg.monitoring.health_interval_s
         self._next_state = 0.0
@@ -180,7 +238,7 @@ class UpdateService:
         """Say ``online: false``, disconnect (the session stays on the broker) and join the threads."""
         self._stop.set()
         self.capture.stop()
-        self._queue.put(("stop", None))
+        self._queue.put(Stop())
         self.link.wakeup()
         for t in (self._updates_thread, self._network_thread):
             if t.is_alive():
@@ -189,7 +247,7 @@ class UpdateService:
     def state_changed(self) -> None:
         """Something the state shows changed (the daemon's serving callback): republish now."""
         self._publish_due.set()
-        self._queue.put(("publish", None))
+        self._queue.put(PublishDue())
 
     def reconfigure(self, cfg: Config) -> None:
         """SIGHUP: apply what applies live (``[monitoring] state_interval_s`` and ``health_interval_s``)."""
@@ -197,7 +255,7 @@ class UpdateService:
         self._health_interval_s = cfg.monitoring.health_interval_s
         self._next_state = 0.0
         self._next_health = 0.0
-        self._queue.put(("publish", None))
+        self._queue.put(PublishDue())
 
     @property
     def dropped_messages(self) -> int:
@@ -234,40 +292,41 @@ class UpdateService:
             except Exception:
                 log.exception("update step failed")
 
-    def _dispatch(self, item: tuple[str, Any]) -> None:
-        kind, value = item
-        if kind == "connected":
-            log.info("connected to %s (session %s)", self.link.settings.safe_url, "resumed" if value else "new")
-            self.updater.on_connect(bool(value))
-            self.link.subscribe([self.topics.capture_request(self.device_id)])
-        elif kind == "disconnected":
-            log.warning("disconnected from %s: %s", self.link.settings.safe_url, value)
-        elif kind == "message":
-            with self._waiting_lock:
-                ref, payload = self._waiting.pop(value)
-            if ref.kind == "capture_request":
-                if ref.device == self.device_id:
-                    self.capture.on_request(payload)
-            else:
-                self.updater.on_message(ref, payload)
-        elif kind == "dropped":
-            with self._dropped_lock:
-                count, self._dropped_unreported = self._dropped_unreported, 0
-                total, size = self._dropped_total, self._dropped_last_bytes
-            assert self.cfg.mqtt is not None
-            self.updater.reporter.event(
-                "message_dropped", None, None, topic=value, count=count, total=total, bytes=size,
-                reason=f"larger than [mqtt] max_message_bytes ({self.cfg.mqtt.max_message_bytes})",
-            )
-        elif kind == "event":
-            ev_kind, name, version, fields = value
-            self.updater.reporter.event(ev_kind, name, version, **fields)
-            if ev_kind.startswith("drift"):
-                self.updater.publish_state()
-        elif kind == "updater":  # every UpdaterEvent (a dropped DownloadFailed would leave the job stalled)
-            self.updater.on_internal(value)
-        elif kind == "publish":
-            self._publish_due.set()  # handled by _watch, once however many were queued
+    def _dispatch(self, item: QueueItem) -> None:
+        match item:
+            case LinkUp(session_present=session_present):
+                log.info("connected to %s (session %s)", self.link.settings.safe_url, "resumed" if session_present else "new")
+                self.updater.on_connect(session_present)
+                self.link.subscribe([self.topics.capture_request(self.device_id)])
+            case LinkDown(reason=reason):
+                log.warning("disconnected from %s: %s", self.link.settings.safe_url, reason)
+            case MessageWaiting(topic=topic):
+                with self._waiting_lock:
+                    ref, payload = self._waiting.pop(topic)
+                if isinstance(ref, CaptureRequestTopic):
+                    if ref.device == self.device_id:
+                        self.capture.on_request(payload)
+                else:
+                    self.updater.on_message(ref, payload)
+            case MessagesDropped(topic=topic):
+                with self._dropped_lock:
+                    count, self._dropped_unreported = self._dropped_unreported, 0
+                    total, size = self._dropped_total, self._dropped_last_bytes
+                assert self.cfg.mqtt is not None
+                self.updater.reporter.event(
+                    "message_dropped", None, None, topic=topic, count=count, total=total, bytes=size,
+                    reason=f"larger than [mqtt] max_message_bytes ({self.cfg.mqtt.max_message_bytes})",
+                )
+            case ReportEvent(kind=kind, name=name, version=version, fields=fields):
+                self.updater.reporter.event(kind, name, version, **fields)
+                if kind.startswith("drift"):
+                    self.updater.publish_state()
+            case PublishDue():
+                self._publish_due.set()  # handled by _watch, once however many were queued
+            case Stop():
+                pass
+            case _:  # every network-thread event (a dropped DownloadFailed would leave the job stalled)
+                self.updater.on_internal(item)
 
     def _watch(self) -> None:
         """Republish the state when the daemon said so or the store changed; read the health when due."""
@@ -308,7 +367,7 @@ class UpdateService:
             self._dropped_last_bytes = size
             first = self._dropped_unreported == 1
         if first:  # one event carries every drop until it is handled: a flood is one event
-            self._queue.put(("dropped", topic[:MAX_TOPIC_SHOWN]))
+            self._queue.put(MessagesDropped(topic[:MAX_TOPIC_SHOWN]))
 
     def _amend_state(self, doc: dict[str, Any]) -> None:
         """Health, the stale-error rule, dropped messages and each model's drift in the state document."""
@@ -364,14 +423,14 @@ class UpdateService:
         ref = self.topics.parse(msg.topic)
         if ref is None:
             return
-        if ref.kind == "chunk":
+        if isinstance(ref, ChunkTopic):
             self.updater.on_chunk(ref, msg.payload)
         else:
             with self._waiting_lock:
                 queued = msg.topic in self._waiting
                 self._waiting[msg.topic] = (ref, msg.payload)  # a retained topic: only the newest counts
             if not queued:
-                self._queue.put(("message", msg.topic))
+                self._queue.put(MessageWaiting(msg.topic))
 
     def _network_main(self) -> None:
         m = self.cfg.mqtt
@@ -388,11 +447,11 @@ class UpdateService:
                 continue
             failures = 0
             backoff.reset()
-            self._queue.put(("connected", session_present))
+            self._queue.put(LinkUp(session_present))
             reason = self.link.run(self._stop)
             if self._stop.is_set():
                 break
-            self._queue.put(("disconnected", reason))
+            self._queue.put(LinkDown(str(reason)))
             self._stop.wait(backoff.next())
         if self.link.connected:
             try:

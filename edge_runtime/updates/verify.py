@@ -13,12 +13,15 @@ so every attack on the protocol is a plain unit test. The updater calls these in
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from edge_runtime.bundle.manifest import NAME_RE, Artifact, Manifest, is_compatible, parse_manifest
 from edge_runtime.exceptions import (
+    BadDataError,
     BundleError,
     CanonicalJSONError,
     ManifestError,
@@ -301,8 +304,17 @@ def desired_report(message: bytes, scope: str, seq: int | None, reason: str | No
     return report
 
 
-def plan_target(name: str, version: int, view: ModelView, *, rollback: bool = False) -> str:
-    """What to do for a target: ``none``, ``fetch``, ``activate`` or ``failed`` (failed before: never retried).
+class Plan(enum.StrEnum):
+    """What a target needs (:func:`plan_target`)."""
+
+    NOTHING = "none"  # already active
+    FETCH = "fetch"  # download it (not installed, or installed but quarantined)
+    ACTIVATE = "activate"  # installed and clean: re-verify its manifest, then activate
+    FAILED = "failed"  # failed before on this device: never retried
+
+
+def plan_target(name: str, version: int, view: ModelView, *, rollback: bool = False) -> Plan:
+    """What to do for a target (see :class:`Plan`).
 
     Raises RollbackError for a version older than the active one or below the floor, unless
     ``rollback`` (a signed, operator-ordered rollback) names a version still installed: that one
@@ -310,23 +322,23 @@ def plan_target(name: str, version: int, view: ModelView, *, rollback: bool = Fa
     rollback or not; one no longer installed cannot be fetched again below the floor.
     """
     if version in view.failed:
-        return "failed"
+        return Plan.FAILED
     if view.active == version:
-        return "none"
+        return Plan.NOTHING
     if rollback and view.active is not None and version < view.active:
         if version not in view.installed:
             raise RollbackError(
                 f"{name} v{version}: the ordered rollback needs it installed, and this device no longer has it "
                 f"(the anti-rollback floor v{view.highest_seen} keeps it from being fetched again)"
             )
-        return "fetch" if version in view.quarantined else "activate"
+        return Plan.FETCH if version in view.quarantined else Plan.ACTIVATE
     if view.active is not None and version < view.active:
         raise RollbackError(f"{name} v{version} is older than the active v{view.active} (versions only go up)")
     if version in view.installed:
-        return "fetch" if version in view.quarantined else "activate"
+        return Plan.FETCH if version in view.quarantined else Plan.ACTIVATE
     if version <= view.highest_seen:
         raise RollbackError(f"{name} v{version} is at or below the anti-rollback floor (highest seen: v{view.highest_seen})")
-    return "fetch"
+    return Plan.FETCH
 
 
 def verify_manifest_message(message: bytes, root: TrustRoot, *, name: str, version: int) -> Release:
@@ -394,10 +406,54 @@ def verify_root_message(current: TrustRoot, topic_version: int, payload: bytes) 
     return new
 
 
+class PendingRoots:
+    """Root versions received but not applied: version N+2 waits for N+1 (retained messages
+    arrive in any order). Pure: the caller saves and installs what :meth:`offer` returns."""
+
+    def __init__(self, limit: int = 16) -> None:
+        self.limit = limit
+        self._waiting: dict[int, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[int]:
+        """The versions waiting."""
+        return iter(sorted(self._waiting))
+
+    def offer(self, current: TrustRoot, version: int, payload: bytes) -> tuple[list[TrustRoot], list[str]]:
+        """Take ``trust/root/<version>``; returns the roots that now chain from ``current``, in
+        order, and the reasons for what is refused (or still waiting for a missing version)."""
+        if version <= current.version:
+            return [], []
+        self._waiting[version] = payload
+        while len(self._waiting) > self.limit:
+            del self._waiting[max(self._waiting)]
+        rotated: list[TrustRoot] = []
+        problems: list[str] = []
+        while (data := self._waiting.pop(current.version + 1, None)) is not None:
+            try:
+                new = verify_root_message(current, current.version + 1, data)
+            except BadDataError as exc:  # never raised past here: the roots already popped would be lost
+                problems.append(f"trust root {current.version + 1}: {exc}")
+                break
+            assert new is not None  # a version above the current one always yields a root or an error
+            current = new
+            rotated.append(current)
+        for n in sorted(v for v in self._waiting if v > current.version + 1):
+            try:
+                verify_root_message(current, n, self._waiting[n])
+            except BadDataError as exc:  # always: "a skipped version"
+                problems.append(f"trust root {n}: {exc}")
+        return rotated, problems
+
+
 __all__ = [
     "Desired",
     "ModelTarget",
     "ModelView",
+    "PendingRoots",
+    "Plan",
     "Release",
     "Rollout",
     "SeqFloor",

@@ -134,7 +134,7 @@ def test_pending_trust_roots_are_capped(keys: Any, tmp_path: Path) -> None:
     """Roots that cannot be applied yet (a gap in the chain) wait, at most MAX_PENDING_ROOTS of them."""
     from edge_runtime.bundle.reader import BundleLimits
     from edge_runtime.store.store import ModelStore
-    from edge_runtime.updates.protocol import TopicRef, Topics
+    from edge_runtime.updates.protocol import RootTopic, Topics
     from edge_runtime.updates.updater import MAX_PENDING_ROOTS, Updater, UpdaterSettings
 
     class Offline:
@@ -148,9 +148,9 @@ def test_pending_trust_roots_are_capped(keys: Any, tmp_path: Path) -> None:
     updater = Updater(UpdaterSettings("dev-1", Topics("edge", FLEET), tmp_path, tmp_path / "staging"), store, Offline())
     updater.load()
     for n in range(3, 3 + 4 * MAX_PENDING_ROOTS):  # root 2 never comes: none of these can be applied
-        updater.on_message(TopicRef("root", root_version=n), b'{"signed": {}, "signatures": []}')
-    assert len(updater._pending_roots) == MAX_PENDING_ROOTS and store.root.version == 1
-    assert min(updater._pending_roots) == 3  # the nearest versions are kept, the farthest dropped
+        updater.on_message(RootTopic(n), b'{"signed": {}, "signatures": []}')
+    assert len(updater.machine.pending_roots) == MAX_PENDING_ROOTS and store.root.version == 1
+    assert min(updater.machine.pending_roots) == 3  # the nearest versions are kept, the farthest dropped
 
 
 # -- HTTP connections ---------------------------------------------------------------------------

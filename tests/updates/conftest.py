@@ -28,7 +28,14 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem, sign
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
-from edge_runtime.updates.protocol import Topics, desired_document, manifest_message, rollout_salt, signed_message
+from edge_runtime.updates.protocol import (
+    ChunkTopic,
+    Topics,
+    desired_document,
+    manifest_message,
+    rollout_salt,
+    signed_message,
+)
 from edge_runtime.updates.updater import Updater, UpdaterSettings
 
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -241,7 +248,7 @@ class FakeBroker:
             self.delivered.append(topic)
             if ref is None:
                 continue
-            if ref.kind == "chunk":
+            if isinstance(ref, ChunkTopic):
                 self.updater.on_chunk(ref, payload)
             else:
                 self.updater.on_message(ref, payload)

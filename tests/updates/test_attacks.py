@@ -178,8 +178,8 @@ def test_chunk_larger_than_chunk_size(make_device: DeviceFactory, releases: Rele
     dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
     dev.sync()
     assert any("chunk 0 is 1536 bytes, larger than chunk_size 1024" in r for r in dev.reasons())
-    job = dev.updater.job
-    assert job is not None and job.download is not None and not job.download.has("model.tflite", 0)
+    download = dev.updater.download
+    assert dev.updater.job is not None and download is not None and not download.has("model.tflite", 0)
     _assert_unchanged(dev, before)
 
 
@@ -197,7 +197,7 @@ def test_more_chunks_than_the_manifest_declares(
     dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
     dev.sync()
     assert sum(f"the manifest declares {count} chunks" in r for r in dev.reasons()) == 3
-    progress = dev.updater.job.download.progress()  # type: ignore[union-attr]
+    progress = dev.updater.download.progress()  # type: ignore[union-attr]
     assert progress.rejected_bytes == 300 and progress.have_bytes < progress.total_bytes
     _assert_unchanged(dev, before)
 

@@ -229,15 +229,15 @@ def test_interrupted_delta_download_resumes_as_a_delta(tmp_path: Path, make_devi
                   topics.desired: desired(fleet_keys, topics, "fraud", 2, 1, deltas=[1])}
     dev.broker.put({t: p for t, p in everything.items() if t != withheld})
     dev.sync()
-    job = dev.updater.job
-    assert job is not None and job.download is not None and job.download.base == 1 and not job.download.complete
-    job.download.close()  # the process dies here
+    download = dev.updater.download
+    assert dev.updater.job is not None and download is not None and download.base == 1 and not download.complete
+    download.close()  # the process dies here
     broker = FakeBroker(topics)
     broker.put(everything)
     updater = Updater(dev.updater.settings, dev.store, broker, monotonic=dev.clock)
     broker.updater = updater
     updater.load()
-    assert updater.job is not None and updater.job.download is not None and updater.job.download.base == 1
+    assert updater.job is not None and updater.download is not None and updater.download.base == 1
     updater.on_connect(False)
     broker.pump()
     updater.tick()

@@ -13,10 +13,10 @@ from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.trust.keys import generate_private_key, sign
 from edge_runtime.trust.root import make_root, sign_root
 from edge_runtime.updates.download import Download, release_dir
-from edge_runtime.updates.job import DownloadFailed, Phase, UpdaterEvent
+from edge_runtime.updates.effects import DownloadFailed, Phase
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.roots import load_trust_root
-from edge_runtime.updates.updater import Updater
+from edge_runtime.updates.updater import Updater, UpdaterEvent
 from edge_runtime.updates.verify import rollout_bucket
 from harness.bundles import rebuilt_bundle
 
@@ -97,9 +97,9 @@ def test_restart_resumes_with_only_the_missing_chunks(
     dev.broker.put({t: p for t, p in release.items() if t not in chunk_topics[len(half) :]})
     dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
     dev.sync()
-    progress = dev.updater.job.download.progress()  # type: ignore[union-attr]
+    progress = dev.updater.download.progress()  # type: ignore[union-attr]
     assert 0 < progress.have_bytes < progress.total_bytes
-    dev.updater.job.download.close()  # type: ignore[union-attr]  # the process dies
+    dev.updater.download.close()  # type: ignore[union-attr]  # the process dies
 
     # A new process on the same directories and a broker that lost the session.
     broker = FakeBroker(topics)
@@ -108,8 +108,8 @@ def test_restart_resumes_with_only_the_missing_chunks(
     updater = Updater(dev.updater.settings, dev.store, broker, selftest=dev.updater.selftest, monotonic=dev.clock)
     broker.updater = updater
     updater.load()
-    assert updater.job is not None and updater.job.download is not None
-    assert updater.job.download.progress().have_bytes == progress.have_bytes
+    assert updater.job is not None and updater.download is not None
+    assert updater.download.progress().have_bytes == progress.have_bytes
     updater.on_connect(False)
     chunk_subs = sorted(s for s in broker.subs if "/chunks/" in s)
     assert chunk_subs == sorted(chunk_topics[len(half) :]), "a resume subscribes only to the missing chunks"
@@ -128,13 +128,13 @@ def test_resume_rehashes_claimed_chunks(make_device: DeviceFactory, releases: Re
     dev.broker.put({t: p for t, p in release.items() if t != last})
     dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
     dev.sync()
-    dev.updater.job.download.close()  # type: ignore[union-attr]
+    dev.updater.download.close()  # type: ignore[union-attr]
     part = release_dir(dev.updater.settings.staging_dir, "fraud", 2) / "model.tflite.part"
     with open(part, "r+b") as fh:  # a torn write after a power cut: chunk 0 claimed but wrong on disk
         fh.write(b"\xff" * 10)
     updater = Updater(dev.updater.settings, dev.store, FakeBroker(topics), monotonic=dev.clock)
     updater.load()
-    download = updater.job.download  # type: ignore[union-attr]
+    download = updater.download  # type: ignore[union-attr]
     assert not download.has("model.tflite", 0) and download.has("model.tflite", 1)
 
 
@@ -256,3 +256,14 @@ def test_network_thread_events_are_typed_and_a_failed_write_aborts(
     assert dev.updater.job is None
     assert any("No space left" in r for r in dev.reasons())
     assert dev.store.state("fraud").active == 1
+
+
+def test_the_state_hook_is_given_to_the_constructor(make_device: DeviceFactory) -> None:
+    """What another part adds to the state document (health, drift) is wired in when the updater
+    is made, never assigned afterwards (a document published in between would lack it)."""
+    dev = make_device()
+    updater = Updater(dev.updater.settings, dev.store, dev.broker, amend_state=lambda doc: doc.update(health={"ok": True}))
+    dev.broker.updater = updater
+    updater.load()
+    updater.on_connect(False)
+    assert dev.broker.state()["health"] == {"ok": True}

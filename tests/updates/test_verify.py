@@ -17,7 +17,7 @@ from edge_runtime.fleet.publish import next_seq, read_desired_models
 from edge_runtime.fleet.status import format_table
 from edge_runtime.updates.exceptions import ChunkError, ReplayError
 from edge_runtime.updates.mqtt import Backoff, parse_broker_url
-from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.protocol import CaptureChunkTopic, ChunkTopic, DeviceTopic, ManifestTopic, Topics
 from edge_runtime.updates.verify import (
     Desired,
     ModelTarget,
@@ -127,11 +127,12 @@ names = st.text(string.ascii_letters + string.digits + "_.-", min_size=1, max_si
 def test_topics_parse_what_they_build(name: str, version: int, index: int, device: str) -> None:
     t = Topics("edge/acme", "f1")
     ref = t.parse(t.chunk(name, version, "model.tflite", index))
-    assert ref is not None and (ref.kind, ref.name, ref.version, ref.file, ref.index) == ("chunk", name, version, "model.tflite", index)
-    m = t.parse(t.manifest(name, version))
-    assert m is not None and (m.kind, m.name, m.version) == ("manifest", name, version)
+    assert ref == ChunkTopic(name, version, "model.tflite", index) and ref.kind == "chunk"
+    assert t.parse(t.delta_chunk(name, version, 3, "model.tflite", index)) == ChunkTopic(name, version, "model.tflite", index, 3)
+    assert t.parse(t.manifest(name, version)) == ManifestTopic(name, version)
     s = t.parse(t.state(device))
-    assert s is not None and (s.kind, s.device) == ("device_state", device)
+    assert s == DeviceTopic(device, "state") and s.kind == "device_state"
+    assert t.parse(t.capture_chunk(device, "0123abcd", 2, index)) == CaptureChunkTopic(device, "0123abcd", 2, index)
     assert t.parse(t.chunk(name, version, "model.tflite", index) + "/x") is None
     assert t.parse(t.chunk(name, version, "model.tflite", index).replace("/chunks/model.tflite/", "/chunks/model.tflite/0")) is None
 

@@ -46,7 +46,7 @@ from edge_runtime.fleet.console.history import DeviceHistory, ReleaseHistory, de
 from edge_runtime.fleet.console.inbox import Inbox, InboxCounts, Incoming
 from edge_runtime.fleet.console.limits import MIB, ConsoleLimits, prune_by_age, prune_by_size, used_bytes
 from edge_runtime.fleet.console.schema import migrate
-from edge_runtime.updates.protocol import Topics
+from edge_runtime.updates.protocol import DesiredTopic, DeviceTopic, ManifestTopic, Topics, device_of
 
 log = logging.getLogger("edge_runtime.fleet.console")
 
@@ -168,7 +168,7 @@ class Record:
         """Queue one message (any thread; never blocks); False when it was dropped (rate, queue full)."""
         ref = self.topics.parse(topic)
         msg = Incoming(topic, payload[:MAX_QUEUED_BYTES], len(payload), self.clock())
-        return self._inbox.put(msg, ref.kind if ref else None, ref.device if ref else "")
+        return self._inbox.put(msg, ref.kind if ref else None, device_of(ref))
 
     def counts(self) -> InboxCounts:
         """What the queue dropped, merged and holds."""
@@ -271,15 +271,15 @@ class Record:
         if ref is None:
             return 0
         payload = msg.payload
-        if ref.kind == "device_state":
+        if isinstance(ref, DeviceTopic) and ref.leaf == "state":
             return self._state(ref.device, msg, payload)
-        if ref.kind == "device_online":
+        if isinstance(ref, DeviceTopic) and ref.leaf == "online":
             return self._online(ref.device, msg, payload)
-        if ref.kind == "device_events":
+        if isinstance(ref, DeviceTopic) and ref.leaf == "events":
             return self._event(ref.device, msg, payload)
-        if ref.kind in ("desired", "device_desired"):
-            return self._desired_message(ref.device or None, msg, payload)
-        if ref.kind == "manifest" and payload:
+        if isinstance(ref, DesiredTopic) or (isinstance(ref, DeviceTopic) and ref.leaf == "desired"):
+            return self._desired_message(device_of(ref) or None, msg, payload)
+        if isinstance(ref, ManifestTopic) and payload:
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO releases (model, version, first_seen) VALUES (?, ?, ?)", (ref.name, ref.version, msg.time)
             )
@@ -290,9 +290,10 @@ class Record:
         self.unreadable += 1
         log.warning("the console could not record a message on %s (%s); recorded as malformed", msg.topic[:200], type(exc).__name__)
         ref = self.topics.parse(msg.topic)
-        if ref is None or not ref.device:
+        device = device_of(ref)
+        if not device:
             return 0
-        self._timeline(ref.device, msg.time, "malformed", f"the console could not record this message ({type(exc).__name__})", raw_text(msg.payload))
+        self._timeline(device, msg.time, "malformed", f"the console could not record this message ({type(exc).__name__})", raw_text(msg.payload))
         return 1
 
     def _device(self, device: str) -> DeviceNow:
