@@ -399,10 +399,6 @@ class CaptureWriter:
             if due:
                 self.flush()
 
-    def drain(self) -> None:
-        """Write what waits (tests, before an export, shutdown)."""
-        self.flush()
-
     def stop(self) -> None:
         """Write what waits and stop the timer."""
         self._stop.set()

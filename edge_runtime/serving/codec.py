@@ -36,7 +36,6 @@ class Interface:
     def __init__(self, manifest: Manifest) -> None:
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs
         self.outputs: tuple[TensorSpec, ...] = manifest.outputs
-        self.input_index = {s.name: i for i, s in enumerate(self.inputs)}
         self.output_index = {s.name: i for i, s in enumerate(self.outputs)}
         self.input_dtypes = [numpy_dtype(s.datatype).newbyteorder("<") for s in self.inputs]
         self.output_dtypes = [numpy_dtype(s.datatype).newbyteorder("<") for s in self.outputs]

@@ -9,15 +9,11 @@ serves no encrypted model never loads it through :mod:`.device_keys`.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 from edge_runtime.exceptions import TrustError
 
 RAW_KEY_BYTES = 32  # Ed25519 and X25519 public keys alike
-
-PrivateT = TypeVar("PrivateT")
-PublicT = TypeVar("PublicT")
-
 
 def _prefix(what: str) -> str:
     return f"{what}: " if what else ""
@@ -51,7 +47,7 @@ def public_key_pem_bytes(key: Any) -> bytes:
                                                 serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
-def load_private_pem(data: bytes, cls: type[PrivateT], algorithm: str, what: str = "") -> PrivateT:
+def load_private_pem(data: bytes, cls: type[Any], algorithm: str, what: str = "") -> Any:
     """Parse a PKCS#8 PEM private key of class ``cls`` (``algorithm`` names it in errors)."""
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
@@ -65,8 +61,8 @@ def load_private_pem(data: bytes, cls: type[PrivateT], algorithm: str, what: str
     return key
 
 
-def load_public(data: bytes, cls: type[PublicT], algorithm: str, *, what: str = "",
-                private: type[Any] | None = None, private_refusal: str = "") -> PublicT:
+def load_public(data: bytes, cls: type[Any], algorithm: str, *, what: str = "",
+                private: type[Any] | None = None, private_refusal: str = "") -> Any:
     """The public key in ``data``: a PEM public key or the 64 hex digits of the raw key.
 
     A PEM private key gives its public half when ``private`` (its class) is given; otherwise it
@@ -79,7 +75,7 @@ def load_public(data: bytes, cls: type[PublicT], algorithm: str, *, what: str = 
     if b"PRIVATE KEY" in text:
         if private is None:
             raise TrustError(f"{_prefix(what)}{private_refusal or 'this is a private key; pass the public key'}")
-        return _public_half(load_private_pem(text, private, algorithm, what))  # type: ignore[no-any-return]
+        return _public_half(load_private_pem(text, private, algorithm, what))
     if b"PUBLIC KEY" in text:
         try:
             key = serialization.load_pem_public_key(text)
@@ -92,7 +88,7 @@ def load_public(data: bytes, cls: type[PublicT], algorithm: str, *, what: str = 
         raw = bytes.fromhex(text.decode("ascii"))
         if len(raw) != RAW_KEY_BYTES:
             raise ValueError(f"{len(raw)} bytes")
-        return cls.from_public_bytes(raw)  # type: ignore[attr-defined, no-any-return]
+        return cls.from_public_bytes(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         forms = "a PEM private or public key" if private is not None else f"a PEM {algorithm} public key"
         raise TrustError(f"{_prefix(what)}expected {forms}, or a {RAW_KEY_BYTES}-byte {algorithm} public key "

@@ -155,7 +155,7 @@ def test_the_waiting_records_are_bounded_in_bytes_whatever_the_request_size(tmp_
     assert writer.offer(ring, record_line(_record(0)), 600)
     assert not writer.offer(ring, record_line(_record(1)), 600)  # 1200 bytes would wait: refused, counted
     assert ring.stats()["skipped_records"] == 1
-    writer.drain()
+    writer.flush()
     assert ring.stats()["written_records"] == 1
     assert writer.offer(ring, record_line(_record(2)), 600)  # room again once written
     writer.stop()

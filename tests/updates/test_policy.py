@@ -62,8 +62,8 @@ def test_window_open_and_next_open_with_a_time_zone() -> None:
     w = parse_window("0 2 * * *", 60, "Europe/Berlin")
     assert w.is_open(at("2026-01-10T01:00")) and w.is_open(at("2026-01-10T01:59"))
     assert not w.is_open(at("2026-01-10T02:00")) and not w.is_open(at("2026-01-10T00:59"))
-    assert w.next_open(at("2026-01-10T02:30")) == at("2026-01-11T01:00")
-    assert w.next_open(at("2026-01-10T01:30")) == at("2026-01-10T01:30")
+    assert next_all_open([w], at("2026-01-10T02:30")) == at("2026-01-11T01:00")
+    assert next_all_open([w], at("2026-01-10T01:30")) == at("2026-01-10T01:30")
 
 
 def test_two_windows_must_both_be_open() -> None:

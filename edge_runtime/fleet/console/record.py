@@ -230,11 +230,6 @@ class Record:
             raise
         return n
 
-    def db_bytes(self) -> int:
-        """The database's pages in use."""
-        with self.reader() as db:
-            return used_bytes(db)
-
     # ---- writing
 
     def apply(self, messages: Iterable[Incoming]) -> int:
