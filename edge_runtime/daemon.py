@@ -137,12 +137,10 @@ class Daemon:
         self.cfg = cfg
         self.store = store
         self.reload_config = reload_config
-        self.metrics = Metrics()
         mon = cfg.monitoring
         self.monitoring = Monitoring(Path(mon.capture_dir) if mon.capture_dir else store.path / ".capture",
                                      min_free_bytes=int(mon.min_free_mb * 1024 * 1024))
-        self.metrics.monitoring = self.monitoring
-        self.metrics.health = lambda: health.read_health(store.path)
+        self.metrics = Metrics(self.monitoring, lambda: health.read_health(store.path))
         self.state = ServingState()
         self.address: tuple[str, int] | None = None
         self.ready_event = threading.Event()
