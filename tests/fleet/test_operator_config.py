@@ -17,8 +17,7 @@ from edge_runtime.fleet.operator_config import (
     render_operator_config,
     resolve,
 )
-
-from .conftest import FLEET, Mosquitto, cli
+from fleet.conftest import FLEET, Mosquitto, cli
 
 FILE = """
 fleet = "from-file"

@@ -14,9 +14,8 @@ from edge_runtime.spec.window import Cron, Window, next_all_open, parse_window
 from edge_runtime.updates.policy import Budget, Verdict, download_decision, read_nm_metered
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.traffic import Traffic, metrics_lines
-
-from .conftest import DeviceFactory, FleetKeys, Releases, Repo
-from .test_delta import desired
+from updates.conftest import DeviceFactory, FleetKeys, Releases, Repo
+from updates.test_delta import desired
 
 UTC = _dt.UTC
 

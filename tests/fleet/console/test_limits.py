@@ -15,10 +15,9 @@ from edge_runtime.fleet.console.digest import MAX_DIGEST_CHARS, MAX_STATE_BYTES,
 from edge_runtime.fleet.console.inbox import Inbox, Incoming
 from edge_runtime.fleet.console.limits import MIB, ConsoleLimits, TokenBucket, used_bytes
 from edge_runtime.fleet.console.record import Record
+from fleet.console.helpers import TOPICS, event, state
+from fleet.console.test_record import Clock, feed, render, rows
 from harness.wait import wait_until
-
-from .helpers import TOPICS, event, state
-from .test_record import Clock, feed, render, rows
 
 HUGE = 10**400
 

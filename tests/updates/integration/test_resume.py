@@ -22,9 +22,8 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.store.store import ModelStore
 from harness.daemon import Daemon
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish
 
 pytestmark = pytest.mark.integration
 PAD = 600_000  # ~600 KB model in 4 KiB chunks: 152 chunks
