@@ -56,7 +56,7 @@ def test_cron_refuses(bad: str) -> None:
         Cron.parse(bad)
 
 
-def test_window_open_and_next_open_with_a_time_zone() -> None:
+def test_window_open_and_its_next_opening_with_a_time_zone() -> None:
     # 02:00 Berlin for 60 minutes: 01:00-02:00 UTC in winter (CET, UTC+1).
     w = parse_window("0 2 * * *", 60, "Europe/Berlin")
     assert w.is_open(at("2026-01-10T01:00")) and w.is_open(at("2026-01-10T01:59"))
