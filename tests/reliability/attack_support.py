@@ -16,14 +16,7 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import sign
 from edge_runtime.updates.protocol import Topics, desired_document, signed_message
-from reliability.conftest import (
-    EDGE,
-    FLEET,
-    Daemon,
-    DeviceDir,
-    Mosquitto,
-    infer_rows,
-)
+from reliability.conftest import EDGE, FLEET, Daemon, DeviceDir, Mosquitto, infer_rows
 
 TOPICS = Topics("edge", FLEET)
 HUGE = 10**4300 - 2  # one digit short of Python's int-from-text limit: 4300 digits

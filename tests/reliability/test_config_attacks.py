@@ -14,16 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reliability.attack_support import (
-    cli,
-    serving,
-)
-from reliability.conftest import (
-    FLEET,
-    DeviceDir,
-    Mosquitto,
-    mosquitto_config,
-)
+from reliability.attack_support import cli, serving
+from reliability.conftest import FLEET, DeviceDir, Mosquitto, mosquitto_config
 
 pytestmark = pytest.mark.integration
 

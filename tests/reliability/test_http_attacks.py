@@ -18,16 +18,8 @@ import pytest
 
 from harness.http import request
 from harness.wait import wait_until
-from reliability.attack_support import (
-    MIB,
-    peak_rss,
-    serving,
-)
-from reliability.conftest import (
-    EDGE,
-    DeviceDir,
-    Figures,
-)
+from reliability.attack_support import MIB, peak_rss, serving
+from reliability.conftest import EDGE, DeviceDir, Figures
 
 pytestmark = pytest.mark.integration
 

@@ -34,16 +34,7 @@ from reliability.attack_support import (
     signed_desired,
     unsigned_desired,
 )
-from reliability.conftest import (
-    FLEET,
-    Daemon,
-    DeviceDir,
-    Figures,
-    Mosquitto,
-    Observer,
-    Releases,
-    scale,
-)
+from reliability.conftest import FLEET, Daemon, DeviceDir, Figures, Mosquitto, Observer, Releases, scale
 
 pytestmark = pytest.mark.integration
 

@@ -26,21 +26,8 @@ from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.root import make_root, sign_root
 from harness.http import request
 from harness.wait import wait_until
-from reliability.attack_support import (
-    MIB,
-    cli,
-    serving,
-)
-from reliability.conftest import (
-    EDGE,
-    FLEET,
-    Daemon,
-    DeviceDir,
-    Figures,
-    Mosquitto,
-    Observer,
-    Releases,
-)
+from reliability.attack_support import MIB, cli, serving
+from reliability.conftest import EDGE, FLEET, Daemon, DeviceDir, Figures, Mosquitto, Observer, Releases
 
 pytestmark = pytest.mark.integration
 
