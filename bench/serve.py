@@ -105,7 +105,7 @@ def monitoring_cost_us(calls: int = 200_000) -> dict[str, float]:
                     lag = (i + 1) / 15_000 - (time.perf_counter() - t0)
                     if lag > 0:
                         time.sleep(lag)
-            hub.writer.drain()
+            hub.writer.flush()
             out[label] = (cpu() - c0) / calls * 1e6
             hub.stop()
     return {k: v - out["none"] for k, v in out.items() if k != "none"}

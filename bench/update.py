@@ -53,7 +53,6 @@ from edge_runtime.packaging import PackRequest, pack_model  # noqa: E402
 from edge_runtime.store.store import ModelStore  # noqa: E402
 from edge_runtime.trust.keys import generate_private_key, private_key_pem  # noqa: E402
 from edge_runtime.trust.root import make_root, sign_root, verify_root  # noqa: E402
-from edge_runtime.updates.download import Download, release_dir  # noqa: E402
 from edge_runtime.updates.protocol import Topics  # noqa: E402
 
 CACHE = REPO / ".edge" / "bench-cache"
@@ -127,7 +126,7 @@ class Events:
                 self.events.append({**json.loads(msg.payload), "_t": time.perf_counter()})
         elif msg.topic.endswith("/state") and msg.payload:
             with self.lock:
-                self.events.append({"event": "_state", "_t": time.perf_counter()})
+                self.events.append({"event": "_state", "_t": time.perf_counter(), "state": json.loads(msg.payload)})
 
     def wait(self, kind: str, version: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -273,26 +272,27 @@ def resume_run(work: Path, broker: Broker, events: Events, bundle: Path, key: An
     with FleetSession(BrokerOptions(url=broker.url), Topics("edge", FLEET)) as session:
         prune_releases(session)  # as an operator would: the broker keeps the current release only
         publish_release(session, bundle, [key])
-    staging = release_dir(work / "store" / ".updates" / "staging", "mlp", v)
 
-    def peek() -> Any:
-        try:
-            return Download.peek(staging)
-        except (OSError, ValueError, KeyError):
-            return None
+    def reported() -> dict[str, Any] | None:
+        """The download of ``v`` as the device's newest state reports it (at every 10 % step)."""
+        with events.lock:
+            states = [e["state"] for e in events.events if e["event"] == "_state"]
+        update = (states[-1].get("update") or {}) if states else {}
+        return update if update.get("version") == v and "have_bytes" in update else None
 
-    def until(frac: float) -> Any:
+    def until(frac: float) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            p = peek()
-            if p is not None and p.have_bytes >= frac * p.total_bytes:
+            p = reported()
+            if p is not None and p["have_bytes"] >= frac * p["total_bytes"]:
                 return p
-            time.sleep(0.01)
+            time.sleep(0.002)
         raise RuntimeError(f"download never reached {frac:.0%}")
 
-    until(0.5)
+    # The broker stops as soon as the device reports half: the counts at the break are those of
+    # that report, give or take the chunks of a few milliseconds.
+    at_break = until(0.5)
     broker.stop()
-    at_break = peek()
     broker.start()
     until(0.75)
     agent.send_signal(signal.SIGKILL)
@@ -301,8 +301,8 @@ def resume_run(work: Path, broker: Broker, events: Events, bundle: Path, key: An
     verified = events.wait("verified", v)
     events.wait("activated", v)
     stop(agent)
-    missing = at_break.total_bytes - at_break.have_bytes
-    after = verified["received_bytes"] - at_break.received_bytes
+    missing = at_break["total_bytes"] - at_break["have_bytes"]
+    after = verified["received_bytes"] - at_break["received_bytes"]
     return {
         "missing": missing,
         "after": after,

@@ -267,12 +267,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  encrypted to {len(recipient_ids)} device(s): {', '.join(recipient_ids[:8])}"
                       f"{', ...' if len(recipient_ids) > 8 else ''} (sizes above are of the plaintext)")
         return 0
-    except UsageError as exc:
-        if debug:
-            raise
-        _close(progress, ok)
-        print(f"edge-convert: {exc}", file=sys.stderr)
-        return 2
     except AccuracyError as exc:
         if debug:
             raise
@@ -289,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _close(progress, ok)
         print(f"edge-convert: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1  # a usage error exits 2, as argparse's do
     except KeyboardInterrupt:
         _close(progress, ok)
         print("edge-convert: interrupted", file=sys.stderr)

@@ -367,17 +367,23 @@ def check_inference_config(inf: InferenceConfig) -> None:
 MQTT_PROTOCOLS = ("5", "3.1.1")
 
 
-def check_mqtt_config(m: MqttConfig) -> None:
-    """Raise ConfigError naming the first ``[mqtt]`` key with a bad value (run by
-    :func:`parse_config`, so a bad ``[mqtt]`` stops start-up and a SIGHUP reload alike)."""
+def check_broker_options(b: BrokerOptions, where: str) -> None:
+    """Raise ConfigError naming the first bad broker key of a table: ``where`` is ``mqtt`` for
+    the device's config, ``broker`` for the operator's file (both hold these keys)."""
     from edge_runtime.spec.broker_url import parse_broker_url  # pure; no paho-mqtt
 
     try:
-        parse_broker_url(m.url)
+        parse_broker_url(b.url)
     except UsageError as exc:
-        raise ConfigError(f"mqtt.url: {exc}") from exc
-    if m.protocol not in MQTT_PROTOCOLS:
-        raise ConfigError(f"mqtt.protocol: expected one of {sorted(MQTT_PROTOCOLS)}, found {m.protocol!r}")
+        raise ConfigError(f"{where}.url: {exc}") from exc
+    if b.protocol not in MQTT_PROTOCOLS:
+        raise ConfigError(f"{where}.protocol: expected one of {sorted(MQTT_PROTOCOLS)}, found {b.protocol!r}")
+
+
+def check_mqtt_config(m: MqttConfig) -> None:
+    """Raise ConfigError naming the first ``[mqtt]`` key with a bad value (run by
+    :func:`parse_config`, so a bad ``[mqtt]`` stops start-up and a SIGHUP reload alike)."""
+    check_broker_options(m, "mqtt")
     if m.trusted_clock not in ("auto", "yes", "no"):
         raise ConfigError(f"mqtt.trusted_clock: expected 'auto', 'yes' or 'no', found {m.trusted_clock!r}")
     positive = {

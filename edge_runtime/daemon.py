@@ -137,15 +137,12 @@ class Daemon:
         self.cfg = cfg
         self.store = store
         self.reload_config = reload_config
-        self.metrics = Metrics()
         mon = cfg.monitoring
         self.monitoring = Monitoring(Path(mon.capture_dir) if mon.capture_dir else store.path / ".capture",
                                      min_free_bytes=int(mon.min_free_mb * 1024 * 1024))
-        self.metrics.monitoring = self.monitoring
-        self.metrics.health = lambda: health.read_health(store.path)
+        self.metrics = Metrics(self.monitoring, lambda: health.read_health(store.path))
         self.state = ServingState()
         self.address: tuple[str, int] | None = None
-        self.grpc_address: tuple[str, int] | None = None  # set when the gRPC endpoint listens
         self.ready_event = threading.Event()
         self.manager: ModelManager | None = None
         self.updates: Any = None  # the UpdateService once started ([mqtt] set)
@@ -336,7 +333,6 @@ class Daemon:
                                 connection_cap(self.cfg.server.max_connections))
         bound = await endpoint.start(self.cfg.server.host, port)
         host = self.cfg.server.host
-        self.grpc_address = (host, bound)
         log.info("gRPC (KServe v2) listening on %s", f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}")
         return endpoint
 

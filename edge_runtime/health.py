@@ -25,8 +25,6 @@ from typing import Any
 
 UNDER_VOLTAGE_NOW = 1 << 0
 THROTTLED_NOW = 1 << 2
-UNDER_VOLTAGE_SINCE_BOOT = 1 << 16
-THROTTLED_SINCE_BOOT = 1 << 18
 
 FIRMWARE_THROTTLED = "sys/devices/platform/soc/soc:firmware/get_throttled"
 THERMAL_DIR = "sys/class/thermal"

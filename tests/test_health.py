@@ -88,9 +88,8 @@ def test_an_alert_is_due_when_throttling_or_under_voltage_starts() -> None:
 def test_metrics_show_the_health_and_leave_out_what_is_not_reported() -> None:
     from edge_runtime.serving.metrics import Metrics
 
-    m = Metrics()
-    m.health = lambda: Health(cpu_temp_c=61.5, throttled=True, under_voltage=False, throttle_flags="0x4",
-                              store_free_bytes=1234)
+    m = Metrics(health=lambda: Health(cpu_temp_c=61.5, throttled=True, under_voltage=False, throttle_flags="0x4",
+                                      store_free_bytes=1234))
     text = m.exposition().decode()
     assert "edge_cpu_temperature_celsius 61.5" in text and "edge_throttled 1.0" in text
     assert "edge_under_voltage 0.0" in text and "edge_store_free_bytes 1234.0" in text

@@ -13,12 +13,11 @@ per call as the server it measures, so it measures the client. Usage:
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
-import sys
 import time
-from pathlib import Path
 from typing import Any
+
+from loadgen import Run, main  # this folder is sys.path[0]: the generators run as scripts
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 PATH = b"/inference.GRPCInferenceService/ModelInfer"
@@ -67,7 +66,7 @@ class Conn(asyncio.Protocol):
     def send(self) -> None:
         self.sid += 2
         sid = self.sid
-        msg = self.run.message
+        msg = self.run.payload
         parts = [frame(1, 0x4, sid, BLOCK)]
         step = self.max_frame
         for k in range(0, len(msg), step):
@@ -103,13 +102,13 @@ class Conn(asyncio.Protocol):
                     self.transport.write(frame(8, 0, 0, struct.pack(">I", self.received)))
                     self.received = 0
             elif kind == 1 and flags & 1 and sid == self.sid:  # trailers: the call is over
-                self.run.done(self, time.perf_counter(), OK_TRAILER in payload)
+                self.run.done(self.t0, time.perf_counter(), OK_TRAILER in payload)
                 if self.run.stopped:
                     self.transport.close()
                     return
                 self.send()
             elif kind == 3 and sid == self.sid or kind == 7:  # RST_STREAM, GOAWAY
-                self.run.done(self, time.perf_counter(), False)
+                self.run.done(self.t0, time.perf_counter(), False)
                 self.transport.close()
                 return
         del buf[:pos]
@@ -119,54 +118,10 @@ class Conn(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-class Run:
-    """Counts completions inside the measured window."""
-
-    def __init__(self, message: bytes, start: float, end: float) -> None:
-        self.message = b"\x00" + struct.pack(">I", len(message)) + message
-        self.start = start
-        self.end = end
-        self.latencies: list[float] = []
-        self.errors = 0
-        self.total = 0
-        self.stopped = False
-
-    def done(self, conn: Conn, now: float, ok: bool) -> None:
-        self.total += 1
-        if not ok:
-            self.errors += 1
-        if self.start <= now <= self.end:
-            self.latencies.append(now - conn.t0)
-        if now > self.end:
-            self.stopped = True
-
-
-async def main(job: dict[str, Any]) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    t = time.perf_counter()
-    run = Run(Path(job["request"]).read_bytes(), t + job["warmup"], t + job["warmup"] + job["duration"])
-    conns = []
-    for _ in range(job["clients"]):
-        _, proto = await loop.create_connection(lambda: Conn(run), job["host"], job["port"])
-        conns.append(proto)
-    await asyncio.sleep(max(0.0, run.end - time.perf_counter()))
-    run.stopped = True
-    await asyncio.wait([c.closed for c in conns], timeout=30)
-    return {
-        "count": len(run.latencies),
-        "total": run.total,
-        "errors": run.errors,
-        "seconds": job["duration"],
-        "latencies_us": [round(x * 1e6, 1) for x in run.latencies],
-    }
+def grpc_message(message: bytes) -> bytes:
+    """The length-prefixed gRPC message (not compressed) that carries ``message``."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
 
 
 if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    try:
-        import uvloop
-
-        result = uvloop.run(main(spec))
-    except ImportError:
-        result = asyncio.run(main(spec))
-    Path(spec["out"]).write_text(json.dumps(result), encoding="utf-8")
+    main(Conn, grpc_message)

@@ -5,7 +5,8 @@ costs a few microseconds per request and stays out of the way of the server it d
 Usage: ``python loadgen.py JOB_JSON`` where the job names host, port, clients, warm-up
 and duration in seconds, the request as a file of raw bytes, and ``out``, a file that
 receives ``{"count", "total", "errors", "seconds", "latencies_us": [...]}`` (latencies of
-the requests completed in the measured window).
+the requests completed in the measured window). h2_loadgen.py drives gRPC calls with the
+same :class:`Run` and :func:`drive`; only the connection protocol differs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ class Conn(asyncio.Protocol):
     def send(self) -> None:
         self.t0 = time.perf_counter()
         assert self.transport is not None
-        self.transport.write(self.run.request)
+        self.transport.write(self.run.payload)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -58,7 +60,7 @@ class Conn(asyncio.Protocol):
                 return
             del buf[: self.need]
             self.need = -1
-            self.run.done(self, time.perf_counter(), self.status)
+            self.run.done(self.t0, time.perf_counter(), self.status == 200)
             if self.run.stopped:
                 assert self.transport is not None
                 self.transport.close()
@@ -73,8 +75,8 @@ class Conn(asyncio.Protocol):
 class Run:
     """Counts completions inside the measured window."""
 
-    def __init__(self, request: bytes, start: float, end: float) -> None:
-        self.request = request
+    def __init__(self, payload: bytes, start: float, end: float) -> None:
+        self.payload = payload  # the bytes every request (or call) sends
         self.start = start
         self.end = end
         self.latencies: list[float] = []
@@ -82,24 +84,26 @@ class Run:
         self.total = 0  # every completion, warm-up included
         self.stopped = False
 
-    def done(self, conn: Conn, now: float, status: int) -> None:
+    def done(self, t0: float, now: float, ok: bool) -> None:
+        """One request sent at ``t0`` completed at ``now``; ``ok``: answered with success."""
         self.total += 1
-        if status != 200:
+        if not ok:
             self.errors += 1
         if self.start <= now <= self.end:  # completions in the window (slow requests may start before it)
-            self.latencies.append(now - conn.t0)
+            self.latencies.append(now - t0)
         if now > self.end:
             self.stopped = True
 
 
-async def main(job: dict[str, Any]) -> dict[str, Any]:
+async def drive(job: dict[str, Any], payload: bytes, protocol: Callable[[Run], Any]) -> dict[str, Any]:
+    """Open ``job["clients"]`` connections of ``protocol`` (each has a ``closed`` future) and
+    count what completes between the warm-up and the end of the run."""
     loop = asyncio.get_running_loop()
-    request = Path(job["request"]).read_bytes()
     t = time.perf_counter()
-    run = Run(request, t + job["warmup"], t + job["warmup"] + job["duration"])
+    run = Run(payload, t + job["warmup"], t + job["warmup"] + job["duration"])
     conns = []
     for _ in range(job["clients"]):
-        _, proto = await loop.create_connection(lambda: Conn(run), job["host"], job["port"])
+        _, proto = await loop.create_connection(lambda: protocol(run), job["host"], job["port"])
         conns.append(proto)
     await asyncio.sleep(max(0.0, run.end - time.perf_counter()))
     run.stopped = True
@@ -113,12 +117,18 @@ async def main(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
+def main(protocol: Callable[[Run], Any], frame: Callable[[bytes], bytes] = bytes) -> None:
+    """Run the job of ``sys.argv[1]``: ``frame`` turns the request file into what each request sends."""
     spec = json.loads(sys.argv[1])
+    payload = frame(Path(spec["request"]).read_bytes())
     try:
         import uvloop
 
-        result = uvloop.run(main(spec))
+        result = uvloop.run(drive(spec, payload, protocol))
     except ImportError:
-        result = asyncio.run(main(spec))
+        result = asyncio.run(drive(spec, payload, protocol))
     Path(spec["out"]).write_text(json.dumps(result), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main(Conn)

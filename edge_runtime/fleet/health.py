@@ -84,10 +84,6 @@ class Health:
             return "-"
         return f"{size_text(self.mem_available_bytes)}/{size_text(self.mem_total_bytes)}"
 
-    def to_dict(self) -> dict[str, Any]:
-        """For a record or JSON output."""
-        return dict(self.__dict__)
-
 
 def size_text(n: int | None) -> str:
     """``512 KB``, ``1.2 GB``; ``-`` for None."""
@@ -154,7 +150,7 @@ def desired_report_of(state: Any) -> DesiredReport | None:
 
 
 def health_from_dict(d: Any) -> Health | None:
-    """Back from :meth:`Health.to_dict` (a record written by this code; checked again all the same)."""
+    """Back from ``asdict`` of a :class:`Health` (a record written by this code; checked again all the same)."""
     return health_of({"health": d}) if isinstance(d, dict) else None
 
 

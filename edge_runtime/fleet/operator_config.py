@@ -34,30 +34,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.config import BrokerOptions, check_broker_options
 from edge_runtime.exceptions import ConfigError, UsageError
 
 CONFIG_ENV = "EDGE_FLEET_CONFIG"
 BROKER_ENV = "EDGE_BROKER"
 FLEET_ENV = "EDGE_FLEET"
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
-DEFAULT_PREFIX = "edge"
-DEFAULT_PROTOCOL = "5"
-PROTOCOLS = ("5", "3.1.1")
 PATH_KEYS = ("ca_file", "cert_file", "key_file", "password_file")
 
 
 @dataclass(frozen=True)
-class BrokerSection:
-    """``[broker]``: how to reach the fleet's broker. Empty means "not set here"."""
+class BrokerSection(BrokerOptions):
+    """``[broker]``: how to reach the fleet's broker. The keys of :class:`BrokerOptions` (checked
+    the same way as the device's ``[mqtt]``), but the password is read from ``password_file``,
+    never written in the file; and the topic prefix. A key the file leaves out has the default."""
 
-    url: str = ""
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    username: str = ""
     password_file: str = ""
-    prefix: str = ""
-    protocol: str = ""
+    prefix: str = "edge"
+
+
+BROKER_KEYS = frozenset(f.name for f in dataclasses.fields(BrokerSection)) - {"password"}
 
 
 @dataclass(frozen=True)
@@ -108,23 +104,16 @@ def parse_operator_config(data: dict[str, Any], base_dir: Path, source: str = ""
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown key; known: [broker], fleet, root")
     flat = _strings({"fleet", "root"}, top, "")
-    broker = _strings({f.name for f in dataclasses.fields(BrokerSection)}, data.get("broker", {}), "broker")
+    broker = _strings(set(BROKER_KEYS), data.get("broker", {}), "broker")
     for key in PATH_KEYS:
         if broker.get(key):
             broker[key] = str(base_dir / Path(broker[key]).expanduser())
-    if broker.get("protocol") and broker["protocol"] not in PROTOCOLS:
-        raise ConfigError(f"broker.protocol: expected one of {list(PROTOCOLS)}, found {broker['protocol']!r}")
-    if broker.get("url"):
-        from edge_runtime.spec.broker_url import parse_broker_url  # pure; no paho-mqtt
-
-        try:
-            parse_broker_url(broker["url"])
-        except UsageError as exc:
-            raise ConfigError(f"broker.url: {exc}") from exc
+    section = BrokerSection(**broker)
+    check_broker_options(section, "broker")
     root = flat.get("root", "")
     if root:
         root = str(base_dir / Path(root).expanduser())
-    return OperatorConfig(fleet=flat.get("fleet", ""), root=root, broker=BrokerSection(**broker), source=source)
+    return OperatorConfig(fleet=flat.get("fleet", ""), root=root, broker=section, source=source)
 
 
 def config_path(flag: Path | None, env: Mapping[str, str]) -> tuple[Path | None, bool]:
@@ -162,7 +151,7 @@ def load_operator_config(flag: Path | None, env: Mapping[str, str] | None = None
 
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str], cfg: OperatorConfig) -> Resolved:
     """Combine: a flag given on the command line (not None) wins, then the environment, then the file,
-    then the built-in default. ``flags`` holds the argparse values by option name (``broker``,
+    then the built-in default (:class:`BrokerSection` holds it for a key the file leaves out). ``flags`` holds the argparse values by option name (``broker``,
     ``fleet``, ``prefix``, ``ca_file``, ...; ``root`` only for commands that take ``--root``)."""
 
     def pick(flag_name: str, env_name: str | None, file_value: str, default: str) -> str:
@@ -186,14 +175,14 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], cfg: OperatorConfi
         root = Path(cfg.root)
     return Resolved(
         fleet=fleet,
-        broker=pick("broker", BROKER_ENV, b.url, DEFAULT_BROKER),
-        prefix=pick("prefix", None, b.prefix, DEFAULT_PREFIX),
+        broker=pick("broker", BROKER_ENV, b.url, ""),
+        prefix=pick("prefix", None, b.prefix, ""),
         ca_file=pick("ca_file", None, b.ca_file, ""),
         cert_file=pick("cert_file", None, b.cert_file, ""),
         key_file=pick("key_file", None, b.key_file, ""),
         username=pick("username", None, b.username, ""),
         password_file=password_file,
-        protocol=pick("protocol", None, b.protocol, DEFAULT_PROTOCOL),
+        protocol=pick("protocol", None, b.protocol, ""),
         root=root,
     )
 
@@ -208,7 +197,9 @@ def render_operator_config(cfg: OperatorConfig) -> str:
     out = "# edge-runtime operator settings: read by every `edge-runtime fleet` command (docs/operations.md).\n"
     out += "".join(line(k, v) for k, v in (("fleet", cfg.fleet), ("root", cfg.root)) if v)
     out += "\n[broker]\n"
-    out += "".join(line(f.name, getattr(cfg.broker, f.name)) for f in dataclasses.fields(BrokerSection) if getattr(cfg.broker, f.name))
+    default = BrokerSection()
+    out += "".join(line(f.name, getattr(cfg.broker, f.name)) for f in dataclasses.fields(BrokerSection)
+                   if getattr(cfg.broker, f.name) != getattr(default, f.name))
     return out
 
 

@@ -13,7 +13,14 @@ from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import DelegateError, InferenceError
 from edge_runtime.inference.base import Backend
 from edge_runtime.spec.delegates import DelegateSpec
-from edge_runtime.spec.tensors import Quantization, TensorSpec, kserve_datatype, numpy_dtype, unit_axes_only
+from edge_runtime.spec.tensors import (
+    Quantization,
+    TensorSpec,
+    kserve_datatype,
+    named_specs,
+    numpy_dtype,
+    unit_axes_only,
+)
 
 
 def interpreter_class() -> Any:
@@ -109,15 +116,7 @@ def describe(path: Path, input_names: Sequence[str] = (), output_names: Sequence
 ]:
     """Tensor specs of a .tflite file, by position, with optional caller names."""
     interp = make_interpreter(path)
-    ins = interp.get_input_details()
-    outs = interp.get_output_details()
-    for given, details, side in ((input_names, ins, "input"), (output_names, outs, "output")):
-        if given and len(given) != len(details):
-            raise InferenceError(f"model has {len(details)} {side}s, {len(given)} names given")
-    return (
-        [_spec(d, input_names[i] if input_names else None) for i, d in enumerate(ins)],
-        [_spec(d, output_names[i] if output_names else None) for i, d in enumerate(outs)],
-    )
+    return named_specs(interp.get_input_details(), interp.get_output_details(), input_names, output_names, _spec)
 
 
 class LiteRTBackend(Backend):

@@ -11,7 +11,7 @@ import numpy as np
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.exceptions import InferenceError
 from edge_runtime.inference.base import Backend
-from edge_runtime.spec.tensors import TensorSpec
+from edge_runtime.spec.tensors import TensorSpec, named_specs
 
 
 class OnnxBackend(Backend):
@@ -71,14 +71,7 @@ def describe_onnx(path: Path, input_names: Sequence[str] = (), output_names: Seq
         shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in node.shape)
         return TensorSpec(name or node.name, datatype, shape)
 
-    ins, outs = session.get_inputs(), session.get_outputs()
-    for given, nodes, side in ((input_names, ins, "input"), (output_names, outs, "output")):
-        if given and len(given) != len(nodes):
-            raise InferenceError(f"model has {len(nodes)} {side}s, {len(given)} names given")
-    return (
-        [spec(n, input_names[i] if input_names else None) for i, n in enumerate(ins)],
-        [spec(n, output_names[i] if output_names else None) for i, n in enumerate(outs)],
-    )
+    return named_specs(session.get_inputs(), session.get_outputs(), input_names, output_names, spec)
 
 
 ORT_TYPES = {

@@ -335,14 +335,19 @@ def capture_record(model: str, version: int, reason: str, time: str, input_names
 
 
 class CaptureWriter:
-    """Writes captured records in batches, on the thread that captures them (the event loop).
+    """Writes captured records in batches: they wait, then are written together.
 
     Records wait in a bounded list (:data:`QUEUE_RECORDS` records, :data:`QUEUE_BYTES`; more
-    are dropped and counted) and are written together once :data:`FLUSH_BYTES` have come or
-    :data:`BATCH_S` has passed, so the request path makes a few system calls every quarter
-    second instead of a write per record. A timer thread writes what waits once traffic stops;
-    it runs Python once a second at most. (A thread writing every record made the event loop
-    wait for the GIL after its socket calls: far dearer than the writes themselves.)
+    are dropped and counted). The :meth:`offer` that finds :data:`FLUSH_BYTES` waiting or
+    :data:`BATCH_S` passed since the last batch writes the whole batch itself, on the thread
+    that captures (the event loop); a timer thread, which runs Python once a second at most,
+    writes what waits once traffic stops. A batch is one ``write`` and ``flush`` per record
+    (:meth:`CaptureRing.append`; no fsync), so the JSON encoding and the system calls happen a
+    few times a second instead of after every request. The fsyncs happen when a segment reaches
+    ``segment_bytes`` and is sealed (the file, the directory, ``ring.json``), inside the batch
+    that fills it: on the event loop when an ``offer`` wrote that batch. (A thread writing every
+    record made the event loop wait for the GIL after its socket calls: far dearer than the
+    writes themselves.)
     """
 
     def __init__(self, max_records: int = QUEUE_RECORDS, max_bytes: int = QUEUE_BYTES,
@@ -398,10 +403,6 @@ class CaptureWriter:
                 due = bool(self._pending) and self._clock() - self._last_write >= BATCH_S
             if due:
                 self.flush()
-
-    def drain(self) -> None:
-        """Write what waits (tests, before an export, shutdown)."""
-        self.flush()
 
     def stop(self) -> None:
         """Write what waits and stop the timer."""

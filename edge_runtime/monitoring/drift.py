@@ -196,11 +196,6 @@ class DriftTracker:
         rate = seen / elapsed
         self._stride = max(1, min(MAX_STRIDE, math.ceil(rate / limit)))
 
-    @property
-    def stride(self) -> int:
-        """One request in this many is sketched now (1: all)."""
-        return self._stride
-
     # -- binning ------------------------------------------------------------------------
 
     def flush(self) -> None:

@@ -193,7 +193,7 @@ class Monitoring:
 
     def seal_all(self) -> None:
         """Write what is queued and seal every open segment (before a capture upload)."""
-        self.writer.drain()
+        self.writer.flush()
         for ring in list(self.rings.values()):
             ring.seal()
 

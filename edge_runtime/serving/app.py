@@ -238,7 +238,7 @@ class App:
         if path == "/v2":
             return 200, orjson.dumps(self.cycle.server_metadata()), JSON
         if path == "/metrics":
-            return 200, self.metrics.exposition(), b"text/plain; version=0.0.4; charset=utf-8"
+            return 200, self.metrics.exposition(self.manager), b"text/plain; version=0.0.4; charset=utf-8"
         if path == "/v2/models/stats":
             return 200, orjson.dumps({"model_stats": self._stats(None, None)}), JSON
         if path.startswith("/v2/models/"):

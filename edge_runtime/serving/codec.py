@@ -13,7 +13,7 @@ for it (``parameters.binary_data_output`` for all, or ``binary_data`` per output
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,6 @@ class Interface:
     def __init__(self, manifest: Manifest) -> None:
         self.inputs: tuple[TensorSpec, ...] = manifest.inputs
         self.outputs: tuple[TensorSpec, ...] = manifest.outputs
-        self.input_index = {s.name: i for i, s in enumerate(self.inputs)}
         self.output_index = {s.name: i for i, s in enumerate(self.outputs)}
         self.input_dtypes = [numpy_dtype(s.datatype).newbyteorder("<") for s in self.inputs]
         self.output_dtypes = [numpy_dtype(s.datatype).newbyteorder("<") for s in self.outputs]
@@ -325,6 +324,18 @@ def _requested_outputs(obj: dict[str, Any], iface: Interface) -> tuple[tuple[int
     return tuple(indices), tuple(binary)
 
 
+def output_items(
+    request: InferRequest, iface: Interface, results: Sequence[np.ndarray]
+) -> Iterator[tuple[str, str, np.ndarray, bytes | None]]:
+    """The outputs a request asked for, in its order: name, datatype, array and, for one sent as
+    raw bytes (HTTP binary data, gRPC raw contents), those bytes, little-endian."""
+    meta, dtypes = iface.output_meta, iface.output_dtypes
+    for index, binary in zip(request.outputs, request.binary):
+        name, datatype = meta[index]
+        arr = results[index]
+        yield name, datatype, arr, np.ascontiguousarray(arr, dtype=dtypes[index]).tobytes() if binary else None
+
+
 def encode_response(
     model_name: str,
     model_version: str,
@@ -335,12 +346,8 @@ def encode_response(
     """The response body and, when any output is binary, the length of its JSON header."""
     outs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    meta = iface.output_meta
-    for index, binary in zip(request.outputs, request.binary):
-        name, datatype = meta[index]
-        arr = results[index]
-        if binary:
-            raw = np.ascontiguousarray(arr, dtype=iface.output_dtypes[index]).tobytes()
+    for name, datatype, arr, raw in output_items(request, iface, results):
+        if raw is not None:
             outs.append({"name": name, "datatype": datatype, "shape": list(arr.shape),
                          "parameters": {"binary_data_size": len(raw)}})
             blobs.append(raw)

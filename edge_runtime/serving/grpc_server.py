@@ -40,7 +40,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
-from edge_runtime.serving.codec import InferRequest, Interface, batch_rows, check_all_given
+from edge_runtime.serving.codec import InferRequest, Interface, batch_rows, check_all_given, output_items
 from edge_runtime.serving.cycle import Executed, InferCycle, RequestTimes
 from edge_runtime.serving.grpc_proto import grpc_predict_v2_pb2 as pb
 from edge_runtime.serving.h2grpc import Connection, Endpoint, Reply, Status
@@ -187,13 +187,10 @@ def encode_infer(
     """The ``ModelInferResponse`` for ``results`` (raw or typed contents, as decided at decode)."""
     tensors = []
     blobs: list[bytes] = []
-    meta = iface.output_meta
-    for index, raw in zip(request.outputs, request.binary):
-        name, datatype = meta[index]
-        arr = results[index]
-        if raw:
+    for name, datatype, arr, raw in output_items(request, iface, results):
+        if raw is not None:
             tensors.append(pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=arr.shape))
-            blobs.append(np.ascontiguousarray(arr, dtype=iface.output_dtypes[index]).tobytes())
+            blobs.append(raw)
         else:
             contents = pb.InferTensorContents(**{TYPED_FIELD[datatype]: arr.ravel().tolist()})
             tensors.append(

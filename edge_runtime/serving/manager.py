@@ -32,7 +32,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from edge_runtime.config import Config, ModelConfig
@@ -95,10 +95,6 @@ class ModelManager:
         self._signature: Any = None
         self._notified_problems: dict[str, str] = {}
         self.initial_done = threading.Event()
-        metrics.queue_depths = self._queue_depths
-        metrics.loaded_roles = self._roles
-        metrics.delegates = self._delegates
-        metrics.variants = self._variants
 
     # -- public, thread-safe -----------------------------------------------------------
 
@@ -537,28 +533,32 @@ class ModelManager:
             except Exception:
                 log.exception("serving-change callback failed")
 
-    # -- metrics views (called on the loop thread while scraping) ------------------------
+    # -- metrics views (serving.metrics.LoadedViews; called on the loop thread while scraping)
 
-    def _queue_depths(self) -> Any:
+    def queue_depths(self) -> Iterator[tuple[str, int, int]]:
+        """(model, version, requests waiting) per routed version."""
         for name, sm in list(self.served.items()):
             if sm.routing is not None:
                 for v, lv in sm.routing.versions.items():
                     yield name, v, lv.executor.queue_depth()
 
-    def _delegates(self) -> Any:
+    def delegates(self) -> Iterator[tuple[str, int, str, Any]]:
+        """(model, version, delegate in use, skipped delegates) per routed version."""
         for name, sm in list(self.served.items()):
             if sm.routing is not None:
                 for v, lv in sm.routing.versions.items():
                     yield name, v, lv.delegate, lv.skipped
 
-    def _variants(self) -> Any:
+    def variants(self) -> Iterator[tuple[str, int, Any]]:
+        """(model, version, the variant choice) per routed version of a bundle with several variants."""
         for name, sm in list(self.served.items()):
             if sm.routing is not None:
                 for v, lv in sm.routing.versions.items():
                     if lv.variant is not None:
                         yield name, v, lv.variant
 
-    def _roles(self) -> Any:
+    def loaded_roles(self) -> Iterator[tuple[str, int, str]]:
+        """(model, version, role) per routed version."""
         for name, sm in list(self.served.items()):
             if sm.routing is not None:
                 for v, role in sm.routing.roles():

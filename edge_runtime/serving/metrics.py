@@ -16,7 +16,7 @@ import bisect
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from edge_runtime.health import Health
 from edge_runtime.monitoring.hub import Monitoring
@@ -225,25 +225,41 @@ class ShadowStats:
         self.worst = max(self.worst, max_abs_error)
 
 
-class Metrics:
-    """All serving statistics of one daemon, and the Prometheus registry that exports them."""
+class LoadedViews(Protocol):
+    """What the loaded versions look like now (the model manager), read at each scrape."""
 
-    def __init__(self) -> None:
+    def queue_depths(self) -> Iterator[tuple[str, int, int]]:
+        """(model, version, requests waiting) per loaded version."""
+        ...
+
+    def loaded_roles(self) -> Iterator[tuple[str, int, str]]:
+        """(model, version, role) per loaded version."""
+        ...
+
+    def delegates(self) -> Iterator[tuple[str, int, str, Any]]:
+        """(model, version, delegate in use, skipped delegates) per loaded version."""
+        ...
+
+    def variants(self) -> Iterator[tuple[str, int, Any]]:
+        """(model, version, the variant choice) per loaded version of a bundle with several variants."""
+        ...
+
+
+class Metrics:
+    """All serving statistics of one daemon, and the Prometheus text that exports them.
+
+    What the metrics read from elsewhere is given, not assigned later: the monitoring hub and
+    the health reader here, the loaded versions (:class:`LoadedViews`) at each scrape."""
+
+    def __init__(self, monitoring: Monitoring | None = None, health: Callable[[], Health] | None = None) -> None:
         self.versions: dict[tuple[str, int], VersionStats] = {}
         self.shadows: dict[tuple[str, int, int], ShadowStats] = {}
         self.swaps: dict[tuple[str, str], int] = {}
         self.fallbacks: dict[str, int] = {}
         self.not_found_requests = 0  # unknown model or version: not labelled, to bound cardinality
         self.not_ready_requests: dict[str, int] = {}
-        self.queue_depths: Callable[[], Iterator[tuple[str, int, int]]] = lambda: iter(())
-        self.loaded_roles: Callable[[], Iterator[tuple[str, int, str]]] = lambda: iter(())
-        # (model, version, delegate in use, skipped delegates) per loaded version
-        self.delegates: Callable[[], Iterator[tuple[str, int, str, Any]]] = lambda: iter(())
-        # (model, version, the variant choice) per loaded version of a bundle with several variants
-        self.variants: Callable[[], Iterator[tuple[str, int, Any]]] = lambda: iter(())
-        self._registry: Any = None  # prometheus_client is imported at the first scrape, not at start-up
-        self.monitoring: Monitoring | None = None  # drift and capture figures (docs/monitoring.md)
-        self.health: Callable[[], Health] | None = None  # device health, read at each scrape
+        self.monitoring = monitoring  # drift and capture figures (docs/monitoring.md)
+        self.health = health  # device health, read at each scrape
         # Update bytes received per (model, version), set by the daemon when updates run.
         self.update_traffic: Callable[[], dict[tuple[str, int], int]] | None = None
 
@@ -275,21 +291,22 @@ class Metrics:
         """Count a start-up fallback (to the last known good or factory version)."""
         self.fallbacks[model] = self.fallbacks.get(model, 0) + 1
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of everything."""
+    def exposition(self, loaded: LoadedViews | None = None) -> bytes:
+        """The Prometheus text format of everything, with the loaded versions of ``loaded``.
+        (prometheus_client is imported at the first scrape, not at start-up.)"""
         from prometheus_client import CollectorRegistry, generate_latest
 
-        if self._registry is None:
-            self._registry = CollectorRegistry(auto_describe=False)
-            self._registry.register(_Collector(self))
-        return bytes(generate_latest(self._registry))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self, loaded))
+        return bytes(generate_latest(registry))
 
 
 class _Collector:
     """Builds the metric families from :class:`Metrics` at scrape time."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, loaded: LoadedViews | None) -> None:
         self.m = metrics
+        self.loaded = loaded
 
     def collect(self) -> Iterator[Any]:
         """Every metric family (prometheus_client's Collector protocol)."""
@@ -321,11 +338,12 @@ class _Collector:
             not_ready.add_metric([model], n)
         yield not_ready
         depth = GaugeMetricFamily("edge_queue_depth", "Requests waiting in the batching queue.", labels=mv)
-        for model, version, n in m.queue_depths():
+        loaded = self.loaded
+        for model, version, n in loaded.queue_depths() if loaded else ():
             depth.add_metric([model, str(version)], n)
         yield depth
         serving = GaugeMetricFamily("edge_model_loaded", "Loaded versions and their role (default, traffic, shadow, loaded).", labels=[*mv, "role"])
-        for model, version, role in m.loaded_roles():
+        for model, version, role in loaded.loaded_roles() if loaded else ():
             serving.add_metric([model, str(version), role], 1)
         yield serving
         used = GaugeMetricFamily("edge_model_delegate", "What runs each loaded version: xnnpack, cpu, onnxruntime or an external delegate.", labels=[*mv, "delegate"])
@@ -334,7 +352,7 @@ class _Collector:
             "Delegates tried before the one in use, by why they were skipped (missing, not_a_delegate, refused, failed, selftest, unsupported).",
             labels=[*mv, "delegate", "reason"],
         )
-        for model, version, delegate, skips in m.delegates():
+        for model, version, delegate, skips in loaded.delegates() if loaded else ():
             used.add_metric([model, str(version), delegate], 1)
             for skip in skips:
                 skipped.add_metric([model, str(version), skip.delegate, skip.kind], 1)
@@ -345,7 +363,7 @@ class _Collector:
             "Each variant of a loaded version as timed on this device (ms per row), by outcome (chosen, slower, failed, over-budget, not-pinned).",
             labels=[*mv, "variant", "outcome"],
         )
-        for model, version, choice in m.variants():
+        for model, version, choice in loaded.variants() if loaded else ():
             for v in choice.verdicts:
                 variants.add_metric([model, str(version), v.variant, v.outcome.value],
                                     float("nan") if v.ms_per_row is None else v.ms_per_row)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,7 @@ KSERVE_TO_NUMPY: dict[str, Any] = {
     "FP64": np.float64,
 }
 NUMPY_TO_KSERVE: dict[Any, str] = {np.dtype(v): k for k, v in KSERVE_TO_NUMPY.items()}
+T = TypeVar("T")  # a runtime's own description of one tensor
 INTEGER_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 
 
@@ -203,3 +205,18 @@ def parse_tensor_spec(obj: Any, what: str) -> TensorSpec:
             raise ManifestError(f"{what} '{name}': quantization scale must be > 0, found {scale}")
         quant = Quantization(qtype, scale, _int(q.get("zero_point"), f"{what} '{name}' zero_point"))
     return TensorSpec(name, datatype, dims, quant)
+
+
+def named_specs(
+    inputs: Sequence[T], outputs: Sequence[T], input_names: Sequence[str], output_names: Sequence[str],
+    spec: Callable[[T, str | None], TensorSpec],
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """A model's input and output specs by position, from what its runtime describes (``spec``
+    of one tensor and the caller's name for it, or None); names, when given, name every tensor."""
+    for given, found, side in ((input_names, inputs, "input"), (output_names, outputs, "output")):
+        if given and len(given) != len(found):
+            raise InferenceError(f"model has {len(found)} {side}s, {len(given)} names given")
+    return (
+        [spec(t, input_names[i] if input_names else None) for i, t in enumerate(inputs)],
+        [spec(t, output_names[i] if output_names else None) for i, t in enumerate(outputs)],
+    )

@@ -108,18 +108,6 @@ class Window:
         local = now.astimezone(self._zone()).replace(second=0, microsecond=0)
         return any(self.cron.matches(local - k * MINUTE) for k in range(self.minutes))
 
-    def next_open(self, now: _dt.datetime) -> _dt.datetime | None:
-        """The first minute at or after ``now`` when the window is open (UTC), None past the horizon."""
-        t = now.astimezone(_dt.UTC).replace(second=0, microsecond=0)
-        if self.is_open(now):
-            return now.astimezone(_dt.UTC)
-        zone = self._zone()
-        for _ in range(NEXT_OPEN_HORIZON_MINUTES):
-            t += MINUTE
-            if self.cron.matches(t.astimezone(zone)):
-                return t
-        return None
-
 
 def parse_window(cron: Any, minutes: Any, tz: Any = "UTC", what: str = "window") -> Window:
     """A window from untrusted values; UpdateMessageError naming the bad one."""

@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime.exceptions import TrustError
+from edge_runtime.trust.pem import (
+    load_private_pem,
+    load_public,
+    private_key_pem_bytes,
+    public_key_pem_bytes,
+    raw_public_bytes,
+)
 
 # ``cryptography`` is imported where a key is made or read, not with this module: a daemon that
 # serves no encrypted model never loads it (about 10 MB of memory, docs/serving.md).
@@ -43,47 +50,29 @@ def generate_device_key() -> X25519PrivateKey:
 
 def raw_public(key: X25519PrivateKey | X25519PublicKey) -> bytes:
     """The 32-byte raw public key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return raw_public_bytes(key)
 
 
 def device_key_id(key: X25519PrivateKey | X25519PublicKey) -> str:
     """The key id: the first 16 hex digits of sha256 over the raw public key."""
-    return hashlib.sha256(raw_public(key)).hexdigest()[:KEY_ID_HEX]
+    return hashlib.sha256(raw_public_bytes(key)).hexdigest()[:KEY_ID_HEX]
 
 
 def private_pem(key: X25519PrivateKey) -> bytes:
     """The private key as unencrypted PKCS#8 PEM."""
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return private_key_pem_bytes(key)
 
 
 def public_pem(key: X25519PrivateKey | X25519PublicKey) -> bytes:
     """The public key as PEM (SubjectPublicKeyInfo)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-    pub = key.public_key() if isinstance(key, X25519PrivateKey) else key
-    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public_key_pem_bytes(key)
 
 
 def load_device_key_pem(data: bytes, what: str = "device key") -> X25519PrivateKey:
     """Parse a PKCS#8 PEM X25519 private key."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise TrustError(f"{what}: not an unencrypted PKCS#8 PEM private key") from exc
-    if not isinstance(key, X25519PrivateKey):
-        raise TrustError(f"{what}: expected an X25519 private key, found {type(key).__name__}")
-    return key
+    return load_private_pem(data, X25519PrivateKey, "X25519", what)
 
 
 def load_device_public(data: bytes, what: str = "device public key") -> X25519PublicKey:
@@ -91,28 +80,10 @@ def load_device_public(data: bytes, what: str = "device public key") -> X25519Pu
 
     A private key is refused: the operator's machine should never hold one.
     """
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-    text = bytes(data).strip()
-    if b"PRIVATE KEY" in text:
-        raise TrustError(f"{what}: this is a private key; pass the device's public key (device.pub)")
-    if b"PUBLIC KEY" in text:
-        try:
-            key = serialization.load_pem_public_key(text)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise TrustError(f"{what}: not a PEM public key") from exc
-        if not isinstance(key, X25519PublicKey):
-            raise TrustError(f"{what}: expected an X25519 public key, found {type(key).__name__}")
-        return key
-    try:
-        raw = bytes.fromhex(text.decode("ascii"))
-        if len(raw) != 32:
-            raise ValueError(f"{len(raw)} bytes")
-        return X25519PublicKey.from_public_bytes(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise TrustError(f"{what}: expected a PEM X25519 public key or 32 raw bytes in hex") from exc
+    return load_public(data, X25519PublicKey, "X25519", what=what,
+                       private_refusal="this is a private key; pass the device's public key (device.pub)")
 
 
 def read_device_key(path: Path) -> X25519PrivateKey:

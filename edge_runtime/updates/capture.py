@@ -171,7 +171,6 @@ class CaptureResponder:
         self._plans: dict[str, _Plan] = {}
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
-        self.sent_chunks = 0
         self.nonce_file = nonce_file
         self._nonces = load_book(nonce_file)
         self._replays_reported: set[str] = set()
@@ -287,7 +286,6 @@ class CaptureResponder:
                         self._publish(self.topics.capture_chunk(self.device_id, req.request, number, i), data)
                         sent += 1
                         nbytes += len(data)
-                        self.sent_chunks += 1
                         pause = len(data) * 8 / (self.max_kbps * 1000) - (time.monotonic() - t0)
                         if pause > 0 and cancel.wait(pause):
                             return

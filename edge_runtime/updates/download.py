@@ -46,9 +46,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edge_runtime.atomic import write_bytes_atomic
-from edge_runtime.bundle.manifest import NAME_RE, Artifact, manifest_from_json
+from edge_runtime.bundle.manifest import NAME_RE, Artifact
 from edge_runtime.bundle.reader import Bundle, stream_verify
-from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.updates.delta import DeltaIndex, apply_delta
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import Release, check_chunk
@@ -287,23 +286,6 @@ class Download:
             except OSError:
                 continue
         return out
-
-    @staticmethod
-    def peek(directory: Path) -> Progress:
-        """Read the counters of a staging directory without opening the download (tests, bench)."""
-        outer = parse_json_object((Path(directory) / MESSAGE_FILE).read_bytes(), MESSAGE_FILE)
-        manifest = manifest_from_json(json.loads(outer["manifest"]))
-        raw = (Path(directory) / HAVE_FILE).read_bytes()
-        received, rejected = HEADER.unpack_from(raw, 0)
-        have = 0
-        offset = HEADER.size
-        for f in sorted(manifest.artifacts):
-            art = manifest.artifacts[f]
-            flags = raw[offset : offset + art.chunk_count]
-            have += sum(art.chunk_length(i) for i, flag in enumerate(flags) if flag)
-            offset += art.chunk_count
-        total = sum(a.length for a in manifest.artifacts.values())
-        return Progress(have, total, received, rejected)
 
     # -- receiving ---------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.trust.keys import generate_private_key, key_id, load_private_key_pem, public_key_pem
+from edge_runtime.trust.keys import generate_private_key, key_id, load_private_key_pem
+from edge_runtime.trust.pem import public_key_pem_bytes
 from edge_runtime.trust.root import make_root, sign_root, verify_root
 
 
@@ -174,7 +175,7 @@ def test_rotating_a_root_key_from_its_public_half(tmp_path: Path, cli: Any) -> N
 
 def test_root_init_takes_an_existing_models_key_by_its_public_half(tmp_path: Path, cli: Any) -> None:
     key = generate_private_key()
-    (tmp_path / "models.pub").write_bytes(public_key_pem(key))
+    (tmp_path / "models.pub").write_bytes(public_key_pem_bytes(key))
     r = cli(["keys", "root", "init", "--out", tmp_path / "ops", "--root-keys", "2", "--threshold", "2",
              "--models-key", tmp_path / "models.pub"])
     assert r.code == 0, r.err

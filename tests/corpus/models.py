@@ -193,7 +193,7 @@ def fetch(model: CorpusModel, cache: Path | None = None) -> Path:
     built model, trained and exported now (tests/corpus/tabular.py)."""
     cache = cache or cache_dir()
     if model.recipe:
-        from .tabular import TRAIN_SEED, build
+        from corpus.tabular import TRAIN_SEED, build
 
         return build(model, make_inputs(model, seed=TRAIN_SEED)[0], cache / "built")
     out = cache / "models" / model.sha256[:16] / Path(model.member).name

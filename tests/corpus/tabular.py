@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .models import CorpusModel
+    from corpus.models import CorpusModel
 
 TRAIN_SEED = 1  # the validation rows use seed 0 (models.make_inputs)
 

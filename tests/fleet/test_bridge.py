@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from updates.integration.conftest import free_port, publish
 
+from fleet.conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry
 from harness.wait import wait_until
-
-from .conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry
 
 pytestmark = pytest.mark.integration
 

@@ -27,8 +27,7 @@ import pytest
 
 from edge_runtime.monitoring.capture import capture_record, record_line
 from edge_runtime.updates.capture import CHUNK_SIZE
-
-from .conftest import FLEET, TOPICS, FleetKeys, Mosquitto
+from fleet.conftest import FLEET, TOPICS, FleetKeys, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -28,11 +28,10 @@ from edge_runtime.fleet.simulate import SimSettings, SimulatedFleet
 from edge_runtime.fleet.status import DeviceStates
 from edge_runtime.trust.keys import PrivateKey, key_id, load_private_key_pem
 from edge_runtime.updates.protocol import Topics
+from fleet.conftest import Mosquitto, Releases, cli, releases
 from harness.daemon import Daemon
 from harness.http import request
 from harness.wait import wait_until
-
-from .conftest import Mosquitto, Releases, cli, releases
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.config import parse_config
 from edge_runtime.exceptions import ConfigError, UsageError
 from edge_runtime.fleet.operator_config import (
+    BROKER_KEYS,
     OperatorConfig,
     config_path,
     load_operator_config,
@@ -15,8 +17,7 @@ from edge_runtime.fleet.operator_config import (
     render_operator_config,
     resolve,
 )
-
-from .conftest import FLEET, Mosquitto, cli
+from fleet.conftest import FLEET, Mosquitto, cli
 
 FILE = """
 fleet = "from-file"
@@ -112,3 +113,18 @@ def test_fleet_status_reads_the_broker_from_the_file(tmp_path: Path, mosquitto: 
     # A flag still wins over the file: nothing listens on port 9.
     refused = cli("fleet", "status", "--fleet-config", config, "--broker", "mqtt://127.0.0.1:9", "--timeout", "5")
     assert refused.returncode == 1 and "127.0.0.1:9" in refused.stderr
+
+
+@pytest.mark.parametrize(("key", "value"), [("protocol", "4"), ("url", "http://x")])
+def test_the_broker_table_is_checked_as_the_devices_mqtt_table_is(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as device:
+        parse_config({"mqtt": {key: value}})
+    with pytest.raises(ConfigError) as operator:
+        _cfg(tmp_path, f'[broker]\n{key} = "{value}"\n')
+    assert str(device.value).replace("mqtt.", "broker.", 1) in str(operator.value)
+
+
+def test_the_broker_table_never_holds_a_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="broker.password: unknown key"):
+        _cfg(tmp_path, '[broker]\npassword = "secret"\n')
+    assert {"password_file", "prefix"} <= BROKER_KEYS and "password" not in BROKER_KEYS

@@ -23,9 +23,8 @@ from edge_runtime.exceptions import UsageError
 from edge_runtime.fleet.operator_config import load_operator_config
 from edge_runtime.fleet.pki import PkiError
 from edge_runtime.fleet.provision import ProvisionRequest, provision
+from fleet.conftest import Mosquitto, cli
 from harness.wait import wait_until
-
-from .conftest import Mosquitto, cli
 
 FLEET = "plant-7"
 

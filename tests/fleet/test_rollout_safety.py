@@ -11,9 +11,7 @@ import pytest
 
 from edge_runtime.fleet.simulate import Fault, device_ids
 from edge_runtime.updates.verify import rollout_bucket
-from harness.wait import wait_until
-
-from .conftest import (
+from fleet.conftest import (
     FLEET,
     FleetKeys,
     Mosquitto,
@@ -25,6 +23,7 @@ from .conftest import (
     retained_desired,
     settled,
 )
+from harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,7 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.simulate import Fault, device_ids
 from edge_runtime.trust.keys import key_id
 from edge_runtime.updates.verify import rollout_bucket
-from harness.wait import wait_until
-
-from .conftest import (
+from fleet.conftest import (
     EDGE,
     FLEET,
     TOPICS,
@@ -33,6 +31,7 @@ from .conftest import (
     model_entry,
     retained_desired,
 )
+from harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,8 @@ from updates.integration.conftest import publish
 
 from edge_runtime.fleet.simulate import Fault, device_ids
 from edge_runtime.updates.verify import rollout_bucket
+from fleet.conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry, settled
 from harness.wait import wait_until
-
-from .conftest import FLEET, FleetKeys, Mosquitto, Releases, SimulateFn, Watch, cli, model_entry, settled
 
 pytestmark = pytest.mark.integration
 

@@ -4,6 +4,7 @@ free space, memory, under-voltage and throttling) and a rejected desired state a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -98,6 +99,6 @@ def test_without_health_reports_the_table_keeps_its_columns() -> None:
 def test_hostile_health_fields_are_unknown() -> None:
     h = health_of({"health": {"cpu_temp_c": float("nan"), "throttled": "yes", "under_voltage": 1, "throttle_flags": "0x5;rm",
                               "store_free_bytes": -5, "mem_available_bytes": 2**70, "mem_total_bytes": True}})
-    assert h is not None and h.to_dict() == dict.fromkeys(HEALTH_KEYS)
+    assert h is not None and dataclasses.asdict(h) == dict.fromkeys(HEALTH_KEYS)
     assert health_of({"health": [1]}) is None and health_of([]) is None
     assert size_text(999) == "999 B" and size_text(1_500_000) == "1.5 MB" and size_text(12_300_000_000) == "12 GB"

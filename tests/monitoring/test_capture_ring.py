@@ -7,11 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_runtime.monitoring.capture import (
+    FLUSH_BYTES,
     OPEN_SUFFIX,
     CaptureRing,
     CaptureWriter,
@@ -114,6 +117,27 @@ def test_the_writer_writes_in_order_in_batches(tmp_path: Path) -> None:
     writer.stop()
 
 
+def test_a_batch_that_fills_a_segment_seals_it_with_fsync_on_the_offering_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = CaptureRing(tmp_path / "fraud", 10 * 1024 * 1024, segment_bytes=1024)
+    writer = CaptureWriter(max_records=1000, clock=lambda: 0.0)  # never due by time: only by bytes
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for i in range(10):
+        assert writer.offer(ring, record_line(_record(i)))
+    assert ring.stats()["written_records"] == 0 and synced == []  # waiting: no write, no fsync
+    assert writer.offer(ring, record_line(_record(10)), FLUSH_BYTES)  # the batch is due: written by this call
+    assert ring.stats()["written_records"] == 11 and ring.segments()  # a full segment was sealed ...
+    assert synced and set(synced) == {threading.current_thread().name}  # ... and fsynced here, not by a timer
+    writer.stop()
+
+
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
@@ -155,7 +179,7 @@ def test_the_waiting_records_are_bounded_in_bytes_whatever_the_request_size(tmp_
     assert writer.offer(ring, record_line(_record(0)), 600)
     assert not writer.offer(ring, record_line(_record(1)), 600)  # 1200 bytes would wait: refused, counted
     assert ring.stats()["skipped_records"] == 1
-    writer.drain()
+    writer.flush()
     assert ring.stats()["written_records"] == 1
     assert writer.offer(ring, record_line(_record(2)), 600)  # room again once written
     writer.stop()

@@ -167,15 +167,19 @@ def test_above_the_sketch_rate_a_uniform_sample_is_sketched() -> None:
     for _ in range(FLUSH_REQUESTS):  # 64 requests in 0.01 s: 6400 a second
         now[0] += 0.01 / FLUSH_REQUESTS
         tracker.observe([x], [_model(x)])
-    assert tracker.stride == 13  # ceil(6400 / 500)
-    for _ in range(13 * FLUSH_REQUESTS):
+    for _ in range(13 * FLUSH_REQUESTS):  # one in ceil(6400 / 500) = 13 is sketched
         now[0] += 1 / 6400
         tracker.observe([x], [_model(x)])
     assert tracker.report().seen == 2 * FLUSH_REQUESTS
     for _ in range(FLUSH_REQUESTS * 13):  # the load drops to 100 a second: every request again
         now[0] += 0.01
         tracker.observe([x], [_model(x)])
-    assert tracker.stride == 1
+    seen = tracker.report().seen
+    for _ in range(FLUSH_REQUESTS):
+        now[0] += 0.01
+        tracker.observe([x], [_model(x)])
+    tracker.flush()
+    assert tracker.report().seen == seen + FLUSH_REQUESTS
 
 
 def test_big_requests_flush_the_buffer_early_so_it_never_holds_much() -> None:

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.updates.download import Download
 from harness.wait import DEFAULT_TIMEOUT_S, wait_until
 from reliability.conftest import Daemon, DeviceDir, Figures, Mosquitto, Releases, infer_rows, publish, scale
 
@@ -90,10 +89,10 @@ class Harness:
             if state["active"] != new:
                 return "installed, not active" if state["highest_seen"] == new else "renamed, state.json not updated"
             return "active and serving" if state["serving"] == new else "active, swap not confirmed"
-        staged = self.staging / f"fraud-{new}"
-        if staged.is_dir() and (staged / "have.bin").exists():
-            p = Download.peek(staged)
-            return "downloaded, not installed" if p.percent == 100 else "downloading"
+        if (self.staging / f"fraud-{new}").is_dir():
+            # What the device said before the kill: a download is complete once verified.
+            verified = self.daemon is not None and any(f"update verified fraud v{new}" in line for line in self.daemon.lines)
+            return "downloaded, not installed" if verified else "downloading"
         return "before the download"
 
     def start(self, fault: str | None = None) -> Daemon:

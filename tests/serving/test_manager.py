@@ -37,7 +37,8 @@ class StateWhenLogged(logging.Handler):
 
 
 @contextmanager
-def running_manager(store: ModelStore, caplog: pytest.LogCaptureFixture, *watches: StateWhenLogged) -> Iterator[ModelManager]:
+def running_manager(store: ModelStore, caplog: pytest.LogCaptureFixture, *watches: StateWhenLogged,
+                    metrics: Metrics | None = None) -> Iterator[ModelManager]:
     """A started manager (threaded execution: old versions have workers to drain) on its own loop."""
     caplog.set_level(logging.INFO, logger="edge_runtime.serving")
     logger = logging.getLogger("edge_runtime.serving")
@@ -46,7 +47,8 @@ def running_manager(store: ModelStore, caplog: pytest.LogCaptureFixture, *watche
     loop = asyncio.new_event_loop()
     loop_thread = threading.Thread(target=loop.run_forever, name="test-loop", daemon=True)
     loop_thread.start()
-    manager = ModelManager(store, parse_config({"models": {"fraud": {"execution": "threads"}}}), Metrics(), loop)
+    manager = ModelManager(store, parse_config({"models": {"fraud": {"execution": "threads"}}}), metrics or Metrics(),
+                           loop)
     try:
         manager.start()
         yield manager
@@ -87,3 +89,17 @@ def test_a_failed_start_is_recorded_before_it_is_reported(
         pass  # start() loads every model before it returns
     assert len(cannot.seen) == 1
     assert "differs from golden" in cannot.seen[0].failed[2], "v2's failure was reported before it was recorded"
+
+
+def test_the_manager_leaves_its_metrics_alone_and_a_scrape_asks_it_what_is_loaded(
+    env: Env, make_bundle: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    env.install(make_bundle(1))
+    metrics = Metrics()
+    hooks = {k: v for k, v in vars(metrics).items() if callable(v)}
+    with running_manager(env.store(), caplog, metrics=metrics) as manager:
+        assert {k: v for k, v in vars(metrics).items() if callable(v)} == hooks  # nothing assigned into it
+        text = metrics.exposition(manager).decode()
+    assert 'edge_model_loaded{model="fraud",role="default",version="1"} 1.0' in text
+    assert 'edge_queue_depth{model="fraud",version="1"} 0.0' in text
+    assert 'edge_model_delegate{delegate=' in text

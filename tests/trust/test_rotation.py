@@ -19,9 +19,9 @@ from edge_runtime.trust.keys import (
     key_id,
     load_public_key,
     public_key_hex,
-    public_key_pem,
     sign,
 )
+from edge_runtime.trust.pem import public_key_pem_bytes
 from edge_runtime.trust.root import (
     TrustRoot,
     check_root_expiry,
@@ -147,7 +147,7 @@ def test_retire_names_one_key(v1: TrustRoot, prefix: str, match: str) -> None:
 def test_public_keys_load_from_pem_hex_and_private_files(mk: list[PrivateKey]) -> None:
     from edge_runtime.trust.keys import private_key_pem
 
-    for data in (public_key_pem(mk[1]), public_key_hex(mk[1]).encode() + b"\n", private_key_pem(mk[1])):
+    for data in (public_key_pem_bytes(mk[1]), public_key_hex(mk[1]).encode() + b"\n", private_key_pem(mk[1])):
         assert key_id(load_public_key(data)) == key_id(mk[1])
     with pytest.raises(TrustError, match="expected a PEM private or public key"):
         load_public_key(b"hello")

@@ -36,8 +36,7 @@ from edge_runtime.updates.effects import (
 from edge_runtime.updates.machine import UpdateMachine
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import ModelView
-
-from .conftest import DEVICE, FleetKeys
+from updates.conftest import DEVICE, FleetKeys
 
 T0 = _dt.datetime(2026, 3, 2, 12, 0, tzinfo=_dt.UTC)
 ACTIVE_1 = ModelView(active=1, highest_seen=1, installed=frozenset({1}), failed=frozenset(), quarantined=frozenset())

@@ -12,8 +12,7 @@ import platform
 from edge_runtime.trust.keys import generate_private_key
 from edge_runtime.trust.root import make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import Topics
-
-from .conftest import DEVICE, DeviceFactory, DeviceUnderTest, FleetKeys, Releases, Repo
+from updates.conftest import DEVICE, DeviceFactory, DeviceUnderTest, FleetKeys, Releases, Repo
 
 
 def _assert_unchanged(dev: DeviceUnderTest, before: str, active: int = 1) -> None:

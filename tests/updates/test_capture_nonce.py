@@ -19,8 +19,7 @@ from edge_runtime.updates.capture import CaptureResponder, parse_capture_request
 from edge_runtime.updates.nonces import NonceBook, load_book
 from edge_runtime.updates.protocol import Topics, signed_message
 from harness.wait import wait_until
-
-from .conftest import FLEET, FleetKeys
+from updates.conftest import FLEET, FleetKeys
 
 TOPICS = Topics("edge", FLEET)
 NOW = _dt.datetime(2026, 12, 4, 12, 0, tzinfo=_dt.UTC)

@@ -13,8 +13,7 @@ from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import sign
 from edge_runtime.updates.capture import parse_capture_request
 from edge_runtime.updates.protocol import Topics, signed_message
-
-from .conftest import FLEET, FleetKeys
+from updates.conftest import FLEET, FleetKeys
 
 TOPICS = Topics("edge", FLEET)
 

@@ -15,8 +15,7 @@ from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import sign
 from edge_runtime.updates.delta import choose_base, make_delta, patch, verify_delta_message
 from edge_runtime.updates.protocol import Topics, desired_document, rollout_salt, signed_message
-
-from .conftest import DeviceFactory, DeviceUnderTest, FleetKeys, Releases, Repo
+from updates.conftest import DeviceFactory, DeviceUnderTest, FleetKeys, Releases, Repo
 
 PAD = 64 * 1024  # v2 = v1's model plus trailing bytes: a small delta
 
@@ -199,8 +198,7 @@ def _random_bundle(directory: Path, version: int, tail: bytes, keys: FleetKeys) 
     import numpy as np
 
     from edge_runtime.packaging import PackRequest, pack_model
-
-    from .conftest import FACTORY
+    from updates.conftest import FACTORY
 
     model = directory / f"model-{version}.tflite"
     model.write_bytes((FACTORY / "fraud.tflite").read_bytes() + tail)
@@ -215,8 +213,7 @@ def test_interrupted_delta_download_resumes_as_a_delta(tmp_path: Path, make_devi
     import os
 
     from edge_runtime.updates.updater import Updater
-
-    from .conftest import FakeBroker
+    from updates.conftest import FakeBroker
 
     v1 = _random_bundle(tmp_path, 1, os.urandom(8192), fleet_keys)
     v2 = _random_bundle(tmp_path, 2, os.urandom(8192), fleet_keys)  # a delta of several 1 KiB chunks

@@ -12,8 +12,7 @@ from edge_runtime.trust.canonical import canonical_json
 from edge_runtime.trust.keys import PrivateKey, sign
 from edge_runtime.updates.protocol import MAX_SEQ, Topics, desired_document, signed_message
 from edge_runtime.updates.updater import MAX_REASON_CHARS
-
-from .conftest import DEVICE, DeviceFactory, FleetKeys, Releases, Repo
+from updates.conftest import DEVICE, DeviceFactory, FleetKeys, Releases, Repo
 
 
 def _sha(message: bytes) -> str:

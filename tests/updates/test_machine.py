@@ -34,9 +34,8 @@ from edge_runtime.updates.exceptions import ImpossibleEventError
 from edge_runtime.updates.policy import Budget
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import ModelView
-
-from .conftest import FleetKeys, Releases, Repo
-from .machine_table import ACTIVE_2, T0, Table, dl, make_table
+from updates.conftest import FleetKeys, Releases, Repo
+from updates.machine_table import ACTIVE_2, T0, Table, dl, make_table
 
 
 @pytest.fixture

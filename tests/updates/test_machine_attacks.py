@@ -29,9 +29,8 @@ from edge_runtime.updates.effects import (
 )
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.verify import ModelView
-
-from .conftest import FleetKeys, Releases, Repo
-from .machine_table import Step, make_table, reasons
+from updates.conftest import FleetKeys, Releases, Repo
+from updates.machine_table import Step, make_table, reasons
 
 REJECTED = ["save", "report rejected", "publish"]  # a refusal not tied to a model
 NOTIFIED = ["save", "publish", "report notified fraud v2", "subscribe models/fraud/2/manifest", "publish"]

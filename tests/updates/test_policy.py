@@ -14,9 +14,8 @@ from edge_runtime.spec.window import Cron, Window, next_all_open, parse_window
 from edge_runtime.updates.policy import Budget, Verdict, download_decision, read_nm_metered
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.traffic import Traffic, metrics_lines
-
-from .conftest import DeviceFactory, FleetKeys, Releases, Repo
-from .test_delta import desired
+from updates.conftest import DeviceFactory, FleetKeys, Releases, Repo
+from updates.test_delta import desired
 
 UTC = _dt.UTC
 
@@ -57,13 +56,13 @@ def test_cron_refuses(bad: str) -> None:
         Cron.parse(bad)
 
 
-def test_window_open_and_next_open_with_a_time_zone() -> None:
+def test_window_open_and_its_next_opening_with_a_time_zone() -> None:
     # 02:00 Berlin for 60 minutes: 01:00-02:00 UTC in winter (CET, UTC+1).
     w = parse_window("0 2 * * *", 60, "Europe/Berlin")
     assert w.is_open(at("2026-01-10T01:00")) and w.is_open(at("2026-01-10T01:59"))
     assert not w.is_open(at("2026-01-10T02:00")) and not w.is_open(at("2026-01-10T00:59"))
-    assert w.next_open(at("2026-01-10T02:30")) == at("2026-01-11T01:00")
-    assert w.next_open(at("2026-01-10T01:30")) == at("2026-01-10T01:30")
+    assert next_all_open([w], at("2026-01-10T02:30")) == at("2026-01-11T01:00")
+    assert next_all_open([w], at("2026-01-10T01:30")) == at("2026-01-10T01:30")
 
 
 def test_two_windows_must_both_be_open() -> None:

@@ -9,8 +9,7 @@ import datetime as _dt
 
 from edge_runtime.trust.root import make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import Topics
-
-from .conftest import DeviceFactory, FleetKeys, Releases, Repo
+from updates.conftest import DeviceFactory, FleetKeys, Releases, Repo
 
 DAY = _dt.timedelta(days=1)
 

@@ -19,8 +19,7 @@ from edge_runtime.updates.roots import load_trust_root
 from edge_runtime.updates.updater import Updater, UpdaterEvent
 from edge_runtime.updates.verify import rollout_bucket
 from harness.bundles import rebuilt_bundle
-
-from .conftest import DEVICE, DeviceFactory, FakeBroker, FleetKeys, Releases, Repo
+from updates.conftest import DEVICE, DeviceFactory, FakeBroker, FleetKeys, Releases, Repo
 
 
 def test_failed_selftest_rolls_back_and_is_not_retried(

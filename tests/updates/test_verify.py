@@ -33,8 +33,7 @@ from edge_runtime.updates.verify import (
     targets_for,
     verify_desired,
 )
-
-from .conftest import FleetKeys, Repo
+from updates.conftest import FleetKeys, Repo
 
 
 def _desired(models: dict[str, ModelTarget], seq: int = 1, device: str | None = None) -> Desired:

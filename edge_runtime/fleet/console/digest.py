@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edge_runtime.fleet.health import (
     DesiredReport,
@@ -105,6 +106,8 @@ def raw_text(payload: bytes) -> str:
     """The start of a payload as text, for showing what a malformed message held."""
     return cut(payload[: MAX_RAW_CHARS * 4].decode("utf-8", "replace"), MAX_RAW_CHARS)
 
+
+D = TypeVar("D")  # a digest type
 
 @dataclass(frozen=True)
 class Drift:
@@ -223,12 +226,17 @@ def _model_digest(name: str, m: dict[str, Any], failed_left: int) -> ModelDigest
     return ModelDigest(name, as_version(m.get("active")), failed, drift_of(m.get("drift")))
 
 
+def _never_raising(digest: Callable[[bytes, int | None], D], malformed: Callable[..., D], what: str,
+                   payload: bytes, size: int | None) -> D:
+    try:
+        return digest(payload, size)
+    except Exception as exc:  # a case the checks did not foresee: the message is malformed, the console goes on
+        return malformed(problem=cut(f"{what} could not be read ({type(exc).__name__})"))
+
+
 def digest_state(payload: bytes, size: int | None = None) -> StateDigest:
     """The digest of one ``devices/<id>/state`` payload; never raises."""
-    try:
-        return _digest_state(payload, size)
-    except Exception as exc:  # a case the checks did not foresee: the state is malformed, the console goes on
-        return StateDigest(problem=cut(f"state could not be read ({type(exc).__name__})"))
+    return _never_raising(_digest_state, StateDigest, "state", payload, size)
 
 
 def _digest_state(payload: bytes, size: int | None) -> StateDigest:
@@ -301,10 +309,7 @@ class EventDigest:
 
 def digest_event(payload: bytes, size: int | None = None) -> EventDigest:
     """The digest of one event payload; never raises."""
-    try:
-        return _digest_event(payload, size)
-    except Exception as exc:  # a case the checks did not foresee: the event is malformed, the console goes on
-        return EventDigest(problem=cut(f"event could not be read ({type(exc).__name__})"))
+    return _never_raising(_digest_event, EventDigest, "event", payload, size)
 
 
 def _digest_event(payload: bytes, size: int | None) -> EventDigest:
@@ -352,10 +357,7 @@ class DesiredDigest:
 
 def digest_desired(payload: bytes, size: int | None = None) -> DesiredDigest:
     """The seq and the model targets of a desired-state message, unverified; never raises."""
-    try:
-        return _digest_desired(payload, size)
-    except Exception as exc:  # a case the checks did not foresee: unreadable, the console goes on
-        return DesiredDigest(problem=cut(f"desired state could not be read ({type(exc).__name__})"))
+    return _never_raising(_digest_desired, DesiredDigest, "desired state", payload, size)
 
 
 def _digest_desired(payload: bytes, size: int | None) -> DesiredDigest:

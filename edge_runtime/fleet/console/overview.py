@@ -11,7 +11,7 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
-from edge_runtime.fleet.console.record import DeviceNow, FleetNow
+from edge_runtime.fleet.console.view import DeviceNow, FleetNow
 from edge_runtime.fleet.rollout import Tally, over_limit, tally
 
 PAGE_ROWS = 100

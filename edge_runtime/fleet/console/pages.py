@@ -29,7 +29,7 @@ from edge_runtime.fleet.console.overview import (
     models_text,
     version_label,
 )
-from edge_runtime.fleet.console.record import DeviceNow
+from edge_runtime.fleet.console.view import DeviceNow
 
 PALETTE = ("#2b6cb0", "#38a169", "#d69e2e", "#805ad5", "#dd6b20", "#319795", "#b83280", "#718096")
 MAX_LISTED = 500

@@ -24,9 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edge_runtime.fleet.console.changes import describe_change
 from edge_runtime.fleet.console.digest import (
@@ -46,6 +44,7 @@ from edge_runtime.fleet.console.history import DeviceHistory, ReleaseHistory, de
 from edge_runtime.fleet.console.inbox import Inbox, InboxCounts, Incoming
 from edge_runtime.fleet.console.limits import MIB, ConsoleLimits, prune_by_age, prune_by_size, used_bytes
 from edge_runtime.fleet.console.schema import migrate
+from edge_runtime.fleet.console.view import DeviceNow, FleetNow
 from edge_runtime.updates.protocol import DesiredTopic, DeviceTopic, ManifestTopic, Topics, device_of
 
 log = logging.getLogger("edge_runtime.fleet.console")
@@ -58,35 +57,6 @@ MAX_QUEUED_BYTES = max(MAX_STATE_BYTES, MAX_EVENT_BYTES, MAX_DESIRED_BYTES) + 1
 
 DesiredVerifier = Callable[[bytes, str | None], bool]  # (message, device or None) -> verified
 SIZE_CHECK_S = 1.0
-
-
-@dataclass
-class DeviceNow:
-    """What is known of a device now."""
-
-    device: str
-    online: bool | None = None
-    last_seen: float | None = None
-    state_time: float | None = None
-    digest: StateDigest | None = None
-    state: dict[str, Any] | None = None  # the digest's few fields rollout tallies read (never the raw document)
-
-    @property
-    def status(self) -> str:
-        """``no state`` before the first state, else the digest's status."""
-        return self.digest.status if self.digest is not None else "no state"
-
-
-@dataclass
-class FleetNow:
-    """A consistent copy of the current view (what the overview shows)."""
-
-    devices: list[DeviceNow]
-    desired: DesiredDigest | None
-    desired_verified: bool | None
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    releases: list[tuple[str, int]] = field(default_factory=list)
-    change: int = 0
 
 
 class Record:
@@ -229,11 +199,6 @@ class Record:
             self._db.execute("ROLLBACK")
             raise
         return n
-
-    def db_bytes(self) -> int:
-        """The database's pages in use."""
-        with self.reader() as db:
-            return used_bytes(db)
 
     # ---- writing
 

@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 
+from fleet.conftest import FLEET
 from harness.daemon import EDGE
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FLEET
 
 REPO = Path(__file__).resolve().parents[3]
 SCREENSHOT_DIR = REPO / "docs" / "console"

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
+from fleet.conftest import FLEET, TOPICS, Mosquitto, cli
+from fleet.console.conftest import ConsoleProcess
+from fleet.console.helpers import event, state
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FLEET, TOPICS, Mosquitto, cli
-from .conftest import ConsoleProcess
-from .helpers import event, state
 
 pytestmark = pytest.mark.integration
 

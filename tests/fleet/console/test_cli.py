@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import FLEET, cli
+from fleet.conftest import FLEET, cli
 
 pytestmark = pytest.mark.integration
 

@@ -20,12 +20,11 @@ from updates.integration.conftest import publish
 from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.fleet.simulate import Fault, device_ids
 from edge_runtime.updates.verify import rollout_bucket
+from fleet.conftest import TOPICS, FleetKeys, Mosquitto, Releases, SimulateFn
+from fleet.console.conftest import Browser, ConsoleProcess
+from fleet.console.helpers import HEALTHY, state
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import TOPICS, FleetKeys, Mosquitto, Releases, SimulateFn
-from .conftest import Browser, ConsoleProcess
-from .helpers import HEALTHY, state
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.fleet.console import pages
+from edge_runtime.fleet.console.changes import describe_change
 from edge_runtime.fleet.console.digest import (
     MAX_DIGEST_CHARS,
     StateDigest,
@@ -22,7 +23,7 @@ from edge_runtime.fleet.console.digest import (
 )
 from edge_runtime.fleet.console.history import DeviceHistory
 from edge_runtime.fleet.console.overview import compute, device_table
-from edge_runtime.fleet.console.record import DeviceNow, FleetNow, describe_change
+from edge_runtime.fleet.console.view import DeviceNow, FleetNow
 from edge_runtime.updates.protocol import EVENTS
 
 EXAMPLES = 3000 if os.environ.get("EDGE_TEST_LONG") == "1" else 150  # make test-long: many more

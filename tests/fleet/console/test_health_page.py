@@ -16,11 +16,10 @@ from edge_runtime.fleet.console.limits import ConsoleLimits
 from edge_runtime.fleet.console.overview import compute
 from edge_runtime.fleet.console.record import Record
 from edge_runtime.fleet.console.server import ConsoleServer
+from fleet.console.helpers import HEALTHY, TOPICS, state
+from fleet.console.test_record import Clock, feed, render
 from harness.http import request
 from harness.wait import wait_until
-
-from .helpers import HEALTHY, TOPICS, state
-from .test_record import Clock, feed, render
 
 
 @pytest.fixture

@@ -15,10 +15,9 @@ from edge_runtime.fleet.console.digest import MAX_DIGEST_CHARS, MAX_STATE_BYTES,
 from edge_runtime.fleet.console.inbox import Inbox, Incoming
 from edge_runtime.fleet.console.limits import MIB, ConsoleLimits, TokenBucket, used_bytes
 from edge_runtime.fleet.console.record import Record
+from fleet.console.helpers import TOPICS, event, state
+from fleet.console.test_record import Clock, feed, render, rows
 from harness.wait import wait_until
-
-from .helpers import TOPICS, event, state
-from .test_record import Clock, feed, rows
 
 HUGE = 10**400
 
@@ -207,6 +206,9 @@ def test_a_rolled_back_date_style_version_is_in_the_failures(tmp_path: Path) -> 
         feed(r, (TOPICS.events("pi-1"), rolled))
         assert [(m, v, src) for m, v, src, _, _ in r.history("pi-1").failures] == [("fraud", 20250101, "event.rolled_back")]
         assert [d for d, *_ in r.release("fraud", 20250101).failures] == ["pi-1"]
+        # The device page's failures table shows it ("2.02501e+07" once the version went through :g).
+        failures = render(r, "/device/pi-1").main.split("<h2>Failures</h2>", 1)[1]
+        assert "fraud v20250101" in failures and "e+07" not in failures
     finally:
         r.close()
 

@@ -15,8 +15,7 @@ from edge_runtime.fleet.console.digest import MAX_STATE_BYTES
 from edge_runtime.fleet.console.record import Incoming, Record
 from edge_runtime.fleet.console.schema import SCHEMA_VERSION, migrate, schema_version
 from edge_runtime.fleet.console.server import ConsoleServer, Rendered
-
-from .helpers import TOPICS, desired, event, state
+from fleet.console.helpers import TOPICS, desired, event, state
 
 
 class Clock:

@@ -32,8 +32,7 @@ from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.service import UpdateService
 from harness.load import ClientThreads
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys
+from updates.conftest import FLEET, FleetKeys
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 

@@ -20,9 +20,8 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.service import UpdateService
 from harness.daemon import EDGE
 from harness.wait import wait_until
-
-from ..conftest import REPO_DIR, FleetKeys, Releases
-from .conftest import Mosquitto, free_port
+from updates.conftest import REPO_DIR, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 SHIPPED = REPO_DIR / "device" / "mosquitto"

@@ -13,10 +13,9 @@ import pytest
 from harness.bundles import golden_bomb, resigned_with_artifacts
 from harness.daemon import Daemon
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, TritonLoad, publish
-from .test_daemon import daemon, device_dir  # noqa: F401  (the real daemon on fraud v1, reporting)
+from updates.conftest import FACTORY, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, TritonLoad, publish
+from updates.integration.test_daemon import daemon, device_dir  # noqa: F401  (the real daemon on fraud v1, reporting)
 
 pytest.importorskip("tritonclient.http")  # TritonLoad
 MAX_DAEMON_GROWTH_MB = 100

@@ -24,9 +24,8 @@ from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
 from edge_runtime.updates.protocol import Topics
 from edge_runtime.updates.service import UpdateService
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases, Repo
-from .conftest import Mosquitto, Observer
+from updates.conftest import FLEET, FleetKeys, Releases, Repo
+from updates.integration.conftest import Mosquitto, Observer
 
 pytestmark = pytest.mark.integration
 DEV = "pi-attacked"

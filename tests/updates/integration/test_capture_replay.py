@@ -19,9 +19,8 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.protocol import Topics
 from harness.daemon import Daemon
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,8 @@ from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.store.store import ModelStore
 from harness.daemon import EDGE, Daemon
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, TritonLoad, publish
+from updates.conftest import FACTORY, FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, TritonLoad, publish
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.http")  # TritonLoad

@@ -14,9 +14,8 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.updates.protocol import Topics
 from harness.daemon import EDGE
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish, start_device
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,8 @@ from edge_runtime.store.store import ModelStore
 from harness.daemon import EDGE, Daemon
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer
+from updates.conftest import FACTORY, FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer
 
 pytestmark = pytest.mark.integration
 PAD = 200_000

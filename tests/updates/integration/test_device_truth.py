@@ -39,9 +39,8 @@ from edge_runtime.updates.service import UpdateService
 from harness.daemon import EDGE, Daemon, clean_env
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, device_config, free_port, publish, start_device
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, device_config, free_port, publish, start_device
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("edge_runtime.daemon")

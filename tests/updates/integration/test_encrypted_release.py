@@ -30,9 +30,8 @@ from edge_runtime.trust.device_keys import device_key_id, generate_device_key, p
 from harness.daemon import EDGE, Daemon
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, start_device
+from updates.conftest import FACTORY, FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, start_device
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("edge_runtime.daemon")

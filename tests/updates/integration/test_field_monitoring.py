@@ -32,9 +32,8 @@ from edge_runtime.updates.protocol import Topics
 from harness.daemon import Daemon
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, FleetKeys
-from .conftest import Mosquitto, Observer
+from updates.conftest import FACTORY, FLEET, FleetKeys
+from updates.integration.conftest import Mosquitto, Observer
 
 pytestmark = pytest.mark.integration
 

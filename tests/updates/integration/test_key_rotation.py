@@ -24,9 +24,8 @@ from edge_runtime.trust.keys import key_id, load_private_key_pem
 from edge_runtime.trust.root import verify_root
 from harness.daemon import Daemon
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, Releases
-from .conftest import Mosquitto, Observer, TritonLoad, publish
+from updates.conftest import FACTORY, FLEET, Releases
+from updates.integration.conftest import Mosquitto, Observer, TritonLoad, publish
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("tritonclient.http")

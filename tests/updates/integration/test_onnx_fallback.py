@@ -18,9 +18,8 @@ import pytest
 from converter.package import pack_onnx
 from edge_runtime.bundle.reader import open_bundle
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device
+from updates.conftest import FACTORY, FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish, start_device
 
 EDGE = Path(sys.executable).parent / "edge-runtime"
 pytestmark = pytest.mark.integration

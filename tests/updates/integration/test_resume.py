@@ -3,25 +3,27 @@ bytes received after the interruption are at most 1.1 x the bytes that were miss
 
 The device is the real daemon (``edge-runtime serve``), rate-limited so the test can
 interrupt it mid-transfer (it kills the device as soon as the download moves again after the
-broker restart, with about half of it still to come). Progress is
-read from the device's staging directory, whose have-set header counts every chunk byte
-that arrived (duplicates and rejected ones included) across restarts.
+broker restart, with about half of it still to come). Progress is what the device reports:
+its state document's ``update`` (published at every 10 % step) counts every chunk byte that
+arrived (duplicates and rejected ones included) across restarts. The broker is stopped as soon
+as a step is reported, so the counts at the break are those of that report, give or take the
+chunks of a few milliseconds.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.store.store import ModelStore
-from edge_runtime.updates.download import Download, Progress, release_dir
 from harness.daemon import Daemon
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish
 
 pytestmark = pytest.mark.integration
 PAD = 600_000  # ~600 KB model in 4 KiB chunks: 152 chunks
@@ -43,13 +45,11 @@ def test_resume_after_broker_restart_and_device_kill(
         f"download_stall_s = 5.0\nmax_download_bytes_per_s = {RATE}\n",
         encoding="utf-8",
     )
-    staging = release_dir(store_path / ".updates" / "staging", "fraud", 2)
 
-    def progress() -> Progress | None:
-        try:
-            return Download.peek(staging)
-        except (OSError, ValueError, KeyError):
-            return None
+    def progress() -> dict[str, Any] | None:
+        """The download of v2 as the device last reported it."""
+        update = observer.state("pi-resume").get("update") or {}
+        return update if (update.get("model"), update.get("version")) == ("fraud", 2) and "have_bytes" in update else None
 
     daemon = Daemon(config)
     daemons = [daemon]
@@ -58,19 +58,17 @@ def test_resume_after_broker_restart_and_device_kill(
         bundle = releases.bundle(2, pad=PAD, chunk_size=4096)
         publish(mosquitto.url, bundle, fleet_keys.models_key)
 
-        wait_until(lambda: (p := progress()) and p.have_bytes >= p.total_bytes // 2, "half of the chunks")
+        at_break = wait_until(lambda: (p := progress()) and p["have_bytes"] >= p["total_bytes"] // 2 and p,
+                              "half of the chunks")
         mosquitto.stop()
-        at_break = progress()
-        assert at_break is not None and at_break.have_bytes < at_break.total_bytes
+        assert at_break["have_bytes"] < at_break["total_bytes"]
         # The device notices it is cut off (and retries with backoff) before the broker returns.
         assert daemon.wait_line("disconnected from") is not None, daemon.log()
         mosquitto.start()
 
         # Killed as soon as the download moves again: about half of it is still to come.
-        wait_until(lambda: (p := progress()) and p.have_bytes > at_break.have_bytes, "progress after the restart")
+        wait_until(lambda: (p := progress()) and p["have_bytes"] > at_break["have_bytes"], "progress after the restart")
         daemon.kill()
-        at_kill = progress()
-        assert at_kill is not None and at_kill.have_bytes < at_kill.total_bytes, "the kill must land mid-download"
         daemon = Daemon(config)
         daemons.append(daemon)
 
@@ -80,12 +78,13 @@ def test_resume_after_broker_restart_and_device_kill(
         daemon.stop()
     log = "\n".join(d.log() for d in daemons)
 
-    missing = at_break.total_bytes - at_break.have_bytes
-    received_after = verified["received_bytes"] - at_break.received_bytes
+    missing = at_break["total_bytes"] - at_break["have_bytes"]
+    received_after = verified["received_bytes"] - at_break["received_bytes"]
     ratio = received_after / missing
     duplicates = verified["received_bytes"] - verified["total_bytes"] - verified["rejected_bytes"]
     print(f"resume: missing {missing} B at the broker stop, received {received_after} B after it: ratio {ratio:.3f}"
           f" ({duplicates} B of duplicates)")
-    assert verified["total_bytes"] == at_break.total_bytes
+    assert verified["total_bytes"] == at_break["total_bytes"]
     assert missing <= received_after <= 1.1 * missing, f"ratio {ratio:.3f}; daemon log:\n{log[-3000:]}"
-    assert "resuming fraud v2" in log
+    resumed = re.search(r"resuming fraud v2 at (\d+)%", daemons[-1].log())
+    assert resumed is not None and int(resumed.group(1)) < 100, "the kill must land mid-download"

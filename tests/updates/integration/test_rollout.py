@@ -13,9 +13,8 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.service import UpdateService
 from edge_runtime.updates.verify import rollout_bucket
 from harness.wait import wait_until
-
-from ..conftest import FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device
+from updates.conftest import FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish, start_device
 
 pytestmark = pytest.mark.integration
 

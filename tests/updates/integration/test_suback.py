@@ -16,9 +16,8 @@ from edge_runtime.fleet.session import BrokerOptions, FleetSession
 from edge_runtime.updates.mqtt import LinkSettings, MqttLink
 from edge_runtime.updates.protocol import Topics
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, free_port, publish, start_device
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, free_port, publish, start_device
 
 pytestmark = pytest.mark.integration
 

@@ -22,9 +22,8 @@ from harness.bundles import rebuilt_bundle
 from harness.daemon import Daemon
 from harness.http import request
 from harness.wait import wait_until
-
-from ..conftest import FACTORY, FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish
+from updates.conftest import FACTORY, FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("edge_runtime.daemon")

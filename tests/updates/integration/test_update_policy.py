@@ -17,9 +17,8 @@ from edge_runtime.store.store import ModelStore
 from edge_runtime.updates.protocol import Topics
 from harness.daemon import EDGE
 from harness.wait import wait_until
-
-from ..conftest import FLEET, FleetKeys, Releases
-from .conftest import Mosquitto, Observer, publish, start_device
+from updates.conftest import FLEET, FleetKeys, Releases
+from updates.integration.conftest import Mosquitto, Observer, publish, start_device
 
 pytestmark = pytest.mark.integration
 PAD = 200_000
