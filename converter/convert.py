@@ -63,6 +63,9 @@ QUANTIZE_CHOICES = (*MODES, "auto")
 OPTIMIZE_CHOICES = ("latency", "size")
 VALIDATION_BATCH_ROWS = 64
 PROBE_ROWS = 8
+TABULAR_FP32 = ("converted in fp32, not fp16: the model's rewritten ai.onnx.ml operators hold thresholds and "
+                "weights that fp16 would round (a tree would send rows down the other branch); tabular models are "
+                "a few KiB either way")
 
 Progress = Callable[[str], None]
 
@@ -98,6 +101,7 @@ class ConvertOptions:
     timeout_s: float = DEFAULT_TIMEOUT_S
     log: Path | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    rewrite_ml: bool = True  # rewrite ai.onnx.ml operators for onnx2tf (converter/mlops.py)
 
 
 @dataclass
@@ -322,12 +326,18 @@ class _Pipeline:
 
     def prepare(self) -> tuple[SourceModel, _Data, list[np.ndarray]]:
         done = self.stage("prepare", f"reading {self.opts.model.name}")
-        rewritten, self.tabular = prepare_tabular(self.opts.model, self.workdir / self.opts.model.name)
+        rewritten, self.tabular = prepare_tabular(self.opts.model, self.workdir / self.opts.model.name,
+                                                  rewrite_ml=self.opts.rewrite_ml)
         if rewritten != self.opts.model:
             self.opts = dataclasses.replace(self.opts, model=rewritten)
-            for rewrite in self.tabular.rewrites:
-                self.progress(rewrite.note())
-                self.warnings.append(rewrite.note())
+        for note in self.tabular.notes(converted=True):
+            self.progress(note)
+            self.warnings.append(note)
+        if self.tabular.ml is not None:  # it shipped as ONNX before the rewrite: it still does if TFLite fails
+            self.opts = dataclasses.replace(self.opts, fallback_onnx=not self.opts.no_fallback)
+            if self.opts.quantize == "fp16":
+                self.opts = dataclasses.replace(self.opts, quantize="fp32")
+                self.warnings.append(TABULAR_FP32)
         onnx_inputs, _ = describe_source(self.opts.model)
         explicit = plan_shapes(onnx_inputs, self.opts.input_shapes, [])
         data = _load_data(self.opts, explicit.apply(onnx_inputs))
@@ -338,7 +348,7 @@ class _Pipeline:
         for note in self.shapes.notes:
             self.progress(note)
         self.warnings.extend(self.shapes.notes)
-        source = prepare_copy(self.opts.model, self.workdir / "model.onnx", self.shapes.pins)
+        source = prepare_copy(self.onnx2tf_model, self.workdir / "model.onnx", self.shapes.pins)
         self.onnx_inputs = onnx_inputs
         if self.opts.profile_data is not None:
             self.profile_rows = cal.load_dataset(self.opts.profile_data, explicit.apply(onnx_inputs), "profile data",
@@ -359,6 +369,11 @@ class _Pipeline:
         self._observe_outputs(source, first, onnx_runner.run(first), rows=data.validation.feeds is None)
         done()
         return self._with_observed_outputs(source), data, reference
+
+    @property
+    def onnx2tf_model(self) -> Path:
+        """What onnx2tf converts: the ai.onnx.ml rewrite when there is one; the reference stays opts.model."""
+        return self.tabular.converted or self.opts.model
 
     def _profile(self, data: _Data, specs: Sequence[TensorSpec]) -> list[list[np.ndarray]] | None:
         """Rows for the reference profile: ``--profile-data``, else the validation rows (when real)."""
@@ -429,7 +444,7 @@ class _Pipeline:
                 self.warnings.append(f"onnx2tf failed with a dynamic batch ({exc.reason}); converting again with "
                                      "the batch pinned to 1 (the scorer splits larger batches)")
                 self.shapes.pin(batch_pin, "batch pinned to 1: onnx2tf failed with a dynamic batch")
-                source = self._with_observed_outputs(prepare_copy(opts.model, job.model, self.shapes.pins))
+                source = self._with_observed_outputs(prepare_copy(self.onnx2tf_model, job.model, self.shapes.pins))
                 return self._attempt(job, source), source
         finally:
             final_log = opts.log or log_path_for(opts.out)
@@ -499,7 +514,7 @@ class _Pipeline:
         before = copy.deepcopy(self.shapes)
         self.shapes.pin(pins, "batch pinned to 1: the dynamic-batch conversion failed validation")
         try:
-            pinned = self._with_observed_outputs(prepare_copy(self.opts.model, self.workdir / "model.onnx",
+            pinned = self._with_observed_outputs(prepare_copy(self.onnx2tf_model, self.workdir / "model.onnx",
                                                               self.shapes.pins))
             result, pinned = self.run_onnx2tf(pinned, data)
         except ConversionError as exc:
@@ -637,7 +652,7 @@ class _Pipeline:
             chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
             profile_calls=self._profile(data, source_inputs),
-            source=self.original_model, rewrites=[r.note() for r in self.tabular.rewrites],
+            source=self.original_model, rewrites=self.tabular.notes(converted=False),
             outputs=self._with_observed_outputs(source).outputs if self.output_shapes else None,
         )
         done()
@@ -647,8 +662,8 @@ class _Pipeline:
                              self.stage_seconds)
 
     def run(self) -> ConvertResult:
-        opts = self.opts
         source, data, reference = self.prepare()
+        opts = self.opts  # after prepare: a rewritten tabular model is converted in fp32
         if self.tabular.unconvertible:
             ops = self.tabular.describe_unconvertible()
             if opts.no_fallback:
@@ -712,7 +727,7 @@ class _Pipeline:
             architectures=opts.architectures,
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
             profile_calls=self._profile(data, chosen.matched.inputs),
-            rewrites=[r.note() for r in self.tabular.rewrites],
+            rewrites=self.tabular.notes(converted=True),
         )
         done()
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,
