@@ -64,6 +64,7 @@ class _Types:
 
     elem: dict[str, int] = field(default_factory=dict)
     rank: dict[str, int] = field(default_factory=dict)
+    opset: int = TARGET_OPSET  # the default domain's, after raising it
 
 
 def _types(model: Any) -> _Types:
@@ -74,7 +75,7 @@ def _types(model: Any) -> _Types:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - inference is a help; the types of inputs still come below
         inferred = model
-    t = _Types()
+    t = _Types(opset=max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")))
     g = inferred.graph
     for vi in (*g.input, *g.value_info, *g.output):
         tt = vi.type.tensor_type
@@ -107,7 +108,11 @@ def _normalizer(e: Emitter, node: Any, types: _Types, what: str, limits: MlLimit
         raise NotRewritable(f"{what}: the input is not known to be [N, F]")
     axes = e.const("axes", np.asarray([1], np.int64))
     if norm == "MAX":
-        n = e.op("ReduceMax", [x], axes=[1], keepdims=1)
+        # onnxruntime's running maximum skips NaN (a comparison with NaN is false): NaN -> -inf first.
+        # ReduceMax takes its axes as an input from opset 18 on, as an attribute before.
+        v = e.op("Where", [e.op("Equal", [x, x]), x, e.const("low", np.asarray([-np.inf], np.float32))])
+        n = (e.op("ReduceMax", [v, axes], keepdims=1) if types.opset >= 18
+             else e.op("ReduceMax", [v], axes=[1], keepdims=1))
     elif norm == "L1":
         n = e.op("ReduceSum", [e.op("Abs", [x]), axes], keepdims=1)
     elif norm == "L2":
@@ -150,13 +155,14 @@ def _linear_classifier(e: Emitter, node: Any, types: _Types, what: str, limits: 
         e.labels(scores, classes, label_out)
         e.op("Identity", [e.post_transform(scores, transform)], out=score_out)
         return
-    if len(classes) != 2 or transform not in ("NONE", "LOGISTIC"):
+    if len(classes) != 2 or transform != "NONE":
+        # onnxruntime 1.23 answers [1 - score, score] of the raw score even for LOGISTIC: not followed here
         raise NotRewritable(f"{what}: one score column with {len(classes)} labels and post_transform {transform}")
     up = e.op("Cast", [e.op("Greater", [scores, e.const("zero", np.asarray([0.0], np.float32))])], to=7)
     flat = e.op("Reshape", [up, e.const("shape", np.asarray([-1], np.int64))])
     e.op("Gather", [e.const("classlabels", np.asarray(classes, np.int64)), flat], out=label_out, axis=0)
-    p = e.post_transform(scores, transform)
-    e.op("Concat", [e.op("Sub", [e.const("one", np.asarray([1.0], np.float32)), p]), p], out=score_out, axis=1)
+    one = e.const("one", np.asarray([1.0], np.float32))
+    e.op("Concat", [e.op("Sub", [one, scores]), scores], out=score_out, axis=1)
 
 
 def _linear_regressor(e: Emitter, node: Any, types: _Types, what: str, limits: MlLimits) -> None:

@@ -208,11 +208,11 @@ def classifier(e: Emitter, node: Any, x: str, what: str, max_bytes: int) -> None
     if len(classes) == 2 and (transform != "NONE" or classes != [0, 1]):
         raise NotRewritable(f"{what}: binary two-column scores with post_transform {transform} or labels {classes}")
     s = tree_scores(e, x, a, "class", len(classes), what, max_bytes)
-    base = _base(a, len(classes), what)
-    if base is not None:
+    extra = _base(a, len(classes), what)
+    if extra is not None:
         if len(classes) == 2:
             raise NotRewritable(f"{what}: binary two-column scores with base_values")
-        s = e.op("Add", [s, e.const("base_values", base)])
+        s = e.op("Add", [s, e.const("base_values", extra)])
     if len(classes) == 2:  # onnxruntime: class 1 when its score is above 0 (not an argmax)
         up = e.op("Cast", [e.op("Greater", [e.op("Gather", [s, e.const("one", np.asarray(1, np.int64))], axis=1),
                                             e.const("zero", np.asarray([0.0], np.float32))])], to=7)
