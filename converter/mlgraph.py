@@ -81,6 +81,14 @@ class Emitter:
         self.nodes.append(onnx.helper.make_node(op_type, inputs, [output], name=self.name(op_type), **kwargs))
         return output
 
+    def split(self, tensor: str, sizes: list[int]) -> list[str]:
+        """``tensor`` cut along axis 1 into pieces of ``sizes`` columns (opset 13: sizes as an input)."""
+        onnx = _onnx()
+        outs = [self.name("part") for _ in sizes]
+        self.nodes.append(onnx.helper.make_node("Split", [tensor, self.const("sizes", np.asarray(sizes, np.int64))],
+                                                outs, name=self.name("Split"), axis=1))
+        return outs
+
     def as_float(self, tensor: str, elem_type: int | None) -> str:
         """``tensor`` as float32 (a Cast unless it is float32 already); double is refused, because
         onnxruntime's ml kernels compute double inputs in double."""

@@ -8,7 +8,7 @@ would poison every node), and compared with its threshold in float32 exactly as 
 - ``C[t, i, l]`` is +1 when leaf ``l`` lies under the true branch of node ``i``, -1 under the
   false branch, 0 otherwise; ``D[t, l]`` counts the +1 entries of leaf ``l``'s column;
 - a row reaches leaf ``l`` exactly when ``decisions[t] @ C[t, :, l] == D[t, l]`` (small integers:
-  exact in float32 and in float16);
+  exact in float32 and in float16), one 2-D product per tree;
 - the reached leaves' one-hot ``[N, T * L]`` times the leaf weights ``[T * L, K]`` sums the trees.
 
 A missing value (NaN) goes the way ``nodes_missing_value_tracks_true`` says: the comparison and
@@ -151,13 +151,13 @@ def tree_scores(e: Emitter, x: str, a: dict[str, Any], prefix: str, width: int, 
         nan_true = e.op("And", [e.op("Not", [e.op(complement, [picked, thresholds])]),
                                 e.const("missing_tracks_true", tracks.reshape(-1))])
         decision = e.op("Or", [decision, nan_true])
-    dec = e.op("Cast", [decision], to=1)
-    dec = e.op("Reshape", [dec, e.const("shape", np.asarray([-1, n_trees, inner], np.int64))])
-    dec = e.op("Transpose", [dec], perm=[1, 0, 2])  # [T, N, I]
-    sums = e.op("Transpose", [e.op("MatMul", [dec, e.const("paths", c)])], perm=[1, 0, 2])  # [N, T, L]
-    # Compared as [N, T * L] against a vector: onnx2tf moves the axes of 3-D constants it broadcasts.
-    sums = e.op("Reshape", [sums, e.const("shape", np.asarray([-1, n_trees * leaves], np.int64))])
-    onehot = e.op("Cast", [e.op("Equal", [sums, e.const("depths", d.reshape(-1))])], to=1)
+    dec = e.op("Cast", [decision], to=1)  # [N, T * I]
+    # One [N, I] @ [I, L] product per tree, all 2-D: onnx2tf moves the axes of 3-D tensors (a batched
+    # [T, N, I] product converted to TFLite wrong answers), so no tensor here has more than two.
+    parts = [dec] if n_trees == 1 else e.split(dec, [inner] * n_trees)
+    sums = [e.op("MatMul", [part, e.const("paths", c[ti])]) for ti, part in enumerate(parts)]
+    total = sums[0] if n_trees == 1 else e.op("Concat", sums, axis=1)  # [N, T * L]
+    onehot = e.op("Cast", [e.op("Equal", [total, e.const("depths", d.reshape(-1))])], to=1)
     return e.op("MatMul", [onehot, e.const("leaf_weights", weights)])
 
 
