@@ -225,3 +225,22 @@ def test_tree_matrices_over_the_limit_are_refused() -> None:
         rewrite_ml_ops(model, MlLimits(max_tree_matrix_bytes=1024))
     rewritten, _ = rewrite_ml_ops(model)
     onnx.checker.check_model(rewritten)
+
+
+@pytest.mark.parametrize(("post", "positive"), [("NONE", False), ("NONE", True), ("LOGISTIC", False)])
+def test_binary_single_column_trees_follow_onnxruntimes_conventions(post: str, positive: bool) -> None:
+    """One weight column, two labels: [1 - p, p] and p > 0.5 for positive weights, [-s, s] or
+    [sigmoid(-s), sigmoid(s)] and s > 0 for mixed ones (each combination an exporter could write)."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    base = _rows(2)
+    model = skl2onnx.to_onnx(_fit(GradientBoostingClassifier(n_estimators=3, random_state=0), _binary), base[:1])
+    node = next(n for n in model.graph.node if n.op_type == "TreeEnsembleClassifier")
+    for a in node.attribute:
+        if a.name == "post_transform":
+            a.s = post.encode()
+        elif a.name == "class_weights" and positive:
+            a.floats[:] = [abs(v) for v in a.floats]
+        elif a.name == "base_values" and positive:
+            a.floats[:] = [0.0]
+    _same(model, {"X": _hard_rows(model, base)})
