@@ -13,6 +13,7 @@ ColumnTransformer pipeline as TFLite (tests/corpus, tab-columns, in ``make test`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 import warnings
@@ -235,8 +236,9 @@ def test_default_export_is_rewritten_converted_to_tflite_and_scores_like_onnxrun
     report = c.json()
     assert report["format"] == "tflite" and report["mode"] == "fp32" and report["fallback_reason"] is None
     assert "ONNX bundle" not in c.err and "converted in fp32, not fp16" in c.err
-    notes = _manifest(c.bundle)["source"]["rewrites"]
-    assert any("ai.onnx.ml operators rewritten" in n for n in notes), notes
+    source = _manifest(c.bundle)["source"]
+    assert any("ai.onnx.ml operators rewritten" in n for n in source["rewrites"]), source
+    assert source["sha256"] == hashlib.sha256(tabular[name][0].read_bytes()).hexdigest()  # the user's file
     _check_scores(name, tabular[name][0], tabular[name][1], c.bundle, "tflite", tmp_path, keys, cli)
 
 
