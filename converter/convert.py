@@ -63,7 +63,7 @@ QUANTIZE_CHOICES = (*MODES, "auto")
 OPTIMIZE_CHOICES = ("latency", "size")
 VALIDATION_BATCH_ROWS = 64
 PROBE_ROWS = 8
-TABULAR_FP32 = ("converted in fp32, not fp16: the model's rewritten ai.onnx.ml operators hold thresholds and "
+TABULAR_FP32 = ("converted in fp32, not {asked}: the model's rewritten ai.onnx.ml operators hold thresholds and "
                 "weights that fp16 would round (a tree would send rows down the other branch); tabular models are "
                 "a few KiB either way")
 
@@ -335,9 +335,9 @@ class _Pipeline:
             self.warnings.append(note)
         if self.tabular.ml is not None:  # it shipped as ONNX before the rewrite: it still does if TFLite fails
             self.opts = dataclasses.replace(self.opts, fallback_onnx=not self.opts.no_fallback)
-            if self.opts.quantize == "fp16":
+            if self.opts.quantize in ("fp16", "auto"):  # auto would weigh fp16/dynamic on random rows: no
+                self.warnings.append(TABULAR_FP32.format(asked=self.opts.quantize))
                 self.opts = dataclasses.replace(self.opts, quantize="fp32")
-                self.warnings.append(TABULAR_FP32)
         onnx_inputs, _ = describe_source(self.opts.model)
         explicit = plan_shapes(onnx_inputs, self.opts.input_shapes, [])
         data = _load_data(self.opts, explicit.apply(onnx_inputs))
@@ -718,7 +718,7 @@ class _Pipeline:
         tflite = self.workdir / "bundle_model.tflite"
         tflite.write_bytes(chosen.matched.tflite)
         manifest = pack_tflite(
-            tflite, source=self.original_model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
+            tflite, source=opts.model, provenance=self.original_model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, inputs=chosen.matched.inputs, outputs=chosen.matched.outputs,
             golden=_golden(data.validation, source.inputs),
             validation=data.validation.inputs if data.validation.feeds is None else None,

@@ -76,6 +76,7 @@ def pack_tflite(
     pinned: dict[str, Any] | None = None,
     profile_calls: Sequence[Sequence[np.ndarray]] | None = None,
     rewrites: Sequence[str] = (),
+    provenance: Path | None = None,
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report.
 
@@ -98,7 +99,7 @@ def pack_tflite(
         atol=None if dynamic else stated_atol(outputs, max_error),
         quantization=quantization,
         architectures=architectures,
-        extra=source_fields(source, pinned, rewrites),
+        extra=source_fields(provenance or source, pinned, rewrites),  # the user's file, before any rewrite
         reference=source,
         validation_inputs=validation if dynamic and validation is not None else None,
         profile_calls=profile_calls,
