@@ -284,3 +284,26 @@ def test_multi_input_model_serves_its_declared_datatypes_over_kserve(
         client.close()
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.parametrize(("asked", "no_fallback"), [("fp16", False), ("auto", False), ("int8", True)])
+def test_a_rewritten_model_converts_in_fp32_and_keeps_its_onnx_fallback(
+    asked: str, no_fallback: bool, tabular: dict[str, tuple[Path, Path]], tmp_path: Path,
+) -> None:
+    """It shipped as ONNX before the rewrite, so a failing onnx2tf run or validation still ships ONNX
+    without --fallback-onnx (unless --no-fallback); fp16 and auto become fp32, int8 stays as asked."""
+    import shutil
+
+    from converter.convert import ConvertOptions, _Pipeline
+
+    path, val = tabular["lightgbm"]
+    opts = ConvertOptions(model=path, name="lightgbm", version=1, out=tmp_path / "b.bundle", keys=[], quantize=asked,
+                          validation=val, calibration=val if asked == "int8" else None, no_fallback=no_fallback)
+    pipeline = _Pipeline(opts, lambda _: None)
+    try:
+        pipeline.prepare()
+        assert pipeline.opts.fallback_onnx is not no_fallback
+        assert pipeline.opts.quantize == ("int8" if asked == "int8" else "fp32")
+        assert pipeline.onnx2tf_model == pipeline.tabular.converted != pipeline.opts.model
+    finally:
+        shutil.rmtree(pipeline.workdir, ignore_errors=True)
