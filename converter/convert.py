@@ -718,7 +718,8 @@ class _Pipeline:
         tflite = self.workdir / "bundle_model.tflite"
         tflite.write_bytes(chosen.matched.tflite)
         manifest = pack_tflite(
-            tflite, source=opts.model, provenance=self.original_model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
+            tflite, source=opts.model, provenance=self.original_model, name=opts.name, version=opts.version,
+            keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, inputs=chosen.matched.inputs, outputs=chosen.matched.outputs,
             golden=_golden(data.validation, source.inputs),
             validation=data.validation.inputs if data.validation.feeds is None else None,
