@@ -137,8 +137,9 @@ def tree_scores(e: Emitter, x: str, a: dict[str, Any], prefix: str, width: int, 
         row = {nid: i for i, nid in enumerate(t.internal)}
         for nid, i in row.items():
             feature[ti, i], threshold[ti, i], tracks[ti, i] = t.feature[nid], t.threshold[nid], t.tracks_true[nid]
+        column = {leaf: i for i, leaf in enumerate(t.leaves)}
         for leaf, path in _paths(t).items():
-            li = t.leaves.index(leaf)
+            li = column[leaf]
             for nid, sign in path:
                 c[ti, row[nid], li] = sign
             d[ti, li] = sum(1 for _, sign in path if sign > 0)
