@@ -361,7 +361,9 @@ class _Pipeline:
                 "noise; give a few hundred rows for a sharper one")
         done()
         done = self.stage("reference", f"scoring {data.validation.rows} validation rows with onnxruntime")
-        onnx_runner = OnnxRunner(self.opts.model)
+        # One thread for a rewritten model: onnxruntime sums a tree ensemble in chunks per thread, so its
+        # last bit (a label at an exact tie) depends on the thread count; one thread sums tree after tree.
+        onnx_runner = OnnxRunner(self.opts.model, num_threads=1 if self.tabular.ml else 0)
         reference = _run_all(onnx_runner.run, data.validation, _batch_rows(source.inputs))
         if data.validation.feeds is not None:
             self.probe_reference = onnx_runner.run(list(data.validation.feeds[0]))

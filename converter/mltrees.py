@@ -8,8 +8,10 @@ would poison every node), and compared with its threshold in float32 exactly as 
 - ``C[t, i, l]`` is +1 when leaf ``l`` lies under the true branch of node ``i``, -1 under the
   false branch, 0 otherwise; ``D[t, l]`` counts the +1 entries of leaf ``l``'s column;
 - a row reaches leaf ``l`` exactly when ``decisions[t] @ C[t, :, l] == D[t, l]`` (small integers:
-  exact in float32 and in float16), one 2-D product per tree;
-- the reached leaves' one-hot ``[N, T * L]`` times the leaf weights ``[T * L, K]`` sums the trees.
+  exact in float32 and in float16), one 2-D product per tree; the sum never exceeds ``D``, so
+  ``relu(sum - D + 1)`` is the leaf one-hot (one FULLY_CONNECTED with its bias and ReLU in TFLite);
+- the reached leaf's one-hot ``[N, L]`` times the tree's leaf weights ``[L, K]`` is the tree's
+  contribution, added tree after tree in onnxruntime's order (the float sum is then bit-equal).
 
 A missing value (NaN) goes the way ``nodes_missing_value_tracks_true`` says: the comparison and
 its complement are both false for NaN, so ``cmp or (not complement and tracks)`` is onnxruntime's
@@ -33,7 +35,7 @@ COMPARISONS = {
     "BRANCH_GTE": ("GreaterOrEqual", "Less"),
     "BRANCH_GT": ("Greater", "LessOrEqual"),
 }
-DEFAULT_MAX_TREE_MATRIX_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_TREE_MATRIX_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -131,7 +133,7 @@ def tree_scores(e: Emitter, x: str, a: dict[str, Any], prefix: str, width: int, 
     threshold = np.zeros((n_trees, inner), np.float32)
     tracks = np.zeros((n_trees, inner), bool)
     c = np.zeros((n_trees, inner, leaves), np.float32)
-    d = np.full((n_trees, leaves), -1.0, np.float32)  # a padded leaf is never reached
+    d = np.full((n_trees, leaves), 2.0, np.float32)  # a padded leaf (sum 0) is never reached
     for ti, tid in enumerate(order):
         t = trees[tid]
         row = {nid: i for i, nid in enumerate(t.internal)}
@@ -156,10 +158,18 @@ def tree_scores(e: Emitter, x: str, a: dict[str, Any], prefix: str, width: int, 
     # One [N, I] @ [I, L] product per tree, all 2-D: onnx2tf moves the axes of 3-D tensors (a batched
     # [T, N, I] product converted to TFLite wrong answers), so no tensor here has more than two.
     parts = [dec] if n_trees == 1 else e.split(dec, [inner] * n_trees)
-    sums = [e.op("MatMul", [part, e.const("paths", c[ti])]) for ti, part in enumerate(parts)]
-    total = sums[0] if n_trees == 1 else e.op("Concat", sums, axis=1)  # [N, T * L]
-    onehot = e.op("Cast", [e.op("Equal", [total, e.const("depths", d.reshape(-1))])], to=1)
-    return e.op("MatMul", [onehot, e.const("leaf_weights", weights)])
+    score = ""
+    for ti, part in enumerate(parts):
+        # sum <= D for every leaf, equal only for the reached one: relu(sum - D + 1) is its one-hot,
+        # and MatMul + Add + Relu is one TFLite FULLY_CONNECTED (op count, not arithmetic, is the cost)
+        reached = e.op("Relu", [e.op("Add", [e.op("MatMul", [part, e.const("paths", c[ti])]),
+                                             e.const("bias", 1.0 - d[ti])])])
+        table = weights[ti * leaves : (ti + 1) * leaves]  # [L, K]: one row is picked, exactly
+        contribution = e.op("MatMul", [reached, e.const("leaf_weights", table)])
+        # Tree after tree, as onnxruntime accumulates: float sums in another order differ in the last
+        # bit, which flips a label where two classes tie (a forest's 0.5 vs 0.50000006).
+        score = contribution if not score else e.op("Add", [score, contribution])
+    return score
 
 
 def _base(a: dict[str, Any], width: int, what: str) -> np.ndarray | None:
