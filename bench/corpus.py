@@ -350,8 +350,9 @@ def main() -> int:
             m.id for m in CORPUS if m.recipe and m.id not in measured}
         kept = [m.id for m in CORPUS if m.id not in measured and m.id in earlier] if args.keep_earlier else []
         table_rows = [measured.get(m.id) or earlier[m.id] for m in CORPUS if m.id in measured or m.id in kept]
-        note = (f" Rows whose run column says earlier are from the run of {stamp} and were not re-run; an onnx2tf "
-                "alone cell marked earlier run is from that run too." if kept or args.skip_onnx2tf else "")
+        note = (" Rows whose run column says earlier were not re-run (the column gives their run); an onnx2tf "
+                f"alone cell marked earlier run is from an earlier run too (the last was {stamp})."
+                if kept or args.skip_onnx2tf else "")
         if not final:
             note += f" Partial: {len(rows)} of {len(models)} models measured so far."
         text = (
