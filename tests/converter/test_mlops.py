@@ -244,3 +244,20 @@ def test_binary_single_column_trees_follow_onnxruntimes_conventions(post: str, p
         elif a.name == "base_values" and positive:
             a.floats[:] = [0.0]
     _same(model, {"X": _hard_rows(model, base)})
+
+
+def test_a_hundred_tree_forest_sums_tree_after_tree_bit_for_bit() -> None:
+    """onnxruntime on one thread adds the trees in order; another float order flips labels where two
+    classes tie to the last bit (0.4999998 against 0.50000006): the rewrite's sums are bit-equal."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    model = skl2onnx.to_onnx(_fit(RandomForestClassifier(100, max_depth=3, random_state=0), _binary), _rows()[:1])
+    strip_zipmap(model)
+    rewritten, _ = rewrite_ml_ops(model)
+    one = ort.SessionOptions()
+    one.intra_op_num_threads = 1
+    x = np.random.default_rng(7).normal(size=(2000, F)).astype(np.float32)
+    want, got = (ort.InferenceSession(m.SerializeToString(), one, providers=["CPUExecutionProvider"]).run(None, {"X": x})
+                 for m in (model, rewritten))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
