@@ -15,9 +15,11 @@ Per model, both offline (``unshare -n`` when available) on the same copy of the 
   that one), and whether the choice is within the tie margin of the fastest.
 
 Each row says what the model ends as on the device (TFLite or ONNX), and the summary gives the
-share of the corpus's ONNX models that end as TFLite, overall and among those with only
-default-domain operators (a model of ``ai.onnx.ml`` operators, such as every default tabular
-export, has no TFLite form; the converter ships it as ONNX by design).
+share of the corpus's ONNX models that end as TFLite, overall, among those with only
+default-domain operators and among those with ``ai.onnx.ml`` operators (every default tabular
+export: the converter rewrites them into default-domain operators, converter/mlops.py). A tabular
+row is also scored with ``edge-runtime models install`` + ``edge-runtime score`` (the CLI) and
+its max error covers those answers too.
 
     .venv/bin/python bench/corpus.py [--only ID,ID] [--skip ID,ID] [--skip-onnx2tf] [--keep-earlier]
 
@@ -135,6 +137,9 @@ def check_bundle(m: CorpusModel, model: Path, bundle: Path, root_path: Path, wor
         for call in calls:
             for have, want in zip(backend.run(call), reference(call)):
                 worst = max(worst, float(np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)))))
+    if m.recipe:  # a tabular row is also scored as a user does it: the CLI, on the file of rows
+        worst = max(worst, _cli_score_error(m, bundle, root_path, work, names, [s.name for s in manifest.outputs],
+                                            reference))
     first = [sets[0][n] for n in names]
     one = first if m.calls else [a[:1] for a in first]
     ours = median_latency_ms(backend.run, one, min_time_s=0.5, min_runs=5, max_runs=200)
@@ -144,6 +149,25 @@ def check_bundle(m: CorpusModel, model: Path, bundle: Path, root_path: Path, wor
     manifest_bytes = len((store.version_dir(m.id, 1) / "manifest.json").read_bytes())
     return {"max_err": worst, "atol": tol[0], "rtol": tol[1], "ms": ours, "ort_ms": theirs,
             "manifest_bytes": manifest_bytes, "format": manifest.format, "choice": choice}
+
+
+def _cli_score_error(m: CorpusModel, bundle: Path, root_path: Path, work: Path, names: list[str],
+                     out_names: list[str], reference: Callable[[list[np.ndarray]], list[np.ndarray]]) -> float:
+    """``edge-runtime models install`` then ``edge-runtime score`` on the model's rows: the worst
+    difference from onnxruntime on the same rows."""
+    store, factory = work / "cli-store", work / "cli-factory"
+    factory.mkdir(exist_ok=True)
+    where = ["--store", str(store), "--root", str(root_path), "--factory", str(factory)]
+    subprocess.run([str(BIN / "edge-runtime"), "models", "install", str(bundle), *where], check=True,
+                   capture_output=True)
+    rows = make_inputs(m)[0]
+    np.savez(work / "cli-rows.npz", **rows)
+    subprocess.run([str(BIN / "edge-runtime"), "score", "--model", m.id, str(work / "cli-rows.npz"), "-o",
+                    str(work / "cli-scores.npz"), *where], check=True, capture_output=True)
+    want = reference([rows[n] for n in names])
+    with np.load(work / "cli-scores.npz") as got:
+        return max(float(np.max(np.abs(got[k].reshape(w.shape).astype(np.float64) - w.astype(np.float64))))
+                   for k, w in zip(out_names, want))
 
 
 def _kib(n: int) -> str:
@@ -289,9 +313,10 @@ def summary(rows: list[dict[str, str]], ml_ops: set[str]) -> str:
     alone = [r for r in rows if r.get("onnx2tf alone", "").startswith("converted")]
     return (f"{len(served)} of {n} models end as an installed bundle that answers like onnxruntime within its stated "
             f"tolerance: {len(tflite)} as TFLite, {len(served) - len(tflite)} as ONNX. Of the {n} ONNX models, "
-            f"{_share(len(tflite), n)} end as TFLite; of the {len(plain)} with only default-domain operators "
-            f"(the {n - len(plain)} others use ai.onnx.ml operators, which have no TFLite form: every default "
-            f"tabular export), {_share(len(plain_tflite), len(plain))}. onnx2tf alone (default flags, offline) "
+            f"{_share(len(tflite), n)} end as TFLite; of the {len(plain)} with only default-domain operators, "
+            f"{_share(len(plain_tflite), len(plain))}; of the {n - len(plain)} with ai.onnx.ml operators (every "
+            f"default tabular export; the converter rewrites them, converter/mlops.py), "
+            f"{_share(len(tflite) - len(plain_tflite), n - len(plain))}. onnx2tf alone (default flags, offline) "
             f"converts {len(alone)} of {n}.")
 
 
@@ -344,9 +369,10 @@ def main() -> int:
             m.id for m in CORPUS if m.recipe and m.id not in measured}
         kept = [m.id for m in CORPUS if m.id not in measured and m.id in earlier] if args.keep_earlier else []
         table_rows = [measured.get(m.id) or earlier[m.id] for m in CORPUS if m.id in measured or m.id in kept]
-        note = (f" Rows whose run column says earlier are from the run of {stamp} and were not re-run; an onnx2tf "
-                "alone cell marked earlier run is from that run too; a '-' in the variant columns is a row from a run "
-                "before they existed." if kept or args.skip_onnx2tf else "")
+        note = (" Rows whose run column says earlier were not re-run (the column gives their run); an onnx2tf "
+                f"alone cell marked earlier run is from an earlier run too (the last was {stamp}); a '-' in the "
+                "variant columns is a row from a run before they existed."
+                if kept or args.skip_onnx2tf else "")
         if not final:
             note += f" Partial: {len(rows)} of {len(models)} models measured so far."
         text = (
@@ -355,8 +381,9 @@ def main() -> int:
             f"average {os.getloadavg()[0]:.2f} at the end, onnx2tf {onnx2tf_version()}, Python "
             f"{platform.python_version()}. Both offline. edge-convert: `--quantize fp16 --variants {VARIANTS} "
             "--fallback-onnx` with the "
-            "model's data (tests/corpus/models.py). Max error: the installed bundle through the device backend against "
-            "onnxruntime on the same inputs, with the golden tolerance the bundle states. Latency: median of one row "
+            "model's data (tests/corpus/models.py). Max error: the installed bundle through the device backend (and, "
+            "for the tab-* rows, `edge-runtime score` from the CLI) against onnxruntime on the same inputs, with the "
+            "golden tolerance the bundle states. Latency: median of one row "
             "(one call for stateful models), one thread each, of the variant the device chose after timing each "
             f"variant of the bundle on this machine (variants ms / row; docs/store-and-bundles.md section 2.5). Total {time.monotonic() - start:.0f} s.{note}\n\n"
             + summary(table_rows, ml_ops) + "\n\n" + table(table_rows) + "\n"

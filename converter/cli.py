@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--no-fallback", action="store_true",
                     help="never ship the ONNX model: fail when the model has operators onnx2tf cannot convert "
                     "(ai.onnx.ml and other non-default domains; by default such models ship as ONNX at once)")
+    p.add_argument("--keep-ml-ops", action="store_true",
+                   help="do not rewrite ai.onnx.ml operators (scalers, linear models, tree ensembles) into ONNX "
+                   "operators onnx2tf converts: ship such a model as ONNX for onnxruntime (docs/converter.md)")
     p.add_argument("--min-correlation", type=_fraction, default=Thresholds.min_correlation,
                    help=f"per-output correlation with onnxruntime (default {Thresholds.min_correlation})")
     p.add_argument("--min-agreement", type=_fraction, default=Thresholds.min_agreement,
@@ -186,6 +189,7 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
         allow_accuracy_drop=args.allow_accuracy_drop,
         fallback_onnx=args.fallback_onnx,
         no_fallback=args.no_fallback,
+        rewrite_ml=not args.keep_ml_ops,
         thresholds=Thresholds(args.min_correlation, args.min_agreement, args.max_metric_drop),
         chunk_size=args.chunk_size,
         architectures=[a.strip() for a in args.architectures.split(",") if a.strip()] or ["any"],

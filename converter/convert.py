@@ -64,6 +64,9 @@ QUANTIZE_CHOICES = (*MODES, "auto")
 OPTIMIZE_CHOICES = ("latency", "size")
 VALIDATION_BATCH_ROWS = 64
 PROBE_ROWS = 8
+TABULAR_FP32 = ("converted in fp32, not {asked}: the model's rewritten ai.onnx.ml operators hold thresholds and "
+                "weights that fp16 would round (a tree would send rows down the other branch); tabular models are "
+                "a few KiB either way")
 
 Progress = Callable[[str], None]
 
@@ -101,6 +104,7 @@ class ConvertOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     variants: tuple[str, ...] | None = None  # further variants to pack (converter/variants.py); None = the default
     accuracy_budget: float | None = None  # max abs error against onnxruntime any served variant may have
+    rewrite_ml: bool = True  # rewrite ai.onnx.ml operators for onnx2tf (converter/mlops.py)
 
 
 @dataclass
@@ -329,12 +333,18 @@ class _Pipeline:
 
     def prepare(self) -> tuple[SourceModel, _Data, list[np.ndarray]]:
         done = self.stage("prepare", f"reading {self.opts.model.name}")
-        rewritten, self.tabular = prepare_tabular(self.opts.model, self.workdir / self.opts.model.name)
+        rewritten, self.tabular = prepare_tabular(self.opts.model, self.workdir / self.opts.model.name,
+                                                  rewrite_ml=self.opts.rewrite_ml)
         if rewritten != self.opts.model:
             self.opts = dataclasses.replace(self.opts, model=rewritten)
-            for rewrite in self.tabular.rewrites:
-                self.progress(rewrite.note())
-                self.warnings.append(rewrite.note())
+        for note in self.tabular.notes(converted=True):
+            self.progress(note)
+            self.warnings.append(note)
+        if self.tabular.ml is not None:  # it shipped as ONNX before the rewrite: it still does if TFLite fails
+            self.opts = dataclasses.replace(self.opts, fallback_onnx=not self.opts.no_fallback)
+            if self.opts.quantize in ("fp16", "auto"):  # auto would weigh fp16/dynamic on random rows: no
+                self.warnings.append(TABULAR_FP32.format(asked=self.opts.quantize))
+                self.opts = dataclasses.replace(self.opts, quantize="fp32")
         onnx_inputs, _ = describe_source(self.opts.model)
         explicit = plan_shapes(onnx_inputs, self.opts.input_shapes, [])
         data = _load_data(self.opts, explicit.apply(onnx_inputs))
@@ -345,7 +355,7 @@ class _Pipeline:
         for note in self.shapes.notes:
             self.progress(note)
         self.warnings.extend(self.shapes.notes)
-        source = prepare_copy(self.opts.model, self.workdir / "model.onnx", self.shapes.pins)
+        source = prepare_copy(self.onnx2tf_model, self.workdir / "model.onnx", self.shapes.pins)
         self.onnx_inputs = onnx_inputs
         if self.opts.profile_data is not None:
             self.profile_rows = cal.load_dataset(self.opts.profile_data, explicit.apply(onnx_inputs), "profile data",
@@ -358,7 +368,9 @@ class _Pipeline:
                 "noise; give a few hundred rows for a sharper one")
         done()
         done = self.stage("reference", f"scoring {data.validation.rows} validation rows with onnxruntime")
-        onnx_runner = OnnxRunner(self.opts.model)
+        # One thread for a rewritten model: onnxruntime sums a tree ensemble in chunks per thread, so its
+        # last bit (a label at an exact tie) depends on the thread count; one thread sums tree after tree.
+        onnx_runner = OnnxRunner(self.opts.model, num_threads=1 if self.tabular.ml else 0)
         reference = _run_all(onnx_runner.run, data.validation, _batch_rows(source.inputs))
         if data.validation.feeds is not None:
             self.probe_reference = onnx_runner.run(list(data.validation.feeds[0]))
@@ -366,6 +378,11 @@ class _Pipeline:
         self._observe_outputs(source, first, onnx_runner.run(first), rows=data.validation.feeds is None)
         done()
         return self._with_observed_outputs(source), data, reference
+
+    @property
+    def onnx2tf_model(self) -> Path:
+        """What onnx2tf converts: the ai.onnx.ml rewrite when there is one; the reference stays opts.model."""
+        return self.tabular.converted or self.opts.model
 
     def _profile(self, data: _Data, specs: Sequence[TensorSpec]) -> list[list[np.ndarray]] | None:
         """Rows for the reference profile: ``--profile-data``, else the validation rows (when real)."""
@@ -436,7 +453,7 @@ class _Pipeline:
                 self.warnings.append(f"onnx2tf failed with a dynamic batch ({exc.reason}); converting again with "
                                      "the batch pinned to 1 (the scorer splits larger batches)")
                 self.shapes.pin(batch_pin, "batch pinned to 1: onnx2tf failed with a dynamic batch")
-                source = self._with_observed_outputs(prepare_copy(opts.model, job.model, self.shapes.pins))
+                source = self._with_observed_outputs(prepare_copy(self.onnx2tf_model, job.model, self.shapes.pins))
                 return self._attempt(job, source), source
         finally:
             final_log = opts.log or log_path_for(opts.out)
@@ -506,7 +523,7 @@ class _Pipeline:
         before = copy.deepcopy(self.shapes)
         self.shapes.pin(pins, "batch pinned to 1: the dynamic-batch conversion failed validation")
         try:
-            pinned = self._with_observed_outputs(prepare_copy(self.opts.model, self.workdir / "model.onnx",
+            pinned = self._with_observed_outputs(prepare_copy(self.onnx2tf_model, self.workdir / "model.onnx",
                                                               self.shapes.pins))
             result, pinned = self.run_onnx2tf(pinned, data)
         except ConversionError as exc:
@@ -644,7 +661,7 @@ class _Pipeline:
             chunk_size=opts.chunk_size, golden=_golden(data.validation, source_inputs),
             reason=reason, report=report, architectures=opts.architectures,
             profile_calls=self._profile(data, source_inputs),
-            source=self.original_model, rewrites=[r.note() for r in self.tabular.rewrites],
+            source=self.original_model, rewrites=self.tabular.notes(converted=False),
             outputs=self._with_observed_outputs(source).outputs if self.output_shapes else None,
         )
         done()
@@ -654,8 +671,8 @@ class _Pipeline:
                              self.stage_seconds)
 
     def run(self) -> ConvertResult:
-        opts = self.opts
         source, data, reference = self.prepare()
+        opts = self.opts  # after prepare: a rewritten tabular model is converted in fp32
         if self.tabular.unconvertible:
             ops = self.tabular.describe_unconvertible()
             if opts.no_fallback:
@@ -711,7 +728,8 @@ class _Pipeline:
         tflite = self.workdir / "bundle_model.tflite"
         tflite.write_bytes(chosen.matched.tflite)
         manifest = pack_tflite(
-            tflite, source=opts.model, name=opts.name, version=opts.version, keys=opts.keys, out=opts.out,
+            tflite, source=opts.model, provenance=self.original_model, name=opts.name, version=opts.version,
+            keys=opts.keys, out=opts.out,
             chunk_size=opts.chunk_size, inputs=chosen.matched.inputs, outputs=chosen.matched.outputs,
             golden=_golden(data.validation, source.inputs),
             validation=data.validation.inputs if data.validation.feeds is None else None,
@@ -720,7 +738,7 @@ class _Pipeline:
             architectures=opts.architectures,
             pinned=self.shapes.to_json(self.onnx_inputs) or None,
             profile_calls=self._profile(data, chosen.matched.inputs),
-            rewrites=[r.note() for r in self.tabular.rewrites],
+            rewrites=self.tabular.notes(converted=True),
             variant=variant_name(chosen.candidate.mode), variants=variants, accuracy_budget=opts.accuracy_budget,
         )
         done()

@@ -79,6 +79,7 @@ def pack_tflite(
     variant: str | None = None,
     variants: Sequence[VariantRequest] = (),
     accuracy_budget: float | None = None,
+    provenance: Path | None = None,
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report (and
     further ``variants``, each checked against ``source`` like the main file).
@@ -102,7 +103,7 @@ def pack_tflite(
         atol=None if dynamic else stated_atol(outputs, max_error),
         quantization=quantization,
         architectures=architectures,
-        extra=source_fields(source, pinned, rewrites),
+        extra=source_fields(provenance or source, pinned, rewrites),  # the user's file, before any rewrite
         reference=source,
         validation_inputs=validation if dynamic and validation is not None else None,
         profile_calls=profile_calls,

@@ -8,9 +8,11 @@ the same output name: the model then answers ``[N, K]`` probabilities (column ``
 ``k`` of the exporter's class list, recorded in the note) beside its ``[N]`` labels.
 
 Their scalers, linear models and tree ensembles are ``ai.onnx.ml`` operators, which onnx2tf
-has no converter for. :func:`unconvertible_ops` names every such operator before onnx2tf runs,
-so the converter can ship the ONNX model for onnxruntime at once (or refuse, naming them all)
-instead of learning it from onnx2tf's first failure.
+has no converter for. converter/mlops.py rewrites the ones it can express exactly into default-domain
+operators (a second file: the conversion's input; the first stays the reference and the fallback).
+When any is left, :func:`unconvertible_ops` names every such operator before onnx2tf runs, so the
+converter can ship the ONNX model for onnxruntime at once (or refuse, naming them all) instead of
+learning it from onnx2tf's first failure.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from converter.exceptions import ConverterError
+from converter.mlops import MlLimits, MlRewrite, NotRewritable, rewrite_ml_ops
 
 # Operator domains onnx2tf converts: the default ONNX domain (written "" or "ai.onnx").
 CONVERTIBLE_DOMAINS = frozenset({"", "ai.onnx"})
@@ -47,11 +50,20 @@ class TabularPlan:
     """What the source model needs before conversion: its rewrites and the operators onnx2tf lacks."""
 
     rewrites: list[Rewrite] = field(default_factory=list)
-    unconvertible: dict[str, int] = field(default_factory=dict)  # "domain.Op" -> node count
+    unconvertible: dict[str, int] = field(default_factory=dict)  # "domain.Op" -> node count, left for onnxruntime
+    ml: MlRewrite | None = None  # the ai.onnx.ml operators rewritten for onnx2tf
+    converted: Path | None = None  # the rewritten model onnx2tf converts (None: the model itself)
+    not_rewritten: str = ""  # why the ai.onnx.ml operators were kept
 
     def describe_unconvertible(self) -> str:
-        """``ai.onnx.ml.Scaler (1), ai.onnx.ml.TreeEnsembleClassifier (1)``: every operator, counted."""
-        return ", ".join(f"{op} ({n})" for op, n in sorted(self.unconvertible.items()))
+        """``ai.onnx.ml.Scaler (1), ai.onnx.ml.TreeEnsembleClassifier (1)``: every operator, counted,
+        and why they were not rewritten."""
+        ops = ", ".join(f"{op} ({n})" for op, n in sorted(self.unconvertible.items()))
+        return f"{ops} (not rewritten: {self.not_rewritten})" if self.not_rewritten else ops
+
+    def notes(self, converted: bool) -> list[str]:
+        """The manifest's rewrite notes: the ml rewrite only when the converted model ships."""
+        return [r.note() for r in self.rewrites] + ([self.ml.note()] if converted and self.ml else [])
 
 
 def _onnx() -> Any:
@@ -114,9 +126,12 @@ def strip_zipmap(model: Any) -> list[Rewrite]:
     return rewrites
 
 
-def prepare_tabular(path: Path, out: Path) -> tuple[Path, TabularPlan]:
+def prepare_tabular(path: Path, out: Path, rewrite_ml: bool = True,
+                    limits: MlLimits | None = None) -> tuple[Path, TabularPlan]:
     """Read ``path``; when it has a ZipMap, write the rewritten model to ``out`` and return ``out``
-    (else ``path`` untouched). The plan lists the rewrites and the operators onnx2tf cannot convert."""
+    (else ``path`` untouched): the reference and the fallback. With ``rewrite_ml``, its ``ai.onnx.ml``
+    operators rewritten go to ``out``'s ``.mlrewrite.onnx`` sibling (``plan.converted``). The plan lists
+    the rewrites and the operators onnx2tf cannot convert."""
     onnx = _onnx()
     try:
         model = onnx.load(str(path))
@@ -125,6 +140,17 @@ def prepare_tabular(path: Path, out: Path) -> tuple[Path, TabularPlan]:
     plan = TabularPlan()
     plan.rewrites = strip_zipmap(model)
     plan.unconvertible = unconvertible_ops(model)
+    if plan.unconvertible and rewrite_ml:
+        try:
+            rewritten, plan.ml = rewrite_ml_ops(model, limits)
+        except NotRewritable as exc:
+            plan.not_rewritten = str(exc)
+        else:
+            plan.converted = out.with_name(out.stem + ".mlrewrite.onnx")
+            onnx.save(rewritten, str(plan.converted))
+            plan.unconvertible = {}
+    elif plan.unconvertible:
+        plan.not_rewritten = "--keep-ml-ops"
     if not plan.rewrites:
         return path, plan
     onnx.save(model, str(out))

@@ -4,12 +4,16 @@ skl2onnx and onnxmltools end classifiers with a ZipMap and use ``ai.onnx.ml`` op
 model here is trained on a small generated data set, exported with the exporter's defaults
 (``to_onnx(model, X[:1])``, a DataFrame for the ColumnTransformer), converted by the real
 ``edge-convert``, installed into a store, scored by ``edge-runtime score`` and compared with
-onnxruntime on the exporter's own file. No onnx2tf run happens: the converter sees the
-``ai.onnx.ml`` operators before it starts one.
+onnxruntime on the exporter's own file. With ``--keep-ml-ops`` no onnx2tf run happens: the
+converter sees the ``ai.onnx.ml`` operators before it starts one and ships ONNX. By default they are
+rewritten (converter/mlops.py): LightGBM goes all the way to TFLite here (its trees are the
+rewrite onnx2tf is likeliest to get wrong); the corpus test converts, scores and serves the
+ColumnTransformer pipeline as TFLite (tests/corpus, tab-columns, in ``make test``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 import warnings
@@ -129,38 +133,58 @@ def test_zipmap_is_stripped_into_a_probability_tensor(tabular: dict[str, tuple[P
 def test_every_non_default_operator_is_named_before_onnx2tf(tabular: dict[str, tuple[Path, Path]], tmp_path: Path) -> None:
     from converter.tabular import prepare_tabular
 
-    _, plan = prepare_tabular(tabular["columns"][0], tmp_path / "columns.onnx")
+    _, plan = prepare_tabular(tabular["columns"][0], tmp_path / "columns.onnx", rewrite_ml=False)
     ops = plan.describe_unconvertible()
     for op in ("ai.onnx.ml.OneHotEncoder", "ai.onnx.ml.Scaler", "ai.onnx.ml.LinearClassifier"):
         assert op in ops
     assert "ZipMap" not in ops  # stripped, not counted
+    assert plan.converted is None and "--keep-ml-ops" in ops
+    out, plan = prepare_tabular(tabular["columns"][0], tmp_path / "columns.onnx")
+    assert not plan.unconvertible and plan.converted is not None and plan.converted != out
+    assert plan.ml is not None and plan.ml.ops == {"ai.onnx.ml.OneHotEncoder": 2, "ai.onnx.ml.Scaler": 1,
+                                                   "ai.onnx.ml.LinearClassifier": 1}
+    assert any(n.domain == "ai.onnx.ml" for n in onnx.load(str(out)).graph.node)  # the reference keeps them
+    assert any("rewritten" in n for n in plan.notes(converted=True))
+    assert not any("rewritten" in n for n in plan.notes(converted=False))
 
 
 def test_no_fallback_refuses_and_names_every_operator(tabular: dict[str, tuple[Path, Path]], tmp_path: Path,
                                                       keys: Any) -> None:
     path, val = tabular["columns"]
     c = run_convert([path, "--name", "columns", "--version", "1", "--validation", val, "--sign-key", keys.key_path,
-                     "--no-fallback"], tmp_path / "columns.bundle")
+                     "--no-fallback", "--keep-ml-ops"], tmp_path / "columns.bundle")
     assert c.code == 1, c.err
     assert "ai.onnx.ml.OneHotEncoder (2)" in c.err and "ai.onnx.ml.LinearClassifier (1)" in c.err
     assert not (tmp_path / "columns.bundle").exists()
 
 
 @pytest.mark.parametrize("name", ["logreg", "forest", "boosting", "mlp", "columns", "lightgbm"])
-def test_default_export_converts_installs_and_scores_like_onnxruntime(
+def test_default_export_kept_as_ml_ops_ships_onnx_and_scores_like_onnxruntime(
     name: str, tabular: dict[str, tuple[Path, Path]], tmp_path: Path, keys: Any,
     cli: Callable[..., Any],
 ) -> None:
     path, val = tabular[name]
     bundle = tmp_path / f"{name}.bundle"
-    c = run_convert([path, "--name", name, "--version", "1", "--validation", val, "--sign-key", keys.key_path], bundle)
+    c = run_convert([path, "--name", name, "--version", "1", "--validation", val, "--sign-key", keys.key_path,
+                     "--keep-ml-ops"], bundle)
     assert c.code == 0, c.err
     assert "ai.onnx.ml." in c.err and "ONNX bundle" in c.err  # the banner names the operators
+    _check_scores(name, path, val, bundle, "onnx", tmp_path, keys, cli)
+
+
+def _manifest(bundle: Path) -> dict[str, Any]:
     with tarfile.open(bundle) as tar:
         fh = tar.extractfile("manifest.json")
         assert fh is not None
-        manifest = json.loads(fh.read())
-    assert manifest["format"] == "onnx"
+        manifest: dict[str, Any] = json.loads(fh.read())
+    return manifest
+
+
+def _check_scores(name: str, path: Path, val: Path, bundle: Path, fmt: str, tmp_path: Path, keys: Any,
+                  cli: Callable[..., Any]) -> None:
+    """Install the bundle, score 50 rows with ``edge-runtime score``, compare with onnxruntime."""
+    manifest = _manifest(bundle)
+    assert manifest["format"] == fmt
     assert any("ZipMap" in note for note in manifest["source"]["rewrites"])
     assert all(o["datatype"] in ("INT64", "FP32") for o in manifest["outputs"])
     store, factory = tmp_path / "store", tmp_path / "factory"
@@ -183,11 +207,46 @@ def test_default_export_converts_installs_and_scores_like_onnxruntime(
             np.testing.assert_array_equal(got[k].reshape(v.shape), v)
 
 
+@pytest.fixture(scope="module")
+def as_tflite(tabular: dict[str, tuple[Path, Path]], keys: Any,
+              tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Any]:
+    """Real conversions (onnx2tf runs, a few seconds each) with the default options, once per model."""
+    done: dict[str, Any] = {}
+
+    def convert(name: str) -> Any:
+        if name not in done:
+            path, val = tabular[name]
+            bundle = tmp_path_factory.mktemp(f"{name}-tflite") / f"{name}.bundle"
+            done[name] = run_convert([path, "--name", name, "--version", "1", "--validation", val,
+                                      "--sign-key", keys.key_path, "--json"], bundle)
+        return done[name]
+
+    return convert
+
+
+@pytest.mark.parametrize("name", ["lightgbm"])
+def test_default_export_is_rewritten_converted_to_tflite_and_scores_like_onnxruntime(
+    name: str, tabular: dict[str, tuple[Path, Path]], as_tflite: Callable[[str], Any], tmp_path: Path, keys: Any,
+    cli: Callable[..., Any],
+) -> None:
+    """The ai.onnx.ml operators are rewritten, onnx2tf converts the rewrite, LiteRT answers like
+    onnxruntime on the exporter's own file; fp32 (fp16 would round the thresholds and weights)."""
+    c = as_tflite(name)
+    assert c.code == 0, c.err
+    report = c.json()
+    assert report["format"] == "tflite" and report["mode"] == "fp32" and report["fallback_reason"] is None
+    assert "ONNX bundle" not in c.err and "converted in fp32, not fp16" in c.err
+    source = _manifest(c.bundle)["source"]
+    assert any("ai.onnx.ml operators rewritten" in n for n in source["rewrites"]), source
+    assert source["sha256"] == hashlib.sha256(tabular[name][0].read_bytes()).hexdigest()  # the user's file
+    _check_scores(name, tabular[name][0], tabular[name][1], c.bundle, "tflite", tmp_path, keys, cli)
+
+
 def test_multi_input_model_serves_its_declared_datatypes_over_kserve(
     tabular: dict[str, tuple[Path, Path]], tmp_path: Path, keys: Any, cli: Callable[..., Any],
 ) -> None:
-    """The two-dtype ColumnTransformer pipeline (2 FP32 + 2 INT64 inputs) answers tritonclient,
-    JSON and binary, with onnxruntime's labels and probabilities."""
+    """The two-dtype ColumnTransformer pipeline (2 FP32 + 2 INT64 inputs), shipped as ONNX, answers
+    tritonclient, JSON and binary, with onnxruntime's labels and probabilities (as TFLite: tests/corpus)."""
     import tritonclient.http as triton
 
     from harness.daemon import Daemon
@@ -195,7 +254,7 @@ def test_multi_input_model_serves_its_declared_datatypes_over_kserve(
     path, val = tabular["columns"]
     bundle = tmp_path / "columns.bundle"
     assert run_convert([path, "--name", "columns", "--version", "1", "--validation", val,
-                        "--sign-key", keys.key_path], bundle).code == 0
+                        "--sign-key", keys.key_path, "--keep-ml-ops"], bundle).code == 0
     store, factory = tmp_path / "store", tmp_path / "factory"
     factory.mkdir()
     assert cli(["models", "install", bundle, "--store", store, "--root", keys.root_path, "--factory", factory]).code == 0
@@ -225,3 +284,26 @@ def test_multi_input_model_serves_its_declared_datatypes_over_kserve(
         client.close()
     finally:
         assert daemon.stop() == 0, daemon.log()
+
+
+@pytest.mark.parametrize(("asked", "no_fallback"), [("fp16", False), ("auto", False), ("int8", True)])
+def test_a_rewritten_model_converts_in_fp32_and_keeps_its_onnx_fallback(
+    asked: str, no_fallback: bool, tabular: dict[str, tuple[Path, Path]], tmp_path: Path,
+) -> None:
+    """It shipped as ONNX before the rewrite, so a failing onnx2tf run or validation still ships ONNX
+    without --fallback-onnx (unless --no-fallback); fp16 and auto become fp32, int8 stays as asked."""
+    import shutil
+
+    from converter.convert import ConvertOptions, _Pipeline
+
+    path, val = tabular["lightgbm"]
+    opts = ConvertOptions(model=path, name="lightgbm", version=1, out=tmp_path / "b.bundle", keys=[], quantize=asked,
+                          validation=val, calibration=val if asked == "int8" else None, no_fallback=no_fallback)
+    pipeline = _Pipeline(opts, lambda _: None)
+    try:
+        pipeline.prepare()
+        assert pipeline.opts.fallback_onnx is not no_fallback
+        assert pipeline.opts.quantize == ("int8" if asked == "int8" else "fp32")
+        assert pipeline.onnx2tf_model == pipeline.tabular.converted != pipeline.opts.model
+    finally:
+        shutil.rmtree(pipeline.workdir, ignore_errors=True)

@@ -8,9 +8,10 @@ tolerance the bundle states. A dynamic-dimension model refuses a request of anot
 400 that names the expected one.
 
 ``make test`` runs the models marked ``small`` (one tabular model among them: tests/converter/
-test_tabular.py covers every default export quickly); ``make test-corpus`` runs them all (slow: a
-few minutes per large model on two cores). A tabular model's reference is onnxruntime on the
-exporter's own file, its ZipMap's dicts read as the ``[N, K]`` probability matrix.
+test_tabular.py and test_mlops.py cover every default export quickly); ``make test-corpus`` runs them
+all (slow: a few minutes per large model on two cores). A tabular model's reference is onnxruntime on
+the exporter's own file, its ZipMap's dicts read as the ``[N, K]`` probability matrix; its
+``ai.onnx.ml`` operators are rewritten (converter/mlops.py), so it ends as TFLite, in fp32.
 """
 
 from __future__ import annotations
@@ -68,10 +69,10 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
     report = json.loads(conv.stdout)
     if report["format"] == "onnx":  # announced loudly, and only as the fallback it is
         assert "WARNING: wrote an ONNX bundle" in conv.stderr and "install.sh --with-onnx" in conv.stderr
-        if model.recipe:  # a default tabular export: every ai.onnx.ml operator named, no onnx2tf run
-            assert "ai.onnx.ml." in conv.stderr and "onnx2tf failed" not in conv.stderr
+        assert not model.recipe, "a default tabular export's ai.onnx.ml operators are rewritten: it ends as TFLite"
+    elif model.recipe:  # the rewritten ai.onnx.ml operators keep float32 thresholds and weights
+        assert report["mode"] == "fp32" and "ai.onnx.ml operators rewritten" in conv.stderr
     else:
-        assert not model.recipe, "a default tabular export has ai.onnx.ml operators: it cannot be TFLite"
         assert report["mode"] == "fp16"
 
     store, factory = tmp_path / "store", tmp_path / "factory"
