@@ -523,6 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         for c in (1, 16):
             cpu = med(Case("cnn", "ours", "cnn", "binary", c), "cpu_us") / floor["cnn"]
             checks.append((f"CNN binary {c} client(s): server CPU per request / bare invoke", cpu, "<= 1.25", cpu <= 1.25))
+            if have_grpc:
+                g = med(Case("cnn", "ours", "cnn", "grpc", c), "cpu_us") / floor["cnn"]
+                checks.append((f"CNN gRPC {c} client(s): server CPU per request / bare invoke", g, "(for reference)", True))
+            fl = med(Case("cnn", "floor", "cnn", "binary", c), "cpu_us") / floor["cnn"]
+            checks.append((f"CNN binary {c} client(s): bare ASGI floor's CPU per request / bare invoke", fl,
+                           "(for reference)", True))
         on = rps("cnn", "ours", "cnn", "binary", 16)
         off2 = rps("cnn", "ours", "cnn_nobatch", "binary", 16)
         off1 = rps("cnn", "ours", "cnn_single", "binary", 16)

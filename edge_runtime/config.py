@@ -63,6 +63,7 @@ class ServerConfig:
     request_header_timeout_s: float = 10.0  # headers must be complete within this (from connect / first byte)
     request_body_timeout_s: float = 30.0  # a body must be complete within this of the end of its headers
     max_connections: int = 256  # open HTTP connections; more are answered 503 and closed (keep under LimitNOFILE)
+    grpc_idle_timeout_s: float = 300.0  # a gRPC connection with no call open is closed (GOAWAY) after this
 
 
 @dataclass(frozen=True)
@@ -507,6 +508,9 @@ def parse_config(data: dict[str, Any], source: str = "") -> Config:
             "server: expected max_header_bytes >= 1024 and request_header_timeout_s > 0, found "
             f"{srv.max_header_bytes} and {srv.request_header_timeout_s}"
         )
+    if not 0 < srv.grpc_idle_timeout_s <= MAX_TIMEOUT_S:
+        raise ConfigError(f"server.grpc_idle_timeout_s: expected a number in (0, {MAX_TIMEOUT_S:g}], "
+                          f"found {srv.grpc_idle_timeout_s}")
     return cfg
 
 

@@ -329,8 +329,12 @@ class Daemon:
                 port, exc,
             )
             return None
-        endpoint = GrpcEndpoint(app.cycle, self.state, self.cfg.server.max_request_bytes, self.cfg.server.max_header_bytes,
-                                connection_cap(self.cfg.server.max_connections))
+        from edge_runtime.serving.h2deadlines import Timeouts
+
+        srv = self.cfg.server
+        endpoint = GrpcEndpoint(app.cycle, self.state, srv.max_request_bytes, srv.max_header_bytes,
+                                connection_cap(srv.max_connections),
+                                Timeouts(srv.request_header_timeout_s, srv.request_body_timeout_s, srv.grpc_idle_timeout_s))
         bound = await endpoint.start(self.cfg.server.host, port)
         host = self.cfg.server.host
         log.info("gRPC (KServe v2) listening on %s", f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}")

@@ -43,6 +43,7 @@ from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError,
 from edge_runtime.serving.codec import InferRequest, Interface, batch_rows, check_all_given, output_items
 from edge_runtime.serving.cycle import Executed, InferCycle, RequestTimes
 from edge_runtime.serving.grpc_proto import grpc_predict_v2_pb2 as pb
+from edge_runtime.serving.h2deadlines import DEFAULT_TIMEOUTS, Timeouts
 from edge_runtime.serving.h2grpc import Connection, Endpoint, Reply, Status
 from edge_runtime.serving.models import LoadedVersion, Routing
 
@@ -366,9 +367,9 @@ class GrpcEndpoint:
     """The gRPC server of one daemon, running on the daemon's event loop."""
 
     def __init__(self, cycle: InferCycle, state: Readiness, max_message_bytes: int, max_header_bytes: int,
-                 max_connections: int = 256) -> None:
+                 max_connections: int = 256, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> None:
         self.service = InferenceService(cycle, state)
-        self.endpoint = Endpoint(self.service.dispatch, max_message_bytes, max_header_bytes, max_connections)
+        self.endpoint = Endpoint(self.service.dispatch, max_message_bytes, max_header_bytes, max_connections, timeouts)
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
 

@@ -16,7 +16,9 @@ Bounded, for hostile clients: frame size (:data:`MAX_FRAME_BYTES`), the header b
 request (``max_header_bytes``), connections (``max_connections``, refused with GOAWAY past
 it), concurrent streams per connection (:data:`MAX_STREAMS`), the request
 message (``max_message_bytes``: RESOURCE_EXHAUSTED as soon as its length prefix says it is
-larger, before the body is read), and the flow-control windows we grant. A peer that
+larger, before the body is read), the flow-control windows we grant, and time: a connection
+that sends nothing, stops inside a frame or header block, trickles a request's message or has
+no call open for too long is closed (:mod:`edge_runtime.serving.h2deadlines`). A peer that
 breaks the protocol gets GOAWAY and the connection is closed.
 """
 
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
+from edge_runtime.serving.h2deadlines import DEFAULT_TIMEOUTS, Clocks, Timeouts, Verdict, check
 from edge_runtime.serving.hpack import Decoder, HpackError, literal
 
 log = logging.getLogger("edge_runtime.serving")
@@ -96,9 +99,9 @@ def trailers_only(code: int, text: str) -> bytes:
 class Stream:
     """One request on a connection."""
 
-    __slots__ = ("sid", "path", "body", "expect", "send_window", "pending", "answered", "reset", "typed")
+    __slots__ = ("sid", "path", "body", "expect", "send_window", "pending", "answered", "reset", "typed", "since")
 
-    def __init__(self, sid: int, path: bytes, send_window: int, typed: bool) -> None:
+    def __init__(self, sid: int, path: bytes, send_window: int, typed: bool, since: float | None = None) -> None:
         self.sid = sid
         self.path = path
         self.body = bytearray()
@@ -108,14 +111,16 @@ class Stream:
         self.answered = False
         self.reset = False
         self.typed = typed  # content-type is application/grpc[+proto]
+        self.since = since  # when its HEADERS came, until its message is complete (then None)
 
 
 class Endpoint:
     """What connections share: the dispatcher, the limits and the set of live connections."""
 
     def __init__(self, dispatch: Dispatch, max_message_bytes: int, max_header_bytes: int,
-                 max_connections: int = 256) -> None:
+                 max_connections: int = 256, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> None:
         self.dispatch = dispatch
+        self.timeouts = timeouts
         self.max_connections = max_connections
         self.max_message_bytes = max_message_bytes
         self.max_header_bytes = max_header_bytes
@@ -155,6 +160,12 @@ class Connection(asyncio.Protocol):
         self.goaway_sent = False
         self._out: list[bytes] = []
         self.closed = False
+        # Deadlines (h2deadlines): one timer, re-armed when it fires; the hot path records times.
+        self.opened = self.loop.time()
+        self.idle_since: float | None = self.opened  # no call open since then
+        self.partial_since: float | None = None  # an incomplete frame header or control frame
+        self.header_since = 0.0  # when the HEADERS of a block still waiting for CONTINUATION came
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -167,6 +178,7 @@ class Connection(asyncio.Protocol):
             self._close()
             return
         self.ep.connections.add(self)
+        self._timer = self.loop.call_at(check(self.opened, self._clocks(), self.ep.timeouts)[1], self._deadline)
         settings = struct.pack(">HIHIHIHI", 0x3, MAX_STREAMS, 0x4, self.ep.stream_window, 0x5, MAX_FRAME_BYTES,
                                0x6, self.ep.max_header_bytes)
         grow = self.ep.stream_window - DEFAULT_WINDOW
@@ -178,6 +190,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         self.ep.connections.discard(self)
         for s in self.streams.values():
             s.reset = True
@@ -223,6 +237,13 @@ class Connection(asyncio.Protocol):
             except HpackError as exc:
                 self._abort(COMPRESSION_ERROR, str(exc))
                 return
+        # The partial-frame clock: a frame header or non-DATA frame left incomplete (a DATA
+        # frame arriving slowly is its request's body clock). It restarts when a frame completed.
+        if pos < end and (end - pos < 9 or src[pos + 3] != DATA):
+            if self.partial_since is None or pos:
+                self.partial_since = self.loop.time()
+        else:
+            self.partial_since = None
         if src is data:
             if pos < end:
                 self.buf = bytearray(data[pos:])
@@ -255,6 +276,8 @@ class Connection(asyncio.Protocol):
             s = self.streams.pop(sid, None)
             if s is not None:
                 s.reset = True
+                if not self.streams:
+                    self.idle_since = self.loop.time()
                 self.ep.busy_changed()
         elif kind == GOAWAY:
             self.goaway()
@@ -275,6 +298,7 @@ class Connection(asyncio.Protocol):
         block = bytes(payload[start:stop])
         if not flags & END_HEADERS:
             self.header_block, self.header_sid, self.header_flags = bytearray(block), sid, flags
+            self.header_since = self.loop.time()
             self._check_block_size(len(block))
             return
         self._request(sid, flags, block)
@@ -319,8 +343,9 @@ class Connection(asyncio.Protocol):
                 method = value
             elif name == b"content-type":
                 typed = value.startswith(b"application/grpc")
-        s = Stream(sid, path, self.peer_stream_window, typed)
+        s = Stream(sid, path, self.peer_stream_window, typed, self.loop.time())
         self.streams[sid] = s
+        self.idle_since = None
         self.ep.idle.clear()
         if method != b"POST" or not typed:
             self._finish(s, trailers_only(UNIMPLEMENTED, "only gRPC calls (POST, application/grpc) are served"))
@@ -381,6 +406,7 @@ class Connection(asyncio.Protocol):
         self._dispatch(s, memoryview(body)[:])
 
     def _dispatch(self, s: Stream, message: memoryview) -> None:
+        s.since = None
         if message[0] != 0:
             self._finish(s, trailers_only(UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed"))
             return
@@ -439,6 +465,7 @@ class Connection(asyncio.Protocol):
         s.answered = True
         s.pending = []
         if self.streams.pop(s.sid, None) is not None and not self.streams:
+            self.idle_since = self.loop.time()
             self.ep.busy_changed()
             if self.goaway_sent:
                 self.loop.call_soon(self._close)
@@ -483,6 +510,33 @@ class Connection(asyncio.Protocol):
         for s in list(self.streams.values()):
             if s.pending:
                 self._send_pending(s)
+
+    # -- deadlines ----------------------------------------------------------------------------
+
+    def _clocks(self) -> Clocks:
+        bodies = [s.since for s in self.streams.values() if s.since is not None]
+        return Clocks(self.opened, self.preface,
+                      self.header_since if self.header_block is not None else self.partial_since,
+                      min(bodies) if bodies else None, self.idle_since if not self.streams else None)
+
+    def _deadline(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        t = self.ep.timeouts
+        verdict, then = check(self.loop.time(), self._clocks(), t)
+        if verdict is Verdict.KEEP:
+            self._timer = self.loop.call_at(then, self._deadline)
+        elif verdict is Verdict.IDLE:
+            self.goaway()  # no call open: GOAWAY (no error) and close; the client reconnects
+        elif verdict is Verdict.NO_PREFACE:
+            self._close()  # connected and sent nothing that counts
+        else:
+            what, limit = (("request headers", f"request_header_timeout_s ({t.header_s:g} s)")
+                           if verdict is Verdict.HALF_HEADER else
+                           ("a request message", f"request_body_timeout_s ({t.body_s:g} s)"))
+            log.warning("gRPC: %s not complete within %s: closing the connection", what, limit)
+            self._abort(NO_ERROR, f"{what} not complete within {limit}")
 
     # -- connection ---------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ METHODS = {
     "data_received": ["self", "data"],
     "on_headers_complete": ["self"],
     "on_message_complete": ["self"],
+    "on_body": ["self", "body"],
     "on_response_complete": ["self"],
     "_unset_keepalive_if_required": ["self"],
     "send_400_response": ["self", "msg"],
@@ -40,12 +41,14 @@ METHODS = {
     "_unsupported_upgrade_warning": ["self"],
 }
 # Attributes of a connected protocol that http.py reads.
-INSTANCE_ATTRIBUTES = ["server_state", "loop", "parser", "logger", "cycle", "url", "headers", "transport"]
+INSTANCE_ATTRIBUTES = ["server_state", "loop", "parser", "logger", "cycle", "url", "headers", "transport", "flow"]
 # Attributes of a request cycle that http.py reads or sets.
-CYCLE_ATTRIBUTES = ["response_started", "response_complete", "more_body", "on_response"]
+CYCLE_ATTRIBUTES = ["response_started", "response_complete", "more_body", "on_response", "body", "message_event"]
 # sha256 of uvicorn's HttpToolsProtocol.data_received (white space folded), which http.py copies
 # (uvicorn 0.54.0 and 0.55.0).
 KNOWN_DATA_RECEIVED = "b4f9892d120d3dbdc29233f6a1f123eaad513074a93441dec3a14e2b59dba4cd"
+# The same for HttpToolsProtocol.on_body, which http.py copies with the first piece held as bytes.
+KNOWN_ON_BODY = "9492092df82580abb04b42f387dab12e6afc1de68f80c5cde0dd0ffd5cf350ad"
 
 
 def _folded_source(fn: Any) -> str:
@@ -93,7 +96,7 @@ def test_the_overrides_are_the_methods_uvicorn_calls() -> None:
     overridden = {n for n in ours if hasattr(HttpToolsProtocol, n)}
     assert overridden == {
         "connection_made", "connection_lost", "eof_received", "data_received",
-        "on_headers_complete", "on_message_complete",
+        "on_headers_complete", "on_message_complete", "on_body",
     }, "serving/http.py overrides a different set of uvicorn methods than this contract lists"
     assert not (ours - overridden) & set(dir(HttpToolsProtocol)), "a private helper of http.py shadows a uvicorn name"
 
@@ -106,6 +109,17 @@ def test_data_received_is_the_one_http_py_copies() -> None:
         "CoalescingHttpToolsProtocol.data_received in serving/http.py, then record the new digest "
         f"{digest} here"
     )
+
+
+def test_on_body_is_the_one_http_py_copies() -> None:
+    """http.py's on_body is uvicorn's with the first piece held as it came, and relies on receive()
+    handing on ``bytes(self.body)`` (no copy when the held body already is bytes)."""
+    digest = hashlib.sha256(_folded_source(HttpToolsProtocol.on_body).encode()).hexdigest()
+    assert digest == KNOWN_ON_BODY, (
+        "uvicorn's HttpToolsProtocol.on_body changed: compare it with CoalescingHttpToolsProtocol.on_body "
+        f"in serving/http.py, then record the new digest {digest} here"
+    )
+    assert '"body": bytes(self.body)' in inspect.getsource(RequestResponseCycle.receive)
 
 
 def test_status_lines_and_the_request_cycle() -> None:
