@@ -193,7 +193,8 @@ def fetch(model: CorpusModel, cache: Path | None = None) -> Path:
     built model, trained and exported now (tests/corpus/tabular.py)."""
     cache = cache or cache_dir()
     if model.recipe:
-        from corpus.tabular import TRAIN_SEED, build
+        # Relative: the benches import this module as tests.corpus.models, the tests as corpus.models.
+        from .tabular import TRAIN_SEED, build  # noqa: TID252
 
         return build(model, make_inputs(model, seed=TRAIN_SEED)[0], cache / "built")
     out = cache / "models" / model.sha256[:16] / Path(model.member).name
