@@ -241,7 +241,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             waiting = coro.send(None)
         except StopIteration:
             return  # answered
-        task = self.loop.create_task(_Resumed(coro, waiting))
+        task: asyncio.Task[None] = self.loop.create_task(_Resumed(coro, waiting))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
