@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Generator
 from typing import Any
 
 import httptools
@@ -136,8 +135,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # refused: input is read and dropped until EOF or LINGER_S
         self._body_timer: asyncio.TimerHandle | None = None
         self._over_limit = False  # refused at connect: uvicorn never saw this connection
-        self._feeding = False  # inside parser.feed_data: request starts wait for its end
-        self._starts: list[tuple[Any, Any]] = []  # (cycle, app) whose head arrived in this feed
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -208,44 +205,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     # -- request heads ---------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        """Parse ``data`` (:meth:`_parse`), then run the requests whose heads it completed.
-
-        uvicorn starts each request as a task when its head is parsed; the task's first step
-        runs in a later turn of the loop, after this call. Here the request starts at the
-        same point, after the whole of ``data`` is parsed, but eagerly: its coroutine runs
-        now, and becomes a task only if it has to wait (for more of its body, or a queued
-        inference). A request whose body came with it, the usual case, is answered without
-        a task, its scheduling and its done-callbacks.
-        """
-        self._feeding = True
-        try:
-            self._parse(data)
-        finally:
-            self._feeding = False
-            starts = self._starts
-            if starts:
-                self._starts = []
-                for cycle, app in starts:
-                    self._run_eagerly(cycle, app)
-
-    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-        """uvicorn's request start: deferred to the end of :meth:`data_received` while it parses."""
-        if self._feeding:
-            self._starts.append((cycle, app))
-        else:  # a pipelined request started by the previous one's answer: a task, as uvicorn does
-            super()._start_asgi_task(cycle, app)
-
-    def _run_eagerly(self, cycle: Any, app: Any) -> None:
-        coro = cycle.run_asgi(app)
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return  # answered
-        task: asyncio.Task[None] = self.loop.create_task(_Resumed(coro, waiting))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
-
-    def _parse(self, data: bytes) -> None:
         """Count head bytes and start the header clock, then parse (uvicorn's own ``data_received``)."""
         if self._discarding:
             return
@@ -367,49 +326,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             b"content-type: application/json\r\ncontent-length: ", str(len(body)).encode("ascii"),
             b"\r\nconnection: close\r\n\r\n", body,
         ]))
-
-
-class _Resumed(Coroutine[Any, Any, None]):
-    """A started coroutine, now waiting on ``waiting`` (a future), in a form a task can run.
-
-    The task's first step hands back the future the coroutine waits on, so the task waits
-    on it; every later step, and a cancellation even before the first, goes to the coroutine
-    at the point where it waits, as if a task had run it from its start.
-    """
-
-    __slots__ = ("_coro", "_waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def send(self, value: Any) -> Any:
-        """The first step: what the coroutine waits on; then the coroutine's own steps."""
-        waiting = self._waiting
-        if waiting is not None:
-            self._waiting = None
-            return waiting
-        return self._coro.send(value)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:  # type: ignore[override]
-        """Raise in the coroutine where it waits (cancellation)."""
-        self._waiting = None
-        if val is None and tb is None:
-            return self._coro.throw(typ)
-        return self._coro.throw(typ, val, tb)
-
-    def close(self) -> None:
-        """Close the coroutine."""
-        self._coro.close()
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        return self  # type: ignore[return-value]
-
-    def __iter__(self) -> _Resumed:
-        return self
-
-    def __next__(self) -> Any:
-        return self.send(None)
 
 
 def http_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,

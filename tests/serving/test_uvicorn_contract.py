@@ -39,11 +39,9 @@ METHODS = {
     "_should_upgrade": ["self"],
     "handle_websocket_upgrade": ["self"],
     "_unsupported_upgrade_warning": ["self"],
-    "_start_asgi_task": ["self", "cycle", "app"],
 }
 # Attributes of a connected protocol that http.py reads.
-INSTANCE_ATTRIBUTES = ["server_state", "loop", "parser", "logger", "cycle", "url", "headers", "transport", "flow",
-                       "tasks"]
+INSTANCE_ATTRIBUTES = ["server_state", "loop", "parser", "logger", "cycle", "url", "headers", "transport", "flow"]
 # Attributes of a request cycle that http.py reads or sets.
 CYCLE_ATTRIBUTES = ["response_started", "response_complete", "more_body", "on_response", "body", "message_event"]
 # sha256 of uvicorn's HttpToolsProtocol.data_received (white space folded), which http.py copies
@@ -98,7 +96,7 @@ def test_the_overrides_are_the_methods_uvicorn_calls() -> None:
     overridden = {n for n in ours if hasattr(HttpToolsProtocol, n)}
     assert overridden == {
         "connection_made", "connection_lost", "eof_received", "data_received",
-        "on_headers_complete", "on_message_complete", "on_body", "_start_asgi_task",
+        "on_headers_complete", "on_message_complete", "on_body",
     }, "serving/http.py overrides a different set of uvicorn methods than this contract lists"
     assert not (ours - overridden) & set(dir(HttpToolsProtocol)), "a private helper of http.py shadows a uvicorn name"
 
@@ -122,19 +120,6 @@ def test_on_body_is_the_one_http_py_copies() -> None:
         f"in serving/http.py, then record the new digest {digest} here"
     )
     assert '"body": bytes(self.body)' in inspect.getsource(RequestResponseCycle.receive)
-
-
-def test_requests_start_only_through_start_asgi_task() -> None:
-    """http.py runs a request eagerly by overriding _start_asgi_task: uvicorn must start every
-    request there (a head completed, or a pipelined request after the previous answer), and
-    run it as ``cycle.run_asgi(app)``."""
-    for name in ("on_headers_complete", "on_response_complete"):
-        assert "self._start_asgi_task(" in inspect.getsource(getattr(HttpToolsProtocol, name)), name
-    start = inspect.getsource(HttpToolsProtocol._start_asgi_task)
-    assert "cycle.run_asgi(app)" in start and "self.tasks.add(task)" in start
-    assert list(inspect.signature(RequestResponseCycle.run_asgi).parameters) == ["self", "app"]
-    assert "create_task" not in re.sub(r"def _start_asgi_task.*?(?=\n    def )", "",
-                                       inspect.getsource(HttpToolsProtocol), flags=re.S)
 
 
 def test_status_lines_and_the_request_cycle() -> None:
