@@ -16,9 +16,9 @@ import orjson
 
 from edge_runtime.store.variants import RECORD_FILE
 from edge_runtime.updates.job import models_summary
+from harness.daemon import Daemon
 from harness.http import request
 from harness.wait import wait_until
-from harness.daemon import Daemon
 from serving.support import Env, infer_json, metric_value
 
 TIMING = "\n[inference]\nvariant_timing_ms = 20\n"
