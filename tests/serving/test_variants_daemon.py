@@ -78,6 +78,8 @@ def test_the_daemon_serves_the_variant_that_passes_and_keeps_the_choice_across_a
     mark = _repin(env, again, "onnx")
     wait_until(lambda: _choice(again).get("variant") == "onnx", "the onnx variant served after the new pin")
     assert _choice(again)["pinned"] is True and _platform(again) == "onnxruntime_onnx"
+    assert {v["variant"]: (v["outcome"], v["reason"]) for v in _choice(again)["variants"]} == {
+        "onnx": ("chosen", "pinned by the operator"), "tflite-fp32": ("not-pinned", "the operator pinned onnx")}
     assert infer_json(again.port, "fraud", sample_x[:2])[0] == 200
     assert again.log().count("fraud v3: trying each variant") == 1, "the pin timed the variants again"
     assert again.log().count("fraud v2: trying each variant") == 0
