@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bundle.budget import PRIMARY_ERROR_FACTOR
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.packaging import DEFAULT_ATOL, PackRequest, VariantRequest, pack_model, round_up
 from edge_runtime.spec.tensors import TensorSpec
@@ -79,6 +80,7 @@ def pack_tflite(
     variant: str | None = None,
     variants: Sequence[VariantRequest] = (),
     accuracy_budget: float | None = None,
+    budget_factor: float | None = PRIMARY_ERROR_FACTOR,
     provenance: Path | None = None,
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report (and
@@ -110,6 +112,7 @@ def pack_tflite(
         variant=variant if variants else None,
         variants=variants,
         accuracy_budget=accuracy_budget if variants else None,
+        budget_factor=budget_factor,
     ))
 
 
