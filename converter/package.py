@@ -89,7 +89,9 @@ def pack_tflite(
     The golden outputs are onnxruntime's (``source`` is the reference), so the device's
     self-test checks that it scores within the accepted error of the ONNX model. Models with
     a dynamic batch have that error re-measured on the validation rows by the device backend;
-    a fixed-batch model states the converter's own measurement.
+    a fixed-batch model states the converter's own measurement. With ``variants`` and no
+    ``accuracy_budget``, the budget is relative to this model (``budget_factor``, see
+    edge_runtime/bundle/budget.py); ``budget_factor=None`` signs none.
     """
     dynamic = all(s.shape and s.shape[0] == -1 for s in inputs)
     return pack_model(PackRequest(
