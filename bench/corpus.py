@@ -304,20 +304,27 @@ def _share(k: int, n: int) -> str:
 
 
 def summary(rows: list[dict[str, str]], ml_ops: set[str]) -> str:
-    """Served, TFLite share (overall and among models with default-domain operators only), onnx2tf alone."""
+    """Served; the TFLite share (overall, among models with default-domain operators only and
+    among those with ai.onnx.ml operators), by what edge-convert made and by what the device chose
+    to serve (a bundle with an ONNX variant may be served by onnxruntime where that is faster); onnx2tf
+    alone."""
     n = len(rows)
     served = [r for r in rows if _served(r)]
-    tflite = [r for r in served if r.get("ends as") == "TFLite"]
+    converted = [r for r in served if r.get("edge-convert", "").startswith("TFLite")]
+    chosen = [r for r in served if r.get("ends as") == "TFLite"]
     plain = [r for r in rows if r["model"] not in ml_ops]
-    plain_tflite = [r for r in tflite if r["model"] not in ml_ops]
+    plain_converted = [r for r in converted if r["model"] not in ml_ops]
+    on_onnx = [r["model"] for r in converted if r.get("ends as") != "TFLite"]
     alone = [r for r in rows if r.get("onnx2tf alone", "").startswith("converted")]
     return (f"{len(served)} of {n} models end as an installed bundle that answers like onnxruntime within its stated "
-            f"tolerance: {len(tflite)} as TFLite, {len(served) - len(tflite)} as ONNX. Of the {n} ONNX models, "
-            f"{_share(len(tflite), n)} end as TFLite; of the {len(plain)} with only default-domain operators, "
-            f"{_share(len(plain_tflite), len(plain))}; of the {n - len(plain)} with ai.onnx.ml operators (every "
-            f"default tabular export; the converter rewrites them, converter/mlops.py), "
-            f"{_share(len(tflite) - len(plain_tflite), n - len(plain))}. onnx2tf alone (default flags, offline) "
-            f"converts {len(alone)} of {n}.")
+            f"tolerance. edge-convert makes a TFLite model of {_share(len(converted), n)}: of the {len(plain)} with "
+            f"only default-domain operators, {_share(len(plain_converted), len(plain))}; of the {n - len(plain)} with "
+            f"ai.onnx.ml operators (every default tabular export; the converter rewrites them, converter/mlops.py), "
+            f"{_share(len(converted) - len(plain_converted), n - len(plain))}. The device serves {len(chosen)} as "
+            f"TFLite and {len(served) - len(chosen)} on onnxruntime"
+            + (f" (of those, {', '.join(on_onnx)} had a TFLite variant, and their ONNX variant was faster here)"
+               if on_onnx else "")
+            + f". onnx2tf alone (default flags, offline) converts {len(alone)} of {n}.")
 
 
 def earlier_rows(path: Path) -> tuple[str, dict[str, dict[str, str]]]:

@@ -23,7 +23,8 @@ from converter.exceptions import AccuracyError
 from converter.onnx2tf_runner import DEFAULT_TIMEOUT_S
 from converter.shapes import parse_input_shape
 from converter.validate import Thresholds
-from converter.variants import parse_variants
+from converter.variants import THRESHOLDS, parse_budget, parse_variants
+from edge_runtime.bundle.budget import PRIMARY_ERROR_FACTOR
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE
 from edge_runtime.bundle.sealed import encrypt_bundle
 from edge_runtime.exceptions import EdgeRuntimeError, UsageError
@@ -82,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="further variants to pack beside the chosen one, each validated with its own golden self-test; "
                    "the device times them and serves the fastest (fp32,fp16,dynamic,int8,onnx; default: every "
                    "passing variant with --quantize auto, none otherwise; docs/converter.md)")
-    p.add_argument("--accuracy-budget", type=float, default=None, metavar="MAX_ABS_ERROR",
-                   help="with --variants: the largest error against onnxruntime a variant may have to be served")
+    p.add_argument("--accuracy-budget", type=parse_budget, default=None, metavar="MAX_ABS_ERROR|thresholds",
+                   help="with --variants: the largest error against onnxruntime a variant may have to be served "
+                   f"(default: the chosen variant's tolerance or {PRIMARY_ERROR_FACTOR:g}x its error, whichever is "
+                   "larger; 'thresholds': any variant that passed validation)"),
     p.add_argument("--allow-accuracy-drop", action="store_true", help="ship a variant that fails validation")
     fb = p.add_mutually_exclusive_group()
     fb.add_argument("--fallback-onnx", action="store_true",
@@ -197,7 +200,8 @@ def _options(args: argparse.Namespace) -> ConvertOptions:
         timeout_s=args.timeout_s,
         log=args.log,
         variants=args.variants,
-        accuracy_budget=args.accuracy_budget,
+        accuracy_budget=args.accuracy_budget if isinstance(args.accuracy_budget, float) else None,
+        budget_factor=None if args.accuracy_budget == THRESHOLDS else PRIMARY_ERROR_FACTOR,
     )
 
 
@@ -225,6 +229,9 @@ def _summary(result: ConvertResult) -> str:
         lines.append(f"  golden self-test: {where}, atol {m.golden.atol:g}")
     for v in m.variants[1:] if len(m.variants) > 1 else ():
         lines.append(f"  variant {v.name}: {v.format}, {m.artifacts[v.file].length:,} bytes ({v.file})")
+    if len(m.variants) > 1:
+        budget = "none (validation thresholds)" if m.budget_max_abs_error is None else f"{m.budget_max_abs_error:.3g}"
+        lines.append(f"  accuracy budget (max abs error a served variant may have): {budget}")
     lines.append(f"  manifest.json: {len(m.canonical()):,} bytes")
     if m.format == "onnx":
         lines.append("  NOTE: an ONNX bundle: the device needs onnxruntime (device/install.sh --with-onnx)")

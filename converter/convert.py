@@ -50,8 +50,9 @@ from converter.source import SourceModel, describe_source, prepare_copy
 from converter.tabular import TabularPlan, prepare_tabular
 from converter.tflite_run import LiteRTRunner, OnnxRunner, median_latency_ms, run_batched
 from converter.validate import Thresholds, compare, failures, worst_error
-from converter.variants import extra_tflite_modes, variant_name, wanted_variants
+from converter.variants import extra_tflite_modes, over_budget_warnings, variant_name, wanted_variants
 from edge_runtime.atomic import write_bytes_atomic
+from edge_runtime.bundle.budget import PRIMARY_ERROR_FACTOR
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, Manifest
 from edge_runtime.bundle.profile import RECOMMENDED_ROWS
 from edge_runtime.exceptions import UsageError
@@ -104,6 +105,9 @@ class ConvertOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     variants: tuple[str, ...] | None = None  # further variants to pack (converter/variants.py); None = the default
     accuracy_budget: float | None = None  # max abs error against onnxruntime any served variant may have
+    # Without accuracy_budget: the budget relative to the chosen variant (edge_runtime/bundle/budget.py);
+    # None signs no budget (a variant that passed the validation thresholds may serve, however inexact).
+    budget_factor: float | None = PRIMARY_ERROR_FACTOR
     rewrite_ml: bool = True  # rewrite ai.onnx.ml operators for onnx2tf (converter/mlops.py)
 
 
@@ -137,6 +141,7 @@ class ConvertResult:
             "candidates": [c.row() for c in self.candidates],
             "quantization": self.manifest.quantization,
             "variants": [v.name for v in self.manifest.variants],
+            "accuracy_budget": self.manifest.budget_max_abs_error,
             "inputs": [s.to_json() for s in self.manifest.inputs],
             "outputs": [s.to_json() for s in self.manifest.outputs],
             "log": str(self.log_path) if self.log_path else None,
@@ -740,8 +745,10 @@ class _Pipeline:
             profile_calls=self._profile(data, chosen.matched.inputs),
             rewrites=self.tabular.notes(converted=True),
             variant=variant_name(chosen.candidate.mode), variants=variants, accuracy_budget=opts.accuracy_budget,
+            budget_factor=opts.budget_factor,
         )
         done()
+        self.warnings += over_budget_warnings(manifest)
         return ConvertResult(opts.out, manifest, chosen.candidate.mode, candidates, table, self.log_path,
                              self.workdir if opts.keep_workdir else None, None, self.warnings, self.stage_seconds)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.bundle.budget import PRIMARY_ERROR_FACTOR
 from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.packaging import DEFAULT_ATOL, PackRequest, VariantRequest, pack_model, round_up
 from edge_runtime.spec.tensors import TensorSpec
@@ -79,6 +80,7 @@ def pack_tflite(
     variant: str | None = None,
     variants: Sequence[VariantRequest] = (),
     accuracy_budget: float | None = None,
+    budget_factor: float | None = PRIMARY_ERROR_FACTOR,
     provenance: Path | None = None,
 ) -> Manifest:
     """Pack a converted TFLite file with the ONNX interface and the converter's report (and
@@ -87,7 +89,9 @@ def pack_tflite(
     The golden outputs are onnxruntime's (``source`` is the reference), so the device's
     self-test checks that it scores within the accepted error of the ONNX model. Models with
     a dynamic batch have that error re-measured on the validation rows by the device backend;
-    a fixed-batch model states the converter's own measurement.
+    a fixed-batch model states the converter's own measurement. With ``variants`` and no
+    ``accuracy_budget``, the budget is relative to this model (``budget_factor``, see
+    edge_runtime/bundle/budget.py); ``budget_factor=None`` signs none.
     """
     dynamic = all(s.shape and s.shape[0] == -1 for s in inputs)
     return pack_model(PackRequest(
@@ -110,6 +114,7 @@ def pack_tflite(
         variant=variant if variants else None,
         variants=variants,
         accuracy_budget=accuracy_budget if variants else None,
+        budget_factor=budget_factor,
     ))
 
 

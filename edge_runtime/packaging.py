@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import RUNTIME_MAJOR
+from edge_runtime.bundle.budget import default_budget
 from edge_runtime.bundle.manifest import (
     ARTIFACT_FILES,
     DEFAULT_CHUNK_SIZE,
@@ -197,7 +198,8 @@ class PackRequest:
     (docs/monitoring.md), the outputs being the packed model's own. ``variants`` are packed
     beside the model, each with its own golden self-test; ``variant`` names the main model's
     variant and ``accuracy_budget`` is the error against the reference no variant may exceed
-    to be served.
+    to be served; without one, ``budget_factor`` (the converter's) derives it from the main
+    model's measured error and tolerance (bundle/budget.py), and None leaves the bundle without.
     """
 
     model_path: Path
@@ -222,6 +224,7 @@ class PackRequest:
     variant: str | None = None
     variants: Sequence[VariantRequest] = ()
     accuracy_budget: float | None = None
+    budget_factor: float | None = None
 
 
 @dataclass
@@ -313,7 +316,11 @@ def pack_model(req: PackRequest) -> Manifest:
             fields["profile"] = {"file": PROFILE_FILE}
     fields["golden"] = _golden_field(draft, samples, golden.results, golden.atol, float(req.rtol), artifacts, fields,
                                      req.chunk_size)
-    backends = {None: backend, **_pack_variants(req, draft, samples, artifacts, fields)}
+    budget = req.accuracy_budget
+    if budget is None and req.budget_factor is not None and golden.accuracy is not None:
+        budget = default_budget(golden.atol, float(req.rtol), golden.results, float(golden.accuracy["max_abs_error"]),
+                                req.budget_factor)
+    backends = {None: backend, **_pack_variants(req, draft, samples, artifacts, fields, budget)}
     fields["created"] = draft.created
     manifest = build_manifest(fields)
     try:  # what a device runs on install: a bundle that fails it is never written
@@ -330,15 +337,15 @@ def pack_model(req: PackRequest) -> Manifest:
 
 
 def _pack_variants(req: PackRequest, draft: Manifest, samples: list[np.ndarray], artifacts: dict[str, bytes],
-                   fields: dict[str, Any]) -> dict[str | None, Backend]:
+                   fields: dict[str, Any], budget: float | None) -> dict[str | None, Backend]:
     """Add ``req.variants`` to ``artifacts`` and ``fields``; each variant's loaded backend by name."""
     if not req.variants:
         return {}
     reference = Path(req.reference) if req.reference is not None else Path(req.model_path)
     if req.variant is not None:
         fields["variant"] = req.variant
-    if req.accuracy_budget is not None:
-        fields["accuracy_budget"] = {"max_abs_error": float(req.accuracy_budget)}
+    if budget is not None:
+        fields["accuracy_budget"] = {"max_abs_error": float(budget)}
     backends: dict[str | None, Backend] = {}
     entries = []
     for vr in req.variants:

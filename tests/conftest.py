@@ -26,11 +26,11 @@ import pytest
 
 from edge_runtime.bundle.reader import BundleLimits
 from edge_runtime.bundle.writer import build_manifest, write_bundle
-from edge_runtime.packaging import PackRequest, VariantRequest, pack_model
+from edge_runtime.packaging import PackRequest, pack_model
 from edge_runtime.store.store import ModelStore
 from edge_runtime.trust.keys import PrivateKey, generate_private_key, private_key_pem
 from edge_runtime.trust.root import TrustRoot, make_root, sign_root, verify_root
-from harness.bundles import DelegateLibs
+from harness.bundles import DelegateLibs, pack_variant_bundle
 from harness.daemon import EDGE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,33 +304,15 @@ def holdout_x() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def variant_bundle(tmp_path_factory: pytest.TempPathFactory, keys: KeySet) -> Callable[..., Path]:
-    """``variant_bundle(version, broken=None)``: fraud with two variants, ``tflite-fp32`` (the manifest's
-    own) and ``onnx``; ``broken`` names those (comma-separated) whose golden outputs are made wrong, signed again
-    correctly (its self-test fails on any device). Cached per arguments."""
+    """``variant_bundle(version, broken=None, budget=None)``: fraud with two variants (harness/bundles.py
+    ``pack_variant_bundle``), signed with the test key. Cached per arguments."""
     d = tmp_path_factory.mktemp("variants")
-    cache: dict[tuple[int, str | None], Path] = {}
-    golden = np.load(FACTORY_SRC / "golden.npy")
+    cache: dict[tuple[int, str | None, float | None], Path] = {}
 
-    def build(version: int, broken: str | None = None) -> Path:
-        if (version, broken) not in cache:
-            out = d / f"fraud-v{version}-{broken or 'good'}.bundle"
-            pack_model(PackRequest(
-                FACTORY_SRC / "fraud.tflite", name="fraud", version=version, keys=[keys.key], out=out,
-                input_names=["input_0"], output_names=["output_0"], golden_inputs=[golden],
-                quantization={"mode": "fp32"}, variant="tflite-fp32",
-                variants=[VariantRequest("onnx", FACTORY_SRC / "fraud.onnx", {"mode": "onnx"})],
-            ))
-            if broken is not None:
-                with tarfile.open(out) as tar:
-                    members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
-                fields = json.loads(members["manifest.json"])
-                for name in broken.split(","):
-                    target = fields if name == "tflite-fp32" else next(v for v in fields["variants"] if v["name"] == name)
-                    for t in target["golden"]["outputs"].values():
-                        t["data"] = [v + 0.5 for v in t["data"]]
-                artifacts = {k: v for k, v in members.items() if k not in ("manifest.json", "manifest.sig")}
-                write_bundle(out, build_manifest(fields), artifacts, [keys.key])
-            cache[(version, broken)] = out
-        return cache[(version, broken)]
+    def build(version: int, broken: str | None = None, budget: float | None = None) -> Path:
+        if (version, broken, budget) not in cache:
+            out = d / f"fraud-v{version}-{broken or 'good'}-{budget}.bundle"
+            cache[(version, broken, budget)] = pack_variant_bundle(out, keys.key, version, broken, budget)
+        return cache[(version, broken, budget)]
 
     return build

@@ -21,7 +21,8 @@ It runs on its own thread (``edge-model-manager``) and never blocks the event lo
   loaded and passed its self-test it is confirmed. Start-up first fails a version a dead
   process left ``trying`` (a delegate that segfaults), so the previous one is served.
 * Reload (SIGHUP): batching parameters apply to running executors at once; a change of
-  ``instances``, ``num_threads``, ``delegates``, ``execution`` or ``inline_max_us`` rebuilds the
+  ``instances``, ``num_threads``, ``delegates``, ``execution``, ``inline_max_us`` or the pinned
+  ``variant`` (served from the recorded trials, nothing timed again) rebuilds the
   versions concerned and swaps them in the same way; traffic, shadow and version policy
   are re-applied.
 """

@@ -148,25 +148,35 @@ def select_variant(store: ModelStore, resolved: Resolved, mcfg: ModelConfig, inf
         except OSError as exc:  # a read-only store: the choice stands, it is timed again next start
             log.warning("%s v%d: cannot record the variant trials: %s", resolved.name, resolved.version, exc)
     choice = choose_variant(record.trials, manifest.budget_max_abs_error, mcfg.variant, inference.variant_tie_pct)
+    if mcfg.variant and not choice.pinned:  # a config mistake the operator must hear of; serving goes on
+        chosen = next(v for v in choice.verdicts if v.variant == choice.chosen)
+        log.warning("%s v%d: [models.%s] variant = %r is ignored: %s", resolved.name, resolved.version,
+                    resolved.name, mcfg.variant[:64], chosen.reason.split("; ")[0],
+                    extra={"model": resolved.name, "version": resolved.version})
     log.info("%s v%d: serving variant %s (%s)", resolved.name, resolved.version, choice.chosen,
              "; ".join(f"{v.variant}: {v.outcome.value}, {v.reason}" for v in choice.verdicts),
              extra={"model": resolved.name, "version": resolved.version})
     return store.variant_view(resolved, choice.chosen), choice
 
 
-def install_selftest(store: ModelStore, mcfg: ModelConfig | None = None,
+def install_selftest(store: ModelStore, mcfg: ModelConfig | Callable[[str], ModelConfig] | None = None,
                      inference: InferenceConfig | None = None) -> Callable[[Resolved], None]:
     """The self-test an activation runs (``models install|activate``, a device updating without a
     daemon): the golden self-test of a one-variant version; for several variants, every one tried
-    and timed here (the record the daemon then reuses), failing only when none can serve."""
-    mcfg = mcfg or ModelConfig()
+    and timed here (the record the daemon then reuses), failing only when none can serve.
+
+    ``mcfg`` is one model's config, or the device's ``Config.model`` (an updater activates any
+    model): the threads, delegates and pin are those the daemon will use, so that its
+    fingerprint matches the record and it does not time the variants again."""
     inference = inference or InferenceConfig()
+    fixed = mcfg if isinstance(mcfg, ModelConfig) else ModelConfig()
 
     def check(resolved: Resolved) -> None:
+        model_cfg = mcfg(resolved.name) if callable(mcfg) else fixed
         if len(resolved.manifest.variants) > 1:
-            select_variant(store, resolved, mcfg, inference)
+            select_variant(store, resolved, model_cfg, inference)
         else:
-            selftest_version(resolved, mcfg, inference)
+            selftest_version(resolved, model_cfg, inference)
 
     return check
 

@@ -184,7 +184,7 @@ class UpdateService:
             wake=wake,
             # In-process: ``selftest`` (the simulator's, with a device's faults) or the real one
             # (every variant of a several-variant version tried and timed, see store/variants.py).
-            selftest=(selftest or install_selftest(store)) if selftest_in_process else None,
+            selftest=(selftest or install_selftest(store, cfg.model, cfg.inference)) if selftest_in_process else None,
             clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
             post=self._queue.put,
             amend_state=self._amend_state,

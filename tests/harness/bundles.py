@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from numpy.lib import format as npy_format
 
 from edge_runtime.bundle.writer import build_manifest, hash_artifact, write_bundle
+from edge_runtime.packaging import PackRequest, VariantRequest, pack_model
+
+FACTORY_SRC = Path(__file__).resolve().parents[2] / "device" / "factory"
 
 
 def rebuilt_bundle(src: Path, out: Path, keys: Any, version: int, runtime: dict[str, Any] | None = None,
@@ -29,6 +33,30 @@ def rebuilt_bundle(src: Path, out: Path, keys: Any, version: int, runtime: dict[
     if runtime is not None:
         fields["runtime"] = runtime
     write_bundle(out, build_manifest(fields), {"model.tflite": model}, [keys.key])
+    return out
+
+
+def pack_variant_bundle(out: Path, key: Any, version: int, broken: str | None = None,
+                        budget: float | None = None) -> Path:
+    """fraud with two variants, ``tflite-fp32`` (the manifest's own) and ``onnx``, signed with ``key``;
+    ``broken`` names those (comma-separated) whose golden outputs are made wrong, signed again
+    correctly (its self-test fails on any device); ``budget`` is the manifest's ``accuracy_budget``."""
+    pack_model(PackRequest(
+        FACTORY_SRC / "fraud.tflite", name="fraud", version=version, keys=[key], out=out,
+        input_names=["input_0"], output_names=["output_0"], golden_inputs=[np.load(FACTORY_SRC / "golden.npy")],
+        quantization={"mode": "fp32"}, variant="tflite-fp32",
+        variants=[VariantRequest("onnx", FACTORY_SRC / "fraud.onnx", {"mode": "onnx"})], accuracy_budget=budget,
+    ))
+    if broken is not None:
+        with tarfile.open(out) as tar:
+            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        fields = json.loads(members["manifest.json"])
+        for name in broken.split(","):
+            target = fields if name == "tflite-fp32" else next(v for v in fields["variants"] if v["name"] == name)
+            for t in target["golden"]["outputs"].values():
+                t["data"] = [v + 0.5 for v in t["data"]]
+        artifacts = {k: v for k, v in members.items() if k not in ("manifest.json", "manifest.sig")}
+        write_bundle(out, build_manifest(fields), artifacts, [key])
     return out
 
 

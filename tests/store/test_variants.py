@@ -140,3 +140,20 @@ def test_offline_scoring_uses_the_devices_choice(tmp_path: Path, keys: Any, cli:
     assert scored.code == 0, scored.err
     assert "fraud v1: variant onnx" in scored.err  # the TFLite variant fails its self-test here
     assert np.load(tmp_path / "y.npy").shape[0] == np.load(sample).shape[0]
+
+
+def test_models_list_says_why_a_variant_over_the_budget_lost(tmp_path: Path, keys: Any, cli: Callable[..., Any],
+                                                              variant_bundle: Callable[..., Path]) -> None:
+    # The ONNX variant's error against the TFLite model it was measured with is ~1e-7: above this budget.
+    store = _store(tmp_path, keys, variant_bundle(1, budget=1e-9))
+    _, choice = select_variant(store, store.resolved_version("fraud", 1), ModelConfig(), FAST)
+    assert choice.chosen == "tflite-fp32"
+    assert [v.outcome for v in choice.verdicts] == [Outcome.CHOSEN, Outcome.OVER_BUDGET]
+    store.record_serving("fraud", 1, {"delegate": "xnnpack", "skipped": [], "variant": choice.to_json()})  # the daemon's
+    config = tmp_path / "config.toml"
+    config.write_text(f'[store]\npath = "{store.path}"\n[trust]\nroot = "{keys.root_path}"\n', encoding="utf-8")
+    listing = cli(["models", "list", "--config", config])
+    assert listing.code == 0, listing.err
+    assert "serving variant tflite-fp32 on xnnpack" in listing.out
+    over = next(line for line in listing.out.splitlines() if "variant onnx:" in line)
+    assert "over-budget" in over and "against the reference is above the budget 1e-09" in over and "ms/row" in over
