@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,8 @@ class FakePipeline(conv._Pipeline):
 @pytest.fixture
 def packed(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(conv, "pack_tflite", lambda tflite, **kw: calls.append(kw) or {"format": "tflite"})
+    packed_manifest = SimpleNamespace(format="tflite", budget_max_abs_error=None, variants=())  # what run() reads of it
+    monkeypatch.setattr(conv, "pack_tflite", lambda tflite, **kw: calls.append(kw) or packed_manifest)
     return calls
 
 
