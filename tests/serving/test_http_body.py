@@ -9,35 +9,7 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from edge_runtime.serving.http import http_protocol
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed = False
-        self.written: list[bytes] = []
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def write(self, data: Any) -> None:
-        self.written.append(bytes(data))
-
-    def writelines(self, lines: Any) -> None:
-        for data in lines:
-            self.write(data)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+from harness.transport import MemoryTransport
 
 
 def _serve(pieces: list[bytes]) -> tuple[list[Any], Any]:
@@ -59,7 +31,7 @@ def _serve(pieces: list[bytes]) -> tuple[list[Any], Any]:
         config = Config(app, http=http_protocol())
         config.load()
         proto = http_protocol()(config=config, server_state=ServerState(), app_state={}, _loop=loop)
-        proto.connection_made(_Transport())
+        proto.connection_made(MemoryTransport())
         for piece in pieces:
             proto.data_received(piece)
             if proto.cycle is not None:

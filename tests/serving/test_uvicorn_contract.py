@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from edge_runtime.serving.http import CoalescingHttpToolsProtocol, CoalescingTransport, http_protocol
+from harness.transport import MemoryTransport
 
 # Methods of uvicorn's protocol that http.py overrides or calls, with the parameters it relies on.
 METHODS = {
@@ -57,30 +58,6 @@ def _folded_source(fn: Any) -> str:
 
 async def _async_app(scope: Any, receive: Any, send: Any) -> None:
     """Never called: the protocol is only connected, not fed a request."""
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 8000) if name in ("sockname", "peername") else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def write(self, data: Any) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -138,7 +115,7 @@ def test_a_connected_protocol_has_what_http_py_reads() -> None:
         config = Config(_async_app, http=http_protocol())
         config.load()
         proto = http_protocol()(config=config, server_state=ServerState(), app_state={}, _loop=loop)
-        transport = _Transport()
+        transport = MemoryTransport()
         proto.connection_made(transport)
         proto.data_received(b"GET /v2/health/live HTTP/1.1\r\nhost: a\r\n")  # a head, not yet complete
         for attr in INSTANCE_ATTRIBUTES:
