@@ -23,7 +23,6 @@ import platform
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 from edge_runtime import __version__
@@ -45,6 +44,10 @@ BACKEND_DISTRIBUTIONS = ("ai-edge-litert", "tflite-runtime", "onnxruntime")
 
 
 def _dist_version(name: str) -> str | None:
+    # importlib.metadata (with email, csv, ...) costs the daemon about a megabyte of RSS: imported
+    # only when a bundle with several variants is fingerprinted, not by every daemon.
+    from importlib import metadata
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
