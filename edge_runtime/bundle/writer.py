@@ -8,7 +8,7 @@ import io
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.atomic import atomic_writer
 from edge_runtime.bundle.manifest import (
@@ -22,7 +22,11 @@ from edge_runtime.bundle.manifest import (
 from edge_runtime.bundle.reader import BundleLimits, limit_violation
 from edge_runtime.exceptions import BundleError
 from edge_runtime.trust.canonical import canonical_json
-from edge_runtime.trust.keys import PrivateKey, sign
+
+# Signing needs cryptography (about 6 MB of RSS): imported by the functions that sign, so a device
+# that only hashes artifacts (updates/delta.py) never loads it (docs/serving.md, memory).
+if TYPE_CHECKING:
+    from edge_runtime.trust.keys import PrivateKey
 
 
 def hash_artifact(file: str, data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Artifact:
@@ -40,6 +44,8 @@ def utc_now() -> str:
 
 def signature_file(manifest_bytes: bytes, keys: Iterable[PrivateKey]) -> bytes:
     """The ``manifest.sig`` bytes for ``manifest_bytes`` signed by ``keys``."""
+    from edge_runtime.trust.keys import sign
+
     return canonical_json({"signatures": [sign(k, manifest_bytes) for k in keys]})
 
 
