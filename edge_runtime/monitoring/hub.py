@@ -136,6 +136,7 @@ class Monitoring:
 
     def ring(self, name: str, max_bytes: int | None = None) -> CaptureRing:
         """The capture ring of ``name`` (opened, and recovered after a crash, on first use)."""
+        _ = self.writer  # made with the first ring, at load: the first capture is written at once, as before
         with self._lock:
             ring = self.rings.get(name)
             if ring is None:
