@@ -32,7 +32,8 @@ def test_serve_without_mqtt_imports_only_what_it_uses(env: Env) -> None:
     assert {"numpy", "edge_runtime", "uvicorn"} <= top  # the import log is there: the check below means something
     # /metrics is printed by serving/promtext.py; statistics only for a several-variant bundle.
     # (tarfile is not checked: this first start installs the factory bundle.)
-    unwanted = {"paho", "grpc", "websockets", "wsproto", "prometheus_client", "statistics"}
+    # uvicorn's command line (click, its supervisors' multiprocessing): serving/uvicorn_core.py.
+    unwanted = {"paho", "grpc", "websockets", "wsproto", "prometheus_client", "statistics", "click", "multiprocessing"}
     if ed25519.backend().name == "libcrypto":
         unwanted.add("cryptography")
     assert top & unwanted == set()
