@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,8 @@ from edge_runtime.trust.canonical import canonical_json
 # Signing needs cryptography (about 6 MB of RSS): imported by the functions that sign, so a device
 # that only hashes artifacts (updates/delta.py) never loads it (docs/serving.md, memory).
 if TYPE_CHECKING:
+    import tarfile
+
     from edge_runtime.trust.keys import PrivateKey
 
 
@@ -57,6 +58,8 @@ def build_manifest(fields: dict[str, Any]) -> Manifest:
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644
@@ -79,6 +82,8 @@ def write_bundle(
                               limits or BundleLimits())
     if problem:
         raise BundleError(f"a device would refuse this bundle: {problem}")
+    import tarfile  # here: a device that only hashes artifacts (updates/delta.py) writes no bundle
+
     with atomic_writer(Path(out)) as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             _add(tar, MANIFEST_FILE, manifest_bytes)
