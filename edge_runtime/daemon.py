@@ -99,9 +99,11 @@ def connection_cap(max_connections: int) -> int:
 
 
 def _uvicorn_server(app: App, cfg: Config) -> Any:
-    import uvicorn
+    from edge_runtime.serving.uvicorn_core import server_classes
 
-    class Server(uvicorn.Server):
+    uvicorn_config, uvicorn_server = server_classes()  # before serving/http.py imports from uvicorn
+
+    class Server(uvicorn_server):  # type: ignore[misc,valid-type]
         # The daemon handles signals itself (drain, SIGHUP); uvicorn's handlers would
         # re-raise SIGTERM after the drain and turn a clean exit into a signal death.
         def capture_signals(self) -> Any:
@@ -111,7 +113,7 @@ def _uvicorn_server(app: App, cfg: Config) -> Any:
 
     from edge_runtime.serving.http import http_protocol
 
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
         http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s,
                            cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections)),

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from edge_runtime.bundle.manifest import (
     MANIFEST_FILE,
@@ -28,6 +27,11 @@ from edge_runtime.bundle.manifest import (
 from edge_runtime.exceptions import BundleError, CanonicalJSONError, SignatureError
 from edge_runtime.trust.canonical import parse_json_object
 from edge_runtime.trust.root import TrustRoot, parse_signatures, verify_signed
+
+# tarfile is imported by open_bundle: a daemon that serves an installed store never opens a
+# bundle file (docs/serving.md, memory).
+if TYPE_CHECKING:
+    import tarfile
 
 DEFAULT_MAX_BUNDLE_BYTES = 1024 * 1024 * 1024
 # manifest.json, manifest.sig, profile.json, and a model file and a golden.npz per variant.
@@ -244,6 +248,8 @@ class Bundle:
 
 def open_bundle(path: Path, root: TrustRoot | None, limits: BundleLimits | None = None) -> Bundle:
     """Open and fully verify a bundle; ``root=None`` skips the signature (inspect only)."""
+    import tarfile
+
     limits = limits or BundleLimits()
     path = Path(path)
     try:

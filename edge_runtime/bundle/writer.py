@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import io
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.atomic import atomic_writer
 from edge_runtime.bundle.manifest import (
@@ -22,7 +21,13 @@ from edge_runtime.bundle.manifest import (
 from edge_runtime.bundle.reader import BundleLimits, limit_violation
 from edge_runtime.exceptions import BundleError
 from edge_runtime.trust.canonical import canonical_json
-from edge_runtime.trust.keys import PrivateKey, sign
+
+# Signing needs cryptography (about 6 MB of RSS): imported by the functions that sign, so a device
+# that only hashes artifacts (updates/delta.py) never loads it (docs/serving.md, memory).
+if TYPE_CHECKING:
+    import tarfile
+
+    from edge_runtime.trust.keys import PrivateKey
 
 
 def hash_artifact(file: str, data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Artifact:
@@ -40,6 +45,8 @@ def utc_now() -> str:
 
 def signature_file(manifest_bytes: bytes, keys: Iterable[PrivateKey]) -> bytes:
     """The ``manifest.sig`` bytes for ``manifest_bytes`` signed by ``keys``."""
+    from edge_runtime.trust.keys import sign
+
     return canonical_json({"signatures": [sign(k, manifest_bytes) for k in keys]})
 
 
@@ -51,6 +58,8 @@ def build_manifest(fields: dict[str, Any]) -> Manifest:
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import tarfile
+
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644
@@ -73,6 +82,8 @@ def write_bundle(
                               limits or BundleLimits())
     if problem:
         raise BundleError(f"a device would refuse this bundle: {problem}")
+    import tarfile  # here: a device that only hashes artifacts (updates/delta.py) writes no bundle
+
     with atomic_writer(Path(out)) as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             _add(tar, MANIFEST_FILE, manifest_bytes)

@@ -15,15 +15,20 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_runtime.bundle.profile import Profile, parse_profile
 from edge_runtime.config import CaptureConfig, DriftConfig
 from edge_runtime.exceptions import ManifestError
-from edge_runtime.monitoring.capture import CaptureRing, CaptureWriter, capture_record, encode_array, record_line
-from edge_runtime.monitoring.drift import DriftReport, DriftTracker
+
+# The profile parser, the drift sketches and the capture ring are imported by the first
+# version that has a profile or capture on: a daemon without them never loads them (about
+# 1.4 MB of RSS; docs/serving.md, memory).
+if TYPE_CHECKING:
+    from edge_runtime.bundle.profile import Profile
+    from edge_runtime.monitoring.capture import CaptureRing, CaptureWriter
+    from edge_runtime.monitoring.drift import DriftReport, DriftTracker
 
 log = logging.getLogger("edge_runtime.monitoring")
 
@@ -62,6 +67,8 @@ class VersionMonitor:
                          shadow_outputs: Sequence[np.ndarray], rows_differing: int) -> None:
         """The shadow version answered a request differently: always captured (when capture is on)."""
         if self.capture_shadow:
+            from edge_runtime.monitoring.capture import encode_array
+
             extra = {"shadow": {"version": shadow_version, "rows_differing": rows_differing,
                                 "outputs": {n: encode_array(a) for n, a in zip(self.output_names, shadow_outputs)}}}
             self._capture("shadow_disagreement", inputs, outputs, extra)
@@ -69,6 +76,8 @@ class VersionMonitor:
     def _capture(self, reason: str, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
                  extra: dict[str, Any] | None) -> None:
         assert self.ring is not None
+        from edge_runtime.monitoring.capture import capture_record, record_line
+
         # Encoded and written on the request path (tens of µs, once per captured request, the
         # writes in batches): docs/monitoring.md says why not on a thread of its own.
         line = record_line(capture_record(self.name, self.version, reason, _now(), self.input_names, inputs,
@@ -93,9 +102,20 @@ class Monitoring:
         self.min_free_bytes = min_free_bytes
         self.monitors: dict[tuple[str, int], VersionMonitor] = {}
         self.rings: dict[str, CaptureRing] = {}
-        self.writer = CaptureWriter()
+        self._writer: CaptureWriter | None = None
         self._sinks: list[EventSink] = []
         self._lock = threading.Lock()
+
+    @property
+    def writer(self) -> CaptureWriter:
+        """The capture writer, made by the first capture (its timer thread starts with the first record)."""
+        if self._writer is None:
+            from edge_runtime.monitoring.capture import CaptureWriter
+
+            with self._lock:
+                if self._writer is None:
+                    self._writer = CaptureWriter()
+        return self._writer
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -116,9 +136,12 @@ class Monitoring:
 
     def ring(self, name: str, max_bytes: int | None = None) -> CaptureRing:
         """The capture ring of ``name`` (opened, and recovered after a crash, on first use)."""
+        _ = self.writer  # made with the first ring, at load: the first capture is written at once, as before
         with self._lock:
             ring = self.rings.get(name)
             if ring is None:
+                from edge_runtime.monitoring.capture import CaptureRing
+
                 ring = CaptureRing(self.capture_dir / name, max_bytes or 50 * 1024 * 1024,
                                    min_free_bytes=self.min_free_bytes)
                 self.rings[name] = ring
@@ -133,6 +156,8 @@ class Monitoring:
         problem = None
         tracker = None
         if isinstance(profile, bytes):
+            from edge_runtime.bundle.profile import parse_profile
+
             try:
                 profile = parse_profile(profile, input_specs, output_specs)
             except ManifestError as exc:
@@ -141,6 +166,8 @@ class Monitoring:
         if profile is None and problem is None:
             problem = "the bundle carries no reference profile"
         if profile is not None:
+            from edge_runtime.monitoring.drift import DriftTracker
+
             tracker = DriftTracker(profile, drift, lambda kind, fields: self._event(name, version, kind, fields))
         ring = self.ring(name, int(capture.max_mb * 1024 * 1024)) if capture.on else None
         mon = VersionMonitor(self, name, version, input_names, output_names, tracker, ring, capture, problem)
@@ -193,13 +220,15 @@ class Monitoring:
 
     def seal_all(self) -> None:
         """Write what is queued and seal every open segment (before a capture upload)."""
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
         for ring in list(self.rings.values()):
             ring.seal()
 
     def stop(self) -> None:
         """Write waiting captures, seal the open segments, stop the capture timer."""
-        self.writer.stop()
+        if self._writer is not None:
+            self._writer.stop()
         for ring in list(self.rings.values()):
             ring.seal()
 

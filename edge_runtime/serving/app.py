@@ -33,7 +33,6 @@ import orjson
 
 from edge_runtime.config import ServerConfig
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
-from edge_runtime.monitoring.drift import worst_features
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.codec import (
     decode_request,
@@ -318,6 +317,8 @@ def drift_stats(vm: VersionMonitor) -> dict[str, Any]:
     r = vm.report()
     if r is None:
         return {"score": None, "problem": vm.profile_problem}
+    from edge_runtime.monitoring.drift import worst_features  # loaded once a version has a profile
+
     out = r.summary()
     out["worst_features"] = [{"feature": f, "psi": p} for f, p in worst_features(r, 10)]
     out["observed_rows"] = r.seen

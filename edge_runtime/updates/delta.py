@@ -35,18 +35,22 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime.bundle.manifest import DEFAULT_CHUNK_SIZE, SHA256_RE, Artifact, Manifest
 from edge_runtime.bundle.reader import stream_verify
 from edge_runtime.bundle.writer import hash_artifact
 from edge_runtime.exceptions import BadDataError
 from edge_runtime.trust.canonical import canonical_json
-from edge_runtime.trust.keys import PrivateKey, sign
 from edge_runtime.trust.root import TrustRoot
 from edge_runtime.updates.exceptions import UpdateMessageError
 from edge_runtime.updates.protocol import signed_message
 from edge_runtime.updates.verify import MAX_DELTA_BASES, _int, echo, echo_names, open_signed_document
+
+# Signing (cryptography, about 6 MB of RSS) is the operator's side: a device that only verifies
+# and applies deltas never imports it (docs/serving.md, memory).
+if TYPE_CHECKING:
+    from edge_runtime.trust.keys import PrivateKey
 
 DELTA_TYPE = "delta"
 METHOD = "zstd"
@@ -153,6 +157,8 @@ def delta_document(manifest: Manifest, base_version: int, files: dict[str, tuple
 
 def sign_delta_index(document: dict[str, Any], keys: Collection[PrivateKey]) -> bytes:
     """The retained delta index message."""
+    from edge_runtime.trust.keys import sign
+
     payload = canonical_json(document)
     return signed_message("delta", payload, [sign(k, payload) for k in keys])
 

@@ -17,7 +17,6 @@ from edge_runtime.atomic import write_bytes_atomic
 from edge_runtime.config import Config, MqttConfig
 from edge_runtime.exceptions import TrustError
 from edge_runtime.trust.root import TrustRoot, format_time, update_root, verify_root
-from edge_runtime.updates.verify import PendingRoots
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -75,4 +74,4 @@ def trust_root_for(cfg: Config, store_path: Path | None = None) -> TrustRoot:
     return load_trust_root(pinned, updates_state_dir(cfg.mqtt, Path(store_path or cfg.store.path)))
 
 
-__all__ = ["PendingRoots", "load_trust_root", "root_file", "save_root", "trust_root_for", "updates_state_dir"]
+__all__ = ["load_trust_root", "root_file", "save_root", "trust_root_for", "updates_state_dir"]

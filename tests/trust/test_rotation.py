@@ -41,7 +41,8 @@ from edge_runtime.trust.rotation import (
     signing_status,
     unsigned,
 )
-from edge_runtime.updates.roots import PendingRoots, load_trust_root, save_root
+from edge_runtime.updates.roots import load_trust_root, save_root
+from edge_runtime.updates.verify import PendingRoots
 
 NOW = _dt.datetime(2027, 6, 1, 12, 0, tzinfo=_dt.UTC)
 DAY = _dt.timedelta(days=1)
