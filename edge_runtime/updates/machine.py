@@ -414,10 +414,15 @@ class UpdateMachine(TransferSteps):
             if isinstance(exc, (RollbackError, IncompatibleError, DecryptionError)):
                 self._drop(job, refuse=True)  # a valid release this device must never take
             return  # bad bytes: keep waiting, a corrected manifest may be republished
-        self._emit(Unsubscribe((self.topics.manifest(name, version),)))
+        # Quiet: with the link down the download must still open (a reconnect then re-plans it);
+        # a failed unsubscribe would stop the batch and leave the job downloading nothing.
+        self._emit(Unsubscribe((self.topics.manifest(name, version),), quiet=True))
         if job.plan == Plan.ACTIVATE:
-            self._activate_in_window(job)  # already here (installed, never activated): nothing to fetch
-            return
+            model = self.view.facts.model(name)
+            if installed is not None and version in model.installed and version not in model.quarantined:
+                self._activate_in_window(job)  # already here (installed, never activated): nothing to fetch
+                return
+            job.plan = Plan.FETCH  # pruned or quarantined since the plan was made: fetched again
         job.release, job.message = release, event.payload
         base = self._delta_base(job)
         if base:  # a delta from a version this device has: its signed index first (updates/delta.py)
@@ -452,7 +457,7 @@ class UpdateMachine(TransferSteps):
         except BadDataError as exc:
             self._delta_fallback(job, str(exc))
             return
-        self._emit(Unsubscribe((self.topics.delta_index(job.name, job.version, job.delta_base),)))
+        self._emit(Unsubscribe((self.topics.delta_index(job.name, job.version, job.delta_base),), quiet=True))
         self._start_download(job, index)
 
     def _delta_fallback(self, job: Job, reason: str) -> None:

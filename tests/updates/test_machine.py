@@ -5,6 +5,7 @@ must return, with no store, file or broker. Each effect is written as a short ph
 from __future__ import annotations
 
 import configparser
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,19 @@ def test_no_confirmation_from_the_daemon_rolls_back(table: Table, repo: Repo, ma
             "save", "report failed fraud v2", "report rolled_back fraud v1", "publish"]),
     ])
     assert table.machine.job is None
+
+
+def test_a_version_quarantined_after_the_plan_is_fetched_again_not_activated(
+    table: Table, repo: Repo, manifest_v2: bytes, installed_2: StaticFacts,
+) -> None:
+    """Installed when the desired state came (plan: activate), quarantined by the time its manifest
+    arrives (a re-verification at start-up, the CLI): the device fetches it again."""
+    quarantined = dataclasses.replace(installed_2, models={"fraud": dataclasses.replace(
+        installed_2.models["fraud"], quarantined=frozenset({2}))})
+    table.run([
+        (DesiredReceived(repo.desired({"fraud": 2}, seq=1)), {"facts": installed_2}, NOTIFIED),
+        (ManifestReceived("fraud", 2, manifest_v2), {"facts": quarantined}, MANIFEST_OK),
+    ])
 
 
 def test_in_process_activation_ends_the_job_at_once(table: Table, repo: Repo, manifest_v2: bytes, installed_2: StaticFacts) -> None:

@@ -3,12 +3,15 @@ after a restart, overrides, root rotation and the offline event queue (FakeBroke
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from edge_runtime.exceptions import TransportError
 from edge_runtime.inference.delegates import InstallCheck
 from edge_runtime.trust.keys import generate_private_key, sign
 from edge_runtime.trust.root import make_root, sign_root
@@ -266,3 +269,38 @@ def test_the_state_hook_is_given_to_the_constructor(make_device: DeviceFactory) 
     updater.load()
     updater.on_connect(False)
     assert dev.broker.state()["health"] == {"ok": True}
+
+
+def test_a_link_lost_as_the_manifest_is_handled_resumes_the_download_on_reconnect(
+    make_device: DeviceFactory, releases: Releases, repo: Repo, topics: Topics
+) -> None:
+    """The broker goes away between the manifest's arrival and its handling: unsubscribing and
+    subscribing fail (paho: not connected). The job must not be left downloading nothing: after
+    the reconnect the device fetches and activates the release."""
+    dev = make_device()
+    dev.broker.put(repo.release(releases.bundle(2)))
+    dev.broker.put({topics.desired: repo.desired({"fraud": 2}, seq=1)})
+    broker = dev.broker
+    down = {"on": False}
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise TransportError("not connected")
+
+    real_subscribe, real_unsubscribe = broker.subscribe, broker.unsubscribe
+    broker.subscribe = lambda filters, *, new_only=False: refuse() if down["on"] else real_subscribe(filters, new_only=new_only)  # type: ignore[method-assign]
+    broker.unsubscribe = lambda filters: refuse() if down["on"] else real_unsubscribe(filters)  # type: ignore[method-assign]
+    # Deliver until the manifest is next, then drop the link just before it is handled.
+    while broker.queue and "/manifest" not in broker.queue[0][0]:
+        broker.pump(limit=1)
+    assert broker.queue, "the manifest was queued"
+    down["on"] = True
+    with contextlib.suppress(TransportError):  # the service logs it: "update step deferred"
+        broker.pump(limit=1)
+    broker.queue.clear()  # the link is gone: nothing more arrives
+    down["on"] = False
+    broker.subs.clear()  # a clean session
+    dev.updater.on_connect(False)
+    for _ in range(5):
+        dev.clock.now += 10
+        dev.sync()
+    assert dev.store.state("fraud").active == 2
