@@ -52,9 +52,9 @@ MAX_RECIPIENTS = 25_000
 MAX_COUNTER = 2**32 - 1
 _WRAP_INFO = b"edge-runtime key wrap v1"
 _CHUNK_AAD = b"edge-runtime chunk v1\0"
-KEYID_RE = re.compile(rf"^[0-9a-f]{{{KEY_ID_HEX}}}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_PREFIX_RE = re.compile(rf"^[0-9a-f]{{{2 * PREFIX_BYTES}}}$")
+KEYID_RE = re.compile(rf"^[0-9a-f]{{{KEY_ID_HEX}}}\Z")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_PREFIX_RE = re.compile(rf"^[0-9a-f]{{{2 * PREFIX_BYTES}}}\Z")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,16 +45,16 @@ MAX_GOLDEN_BYTES = 32 * 1024 * 1024
 # sizes it declares before inflating anything, whatever the file's own length).
 MAX_GOLDEN_ARRAY_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 64 * 1024
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # Faithful variants of one model (docs/store-and-bundles.md "Variants"): each further variant's
 # model file and golden file have these names, so that the artifact check stays a closed rule.
-VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+VARIANT_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
 VARIANT_FILE_RE = re.compile(
-    r"^(?:model-[a-z0-9][a-z0-9-]{0,31}\.(?:tflite|onnx)|golden-[a-z0-9][a-z0-9-]{0,31}\.npz)$"
+    r"^(?:model-[a-z0-9][a-z0-9-]{0,31}\.(?:tflite|onnx)|golden-[a-z0-9][a-z0-9-]{0,31}\.npz)\Z"
 )
 MAX_VARIANTS = 8
 QUANTIZE_MODES = ("fp32", "fp16", "dynamic", "int8")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -429,6 +430,12 @@ def _parse_variants(obj: dict[str, Any], fmt: str, quantization: dict[str, Any],
         vq = v.get("quantization", {"mode": "unknown"})
         if not isinstance(vq, dict):
             raise ManifestError(f"{what}: 'quantization' must be an object")
+        for key in ("accuracy", "report"):  # the recorded error the accuracy budget is held against
+            section = vq.get(key)
+            err = section.get("max_abs_error") if isinstance(section, dict) else None
+            if err is not None and (isinstance(err, bool) or not isinstance(err, (int, float))
+                                    or not math.isfinite(err) or err < 0):
+                raise ManifestError(f"{what}: quantization.{key}.max_abs_error must be a finite number >= 0")
         vgolden = None
         if v.get("golden") is not None:
             vgolden = _parse_golden(v["golden"], inputs, outputs, present, f"golden-{name}.npz")

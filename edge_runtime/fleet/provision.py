@@ -45,7 +45,7 @@ from edge_runtime.fleet.pki import (
 from edge_runtime.spec.broker_url import parse_broker_url
 from edge_runtime.trust.root import verify_root
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a topic level and a certificate CN alike
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # a topic level and a certificate CN alike
 MAX_DEVICES = 100_000
 BROKER_ETC = "/etc/mosquitto/edge-runtime"
 DEVICE_ETC = "/etc/edge-runtime"

@@ -14,6 +14,7 @@ variants are loaded together while they are timed, once per record (store/varian
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,8 +53,10 @@ def _recorded_error(version: Testable) -> float | None:
     q = version.manifest.quantization
     for key in ("accuracy", "report"):
         section = q.get(key)
-        if isinstance(section, dict) and isinstance(section.get("max_abs_error"), (int, float)):
-            return float(section["max_abs_error"])
+        value = section.get("max_abs_error") if isinstance(section, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # NaN or inf recorded: never within a budget (max() would drop a NaN silently)
+            return float(value) if math.isfinite(value) else math.inf
     return None
 
 

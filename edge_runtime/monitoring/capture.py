@@ -48,7 +48,7 @@ from edge_runtime.atomic import fsync_dir, write_bytes_atomic
 
 log = logging.getLogger("edge_runtime.monitoring")
 
-SEGMENT_RE = re.compile(r"^seg-(\d{12})\.jsonl$")
+SEGMENT_RE = re.compile(r"^seg-(\d{12})\.jsonl\Z")
 OPEN_SUFFIX = ".open"
 RING_FILE = "ring.json"
 DEFAULT_SEGMENT_BYTES = 1024 * 1024

@@ -39,9 +39,9 @@ MAX_DELEGATES = 8
 MAX_OPTIONS = 32
 MAX_TEXT = 256
 MAX_THREADS = 64
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # What a bundle may ask for: a plain name (no dots, so never a file name or a path).
-REQUEST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+REQUEST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 
 
 @dataclass(frozen=True)

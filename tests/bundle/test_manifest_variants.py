@@ -76,6 +76,11 @@ def _art(obj: dict[str, Any], name: str) -> None:
         (lambda o: o.update(accuracy_budget={"max_abs_error": -1}), "accuracy_budget.max_abs_error"),
         (lambda o: o.update(variant="UPPER"), "variant name 'UPPER' must match"),
         (lambda o: o.update(variant=7), "variant name '7' must match"),
+        (lambda o: o["variants"][0].update(name="onnx\n"), "must be unique and match"),
+        (lambda o: o["variants"][0].update(quantization={"mode": "onnx", "accuracy": {"max_abs_error": True}}),
+         "max_abs_error must be a finite number"),
+        (lambda o: o["variants"][0].update(quantization={"mode": "onnx", "report": {"max_abs_error": -1.0}}),
+         "max_abs_error must be a finite number"),
     ],
 )
 def test_variant_fields_are_validated(variant_obj: dict[str, Any], edit: Callable[[dict[str, Any]], None],
@@ -122,3 +127,4 @@ def test_a_delta_covers_every_variants_artifact(variant_bundle: Callable[..., Pa
     assert chunked == {"model.tflite", "model.onnx"}
     index = verify_delta_message(plan.messages[topics.delta_index("fraud", 2, 1)], keys.root, new[0], 1, 1 << 30)
     assert set(index.artifacts) == {"model.tflite", "model.onnx"}
+
