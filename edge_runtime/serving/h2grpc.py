@@ -238,8 +238,10 @@ class Connection(asyncio.Protocol):
                 self._abort(COMPRESSION_ERROR, str(exc))
                 return
         # The partial-frame clock: a frame header or non-DATA frame left incomplete (a DATA
-        # frame arriving slowly is its request's body clock). It restarts when a frame completed.
-        if pos < end and (end - pos < 9 or src[pos + 3] != DATA):
+        # frame arriving slowly is its request's body clock, when that clock runs: a DATA frame
+        # for no stream still waiting for its message is on this clock). It restarts when a
+        # frame completed.
+        if pos < end and (end - pos < 9 or src[pos + 3] != DATA or not self._body_clock_runs(src, pos)):
             if self.partial_since is None or pos:
                 self.partial_since = self.loop.time()
         else:
@@ -512,6 +514,12 @@ class Connection(asyncio.Protocol):
                 self._send_pending(s)
 
     # -- deadlines ----------------------------------------------------------------------------
+
+    def _body_clock_runs(self, src: bytes | bytearray, pos: int) -> bool:
+        """Whether the DATA frame whose header starts at ``pos`` is for a stream whose message is
+        still incomplete (so its slowness is that stream's body clock)."""
+        s = self.streams.get(int.from_bytes(src[pos + 5:pos + 9], "big") & 0x7FFFFFFF)
+        return s is not None and s.since is not None
 
     def _clocks(self) -> Clocks:
         bodies = [s.since for s in self.streams.values() if s.since is not None]

@@ -99,7 +99,8 @@ def test_a_connection_that_sends_no_preface_is_closed(port: int, sent: bytes) ->
 @pytest.mark.parametrize("sent", [
     HELLO + h2grpc.frame(SETTINGS, 0, 0)[:5],  # half a frame header
     HELLO + headers(1, end_headers=False),  # a header block waiting for CONTINUATION
-], ids=["half a frame header", "header block without its end"])
+    HELLO + h2grpc.frame(DATA, 0, 7, b"x" * 100)[:50],  # half a DATA frame for no open stream
+], ids=["half a frame header", "header block without its end", "half a DATA frame for no stream"])
 def test_a_connection_that_stops_inside_a_header_is_closed_with_goaway(port: int, sent: bytes) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(sent)
