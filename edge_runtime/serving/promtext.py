@@ -91,7 +91,8 @@ def go_float(value: float) -> str:
     return s
 
 
-def _label_value(v: str) -> str:
+def _label_value(v: object) -> str:
+    v = v if isinstance(v, str) else str(v)  # as prometheus_client does: a number label is its text
     return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 

@@ -86,3 +86,9 @@ def test_the_daemon_metrics_need_no_prometheus_client() -> None:
             "m = Metrics(); m.version('fraud', 1).failed('error'); assert b'edge_requests_total' in m.exposition()\n"
             "assert 'prometheus_client' not in sys.modules, 'imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_label_values_are_escaped_and_a_number_label_is_its_text() -> None:
+    family = promtext.GaugeMetricFamily("edge_x", "x", labels=["model", "version"])
+    family.add_metric(['a"b\\c\nd', 7], 1.0)  # type: ignore[list-item]
+    assert promtext.render([family]).decode().splitlines()[-1] == 'edge_x{model="a\\"b\\\\c\\nd",version="7"} 1.0'
