@@ -110,15 +110,19 @@ def _command(words: list[str]) -> list[str] | None:
     return None
 
 
-def _inline_commands(path: Path) -> Iterator[tuple[int, str]]:
-    """Code spans in prose that are command lines: `edge-runtime fleet rollback ...` or `fleet rollback NAME`."""
+def _prose_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of the lines outside fenced code blocks."""
     in_block = False
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if FENCE.match(raw):
             in_block = not in_block
-            continue
-        if in_block:
-            continue
+        elif not in_block:
+            yield number, raw
+
+
+def _inline_commands(path: Path) -> Iterator[tuple[int, str]]:
+    """Code spans in prose that are command lines: `edge-runtime fleet rollback ...` or `fleet rollback NAME`."""
+    for number, raw in _prose_lines(path):
         for span in re.findall(r"`([^`]+)`", raw):
             words = span.split()
             if len(words) < 2:
@@ -245,13 +249,7 @@ def test_the_checker_accepts_real_commands() -> None:
 
 
 def _links(path: Path) -> Iterator[tuple[int, str]]:
-    in_block = False
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if FENCE.match(raw):
-            in_block = not in_block
-            continue
-        if in_block:
-            continue
+    for number, raw in _prose_lines(path):
         for match in LINK.finditer(re.sub(r"`[^`]*`", "", raw)):
             yield number, match.group(1) or match.group(2)
 
