@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench" / "servers"))
 
 import numpy as np  # noqa: E402
-from tf_mlp import build_mlp, free_port  # noqa: E402
+from tf_mlp import build_mlp, free_port, start_mosquitto  # noqa: E402
 
 from edge_runtime.bundle.manifest import parse_manifest  # noqa: E402
 from edge_runtime.bundle.reader import BundleLimits, open_bundle  # noqa: E402
@@ -230,15 +229,7 @@ class Broker:
         self.port = free_port()
         conf = work / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n")
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
+        self.proc = start_mosquitto(conf, self.port)
 
     @property
     def url(self) -> str:

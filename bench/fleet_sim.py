@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,7 +44,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench" / "servers"))
 
 import paho.mqtt.client as paho  # noqa: E402
-from tf_mlp import build_mlp, free_port  # noqa: E402
+from tf_mlp import build_mlp, free_port, start_mosquitto  # noqa: E402
 
 from edge_runtime.fleet.publish import publish_release  # noqa: E402
 from edge_runtime.fleet.session import BrokerOptions, FleetSession  # noqa: E402
@@ -84,16 +83,7 @@ class Broker:
             f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence false\nsys_interval 1\nlog_dest file {self.dir}/mosquitto.log\n"
         )
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.dir / "m.conf")], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("mosquitto did not start") from None
-                time.sleep(0.05)
+        self.proc = start_mosquitto(self.dir / "m.conf", self.port, timeout_s=30)
 
     @property
     def url(self) -> str:

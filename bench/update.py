@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench" / "servers"))
 
 import paho.mqtt.client as paho  # noqa: E402
-from tf_mlp import build_mlp, free_port  # noqa: E402
+from tf_mlp import build_mlp, free_port, start_mosquitto  # noqa: E402
 
 from edge_runtime.bundle.reader import BundleLimits  # noqa: E402
 from edge_runtime.fleet.prune import prune_releases  # noqa: E402
@@ -90,15 +89,7 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.dir / "m.conf")], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("mosquitto did not start")
+        self.proc = start_mosquitto(self.dir / "m.conf", self.port)
 
     def stop(self) -> None:
         if self.proc is not None:

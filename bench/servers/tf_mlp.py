@@ -1,4 +1,4 @@
-"""Helpers shared by the MQTT benchmarks: a TFLite MLP of a chosen size, and a free port."""
+"""Helpers shared by the MQTT benchmarks: a TFLite MLP of a chosen size, a free port, mosquitto started."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BUILD_MODEL = r"""
@@ -46,3 +47,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def start_mosquitto(conf: Path, port: int, timeout_s: float = 20.0) -> subprocess.Popen[bytes]:
+    """mosquitto with ``conf``, once it accepts connections on ``port``."""
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("mosquitto did not start") from None
+            time.sleep(0.02)
