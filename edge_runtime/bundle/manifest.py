@@ -124,13 +124,18 @@ class Variant:
     @property
     def max_abs_error(self) -> float | None:
         """The converter's measured error against the reference (onnxruntime), when it recorded one."""
-        for key in ("accuracy", "report"):
-            section = self.quantization.get(key)
-            if isinstance(section, dict):
-                value = section.get("max_abs_error")
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    return float(value)
-        return None
+        return recorded_max_abs_error(self.quantization)
+
+
+def recorded_max_abs_error(quantization: dict[str, Any]) -> float | None:
+    """The max abs error a ``quantization`` field records against the reference (its ``accuracy``,
+    else its ``report``); a non-finite one is never within a budget (``max()`` would drop a NaN)."""
+    for key in ("accuracy", "report"):
+        section = quantization.get(key)
+        value = section.get("max_abs_error") if isinstance(section, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if math.isfinite(value) else math.inf
+    return None
 
 
 def primary_variant_name(obj: dict[str, Any]) -> str:

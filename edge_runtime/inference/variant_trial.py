@@ -14,13 +14,13 @@ variants are loaded together while they are timed, once per record (store/varian
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from edge_runtime.bundle.manifest import recorded_max_abs_error
 from edge_runtime.config import InferenceConfig, ModelConfig
 from edge_runtime.exceptions import EdgeRuntimeError, InferenceError
 from edge_runtime.inference import delegates
@@ -49,17 +49,6 @@ class _Loaded:
     times: list[float]
 
 
-def _recorded_error(version: Testable) -> float | None:
-    q = version.manifest.quantization
-    for key in ("accuracy", "report"):
-        section = q.get(key)
-        value = section.get("max_abs_error") if isinstance(section, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            # NaN or inf recorded: never within a budget (max() would drop a NaN silently)
-            return float(value) if math.isfinite(value) else math.inf
-    return None
-
-
 def _load(version: Testable, mcfg: ModelConfig, inference: InferenceConfig) -> _Loaded:
     """Self-test one variant (isolated when a delegate library is involved), then load it to be timed."""
     manifest = version.manifest
@@ -73,7 +62,7 @@ def _load(version: Testable, mcfg: ModelConfig, inference: InferenceConfig) -> _
                            lambda b: errors.append(run_selftest(b, manifest, version.golden_bytes)))
     rows = len(golden.inputs[0]) if golden.inputs and golden.inputs[0].ndim else 1
     return _Loaded(manifest.variant_name, backend, golden.inputs, max(1, rows), max(errors, default=0.0),
-                   _recorded_error(version), [])
+                   recorded_max_abs_error(version.manifest.quantization), [])
 
 
 def trial_variants(versions: Sequence[Testable], mcfg: ModelConfig, inference: InferenceConfig,
