@@ -249,7 +249,7 @@ def test_multi_input_model_serves_its_declared_datatypes_over_kserve(
     tritonclient, JSON and binary, with onnxruntime's labels and probabilities (as TFLite: tests/corpus)."""
     import tritonclient.http as triton
 
-    from harness.daemon import Daemon
+    from harness.daemon import Daemon, write_serve_config
 
     path, val = tabular["columns"]
     bundle = tmp_path / "columns.bundle"
@@ -259,8 +259,7 @@ def test_multi_input_model_serves_its_declared_datatypes_over_kserve(
     factory.mkdir()
     assert cli(["models", "install", bundle, "--store", store, "--root", keys.root_path, "--factory", factory]).code == 0
     config = tmp_path / "serve.toml"
-    config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
-                      "[server]\nport = 0\n", encoding="utf-8")
+    write_serve_config(config, store, factory, keys.root_path)
     feed = {k: v[:7] for k, v in np.load(val).items()}
     want = _reference(path, feed)
     daemon = Daemon(config)

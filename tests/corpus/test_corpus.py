@@ -31,7 +31,7 @@ import tritonclient.http as triton
 from corpus.models import CORPUS, CorpusModel, fetch, make_inputs, write_data
 from corpus.tabular import as_tensor
 from edge_runtime.bundle.manifest import TARGET_MANIFEST_BYTES
-from harness.daemon import Daemon
+from harness.daemon import Daemon, write_serve_config
 
 BIN = Path(sys.executable).parent
 CONVERT_TIMEOUT_S = 1800
@@ -108,8 +108,7 @@ def test_real_model_converts_installs_and_serves_like_onnxruntime(model: CorpusM
                 _close(out[name], want, atol, rtol, f"score {name}")
 
     config = tmp_path / "serve.toml"
-    config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
-                      "[server]\nport = 0\n", encoding="utf-8")
+    write_serve_config(config, store, factory, keys.root_path)
     daemon = Daemon(config)
     try:
         daemon.wait_ready()

@@ -30,6 +30,13 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def write_serve_config(path: Path, store: Path, factory: Path, root: Path) -> Path:
+    """A daemon config serving ``store`` (``factory`` beside it) under ``root``, on a free port."""
+    path.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{root}"\n'
+                    "[server]\nport = 0\n", encoding="utf-8")
+    return path
+
+
 class Daemon:
     """``edge-runtime serve --config CONFIG [extra_args]`` (or ``command``) in a subprocess."""
 

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from harness.daemon import Daemon
+from harness.daemon import Daemon, write_serve_config
 from harness.http import request
 
 
@@ -70,8 +70,7 @@ def dyn(tmp_path_factory: pytest.TempPathFactory, keys: Any, cli: Callable[..., 
                     "--sign-key", keys.key_path, "-o", d / f"{name}.bundle"]).code == 0
         assert cli(["models", "install", d / f"{name}.bundle", *common]).code == 0
     config = d / "serve.toml"
-    config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
-                      "[server]\nport = 0\n", encoding="utf-8")
+    write_serve_config(config, store, factory, keys.root_path)
     return {"dir": d, "store": store, "factory": factory, "config": config}
 
 
@@ -155,8 +154,7 @@ def test_a_dynamic_input_tflite_packs_and_serves(tmp_path: Path, keys: Any, cli:
     assert cli(["models", "install", tmp_path / "frames.bundle", "--store", store, "--root", keys.root_path,
                 "--factory", factory]).code == 0
     config = tmp_path / "serve.toml"
-    config.write_text(f'[store]\npath = "{store}"\nfactory = "{factory}"\n[trust]\nroot = "{keys.root_path}"\n'
-                      "[server]\nport = 0\n", encoding="utf-8")
+    write_serve_config(config, store, factory, keys.root_path)
     daemon = Daemon(config)
     try:
         daemon.wait_ready()
