@@ -13,7 +13,9 @@ message holds its buffer, so each has a deadline:
 * a request's message must be complete within ``body_s`` (``[server] request_body_timeout_s``)
   of its HEADERS (a DATA frame arriving slowly is covered by this clock, not the header one);
 * a connection with no call open is closed (GOAWAY, no error) after ``idle_s``
-  (``[server] grpc_idle_timeout_s``); gRPC clients reconnect on their next call.
+  (``[server] grpc_idle_timeout_s``); gRPC clients reconnect on their next call. A connection
+  in the middle of a frame or header block is judged by the header clock alone (it says why it
+  is closed); the idle clock keeps running and applies again once the frame is complete.
 
 :func:`check` takes the clocks and returns what is due and when to look again, so the
 connection runs one timer, re-armed only when it fires, and its hot path only records times.
@@ -74,7 +76,7 @@ def check(now: float, c: Clocks, t: Timeouts) -> tuple[Verdict, float]:
         if now >= due:
             return Verdict.STALLED_BODY, due
         deadlines.append(due)
-    if c.idle_since is not None:
+    if c.idle_since is not None and c.partial_since is None:  # mid-frame: the header clock decides
         due = c.idle_since + t.idle_s
         if now >= due:
             return Verdict.IDLE, due

@@ -125,6 +125,7 @@ def test_fraud_auto_validates_every_mode_and_keeps_a_fast_passing_one(fraud_conv
     assert all(r["passed"] and r["latency_ms_batch1"] > 0 for r in rows.values())
     chosen = rows[result["mode"]]
     fastest = min(r["latency_ms_batch1"] for r in rows.values())
-    assert chosen["latency_ms_batch1"] <= fastest * 1.05
+    # The rule holds for the measured figures; the report rounds them to 4 decimals (half a unit each).
+    assert chosen["latency_ms_batch1"] - 5e-5 <= (fastest + 5e-5) * 1.05
     assert result["quantization"]["selection"]["optimize"] == "latency"
     assert rows["int8"]["size_bytes"] < rows["fp32"]["size_bytes"]

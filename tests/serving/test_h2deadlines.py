@@ -60,3 +60,10 @@ def test_grpc_idle_timeout_s_must_be_a_positive_finite_number(value: float) -> N
     assert parse_config({"server": {"grpc_idle_timeout_s": 12.5}}).server.grpc_idle_timeout_s == 12.5
     with pytest.raises(ConfigError, match="grpc_idle_timeout_s"):
         parse_config({"server": {"grpc_idle_timeout_s": value}})
+
+
+def test_a_connection_stopped_inside_a_frame_is_closed_by_the_header_clock_not_as_idle() -> None:
+    short = Timeouts(header_s=0.2, body_s=0.2, idle_s=0.2)
+    assert check(0.35, clocks(idle=0.0, partial=0.2), short) == (Verdict.KEEP, pytest.approx(0.4))
+    assert check(0.4, clocks(idle=0.0, partial=0.2), short)[0] is Verdict.HALF_HEADER
+    assert check(0.35, clocks(idle=0.0), short)[0] is Verdict.IDLE  # the frame done: idle again
