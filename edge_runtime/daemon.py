@@ -116,7 +116,8 @@ def _uvicorn_server(app: App, cfg: Config) -> Any:
     config = uvicorn_config(
         app,
         http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s,
-                           cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections)),
+                           cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections),
+                           direct_infer=app.infer_direct, direct_max_bytes=cfg.server.max_request_bytes),
         lifespan="off",
         ws="none",  # no websockets: uvicorn would otherwise import websockets/wsproto to probe for them
         access_log=False,

@@ -24,9 +24,12 @@ versions, A/B weights, shadows and metrics.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,16 +38,20 @@ from edge_runtime.config import ServerConfig
 from edge_runtime.exceptions import EdgeRuntimeError, InputError, NotFoundError, UnavailableError
 from edge_runtime.monitoring.hub import VersionMonitor
 from edge_runtime.serving.codec import (
+    InferRequest,
     decode_request,
     encode_response,
     error_body,
     header_length,
     json_values_problem,
 )
-from edge_runtime.serving.cycle import PLATFORMS, InferCycle, RequestTimes
+from edge_runtime.serving.cycle import PLATFORMS, Executed, InferCycle, RequestTimes
 from edge_runtime.serving.manager import ModelManager
 from edge_runtime.serving.metrics import Metrics
-from edge_runtime.serving.models import LoadedVersion
+from edge_runtime.serving.models import LoadedVersion, Routing, ServedModel
+from edge_runtime.serving.workers import Result
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -152,27 +159,71 @@ class App:
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, target: str) -> None:
         t0 = time.perf_counter_ns()
-        if "/" in target:
-            name, version = _model_target(target)
-        else:
-            name, version = target, None
+        name, version = _infer_target(target)
         sm = self.cycle.served_model(name)
-        json_length = encoding = accept = declared = None
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                declared = value
-            elif key == b"inference-header-content-length":
-                json_length = value
-            elif key == b"content-encoding":
-                encoding = value
-            elif key == b"accept-encoding":
-                accept = value
-        body = await self._body(receive, declared, encoding)
-        # From here to the hand-over to the executor: no await (see the module docstring).
+        head = _InferHead.scan(scope["headers"])
+        body = await self._body(receive, head.declared, head.encoding)
+        call, started = self._begin(sm, name, version, head, body, t0)  # no await from pick to hand-over
+        done = started if isinstance(started, Executed) else await self._settled(call, started)
+        headers, payload = self._encode(call, done)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+        self._answered(call, done)
+
+    def infer_direct(self, target: str, headers: list[tuple[bytes, bytes]], body: bytes | bytearray, t0: int,
+                     answer: Answer) -> None:
+        """One infer request read by the HTTP protocol itself, answered through ``answer``.
+
+        The protocol (serving/http.py) calls this for a ``POST .../infer`` whose whole body it
+        has read, with no ``Content-Encoding`` and a ``Content-Length`` within
+        ``max_request_bytes``: the steps of :meth:`_infer` without an ASGI task, receive and
+        send coroutines or flow-control pauses. ``answer(status, headers, body)`` is called
+        exactly once, now when the executor answers at once, else when the queued request is
+        done. Errors are answered as :meth:`__call__` answers them.
+        """
+        cycle = self.cycle
+        cycle.in_flight += 1
+        try:
+            name, version = _infer_target(target)
+            call, started = self._begin(cycle.served_model(name), name, version, _InferHead.scan(headers), body, t0)
+        except BaseException as exc:
+            cycle.in_flight -= 1
+            _answer_error(answer, exc)
+            return
+        if isinstance(started, Executed):
+            cycle.in_flight -= 1
+            self._answer_direct(call, started, answer)
+            return
+
+        def settled(fut: asyncio.Future[Result]) -> None:
+            cycle.in_flight -= 1
+            try:
+                if fut.cancelled():
+                    raise UnavailableError(f"{call.lv.name} v{call.lv.version}: the request was cancelled")
+                done = cycle.settle(call.lv, fut, t0)
+            except BaseException as exc:
+                _answer_error(answer, exc)
+                return
+            self._answer_direct(call, done, answer)
+
+        started.add_done_callback(settled)
+
+    def _answer_direct(self, call: _InferCall, done: Executed, answer: Answer) -> None:
+        try:
+            headers, payload = self._encode(call, done)
+        except BaseException as exc:
+            _answer_error(answer, exc)
+            return
+        answer(200, headers, payload)
+        self._answered(call, done)
+
+    def _begin(self, sm: ServedModel, name: str, version: int | None, head: _InferHead, body: bytes | bytearray,
+               t0: int) -> tuple[_InferCall, Executed | asyncio.Future[Result]]:
+        """Pick the version, decode and hand the request to its executor, with no await in between."""
         routing = sm.routing
         lv = self.cycle.pick(sm, version)
         try:
-            header_len = None if json_length is None else header_length(json_length, len(body))
+            header_len = None if head.json_length is None else header_length(head.json_length, len(body))
             too_many = json_values_problem(body, header_len, lv.iface, self.max_json_values)
             if too_many is not None:
                 lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
@@ -181,23 +232,34 @@ class App:
         except InputError:
             lv.stats.failed("bad_request", time.perf_counter_ns() - t0)
             raise
-        t1 = time.perf_counter_ns()
-        done = await self.cycle.execute(lv, request, t0)
-        t2 = time.perf_counter_ns()
-        payload, json_len = encode_response(name, lv.version_str, request, lv.iface, done.outs)
+        call = _InferCall(name, version, routing, lv, request, head.accept, t0, time.perf_counter_ns())
+        return call, self.cycle.begin(lv, request, t0)
+
+    async def _settled(self, call: _InferCall, fut: asyncio.Future[Result]) -> Executed:
+        try:
+            await fut
+        except EdgeRuntimeError:
+            pass  # settle() records and raises it
+        return self.cycle.settle(call.lv, fut, call.t0)
+
+    def _encode(self, call: _InferCall, done: Executed) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        call.executed_ns = time.perf_counter_ns()
+        payload, json_len = encode_response(call.name, call.lv.version_str, call.request, call.lv.iface, done.outs)
         if json_len is None:
             headers = [(b"content-type", JSON)]
         else:
             headers = [(b"content-type", OCTET), (b"inference-header-content-length", b"%d" % json_len)]
-        if accept is not None and len(payload) > 256:
-            coding = _accepted(accept)
+        if call.accept is not None and len(payload) > 256:
+            coding = _accepted(call.accept)
             if coding is not None:
                 payload = _compress(payload, coding)
                 headers.append((b"content-encoding", coding))
         headers.append((b"content-length", b"%d" % len(payload)))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": payload})
-        self.cycle.answered(lv, routing, version, request, done, RequestTimes(t0, t1, t2, time.perf_counter_ns()))
+        return headers, payload
+
+    def _answered(self, call: _InferCall, done: Executed) -> None:
+        times = RequestTimes(call.t0, call.decoded_ns, call.executed_ns, time.perf_counter_ns())
+        self.cycle.answered(call.lv, call.routing, call.version, call.request, done, times)
 
     async def _body(self, receive: Receive, declared: bytes | None, encoding: bytes | None) -> bytes | bytearray:
         limit = self.max_request_bytes
@@ -310,6 +372,67 @@ class App:
             for v, _role in sm.routing.roles():
                 out.append({"name": name, "version": str(v), "state": "READY"})
         return out
+
+
+Answer = Callable[[int, list[tuple[bytes, bytes]], bytes], None]
+
+
+@dataclass(slots=True)
+class _InferHead:
+    """What an infer request's headers say about its body and answer."""
+
+    declared: bytes | None = None  # Content-Length
+    json_length: bytes | None = None  # Inference-Header-Content-Length
+    encoding: bytes | None = None  # Content-Encoding
+    accept: bytes | None = None  # Accept-Encoding
+
+    @classmethod
+    def scan(cls, headers: Iterable[tuple[bytes, bytes]]) -> _InferHead:
+        head = cls()
+        for key, value in headers:
+            if key == b"content-length":
+                head.declared = value
+            elif key == b"inference-header-content-length":
+                head.json_length = value
+            elif key == b"content-encoding":
+                head.encoding = value
+            elif key == b"accept-encoding":
+                head.accept = value
+        return head
+
+
+@dataclass(slots=True)
+class _InferCall:
+    """One infer request from its hand-over to the executor to its answer."""
+
+    name: str
+    version: int | None
+    routing: Routing | None
+    lv: LoadedVersion
+    request: InferRequest
+    accept: bytes | None
+    t0: int
+    decoded_ns: int
+    executed_ns: int = 0
+
+
+def _infer_target(target: str) -> tuple[str, int | None]:
+    return _model_target(target) if "/" in target else (target, None)
+
+
+def _answer_error(answer: Answer, exc: BaseException) -> None:
+    """Answer a failed direct request as :meth:`App.__call__` and uvicorn answer an ASGI one."""
+    if isinstance(exc, HTTPError):
+        status, message = exc.status, str(exc)
+    elif isinstance(exc, EdgeRuntimeError):
+        status, message = http_status(exc), str(exc)
+    elif isinstance(exc, Exception):
+        log.error("inference request failed", exc_info=exc)
+        status, message = 500, f"internal server error ({type(exc).__name__})"
+    else:
+        raise exc  # KeyboardInterrupt, SystemExit
+    body = error_body(message)
+    answer(status, [(b"content-type", JSON), (b"content-length", b"%d" % len(body))], body)
 
 
 def drift_stats(vm: VersionMonitor) -> dict[str, Any]:

@@ -11,6 +11,16 @@ system calls changes. ``close`` and ``write_eof`` flush first, and so does an en
 from the client: a client that half-closes its socket after its request (``shutdown(SHUT_WR)``)
 keeps the connection open until its answer is written, then the server closes it.
 
+**Infer requests without ASGI.** A ``POST /v2/models/{m}[/versions/{v}]/infer`` with a
+``Content-Length`` within ``[server] max_request_bytes``, no ``Content-Encoding``, no ``Expect``
+and nothing pipelined before it is read by this protocol itself and handed, whole, to the app's
+:meth:`~edge_runtime.serving.app.App.infer_direct` once its last byte is in: no ASGI task, no
+receive and send coroutines, no flow-control pause, and the answer written in one piece. The
+steps (routing, decoding, executor, encoding, statistics) are the app's own; any other request
+takes uvicorn's ASGI path. The body is held as the parser hands it over (one piece: no copy) or
+gathered into one buffer, sized to the declared length once at least half of it has arrived, so
+a client that declares a large body and sends little is never given more memory than it sent.
+
 **Limits uvicorn does not have.** ``[server] max_header_bytes``: the request line and headers
 of one request are counted as they arrive, before httptools buffers them; past the limit the
 request is refused with 400 (``{"error": ...}``, ``Connection: close``), what the client still
@@ -30,6 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -114,6 +126,40 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+DirectInfer = Callable[[str, list[tuple[bytes, bytes]], "bytes | bytearray", int,
+                        Callable[[int, list[tuple[bytes, bytes]], bytes], None]], None]
+
+
+class _NoEvent:
+    """What uvicorn sets on a request's ``message_event``: nothing waits on a direct request's."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+class _DirectCycle:
+    """The state uvicorn's protocol reads from ``self.cycle``, for a request read without ASGI."""
+
+    __slots__ = ("body", "more_body", "keep_alive", "disconnected", "response_started", "response_complete",
+                 "on_response", "declared", "filled", "target", "t0")
+    message_event = _NoEvent()
+
+    def __init__(self, declared: int, target: str, keep_alive: bool, on_response: Callable[[], None]) -> None:
+        self.body: bytes | bytearray = b""
+        self.more_body = True
+        self.keep_alive = keep_alive
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.on_response = on_response
+        self.declared = declared
+        self.filled = -1  # bytes in ``body`` once it is a buffer of the declared size; -1 before
+        self.target = target  # "{m}" or "{m}/versions/{v}"
+        self.t0 = time.perf_counter_ns()
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol writing through a :class:`CoalescingTransport`, with limits.
 
@@ -124,6 +170,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # The app's infer entry for requests read without ASGI (None: every request goes through ASGI).
+    direct_infer: DirectInfer | None = None
+    direct_max_bytes = 0  # [server] max_request_bytes: a larger declared body takes the ASGI path
     refused = [0, -1e9]  # per protocol class: connections refused so far, when last logged
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -242,7 +291,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             size = 14 + len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
             if size > self.max_header_bytes:
                 raise _HeadTooLarge(size)  # stops the parser; data_received refuses the request
-        super().on_headers_complete()
+        direct = self._direct_cycle() if self.direct_infer is not None else None
+        if direct is not None:
+            self.cycle = direct  # type: ignore[assignment]
+        else:
+            super().on_headers_complete()
         # Cancelled by on_message_complete, which for a request without a body follows at once.
         self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
 
@@ -256,6 +309,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         second piece turns the held body into a bytearray and is appended as uvicorn does.
         """
         cycle = self.cycle
+        if type(cycle) is _DirectCycle:
+            self._direct_body(cycle, body)
+            return
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         held = cycle.body
@@ -277,6 +333,89 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_since = None
         super().on_message_complete()
+        cycle = self.cycle
+        if type(cycle) is _DirectCycle and not cycle.response_complete:
+            body, cycle.body = cycle.body, b""
+            if (cycle.filled if cycle.filled >= 0 else len(body)) != cycle.declared:  # httptools ends a message at its Content-Length
+                self._direct_answer(cycle, 400, [], orjson.dumps({"error": "request body shorter than Content-Length"}))
+                return
+            assert self.direct_infer is not None
+            self.direct_infer(cycle.target, self.headers, body, cycle.t0,
+                              lambda status, headers, payload: self._direct_answer(cycle, status, headers, payload))
+
+    # -- infer requests read without ASGI ----------------------------------------------------------
+
+    def _direct_cycle(self) -> _DirectCycle | None:
+        """A cycle for this request when it can be read without ASGI (see the module docstring), else None."""
+        existing = self.cycle
+        if (existing is not None and not existing.response_complete) or self.expect_100_continue:
+            return None  # pipelined behind an answer, or a client waiting for 100 Continue
+        parser = self.parser
+        if parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or parser.should_upgrade():
+            return None
+        url = self.url
+        if not url.startswith(b"/v2/models/") or b"%" in url or self.limit_concurrency is not None:
+            return None
+        path = url.partition(b"?")[0]
+        if not path.endswith(b"/infer") or len(path) <= 17:
+            return None
+        declared = -1
+        for name, value in self.headers:
+            if name == b"content-length":
+                if declared >= 0 or not value.isdigit() or len(value) > 18:
+                    return None
+                declared = int(value)
+            elif name in (b"content-encoding", b"transfer-encoding"):
+                return None
+        if not 0 <= declared <= self.direct_max_bytes:
+            return None  # no length, or too large: the ASGI path answers it
+        try:
+            target = path[11:-6].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return _DirectCycle(declared, target, parser.should_keep_alive(), self.on_response_complete)
+
+    def _direct_body(self, cycle: _DirectCycle, piece: bytes) -> None:
+        """Keep a piece of a direct request's body (see the module docstring for the memory rule)."""
+        held = cycle.body
+        if cycle.filled >= 0:  # a buffer of the declared size
+            end = cycle.filled + len(piece)
+            held[cycle.filled:end] = piece  # type: ignore[index]
+            cycle.filled = end
+            return
+        if not held:
+            cycle.body = piece  # the whole body, usually: held as httptools made it
+            return
+        size = len(held) + len(piece)
+        if 2 * size >= cycle.declared:  # at least half has arrived: one buffer of the declared size
+            buf = bytearray(cycle.declared)
+            buf[: len(held)] = held
+            buf[len(held): size] = piece
+            cycle.body, cycle.filled = buf, size
+            return
+        grown = bytearray(held) if type(held) is bytes else held
+        grown += piece
+        cycle.body = grown
+
+    def _direct_answer(self, cycle: _DirectCycle, status: int, headers: list[tuple[bytes, bytes]],
+                       payload: bytes) -> None:
+        """Write a direct request's answer in one piece, then what uvicorn does after a response."""
+        if cycle.response_complete:
+            return
+        cycle.response_started = cycle.response_complete = True
+        if not cycle.disconnected:
+            content = [STATUS_LINE[status]]
+            for name, value in (*self.server_state.default_headers, *headers):
+                content += (name, b": ", value, b"\r\n")
+            if status >= 400 and not any(name == b"content-length" for name, _ in headers):
+                content += (b"content-length: ", b"%d" % len(payload), b"\r\n")
+            if not cycle.keep_alive:
+                content.append(b"connection: close\r\n")
+            content += (b"\r\n", payload)
+            self.transport.write(b"".join(content))
+            if not cycle.keep_alive:
+                self.transport.close()
+        cycle.on_response()
 
     def _head_timeout(self) -> None:
         self._head_timer = None
@@ -331,8 +470,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 def http_protocol(max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
                   header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
                   body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-                  max_connections: int = DEFAULT_MAX_CONNECTIONS) -> type[CoalescingHttpToolsProtocol]:
-    """The protocol class for uvicorn's ``http=`` with these limits."""
+                  max_connections: int = DEFAULT_MAX_CONNECTIONS, *,
+                  direct_infer: DirectInfer | None = None,
+                  direct_max_bytes: int = 0) -> type[CoalescingHttpToolsProtocol]:
+    """The protocol class for uvicorn's ``http=`` with these limits.
+
+    ``direct_infer`` (the app's :meth:`~edge_runtime.serving.app.App.infer_direct`) takes infer
+    requests with a declared body of at most ``direct_max_bytes`` without ASGI.
+    """
     return type("EdgeHttpProtocol", (CoalescingHttpToolsProtocol,),
                 {"max_header_bytes": max_header_bytes, "header_timeout_s": header_timeout_s,
-                 "body_timeout_s": body_timeout_s, "max_connections": max_connections, "refused": [0, -1e9]})
+                 "body_timeout_s": body_timeout_s, "max_connections": max_connections, "refused": [0, -1e9],
+                 "direct_infer": None if direct_infer is None else staticmethod(direct_infer),
+                 "direct_max_bytes": direct_max_bytes})
