@@ -104,6 +104,14 @@ class CoalescingTransport:
         else:
             self._transport.writelines(pending)
 
+    def write_now(self, data: bytes) -> None:
+        """Write ``data`` after what is queued, at once: one answer written whole needs no coalescing."""
+        if self._pending:
+            self._pending.append(data)
+            self.flush()
+        elif not self._closed and not self._transport.is_closing():
+            self._transport.write(data)
+
     def write_eof(self) -> None:
         """Flush, then close the write side."""
         self.flush()
@@ -183,6 +191,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # refused: input is read and dropped until EOF or LINGER_S
         self._body_timer: asyncio.TimerHandle | None = None
+        self._body_due: float | None = None  # when the body of the request being read must be complete
         self._over_limit = False  # refused at connect: uvicorn never saw this connection
 
     # -- connection ------------------------------------------------------------------------------
@@ -223,6 +232,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         transport.close()
 
     def _stop_body_clock(self) -> None:
+        self._body_due = None
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -282,6 +292,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
             self._refuse_head(self._head_bytes)  # the head is still incomplete: every byte counted is head
+        elif self._body_due is not None and self._body_timer is None:
+            # A body still incomplete at the end of this read gets its clock; one that came whole with
+            # its head (the usual case) never needs a timer.
+            self._body_timer = self.loop.call_at(self._body_due, self._body_timeout)
 
     def on_headers_complete(self) -> None:
         """The head is complete: check its size if it may be too large, then let uvicorn start the request."""
@@ -296,8 +310,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.cycle = direct  # type: ignore[assignment]
         else:
             super().on_headers_complete()
-        # Cancelled by on_message_complete, which for a request without a body follows at once.
-        self._body_timer = self.loop.call_later(self.body_timeout_s, self._body_timeout)
+        # Armed by data_received if the body is not complete at the end of the read that completed the
+        # head; on_message_complete stops the clock.
+        self._body_due = self.loop.time() + self.body_timeout_s
 
     def on_body(self, body: bytes) -> None:
         """uvicorn's ``on_body``, except that a body's first piece is held as the parser made it.
@@ -412,7 +427,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if not cycle.keep_alive:
                 content.append(b"connection: close\r\n")
             content += (b"\r\n", payload)
-            self.transport.write(b"".join(content))
+            self.transport.write_now(b"".join(content))  # type: ignore[attr-defined]
             if not cycle.keep_alive:
                 self.transport.close()
         cycle.on_response()
