@@ -7,7 +7,9 @@ One run measures, side by side, for the demo MLP (30 features) and a 3x96x96 CNN
     the same daemon's KServe v2 gRPC endpoint (raw tensors, bench/servers/h2_loadgen.py, a raw HTTP/2 client as cheap as the HTTP one);
 (c) a FastAPI + uvicorn + onnxruntime server written the usual way (bench/servers/fastapi_usual.py);
 (d) a bare ASGI app on uvicorn that only decodes, invokes LiteRT and encodes (bench/servers/asgi_floor.py);
-(e) Triton from the nvidia-pytriton wheel: optional, measured only when ``tritonserver`` is installed.
+(e) Triton from the nvidia-pytriton wheel: optional, measured only when ``tritonserver`` is installed;
+(f) a raw asyncio protocol on uvloop + httptools that only decodes, invokes LiteRT and encodes, with no
+    ASGI (bench/servers/raw_floor.py): the floor under any Python asyncio HTTP server.
 
 at 1 and 16 concurrent keep-alive clients driven by a separate cheap load generator
 (bench/servers/loadgen.py: uvloop, raw sockets), plus the daemon's RSS with the demo model,
@@ -371,7 +373,8 @@ def cases(with_cnn: bool, have_fastapi: bool, have_grpc: bool) -> list[Case]:
     out = []
     for c in (1, 16):
         out += [Case("mlp", "ours", "fraud", "json", c, "auto: inline"), Case("mlp", "ours", "fraud", "binary", c, "auto: inline"),
-                Case("mlp", "floor", "fraud", "json", c), Case("mlp", "floor", "fraud", "binary", c)]
+                Case("mlp", "floor", "fraud", "json", c), Case("mlp", "floor", "fraud", "binary", c),
+                Case("mlp", "raw", "fraud", "binary", c)]
         if have_grpc:
             out.append(Case("mlp", "ours", "fraud", "grpc", c, "auto: inline; gRPC"))
         if have_fastapi:
@@ -385,7 +388,8 @@ def cases(with_cnn: bool, have_fastapi: bool, have_grpc: bool) -> list[Case]:
             out += [Case("cnn", "ours", "cnn", "binary", c, "2 interpreters, batching on (8, 1 ms)"),
                     Case("cnn", "ours", "cnn", "json", c, "2 interpreters, batching on"),
                     *([Case("cnn", "ours", "cnn", "grpc", c, "2 interpreters, batching on; gRPC")] if have_grpc else []),
-                    Case("cnn", "floor", "cnn", "binary", c), Case("cnn", "floor", "cnn", "json", c)]
+                    Case("cnn", "floor", "cnn", "binary", c), Case("cnn", "floor", "cnn", "json", c),
+                    Case("cnn", "raw", "cnn", "binary", c)]
             if have_fastapi:
                 out.append(Case("cnn", "fastapi", "cnn", "json", c))
         out += [Case("cnn", "ours", "cnn_nobatch", "binary", 16, "2 interpreters, batching off"),
@@ -505,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write_bytes(grpc_request_bytes(route, inp, x))
                 req_files[(route, "grpc")] = f
 
-        ports = {"ours": free_port(), "fastapi": free_port(), "floor": free_port()}
+        ports = {"ours": free_port(), "fastapi": free_port(), "floor": free_port(), "raw": free_port()}
         cfg = write_config(tmp / "all.toml", store, root, ports["ours"], SERVING)
         if have_grpc:  # the same daemon also answers KServe v2 gRPC
             ports["grpc"] = free_port()
@@ -514,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         cnn_arg = [f"cnn={tflite_cnn}"] if tflite_cnn else []
         servers["floor"] = start("floor", [PY, str(SERVERS / "asgi_floor.py"), str(ports["floor"]),
                                            f"fraud={FACTORY / 'fraud.tflite'}", *cnn_arg], ports["floor"])
+        servers["raw"] = start("raw", [PY, str(SERVERS / "raw_floor.py"), str(ports["raw"]),
+                                       f"fraud={FACTORY / 'fraud.tflite'}", *cnn_arg], ports["raw"])
         if have_fastapi:
             ort_cnn = [f"cnn={onnx_cnn}"] if onnx_cnn else []
             servers["fastapi"] = start("fastapi", [PY, str(SERVERS / "fastapi_usual.py"), str(ports["fastapi"]),
@@ -583,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         "| model | server | route / config | body | clients | req/s | p50 ms | p99 ms | server CPU µs/req |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    names = {"ours": "(b) edge-runtime", "floor": "(d) bare ASGI floor", "fastapi": "(c) FastAPI usual"}
+    names = {"ours": "(b) edge-runtime", "floor": "(d) bare ASGI floor", "fastapi": "(c) FastAPI usual",
+             "raw": "(f) raw asyncio floor"}
     for case in sorted(results, key=lambda c: (c.model, c.clients, c.encoding, c.server, c.route)):
         lines.append(f"| {case.model} | {names[case.server]} | {case.route}{' (' + case.note + ')' if case.note else ''} | "
                      f"{case.encoding} | {case.clients} | {fmt(med(case, 'rps'), 0)} | {fmt(med(case, 'p50_ms'), 3)} | "
@@ -645,6 +652,11 @@ def main(argv: list[str] | None = None) -> int:
             fl = med(Case("cnn", "floor", "cnn", "binary", c), "cpu_us") / floor["cnn"]
             checks.append((f"CNN binary {c} client(s): bare ASGI floor's CPU per request / bare invoke", fl,
                            "(for reference)", True))
+            raw = med(Case("cnn", "raw", "cnn", "binary", c), "cpu_us")
+            checks.append((f"CNN binary {c} client(s): raw asyncio floor's CPU per request / bare invoke",
+                           raw / floor["cnn"], "(for reference)", True))
+            checks.append((f"CNN binary {c} client(s): server CPU per request, edge-runtime / raw asyncio floor",
+                           med(Case("cnn", "ours", "cnn", "binary", c), "cpu_us") / raw, "(for reference)", True))
         on = rps("cnn", "ours", "cnn", "binary", 16)
         off2 = rps("cnn", "ours", "cnn_nobatch", "binary", 16)
         off1 = rps("cnn", "ours", "cnn_single", "binary", 16)
