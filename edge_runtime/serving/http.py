@@ -104,14 +104,6 @@ class CoalescingTransport:
         else:
             self._transport.writelines(pending)
 
-    def write_now(self, data: bytes) -> None:
-        """Write ``data`` after what is queued, at once: one answer written whole needs no coalescing."""
-        if self._pending:
-            self._pending.append(data)
-            self.flush()
-        elif not self._closed and not self._transport.is_closing():
-            self._transport.write(data)
-
     def write_eof(self) -> None:
         """Flush, then close the write side."""
         self.flush()
@@ -427,7 +419,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             if not cycle.keep_alive:
                 content.append(b"connection: close\r\n")
             content += (b"\r\n", payload)
-            self.transport.write_now(b"".join(content))  # type: ignore[attr-defined]
+            # Through the coalescing transport, as an ASGI answer: written at the end of the loop turn, so
+            # that with many connections the answers of one turn go out together (writing each at once
+            # cost the MLP 20 µs more CPU per request at 16 clients: more, smaller epoll rounds).
+            self.transport.write(b"".join(content))
             if not cycle.keep_alive:
                 self.transport.close()
         cycle.on_response()
