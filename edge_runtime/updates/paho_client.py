@@ -8,7 +8,7 @@ never touches. :func:`defer_module` puts a stand-in for it in ``sys.modules`` be
 imported: ``import urllib.request`` still binds a module, and the first attribute read of it
 imports the real one (then every later read goes to the real module). A device with PySocks
 installed and a proxy set loads it on its first connection attempt, exactly what paho did at
-import time before. docs/performance.md (daemon RSS) lists what the ``[mqtt]`` client loads.
+import time before. docs/updates.md, "Memory: what the client loads", lists the rest.
 
 The stand-in is not ``importlib.util.LazyLoader``: on Python 3.11 (Raspberry Pi OS
 bookworm) its first load is not guarded by a lock, and two threads (the MQTT thread, any

@@ -232,7 +232,8 @@ class UpdateService:
         """The capture-upload responder, built (and its module imported) on first use.
 
         A device that is never asked for its captured traffic does not hold the responder,
-        its module nor its nonce book in memory (docs/performance.md, daemon RSS).
+        its module nor its nonce book in memory (docs/updates.md, "Memory: what the client
+        loads").
         """
         if self._capture is None:
             from edge_runtime.updates.capture import CaptureResponder

@@ -15,9 +15,10 @@ back as an event, so the machine hears of every outcome the same way. With ``sel
 (no daemon serving, e.g. the fleet simulator) the self-test runs in-process and activation is
 immediate.
 
-The download and delta code (:mod:`~edge_runtime.updates.download`, :mod:`~edge_runtime.updates.delta`)
-is imported by the first update that needs it, or at start-up when something is staged: a
-device that only waits for its next update does not hold it (docs/performance.md, daemon RSS).
+The download and delta code (:mod:`~edge_runtime.updates.download`,
+:mod:`~edge_runtime.updates.delta`) is imported by the first update that needs it, or at
+start-up when something is staged: a device that only waits for its next update does not
+hold it (docs/updates.md, "Memory: what the client loads").
 """
 
 from __future__ import annotations

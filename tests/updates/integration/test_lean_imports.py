@@ -1,6 +1,6 @@
 """The real daemon with ``[mqtt]``, connected and reporting, holds no module it has not used.
 
-Daemon RSS with ``[mqtt]`` is bounded (docs/performance.md): once it is connected and has
+Daemon RSS with ``[mqtt]`` is bounded (docs/serving.md, "Memory"): once it is connected and has
 published its state, the daemon must not have imported what only a capture request, a
 download, a delta or an HTTP proxy needs, nor the ``idna`` codec for an ASCII broker name.
 The modules are read from ``sys.modules`` inside the daemon (a thread that waits for
@@ -41,7 +41,7 @@ threading.Thread(target=report, daemon=True).start()
 from edge_runtime.cli import main
 sys.exit(main(sys.argv[1:]))
 """
-# Loaded only by what an idle connected device never does (see docs/performance.md).
+# Loaded only by what an idle connected device never does (docs/updates.md, "Memory: what the client loads").
 NOT_LOADED = (
     "http.client",  # with urllib.request: paho reads proxy settings through it, with PySocks only
     "email.parser",
