@@ -60,8 +60,11 @@ def defer_module(name: str) -> None:
         if spec is None:
             return
         stand_in = _Deferred(name)
-        # What the import system and importlib.util.find_spec read without loading it.
+        # What the import system, importlib.util.find_spec and code that scans sys.modules for
+        # files (inspect.getmodule) read without loading it.
         stand_in.__spec__, stand_in.__loader__, stand_in.__package__ = spec, spec.loader, parent
+        if spec.has_location:
+            vars(stand_in).update({"__file__": spec.origin, "__cached__": spec.cached})
         sys.modules[name] = stand_in
         setattr(package, child, stand_in)
 

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__
@@ -190,7 +191,8 @@ class Updater:
     def load(self) -> None:
         """Read seq floors and the last error; clean the staging directory; reopen an interrupted download."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        staged = self.settings.staging_dir.is_dir() and any(self.settings.staging_dir.iterdir())
+        staging = Path(self.settings.staging_dir)
+        staged = staging.is_dir() and any(staging.iterdir())
         if staged:
             from edge_runtime.updates.download import sweep_staging
 

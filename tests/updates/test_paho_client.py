@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 import threading
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ def test_a_deferred_module_runs_on_its_first_read_and_then_is_the_real_module(pa
     assert probe.RUNS == [] and is_deferred(f"{PACKAGE}.heavy")
     spec = importlib.util.find_spec(f"{PACKAGE}.heavy")  # readable without loading it
     assert spec is not None and spec.origin == str(package / "heavy.py") and probe.RUNS == []
+    inspect.getmodule(compile("", str(package / "elsewhere.py"), "exec"))  # scans sys.modules for files
+    assert probe.RUNS == [], "reading __file__ does not load it"
     assert lean_import_probe.heavy.VALUE == 42
     assert probe.RUNS == [1] and not is_deferred(f"{PACKAGE}.heavy")
     real = sys.modules[f"{PACKAGE}.heavy"]
