@@ -1,18 +1,25 @@
-"""Read-only views of the store for the updater, and the job's summary in the state document.
+"""Read-only views of the store for the updater, the job's summary in the state document, and
+the delta checks the updater hands the machine (they import the delta code when first called).
 
 The settings, the job and its phases live in :mod:`edge_runtime.updates.effects` (pure); they
 are re-exported here for the modules that knew them from here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_runtime.bundle.manifest import MANIFEST_FILE
+from edge_runtime.bundle.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from edge_runtime.exceptions import StoreError
 from edge_runtime.store.store import ModelStore
-from edge_runtime.updates.download import Download
 from edge_runtime.updates.effects import Job, Phase, UpdaterSettings
 from edge_runtime.updates.verify import ModelView
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    from edge_runtime.trust.root import TrustRoot
+    from edge_runtime.updates.delta import DeltaIndex
+    from edge_runtime.updates.download import Download
 
 
 def model_view(store: ModelStore, name: str) -> ModelView:
@@ -87,3 +94,29 @@ __all__ = [
     "model_view",
     "models_summary",
 ]
+
+
+# The delta checks of machine.Checks: a device that is never offered a delta does not import its code.
+def verify_delta(payload: bytes, root: TrustRoot, manifest: Manifest, base: int, max_bytes: int) -> DeltaIndex:
+    """:func:`edge_runtime.updates.delta.verify_delta_message`."""
+    from edge_runtime.updates.delta import verify_delta_message
+
+    return verify_delta_message(payload, root, manifest, base, max_bytes)
+
+
+def choose_base(offered: Collection[int], installed: Collection[int], active: int | None,
+                excluded: Collection[int]) -> int | None:
+    """:func:`edge_runtime.updates.delta.choose_base`."""
+    from edge_runtime.updates.delta import choose_base as choose
+
+    return choose(offered, installed, active, excluded)
+
+
+def check_bases(index: DeltaIndex, base_manifest: bytes | None) -> None:
+    """Raise DeltaError unless the installed base (its manifest bytes; None: gone) fits the index."""
+    from edge_runtime.updates.delta import DeltaError
+    from edge_runtime.updates.delta import check_bases as check
+
+    if base_manifest is None:
+        raise DeltaError(f"v{index.base} is no longer installed")
+    check(index, parse_manifest(base_manifest))

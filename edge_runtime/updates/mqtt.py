@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -42,6 +41,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_runtime.config import BrokerOptions
 from edge_runtime.exceptions import SubscriptionRefusedError, TransportError, UsageError
 from edge_runtime.spec.broker_url import BrokerAddress, parse_broker_url, redact_url
+from edge_runtime.updates.paho_client import client as paho  # paho.mqtt.client, without urllib.request
 
 log = logging.getLogger("edge_runtime.updates.mqtt")
 
@@ -115,6 +115,25 @@ class _BoundedClient(paho.Client):
                 del body[OVERSIZED_HEAD_BYTES:]
                 bufsize = min(bufsize, OVERSIZED_READ_BYTES)
         return super()._sock_recv(bufsize)
+
+    def _create_socket_connection(self) -> socket.socket:
+        """paho's TCP connection, with an ASCII host name handed to the resolver as bytes.
+
+        ``socket.getaddrinfo`` runs a ``str`` host through the ``idna`` codec, whose first use
+        imports encodings.idna, stringprep and unicodedata (about 0.4 MB of RSS kept for the
+        life of the process); for an ASCII name the codec returns the same bytes. A proxy
+        (PySocks installed), a non-ASCII name or a paho without these attributes goes the
+        usual way. TLS encodes ``server_hostname`` with the codec anyway (the ssl module).
+        """
+        host = getattr(self, "_host", None)
+        port = getattr(self, "_port", None)
+        proxy_possible = getattr(paho, "socks", "unknown") is not None  # paho reads proxies through PySocks only
+        if proxy_possible or not isinstance(host, str) or not host.isascii() or not isinstance(port, int):
+            return super()._create_socket_connection()  # type: ignore[no-any-return]
+        source = (getattr(self, "_bind_address", ""), getattr(self, "_bind_port", 0))
+        address = (host.encode("ascii"), port)  # the resolver takes bytes; typeshed says str only
+        return socket.create_connection(address, timeout=getattr(self, "_connect_timeout", None),  # type: ignore[arg-type]
+                                        source_address=source)
 
     def take_oversized(self) -> int:
         """The size of the PUBLISH just handed on if it was cut short (then forgotten), else 0."""

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime import health
 from edge_runtime.config import Config, check_mqtt_config
@@ -37,15 +37,16 @@ from edge_runtime.exceptions import ConfigError, TransportError
 from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.store.variants import install_selftest
-from edge_runtime.updates.capture import CaptureResponder
 from edge_runtime.updates.effects import NetworkEvent, SubscriptionRefused
 from edge_runtime.updates.mqtt import Backoff, LinkSettings, Message, MqttLink
-from edge_runtime.updates.nonces import NONCES_FILE
 from edge_runtime.updates.policy import policy_settings
 from edge_runtime.updates.protocol import CaptureRequestTopic, ChunkTopic, Topic, Topics, check_id
 from edge_runtime.updates.report import error_is_stale, serving_versions
 from edge_runtime.updates.roots import load_trust_root, updates_state_dir
 from edge_runtime.updates.updater import Updater, UpdaterSettings
+
+if TYPE_CHECKING:
+    from edge_runtime.updates.capture import CaptureResponder
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -190,15 +191,7 @@ class UpdateService:
             amend_state=self._amend_state,
         )
         self.monitoring = monitoring
-        self.capture = CaptureResponder(
-            self.topics, device_id, lambda: self.store.root, self.link,
-            capture_dir=monitoring.capture_dir if monitoring is not None else None,
-            seal=monitoring.seal_all if monitoring is not None else (lambda: None),
-            max_kbps=cfg.monitoring.capture_max_kbps,
-            clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
-            on_done=lambda kind, fields: self._queue.put(ReportEvent(kind, fields=fields)),
-            nonce_file=state_dir / NONCES_FILE,
-        )
+        self._capture: CaptureResponder | None = None  # built by the first capture request (see `capture`)
         if monitoring is not None:
             monitoring.subscribe(lambda kind, name, version, fields: self._queue.put(ReportEvent(kind, name, version, fields)))
         self._state_interval_s = cfg.monitoring.state_interval_s
@@ -234,10 +227,36 @@ class UpdateService:
         self._updates_thread.start()
         return self
 
+    @property
+    def capture(self) -> CaptureResponder:
+        """The capture-upload responder, built (and its module imported) on first use.
+
+        A device that is never asked for its captured traffic does not hold the responder,
+        its module nor its nonce book in memory (docs/updates.md, "Memory: what the client
+        loads").
+        """
+        if self._capture is None:
+            from edge_runtime.updates.capture import CaptureResponder
+            from edge_runtime.updates.nonces import NONCES_FILE
+
+            m, monitoring = self.cfg.mqtt, self.monitoring
+            assert m is not None
+            self._capture = CaptureResponder(
+                self.topics, self.device_id, lambda: self.store.root, self.link,
+                capture_dir=monitoring.capture_dir if monitoring is not None else None,
+                seal=monitoring.seal_all if monitoring is not None else (lambda: None),
+                max_kbps=self.cfg.monitoring.capture_max_kbps,
+                clock_trusted=lambda: clock_is_trusted(m.trusted_clock),
+                on_done=lambda kind, fields: self._queue.put(ReportEvent(kind, fields=fields)),
+                nonce_file=self.settings.state_dir / NONCES_FILE,
+            )
+        return self._capture
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Say ``online: false``, disconnect (the session stays on the broker) and join the threads."""
         self._stop.set()
-        self.capture.stop()
+        if self._capture is not None:
+            self._capture.stop()
         self._queue.put(Stop())
         self.link.wakeup()
         for t in (self._updates_thread, self._network_thread):

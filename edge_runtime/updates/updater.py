@@ -14,6 +14,11 @@ write of the chunk subscriptions, verification, install, activation) ends its ba
 back as an event, so the machine hears of every outcome the same way. With ``selftest`` given
 (no daemon serving, e.g. the fleet simulator) the self-test runs in-process and activation is
 immediate.
+
+The download and delta code (:mod:`~edge_runtime.updates.download`,
+:mod:`~edge_runtime.updates.delta`) is imported by the first update that needs it, or at
+start-up when something is staged: a device that only waits for its next update does not
+hold it (docs/updates.md, "Memory: what the client loads").
 """
 
 from __future__ import annotations
@@ -25,29 +30,28 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__
 from edge_runtime.atomic import write_bytes_atomic
-from edge_runtime.bundle.manifest import Manifest, parse_manifest
+from edge_runtime.bundle.manifest import Manifest
 from edge_runtime.bundle.reader import verify_manifest_signature
 from edge_runtime.bundle.sealed import content_key
 from edge_runtime.exceptions import BadDataError, EdgeRuntimeError, StoreError, TransportError
 from edge_runtime.store.store import ModelStore, Resolved
 from edge_runtime.updates import effects as fx
-from edge_runtime.updates.delta import DeltaError, DeltaIndex, check_bases, choose_base, verify_delta_message
-from edge_runtime.updates.download import (
-    Download,
-    Throttle,
-    plan_filters,
-    release_dir,
-    remove_dir,
-    space_problem,
-    sweep_staging,
-)
 from edge_runtime.updates.effects import Job, Phase, UpdaterSettings
 from edge_runtime.updates.exceptions import ChunkError
-from edge_runtime.updates.job import installed_manifest, job_summary, model_view, models_summary
+from edge_runtime.updates.job import (
+    check_bases,
+    choose_base,
+    installed_manifest,
+    job_summary,
+    model_view,
+    models_summary,
+    verify_delta,
+)
 from edge_runtime.updates.machine import MAX_PENDING_ROOTS, MAX_REASON_CHARS, Checks, UpdateMachine, bounded_reason
 from edge_runtime.updates.protocol import (
     ChunkTopic,
@@ -62,6 +66,10 @@ from edge_runtime.updates.report import Reporter, Transport
 from edge_runtime.updates.roots import save_root
 from edge_runtime.updates.traffic import TRAFFIC_FILE, Traffic
 from edge_runtime.updates.verify import ModelView, Release, SeqFloor
+
+if TYPE_CHECKING:
+    from edge_runtime.updates.delta import DeltaIndex
+    from edge_runtime.updates.download import Download, Throttle
 
 log = logging.getLogger("edge_runtime.updates")
 
@@ -103,12 +111,6 @@ class StoreFacts:
         return self._clock_trusted()
 
 
-def _check_bases(index: DeltaIndex, base_manifest: bytes | None) -> None:
-    if base_manifest is None:
-        raise DeltaError(f"v{index.base} is no longer installed")
-    check_bases(index, parse_manifest(base_manifest))
-
-
 class Updater:
     """One device's update driver. Call :meth:`load` once, then feed it connection events and messages."""
 
@@ -143,11 +145,11 @@ class Updater:
         self.machine = UpdateMachine(
             settings,
             max_bundle_bytes=store.limits.max_bundle_bytes,
-            checks=Checks(recipient=self._recipient, verify_delta=verify_delta_message, check_bases=_check_bases,
+            checks=Checks(recipient=self._recipient, verify_delta=verify_delta, check_bases=check_bases,
                           choose_base=choose_base),
         )
         self._facts = StoreFacts(store, self.traffic, settings, lambda: self.clock_trusted())
-        self._throttle = Throttle(settings.max_download_bytes_per_s, monotonic)
+        self._throttle: Throttle | None = None  # made by the first chunk (network thread)
         # The open download (the network thread writes its chunks), its job and the chunks its
         # current subscriptions name.
         self._lock = threading.Lock()
@@ -189,7 +191,12 @@ class Updater:
     def load(self) -> None:
         """Read seq floors and the last error; clean the staging directory; reopen an interrupted download."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        sweep_staging(self.settings.staging_dir)  # .trash-* and directories without manifest.msg
+        staging = Path(self.settings.staging_dir)
+        staged = staging.is_dir() and any(staging.iterdir())
+        if staged:
+            from edge_runtime.updates.download import sweep_staging
+
+            sweep_staging(self.settings.staging_dir)  # .trash-* and directories without manifest.msg
         try:
             saved = json.loads((self.settings.state_dir / STATE_FILE).read_bytes())
             floors = {k: SeqFloor(int(v["seq"]), str(v["digest"])) for k, v in saved.get("floors", {}).items()}
@@ -199,6 +206,10 @@ class Updater:
             pass
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             log.error("unreadable %s, starting with empty seq floors: %s", STATE_FILE, exc)
+        if not staged:
+            return  # nothing to resume or clean: the download code is not imported
+        from edge_runtime.updates.download import Download, release_dir, remove_dir
+
         for name, version, message in Download.pending(self.settings.staging_dir):
             if self.machine.job is None:
                 try:
@@ -216,6 +227,9 @@ class Updater:
 
     def _staged_delta(self, release: Release, name: str, version: int) -> DeltaIndex | None:
         """The verified delta index of an interrupted delta download; None: resume in full."""
+        from edge_runtime.updates.delta import verify_delta_message
+        from edge_runtime.updates.download import Download, release_dir
+
         raw = Download.staged_delta(release_dir(self.settings.staging_dir, name, version))
         if raw is None:
             return None
@@ -276,6 +290,10 @@ class Updater:
                       extra={"model": ref.name, "version": ref.version, "reason": str(exc)})
             self._handoff(fx.DownloadFailed(job_id, f"download failed: {exc}"))
             return
+        if self._throttle is None:
+            from edge_runtime.updates.download import Throttle
+
+            self._throttle = Throttle(self.settings.max_download_bytes_per_s, self.monotonic)
         self._throttle.wait(len(payload))
         if written:
             self._handoff(fx.ChunkWritten(job_id))
@@ -411,6 +429,8 @@ class Updater:
         return None
 
     def _open(self, effect: fx.OpenDownload) -> fx.Event:
+        from edge_runtime.updates.download import Download, release_dir, remove_dir, space_problem
+
         name, version = effect.release.manifest.name, effect.release.manifest.version
         try:
             download = Download.open(self.settings.staging_dir, effect.release, effect.message, effect.delta)
@@ -429,6 +449,8 @@ class Updater:
         assert download is not None
         if unsubscribe and download.filters:
             self.transport.unsubscribe(download.filters)
+        from edge_runtime.updates.download import plan_filters
+
         filters = plan_filters(self.topics, download, self.settings.window_chunks)
         try:
             download.set_filters(filters)

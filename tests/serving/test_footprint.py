@@ -51,8 +51,9 @@ def test_the_update_client_verifies_without_the_signing_library() -> None:
     but never signs, so ``cryptography`` (about 6 MB of RSS) stays out (docs/serving.md, memory)."""
     if ed25519.backend().name != "libcrypto":
         pytest.skip("signatures are verified with cryptography here")
+    # The download and delta code loads with the first update (docs/updates.md): imported here too.
     code = ("import sys\nimport edge_runtime.cli.serve, edge_runtime.daemon, edge_runtime.updates.service\n"
-            "print(' '.join(sorted(sys.modules)))\n")
+            "import edge_runtime.updates.download\nprint(' '.join(sorted(sys.modules)))\n")
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
     assert "edge_runtime.updates.delta" in loaded and "paho" in loaded
     # zoneinfo (it reads sysconfig: about 0.8 MB) only once a maintenance window names a time zone;
