@@ -37,6 +37,7 @@ from edge_runtime.exceptions import ConfigError
 from edge_runtime.monitoring.hub import Monitoring
 from edge_runtime.reload import applied_live, restart_needed, unknown_models
 from edge_runtime.serving.app import App, ServingState
+from edge_runtime.serving.h1 import H1Server, Limits
 from edge_runtime.serving.hooks import warn_if_enabled
 from edge_runtime.serving.manager import ModelManager
 from edge_runtime.serving.metrics import Metrics
@@ -98,39 +99,12 @@ def connection_cap(max_connections: int) -> int:
     return cap
 
 
-def _uvicorn_server(app: App, cfg: Config) -> Any:
-    from edge_runtime.serving.uvicorn_core import server_classes
-
-    uvicorn_config, uvicorn_server = server_classes()  # before serving/http.py imports from uvicorn
-
-    class Server(uvicorn_server):  # type: ignore[misc,valid-type]
-        # The daemon handles signals itself (drain, SIGHUP); uvicorn's handlers would
-        # re-raise SIGTERM after the drain and turn a clean exit into a signal death.
-        def capture_signals(self) -> Any:
-            import contextlib
-
-            return contextlib.nullcontext()
-
-    from edge_runtime.serving.http import http_protocol
-
-    config = uvicorn_config(
-        app,
-        http=http_protocol(cfg.server.max_header_bytes, cfg.server.request_header_timeout_s,
-                           cfg.server.request_body_timeout_s, connection_cap(cfg.server.max_connections),
-                           direct_infer=app.infer_direct, direct_max_bytes=cfg.server.max_request_bytes),
-        lifespan="off",
-        ws="none",  # no websockets: uvicorn would otherwise import websockets/wsproto to probe for them
-        access_log=False,
-        log_config=None,
-        log_level="warning",
-        proxy_headers=False,
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=int(max(1, cfg.server.keep_alive_s)),
-        timeout_graceful_shutdown=int(max(1, cfg.server.drain_timeout_s)),
-        backlog=1024,
-    )
-    return Server(config)
+def _http_server(app: App, cfg: Config) -> H1Server:
+    srv = cfg.server
+    limits = Limits(max_header_bytes=srv.max_header_bytes, header_timeout_s=srv.request_header_timeout_s,
+                    body_timeout_s=srv.request_body_timeout_s, keep_alive_s=srv.keep_alive_s,
+                    max_connections=connection_cap(srv.max_connections), max_request_bytes=srv.max_request_bytes)
+    return H1Server(app, limits, direct_infer=app.infer_direct)
 
 
 class Daemon:
@@ -221,13 +195,8 @@ class Daemon:
                                               monitoring=self.monitoring)
         app = App(manager, self.metrics, self.state, self.cfg.server.max_request_bytes,
                   max_json_values=self.cfg.server.max_json_values)
-        server = _uvicorn_server(app, self.cfg)
-        server_task = loop.create_task(server.serve(sockets=[sock]), name="edge-http")
-        while not server.started:
-            if server_task.done():
-                server_task.result()
-                raise RuntimeError("the HTTP server stopped during start-up")
-            await asyncio.sleep(0.002)
+        server = _http_server(app, self.cfg)
+        await server.start(sock)
         log.info("listening on %s", self.url)
         warn_if_enabled()
         if handle_signals:
@@ -258,15 +227,10 @@ class Daemon:
             self.state.draining = True
             systemd.stopping()
             log.info("draining in-flight requests")
-            server.should_exit = True
             grpc_stop = None
             if grpc_endpoint is not None:  # refuses new RPCs, lets running ones finish, alongside HTTP
                 grpc_stop = loop.create_task(grpc_endpoint.stop(self.cfg.server.drain_timeout_s), name="edge-grpc-stop")
-            try:
-                await asyncio.wait_for(asyncio.shield(server_task), self.cfg.server.drain_timeout_s + 5)
-            except TimeoutError:
-                server.force_exit = True
-                await server_task
+            await server.stop(self.cfg.server.drain_timeout_s)
             if grpc_stop is not None:
                 await grpc_stop
             if updates is not None:

@@ -1,4 +1,4 @@
-"""An in-memory asyncio transport for driving serving/http.py's protocol without a socket."""
+"""An in-memory asyncio transport for driving serving/h1.py's protocol without a socket."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ class MemoryTransport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+        self.paused = False
         self.written: list[bytes] = []
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -31,7 +32,13 @@ class MemoryTransport(asyncio.Transport):
             self.write(data)
 
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        self.closed = True

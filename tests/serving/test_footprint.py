@@ -4,7 +4,7 @@ Every module imported costs resident memory on a 512 MB Pi, and a dependency tha
 into the serving path is invisible in a review. One real daemon, with Python's own import log
 (``PYTHONPROFILEIMPORTTIME``) on its stderr: without ``[mqtt]`` it must not import paho; it
 verifies signatures without ``cryptography`` (trust/ed25519.py, through the system libcrypto);
-its gRPC endpoint runs without grpcio; uvicorn does not probe for websocket libraries.
+its gRPC endpoint runs without grpcio; its HTTP server is serving/h1.py, not uvicorn.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ def test_serve_without_mqtt_imports_only_what_it_uses(env: Env) -> None:
     assert request(d.port, "GET", "/metrics")[0] == 200  # what a scrape loads counts too
     names = {m.group(1) for line in d.log().splitlines() if (m := IMPORTED.match(line))}
     top = {n.split(".")[0] for n in names}
-    assert {"numpy", "edge_runtime", "uvicorn"} <= top  # the import log is there: the check below means something
+    assert {"numpy", "edge_runtime", "httptools"} <= top  # the import log is there: the check below means something
     # /metrics is printed by serving/promtext.py; statistics only for a several-variant bundle.
     # (tarfile is not checked: this first start installs the factory bundle.)
-    # uvicorn's command line (click, its supervisors' multiprocessing): serving/uvicorn_core.py.
-    unwanted = {"paho", "grpc", "websockets", "wsproto", "prometheus_client", "statistics", "click", "multiprocessing"}
+    # No uvicorn (serving/h1.py serves HTTP), so none of its command line (click, multiprocessing).
+    unwanted = {"paho", "grpc", "uvicorn", "websockets", "wsproto", "prometheus_client", "statistics", "click",
+                "multiprocessing"}
     if ed25519.backend().name == "libcrypto":
         unwanted.add("cryptography")
     assert top & unwanted == set()
@@ -58,5 +59,5 @@ def test_the_update_client_verifies_without_the_signing_library() -> None:
     assert "edge_runtime.updates.delta" in loaded and "paho" in loaded
     # zoneinfo (it reads sysconfig: about 0.8 MB) only once a maintenance window names a time zone;
     # tarfile only when an update is installed.
-    unwanted = ("cryptography", "prometheus_client", "zoneinfo", "tarfile", "click")
+    unwanted = ("cryptography", "prometheus_client", "zoneinfo", "tarfile", "click", "uvicorn")
     assert {n for n in loaded if n.split(".")[0] in unwanted} == set()
