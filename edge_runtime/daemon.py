@@ -51,7 +51,7 @@ def _tune_gc() -> None:
 
     Requests allocate many short-lived objects that reference counting frees; none form
     cycles, so frequent generation-0 passes are pure overhead, and a full pass over the
-    ~10^5 objects of numpy, uvicorn and the models stalls the loop for milliseconds.
+    ~10^5 objects of numpy and the models stalls the loop for milliseconds.
     Freezing what start-up created and collecting young objects less often keeps
     latency tails short; cycles are still collected.
     """

@@ -1,4 +1,4 @@
-"""The KServe v2 / Open Inference Protocol HTTP API as a lean raw ASGI app (run by uvicorn).
+"""The KServe v2 / Open Inference Protocol HTTP API as a lean raw ASGI app (run by serving/h1.py).
 
 Routes (SPEC section 4): ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``,
 ``GET /v2/models/{m}[/versions/{v}]``, ``.../ready``, ``.../config``, ``.../stats``,
@@ -174,10 +174,9 @@ class App:
                      answer: Answer) -> None:
         """One infer request read by the HTTP protocol itself, answered through ``answer``.
 
-        The protocol (serving/http.py) calls this for a ``POST .../infer`` whose whole body it
-        has read, with no ``Content-Encoding`` and a ``Content-Length`` within
-        ``max_request_bytes``: the steps of :meth:`_infer` without an ASGI task, receive and
-        send coroutines or flow-control pauses. ``answer(status, headers, body)`` is called
+        The HTTP server (serving/h1.py) calls this for a ``POST .../infer`` whose whole body it
+        has read (at most ``max_request_bytes``), with no ``Content-Encoding``: the steps of
+        :meth:`_infer` without an ASGI task or receive and send coroutines. ``answer(status, headers, body)`` is called
         exactly once, now when the executor answers at once, else when the queued request is
         done. Errors are answered as :meth:`__call__` answers them.
         """
@@ -421,7 +420,7 @@ def _infer_target(target: str) -> tuple[str, int | None]:
 
 
 def _answer_error(answer: Answer, exc: BaseException) -> None:
-    """Answer a failed direct request as :meth:`App.__call__` and uvicorn answer an ASGI one."""
+    """Answer a failed direct request as :meth:`App.__call__` answers an ASGI one (500 for a bug, logged)."""
     if isinstance(exc, HTTPError):
         status, message = exc.status, str(exc)
     elif isinstance(exc, EdgeRuntimeError):

@@ -1,7 +1,7 @@
 """When the gRPC transport stops waiting for a client: pure decisions on a connection's clocks.
 
 The HTTP server closes connections that send nothing, stop half-way through a request's
-head or trickle its body (:mod:`edge_runtime.serving.http`). An HTTP/2 connection
+head or trickle its body (:mod:`edge_runtime.serving.h1`). An HTTP/2 connection
 (:mod:`edge_runtime.serving.h2grpc`) is held open the same way by a client that connects and
 sends nothing, stops inside a frame or a header block, never finishes a request's message, or
 keeps a connection with no call open. Each of these holds a file descriptor, and an unfinished

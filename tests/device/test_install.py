@@ -188,8 +188,9 @@ def test_venv_has_the_device_extra_and_no_tensorflow(installed: Installed) -> No
     names = {d["name"].lower().replace("_", "-") for d in json.loads(result.stdout)}
     assert not {n for n in names if n.startswith("tensorflow") or n in {"tf-keras", "keras", "onnx2tf"}}, names
     assert "[device,onnx]" in installed.first.stdout
-    for required in ("edge-runtime", "ai-edge-litert", "paho-mqtt", "cryptography", "numpy", "uvicorn", "onnxruntime"):
+    for required in ("edge-runtime", "ai-edge-litert", "paho-mqtt", "cryptography", "numpy", "httptools", "onnxruntime"):
         assert required in names, f"{required} missing from the device venv: {sorted(names)}"
+    assert "uvicorn" not in names  # serving/h1.py serves HTTP
 
 
 @pytest.mark.skipif(not FACTORY_BUNDLES or not DEMO_ROOT.is_file(), reason="no demo factory bundle yet")
