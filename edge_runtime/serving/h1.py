@@ -272,6 +272,11 @@ class H1Protocol(asyncio.Protocol):
         phase, self.deadline = self.phase, None
         if self.gone:
             return
+        if phase in ("head", "body") and (self.busy is not None or self.queue):
+            # A request pipelined behind one being answered (reading is paused meanwhile): its
+            # clock waits for that answer; a request being answered is never cut short.
+            self._clock(phase, 1.0)
+            return
         if phase == "idle":
             self._close()
         elif phase == "linger":

@@ -272,3 +272,20 @@ def test_the_clocks_close_idle_and_slow_connections() -> None:
         assert c.transport.written[-1].startswith(b"HTTP/1.1 408 ") and c.transport.closed
     finally:
         c.close()
+
+
+def test_a_head_pipelined_behind_a_slow_answer_is_not_timed_out() -> None:
+    c = Conn(defer=True)
+    try:
+        c.send(infer(b"abc") + b"POST /v2/models/m/infer HTTP/1.1\r\ncontent-le")  # the next head, cut
+        assert c.proto.phase == "head"
+        c.proto.expire()  # its clock runs out while the first is still being answered
+        assert not c.transport.closed
+        c.pending.pop()()
+        c.settle()
+        assert c.answers() == [b"direct:3"] and not c.transport.closed
+        c.proto.expire()  # now nothing is owed before it: 408 and close
+        c.settle()
+        assert c.transport.written[-1].startswith(b"HTTP/1.1 408 ") and c.transport.closed
+    finally:
+        c.close()
