@@ -448,8 +448,13 @@ class H1Protocol(asyncio.Protocol):
 
     async def _asgi(self, req: _Request, body: Any) -> None:
         """Run the app as ASGI for ``req``, its body already read."""
-        parsed = httptools.parse_url(req.url)
-        path = parsed.path.decode("latin-1")
+        try:
+            parsed = httptools.parse_url(req.url)
+        except httptools.HttpParserInvalidURLError:
+            self._answer(req, 400, [(b"content-type", b"application/json")],
+                         orjson.dumps({"error": f"invalid request target {req.url[:80]!r}"}))
+            return
+        path = (parsed.path or b"").decode("latin-1")
         if "%" in path:
             path = urllib.parse.unquote(path)
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",

@@ -289,3 +289,11 @@ def test_a_head_pipelined_behind_a_slow_answer_is_not_timed_out() -> None:
         assert c.transport.written[-1].startswith(b"HTTP/1.1 408 ") and c.transport.closed
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("target", [b"?x", b"*"])
+def test_odd_request_targets_are_answered(conn: Conn, target: bytes) -> None:
+    conn.send(b"GET %s HTTP/1.1\r\n\r\n" % target)
+    written = b"".join(conn.transport.written)
+    assert written.startswith(b"HTTP/1.1 400 ") or written.startswith(b"HTTP/1.1 200 "), written[:40]
+    assert not conn.transport.closed or b"connection: close" in written
