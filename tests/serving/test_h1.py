@@ -297,3 +297,17 @@ def test_odd_request_targets_are_answered(conn: Conn, target: bytes) -> None:
     written = b"".join(conn.transport.written)
     assert written.startswith(b"HTTP/1.1 400 ") or written.startswith(b"HTTP/1.1 200 "), written[:40]
     assert not conn.transport.closed or b"connection: close" in written
+
+
+def test_with_several_connections_answers_are_written_together_at_the_end_of_the_turn() -> None:
+    c = Conn()
+    other = H1Protocol(c.server)
+    other.connection_made(MemoryTransport())
+    try:
+        c.proto.data_received(infer(b"abc"))
+        assert c.direct and c.transport.written == []  # answered, written with the turn's others
+        c.settle()
+        assert c.answers() == [b"direct:3"] and len(c.transport.written) == 1
+    finally:
+        other.connection_lost(None)
+        c.close()
