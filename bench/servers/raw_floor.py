@@ -10,19 +10,11 @@ Usage: ``python raw_floor.py PORT NAME=MODEL.tflite [NAME=MODEL.tflite ...]``.
 import asyncio
 import sys
 
+import floor_models
 import httptools
-import numpy as np
-import orjson
 import uvloop
-from ai_edge_litert.interpreter import Interpreter
 
-models = {}
-for arg in sys.argv[2:]:
-    name, path = arg.split("=", 1)
-    interp = Interpreter(model_path=path, num_threads=1)
-    interp.allocate_tensors()
-    i, o = interp.get_input_details()[0], interp.get_output_details()[0]
-    models[name] = (interp, i["index"], o["index"])
+models = floor_models.load(sys.argv[2:])
 
 EMPTY = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
@@ -68,27 +60,8 @@ class Protocol(asyncio.Protocol):
         if not path.endswith(b"/infer"):
             self.transport.write(EMPTY)
             return
-        interp, i, o = models[path.split(b"/")[3].decode()]
-        body, hlen = self.body, self.hlen
-        if hlen is None:
-            t = orjson.loads(body)["inputs"][0]
-            x = np.array(t["data"], dtype=np.float32).reshape(t["shape"])
-        else:
-            t = orjson.loads(memoryview(body)[:hlen])["inputs"][0]
-            x = np.frombuffer(body, dtype=np.float32, offset=hlen).reshape(t["shape"])
-        interp.set_tensor(i, x)
-        interp.invoke()
-        y = interp.get_tensor(o)
-        if hlen is None:
-            out = orjson.dumps({"outputs": [{"name": "y", "datatype": "FP32", "shape": list(y.shape), "data": y.ravel()}]},
-                               option=orjson.OPT_SERIALIZE_NUMPY)
-            head = b"content-type: application/json\r\n"
-        else:
-            raw = y.tobytes()
-            meta = orjson.dumps({"outputs": [{"name": "y", "datatype": "FP32", "shape": list(y.shape),
-                                              "parameters": {"binary_data_size": len(raw)}}]})
-            out = meta + raw
-            head = b"content-type: application/octet-stream\r\ninference-header-content-length: %d\r\n" % len(meta)
+        out, headers = floor_models.infer(models[path.split(b"/")[3].decode()], self.body, self.hlen)
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
         self.transport.write(b"HTTP/1.1 200 OK\r\n" + head + b"content-length: %d\r\n\r\n" % len(out) + out)
 
 
