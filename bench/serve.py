@@ -236,10 +236,12 @@ def unit_env() -> dict[str, str]:
     return env
 
 
-def measure_startup(tmp: Path, venvs: list[tuple[str, Path]], runs: int, mqtt_port: int | None
+def measure_startup(tmp: Path, venvs: list[tuple[str, Path]], runs: int, mqtt_port: int | None,
+                    tls: tuple[int, Path] | None = None
                     ) -> tuple[dict[str, tuple[list[float], tuple[float, float]]], int]:
     """Start to ready (``runs`` starts) and RSS after ready, a second of requests and a scrape, with
-    only the demo model, per venv; with ``[mqtt]`` too (device venv) when ``mqtt_port`` has a broker.
+    only the demo model, per venv; with ``[mqtt]`` too (device venv) when ``mqtt_port`` has a broker,
+    and over TLS with a client certificate when ``tls`` (port, certificates) has one.
 
     As on the device: the unit's environment, modules byte-compiled (pip compiles at install; the
     unit forbids writing bytecode), and this checkout's code in every venv."""
@@ -256,6 +258,13 @@ def measure_startup(tmp: Path, venvs: list[tuple[str, Path]], runs: int, mqtt_po
         label, edge = venvs[-1]
         plan.append((f"{label}, with [mqtt]", edge,
                      f'[device]\nid = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{mqtt_port}"\n'))
+    if tls is not None and venvs:
+        label, edge = venvs[-1]
+        tls_port, certs = tls
+        plan.append((f"{label}, with [mqtt] over TLS", edge,
+                     f'[device]\nid = "bench"\n[mqtt]\nurl = "mqtts://127.0.0.1:{tls_port}"\n'
+                     f'ca_file = "{certs / "ca.crt"}"\ncert_file = "{certs / "bench.crt"}"\n'
+                     f'key_file = "{certs / "bench.key"}"\n'))
     for label, edge, extra in plan:
         subprocess.run([str(edge.parent / "python"), "-m", "compileall", "-q", str(REPO / "edge_runtime")],
                        check=True, stdout=subprocess.DEVNULL)
@@ -288,6 +297,40 @@ def mosquitto(port: int) -> subprocess.Popen[bytes] | None:
         return None
     conf = Path(tempfile.mkdtemp(prefix="edge-bench-mqtt-")) / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+def tls_mosquitto(port: int, base: Path) -> subprocess.Popen[bytes] | None:
+    """mosquitto with the shipped TLS and ACL config (device/mosquitto/), certificates from its
+    gen-certs.sh (a client certificate for device "bench"), for the ``[mqtt]`` over TLS figure."""
+    import shutil
+
+    exe = shutil.which("mosquitto")
+    if exe is None or shutil.which("openssl") is None:
+        return None
+    shipped = REPO / "device" / "mosquitto"
+    certs = base / "certs"
+    subprocess.run(["bash", str(shipped / "gen-certs.sh"), str(certs), "bench"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (base / "broker").mkdir()
+    conf = base / "mosquitto-tls.conf"
+    import getpass
+
+    # Started as root, mosquitto switches to user "mosquitto", which cannot read these files.
+    conf.write_text(f"user {getpass.getuser()}\n" + (shipped / "edge-runtime.conf").read_text()
+                    .replace("/etc/mosquitto/edge-runtime/acl", str(shipped / "acl"))
+                    .replace("/etc/mosquitto/edge-runtime/", f"{certs}/")
+                    .replace("/var/lib/mosquitto/", f"{base / 'broker'}/")
+                    .replace("listener 8883", f"listener {port} 127.0.0.1"), encoding="utf-8")
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -561,15 +604,18 @@ def main(argv: list[str] | None = None) -> int:
 
         # Start to ready and RSS with only the demo model, in this venv and in the device venv.
         venvs = [("test venv", EDGE)] + ([("device venv", device_venv / "bin" / "edge-runtime")] if device_venv else [])
-        mqtt_port = free_port()
+        mqtt_port, tls_port = free_port(), free_port()
         broker = mosquitto(mqtt_port)
+        tls_broker = tls_mosquitto(tls_port, tmp)
         try:
             startup, startup_errors = measure_startup(tmp, venvs, 3 if args.quick else 7,
-                                                      mqtt_port if broker else None)
+                                                      mqtt_port if broker else None,
+                                                      (tls_port, tmp / "certs") if tls_broker else None)
         finally:
-            if broker:
-                broker.kill()
-                broker.wait()
+            for b in (broker, tls_broker):
+                if b:
+                    b.kill()
+                    b.wait()
         errors += startup_errors
 
     def med(case: Case, key: str) -> float:
@@ -697,15 +743,19 @@ def rss_only(args: argparse.Namespace) -> int:
     if (device_venv / "bin" / "edge-runtime").is_file():
         venvs.append(("device venv", device_venv / "bin" / "edge-runtime"))
         bare["device venv"] = bare_rss_mb(FACTORY / "fraud.tflite", str(device_venv / "bin" / "python"))
-    mqtt_port = free_port()
+    mqtt_port, tls_port = free_port(), free_port()
     broker = mosquitto(mqtt_port)
+    tls_broker = None
     try:
         with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmpdir:
-            startup, errors = measure_startup(Path(tmpdir), venvs, 3 if args.quick else 7, mqtt_port if broker else None)
+            tls_broker = tls_mosquitto(tls_port, Path(tmpdir))
+            startup, errors = measure_startup(Path(tmpdir), venvs, 3 if args.quick else 7, mqtt_port if broker else None,
+                                              (tls_port, Path(tmpdir) / "certs") if tls_broker else None)
     finally:
-        if broker:
-            broker.kill()
-            broker.wait()
+        for b in (broker, tls_broker):
+            if b:
+                b.kill()
+                b.wait()
     out = args.out if args.out != RESULTS else RESULTS.with_name("serve-rss.md")
     lines = [
         "# Serving benchmark, RSS and start-up only (bench/serve.py --rss-only)",
