@@ -176,9 +176,10 @@ class App:
 
         The HTTP server (serving/h1.py) calls this for a ``POST .../infer`` whose whole body it
         has read (at most ``max_request_bytes``), with no ``Content-Encoding``: the steps of
-        :meth:`_infer` without an ASGI task or receive and send coroutines. ``answer(status, headers, body)`` is called
-        exactly once, now when the executor answers at once, else when the queued request is
-        done. Errors are answered as :meth:`__call__` answers them.
+        :meth:`_infer` without an ASGI task or receive and send coroutines.
+        ``answer(status, headers, body)`` is called exactly once: now when the executor answers
+        at once, else when the queued request is done. Errors are answered as :meth:`__call__`
+        answers them.
         """
         cycle = self.cycle
         cycle.in_flight += 1
