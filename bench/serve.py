@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -288,15 +290,8 @@ def measure_startup(tmp: Path, venvs: list[tuple[str, Path]], runs: int, mqtt_po
     return startup, errors
 
 
-def mosquitto(port: int) -> subprocess.Popen[bytes] | None:
-    """A loopback broker for the ``[mqtt]`` RSS figure, when mosquitto is installed."""
-    import shutil
-
-    exe = shutil.which("mosquitto")
-    if exe is None:
-        return None
-    conf = Path(tempfile.mkdtemp(prefix="edge-bench-mqtt-")) / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+def _broker(exe: str, conf: Path, port: int) -> subprocess.Popen[bytes] | None:
+    """Run mosquitto with ``conf``; the process once ``port`` accepts connections, None if it never does."""
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -309,11 +304,19 @@ def mosquitto(port: int) -> subprocess.Popen[bytes] | None:
     return None
 
 
+def mosquitto(port: int) -> subprocess.Popen[bytes] | None:
+    """A loopback broker for the ``[mqtt]`` RSS figure, when mosquitto is installed."""
+    exe = shutil.which("mosquitto")
+    if exe is None:
+        return None
+    conf = Path(tempfile.mkdtemp(prefix="edge-bench-mqtt-")) / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+    return _broker(exe, conf, port)
+
+
 def tls_mosquitto(port: int, base: Path) -> subprocess.Popen[bytes] | None:
     """mosquitto with the shipped TLS and ACL config (device/mosquitto/), certificates from its
     gen-certs.sh (a client certificate for device "bench"), for the ``[mqtt]`` over TLS figure."""
-    import shutil
-
     exe = shutil.which("mosquitto")
     if exe is None or shutil.which("openssl") is None:
         return None
@@ -323,24 +326,13 @@ def tls_mosquitto(port: int, base: Path) -> subprocess.Popen[bytes] | None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (base / "broker").mkdir()
     conf = base / "mosquitto-tls.conf"
-    import getpass
-
     # Started as root, mosquitto switches to user "mosquitto", which cannot read these files.
     conf.write_text(f"user {getpass.getuser()}\n" + (shipped / "edge-runtime.conf").read_text()
                     .replace("/etc/mosquitto/edge-runtime/acl", str(shipped / "acl"))
                     .replace("/etc/mosquitto/edge-runtime/", f"{certs}/")
                     .replace("/var/lib/mosquitto/", f"{base / 'broker'}/")
                     .replace("listener 8883", f"listener {port} 127.0.0.1"), encoding="utf-8")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    return None
+    return _broker(exe, conf, port)
 
 
 def startup_checks(startup: dict[str, tuple[list[float], tuple[float, float]]], bare: dict[str, float]
@@ -612,10 +604,10 @@ def main(argv: list[str] | None = None) -> int:
                                                       mqtt_port if broker else None,
                                                       (tls_port, tmp / "certs") if tls_broker else None)
         finally:
-            for b in (broker, tls_broker):
-                if b:
-                    b.kill()
-                    b.wait()
+            for proc in (broker, tls_broker):
+                if proc:
+                    proc.kill()
+                    proc.wait()
         errors += startup_errors
 
     def med(case: Case, key: str) -> float:
@@ -686,9 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         checks.append((f"monitoring hook in-process, {what}: CPU µs per request (share of the daemon's {ours_cpu:.0f} µs)",
                        us, f"<= 5 % ({us / ours_cpu * 100:.1f} %)", us <= 0.05 * ours_cpu))
     for route, what in (("fraud_drift", "drift sketches"), ("fraud_monitored", "drift + capture at 1 %")):
-        r = rps("mlp", "ours", route, "json", 16)
-        checks.append((f"MLP JSON 16 clients: {what} on / off, req/s (daemon, side by side)", r / ours16, ">= 0.95",
-                       r / ours16 >= 0.95))
+        rate = rps("mlp", "ours", route, "json", 16)
+        checks.append((f"MLP JSON 16 clients: {what} on / off, req/s (daemon, side by side)", rate / ours16, ">= 0.95",
+                       rate / ours16 >= 0.95))
         extra = med(Case("mlp", "ours", route, "json", 16), "cpu_us") - med(Case("mlp", "ours", "fraud", "json", 16), "cpu_us")
         checks.append((f"MLP JSON 16 clients: {what}, server CPU µs/request added", extra, "(for reference)", True))
     on, off = ours16, rps("mlp", "ours", "fraud_nobatch", "json", 16)
@@ -752,10 +744,10 @@ def rss_only(args: argparse.Namespace) -> int:
             startup, errors = measure_startup(Path(tmpdir), venvs, 3 if args.quick else 7, mqtt_port if broker else None,
                                               (tls_port, Path(tmpdir) / "certs") if tls_broker else None)
     finally:
-        for b in (broker, tls_broker):
-            if b:
-                b.kill()
-                b.wait()
+        for proc in (broker, tls_broker):
+            if proc:
+                proc.kill()
+                proc.wait()
     out = args.out if args.out != RESULTS else RESULTS.with_name("serve-rss.md")
     lines = [
         "# Serving benchmark, RSS and start-up only (bench/serve.py --rss-only)",
@@ -764,7 +756,7 @@ def rss_only(args: argparse.Namespace) -> int:
         "The daemon with the demo model, as systemd/edge-runtime.service runs it (its Environment=, byte-compiled "
         "modules); RSS after ready, a second of requests from 4 clients and one /metrics scrape; "
         + (f"device venv: {_versions(device_venv)}; " if len(venvs) > 1 else "no device venv found; ")
-        + ("[mqtt] against a loopback mosquitto." if broker else "no mosquitto: no [mqtt] figure."),
+        + ("[mqtt] against a loopback mosquitto" + (", and over TLS with a client certificate (the shipped device/mosquitto config)." if tls_broker else ".") if broker else "no mosquitto: no [mqtt] figure."),
         "",
         "| target | measured | wanted | met |",
         "|---|---:|---|---|",
