@@ -100,10 +100,7 @@ def connection_cap(max_connections: int) -> int:
 
 
 def _http_server(app: App, cfg: Config) -> H1Server:
-    srv = cfg.server
-    limits = Limits(max_header_bytes=srv.max_header_bytes, header_timeout_s=srv.request_header_timeout_s,
-                    body_timeout_s=srv.request_body_timeout_s, keep_alive_s=srv.keep_alive_s,
-                    max_connections=connection_cap(srv.max_connections), max_request_bytes=srv.max_request_bytes)
+    limits = Limits.of(cfg.server, connection_cap(cfg.server.max_connections))
     return H1Server(app, limits, direct_infer=app.infer_direct)
 
 

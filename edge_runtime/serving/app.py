@@ -131,10 +131,8 @@ class App:
         self.cycle = InferCycle(manager, metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry point."""
+        """ASGI entry point (serving/h1.py sends only ``http`` scopes; it has no lifespan)."""
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await _lifespan(receive, send)
             return
         path: str = scope["path"]
         method: str = scope["method"]
@@ -520,12 +518,3 @@ async def _respond(send: Send, status: int, body: bytes, ctype: bytes) -> None:
     )
     await send({"type": "http.response.body", "body": body})
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif msg["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -52,6 +52,8 @@ from typing import Any
 import httptools
 import orjson
 
+from edge_runtime.config import ServerConfig
+
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25  # the sweep of the clocks, at most (shorter when a limit is shorter)
@@ -70,16 +72,43 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d \r\n" % status
 
 
+def answer_bytes(status: int, headers: list[tuple[bytes, bytes]], payload: bytes, *, keep_alive: bool,
+                 head: bool = False) -> bytes:
+    """One whole HTTP/1.1 answer: status line, headers (``Content-Length`` added when missing,
+    ``Connection: close`` unless ``keep_alive``) and, unless ``head``, the payload."""
+    parts = [status_line(status)]
+    has_length = False
+    for name, value in headers:
+        if name == b"content-length":
+            has_length = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_length:
+        parts += (b"content-length: ", b"%d" % len(payload), b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head:
+        parts.append(payload)
+    return b"".join(parts)
+
+
 @dataclass(frozen=True)
 class Limits:
-    """``[server]``'s limits for HTTP (see the module docstring)."""
+    """``[server]``'s limits for HTTP (see the module docstring); the defaults are its defaults."""
 
-    max_header_bytes: int = 64 * 1024
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    keep_alive_s: float = 5.0
-    max_connections: int = 256
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_header_bytes: int = ServerConfig.max_header_bytes
+    header_timeout_s: float = ServerConfig.request_header_timeout_s
+    body_timeout_s: float = ServerConfig.request_body_timeout_s
+    keep_alive_s: float = ServerConfig.keep_alive_s
+    max_connections: int = ServerConfig.max_connections
+    max_request_bytes: int = ServerConfig.max_request_bytes
+
+    @classmethod
+    def of(cls, srv: ServerConfig, max_connections: int) -> Limits:
+        """``[server]``'s limits, with ``max_connections`` as the daemon caps it under the open-file limit."""
+        return cls(max_header_bytes=srv.max_header_bytes, header_timeout_s=srv.request_header_timeout_s,
+                   body_timeout_s=srv.request_body_timeout_s, keep_alive_s=srv.keep_alive_s,
+                   max_connections=max_connections, max_request_bytes=srv.max_request_bytes)
 
 
 class _HeadTooLarge(Exception):
@@ -225,8 +254,8 @@ class H1Protocol(asyncio.Protocol):
         body = orjson.dumps({"error": f"too many connections (max_connections {self.limits.max_connections}); "
                                       "retry later"})
         assert self.transport is not None
-        self.transport.write(b"".join([status_line(503), b"content-type: application/json\r\ncontent-length: ",
-                                       b"%d" % len(body), b"\r\nretry-after: 1\r\nconnection: close\r\n\r\n", body]))
+        self.transport.write(answer_bytes(503, [(b"content-type", b"application/json"), (b"retry-after", b"1")], body,
+                                          keep_alive=False))
         self.transport.close()
         self.gone = True
 
@@ -511,20 +540,7 @@ class H1Protocol(asyncio.Protocol):
 
     def _write_answer(self, status: int, headers: list[tuple[bytes, bytes]], payload: bytes, *, keep_alive: bool,
                       head: bool = False) -> None:
-        parts = [status_line(status)]
-        has_length = False
-        for name, value in headers:
-            if name == b"content-length":
-                has_length = True
-            parts += (name, b": ", value, b"\r\n")
-        if not has_length:
-            parts += (b"content-length: ", b"%d" % len(payload), b"\r\n")
-        if not keep_alive:
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        if not head:
-            parts.append(payload)
-        self._write(b"".join(parts))
+        self._write(answer_bytes(status, headers, payload, keep_alive=keep_alive, head=head))
 
     def _after_answer(self) -> None:
         self.busy = None
